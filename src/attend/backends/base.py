@@ -1,0 +1,272 @@
+"""The contract between :func:`attend.attention` and its backends.
+
+Shape legend (the canonical form every backend receives)::
+
+    B    batch (all leading dimensions of the public call, flattened)
+    Hq   query heads            Hkv  key/value heads (Hq is a multiple of Hkv)
+    L    query length           S    key length
+    E    query/key features     Ev   value features
+
+    query (B, Hq, L, E)   key (B, Hkv, S, Ek)   value (B, Hkv, S, Ev)
+    mask  (B|1, Hq|1, L|1, S|1) bool, True = may attend
+    bias  (B|1, Hq|1, L|1, S|1) float, added to the scores
+
+:class:`AttentionCall` holds one validated call. Its :meth:`AttentionCall.scores` gives
+the final scores of any block of rows and columns (score function, scale, score_mod,
+bias, then every mask rule applied by AND as ``-inf``), so every backend shares one
+definition of *what* is computed and differs only in *how*.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["AttentionCall", "Backend", "UnsupportedCall", "compute_dtype", "safe_softmax"]
+
+
+class UnsupportedCall(ValueError):
+    """A named backend cannot run the call; the message says why."""
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores and softmax run in float32 for 16-bit inputs (no fp16 overflow), else as given."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One validated attention call in canonical 4-D form (see the module's shape legend)."""
+
+    query: Tensor
+    key: Tensor
+    value: Tensor
+    score: Callable  # score(q, k) -> (..., L, S); may have as_dot(q, k) -> (q', k', factor) | None
+    scale: float
+    mask: Optional[Tensor] = None
+    bias: Optional[Tensor] = None
+    mask_mod: Optional[Callable] = None
+    causal: bool = False
+    window: Optional[tuple[Optional[int], Optional[int]]] = None
+    score_mod: Optional[Callable] = None
+    dropout_p: float = 0.0
+    hard: bool | str = False
+    return_weights: bool = False
+
+    # ---- sizes -------------------------------------------------------------------------
+    @property
+    def B(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def Hq(self) -> int:
+        return self.query.shape[1]
+
+    @property
+    def Hkv(self) -> int:
+        return self.key.shape[1]
+
+    @property
+    def L(self) -> int:
+        return self.query.shape[2]
+
+    @property
+    def S(self) -> int:
+        return self.key.shape[2]
+
+    @property
+    def Ev(self) -> int:
+        return self.value.shape[3]
+
+    @property
+    def groups(self) -> int:
+        """Query heads per key/value head (1 = plain multi-head attention)."""
+        return self.Hq // self.Hkv
+
+    @property
+    def offset(self) -> int:
+        """Query ``i`` sits at key position ``i + offset`` (bottom-right alignment)."""
+        return self.S - self.L
+
+    @property
+    def has_rule_mask(self) -> bool:
+        return self.causal or self.window is not None or self.mask_mod is not None
+
+    @property
+    def needs_grad(self) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        tensors = [self.query, self.key, self.value, self.bias]
+        if any(t is not None and t.requires_grad for t in tensors):
+            return True
+        params = getattr(self.score, "parameters", None)
+        if params is not None and any(p.requires_grad for p in params()):
+            return True
+        return any(_holds_grad_tensor(fn) for fn in (self.score, self.score_mod, self.mask_mod))
+
+    # ---- heads ---------------------------------------------------------------------------
+    def expand_kv(self, t: Tensor) -> Tensor:
+        """(B, Hkv, s, D) -> (B, Hq, s, D): query head h reads key/value head h // groups."""
+        g = self.groups
+        return t if g == 1 else t.repeat_interleave(g, dim=1)
+
+    # ---- masks ---------------------------------------------------------------------------
+    def allowed(self, i0: int, i1: int, j0: int, j1: int) -> Optional[Tensor]:
+        """Boolean (B|1, H|1, i1-i0, j1-j0): True where query i may attend key j; None = all.
+
+        The AND of: the dense boolean mask, ``causal``, ``window`` and ``mask_mod``.
+        """
+        dev = self.query.device
+        result: Optional[Tensor] = None
+
+        def both(a: Optional[Tensor], b: Tensor) -> Tensor:
+            return b if a is None else a & b
+
+        if self.causal or self.window is not None:
+            i = torch.arange(i0, i1, device=dev).view(1, 1, -1, 1) + self.offset  # key position of query i
+            j = torch.arange(j0, j1, device=dev).view(1, 1, 1, -1)
+            if self.causal:
+                result = both(result, j <= i)
+            if self.window is not None:
+                left, right = self.window
+                if left is not None:
+                    result = both(result, j >= i - left)
+                if right is not None:
+                    result = both(result, j <= i + right)
+        if self.mask is not None:
+            result = both(result, _block(self.mask, i0, i1, j0, j1))
+        if self.mask_mod is not None:
+            b, h, i, j = self.indices(i0, i1, j0, j1)
+            m = self.mask_mod(b, h, i, j)
+            if not isinstance(m, Tensor) or m.dtype != torch.bool:
+                got = m.dtype if isinstance(m, Tensor) else type(m).__name__
+                raise TypeError(f"mask_mod must return a boolean tensor (True = may attend), got {got}")
+            result = both(result, m)
+        return result
+
+    def block_is_empty(self, i0: int, i1: int, j0: int, j1: int) -> bool:
+        """True when ``causal``/``window`` rule out every (i, j) of the block (it can be skipped)."""
+        first, last = i0 + self.offset, i1 - 1 + self.offset  # key positions of the first/last query
+        if self.causal and j0 > last:
+            return True
+        if self.window is not None:
+            left, right = self.window
+            if left is not None and j1 - 1 < first - left:
+                return True
+            if right is not None and j0 > last + right:
+                return True
+        return False
+
+    def indices(self, i0: int, i1: int, j0: int, j1: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Broadcastable index tensors b (B,1,1,1), h (1,H,1,1), i (1,1,l,1), j (1,1,1,s)."""
+        dev = self.query.device
+        b = torch.arange(self.B, device=dev).view(-1, 1, 1, 1)
+        h = torch.arange(self.Hq, device=dev).view(1, -1, 1, 1)
+        i = torch.arange(i0, i1, device=dev).view(1, 1, -1, 1)
+        j = torch.arange(j0, j1, device=dev).view(1, 1, 1, -1)
+        return b, h, i, j
+
+    # ---- scores --------------------------------------------------------------------------
+    def raw_scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """``scale * score(q, k)`` for q (B, Hq, l, E), k (B, Hq, s, Ek) -> (B, Hq, l, s)."""
+        s = self.score(q, k)
+        if not isinstance(s, Tensor) or s.shape[-2:] != (q.shape[-2], k.shape[-2]):
+            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            raise ValueError(
+                f"score must return scores of shape (..., L={q.shape[-2]}, S={k.shape[-2]}), got {got}"
+            )
+        if self.scale != 1.0:
+            s = s * self.scale
+        return s
+
+    def scores(self, q: Tensor, k: Tensor, i0: int, j0: int) -> Tensor:
+        """Final scores of rows ``i0:i0+l`` and keys ``j0:j0+s``; masked entries are ``-inf``.
+
+        ``q`` (B, Hq, l, E) and ``k`` (B, Hq, s, Ek) are the slices, already in the
+        compute dtype; the result has that dtype.
+        """
+        i1, j1 = i0 + q.shape[2], j0 + k.shape[2]
+        s = self.raw_scores(q, k).to(q.dtype)
+        if self.score_mod is not None:
+            b, h, i, j = self.indices(i0, i1, j0, j1)
+            s = self.score_mod(s, b, h, i, j)
+            if not isinstance(s, Tensor):
+                raise TypeError(f"score_mod must return a tensor, got {type(s).__name__}")
+            s = s.to(q.dtype)
+        if self.bias is not None:
+            s = s + _block(self.bias, i0, i1, j0, j1).to(q.dtype)
+        allowed = self.allowed(i0, i1, j0, j1)
+        if allowed is not None:
+            s = s.masked_fill(~allowed, -math.inf)
+        return s
+
+
+def _holds_grad_tensor(fn: object) -> bool:
+    """Whether a score/mask function carries a tensor that requires grad (attribute or closure)."""
+    if fn is None:
+        return False
+    held = list(getattr(fn, "__dict__", {}).values())
+    held += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_is_set(c)]
+    return any(isinstance(t, Tensor) and t.requires_grad for t in held)
+
+
+def _cell_is_set(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _block(t: Tensor, i0: int, i1: int, j0: int, j1: int) -> Tensor:
+    """Rows i0:i1, columns j0:j1 of a mask that may broadcast (size 1) in L or S."""
+    if t.shape[-2] != 1:
+        t = t[..., i0:i1, :]
+    if t.shape[-1] != 1:
+        t = t[..., j0:j1]
+    return t
+
+
+def safe_softmax(s: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax over the last dim that gives **exactly zero** for rows with no finite score.
+
+    Returns ``(p, lse)``; ``lse`` is the log-sum-exp (``-inf`` for such rows). The row max
+    is subtracted for stability and detached: softmax does not depend on it, and keeping it
+    out of the graph keeps the gradient of a fully masked row at zero instead of NaN.
+    """
+    m = s.amax(dim=-1, keepdim=True).detach()
+    m = torch.where(m == -math.inf, torch.zeros_like(m), m)  # (…, l, 1)
+    e = torch.exp(s - m)
+    d = e.sum(dim=-1, keepdim=True)
+    dead = d == 0
+    p = e / torch.where(dead, torch.ones_like(d), d)
+    lse = torch.where(dead, torch.full_like(d, -math.inf), m + torch.log(torch.where(dead, torch.ones_like(d), d)))
+    return p, lse.squeeze(-1)
+
+
+class Backend:
+    """How to compute a call. Subclass, give it a ``name``, and :func:`attend.backends.register` it.
+
+    - ``can_run(call)`` returns the reasons it cannot run the call (empty list: it can).
+      ``backend="auto"`` and :func:`attend.explain` use this same predicate.
+    - ``auto_skip(call)`` returns reasons ``auto`` should prefer another backend even though
+      this one could run (e.g. it would allocate too much); naming the backend still runs it.
+    - ``run(call)`` returns ``(output (B, Hq, L, Ev), weights (B, Hq, L, S) or None)``.
+    """
+
+    name: str = "?"
+
+    def can_run(self, call: AttentionCall) -> list[str]:
+        return []
+
+    def auto_skip(self, call: AttentionCall) -> list[str]:
+        return []
+
+    def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"backend {self.name!r} does not implement run()")
+
+    def __repr__(self) -> str:
+        return f"<attend backend {self.name!r}>"

@@ -1,0 +1,79 @@
+"""``sdpa``: hands dot-like attention to ``torch.nn.functional.scaled_dot_product_attention``.
+
+Dot-like scores (dot, scaled_dot, cosine, general) become a plain dot product of
+transformed queries and keys (``score.as_dot``), which SDPA computes with its fused CPU
+or GPU kernels. attend's semantics are kept at the boundary:
+
+- every mask (bool, additive, ``causal`` bottom-right, ``window``, ``mask_mod``) is
+  folded into one ``attn_mask``; SDPA's own ``is_causal`` is top-left aligned, so it is
+  used only when ``L == S`` and nothing else masks;
+- rows with no key to attend are given an all-open mask row for SDPA and their output
+  is set to exactly zero afterwards, so neither the output nor the gradients see NaN.
+
+SDPA cannot return the weights, run score_mod or hard attention; ``can_run`` says so.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import AttentionCall, Backend
+
+
+class SDPA(Backend):
+    name = "sdpa"
+
+    def can_run(self, call: AttentionCall) -> list[str]:
+        why = []
+        if getattr(call.score, "as_dot", None) is None:
+            why.append(f"score {_score_name(call.score)} is not dot-like")
+        if call.score_mod is not None:
+            why.append("score_mod needs the scores, which SDPA does not expose")
+        if call.hard:
+            why.append("SDPA has no hard attention")
+        if call.return_weights:
+            why.append("SDPA does not return the attention weights")
+        return why
+
+    def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
+        q, k, factor = call.score.as_dot(call.query, call.key)  # (B, Hq, L, D), (B, Hkv, S, D)
+        scale = call.scale * factor
+        L, S = call.L, call.S
+        only_causal = call.causal and call.window is None and call.mask is None and call.mask_mod is None and call.bias is None
+        attn_mask: Optional[Tensor] = None
+        dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
+        if only_causal and L == S:
+            pass  # SDPA's is_causal is exactly our rule when L == S
+        elif call.has_rule_mask or call.mask is not None or call.bias is not None:
+            allowed = call.allowed(0, L, 0, S)  # bool or None
+            if call.bias is not None:
+                attn_mask = call.bias.to(q.dtype)
+                if allowed is not None:
+                    attn_mask = attn_mask.masked_fill(~allowed, -math.inf)
+                dead = (attn_mask == -math.inf).all(dim=-1, keepdim=True)
+                attn_mask = attn_mask.masked_fill(dead, 0.0)
+            else:
+                attn_mask = allowed
+                dead = ~allowed.any(dim=-1, keepdim=True)
+                attn_mask = attn_mask | dead
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            call.value,
+            attn_mask=attn_mask,
+            dropout_p=call.dropout_p,
+            is_causal=only_causal and L == S,
+            scale=scale,
+            enable_gqa=call.groups > 1,
+        )  # (B, Hq, L, Ev)
+        if dead is not None:
+            out = out.masked_fill(dead, 0.0)
+        return out, None
+
+
+def _score_name(score) -> str:
+    return repr(getattr(score, "name", None) or type(score).__name__)

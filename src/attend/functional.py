@@ -1,0 +1,288 @@
+"""``attend.attention``: the one entry point for the math of attention.
+
+Shape legend::
+
+    query  (*batch, Hq, L, E)     key (*batch, Hkv, S, Ek)     value (*batch, Hkv, S, Ev)
+    output (*batch, Hq, L, Ev)    weights (*batch, Hq, L, S)
+
+``*batch`` is any number of leading dimensions (broadcast between query, key, value and
+mask). A 2-D ``(L, E)`` tensor is one sequence with one head. Query head ``h`` reads
+key/value head ``h // (Hq // Hkv)`` (grouped-query attention; ``Hkv = 1`` is multi-query).
+
+    Attention(Q, K, V) = softmax(score(Q, K) · scale + score_mod + mask) V
+
+All validation happens here, before any backend runs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import backends as _backends
+from . import scores as _scores
+from ._rules import bind
+from .backends.base import AttentionCall, Backend
+from .masks import normalize_window
+
+__all__ = ["attention", "explain", "Explanation"]
+
+
+def attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    score: Union[str, Callable] = "scaled_dot",
+    mask: Union[Tensor, Callable, None] = None,
+    causal: bool = False,
+    window: Union[int, tuple, None] = None,
+    score_mod: Optional[Callable] = None,
+    scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+    hard: Union[bool, str] = False,
+    return_weights: bool = False,
+    backend: Union[str, Backend] = "auto",
+):
+    r"""Soft (or hard) attention of ``query`` over ``key``/``value``.
+
+    .. math:: o_i = \sum_j \mathrm{softmax}_j(s_{ij})\, v_j, \qquad
+              s_{ij} = \mathrm{scale}\cdot\mathrm{score}(q_i, k_j) + \mathrm{mod} + \mathrm{bias}
+
+    Args:
+        query, key, value: see the shape legend; one floating dtype, one device.
+        score: ``"scaled_dot"`` (default, ``/√E``), ``"dot"``, ``"cosine"``, a
+            :class:`attend.scores.Score` module (``Cosine``, ``General``, ``Additive``)
+            or any callable ``(q, k) -> (..., L, S)``.
+        mask: a boolean tensor (**True = may attend**), a floating tensor (added to the
+            scores; a 0/1 float mask is a bias, not a boolean mask), or a rule
+            ``mask_mod(b, h, i, j) -> bool`` (:mod:`attend.masks`). Broadcastable to
+            ``(*batch, Hq, L, S)``. Integer masks are rejected.
+        causal: query ``i`` may attend key ``j`` iff ``j <= i + S - L`` (bottom-right:
+            the last query lines up with the last key). For ``L = 2, S = 4``::
+
+                1 1 1 0
+                1 1 1 1
+
+        window: ``w`` or ``(left, right)``: key ``j`` is allowed iff
+            ``i' - left <= j <= i' + right`` with ``i' = i + S - L``; ``None`` on a side
+            leaves it open. ``mask``, ``causal`` and ``window`` combine by AND.
+        score_mod: ``score_mod(score, b, h, i, j) -> score`` after the score function,
+            before masks (:mod:`attend.mods`: ALiBi, soft-capping, relative bias).
+        scale: multiplies the score; default ``1/√E`` for ``scaled_dot``, else 1.
+            An explicit ``scale`` (0 and negatives included) replaces the default.
+        dropout_p: dropout on the weights, always applied when > 0 (modules pass 0
+            in eval mode). Weights returned are those before dropout.
+        hard: ``True`` returns, for each query, the value of its highest-scoring key
+            (no gradient to the scores); ``"straight_through"`` gives that value with the
+            gradient of soft attention.
+        return_weights: also return the weights ``(*batch, Hq, L, S)``.
+        backend: ``"auto"``, a registered name (``attend.backends.names()``) or a
+            :class:`attend.backends.Backend`. A named backend that cannot run the
+            call raises :class:`attend.backends.UnsupportedCall` saying why.
+
+    A query row with no key it may attend gives an output of exactly zero, weights of
+    zero and finite gradients, on every backend.
+
+    Returns:
+        ``output`` (*batch, Hq, L, Ev), or ``(output, weights)`` if ``return_weights``.
+    """
+    call, shape = _prepare(query, key, value, score=score, mask=mask, causal=causal, window=window,
+                           score_mod=score_mod, scale=scale, dropout_p=dropout_p, hard=hard,
+                           return_weights=return_weights, backend=backend)
+    if call.B == 0 or call.L == 0 or call.S == 0:
+        out, weights = _degenerate(call)
+    else:
+        chosen, _ = _backends.select(call, backend)
+        out, weights = chosen.run(call)
+    out = out.reshape(*shape.batch, *shape.heads, call.L, call.Ev)
+    if not return_weights:
+        return out
+    return out, weights.reshape(*shape.batch, *shape.heads, call.L, call.S)
+
+
+@dataclass
+class Explanation:
+    """What ``backend="auto"`` picks for a call, and why each other backend was not picked."""
+
+    backend: str
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"auto picks: {self.backend}"]
+        for name, why in self.reasons.items():
+            lines.append(f"  {name}: not picked: {'; '.join(why)}")
+        return "\n".join(lines)
+
+
+def explain(query: Tensor, key: Tensor, value: Tensor, **kwargs) -> Explanation:
+    """Which backend ``attend.attention(query, key, value, **kwargs)`` runs on, and why not the others.
+
+    Takes exactly the arguments of :func:`attention` and validates them the same way.
+    """
+    backend = kwargs.get("backend", "auto")
+    call, _ = _prepare(query, key, value, **kwargs)
+    if call.B == 0 or call.L == 0 or call.S == 0:
+        return Explanation("none (empty input: the output is built directly, no backend runs)")
+    chosen, reasons = _backends.select(call, backend)
+    return Explanation(chosen.name, reasons)
+
+
+# ---------------------------------------------------------------------------------------
+# validation and canonical form
+
+
+@dataclass
+class _Shape:
+    batch: tuple[int, ...]  # broadcast leading dims of the public call
+    heads: tuple[int, ...]  # (Hq,) or () for 2-D inputs
+
+
+def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, window=None, score_mod=None,
+             scale=None, dropout_p=0.0, hard=False, return_weights=False, backend="auto"):
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions (..., length, features), got shape {tuple(t.shape)}")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            f"query, key and value must share one dtype (no silent casts), got query {query.dtype}, "
+            f"key {key.dtype}, value {value.dtype}"
+        )
+    if not (query.device == key.device == value.device):
+        raise ValueError(
+            f"query, key and value must be on one device, got query on {query.device}, key on {key.device}, "
+            f"value on {value.device}"
+        )
+    two_d = query.ndim == 2
+    if (key.ndim == 2) != two_d or (value.ndim == 2) != two_d:
+        raise ValueError(
+            "query, key and value must all be 2-D (L, E) or all have a heads dimension (..., H, L, E), "
+            f"got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    q, k, v = (t.unsqueeze(0) for t in (query, key, value)) if two_d else (query, key, value)
+    Hq, L, E = q.shape[-3:]
+    Hkv, S, Ek = k.shape[-3:]
+    if v.shape[-3] != Hkv:
+        raise ValueError(f"value: expected {Hkv} heads (the key's), got {v.shape[-3]} (shape {tuple(value.shape)})")
+    if v.shape[-2] != S:
+        raise ValueError(f"value: expected length S={S} (the key's), got {v.shape[-2]} (shape {tuple(value.shape)})")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"key: query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dimensions must broadcast: query {tuple(q.shape[:-3])}, key {tuple(k.shape[:-3])}, "
+            f"value {tuple(v.shape[:-3])}"
+        ) from None
+
+    sc = _scores.resolve(score)
+    msg = sc.check_dims(E, Ek)
+    if msg:
+        raise ValueError(msg)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if not isinstance(return_weights, bool):
+        raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
+    win = normalize_window(window)
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
+    if not (0.0 <= dropout_p < 1.0):  # NaN fails this too
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if not (hard is True or hard is False or (isinstance(hard, str) and hard == "straight_through")):
+        raise ValueError(f"hard must be False, True or 'straight_through', got {hard!r}")
+    if score_mod is not None and not callable(score_mod):
+        raise TypeError(f"score_mod must be a callable (score, b, h, i, j) -> score, got {type(score_mod).__name__}")
+    if isinstance(backend, str):
+        if backend != "auto":
+            _backends.get(backend)  # raises with the valid names
+    elif not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a name or an attend.backends.Backend, got {type(backend).__name__}")
+
+    full = (*batch, Hq, L, S)
+    bool_mask = bias = mask_mod = None
+    if isinstance(mask, Tensor):
+        if mask.dtype == torch.bool:
+            bool_mask = _canonical_mask(mask, batch, full, query.device, two_d)
+        elif mask.dtype.is_floating_point:
+            bias = _canonical_mask(mask, batch, full, query.device, two_d)
+        else:
+            raise TypeError(
+                f"mask must be a boolean (True = may attend) or floating (additive) tensor, got dtype {mask.dtype}; "
+                "integer masks are ambiguous, convert with mask.bool()"
+            )
+    elif mask is not None:
+        if not callable(mask):
+            raise TypeError(f"mask must be a tensor, a mask_mod callable or None, got {type(mask).__name__}")
+        mask_mod = bind(mask, L, S)
+
+    call = AttentionCall(
+        query=_flatten(q, batch),
+        key=_flatten(k, batch),
+        value=_flatten(v, batch),
+        score=sc,
+        scale=float(scale) if scale is not None else sc.default_scale(E),
+        mask=bool_mask,
+        bias=bias,
+        mask_mod=mask_mod,
+        causal=causal,
+        window=win,
+        score_mod=bind(score_mod, L, S),
+        dropout_p=float(dropout_p),
+        hard=hard,
+        return_weights=return_weights,
+    )
+    return call, _Shape(batch=tuple(batch), heads=() if two_d else (Hq,))
+
+
+def _flatten(t: Tensor, batch: torch.Size) -> Tensor:
+    """(*b, H, n, D) -> (B, H, n, D), broadcasting the leading dims to ``batch``."""
+    t = t.expand(*batch, *t.shape[-3:])
+    return t.reshape(-1, *t.shape[-3:]) if len(batch) != 1 else t
+
+
+def _canonical_mask(mask: Tensor, batch, full, device, two_d: bool) -> Tensor:
+    """Check a dense mask broadcasts to ``full`` (*batch, Hq, L, S); return it as (B|1, H|1, L|1, S|1)."""
+    if mask.device != device:
+        raise ValueError(f"mask must be on the query's device {device}, got {mask.device}")
+    public = full[1:] if two_d else full  # what the user sees: (L, S) for 2-D inputs
+    if two_d:
+        mask = mask.unsqueeze(0) if mask.ndim >= 1 else mask
+    try:
+        if torch.broadcast_shapes(mask.shape, full) != torch.Size(full):
+            raise RuntimeError
+    except RuntimeError:
+        got = tuple(mask.shape[1:]) if two_d else tuple(mask.shape)
+        raise ValueError(f"mask must broadcast to {tuple(public)} (*batch, Hq, L, S), got shape {got}") from None
+    m = mask.reshape((1,) * (len(full) - mask.ndim) + tuple(mask.shape))  # same rank as full
+    nb = len(full) - 3
+    lead, tail = m.shape[:nb], m.shape[nb:]  # tail: (H|1, L|1, S|1)
+    if all(d == 1 for d in lead):
+        return m.reshape(1, *tail)
+    return m.expand(*batch, *tail).reshape(-1, *tail)
+
+
+def _degenerate(call: AttentionCall) -> tuple[Tensor, Tensor]:
+    """Empty batch, no queries or no keys: the output is built directly (no kernel runs).
+
+    With ``S = 0`` every query row is fully masked: output and weights are zeros. Adding
+    empty sums keeps the result attached to the inputs, so backward gives zero gradients.
+    """
+    q, k, v = call.query, call.key, call.value
+    out = q.new_zeros((call.B, call.Hq, call.L, call.Ev))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        out = out + q[..., :0].sum() + k[..., :0].sum() + v[..., :0].sum()  # exact zeros, keep the graph
+    weights = q.new_zeros((call.B, call.Hq, call.L, call.S))
+    return out, weights

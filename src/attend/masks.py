@@ -1,0 +1,272 @@
+"""Mask rules: ``mask_mod(b, h, i, j) -> bool``, True = query ``i`` may attend key ``j``.
+
+One convention everywhere in attend: **True = may attend** (as SDPA and Keras; the
+opposite of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``). Pass a rule as
+``attend.attention(..., mask=rule)``; rules combine with :func:`and_masks` /
+:func:`or_masks`, become dense with :func:`to_dense` and print with :func:`render`.
+
+Rules are called with broadcastable index tensors (see :mod:`attend._rules`), so any
+function of tensors works as a rule. The rules below relate positions the way
+``causal=True`` does: with ``L`` queries and ``S`` keys, the last query lines up with
+the last key, so query ``i`` sits at key position ``i + S - L``. ``causal()`` for
+``L = 2, S = 4``::
+
+    1 1 1 0
+    1 1 1 1
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ._rules import Rule, bind
+
+__all__ = [
+    "causal",
+    "sliding_window",
+    "padding",
+    "key_mask",
+    "document",
+    "prefix_lm",
+    "and_masks",
+    "or_masks",
+    "to_dense",
+    "render",
+    "normalize_window",
+]
+
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def normalize_window(window, *, arg: str = "window") -> Optional[tuple[Optional[int], Optional[int]]]:
+    """``w`` -> ``(w, w)``; ``(left, right)`` with ints ≥ 0 or None (= unbounded) -> itself."""
+    if window is None:
+        return None
+
+    def side(x, which):
+        if x is None:
+            return None
+        if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+            raise ValueError(f"{arg} {which} must be an int >= 0 or None, got {x!r}")
+        return x
+
+    if isinstance(window, (tuple, list)):
+        if len(window) != 2:
+            raise ValueError(f"{arg} must be an int >= 0 or a (left, right) pair, got {window!r}")
+        return side(window[0], "left"), side(window[1], "right")
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"{arg} must be an int >= 0 or a (left, right) pair, got {type(window).__name__}")
+    return side(window, "size"), side(window, "size")
+
+
+class _Causal(Rule):
+    def __call__(self, b, h, i, j):
+        return j <= i + self.offset
+
+    def __repr__(self):
+        return "causal()"
+
+
+class _Window(Rule):
+    def __init__(self, left: Optional[int], right: Optional[int]):
+        self.left, self.right = left, right
+
+    def __call__(self, b, h, i, j):
+        pos = i + self.offset  # key position of query i
+        ok = torch.ones_like(pos - j, dtype=torch.bool)
+        if self.left is not None:
+            ok = ok & (j >= pos - self.left)
+        if self.right is not None:
+            ok = ok & (j <= pos + self.right)
+        return ok
+
+    def __repr__(self):
+        return f"sliding_window(({self.left}, {self.right}))"
+
+
+class _Padding(Rule):
+    def __init__(self, lengths: Tensor):
+        self.lengths = lengths
+
+    def __call__(self, b, h, i, j):
+        return j < self.lengths.to(j.device)[b]
+
+    def __repr__(self):
+        return f"padding(lengths={self.lengths.tolist()})"
+
+
+class _KeyMask(Rule):
+    def __init__(self, valid: Tensor):
+        self.valid = valid
+
+    def __call__(self, b, h, i, j):
+        return self.valid.to(j.device)[b, j]
+
+    def __repr__(self):
+        return f"key_mask(shape={tuple(self.valid.shape)})"
+
+
+class _Document(Rule):
+    def __init__(self, ids: Tensor):
+        self.ids = ids
+
+    def __call__(self, b, h, i, j):
+        ids = self.ids.to(j.device)
+        pos = (i + self.offset).clamp(min=0)
+        if ids.ndim == 1:
+            return ids[pos] == ids[j]
+        return ids[b, pos] == ids[b, j]
+
+    def __repr__(self):
+        return f"document(ids of shape {tuple(self.ids.shape)})"
+
+
+class _PrefixLM(Rule):
+    def __init__(self, prefix_len):
+        self.prefix_len = prefix_len
+
+    def __call__(self, b, h, i, j):
+        p = self.prefix_len
+        if isinstance(p, Tensor):
+            p = p.to(j.device)[b]
+        return (j < p) | (j <= i + self.offset)
+
+    def __repr__(self):
+        p = self.prefix_len.tolist() if isinstance(self.prefix_len, Tensor) else self.prefix_len
+        return f"prefix_lm({p})"
+
+
+class _Combine(Rule):
+    def __init__(self, op: str, mods: Sequence[MaskMod]):
+        self.op, self.mods = op, tuple(mods)
+
+    def bind(self, L: int, S: int) -> "_Combine":
+        return _Combine(self.op, [bind(m, L, S) for m in self.mods])
+
+    def __call__(self, b, h, i, j):
+        out = None
+        for m in self.mods:
+            r = m(b, h, i, j)
+            out = r if out is None else (out & r if self.op == "and" else out | r)
+        return out
+
+    def __repr__(self):
+        return f"{self.op}_masks({', '.join(map(repr, self.mods))})"
+
+
+def causal() -> Rule:
+    """Key ``j`` is allowed when ``j <= i + S - L`` (bottom-right, as ``causal=True``)."""
+    return _Causal()
+
+
+def sliding_window(window) -> Rule:
+    """``window=w`` allows keys within ``w`` positions either side; ``(left, right)`` each side.
+
+    ``None`` for a side leaves it unbounded: ``(w, 0)`` is a causal window of ``w + 1`` keys.
+    """
+    left, right = normalize_window(window)
+    return _Window(left, right)
+
+
+def padding(lengths) -> Rule:
+    """Keys at positions ``>= lengths[b]`` are padding: masked for every query. ``lengths`` (B,)."""
+    lengths = torch.as_tensor(lengths)
+    if lengths.ndim != 1 or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a 1-D integer tensor (B,), got dtype {lengths.dtype} shape {tuple(lengths.shape)}")
+    if bool((lengths < 0).any()):
+        raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
+    return _Padding(lengths)
+
+
+def key_mask(valid: Tensor) -> Rule:
+    """Keys where ``valid[b, j]`` is False are masked (``valid`` (B, S), True = real token)."""
+    if not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.ndim != 2:
+        got = f"{valid.dtype} {tuple(valid.shape)}" if isinstance(valid, Tensor) else type(valid).__name__
+        raise ValueError(f"key_mask must be a boolean tensor (B, S) with True = real token, got {got}")
+    return _KeyMask(valid)
+
+
+def document(ids) -> Rule:
+    """Packed sequences: a query sees only keys of its own document. ``ids`` (S,) or (B, S).
+
+    ``ids[..., t]`` is the document of position ``t`` (e.g. ``[0, 0, 0, 1, 1, 2]``). Combine
+    with :func:`causal` for packed causal language modelling.
+    """
+    ids = torch.as_tensor(ids)
+    if ids.ndim not in (1, 2) or ids.dtype.is_floating_point:
+        raise ValueError(f"ids must be an integer tensor (S,) or (B, S), got dtype {ids.dtype} shape {tuple(ids.shape)}")
+    return _Document(ids)
+
+
+def prefix_lm(prefix_len) -> Rule:
+    """Bidirectional over the first ``prefix_len`` keys, causal after (T5/UniLM prefix LM).
+
+    ``prefix_len`` is an int or a (B,) tensor.
+    """
+    if isinstance(prefix_len, Tensor):
+        if prefix_len.ndim != 1 or prefix_len.dtype.is_floating_point:
+            raise ValueError(f"prefix_len must be an int or a 1-D integer tensor (B,), got {prefix_len.dtype} {tuple(prefix_len.shape)}")
+    elif isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or prefix_len < 0:
+        raise ValueError(f"prefix_len must be an int >= 0 or a (B,) tensor, got {prefix_len!r}")
+    return _PrefixLM(prefix_len)
+
+
+def and_masks(*mods: MaskMod) -> Rule:
+    """A rule that allows (b, h, i, j) when every one of ``mods`` does."""
+    _check_mods(mods, "and_masks")
+    return _Combine("and", mods)
+
+
+def or_masks(*mods: MaskMod) -> Rule:
+    """A rule that allows (b, h, i, j) when any of ``mods`` does."""
+    _check_mods(mods, "or_masks")
+    return _Combine("or", mods)
+
+
+def _check_mods(mods, fn: str) -> None:
+    if not mods:
+        raise ValueError(f"{fn} needs at least one mask_mod")
+    for m in mods:
+        if not callable(m):
+            raise TypeError(f"{fn} takes mask_mod functions (b, h, i, j) -> bool, got {type(m).__name__}")
+
+
+def to_dense(mask_mod: MaskMod, B: int, H: int, L: int, S: int, *, device=None) -> Tensor:
+    """Evaluate a rule on every (b, h, i, j): a boolean tensor (B, H, L, S), True = may attend."""
+    fn = bind(mask_mod, L, S)
+    b = torch.arange(B, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(H, device=device).view(1, -1, 1, 1)
+    i = torch.arange(L, device=device).view(1, 1, -1, 1)
+    j = torch.arange(S, device=device).view(1, 1, 1, -1)
+    out = fn(b, h, i, j)
+    if not isinstance(out, Tensor) or out.dtype != torch.bool:
+        got = out.dtype if isinstance(out, Tensor) else type(out).__name__
+        raise TypeError(f"mask_mod must return a boolean tensor, got {got}")
+    return out.expand(B, H, L, S)
+
+
+def render(mask, L: Optional[int] = None, S: Optional[int] = None, *, b: int = 0, h: int = 0,
+           allowed: str = "1", masked: str = "0") -> str:
+    """Text picture of one (b, h) slice of a mask: rows are queries, columns keys.
+
+    ``mask`` is a rule (then give ``L`` and ``S``) or a boolean tensor (..., L, S).
+    """
+    if isinstance(mask, Tensor):
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be boolean to render, got {mask.dtype}")
+        m = mask
+        while m.ndim > 4:
+            m = m[0]
+        if m.ndim == 4:
+            m = m[b if m.shape[0] > 1 else 0]  # (H, L, S)
+        if m.ndim == 3:
+            m = m[h if m.shape[0] > 1 else 0]  # (L, S)
+    elif callable(mask):
+        if L is None or S is None:
+            raise ValueError("render needs L and S to draw a mask rule")
+        m = to_dense(mask, b + 1, h + 1, L, S)[b, h]
+    else:
+        raise TypeError(f"mask must be a boolean tensor or a mask rule, got {type(mask).__name__}")
+    return "\n".join(" ".join(allowed if x else masked for x in row) for row in m.tolist())
