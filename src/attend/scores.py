@@ -35,6 +35,7 @@ class Score(nn.Module):
     """Base class of score functions. Subclasses define ``forward(q, k) -> (..., L, S)``."""
 
     name = "score"
+    dot_like = False  # True when as_dot() reduces the score to a dot product
 
     def default_scale(self, E: int) -> float:
         return 1.0
@@ -52,6 +53,7 @@ class Dot(Score):
     r"""Dot product ``q · k`` (seed 000). :math:`s_{ij} = q_i^\top k_j`."""
 
     name = "dot"
+    dot_like = True
 
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
         return torch.matmul(q, k.transpose(-1, -2))  # (..., L, S)
@@ -111,6 +113,7 @@ class General(Score):
     r"""Bilinear ("general", Luong et al. 2015): :math:`s_{ij} = q_i^\top W k_j`, ``W`` (Eq, Ek)."""
 
     name = "general"
+    dot_like = True
 
     def __init__(self, query_dim: int, key_dim: int):
         super().__init__()
@@ -170,6 +173,7 @@ class _Custom:
     """Wraps a user callable ``fn(q, k) -> (..., L, S)``: not dot-like, default scale 1."""
 
     as_dot = None
+    dot_like = False
 
     def __init__(self, fn: Callable):
         self.fn = fn

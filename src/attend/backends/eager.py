@@ -26,13 +26,16 @@ class Eager(Backend):
     """The reference: every score function, mask, modifier, hard attention and dropout.
 
     ``auto`` skips it when the score matrix would exceed ``auto_limit_bytes`` (the
-    memory-bounded ``chunked`` backend runs those calls instead).
+    memory-bounded ``chunked`` backend runs those calls instead). ``upcast=False``
+    computes 16-bit inputs in their own dtype (the tests' "eager in the test dtype"
+    baseline; fp16 scores may then overflow).
     """
 
     name = "eager"
 
-    def __init__(self, *, auto_limit_bytes: int = 1 << 28):
+    def __init__(self, *, auto_limit_bytes: int = 1 << 28, upcast: bool = True):
         self.auto_limit_bytes = auto_limit_bytes
+        self.upcast = upcast
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
         itemsize = torch.empty((), dtype=compute_dtype(call.query.dtype)).element_size()
@@ -45,7 +48,7 @@ class Eager(Backend):
 
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         dtype = call.query.dtype
-        cdt = compute_dtype(dtype)
+        cdt = compute_dtype(dtype) if self.upcast else dtype
         q = call.query.to(cdt)  # (B, Hq, L, E)
         k = call.expand_kv(call.key).to(cdt)  # (B, Hq, S, Ek)
         v = call.expand_kv(call.value).to(cdt)  # (B, Hq, S, Ev)

@@ -29,7 +29,7 @@ class SDPA(Backend):
 
     def can_run(self, call: AttentionCall) -> list[str]:
         why = []
-        if getattr(call.score, "as_dot", None) is None:
+        if not getattr(call.score, "dot_like", False):
             why.append(f"score {_score_name(call.score)} is not dot-like")
         if call.score_mod is not None:
             why.append("score_mod needs the scores, which SDPA does not expose")

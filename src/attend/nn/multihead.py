@@ -1,0 +1,215 @@
+"""Multi-head attention (seeds 001, 004): ``MultiHead(Q, K, V) = Concat(head_1..head_h) Wᴼ``,
+``head_i = Attention(Q W_iᴽ, K W_iᴷ, V W_iⱽ)``.
+
+Shape legend::
+
+    B batch   L query length   S key length   D embed_dim   H heads   Hkv key/value heads
+    d = D // H (head dim)
+
+    query (B, L, D)   key (B, S, kdim)   value (B, S, vdim)   -> output (B, L, D)
+    (``batch_first=False``: (L, B, D); a 2-D (L, D) query is one unbatched sequence)
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import masks as _masks
+from ..functional import attention
+from ..scores import Additive, General, resolve
+
+__all__ = ["MultiHeadAttention"]
+
+_SCORE_NAMES = ("dot", "scaled_dot", "cosine", "general", "additive")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (and grouped/multi-query) attention on :func:`attend.attention`.
+
+    Self-attention when ``key`` is None, cross-attention otherwise. Masks use attend's
+    polarity everywhere: **True = may attend**; ``key_mask`` (B, S) is True for real
+    tokens (the opposite of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``).
+
+    Args:
+        embed_dim: model width ``D``; ``num_heads`` must divide it.
+        num_heads: query heads ``H``.
+        kv_heads: key/value heads (default ``H``; ``1`` = multi-query; must divide ``H``).
+        kdim, vdim: key and value input widths (default ``D``).
+        bias: biases in the four projections.
+        dropout: dropout on the weights, in training mode only.
+        score: ``"scaled_dot"``, ``"dot"``, ``"cosine"``, ``"general"``, ``"additive"``
+            (per-head parameters built for the head dim) or a Score module.
+        batch_first: inputs are (B, L, D) if True, (L, B, D) otherwise.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        kv_heads: Optional[int] = None,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        score: Union[str, Callable] = "scaled_dot",
+        batch_first: bool = True,
+    ):
+        super().__init__()
+        for arg, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            _positive(arg, val)
+        kv_heads = num_heads if kv_heads is None else kv_heads
+        kdim = embed_dim if kdim is None else kdim
+        vdim = embed_dim if vdim is None else vdim
+        for arg, val in (("kv_heads", kv_heads), ("kdim", kdim), ("vdim", vdim)):
+            _positive(arg, val)
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if num_heads % kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of kv_heads ({kv_heads})")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        self.embed_dim, self.num_heads, self.kv_heads = embed_dim, num_heads, kv_heads
+        self.kdim, self.vdim, self.dropout, self.batch_first = kdim, vdim, float(dropout), batch_first
+        self.head_dim = d = embed_dim // num_heads
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim, kv_heads * d, bias=bias)
+        self.v_proj = nn.Linear(vdim, kv_heads * d, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        if isinstance(score, str) and score == "general":
+            score = General(d, d)
+        elif isinstance(score, str) and score == "additive":
+            score = Additive(d, d, d)
+        elif isinstance(score, str) and score not in _SCORE_NAMES:
+            raise ValueError(f"score must be one of {list(_SCORE_NAMES)} or a Score module, got {score!r}")
+        resolve(score)  # raises for anything that is not a score
+        self.score = score  # a Module here is registered, so its parameters train with the layer
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor] = None,
+        value: Optional[Tensor] = None,
+        *,
+        mask: Union[Tensor, Callable, None] = None,
+        key_mask: Optional[Tensor] = None,
+        causal: bool = False,
+        need_weights: bool = False,
+        average_weights: bool = True,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Returns ``(output, weights or None)``.
+
+        Args:
+            query: (B, L, D). ``key``/``value``: (B, S, kdim)/(B, S, vdim); ``key`` None
+                means self-attention, ``value`` None means ``value = key``.
+            mask: boolean (True = may attend) or additive float, shaped (L, S),
+                (B, L, S) or (B, H, L, S); or a mask rule from :mod:`attend.masks`.
+            key_mask: (B, S) boolean, True = real token, False = padding.
+            causal: bottom-right causal mask (decoder self-attention).
+            need_weights: also return the attention weights: (B, L, S) averaged over
+                heads if ``average_weights``, else (B, H, L, S).
+        """
+        if not isinstance(query, Tensor):
+            raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
+        unbatched = query.ndim == 2
+        key = query if key is None else key
+        value = key if value is None else value
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))  # (B, n, D)
+        if query.ndim != 3 or query.shape[-1] != self.embed_dim:
+            raise ValueError(f"query: expected (B, L, {self.embed_dim}), got shape {tuple(query.shape)}")
+        if key.ndim != 3 or key.shape[-1] != self.kdim:
+            raise ValueError(f"key: expected (B, S, {self.kdim}), got shape {tuple(key.shape)}")
+        if value.ndim != 3 or value.shape[-1] != self.vdim or value.shape[:2] != key.shape[:2]:
+            raise ValueError(f"value: expected (B, S={key.shape[1]}, {self.vdim}), got shape {tuple(value.shape)}")
+        B, L, _ = query.shape
+        S = key.shape[1]
+        d, H, Hkv = self.head_dim, self.num_heads, self.kv_heads
+        q = self.q_proj(query).view(B, L, H, d).transpose(1, 2)  # (B, H, L, d)
+        k = self.k_proj(key).view(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
+        v = self.v_proj(value).view(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
+        mask = self._combine_masks(mask, key_mask, B, S)
+        out = attention(
+            q, k, v,
+            score=self.score,
+            mask=mask,
+            causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            return_weights=need_weights,
+        )
+        weights = None
+        if need_weights:
+            out, weights = out  # weights (B, H, L, S)
+            if average_weights:
+                weights = weights.mean(dim=1)  # (B, L, S)
+        out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * d))  # (B, L, D)
+        if unbatched:
+            out = out.squeeze(0)
+            weights = weights.squeeze(0) if weights is not None else None
+        elif not self.batch_first:
+            out = out.transpose(0, 1)  # (L, B, D)
+        return out, weights
+
+    @staticmethod
+    def _combine_masks(mask, key_mask: Optional[Tensor], B: int, S: int):
+        """One mask for attend.attention: (B, H|1, L, S) tensor or a rule, with key_mask ANDed in."""
+        if isinstance(mask, Tensor) and mask.ndim == 3:
+            mask = mask.unsqueeze(1)  # (B, L, S) -> (B, 1, L, S)
+        if key_mask is None:
+            return mask
+        if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, S):
+            got = f"{key_mask.dtype} {tuple(key_mask.shape)}" if isinstance(key_mask, Tensor) else type(key_mask).__name__
+            raise ValueError(f"key_mask must be a boolean tensor of shape (B, S) = {(B, S)}, True = real token; got {got}")
+        keys = key_mask.view(B, 1, 1, S)  # (B, 1, 1, S)
+        if mask is None:
+            return keys
+        if isinstance(mask, Tensor):
+            if mask.dtype == torch.bool:
+                return mask & keys
+            return mask.masked_fill(~keys, float("-inf"))
+        return _masks.and_masks(mask, _masks.key_mask(key_mask))
+
+    @classmethod
+    def from_torch(cls, mha: nn.MultiheadAttention) -> "MultiHeadAttention":
+        """A copy of a ``torch.nn.MultiheadAttention`` giving the same outputs and weights.
+
+        Masks then follow attend's polarity: pass ``key_mask = ~key_padding_mask`` and,
+        for a boolean ``attn_mask``, ``mask = ~attn_mask``.
+        """
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("mha: add_bias_kv and add_zero_attn have no attend equivalent")
+        has_bias = mha.in_proj_bias is not None
+        new = cls(mha.embed_dim, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim, bias=has_bias,
+                  dropout=mha.dropout, batch_first=mha.batch_first)
+        D = mha.embed_dim
+        with torch.no_grad():
+            if mha._qkv_same_embed_dim:
+                wq, wk, wv = mha.in_proj_weight.split(D)
+            else:
+                wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+            new.q_proj.weight.copy_(wq)
+            new.k_proj.weight.copy_(wk)
+            new.v_proj.weight.copy_(wv)
+            new.out_proj.weight.copy_(mha.out_proj.weight)
+            if has_bias:
+                bq, bk, bv = mha.in_proj_bias.split(D)
+                new.q_proj.bias.copy_(bq)
+                new.k_proj.bias.copy_(bk)
+                new.v_proj.bias.copy_(bv)
+                new.out_proj.bias.copy_(mha.out_proj.bias)
+        return new.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_heads={self.kv_heads}, "
+                f"head_dim={self.head_dim}, dropout={self.dropout}, batch_first={self.batch_first}")
+
+
+def _positive(arg: str, val) -> None:
+    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+        raise ValueError(f"{arg} must be a positive int, got {val!r}")

@@ -1,0 +1,103 @@
+"""The independent float64 reference and the tolerance rule (RELIABILITY.md), for all tests.
+
+Nothing here imports attend's masking or score code: masks are built with Python loops
+and scores with einsum, so a shared bug cannot hide.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+DEFAULT_ATOL = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 1e-5, torch.float64: 1e-7}
+# A loose absolute cap per dtype, so the relative rule cannot pass when the baseline is broken.
+CAP = {torch.float16: 5e-2, torch.bfloat16: 2e-1, torch.float32: 1e-3, torch.float64: 1e-8}
+
+
+# ---- dense masks, by loops -------------------------------------------------------------
+def causal_mask(L: int, S: int) -> Tensor:
+    """Bottom-right: query i may see key j iff j <= i + S - L."""
+    return torch.tensor([[j <= i + S - L for j in range(S)] for i in range(L)], dtype=torch.bool).reshape(L, S)
+
+
+def window_mask(L: int, S: int, left: Optional[int], right: Optional[int]) -> Tensor:
+    rows = []
+    for i in range(L):
+        p = i + S - L
+        rows.append([(left is None or j >= p - left) and (right is None or j <= p + right) for j in range(S)])
+    return torch.tensor(rows, dtype=torch.bool).reshape(L, S)
+
+
+# ---- scores, by einsum -----------------------------------------------------------------
+def dot(q: Tensor, k: Tensor) -> Tensor:
+    return torch.einsum("bhle,bhse->bhls", q, k)
+
+
+def cosine(q: Tensor, k: Tensor, temperature: float = 1.0) -> Tensor:
+    qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    kn = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return dot(qn, kn) / temperature
+
+
+def general(q: Tensor, k: Tensor, W: Tensor) -> Tensor:
+    return torch.einsum("bhle,ef,bhsf->bhls", q, W.to(q.dtype), k)
+
+
+def additive(q: Tensor, k: Tensor, Wq: Tensor, Wk: Tensor, bk: Tensor, v: Tensor) -> Tensor:
+    a = torch.einsum("bhle,ne->bhln", q, Wq.to(q.dtype))
+    c = torch.einsum("bhse,ne->bhsn", k, Wk.to(q.dtype)) + bk.to(q.dtype)
+    t = torch.tanh(a[:, :, :, None, :] + c[:, :, None, :, :])
+    return torch.einsum("bhlsn,n->bhls", t, v.to(q.dtype).reshape(-1))
+
+
+def reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scores: Callable[[Tensor, Tensor], Tensor],
+    *,
+    allowed: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    mod: Optional[Callable[[Tensor], Tensor]] = None,
+) -> tuple[Tensor, Tensor]:
+    """Attention in float64 over (B, Hq, L, E) queries; ``scores`` returns the scaled scores.
+
+    ``allowed`` / ``bias`` broadcast to (B, Hq, L, S); ``mod`` maps the scores (score_mod).
+    Returns ``(output, weights)`` with fully masked rows exactly zero.
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    Hq, Hkv = q.shape[1], k.shape[1]
+    heads = torch.arange(Hq) // (Hq // Hkv)
+    k, v = k.index_select(1, heads), v.index_select(1, heads)
+    s = scores(q, k)
+    if mod is not None:
+        s = mod(s)
+    if bias is not None:
+        s = s + bias.double()
+    if allowed is not None:
+        s = torch.where(allowed, s, torch.tensor(-math.inf, dtype=s.dtype))
+    alive = torch.isfinite(s).any(dim=-1, keepdim=True) | torch.isnan(s).any(dim=-1, keepdim=True)
+    p = torch.softmax(torch.where(alive, s, torch.zeros_like(s)), dim=-1) * alive
+    return p @ v, p
+
+
+# ---- the tolerance rule ------------------------------------------------------------------
+def check(x: Tensor, baseline: Tensor, ref: Tensor, *, dtype: torch.dtype, m: float, what: str = "output") -> None:
+    """``max|x - ref| <= m * max|baseline - ref| + floor`` (RELIABILITY.md), with guard rails."""
+    ref = ref.double()
+    assert torch.isfinite(ref).all(), f"{what}: the reference is not finite"
+    assert not torch.isnan(x).any(), f"{what}: NaN in the result"
+    if ref.numel() == 0:
+        return
+    err = (x.double() - ref).abs().max().item()
+    base = (baseline.double() - ref).abs().max().item()
+    rd = ref.to(dtype)
+    rounding = ((rd + 0.3 - 0.3) - rd).abs().max().double().item()
+    floor = max(DEFAULT_ATOL[dtype], 2 * rounding)
+    scale = max(1.0, ref.abs().max().item())
+    assert err <= CAP[dtype] * scale, f"{what}: error {err:.3g} above the absolute cap {CAP[dtype] * scale:.3g}"
+    assert err <= m * base + floor, (
+        f"{what}: error {err:.3g} > {m} x baseline {base:.3g} + floor {floor:.3g} ({dtype})"
+    )

@@ -1,0 +1,144 @@
+"""Every backend x score function x dtype against the float64 reference (the tolerance rule)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from cases import BACKENDS, SCORES, backend_arg, inputs, make_score, runnable
+
+# "The same eager code in the test dtype" (RELIABILITY.md): no float32 upcast inside.
+BASELINE = attend.backends.Eager(upcast=False)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# (B, Hq, Hkv, L, S, E, Ev, mask kind)
+SHAPES = [
+    (1, 1, 1, 1, 1, 8, 8, "none"),
+    (2, 2, 2, 5, 17, 8, 8, "causal"),  # L < S: bottom-right
+    (1, 4, 2, 17, 5, 16, 8, "causal"),  # L > S: first rows fully masked; GQA; Ev != E
+    (2, 2, 1, 33, 40, 8, 12, "window"),  # MQA
+    (1, 2, 2, 20, 37, 8, 8, "bool"),
+    (1, 2, 2, 9, 23, 8, 8, "bias"),
+]
+
+
+def mask_kwargs(kind: str, B, Hq, L, S, seed=1):
+    """attend kwargs and the reference's (allowed, bias) for one mask kind."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "none":
+        return {}, None, None
+    if kind == "causal":
+        return {"causal": True}, R.causal_mask(L, S), None
+    if kind == "window":
+        return {"window": (3, 1), "causal": False}, R.window_mask(L, S, 3, 1), None
+    if kind == "bool":
+        m = torch.rand(B, 1, L, S, generator=g) > 0.4
+        m[:, :, 0] = False  # one fully masked row
+        return {"mask": m}, m, None
+    if kind == "bias":
+        b = torch.randn(B, Hq, L, S, generator=g)
+        b[0, 0, 1] = float("-inf")  # fully masked by the bias alone
+        return {"mask": b}, None, b
+    raise KeyError(kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tolerance_rule_forward_and_gradients(backend, score, dtype):
+    if not runnable(backend, score):
+        with pytest.raises(attend.UnsupportedCall, match="not dot-like"):
+            q, k, v = inputs(1, 1, 1, 2, 2, 8, 8, dtype)
+            attend.attention(q, k, v, score=make_score(score, 8)[0], backend=backend_arg(backend))
+        return
+    for B, Hq, Hkv, L, S, E, Ev, kind in SHAPES:
+        torch.manual_seed(0)
+        arg, ref_scores = make_score(score, E)
+        kw, allowed, bias = mask_kwargs(kind, B, Hq, L, S)
+        q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype, grad=True)
+        ref, _ = R.reference(q.detach(), k.detach(), v.detach(), ref_scores, allowed=allowed, bias=bias)
+        qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+        ref_out, _ = R.reference(qd, kd, vd, ref_scores, allowed=allowed, bias=bias)
+        dout = torch.randn_like(ref_out)
+        ref_grads = torch.autograd.grad(ref_out, (qd, kd, vd), dout)
+
+        def run(b):
+            out = attend.attention(q, k, v, score=arg, backend=b, **kw)
+            grads = torch.autograd.grad(out, (q, k, v), dout.to(dtype))
+            return out, grads
+
+        out, grads = run(backend_arg(backend))
+        base, base_grads = run(BASELINE)
+        where = f"{backend}/{score}/{dtype} shape {(B, Hq, Hkv, L, S, E, Ev)} {kind}"
+        R.check(out, base, ref, dtype=dtype, m=2, what=f"output {where}")
+        for name, g, gb, gr in zip("qkv", grads, base_grads, ref_grads):
+            R.check(g, gb, gr, dtype=dtype, m=3, what=f"d{name} {where}")
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_eager_in_float64_is_the_reference(score):
+    """The eager backend in float64 equals the independent reference to rounding."""
+    for B, Hq, Hkv, L, S, E, Ev, kind in SHAPES:
+        torch.manual_seed(0)
+        arg, ref_scores = make_score(score, E)
+        kw, allowed, bias = mask_kwargs(kind, B, Hq, L, S)
+        q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, torch.float64)
+        out, w = attend.attention(q, k, v, score=arg, backend="eager", return_weights=True, **kw)
+        ref, ref_w = R.reference(q, k, v, ref_scores, allowed=allowed, bias=bias)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(w, ref_w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("L,S", [(1, 1), (2, 5), (5, 2), (17, 97), (97, 17), (127, 129), (129, 127), (1025, 33), (33, 1025)])
+def test_lengths(backend, L, S):
+    """RELIABILITY B7 lengths: scaled_dot, causal, fp32 and fp16."""
+    for dtype in (torch.float32, torch.float16):
+        q, k, v = inputs(1, 2, 2, L, S, 16, 16, dtype)
+        ref, _ = R.reference(q, k, v, lambda a, b: R.dot(a, b) / 4.0, allowed=R.causal_mask(L, S))
+        out = attend.attention(q, k, v, causal=True, backend=backend_arg(backend))
+        base = attend.attention(q, k, v, causal=True, backend=BASELINE)
+        R.check(out, base, ref, dtype=dtype, m=2, what=f"{backend} L={L} S={S} {dtype}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("E", [8, 40, 59, 64, 96, 111, 128])
+def test_head_dims(backend, E):
+    """RELIABILITY B7 head dims, with a value dim that differs from E."""
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = inputs(2, 2, 1, 37, 45, E, E + 3, dtype)
+        ref, _ = R.reference(q, k, v, lambda a, b: R.dot(a, b) / E**0.5)
+        out = attend.attention(q, k, v, backend=backend_arg(backend))
+        base = attend.attention(q, k, v, backend=BASELINE)
+        R.check(out, base, ref, dtype=dtype, m=2, what=f"{backend} E={E} {dtype}")
+
+
+@pytest.mark.parametrize("backend", ["eager", "chunked16"])
+def test_weights_match_reference(backend):
+    for score in ("scaled_dot", "Additive", "General"):
+        arg, ref_scores = make_score(score, 8)
+        q, k, v = inputs(2, 2, 2, 19, 23, 8, 8, torch.float32)
+        _, w = attend.attention(q, k, v, score=arg, causal=True, return_weights=True, backend=backend_arg(backend))
+        _, ref_w = R.reference(q, k, v, ref_scores, allowed=R.causal_mask(19, 23))
+        torch.testing.assert_close(w.double(), ref_w, rtol=1e-5, atol=1e-6)
+        sums = w.sum(-1)
+        torch.testing.assert_close(sums, torch.ones_like(sums))  # every row here has a key
+
+
+def test_chunked_bounds_memory_of_additive():
+    """chunked never builds (L, S, hidden): its largest score block is (L, block, hidden)."""
+    seen = []
+    a = attend.scores.Additive(8, 8, 32)
+    orig = a.forward
+
+    def spy(q, k):
+        seen.append(k.shape[-2])
+        return orig(q, k)
+
+    a.forward = spy
+    q, k, v = inputs(1, 1, 1, 10, 200, 8, 8, torch.float32, grad=True)
+    out = attend.attention(q, k, v, score=a, backend=attend.backends.Chunked(block_size=32))
+    out.sum().backward()
+    assert seen and max(seen) == 32, seen
+    assert torch.isfinite(q.grad).all()
