@@ -53,7 +53,7 @@ class Chunked(Backend):
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         dtype = call.query.dtype
         cdt = compute_dtype(dtype)
-        q = call.query.to(cdt)  # (B, Hq, L, E)
+        q = call.query.to(cdt).contiguous()  # (B, Hq, L, E); contiguous: same bits for any input layout
         if call.needs_grad or call.return_weights:
             out, weights = self._two_pass(call, q, cdt)
         else:
@@ -61,8 +61,8 @@ class Chunked(Backend):
         return out.to(dtype), (weights.to(dtype) if weights is not None else None)
 
     def _kv(self, call: AttentionCall, j0: int, j1: int, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
-        k = call.expand_kv(call.key[:, :, j0:j1]).to(cdt)  # (B, Hq, s, Ek)
-        v = call.expand_kv(call.value[:, :, j0:j1]).to(cdt)  # (B, Hq, s, Ev)
+        k = call.expand_kv(call.key[:, :, j0:j1]).to(cdt).contiguous()  # (B, Hq, s, Ek)
+        v = call.expand_kv(call.value[:, :, j0:j1]).to(cdt).contiguous()  # (B, Hq, s, Ev)
         return k, v
 
     def _online(self, call: AttentionCall, q: Tensor, cdt: torch.dtype) -> Tensor:

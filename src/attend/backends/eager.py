@@ -49,9 +49,11 @@ class Eager(Backend):
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         dtype = call.query.dtype
         cdt = compute_dtype(dtype) if self.upcast else dtype
-        q = call.query.to(cdt)  # (B, Hq, L, E)
-        k = call.expand_kv(call.key).to(cdt)  # (B, Hq, S, Ek)
-        v = call.expand_kv(call.value).to(cdt)  # (B, Hq, S, Ev)
+        # contiguous: results must not depend on the caller's memory layout (BLAS picks
+        # kernels by stride), so a transposed or expanded input gives the same bits
+        q = call.query.to(cdt).contiguous()  # (B, Hq, L, E)
+        k = call.expand_kv(call.key).to(cdt).contiguous()  # (B, Hq, S, Ek)
+        v = call.expand_kv(call.value).to(cdt).contiguous()  # (B, Hq, S, Ev)
         s = call.scores(q, k, 0, 0)  # (B, Hq, L, S)
         p, _ = safe_softmax(s)  # (B, Hq, L, S)
         weights = p

@@ -8,7 +8,8 @@ or GPU kernels. attend's semantics are kept at the boundary:
   folded into one ``attn_mask``; SDPA's own ``is_causal`` is top-left aligned, so it is
   used only when ``L == S`` and nothing else masks;
 - rows with no key to attend are given an all-open mask row for SDPA and their output
-  is set to exactly zero afterwards, so neither the output nor the gradients see NaN.
+  is set to exactly zero afterwards, so neither the output nor the gradients see NaN;
+- a query row containing NaN gives NaN (SDPA's CPU kernel would return zeros for it).
 
 SDPA cannot return the weights, run score_mod or hard attention; ``can_run`` says so.
 """
@@ -72,6 +73,9 @@ class SDPA(Backend):
         )  # (B, Hq, L, Ev)
         if dead is not None:
             out = out.masked_fill(dead, 0.0)
+        # SDPA's CPU kernel treats a row whose scores are all NaN like a fully masked row
+        # and returns zeros; corrupt input must show, so such rows become NaN again.
+        out = out.masked_fill(q.isnan().any(dim=-1, keepdim=True), math.nan)
         return out, None
 
 

@@ -1,0 +1,119 @@
+"""Mask rules, their combination, rendering, and agreement with the explicit dense masks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from attend import masks
+from cases import BACKENDS, backend_arg, inputs
+
+
+def test_causal_picture_from_design():
+    assert masks.render(masks.causal(), 2, 4) == "1 1 1 0\n1 1 1 1"
+    assert masks.render(masks.causal(), 4, 2) == "0 0\n0 0\n1 0\n1 1"
+
+
+@pytest.mark.parametrize("L,S", [(1, 1), (3, 3), (2, 5), (5, 2), (7, 7)])
+def test_rules_equal_loop_masks(L, S):
+    d = lambda rule: masks.to_dense(rule, 1, 1, L, S)[0, 0]  # noqa: E731
+    assert torch.equal(d(masks.causal()), R.causal_mask(L, S))
+    for w in [0, 1, 3, 100, (2, 0), (0, 2), (None, 1), (1, None)]:
+        left, right = (w, w) if isinstance(w, int) else w
+        assert torch.equal(d(masks.sliding_window(w)), R.window_mask(L, S, left, right)), w
+
+
+def test_padding_document_prefix_and_combinations():
+    lengths = torch.tensor([2, 4])
+    pad = masks.to_dense(masks.padding(lengths), 2, 1, 3, 4)
+    assert pad[0, 0].tolist() == [[True, True, False, False]] * 3
+    assert pad[1, 0].all()
+    ids = torch.tensor([0, 0, 1, 1, 1, 2])
+    doc = masks.to_dense(masks.and_masks(masks.document(ids), masks.causal()), 1, 1, 6, 6)[0, 0]
+    expect = torch.tensor([[bool(ids[i] == ids[j] and j <= i) for j in range(6)] for i in range(6)])
+    assert torch.equal(doc, expect)
+    pre = masks.render(masks.prefix_lm(2), 4, 4)
+    assert pre == "1 1 0 0\n1 1 0 0\n1 1 1 0\n1 1 1 1"
+    either = masks.to_dense(masks.or_masks(masks.causal(), lambda b, h, i, j: j == 3), 1, 1, 4, 4)[0, 0]
+    assert either[:, 3].all() and either[1, :2].all() and not either[1, 2]
+    km = masks.to_dense(masks.key_mask(torch.tensor([[True, False, True]])), 1, 2, 2, 3)
+    assert km[0, 1].tolist() == [[True, False, True]] * 2
+
+
+def test_rule_repr_and_render_tensor():
+    r = masks.and_masks(masks.causal(), masks.sliding_window((2, 0)))
+    assert repr(r) == "and_masks(causal(), sliding_window((2, 0)))"
+    t = torch.tensor([[True, False], [True, True]])
+    assert masks.render(t, allowed="#", masked=".") == "# .\n# #"
+    assert masks.render(t.view(1, 1, 2, 2)) == "1 0\n1 1"
+
+
+@pytest.mark.parametrize(
+    "fn, pattern",
+    [
+        (lambda: masks.padding([[1, 2]]), r"lengths must be a 1-D integer tensor"),
+        (lambda: masks.padding([1, -2]), r"lengths must be >= 0, got \[1, -2\]"),
+        (lambda: masks.document(torch.randn(3)), r"ids must be an integer tensor"),
+        (lambda: masks.prefix_lm(-1), r"prefix_len must be an int >= 0"),
+        (lambda: masks.and_masks(), r"and_masks needs at least one mask_mod"),
+        (lambda: masks.or_masks(3), r"or_masks takes mask_mod functions"),
+        (lambda: masks.key_mask(torch.ones(2, 3)), r"key_mask must be a boolean tensor \(B, S\)"),
+        (lambda: masks.render(masks.causal()), r"render needs L and S"),
+        (lambda: masks.sliding_window(-2), r"window size must be an int >= 0"),
+    ],
+)
+def test_rule_argument_errors(fn, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        fn()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rules_through_attention_equal_dense_masks(backend):
+    """mask=rule equals mask=dense tensor, and causal/window flags equal their explicit masks."""
+    L, S = 6, 9
+    q, k, v = inputs(2, 2, 2, L, S, 8, 8, torch.float64)
+    lengths = torch.tensor([9, 4])
+    rule = masks.and_masks(masks.padding(lengths), masks.sliding_window((3, 1)))
+    dense = masks.to_dense(rule, 2, 2, L, S)
+    b = backend_arg(backend)
+    a1 = attend.attention(q, k, v, mask=rule, backend=b)
+    a2 = attend.attention(q, k, v, mask=dense, backend=b)
+    a3 = attend.attention(q, k, v, mask=masks.padding(lengths), window=(3, 1), backend=b)
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(a1, a3)
+    c1 = attend.attention(q, k, v, causal=True, window=2, backend=b)
+    c2 = attend.attention(q, k, v, mask=R.causal_mask(L, S) & R.window_mask(L, S, 2, 2), backend=b)
+    torch.testing.assert_close(c1, c2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("L,S", [(4, 9), (9, 4), (7, 7)])
+def test_causal_future_tokens_do_not_leak(backend, L, S):
+    """Changing keys/values after a query's last visible key leaves its output bit-identical."""
+    q, k, v = inputs(1, 2, 2, L, S, 8, 8, torch.float32)
+    b = backend_arg(backend)
+    out = attend.attention(q, k, v, causal=True, backend=b)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., -1, :] += 100.0  # the last key is visible only to the last query
+    v2[..., -1, :] -= 50.0
+    out2 = attend.attention(q, k2, v2, causal=True, backend=b)
+    assert torch.equal(out[..., :-1, :], out2[..., :-1, :])
+    assert not torch.equal(out[..., -1, :], out2[..., -1, :])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_window_edge_cases(backend):
+    L = S = 10
+    q, k, v = inputs(1, 1, 1, L, S, 8, 8, torch.float64)
+    b = backend_arg(backend)
+    # window 0: each query sees only its own key -> output = its value
+    torch.testing.assert_close(attend.attention(q, k, v, window=0, backend=b), v)
+    # window >= length: no restriction
+    torch.testing.assert_close(attend.attention(q, k, v, window=50, backend=b), attend.attention(q, k, v, backend=b))
+    # asymmetric with padding and causal
+    pad = masks.padding(torch.tensor([7]))
+    a = attend.attention(q, k, v, window=(2, 5), causal=True, mask=pad, backend=b)
+    m = R.window_mask(L, S, 2, 5) & R.causal_mask(L, S) & (torch.arange(S) < 7)
+    ref, _ = R.reference(q, k, v, lambda x, y: R.dot(x, y) / 8**0.5, allowed=m)
+    torch.testing.assert_close(a, ref)

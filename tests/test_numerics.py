@@ -1,0 +1,160 @@
+"""RELIABILITY.md B-C: invariances, fully masked rows, overflow, NaN propagation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from cases import BACKENDS, SCORES, backend_arg, inputs, make_score, runnable
+
+ALL_BACKENDS = BACKENDS
+
+
+def _run(backend, *a, **kw):
+    return attend.attention(*a, backend=backend_arg(backend), **kw)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("how", ["all_false", "all_neg_inf_bias", "whole_head", "rule"])
+def test_fully_masked_rows_are_exactly_zero_with_finite_gradients(backend, how):
+    B, H, L, S = 2, 2, 5, 6
+    q, k, v = inputs(B, H, H, L, S, 8, 8, torch.float32, grad=True)
+    if how == "all_false":
+        m = torch.rand(B, H, L, S) > 0.3
+        m[:, :, 2] = False
+        dead = (slice(None), slice(None), 2)
+    elif how == "all_neg_inf_bias":
+        m = torch.randn(B, H, L, S)
+        m[0, 1, 3] = -math.inf
+        dead = (0, 1, 3)
+    elif how == "whole_head":
+        m = torch.ones(B, H, L, S, dtype=torch.bool)
+        m[1, 0] = False
+        dead = (1, 0)
+    else:
+        m = lambda b, h, i, j: (i != 4) & (j >= 0)  # noqa: E731  query 4 sees nothing
+        dead = (slice(None), slice(None), 4)
+    out = _run(backend, q, k, v, mask=m)
+    assert torch.equal(out[dead], torch.zeros_like(out[dead]))
+    out.square().sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    if backend != "sdpa":
+        _, w = _run(backend, q, k, v, mask=m, return_weights=True)
+        assert torch.equal(w[dead], torch.zeros_like(w[dead]))
+        rows = w.sum(-1)
+        alive = rows != 0
+        torch.testing.assert_close(rows[alive], torch.ones_like(rows[alive]))
+
+
+def test_safe_softmax_log_sum_exp_is_minus_inf_for_dead_rows():
+    from attend.backends.base import safe_softmax
+
+    s = torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]], requires_grad=True)
+    p, lse = safe_softmax(s)
+    assert lse[1].item() == -math.inf
+    assert torch.equal(p[1], torch.zeros(2))
+    torch.testing.assert_close(lse[0], torch.logsumexp(s[0], 0))
+    p.sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_fp16_scores_beyond_65504_stay_finite(backend):
+    """q·k exceeds fp16's range; scores accumulate in fp32, so the result is finite and right."""
+    q = torch.full((1, 1, 4, 64), 40.0, dtype=torch.float16)
+    k = torch.full((1, 1, 6, 64), 40.0, dtype=torch.float16)  # q·k = 102400 > 65504
+    k[..., 2, :] = 41.0
+    v = torch.randn(1, 1, 6, 8).half()
+    out = _run(backend, q, k, v, score="dot")
+    assert torch.isfinite(out).all()
+    ref, _ = R.reference(q, k, v, R.dot)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_softmax_shift_invariance(backend):
+    q, k, v = inputs(1, 2, 2, 5, 7, 8, 8, torch.float64)
+    a = _run(backend, q, k, v)
+    b = _run(backend, q, k, v, mask=torch.full((1, 2, 5, 1), 1e4, dtype=torch.float64))  # +1e4 on whole rows
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_nan_propagates_to_affected_rows_only(backend):
+    q, k, v = inputs(1, 1, 1, 4, 5, 8, 8, torch.float32)
+    q[0, 0, 1, 3] = math.nan
+    out = _run(backend, q, k, v)
+    assert torch.isnan(out[0, 0, 1]).all()
+    assert torch.isfinite(out[0, 0, [0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_huge_value_in_masked_key_changes_nothing(backend):
+    q, k, v = inputs(1, 1, 1, 4, 5, 8, 8, torch.float32)
+    mask = torch.tensor([True, True, True, False, True])
+    a = _run(backend, q, k, v, mask=mask)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 3, :] = 1e30
+    v2[..., 3, :] = 1e30
+    b = _run(backend, q, k2, v2, mask=mask)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_invariances(backend):
+    """Permuting key/value pairs; masking a key equals deleting it; padding inside a batch."""
+    q, k, v = inputs(1, 2, 2, 6, 8, 8, 8, torch.float64)
+    perm = torch.randperm(8)
+    torch.testing.assert_close(_run(backend, q, k, v), _run(backend, q, k[:, :, perm], v[:, :, perm]))
+    keep = torch.ones(8, dtype=torch.bool)
+    keep[5] = False
+    torch.testing.assert_close(_run(backend, q, k, v, mask=keep), _run(backend, q, k[:, :, keep], v[:, :, keep]))
+    # a sequence alone equals the same sequence padded inside a batch
+    short = _run(backend, q[:, :, :4], k[:, :, :5], v[:, :, :5])
+    kb = torch.cat([k, k.flip(2)], 0)
+    vb = torch.cat([v, v.flip(2)], 0)
+    qb = torch.cat([q, q], 0)
+    padded = _run(backend, qb, kb, vb, mask=attend.masks.padding(torch.tensor([5, 8])))
+    torch.testing.assert_close(padded[0, :, :4], short[0])
+
+
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("backend", ["eager", "chunked16", "sdpa"])
+def test_gradcheck_float64(backend, score):
+    """torch.autograd.gradcheck with a partial mask and a fully masked row (RELIABILITY B10)."""
+    if not runnable(backend, score):
+        pytest.skip(f"{backend} does not run score {score} (tested in test_backends)")
+    arg, _ = make_score(score, 4)
+    if isinstance(arg, torch.nn.Module):
+        arg = arg.double()
+    q, k, v = inputs(1, 2, 1, 3, 20, 4, 3, torch.float64, grad=True)
+    mask = torch.rand(1, 2, 3, 20) > 0.3
+    mask[0, 1, 2] = False  # a fully masked row
+    mask[..., 0] = True
+    mask[0, 1, 2] = False
+    b = backend_arg(backend)
+    fn = lambda q, k, v: attend.attention(q, k, v, score=arg, mask=mask, backend=b)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5)
+
+
+def test_gradients_reach_score_parameters_and_score_mod_tables():
+    """chunked recomputes blocks; gradients still reach module parameters and a learned bias table."""
+    for backend in ("eager", "chunked16"):
+        torch.manual_seed(0)
+        add = attend.scores.Additive(8, 8, 6).double()
+        table = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
+        q, k, v = inputs(1, 2, 2, 5, 40, 8, 8, torch.float64, grad=True)
+        out = attend.attention(q, k, v, score=add, score_mod=attend.mods.relative_bias(table), causal=True,
+                               backend=backend_arg(backend))
+        out.sum().backward()
+        grads = [p.grad.clone() for p in add.parameters()] + [table.grad.clone()]
+        if backend == "eager":
+            ref_grads = grads
+        else:
+            for a, b in zip(grads, ref_grads):
+                torch.testing.assert_close(a, b)
+        assert all(g.abs().sum() > 0 for g in grads)
