@@ -1,0 +1,26 @@
+"""The README's Python examples run as written (so what it says works, works)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_python_blocks_run_and_print_what_they_claim():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    env: dict = {}
+    checked = []
+    for block in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, str(README), "exec"), env)  # noqa: S102 - our own README
+        # every "# " comment block right after a print(...) is the expected output
+        for call, expected in re.findall(r"^print\((.*?)\)\n((?:# .*\n)+)", block, flags=re.M):
+            want = "\n".join(line[2:] for line in expected.splitlines())
+            assert want in out.getvalue(), (call, out.getvalue())
+            checked.append(call)
+    assert len(checked) >= 2, checked
