@@ -18,6 +18,7 @@ definition of *what* is computed and differs only in *how*.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -247,7 +248,7 @@ def safe_softmax(s: Tensor) -> tuple[Tensor, Tensor]:
     return p, lse.squeeze(-1)
 
 
-class Backend:
+class Backend(abc.ABC):
     """How to compute a call. Subclass, give it a ``name``, and :func:`attend.backends.register` it.
 
     - ``can_run(call)`` returns the reasons it cannot run the call (empty list: it can).
@@ -265,8 +266,9 @@ class Backend:
     def auto_skip(self, call: AttentionCall) -> list[str]:
         return []
 
-    def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:  # pragma: no cover - abstract
-        raise NotImplementedError(f"backend {self.name!r} does not implement run()")
+    @abc.abstractmethod
+    def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
+        """Compute the call: ``(output (B, Hq, L, Ev), weights (B, Hq, L, S) or None)``."""
 
     def __repr__(self) -> str:
         return f"<attend backend {self.name!r}>"
