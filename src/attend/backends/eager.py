@@ -26,16 +26,21 @@ class Eager(Backend):
     """The reference: every score function, mask, modifier, hard attention and dropout.
 
     ``auto`` skips it when the score matrix would exceed ``auto_limit_bytes`` (the
-    memory-bounded ``chunked`` backend runs those calls instead). ``upcast=False``
+    memory-bounded ``chunked`` backend runs those calls instead), and for calls without
+    weights from the sizes where ``chunked`` measured faster (``chunked_from_infer`` /
+    ``chunked_from_train``, in L·S). ``upcast=False``
     computes 16-bit inputs in their own dtype (the tests' "eager in the test dtype"
     baseline; fp16 scores may then overflow).
     """
 
     name = "eager"
 
-    def __init__(self, *, auto_limit_bytes: int = 1 << 28, upcast: bool = True):
+    def __init__(self, *, auto_limit_bytes: int = 1 << 28, upcast: bool = True,
+                 chunked_from_infer: int = 256 * 256, chunked_from_train: int = 2048 * 2048):
         self.auto_limit_bytes = auto_limit_bytes
         self.upcast = upcast
+        self.chunked_from_infer = chunked_from_infer
+        self.chunked_from_train = chunked_from_train
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
         itemsize = torch.empty((), dtype=compute_dtype(call.query.dtype)).element_size()
@@ -44,6 +49,12 @@ class Eager(Backend):
         need *= getattr(call.score, "hidden_dim", 1)
         if need > self.auto_limit_bytes:
             return [f"would materialise {need / 2**20:.0f} MiB of scores (auto limit {self.auto_limit_bytes / 2**20:.0f} MiB)"]
+        # Measured on CPU (benchmarks/results/cpu-backends.md): chunked's single online-softmax
+        # pass beats eager's separate passes for inference from L·S = 256², and with gradients
+        # from L·S = 2048², where eager's (L, S) tensors no longer fit in cache.
+        threshold = self.chunked_from_train if call.needs_grad else self.chunked_from_infer
+        if not call.return_weights and call.L * call.S >= threshold:
+            return [f"chunked is faster from L·S = {threshold} {'with gradients' if call.needs_grad else 'for inference'}"]
         return []
 
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
