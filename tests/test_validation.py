@@ -196,10 +196,10 @@ def test_leading_dims_broadcast_and_2d_inputs():
 
 def test_auto_prefers_chunked_where_it_measured_faster():
     add = attend.scores.Additive(8, 8, 4)
-    q, k, v = inputs(1, 1, 1, 300, 300, 8, 8, torch.float32)
+    q, k, v = inputs(1, 1, 1, 520, 520, 8, 8, torch.float32)
     with torch.no_grad():
         e = attend.explain(q, k, v, score=add)
-    assert e.backend == "chunked" and "chunked is faster from L·S = 65536 for inference" in e.reasons["eager"][0]
+    assert e.backend == "chunked" and "chunked is faster from L·S = 262144 for inference" in e.reasons["eager"][0]
     assert attend.explain(q, k, v, score=add).backend == "eager"  # module parameters need gradients
     with torch.no_grad():
         assert attend.explain(q, k, v, score=add, return_weights=True).backend == "eager"

@@ -36,7 +36,7 @@ class Eager(Backend):
     name = "eager"
 
     def __init__(self, *, auto_limit_bytes: int = 1 << 28, upcast: bool = True,
-                 chunked_from_infer: int = 256 * 256, chunked_from_train: int = 2048 * 2048):
+                 chunked_from_infer: int = 512 * 512, chunked_from_train: int = 2048 * 2048):
         self.auto_limit_bytes = auto_limit_bytes
         self.upcast = upcast
         self.chunked_from_infer = chunked_from_infer
@@ -50,7 +50,7 @@ class Eager(Backend):
         if need > self.auto_limit_bytes:
             return [f"would materialise {need / 2**20:.0f} MiB of scores (auto limit {self.auto_limit_bytes / 2**20:.0f} MiB)"]
         # Measured on CPU (benchmarks/results/cpu-backends.md): chunked's single online-softmax
-        # pass beats eager's separate passes for inference from L·S = 256², and with gradients
+        # pass beats eager's separate passes for inference from L·S = 512², and with gradients
         # from L·S = 2048², where eager's (L, S) tensors no longer fit in cache.
         threshold = self.chunked_from_train if call.needs_grad else self.chunked_from_infer
         if not call.return_weights and call.L * call.S >= threshold:
