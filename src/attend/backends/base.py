@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionCall", "Backend", "UnsupportedCall", "compute_dtype", "safe_softmax"]
+__all__ = ["AttentionCall", "Backend", "UnsupportedCall", "compute_dtype", "safe_lse", "safe_softmax"]
 
 
 class UnsupportedCall(ValueError):
@@ -231,21 +231,28 @@ def _block(t: Tensor, i0: int, i1: int, j0: int, j1: int) -> Tensor:
     return t
 
 
-def safe_softmax(s: Tensor) -> tuple[Tensor, Tensor]:
-    """Softmax over the last dim that gives **exactly zero** for rows with no finite score.
+def safe_lse(s: Tensor) -> Tensor:
+    """log-sum-exp over the last dim: ``-inf`` for rows with no finite score, and a NaN-free gradient.
 
-    Returns ``(p, lse)``; ``lse`` is the log-sum-exp (``-inf`` for such rows). The row max
-    is subtracted for stability and detached: softmax does not depend on it, and keeping it
-    out of the graph keeps the gradient of a fully masked row at zero instead of NaN.
+    The row max is subtracted for stability and detached: the result does not depend on
+    it, and keeping it out of the graph keeps a fully masked row's gradient at zero.
     """
     m = s.amax(dim=-1, keepdim=True).detach()
     m = torch.where(m == -math.inf, torch.zeros_like(m), m)  # (…, l, 1)
-    e = torch.exp(s - m)
-    d = e.sum(dim=-1, keepdim=True)
+    d = torch.exp(s - m).sum(dim=-1, keepdim=True)
     dead = d == 0
-    p = e / torch.where(dead, torch.ones_like(d), d)
-    lse = torch.where(dead, torch.full_like(d, -math.inf), m + torch.log(torch.where(dead, torch.ones_like(d), d)))
-    return p, lse.squeeze(-1)
+    lse = m + torch.log(torch.where(dead, torch.ones_like(d), d))
+    return torch.where(dead, torch.full_like(lse, -math.inf), lse).squeeze(-1)
+
+
+def safe_softmax(s: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax over the last dim that gives **exactly zero** for rows with no finite score.
+
+    Returns ``(p, lse)``; ``lse`` is the log-sum-exp (``-inf`` for such rows).
+    """
+    lse = safe_lse(s)
+    p = torch.exp(s - torch.where(lse == -math.inf, torch.zeros_like(lse), lse).unsqueeze(-1))
+    return p, lse
 
 
 class Backend(abc.ABC):

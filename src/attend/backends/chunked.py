@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .base import AttentionCall, Backend, compute_dtype
+from .base import AttentionCall, Backend, compute_dtype, safe_lse
 
 
 class Chunked(Backend):
@@ -89,7 +89,7 @@ class Chunked(Backend):
 
         def block_lse(q: Tensor, j0: int, j1: int) -> Tensor:
             k, _ = self._kv(call, j0, j1, cdt)
-            return _safe_lse(call.scores(q, k, 0, j0))  # (B, Hq, L)
+            return safe_lse(call.scores(q, k, 0, j0))  # (B, Hq, L)
 
         def block_out(q: Tensor, lse: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor]:
             k, v = self._kv(call, j0, j1, cdt)
@@ -113,16 +113,6 @@ class Chunked(Backend):
                 full[..., j0:j1] = p
             weights = full
         return out, weights
-
-
-def _safe_lse(s: Tensor) -> Tensor:
-    """log-sum-exp over the last dim; ``-inf`` for rows without a finite score, NaN-free gradient."""
-    m = s.amax(dim=-1, keepdim=True).detach()
-    m = torch.where(m == -math.inf, torch.zeros_like(m), m)
-    d = torch.exp(s - m).sum(dim=-1, keepdim=True)
-    dead = d == 0
-    lse = m + torch.log(torch.where(dead, torch.ones_like(d), d))
-    return torch.where(dead, torch.full_like(lse, -math.inf), lse).squeeze(-1)
 
 
 def _combine_lse(lses: Tensor) -> Tensor:

@@ -45,11 +45,10 @@ class SDPA(Backend):
         scale = call.scale * factor
         L, S = call.L, call.S
         only_causal = call.causal and call.window is None and call.mask is None and call.mask_mod is None and call.bias is None
+        use_is_causal = only_causal and L == S  # SDPA's (top-left) is_causal is our rule only when L == S
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
-        if only_causal and L == S:
-            pass  # SDPA's is_causal is exactly our rule when L == S
-        elif call.has_rule_mask or call.mask is not None or call.bias is not None:
+        if not use_is_causal and (call.has_rule_mask or call.mask is not None or call.bias is not None):
             allowed = call.allowed(0, L, 0, S)  # bool or None
             if call.bias is not None:
                 attn_mask = call.bias.to(q.dtype)
@@ -67,7 +66,7 @@ class SDPA(Backend):
             call.value,
             attn_mask=attn_mask,
             dropout_p=call.dropout_p,
-            is_causal=only_causal and L == S,
+            is_causal=use_is_causal,
             scale=scale,
             enable_gqa=call.groups > 1,
         )  # (B, Hq, L, Ev)
