@@ -11,10 +11,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Reinstall only when what we install from changed.
 stamp="$venv/.attend-stamp"
-want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1) ${ATTEND_EXTRAS:-test}"
+want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1) ${ATTEND_EXTRAS:-test,translate,viz}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "attend: installing into $venv" >&2
-  "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" -e "$root[${ATTEND_EXTRAS:-test}]"
+  "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" -e "$root[${ATTEND_EXTRAS:-test,translate,viz}]"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -1,41 +1,298 @@
 """The ``attend`` command.
 
-Usage errors exit 2 with one line; runtime errors exit 1 with one line (a traceback
-only with ``--debug``); Ctrl-C exits 130.
+    attend demo                      the main job: train and compare the seed-002 translators
+    attend tour                      the attention variants, side by side, on one sentence
+    attend translate train ...       train a translator on a TSV file (or the embedded corpus)
+    attend translate eval ...        BLEU / chrF of a checkpoint on a TSV file
+    attend translate "a sentence" --checkpoint DIR
+
+Usage errors (bad flags, missing files, outputs that exist without ``--force``) exit 2
+with one line; runtime errors (malformed files, ...) exit 1 with one line (a traceback
+only with ``--debug``); Ctrl-C exits 130 (training saves its state first).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from typing import Optional, Sequence
+
+_TRANSLATE_VERBS = ("train", "eval", "text")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"attend: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models.seq2seq import ATTENTION_KINDS
+
     p = _Parser(prog="attend", description="attend: the attention mechanism, every variant behind one API.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for runtime errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    demo = sub.add_parser("demo", help="a terminal tour of attention variants on a small example")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the random parts (default 0)")
+
+    demo = sub.add_parser("demo", help="the main job: train an attention translator and a no-attention baseline, "
+                                       "compare them by sentence length, draw the attention")
+    demo.add_argument("--out", help="run folder (default: runs/demo-<date>-<time>)")
+    demo.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+    demo.add_argument("--quick", action="store_true", help="a tiny corpus and model: seconds, for a smoke test")
+    demo.add_argument("--seed", type=int, default=0, help="seed for the corpus and training (default 0)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    tour = sub.add_parser("tour", help="a terminal tour of the attention variants on one small sentence")
+    tour.add_argument("--seed", type=int, default=0, help="seed for the random parts (default 0)")
+
+    tr = sub.add_parser("translate", help="train, evaluate and use RNN translators with attention",
+                        description='attend translate {train,eval} ... | attend translate "a sentence" --checkpoint DIR')
+    tsub = tr.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+
+    t = tsub.add_parser("train", help="train a translator on a TSV file of sentence pairs")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="TSV file: source<TAB>target[<TAB>...] per line (Tatoeba format)")
+    src.add_argument("--synthetic", type=_positive_int, metavar="N",
+                     help="instead of --data: N pairs of attend's embedded English -> French-like corpus")
+    t.add_argument("--src-col", type=_nonneg_int, default=0, help="source column, 0-based (default 0)")
+    t.add_argument("--tgt-col", type=_nonneg_int, default=1, help="target column, 0-based (default 1)")
+    t.add_argument("--max-len", type=_positive_int, default=None, help="drop pairs with a side longer than this (tokens)")
+    t.add_argument("--limit", type=_positive_int, default=None, help="read at most this many lines")
+    t.add_argument("--valid", type=float, default=0.05, help="validation fraction (default 0.05)")
+    t.add_argument("--test", type=float, default=0.05, help="test fraction (default 0.05), written to OUT/test.tsv")
+    t.add_argument("--min-freq", type=_positive_int, default=1, help="rarer words become <unk> (default 1)")
+    t.add_argument("--attention", choices=ATTENTION_KINDS, default="general", help="score function (default general)")
+    t.add_argument("--rnn", choices=("gru", "lstm"), default="gru")
+    t.add_argument("--hidden", type=_positive_int, default=256, help="hidden size (default 256)")
+    t.add_argument("--embed", type=_positive_int, default=128, help="embedding size (default 128)")
+    t.add_argument("--layers", type=_positive_int, default=1)
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--unidirectional", action="store_true", help="forward-only encoder")
+    t.add_argument("--epochs", type=_positive_int, default=10)
+    t.add_argument("--batch-size", type=_positive_int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default: none)")
+    t.add_argument("--eval-every", type=_nonneg_int, default=0, help="steps between validations (default: each epoch)")
+    t.add_argument("--patience", type=_nonneg_int, default=3)
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--out", required=True, help="run folder for the checkpoint")
+    t.add_argument("--force", action="store_true", help="train into --out even if it holds a run")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    e = tsub.add_parser("eval", help="BLEU and chrF of a checkpoint on a TSV file")
+    e.add_argument("--checkpoint", required=True, help="run folder written by `attend translate train`")
+    e.add_argument("--data", required=True, help="TSV file of sentence pairs")
+    e.add_argument("--src-col", type=_nonneg_int, default=0)
+    e.add_argument("--tgt-col", type=_nonneg_int, default=1)
+    e.add_argument("--limit", type=_positive_int, default=None)
+    e.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1: greedy)")
+    e.add_argument("--plot", help="also write BLEU by source length as a PNG here")
+    e.add_argument("--force", action="store_true", help="overwrite --plot")
+
+    x = tsub.add_parser("text", help='translate one sentence: attend translate "a sentence" --checkpoint DIR')
+    x.add_argument("sentence", help="the sentence to translate")
+    x.add_argument("--checkpoint", required=True, help="run folder written by `attend translate train`")
+    x.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1: greedy)")
+    x.add_argument("--max-len", type=_positive_int, default=None, help="longest output (default 2 x source + 10)")
+    x.add_argument("--heatmap", help="write the attention heat map (PNG) here")
+    x.add_argument("--force", action="store_true", help="overwrite --heatmap")
     return p
 
 
+def _rewrite(argv: list[str]) -> list[str]:
+    """``attend translate "a sentence" ...`` -> ``attend translate text "a sentence" ...``."""
+    try:
+        i = argv.index("translate")
+    except ValueError:
+        return argv
+    if any(a == "translate" for a in argv[:i]) or i + 1 >= len(argv):
+        return argv
+    nxt = argv[i + 1]
+    if nxt in _TRANSLATE_VERBS or nxt in ("-h", "--help"):
+        return argv
+    return argv[: i + 1] + ["text"] + argv[i + 1 :]
+
+
+def _need_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise UsageError(f"{what} not found: {path}")
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} is not a file: {path}")
+
+
+def _need_checkpoint(path: str) -> None:
+    if not os.path.isdir(path):
+        raise UsageError(f"checkpoint folder not found: {path}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UsageError(f"not a checkpoint folder (no config.json): {path}")
+
+
+def _new_output(path: str, force: bool) -> None:
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"folder for {path} does not exist: {parent}")
+
+
+def _demo(args) -> int:
+    from . import demo
+
+    out_dir = args.out or os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S"))
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not args.force:
+        raise UsageError(f"{out_dir} is not empty; pass --force to write into it")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out is not a folder: {out_dir}")
+    demo.run(sys.stdout, out_dir=out_dir, seed=args.seed, settings=demo.QUICK if args.quick else demo.FULL,
+             progress=not args.no_progress)
+    return 0
+
+
+def _translate_train(args) -> int:
+    from . import _io
+    from .apps import train_translator
+    from .data import prepare, read_tsv, split_by_source, synthetic_pairs
+    from .models import Seq2SeqConfig
+    from .train import TrainConfig, TrainingInterrupted
+
+    if args.data is not None:
+        _need_file(args.data, "data file")
+    busy = os.path.isdir(args.out) and os.listdir(args.out)
+    if args.resume:
+        if not os.path.isfile(os.path.join(args.out, "state.safetensors")):
+            raise UsageError(f"nothing to resume in {args.out} (no state.safetensors)")
+    elif busy and not args.force:
+        raise UsageError(f"{args.out} is not empty; pass --force to train into it or --resume to continue")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out is not a folder: {args.out}")
+    try:  # settings are checked before any data is read
+        tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, epochs=args.epochs, max_minutes=args.minutes,
+                           eval_every=args.eval_every, patience=args.patience, seed=args.seed)
+        model = dict(attention=args.attention, rnn=args.rnn, hidden_dim=args.hidden, embed_dim=args.embed,
+                     layers=args.layers, dropout=args.dropout, bidirectional=not args.unidirectional)
+        Seq2SeqConfig(src_vocab=5, tgt_vocab=5, **model)
+        if not (0 <= args.valid < 1 and 0 <= args.test < 1 and args.valid + args.test < 1) or args.valid == 0:
+            raise ValueError(f"--valid and --test must be fractions with 0 < valid, valid + test < 1; "
+                             f"got {args.valid} and {args.test}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.data is not None:
+        raw = read_tsv(args.data, src_col=args.src_col, tgt_col=args.tgt_col, limit=args.limit)
+        note = {"file": os.path.abspath(args.data), "src_col": args.src_col, "tgt_col": args.tgt_col}
+    else:
+        raw = synthetic_pairs(args.synthetic, seed=args.seed, max_words=60)
+        note = {"corpus": "attend.data.synthetic_pairs", "pairs": args.synthetic, "seed": args.seed}
+    pairs = prepare(raw, max_len=args.max_len)
+    if len(pairs) < 3:
+        raise ValueError(f"only {len(pairs)} sentence pairs left after filtering (--max-len {args.max_len})")
+    split = split_by_source(pairs, valid=args.valid, test=args.test, seed=args.seed)
+    if not split.valid or not split.train:
+        raise ValueError(f"too few pairs ({len(pairs)}) for a train / validation split")
+    note.update(max_len=args.max_len, limit=args.limit, valid=args.valid, test=args.test,
+                n_train=len(split.train), n_valid=len(split.valid), n_test=len(split.test))
+    os.makedirs(args.out, exist_ok=True)
+    for name, part in (("valid.tsv", split.valid), ("test.tsv", split.test)):
+        _io.atomic_write(os.path.join(args.out, name),
+                         "".join(f"{' '.join(s)}\t{' '.join(t)}\n" for s, t in part).encode("utf-8"))
+    print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, {len(split.test)} test "
+          f"(written to {os.path.join(args.out, 'test.tsv')})", file=sys.stderr)
+    try:
+        tr, hist = train_translator(split.train, split.valid, args.out, model=model, train_config=tcfg,
+                                    data=note, resume=args.resume, progress=not args.no_progress)
+    except TrainingInterrupted as e:
+        print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)", file=sys.stderr)
+        return e.exit_code
+    best = min(hist, key=lambda h: h["valid_loss"])
+    print(f"trained {hist[-1]['step']} steps in {hist[-1]['seconds']:.0f} s; best validation loss "
+          f"{best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")
+    return 0
+
+
+def _translate_eval(args) -> int:
+    from .apps import Translator, evaluate
+    from .data import prepare, read_tsv
+
+    _need_checkpoint(args.checkpoint)
+    _need_file(args.data, "data file")
+    if args.plot:
+        _new_output(args.plot, args.force)
+    tr = Translator.load(args.checkpoint)
+    pairs = prepare(read_tsv(args.data, src_col=args.src_col, tgt_col=args.tgt_col, limit=args.limit))
+    if not pairs:
+        raise ValueError(f"{args.data}: no usable sentence pairs")
+    r = evaluate(tr, pairs, beam=args.beam)
+    print(f"BLEU {r.bleu:.2f}  chrF {r.chrf:.2f}  ({r.n} sentences, beam {args.beam})")
+    for row in r.by_length:
+        label = f"{row['lo']}-{row['hi']}" if row["hi"] < 1000 else f"{row['lo']}+"
+        print(f"  {label:>7} words: BLEU {row['bleu']:6.2f}  ({row['n']} sentences)")
+    if args.plot:
+        from .viz import bleu_by_length_plot
+
+        print(bleu_by_length_plot({os.path.basename(os.path.normpath(args.checkpoint)): r.by_length}, args.plot))
+    return 0
+
+
+def _translate_text(args) -> int:
+    from .apps import Translator
+
+    _need_checkpoint(args.checkpoint)
+    if args.heatmap:
+        _new_output(args.heatmap, args.force)
+    tr = Translator.load(args.checkpoint)
+    t = tr.translate([args.sentence], beam=args.beam, max_len=args.max_len)[0]
+    print(t.text)
+    if args.heatmap:
+        if t.weights is None:
+            raise ValueError("this checkpoint has no attention (attention='none'): no heat map to draw")
+        from .viz import attention_heatmap
+
+        print(attention_heatmap(t.weights, t.source, t.tokens, args.heatmap), file=sys.stderr)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = _rewrite(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None or (args.command == "translate" and args.verb is None):
         parser.print_help(sys.stderr)
         return 2
     try:
         if args.command == "demo":
-            from . import demo
+            return _demo(args)
+        if args.command == "tour":
+            from . import tour
 
-            demo.run(sys.stdout, seed=args.seed)
-        return 0
+            tour.run(sys.stdout, seed=args.seed)
+            return 0
+        return {"train": _translate_train, "eval": _translate_eval, "text": _translate_text}[args.verb](args)
+    except UsageError as e:
+        print(f"attend: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("attend: interrupted", file=sys.stderr)
         return 130

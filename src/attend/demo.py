@@ -1,114 +1,126 @@
-"""``attend demo``: a terminal tour of the attention core on one small example.
+"""``attend demo``, the main job: seed 002's translator, trained and judged in minutes.
 
-The example is seed 002's sentence, "the black cat ate the mouse", with small
-hand-made word vectors whose four features are (animal, colour, action, function
-word). Everything printed is computed when the demo runs.
+On the embedded English -> French-like corpus (:func:`attend.data.synthetic_pairs`) it
+trains an attention model (Luong "general" score over a bidirectional GRU encoder) and the
+no-attention baseline of the same size, then prints translations (with "the black cat
+ate the mouse"), BLEU and chrF of both overall and by source length, and writes into a
+run folder: both models, the BLEU-by-length plot (Bahdanau et al.'s Figure 2 at our
+scale), alignment heat maps, and ``summary.json`` with the resolved settings and scores.
 """
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from typing import TextIO
 
 import torch
 
-from . import attention, backends, explain, masks, mods
-from .nn import MultiHeadAttention
-from .scores import Additive, Cosine, General
+from . import _io
 
-WORDS = ["the", "black", "cat", "ate", "the", "mouse"]
-#                       animal colour action function
-FEATURES = {
-    "the": [0.0, 0.0, 0.0, 1.0],
-    "black": [0.1, 1.0, 0.0, 0.2],
-    "cat": [1.0, 0.2, 0.3, 0.0],
-    "ate": [0.6, 0.0, 1.0, 0.0],
-    "mouse": [0.9, 0.1, 0.1, 0.0],
-}
+__all__ = ["DemoSettings", "run", "QUICK", "FULL"]
 
 
-def _table(out: TextIO, title: str, rows: list[tuple[str, list[float]]], cols: list[str]) -> None:
-    w = max(6, *(len(c) for c in cols)) + 1
-    lw = max(len(r[0]) for r in rows) + 2
-    out.write(f"\n{title}\n")
-    out.write(" " * lw + "".join(c.rjust(w) for c in cols) + "\n")
-    for name, vals in rows:
-        out.write(name.ljust(lw) + "".join(f"{x:{w}.3f}" for x in vals) + "\n")
+@dataclass(frozen=True)
+class DemoSettings:
+    pairs: int = 20_000
+    max_words: int = 60
+    hidden_dim: int = 256
+    embed_dim: int = 64
+    epochs: int = 4
+    minutes_per_model: float = 2.0
+    batch_size: int = 64
+    lr: float = 3e-3
+    test_size: int = 600
+    attention: str = "general"
 
 
-def run(out: TextIO, *, seed: int = 0) -> None:
-    """Print the tour to ``out``."""
-    torch.manual_seed(seed)
-    x = torch.tensor([FEATURES[w] for w in WORDS])  # (S, 4): keys = values = word vectors
-    q = x[WORDS.index("ate")].view(1, 4)  # (1, 4): the query "ate"
-    out.write("attend: the attention mechanism, every variant behind one API\n")
-    out.write(f"example: {' '.join(WORDS)!r}; word vectors = (animal, colour, action, function word)\n")
-
-    scores: list[tuple[str, object, dict]] = [
-        ("dot", "dot", {}),
-        ("scaled_dot (1/sqrt 4)", "scaled_dot", {}),
-        ("cosine (temperature 0.2)", Cosine(0.2), {}),
-        ("general  qW k (random W)", General(4, 4), {}),
-        ("additive v.tanh(Wq+Wk)", Additive(4, 4, 8), {}),
-        ("hard (argmax of dot)", "dot", {"hard": True}),
-    ]
-    rows = []
-    with torch.no_grad():
-        for name, score, kw in scores:
-            _, w = attention(q, x, x, score=score, return_weights=True, **kw)  # w (1, S)
-            rows.append((name, w[0].tolist()))
-    _table(out, "1. What does 'ate' attend to? Weights per score function (each row sums to 1):", rows, WORDS)
-
-    out.write("\n2. Which keys each query may see (rows = queries, columns = keys):\n")
-    L = len(WORDS)
-    pictures = [
-        ("bidirectional (encoder, BERT)", torch.ones(L, L, dtype=torch.bool)),
-        ("causal (decoder, GPT)", masks.causal()),
-        ("sliding window of 1", masks.sliding_window(1)),
-        ("causal, 2 queries over 4 keys (KV cache)", None),
-    ]
-    for name, rule in pictures:
-        text = masks.render(rule, L, L) if rule is not None else masks.render(masks.causal(), 2, 4)  # rule or tensor
-        out.write(f"   {name}:\n" + "\n".join("      " + line for line in text.splitlines()) + "\n")
-
-    with torch.no_grad():
-        _, w_bi = attention(x, x, x, return_weights=True)
-        _, w_c = attention(x, x, x, causal=True, return_weights=True)
-    cat = WORDS.index("cat")
-    _table(out, "3. Self-attention of 'cat' (scaled dot), bidirectional vs causal:",
-           [("bidirectional", w_bi[cat].tolist()), ("causal", w_c[cat].tolist())], WORDS)
-
-    torch.manual_seed(seed)
-    mha = MultiHeadAttention(4, 2, bias=False).eval()
-    with torch.no_grad():
-        _, w_heads = mha(x.unsqueeze(0), need_weights=True, average_weights=False)  # (1, 2, L, S)
-    _table(out, "4. Multi-head self-attention (2 heads, random projections): row of 'ate' per head:",
-           [(f"head {h}", w_heads[0, h, WORDS.index('ate')].tolist()) for h in range(2)], WORDS)
-
-    _check_backends(out, seed)
+FULL = DemoSettings()
+QUICK = DemoSettings(pairs=1_500, max_words=30, hidden_dim=48, embed_dim=24, epochs=2, minutes_per_model=0.5,
+                     test_size=60)
 
 
-def _check_backends(out: TextIO, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    B, H, L, S, E = 2, 4, 33, 47, 16
-    q, k, v = (torch.randn(B, H, n, E, generator=g, dtype=torch.float64) for n in (L, S, S))
-    cases: list[tuple[str, dict]] = [
-        ("scaled_dot, causal", {"causal": True}),
-        ("cosine, window (4, 0)", {"score": "cosine", "window": (4, 0)}),
-        ("scaled_dot + ALiBi", {"score_mod": mods.alibi(H)}),
-    ]
-    out.write("\n5. Backends against the float64 reference (max |difference| of float32 outputs):\n")
-    names = backends.names()
-    out.write("   " + "case".ljust(24) + "".join(n.rjust(10) for n in names) + "   auto picks\n")
-    for name, kw in cases:
-        ref = attention(q, k, v, backend="eager", **kw)
-        cells = []
-        for b in names:
-            try:
-                o = attention(q.float(), k.float(), v.float(), backend=b, **kw)
-                cells.append(f"{(o.double() - ref).abs().max().item():10.1e}")
-            except backends.UnsupportedCall:
-                cells.append("       n/a")
-        choice = explain(q.float(), k.float(), v.float(), **kw).backend
-        out.write("   " + name.ljust(24) + "".join(cells) + f"   {choice}\n")
-    why = explain(q.float(), k.float(), v.float(), score_mod=mods.alibi(H))
-    out.write("\n   attend.explain(q, k, v, score_mod=alibi):\n")
-    out.write("\n".join("      " + line for line in str(why).splitlines()) + "\n")
+def _table(out: TextIO, results: dict) -> None:
+    names = list(results)
+    buckets = [(r["lo"], r["hi"]) for r in results[names[0]].by_length]
+    out.write("\n" + "source words".ljust(14) + "".join(n.rjust(14) for n in names) + "   sentences\n")
+    for i, (lo, hi) in enumerate(buckets):
+        label = f"{lo}-{hi}" if hi < 1000 else f"{lo}+"
+        row = [results[n].by_length[i]["bleu"] for n in names]
+        out.write(label.ljust(14) + "".join(f"{b:14.1f}" for b in row) + f"   {results[names[0]].by_length[i]['n']:>9}\n")
+    out.write("all".ljust(14) + "".join(f"{results[n].bleu:14.1f}" for n in names) + f"   {results[names[0]].n:>9}\n")
+    out.write("chrF".ljust(14) + "".join(f"{results[n].chrf:14.1f}" for n in names) + "\n")
+
+
+def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FULL, progress: bool = True) -> dict:
+    """Train, evaluate and draw; print to ``out``; return the summary (also in summary.json)."""
+    from .apps import evaluate, train_translator
+    from .data import SYNTHETIC_EXAMPLE, prepare, split_by_source, synthetic_pairs
+    from .train import TrainConfig
+    from .viz import attention_heatmap, bleu_by_length_plot
+
+    s = settings
+    t_start = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    out.write("attend demo: seed 002's translator, an RNN encoder-decoder with attention\n")
+    out.write(f"run folder: {out_dir}\n\n")
+    pairs = prepare(synthetic_pairs(s.pairs, seed=seed, max_words=s.max_words))
+    split = split_by_source(pairs, valid=0.02, test=s.test_size / len(pairs), seed=seed)
+    long = sum(len(p[0]) >= 30 for p in split.test)
+    out.write(f"corpus: {len(pairs)} English -> French-like pairs from attend's own grammar (seed {seed}); "
+              f"train {len(split.train)}, valid {len(split.valid)}, test {len(split.test)} ({long} of >= 30 words)\n")
+    example = f"  e.g. {SYNTHETIC_EXAMPLE[0]!r} -> {SYNTHETIC_EXAMPLE[1]!r}\n"
+    out.write(example)
+    data_note = {"corpus": "attend.data.synthetic_pairs", "seed": seed, "pairs": s.pairs, "max_words": s.max_words}
+    tcfg = TrainConfig(batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, max_minutes=s.minutes_per_model, seed=seed)
+    models, results, train_info = {}, {}, {}
+    for name, kind in (("attention", s.attention), ("no attention", "none")):
+        out.write(f"\ntraining the {name} model ({kind}; hidden {s.hidden_dim}, at most {s.epochs} epochs / "
+                  f"{s.minutes_per_model:g} min) ...\n")
+        out.flush()
+        folder = os.path.join(out_dir, "attention" if kind != "none" else "baseline")
+        tr, hist = train_translator(split.train, split.valid, folder, train_config=tcfg, data=data_note,
+                                    model=dict(attention=kind, hidden_dim=s.hidden_dim, embed_dim=s.embed_dim),
+                                    progress=progress)
+        last = hist[-1]
+        out.write(f"  {last['step']} steps in {last['seconds']:.0f} s ({last['tokens_per_s']:.0f} tokens/s), "
+                  f"best validation loss {min(h['valid_loss'] for h in hist):.3f}; saved in {folder}\n")
+        models[name] = tr
+        train_info[name] = {"folder": folder, "steps": last["step"], "seconds": last["seconds"],
+                            "valid_loss": min(h["valid_loss"] for h in hist)}
+        results[name] = evaluate(tr, split.test)
+
+    # translations
+    att = models["attention"]
+    longest = max(split.test, key=lambda p: len(p[0]) if len(p[0]) <= 40 else 0)
+    samples = [SYNTHETIC_EXAMPLE[0], "the small white dogs will follow a happy girl .", " ".join(longest[0])]
+    out.write("\ntranslations (greedy):\n")
+    for src in samples:
+        out.write(f"  source       {src}\n")
+        for name, tr in models.items():
+            out.write(f"  {name:<12} {tr.translate([src])[0].text}\n")
+        if src == " ".join(longest[0]):
+            out.write(f"  reference    {' '.join(longest[1])}\n")
+    out.write("\nBLEU on the held-out test set, by source length (sacrebleu, tokenised text):")
+    _table(out, results)
+
+    # pictures
+    plot = bleu_by_length_plot({n: r.by_length for n, r in results.items()}, os.path.join(out_dir, "bleu_by_length.png"),
+                               title="BLEU by source length: attention vs. no attention")
+    maps = []
+    for i, src in enumerate(samples[:1] + samples[2:], 1):
+        t = att.translate([src])[0]
+        maps.append(attention_heatmap(t.weights, t.source, t.tokens, os.path.join(out_dir, f"alignment-{i}.png"),
+                                      title=f"what each output word attended to ({s.attention} attention)"))
+    out.write("\nfiles:\n")
+    for p in [plot, *maps]:
+        out.write(f"  {p}\n")
+    for n, info in train_info.items():
+        out.write(f"  {info['folder']}  ({n} model: translate with `attend translate \"...\" --checkpoint {info['folder']}`)\n")
+    summary = {"settings": s.__dict__, "seed": seed, "train": train_info,
+               "results": {n: r.summary() for n, r in results.items()},
+               "seconds": round(time.perf_counter() - t_start, 1), "torch_threads": torch.get_num_threads()}
+    _io.write_json(os.path.join(out_dir, "summary.json"), summary)
+    out.write(f"  {os.path.join(out_dir, 'summary.json')}\n")
+    out.write(f"\ndone in {summary['seconds']:.0f} s. For the attention variants one by one: `attend tour`.\n")
+    return summary

@@ -1,0 +1,113 @@
+"""Safe files: atomic writes, safetensors and JSON reading with clear errors.
+
+Nothing here un-pickles anything: tensors come only from safetensors files, whose
+header is JSON and whose payload is raw numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["atomic_write", "write_json", "read_json", "save_tensors", "load_tensors", "check_state_dict"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new
+    one, never a partial file: temp file in the same folder, fsync, ``os.replace``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON {what} ({e})") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Optional[Mapping[str, str]] = None) -> None:
+    """safetensors, written atomically."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata or {}))
+    atomic_write(path, data)
+
+
+def load_tensors(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a safetensors file; anything else (a pickle, a truncated file) is refused with
+    an error naming the file."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # The format starts with the header length (8 bytes, little endian); check it before
+    # the library reads anything, so a pickle or a random file gets a plain refusal.
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if n <= 0 or n + 8 > size or n > 100_000_000:
+        raise ValueError(f"{path}: not a safetensors file (only safetensors {what}s are read; "
+                         "pickles are never loaded)")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise ValueError(f"{path}: malformed safetensors file ({e})") from None
+    return tensors, meta
+
+
+def check_state_dict(path: str, expected: Mapping[str, Tensor], got: Mapping[str, Tensor]) -> None:
+    """Same keys, shapes and dtypes, or an error naming the file and the tensor."""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing:
+        raise ValueError(f"{path}: missing tensor(s) {missing[:5]}{' …' if len(missing) > 5 else ''}")
+    if extra:
+        raise ValueError(f"{path}: unexpected tensor(s) {extra[:5]}{' …' if len(extra) > 5 else ''}")
+    for k, v in expected.items():
+        g = got[k]
+        if tuple(g.shape) != tuple(v.shape):
+            raise ValueError(f"{path}: tensor {k!r} has shape {tuple(g.shape)}, expected {tuple(v.shape)}")
+        if g.dtype != v.dtype:
+            raise ValueError(f"{path}: tensor {k!r} has dtype {g.dtype}, expected {v.dtype}")
+        if g.is_floating_point() and not bool(torch.isfinite(g).all()):
+            raise ValueError(f"{path}: tensor {k!r} has NaN or infinite values")

@@ -1,0 +1,134 @@
+"""Batched greedy and beam-search decoding for :class:`~attend.models.seq2seq.Seq2Seq`,
+returning the attention weights behind every output word.
+
+Beam search keeps ``beam`` hypotheses per sentence, scores them by the sum of token
+log-probabilities, and ranks finished ones by ``score / length ** length_penalty``
+(``length_penalty=0``: raw sum; ``1``: mean log-probability per token, counting <eos>).
+With ``beam=1`` it is greedy decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..data.text import Vocab
+from .seq2seq import Seq2Seq, reorder_state
+
+__all__ = ["Hypothesis", "greedy", "beam_search", "default_max_len"]
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # output ids, without <eos>
+    score: float  # sum of log-probabilities (including <eos> when it was produced)
+    weights: Optional[Tensor]  # (len(tokens), S_i): attention of each output word over the source; None without attention
+
+
+def default_max_len(src_lengths: Tensor) -> int:
+    return int(src_lengths.max()) * 2 + 10
+
+
+def _check(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Optional[int]) -> int:
+    if not isinstance(model, Seq2Seq):
+        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
+    if max_len is None:
+        return default_max_len(src_lengths)
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
+    return max_len
+
+
+@torch.no_grad()
+def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, max_len: Optional[int] = None) -> list[Hypothesis]:
+    """Pick the most probable word at every step, for the whole batch at once."""
+    max_len = _check(model, src, src_lengths, max_len)
+    enc = model.encode(src, src_lengths)
+    B = src.shape[0]
+    prev = torch.full((B, 1), Vocab.bos_id, dtype=torch.long, device=src.device)
+    state = enc.state
+    done = torch.zeros(B, dtype=torch.bool)
+    tokens, scores, weights = [], torch.zeros(B, dtype=torch.float64), []
+    lengths = torch.full((B,), max_len, dtype=torch.long)
+    for t in range(max_len):
+        logits, state, w = model.decode(prev, state, enc)  # (B, 1, V), (B, 1, S)
+        logp = logits[:, 0].log_softmax(-1).double()
+        best = logp.argmax(-1)  # (B,)
+        scores += torch.where(done, 0.0, logp.gather(1, best[:, None])[:, 0])
+        tokens.append(best)
+        if w is not None:
+            weights.append(w[:, 0])
+        ended = (best == Vocab.eos_id) & ~done
+        lengths[ended] = t
+        done |= ended
+        if bool(done.all()):
+            break
+        prev = best[:, None]
+    ids = torch.stack(tokens, 1)  # (B, steps)
+    W = torch.stack(weights, 1) if weights else None  # (B, steps, S)
+    out = []
+    for b in range(B):
+        n, s = int(lengths[b]), int(src_lengths[b])
+        out.append(Hypothesis(ids[b, :n].tolist(), float(scores[b]), None if W is None else W[b, :n, :s].clone()))
+    return out
+
+
+@torch.no_grad()
+def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int = 4,
+                max_len: Optional[int] = None, length_penalty: float = 1.0) -> list[Hypothesis]:
+    """Beam search over the whole batch at once (B * beam rows)."""
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"beam must be an int >= 1, got {beam!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or length_penalty < 0:
+        raise ValueError(f"length_penalty must be a number >= 0, got {length_penalty!r}")
+    max_len = _check(model, src, src_lengths, max_len)
+    enc = model.encode(src, src_lengths)
+    B, K, dev = src.shape[0], beam, src.device
+    rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,): the sentence of each beam row
+    enc = type(enc)(enc.memory[rows], enc.mask[rows], reorder_state(enc.state, rows), enc.final[rows])
+    state = enc.state
+    scores = torch.full((B, K), float("-inf"), dtype=torch.float64, device=dev)
+    scores[:, 0] = 0.0  # all beams start identical: keep one
+    finished = torch.zeros(B, K, dtype=torch.bool, device=dev)
+    length = torch.zeros(B, K, dtype=torch.long, device=dev)  # tokens so far, <eos> counted
+    hist = torch.empty(B, K, 0, dtype=torch.long, device=dev)
+    whist: Optional[Tensor] = None  # (B, K, steps, S)
+    prev = torch.full((B * K, 1), Vocab.bos_id, dtype=torch.long, device=dev)
+    for t in range(max_len):
+        logits, state, w = model.decode(prev, state, enc)  # (B*K, 1, V)
+        logp = logits[:, 0].log_softmax(-1).double().view(B, K, -1)  # (B, K, V)
+        V = logp.shape[-1]
+        # A finished beam continues only with <pad> at no cost, so it keeps its place.
+        frozen = torch.full_like(logp, float("-inf"))
+        frozen[..., Vocab.pad_id] = 0.0
+        logp = torch.where(finished[..., None], frozen, logp)
+        cand = (scores[..., None] + logp).view(B, K * V)  # (B, K*V)
+        top, idx = cand.topk(K, dim=-1)  # (B, K)
+        src_beam, tok = idx // V, idx % V  # (B, K)
+        scores = top
+        finished = finished.gather(1, src_beam)
+        length = length.gather(1, src_beam) + (~finished).long()
+        finished = finished | (tok == Vocab.eos_id)
+        hist = torch.cat([hist.gather(1, src_beam[..., None].expand(-1, -1, hist.shape[-1])), tok[..., None]], -1)
+        flat = (src_beam + torch.arange(B, device=dev)[:, None] * K).view(-1)  # (B*K,) rows to keep
+        state = reorder_state(state, flat)
+        if w is not None:
+            w = w[:, 0].view(B, K, 1, -1)  # (B, K, 1, S)
+            whist = w if whist is None else torch.cat(
+                [whist.gather(1, src_beam[..., None, None].expand(-1, -1, *whist.shape[2:])), w.gather(1, src_beam[..., None, None].expand(-1, -1, 1, w.shape[-1]))], 2)
+        prev = tok.view(B * K, 1)
+        if bool(finished.all()):
+            break
+    norm = scores / length.clamp(min=1).double() ** length_penalty  # (B, K)
+    norm = torch.where(torch.isfinite(scores), norm, torch.full_like(norm, float("-inf")))
+    best = norm.argmax(-1)  # (B,): first index on ties, so beam 1 == greedy
+    out = []
+    for b in range(B):
+        k = int(best[b])
+        seq = hist[b, k].tolist()
+        n = seq.index(Vocab.eos_id) if Vocab.eos_id in seq else len(seq)
+        s = int(src_lengths[b])
+        out.append(Hypothesis(seq[:n], float(scores[b, k]), None if whist is None else whist[b, k, :n, :s].clone()))
+    return out

@@ -1,0 +1,204 @@
+"""The translator of seed 002: an RNN encoder-decoder with attention.
+
+The encoder reads the source and passes *all* its hidden states on. At every output step
+the decoder scores each of them against its own state, softmaxes the scores, takes the
+weighted average (the context vector), concatenates it with its state and feeds a
+feed-forward layer that predicts the next word:
+
+    s_t  = RNN(embed(y_{t-1}), s_{t-1})                 Luong et al. 2015 ("dot", "general", "concat")
+    a_t  = softmax_j score(s_t, h_j)      c_t = sum_j a_tj h_j
+    p(y_t | y_<t, x) = softmax(W_o tanh(W_c [s_t; c_t]))
+
+Bahdanau et al. 2015 ("additive") attend *before* the step, with the previous state, and
+feed the context into the RNN: ``c_t`` from ``s_{t-1}``, then ``s_t = RNN([embed(y_{t-1}); c_t], s_{t-1})``.
+``attention="none"`` is the baseline of the seed's "traditional" encoder-decoder: the
+decoder sees only the final encoder state (as its initial state and in place of ``c_t``).
+
+All attention goes through :class:`attend.nn.LuongAttention` / :class:`attend.nn.AdditiveAttention`.
+
+Shape legend::
+
+    B batch   S source length   T target steps   H hidden size   E embedding size   V vocabulary
+    src (B, S) ids, src_lengths (B,)  ->  memory (B, S, H), src_mask (B, S) True = real token
+    tgt_in (B, T) ids  ->  logits (B, T, V), weights (B, T, S)
+    RNN state: (layers, B, H) for GRU, a pair of those for LSTM
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..nn import AdditiveAttention, LuongAttention
+
+__all__ = ["Seq2SeqConfig", "Seq2Seq", "Encoded", "ATTENTION_KINDS"]
+
+ATTENTION_KINDS = ("dot", "general", "concat", "additive", "none")
+State = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+def _int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """Sizes and choices of a :class:`Seq2Seq` model (validated on creation).
+
+    With ``bidirectional=True`` each encoder direction has ``hidden_dim // 2`` units, so
+    the encoder states (forward and backward concatenated) are ``hidden_dim`` wide like
+    the decoder's (``hidden_dim`` must be even).
+    """
+
+    src_vocab: int
+    tgt_vocab: int
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    rnn: str = "gru"
+    layers: int = 1
+    bidirectional: bool = True
+    attention: str = "general"
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        _int("src_vocab", self.src_vocab, 5)
+        _int("tgt_vocab", self.tgt_vocab, 5)
+        _int("embed_dim", self.embed_dim, 1)
+        _int("hidden_dim", self.hidden_dim, 2)
+        _int("layers", self.layers, 1)
+        if self.rnn not in ("gru", "lstm"):
+            raise ValueError(f"rnn must be one of ['gru', 'lstm'], got {self.rnn!r}")
+        if not isinstance(self.bidirectional, bool):
+            raise ValueError(f"bidirectional must be a bool, got {self.bidirectional!r}")
+        if self.bidirectional and self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even with bidirectional=True, got {self.hidden_dim}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {list(ATTENTION_KINDS)}, got {self.attention!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Seq2SeqConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"model config must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"model config has unknown fields {unknown}")
+        return cls(**d)
+
+
+class Encoded(NamedTuple):
+    memory: Tensor  # (B, S, H) encoder states, zero at padding
+    mask: Tensor  # (B, S) True = real source token
+    state: State  # initial decoder state, from the final encoder states
+    final: Tensor  # (B, H) top layer's final encoder state (what the no-attention decoder sees)
+
+
+def _rnn(kind: str, *args, **kwargs) -> nn.Module:
+    return (nn.GRU if kind == "gru" else nn.LSTM)(*args, batch_first=True, **kwargs)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder translator; see the module docstring for the equations."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        if not isinstance(config, Seq2SeqConfig):
+            raise TypeError(f"config must be a Seq2SeqConfig, got {type(config).__name__}")
+        self.config = c = config
+        H, E = c.hidden_dim, c.embed_dim
+        enc_h = H // 2 if c.bidirectional else H
+        drop = c.dropout if c.layers > 1 else 0.0
+        self.src_embed = nn.Embedding(c.src_vocab, E, padding_idx=0)
+        self.encoder = _rnn(c.rnn, E, enc_h, num_layers=c.layers, bidirectional=c.bidirectional, dropout=drop)
+        self.tgt_embed = nn.Embedding(c.tgt_vocab, E, padding_idx=0)
+        feeds_context = c.attention == "additive"
+        self.decoder = _rnn(c.rnn, E + (H if feeds_context else 0), H, num_layers=c.layers, dropout=drop)
+        if c.attention in ("dot", "general", "concat"):
+            self.attention = LuongAttention(H, H, c.attention)
+        elif c.attention == "additive":
+            self.attention = AdditiveAttention(H, H, H)
+        else:
+            self.attention = None
+        self.combine = nn.Linear(2 * H, H)  # W_c [s_t; c_t]
+        self.out = nn.Linear(H, c.tgt_vocab)  # W_o
+        self.dropout = nn.Dropout(c.dropout)
+
+    # -- encoder -----------------------------------------------------------------------
+    def encode(self, src: Tensor, src_lengths: Tensor) -> Encoded:
+        c = self.config
+        if not isinstance(src, Tensor) or src.ndim != 2 or src.dtype != torch.long:
+            raise ValueError(f"src: expected a (B, S) tensor of token ids (int64), got "
+                             f"{tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__}")
+        if not isinstance(src_lengths, Tensor) or src_lengths.shape != src.shape[:1]:
+            raise ValueError(f"src_lengths: expected shape ({src.shape[0]},), got "
+                             f"{tuple(src_lengths.shape) if isinstance(src_lengths, Tensor) else type(src_lengths).__name__}")
+        if src.numel() and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]):
+            raise ValueError(f"src_lengths must be in [1, {src.shape[1]}], got {src_lengths.tolist()}")
+        B, S = src.shape
+        x = self.dropout(self.src_embed(src))  # (B, S, E)
+        packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, state = self.encoder(packed)
+        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, H)
+        mask = torch.arange(S, device=src.device) < src_lengths[:, None]  # (B, S)
+
+        def join(h: Tensor) -> Tensor:  # (layers * dirs, B, H/dirs) -> (layers, B, H)
+            if not c.bidirectional:
+                return h
+            h = h.view(c.layers, 2, B, -1)
+            return torch.cat([h[:, 0], h[:, 1]], dim=-1)
+
+        state = tuple(join(s) for s in state) if c.rnn == "lstm" else join(state)
+        final = state[0][-1] if c.rnn == "lstm" else state[-1]  # (B, H)
+        return Encoded(memory, mask, state, final)
+
+    # -- decoder -----------------------------------------------------------------------
+    def decode(self, tgt_in: Tensor, state: State, enc: Encoded) -> tuple[Tensor, State, Optional[Tensor]]:
+        """Run the decoder over ``tgt_in`` (B, T) from ``state``; teacher forcing when T > 1,
+        one step of generation when T == 1. Returns logits (B, T, V), the new state and the
+        attention weights (B, T, S) (None for ``attention="none"``)."""
+        c = self.config
+        y = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
+        if c.attention == "additive":
+            outs, ctxs, ws = [], [], []
+            for t in range(y.shape[1]):  # Bahdanau: attend with s_{t-1}, then step
+                prev = state[0][-1] if c.rnn == "lstm" else state[-1]  # (B, H)
+                ctx, w = self.attention(prev, enc.memory, mask=enc.mask)  # (B, H), (B, S)
+                o, state = self.decoder(torch.cat([y[:, t], ctx], -1).unsqueeze(1), state)  # o (B, 1, H)
+                outs.append(o)
+                ctxs.append(ctx.unsqueeze(1))
+                ws.append(w.unsqueeze(1))
+            s, ctx, weights = torch.cat(outs, 1), torch.cat(ctxs, 1), torch.cat(ws, 1)  # (B, T, H|H|S)
+        else:
+            s, state = self.decoder(y, state)  # (B, T, H): all steps at once (no input feeding)
+            if self.attention is None:
+                ctx, weights = enc.final.unsqueeze(1).expand_as(s), None  # (B, T, H)
+            else:
+                ctx, weights = self.attention(s, enc.memory, mask=enc.mask)  # (B, T, H), (B, T, S)
+        h = torch.tanh(self.combine(torch.cat([s, ctx], dim=-1)))  # (B, T, H)
+        return self.out(self.dropout(h)), state, weights
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """Teacher-forced logits (B, T, V) and attention weights (B, T, S)."""
+        enc = self.encode(src, src_lengths)
+        logits, _, weights = self.decode(tgt_in, enc.state, enc)
+        return logits, weights
+
+    def extra_repr(self) -> str:
+        return f"attention={self.config.attention!r}, rnn={self.config.rnn!r}"
+
+
+def reorder_state(state: State, index: Tensor) -> State:
+    """Select batch rows of an RNN state (for beam search)."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)
+    return state.index_select(1, index)

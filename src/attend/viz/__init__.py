@@ -1,0 +1,8 @@
+"""Pictures of attention: PNG heat maps and plots (matplotlib, the ``viz`` extra).
+
+No global matplotlib state is touched: figures are drawn on their own Agg canvas, so
+importing attend never changes a user's matplotlib backend.
+"""
+from .plots import attention_heatmap, bleu_by_length_plot
+
+__all__ = ["attention_heatmap", "bleu_by_length_plot"]

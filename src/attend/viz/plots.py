@@ -1,0 +1,81 @@
+"""PNG figures: an alignment heat map, and BLEU against sentence length."""
+from __future__ import annotations
+
+import io
+import os
+from typing import Mapping, Sequence
+
+import torch
+
+from .._io import atomic_write
+
+__all__ = ["attention_heatmap", "bleu_by_length_plot"]
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'attend[viz]'") from None
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    atomic_write(path, buf.getvalue())
+    return os.fspath(path)
+
+
+def attention_heatmap(weights, source: Sequence[str], output: Sequence[str], path: str | os.PathLike, *,
+                      title: str = "") -> str:
+    """Write a heat map of ``weights`` (len(output), len(source)): source words along the
+    top, output words down the side, darker = more attention. Returns the path."""
+    w = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
+    if w.ndim != 2 or tuple(w.shape) != (len(output), len(source)):
+        raise ValueError(f"weights: expected shape (len(output), len(source)) = ({len(output)}, {len(source)}), "
+                         f"got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weights contain NaN or infinite values")
+    cell = 0.32
+    fig = _figure(max(3.0, 1.5 + cell * len(source)), max(2.5, 1.2 + cell * len(output)))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(w.numpy(), cmap="Greys", vmin=0.0, vmax=max(1e-9, float(w.max()) if w.numel() else 1.0),
+                   aspect="equal", interpolation="nearest")
+    ax.set_xticks(range(len(source)), labels=list(source), rotation=90, fontsize=8)
+    ax.set_yticks(range(len(output)), labels=list(output), fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    if title:
+        ax.set_title(title, fontsize=9, pad=40)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    return _save(fig, path)
+
+
+def bleu_by_length_plot(series: Mapping[str, Sequence[Mapping]], path: str | os.PathLike, *,
+                        title: str = "BLEU by source sentence length") -> str:
+    """Bahdanau et al.'s Figure 2 at our scale: one line per model, from rows
+    ``{"lo", "hi", "n", "bleu"}`` (as :func:`attend.apps.evaluate` gives them)."""
+    if not series:
+        raise ValueError("series is empty: nothing to plot")
+    fig = _figure(6.0, 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, rows in series.items():
+        if not rows:
+            continue
+        xs = [(r["lo"] + min(r["hi"], r["lo"] + 9)) / 2 for r in rows]
+        ax.plot(xs, [r["bleu"] for r in rows], marker="o", label=name)
+    labels = {((r["lo"] + min(r["hi"], r["lo"] + 9)) / 2): (f"{r['lo']}-{r['hi']}" if r["hi"] < 1000 else f"{r['lo']}+")
+              for rows in series.values() for r in rows}
+    ax.set_xticks(list(labels), labels=list(labels.values()))
+    ax.set_xlabel("source sentence length (words)")
+    ax.set_ylabel("BLEU")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,139 @@
+"""attend.data: text, vocabularies, TSV loading, splits, the embedded corpus, batching."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attend.data import (SYNTHETIC_EXAMPLE, LengthGroupedBatches, Vocab, make_batch, normalize, prepare, read_tsv,
+                         split_by_source, synthetic_pairs, tokenize)
+
+
+def test_normalize_and_tokenize():
+    assert normalize("  Ça\u00a0VA ?  ") == "ça va ?"
+    assert normalize("e\u0301") == "é"  # NFC
+    assert tokenize("L’homme a-t-il vu «le» chat?") == ["l'", "homme", "a-t-il", "vu", "«", "le", "»", "chat", "?"]
+    assert tokenize("Don't stop.") == ["don'", "t", "stop", "."]
+    with pytest.raises(TypeError, match="text must be a str"):
+        tokenize(3)
+
+
+def test_vocab_build_min_freq_unk_and_roundtrip():
+    v = Vocab.build([["a", "b", "a"], ["c", "a", "b"]], min_freq=2)
+    assert v.to_list() == ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]
+    assert v.encode(["a", "c", "b"]) == [4, 1, 5]
+    assert v.decode([2, 4, 5, 3, 4]) == ["a", "b"]  # stops at <eos>, drops <bos>
+    assert Vocab(v.to_list()).stoi == v.stoi
+    assert len(Vocab.build([["x", "y", "y"]], max_size=1)) == 5
+    with pytest.raises(ValueError, match="min_freq"):
+        Vocab.build([["a"]], min_freq=0)
+    with pytest.raises(ValueError, match="must start with"):
+        Vocab(["a", "b"])
+    with pytest.raises(ValueError, match="twice"):
+        Vocab(["<pad>", "<unk>", "<bos>", "<eos>", "a", "a"])
+
+
+def test_read_tsv_columns_attribution_and_limits(tmp_path):
+    f = tmp_path / "pairs.tsv"
+    f.write_text("Go.\tVa !\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272\n\nHi.\tSalut !\tCC-BY\n",
+                 encoding="utf-8")
+    assert read_tsv(f) == [("Go.", "Va !"), ("Hi.", "Salut !")]
+    assert read_tsv(f, src_col=1, tgt_col=0, limit=1) == [("Va !", "Go.")]
+
+
+def test_read_tsv_errors_name_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data file not found: .*nope.tsv"):
+        read_tsv(tmp_path / "nope.tsv")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\nonly one column\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.tsv:2: expected at least 2 tab-separated columns .* found 1"):
+        read_tsv(bad)
+    with pytest.raises(ValueError, match=r"bad.tsv:1: expected at least 4"):
+        read_tsv(bad, tgt_col=3)
+    binary = tmp_path / "bin.tsv"
+    binary.write_bytes(b"ok\tfine\n\xff\xfe\tx\n")
+    with pytest.raises(ValueError, match=r"bin.tsv:2: not UTF-8"):
+        read_tsv(binary)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="no sentence pairs"):
+        read_tsv(empty)
+    with pytest.raises(ValueError, match="src_col and tgt_col must differ"):
+        read_tsv(bad, src_col=1, tgt_col=1)
+    with pytest.raises(ValueError, match="src_col must be an int >= 0"):
+        read_tsv(bad, src_col=-1)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_tsv(tmp_path)
+
+
+def test_prepare_filters_by_length():
+    pairs = [("a b c", "x y"), ("a", "x y z w"), ("", "x")]
+    assert prepare(pairs, max_len=3) == [(["a", "b", "c"], ["x", "y"])]
+    assert len(prepare(pairs)) == 2
+
+
+def test_split_never_puts_one_source_in_two_splits():
+    pairs = prepare([(f"s{i % 40}", f"t{i}") for i in range(400)])  # every source has 10 translations
+    sp = split_by_source(pairs, valid=0.1, test=0.1, seed=1)
+    sources = [{tuple(s) for s, _ in part} for part in (sp.train, sp.valid, sp.test)]
+    assert not (sources[0] & sources[1]) and not (sources[0] & sources[2]) and not (sources[1] & sources[2])
+    assert len(sp.train) + len(sp.valid) + len(sp.test) == 400
+    assert 30 <= len(sp.test) <= 60 and 30 <= len(sp.valid) <= 60
+    assert split_by_source(pairs, valid=0.1, test=0.1, seed=1) == sp
+    with pytest.raises(ValueError, match="valid"):
+        split_by_source(pairs, valid=1.0)
+
+
+def test_synthetic_corpus_is_deterministic_and_has_the_phenomena():
+    a, b = synthetic_pairs(300, seed=5), synthetic_pairs(300, seed=5)
+    assert a == b and a != synthetic_pairs(300, seed=6)
+    text = " ".join(f for _, f in synthetic_pairs(3000, seed=0))
+    for phrase in ["l'", "du ", "cet ", " a ", " ont ", " qui ", " et "]:
+        assert phrase in text, phrase
+    lengths = [len(e.split()) for e, _ in synthetic_pairs(2000, seed=0)]
+    assert max(lengths) >= 40 and min(lengths) <= 6
+    assert all(len(e.split()) <= 20 for e, _ in synthetic_pairs(200, seed=0, max_words=20))
+    # the seed sentence is in the grammar: adjective after the noun, past tense in two words
+    en, fr = SYNTHETIC_EXAMPLE
+    assert fr == "le chat noir a mangé la souris ."
+    pairs = synthetic_pairs(20000, seed=0, max_clauses=1, depth=0)
+    assert any(p[0].startswith("the black cat ate ") for p in pairs)
+    with pytest.raises(ValueError, match="n must be an int"):
+        synthetic_pairs(-1)
+
+
+def test_agreement_in_synthetic_corpus():
+    # every French plural article "les" after "the" + English plural is matched; adjectives agree
+    pairs = synthetic_pairs(3000, seed=2, max_clauses=1, depth=0)
+    for en, fr in pairs:
+        if en.startswith("the black mice "):
+            assert fr.startswith("les souris noires ")
+        if en.startswith("a white mouse "):
+            assert fr.startswith("une souris blanche ")
+
+
+def test_make_batch_pads_and_masks():
+    b = make_batch([([5, 6, 7], [8]), ([5], [8, 9, 10])])
+    assert b.src.tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert b.src_mask.tolist() == [[True, True, True], [True, False, False]]
+    assert b.tgt_in.tolist() == [[2, 8, 0, 0], [2, 8, 9, 10]]
+    assert b.tgt_out.tolist() == [[8, 3, 0, 0], [8, 9, 10, 3]]
+    assert b.n_tgt_tokens == 6
+    with pytest.raises(ValueError, match="source sentence 1 of the batch is empty"):
+        make_batch([([5], [8]), ([], [8])])
+
+
+def test_length_grouped_batches_cover_everything_deterministically():
+    pairs = [([1] * (1 + i % 23), [1]) for i in range(500)]
+    lb = LengthGroupedBatches(pairs, batch_size=16, seed=3, pool=4)
+    o1, o2 = lb.order(0), lb.order(0)
+    assert o1 == o2 and o1 != lb.order(1)
+    flat = sorted(i for b in o1 for i in b)
+    assert flat == list(range(500))
+    # grouping: far less padding than batches drawn in random order
+    def padding(batches):
+        return sum(max(len(pairs[i][0]) for i in b) * len(b) - sum(len(pairs[i][0]) for i in b) for b in batches)
+
+    perm = torch.randperm(500).tolist()
+    assert padding(o1) < 0.4 * padding([perm[i : i + 16] for i in range(0, 500, 16)])
+    with pytest.raises(ValueError, match="batch_size"):
+        LengthGroupedBatches(pairs, batch_size=0)

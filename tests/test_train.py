@@ -1,0 +1,176 @@
+"""attend.train and attend.apps.translator: learning, checkpoints, resume, signals, files."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from attend import _io
+from attend.apps import Translator, evaluate, train_translator
+from attend.data import prepare, split_by_source, synthetic_pairs
+from attend.train import TrainConfig, TrainingInterrupted
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus():
+    pairs = prepare(synthetic_pairs(2000, seed=3, max_words=8, max_clauses=1))
+    return split_by_source(pairs, valid=0.05, test=0.05, seed=0)
+
+
+SMALL = dict(embed_dim=32, hidden_dim=64, dropout=0.0)
+
+
+def test_tiny_model_learns_tiny_corpus(tiny_corpus, tmp_path):
+    sp = tiny_corpus
+    tr, hist = train_translator(sp.train, sp.valid, tmp_path, model=dict(SMALL, attention="general"),
+                                train_config=TrainConfig(epochs=6, batch_size=32, lr=1e-2, warmup_steps=10),
+                                progress=False)
+    assert hist[-1]["valid_loss"] < 0.2 * hist[0]["valid_loss"]
+    r = evaluate(tr, sp.test)
+    assert r.bleu > 80, r.summary()
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "history.json", "model.safetensors", "state.safetensors"]
+    again = Translator.load(tmp_path)
+    assert [t.tokens for t in again.translate(["the black cat ate the mouse ."])] == \
+        [t.tokens for t in tr.translate(["the black cat ate the mouse ."])]
+
+
+def _run(out, corpus, on_step=None, resume=False, max_steps=14, attention="general"):
+    sp = corpus
+    cfg = TrainConfig(epochs=3, batch_size=128, lr=5e-3, warmup_steps=3, max_steps=max_steps, seed=7)
+    return train_translator(sp.train[:600], sp.valid, out, model=dict(SMALL, attention=attention, dropout=0.2),
+                            train_config=cfg, progress=False, on_step=on_step, resume=resume)
+
+
+@pytest.mark.parametrize("stop_at", [3, 5])  # 5 = first step of the second epoch (5 batches per epoch)
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_corpus, tmp_path, stop_at):
+    full, hist_full = _run(tmp_path / "full", tiny_corpus)
+
+    def stop(trainer):
+        if trainer.step == stop_at:
+            trainer.request_stop()
+
+    with pytest.raises(TrainingInterrupted) as e:
+        _run(tmp_path / "cut", tiny_corpus, on_step=stop)
+    assert e.value.exit_code == 130
+    resumed, hist_resumed = _run(tmp_path / "cut", tiny_corpus, resume=True)
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "tokens_per_s")} for h in hs]
+    assert strip(hist_resumed) == strip(hist_full)
+    a, _ = _io.load_tensors(tmp_path / "full" / "state.safetensors")
+    b, _ = _io.load_tensors(tmp_path / "cut" / "state.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        if k != "rng.torch":
+            assert torch.equal(a[k], b[k]), k  # parameters, Adam moments, loss of every step
+    for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_resume_with_other_settings_is_refused(tiny_corpus, tmp_path):
+    _run(tmp_path, tiny_corpus, max_steps=2)
+    with pytest.raises(ValueError, match="different training settings"):
+        train_translator(tiny_corpus.train[:600], tiny_corpus.valid, tmp_path, model=SMALL,
+                         train_config=TrainConfig(epochs=9), resume=True, progress=False)
+
+
+def test_checkpoint_files_are_checked_and_never_unpickled(tiny_corpus, tmp_path):
+    _run(tmp_path, tiny_corpus, max_steps=2)
+    weights = tmp_path / "model.safetensors"
+    good = weights.read_bytes()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    weights.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match="model.safetensors: not a safetensors file .*pickles are never loaded"):
+        Translator.load(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"x": Evil()}, weights)  # a torch.save zip archive is refused too
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        Translator.load(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+    weights.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(ValueError, match="model.safetensors"):
+        Translator.load(tmp_path)
+
+    t, _ = _io.load_tensors(tmp_path / "state.safetensors")
+    model = {k[len("model."):]: v for k, v in t.items() if k.startswith("model.")}
+    missing = dict(model)
+    missing.pop("out.bias")
+    _io.save_tensors(weights, missing)
+    with pytest.raises(ValueError, match=r"model.safetensors: missing tensor\(s\) \['out.bias'\]"):
+        Translator.load(tmp_path)
+    _io.save_tensors(weights, dict(model, extra=torch.zeros(2)))
+    with pytest.raises(ValueError, match=r"unexpected tensor\(s\) \['extra'\]"):
+        Translator.load(tmp_path)
+    _io.save_tensors(weights, dict(model, **{"out.bias": torch.zeros(3)}))
+    with pytest.raises(ValueError, match=r"tensor 'out.bias' has shape \(3,\), expected"):
+        Translator.load(tmp_path)
+
+    weights.write_bytes(good)
+    Translator.load(tmp_path)
+    cfg = tmp_path / "config.json"
+    text = cfg.read_text()
+    cfg.write_text(text[:40])
+    with pytest.raises(ValueError, match="config.json: not a valid JSON checkpoint config"):
+        Translator.load(tmp_path)
+    doc = json.loads(text)
+    doc["model"]["hidden_dim"] = -1
+    cfg.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="config.json: malformed config .*hidden_dim"):
+        Translator.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
+        Translator.load(tmp_path / "nope")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    f = tmp_path / "x.bin"
+    _io.atomic_write(f, b"old")
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        _io.atomic_write(f, b"new")
+    assert f.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["x.bin"]  # no temp file left behind
+
+
+KILL_DURING_SAVE = r"""
+import os, sys, torch
+from attend import _io
+path = sys.argv[1]
+_io.save_tensors(path, {"w": torch.ones(4)})
+print("saved", flush=True)
+big = {f"t{i}": torch.randn(256, 1024) for i in range(64)}  # 64 MiB: takes a while to write
+while True:
+    _io.save_tensors(path, big)
+"""
+
+
+def test_sigkill_during_a_save_leaves_a_loadable_file(tmp_path):
+    path = tmp_path / "w.safetensors"
+    p = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "saved"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    tensors, _ = _io.load_tensors(path)  # the old small file or a complete big one, never half
+    assert set(tensors) in ({"w"}, {f"t{i}" for i in range(64)})
+
+
+def test_train_config_validation():
+    for kw, msg in [(dict(batch_size=0), "batch_size must be an int >= 1"), (dict(lr=0.0), "lr must be"),
+                    (dict(lr_decay=0), "lr_decay"), (dict(max_minutes=-1), "max_minutes"),
+                    (dict(label_smoothing=1.0), "label_smoothing"), (dict(patience=-1), "patience")]:
+        with pytest.raises(ValueError, match=msg):
+            TrainConfig(**kw)
