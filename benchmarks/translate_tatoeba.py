@@ -1,0 +1,91 @@
+"""Tatoeba English -> French with the seed-002 translator, trained within a time budget.
+
+    python benchmarks/translate_tatoeba.py [--minutes 28] [--out benchmarks/results/translate-tatoeba.md]
+
+Data: ../shared/data/tatoeba/eng-fra.txt (CC-BY 2.0, tatoeba.org), English side at most 15
+words, split so that no English sentence is in two splits. BLEU / chrF with sacrebleu on
+the tokenised, lower-cased text, greedy and beam 5, on the whole test split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _machine import describe  # noqa: E402
+
+from attend.apps import evaluate, train_translator  # noqa: E402
+from attend.data import prepare, read_tsv, split_by_source  # noqa: E402
+from attend.train import TrainConfig  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tatoeba", "eng-fra.txt")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=DATA)
+    ap.add_argument("--minutes", type=float, default=28.0)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--embed", type=int, default=256)
+    ap.add_argument("--attention", default="general")
+    ap.add_argument("--run", default="runs/bench-tatoeba")
+    ap.add_argument("--out", default="benchmarks/results/translate-tatoeba.md")
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    raw = read_tsv(args.data, limit=args.limit)
+    raw = [(s, t) for s, t in raw if len(s.split()) <= 15]
+    pairs = prepare(raw, max_len=30)
+    split = split_by_source(pairs, valid=0.02, test=0.05, seed=0)
+    model = dict(attention=args.attention, hidden_dim=args.hidden, embed_dim=args.embed, dropout=0.2)
+    cfg = TrainConfig(batch_size=64, lr=2e-3, warmup_steps=200, epochs=30, eval_every=1000, patience=4,
+                      max_minutes=args.minutes, seed=0)
+    t0 = time.perf_counter()
+    tr, hist = train_translator(split.train, split.valid, args.run, model=model, train_config=cfg, min_freq=2,
+                                data={"file": "tatoeba/eng-fra.txt", "max_words": 15}, progress=False)
+    wall = time.perf_counter() - t0
+    greedy = evaluate(tr, split.test, beam=1)
+    beam = evaluate(tr, split.test, beam=5)
+    samples = tr.translate(["the black cat ate the mouse .", "i would like a cup of coffee .",
+                            "where is the nearest train station ?", "she has been living in paris for three years ."],
+                           beam=5)
+    res = {"machine": describe(), "train_pairs": len(split.train), "valid_pairs": len(split.valid),
+           "test_pairs": len(split.test), "src_vocab": len(tr.src_vocab), "tgt_vocab": len(tr.tgt_vocab),
+           "model": model, "train": cfg.to_dict(), "steps": hist[-1]["step"], "train_seconds": hist[-1]["seconds"],
+           "wall_seconds": round(wall, 1), "tokens_per_s": hist[-1]["tokens_per_s"], "history": hist,
+           "greedy": greedy.summary(), "beam5": beam.summary(),
+           "samples": [(" ".join(s.source), s.text) for s in samples]}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out.replace(".md", ".json"), "w") as f:
+        json.dump(res, f, indent=2, ensure_ascii=False)
+    lines = [
+        "# Tatoeba English -> French, seed-002 translator on CPU", "",
+        f"Machine: {res['machine']}.", "",
+        "Command: `python benchmarks/translate_tatoeba.py" + (f" --minutes {args.minutes:g}" if args.minutes != 28 else "") + "`", "",
+        f"Data: `../shared/data/tatoeba/eng-fra.txt` (CC-BY 2.0, tatoeba.org), English side <= 15 words, "
+        f"split by source sentence (no English sentence in two splits): {res['train_pairs']} train, "
+        f"{res['valid_pairs']} valid, {res['test_pairs']} test. Vocabularies (min frequency 2): "
+        f"{res['src_vocab']} English, {res['tgt_vocab']} French tokens.", "",
+        f"Model: bidirectional GRU encoder, GRU decoder, Luong '{args.attention}' attention, hidden {args.hidden}, "
+        f"embeddings {args.embed}, dropout 0.2. Training: Adam lr 2e-3 (warm-up 200 steps, halved when validation "
+        f"loss stops improving), batch 64, clip 1.0, validation every 1000 steps, time budget {args.minutes:g} min: "
+        f"{res['steps']} steps in {res['train_seconds']:.0f} s of training ({res['tokens_per_s']:.0f} tokens/s).", "",
+        "| decoding | BLEU | chrF |", "|---|---|---|",
+        f"| greedy | {greedy.bleu:.2f} | {greedy.chrf:.2f} |", f"| beam 5 | {beam.bleu:.2f} | {beam.chrf:.2f} |", "",
+        "BLEU by source length (beam 5): " + ", ".join(f"{r['lo']}-{min(r['hi'], 15)}: {r['bleu']} ({r['n']})" for r in beam.by_length), "",
+        "Validation loss by step: " + ", ".join(f"{h['step']}: {h['valid_loss']:.3f}" for h in hist), "",
+        "Samples (beam 5):", "",
+    ] + [f"- {s} -> {t}" for s, t in res["samples"]]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
