@@ -5,6 +5,7 @@ header is JSON and whose payload is raw numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -29,21 +30,16 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
-    try:  # make the rename itself durable
+    # Make the rename itself durable; some file systems cannot fsync a folder.
+    with contextlib.suppress(OSError):
         dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
