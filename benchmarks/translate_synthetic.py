@@ -1,6 +1,6 @@
 """The embedded corpus: attention vs. no attention, overall and by sentence length.
 
-    python benchmarks/translate_synthetic.py [--minutes 5] [--out benchmarks/results/translate-synthetic.md]
+    python benchmarks/translate_synthetic.py [--minutes 4] [--out benchmarks/results/translate-synthetic.md]
 
 Targets (issue 3): the attention model's BLEU >= 90 on the held-out test split, and on
 sentences of >= 30 words a lead of >= 30 BLEU over the no-attention baseline of the same
@@ -30,7 +30,7 @@ LONG = (30, 10_000)
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=40_000)
-    ap.add_argument("--minutes", type=float, default=5.0, help="training budget per model")
+    ap.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
     ap.add_argument("--kinds", default="general,none")
     ap.add_argument("--run", default="runs/bench-synthetic")
     ap.add_argument("--out", default="benchmarks/results/translate-synthetic.md")

@@ -174,3 +174,17 @@ def test_train_config_validation():
                     (dict(label_smoothing=1.0), "label_smoothing"), (dict(patience=-1), "patience")]:
         with pytest.raises(ValueError, match=msg):
             TrainConfig(**kw)
+
+
+def test_sigterm_saves_and_exits_143(tiny_corpus, tmp_path):
+    def terminate(trainer):
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
+
+    with pytest.raises(TrainingInterrupted) as e:
+        _run(tmp_path, tiny_corpus, on_step=terminate)
+    assert e.value.exit_code == 143
+    t, meta = _io.load_tensors(tmp_path / "state.safetensors")
+    assert json.loads(meta["trainer"])["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    Translator.load(tmp_path)  # weights saved even before the first validation
