@@ -78,7 +78,7 @@ def main():
         f"{res['steps']} steps in {res['train_seconds']:.0f} s of training ({res['tokens_per_s']:.0f} tokens/s).", "",
         "| decoding | BLEU | chrF |", "|---|---|---|",
         f"| greedy | {greedy.bleu:.2f} | {greedy.chrf:.2f} |", f"| beam 5 | {beam.bleu:.2f} | {beam.chrf:.2f} |", "",
-        "BLEU by source length (beam 5): " + ", ".join(f"{r["lo"]}-{r["hi"]} tokens: {r["bleu"]} ({r["n"]})" for r in beam.by_length), "",
+        "BLEU by source length (beam 5): " + ", ".join(f"{r['lo']}-{r['hi']} tokens: {r['bleu']} ({r['n']})" for r in beam.by_length), "",
         "Validation loss by step: " + ", ".join(f"{h['step']}: {h['valid_loss']:.3f}" for h in hist), "",
         "Samples (beam 5):", "",
     ] + [f"- {s} -> {t}" for s, t in res["samples"]]
