@@ -188,3 +188,11 @@ def test_sigterm_saves_and_exits_143(tiny_corpus, tmp_path):
     assert json.loads(meta["trainer"])["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     Translator.load(tmp_path)  # weights saved even before the first validation
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    f = tmp_path / "x.bin"
+    _io.atomic_write(f, b"data")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (f.stat().st_mode & 0o777) == (0o666 & ~umask)
