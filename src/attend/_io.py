@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_write", "write_json", "read_json", "save_tensors", "load_tensors", "check_state_dict"]
+__all__ = ["config_from_dict", "atomic_write", "write_json", "read_json", "save_tensors", "load_tensors", "check_state_dict"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -111,3 +111,16 @@ def check_state_dict(path: str, expected: Mapping[str, Tensor], got: Mapping[str
             raise ValueError(f"{path}: tensor {k!r} has dtype {g.dtype}, expected {v.dtype}")
         if g.is_floating_point() and not bool(torch.isfinite(g).all()):
             raise ValueError(f"{path}: tensor {k!r} has NaN or infinite values")
+
+
+def config_from_dict(cls, d: Any, what: str):
+    """Build the frozen config dataclass ``cls`` from a JSON object; unknown fields are an
+    error naming them (the dataclass's own ``__post_init__`` checks the values)."""
+    import dataclasses
+
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{what} has unknown fields {unknown}")
+    return cls(**d)

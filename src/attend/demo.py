@@ -91,14 +91,14 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
         results[name] = evaluate(tr, split.test)
 
     # translations
-    att = models["attention"]
     longest = max(split.test, key=lambda p: len(p[0]) if len(p[0]) <= 40 else 0)
     samples = [SYNTHETIC_EXAMPLE[0], "the small white dogs will follow a happy girl .", " ".join(longest[0])]
+    translated = {name: tr.translate(samples) for name, tr in models.items()}
     out.write("\ntranslations (greedy):\n")
-    for src in samples:
+    for k, src in enumerate(samples):
         out.write(f"  source       {src}\n")
-        for name, tr in models.items():
-            out.write(f"  {name:<12} {tr.translate([src])[0].text}\n")
+        for name in models:
+            out.write(f"  {name:<12} {translated[name][k].text}\n")
         if src == " ".join(longest[0]):
             out.write(f"  reference    {' '.join(longest[1])}\n")
     out.write("\nBLEU on the held-out test set, by source length (sacrebleu, tokenised text):")
@@ -108,8 +108,7 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
     plot = bleu_by_length_plot({n: r.by_length for n, r in results.items()}, os.path.join(out_dir, "bleu_by_length.png"),
                                title="BLEU by source length: attention vs. no attention")
     maps = []
-    for i, src in enumerate(samples[:1] + samples[2:], 1):
-        t = att.translate([src])[0]
+    for i, t in enumerate([translated["attention"][0], translated["attention"][2]], 1):
         maps.append(attention_heatmap(t.weights, t.source, t.tokens, os.path.join(out_dir, f"alignment-{i}.png"),
                                       title=f"what each output word attended to ({s.attention} attention)"))
     out.write("\nfiles:\n")

@@ -73,11 +73,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"train config has unknown fields {unknown}")
-        return cls(**d)
+        return _io.config_from_dict(cls, d, "train config")
 
 
 class TrainingInterrupted(Exception):
@@ -89,11 +85,12 @@ class TrainingInterrupted(Exception):
         super().__init__(f"training interrupted (signal {signum}); state saved in {out_dir}")
 
 
-def sequence_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> tuple[Tensor, int]:
-    """Mean cross-entropy per target token (padding ignored) and the token count."""
+def sequence_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0,
+                  reduction: str = "mean") -> tuple[Tensor, int]:
+    """Cross-entropy per target token (padding ignored; mean or sum) and the token count."""
     logits, _ = model(batch.src, batch.src_lengths, batch.tgt_in)  # (B, T, V)
     loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=Vocab.pad_id,
-                                       label_smoothing=label_smoothing)
+                                       label_smoothing=label_smoothing, reduction=reduction)
     return loss, batch.n_tgt_tokens
 
 
@@ -103,10 +100,8 @@ def evaluate_loss(model: nn.Module, batches: Sequence[Batch]) -> float:
     model.eval()
     total, n = 0.0, 0
     for b in batches:
-        logits, _ = model(b.src, b.src_lengths, b.tgt_in)
-        total += float(nn.functional.cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(),
-                                                   ignore_index=Vocab.pad_id, reduction="sum"))
-        n += b.n_tgt_tokens
+        loss, tokens = sequence_loss(model, b, reduction="sum")
+        total, n = total + float(loss), n + tokens
     model.train(was)
     return total / max(n, 1)
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .._io import config_from_dict
 from ..nn import AdditiveAttention, LuongAttention
 
 __all__ = ["Seq2SeqConfig", "Seq2Seq", "Encoded", "ATTENTION_KINDS"]
@@ -87,13 +88,7 @@ class Seq2SeqConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Seq2SeqConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"model config must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"model config has unknown fields {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, "model config")
 
 
 class Encoded(NamedTuple):
