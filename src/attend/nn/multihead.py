@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .. import masks as _masks
 from ..functional import attention
 from ..scores import Additive, General, resolve
+from .cache import LayerKV
 
 __all__ = ["MultiHeadAttention"]
 
@@ -98,6 +99,9 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         need_weights: bool = False,
         average_weights: bool = True,
+        score_mod: Optional[Callable] = None,
+        rotary: Optional[nn.Module] = None,
+        cache: Optional[LayerKV] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Returns ``(output, weights or None)``.
 
@@ -110,6 +114,13 @@ class MultiHeadAttention(nn.Module):
             causal: bottom-right causal mask (decoder self-attention).
             need_weights: also return the attention weights: (B, L, S) averaged over
                 heads if ``average_weights``, else (B, H, L, S).
+            score_mod: a score modifier (e.g. ALiBi), see :mod:`attend.mods`.
+            rotary: a :class:`~attend.nn.RotaryEmbedding` applied to queries and keys
+                (self-attention; with a cache, the new tokens start at ``cache.length``).
+            cache: a :class:`~attend.nn.LayerKV`. Self-attention (``static=False``): the
+                new keys/values are appended and the query attends over all stored ones,
+                so ``S`` is the cached length plus ``L``. Cross-attention (``static=True``):
+                ``key``/``value`` are projected on the first call only.
         """
         if not isinstance(query, Tensor):
             raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
@@ -126,18 +137,30 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"key: expected (B, S, {self.kdim}), got shape {tuple(key.shape)}")
         if value.ndim != 3 or value.shape[-1] != self.vdim or value.shape[:2] != key.shape[:2]:
             raise ValueError(f"value: expected (B, S={key.shape[1]}, {self.vdim}), got shape {tuple(value.shape)}")
+        if cache is not None and not isinstance(cache, LayerKV):
+            raise TypeError(f"cache must be an attend.nn.LayerKV, got {type(cache).__name__}")
         B, L, _ = query.shape
-        S = key.shape[1]
         d, H, Hkv = self.head_dim, self.num_heads, self.kv_heads
         q = self.q_proj(query).view(B, L, H, d).transpose(1, 2)  # (B, H, L, d)
-        k = self.k_proj(key).view(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
-        v = self.v_proj(value).view(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
+        if cache is not None and cache.static and cache.filled:
+            k, v = cache.keys, cache.values  # (B, Hkv, S, d): the memory, projected once
+        else:
+            S = key.shape[1]
+            k = self.k_proj(key).view(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
+            v = self.v_proj(value).view(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
+            if rotary is not None:
+                offset = cache.length if cache is not None else 0
+                q, k = rotary(q, offset=offset), rotary(k, offset=offset)
+            if cache is not None:
+                k, v = cache.set(k, v) if cache.static else cache.append(k, v)  # (B, Hkv, n + S, d)
+        S = k.shape[2]
         mask = self._combine_masks(mask, key_mask, B, S)
         out = attention(
             q, k, v,
             score=self.score,
             mask=mask,
             causal=causal,
+            score_mod=score_mod,
             dropout_p=self.dropout if self.training else 0.0,
             return_weights=need_weights,
         )
@@ -187,6 +210,8 @@ class MultiHeadAttention(nn.Module):
         has_bias = mha.in_proj_bias is not None
         new = cls(mha.embed_dim, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim, bias=has_bias,
                   dropout=mha.dropout, batch_first=mha.batch_first)
+        # same dtype before copying, so float64 weights are not rounded through float32
+        new = new.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
         D = mha.embed_dim
         with torch.no_grad():
             if mha._qkv_same_embed_dim:
@@ -203,7 +228,7 @@ class MultiHeadAttention(nn.Module):
                 new.k_proj.bias.copy_(bk)
                 new.v_proj.bias.copy_(bv)
                 new.out_proj.bias.copy_(mha.out_proj.bias)
-        return new.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
+        return new
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_heads={self.kv_heads}, "

@@ -1,0 +1,118 @@
+"""Key/value caches for incremental decoding.
+
+A decoder that generates one token at a time would recompute the keys and values of
+every earlier token at every step (quadratic work in the output length). The cache keeps
+them: each step projects only the new token, appends its key and value, and attends over
+everything stored. Storage grows by doubling, so appending is amortised O(1) copies.
+
+Shape legend::
+
+    B batch   Hkv key/value heads   n stored positions   d head dim
+    keys, values (B, Hkv, n, d)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+__all__ = ["LayerKV", "KVCache"]
+
+
+class LayerKV:
+    """The cached keys and values of one attention layer.
+
+    ``static=False`` (self-attention): :meth:`append` adds positions.
+    ``static=True`` (cross-attention): keys and values of the encoder output are computed
+    once by the first call and reused unchanged.
+    """
+
+    def __init__(self, *, static: bool = False, capacity: int = 0):
+        self.static = static
+        self.capacity_hint = capacity
+        self._k: Optional[Tensor] = None  # (B, Hkv, capacity, d)
+        self._v: Optional[Tensor] = None
+        self.length = 0
+
+    @property
+    def filled(self) -> bool:
+        return self._k is not None
+
+    @property
+    def keys(self) -> Tensor:
+        return self._k[:, :, : self.length]  # (B, Hkv, n, d)
+
+    @property
+    def values(self) -> Tensor:
+        return self._v[:, :, : self.length]
+
+    def set(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the keys/values of a static (cross-attention) memory."""
+        self._k, self._v, self.length = k, v, k.shape[2]
+        return k, v
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add ``k``/``v`` (B, Hkv, l, d) after the stored positions; return all of them."""
+        if self.static:
+            raise RuntimeError("a static (cross-attention) cache cannot be appended to")
+        n, new = self.length, k.shape[2]
+        if self._k is None:
+            cap = max(self.capacity_hint, new, 16)
+            self._k = k.new_empty(*k.shape[:2], cap, k.shape[3])
+            self._v = v.new_empty(*v.shape[:2], cap, v.shape[3])
+        elif self._k.shape[0] != k.shape[0]:
+            raise ValueError(f"cache holds a batch of {self._k.shape[0]}, got keys for {k.shape[0]}")
+        if n + new > self._k.shape[2]:  # grow by doubling
+            cap = max(2 * self._k.shape[2], n + new)
+            grown_k = self._k.new_empty(*self._k.shape[:2], cap, self._k.shape[3])
+            grown_v = self._v.new_empty(*self._v.shape[:2], cap, self._v.shape[3])
+            grown_k[:, :, :n] = self._k[:, :, :n]
+            grown_v[:, :, :n] = self._v[:, :, :n]
+            self._k, self._v = grown_k, grown_v
+        self._k[:, :, n : n + new] = k
+        self._v[:, :, n : n + new] = v
+        self.length = n + new
+        return self.keys, self.values
+
+    def index_select(self, index: Tensor) -> "LayerKV":
+        """A cache holding rows ``index`` of the batch (beam search reorders hypotheses)."""
+        out = LayerKV(static=self.static, capacity=self.capacity_hint)
+        if self._k is not None:
+            out._k = self._k.index_select(0, index)
+            out._v = self._v.index_select(0, index)
+            out.length = self.length
+        return out
+
+
+class KVCache:
+    """Caches of a decoder stack: one self-attention :class:`LayerKV` per layer, and one
+    static cross-attention entry per layer (for encoder-decoder models).
+
+    ``capacity`` preallocates that many positions per layer (it grows past it if needed).
+    """
+
+    def __init__(self, num_layers: int, *, cross: bool = False, capacity: int = 0):
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+        self.self_attn = [LayerKV(capacity=capacity) for _ in range(num_layers)]
+        self.cross_attn = [LayerKV(static=True) for _ in range(num_layers)] if cross else None
+
+    @property
+    def length(self) -> int:
+        """Positions decoded so far (the position of the next token)."""
+        return self.self_attn[0].length
+
+    def __len__(self) -> int:
+        return len(self.self_attn)
+
+    def index_select(self, index: Tensor) -> "KVCache":
+        out = KVCache.__new__(KVCache)
+        out.self_attn = [c.index_select(index) for c in self.self_attn]
+        out.cross_attn = None if self.cross_attn is None else [c.index_select(index) for c in self.cross_attn]
+        return out
+
+    def __repr__(self) -> str:
+        return f"KVCache(layers={len(self)}, length={self.length}, cross={self.cross_attn is not None})"
+
