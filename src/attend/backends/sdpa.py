@@ -70,11 +70,14 @@ class SDPA(Backend):
             scale=scale,
             enable_gqa=call.groups > 1,
         )  # (B, Hq, L, Ev)
-        if dead is not None:
+        if dead is not None and bool(dead.any()):
             out = out.masked_fill(dead, 0.0)
         # SDPA's CPU kernel treats a row whose scores are all NaN like a fully masked row
-        # and returns zeros; corrupt input must show, so such rows become NaN again.
-        out = out.masked_fill(q.isnan().any(dim=-1, keepdim=True), math.nan)
+        # and returns zeros; corrupt input must show, so such rows become NaN again. One
+        # reduction finds them (a NaN anywhere in a row makes its sum NaN).
+        bad = q.sum(dim=-1, keepdim=True).isnan()  # (B, Hq, L, 1)
+        if bool(bad.any()):
+            out = out.masked_fill(bad, math.nan)
         return out, None
 
 

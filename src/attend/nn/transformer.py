@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -126,6 +127,12 @@ class EncoderLayer(_Layer):
                                   need_weights=need_weights, average_weights=False)
 
         x, w = self._sublayer(x, self.norm1, attend)
+        if key_mask is not None and x.shape[0] > 1 and not bool(key_mask.all()):
+            # The feed-forward is position-wise: run it on the real tokens only (the
+            # padding of a batch is skipped, as "unpadded" kernels do); padding rows are 0.
+            out = torch.zeros_like(x)
+            out[key_mask] = self._ff(x[key_mask])  # (N real tokens, D)
+            return out, w
         return self._ff(x), w
 
 

