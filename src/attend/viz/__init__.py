@@ -1,8 +1,10 @@
-"""Pictures of attention: PNG heat maps and plots (matplotlib, the ``viz`` extra).
+"""Pictures of attention: the HTML attention viewer (no extra needed) and PNG heat maps
+and plots (matplotlib, the ``viz`` extra).
 
 No global matplotlib state is touched: figures are drawn on their own Agg canvas, so
 importing attend never changes a user's matplotlib backend.
 """
+from .html import AttentionView, attention_page
 from .plots import attention_heatmap, bleu_by_length_plot
 
-__all__ = ["attention_heatmap", "bleu_by_length_plot"]
+__all__ = ["AttentionView", "attention_page", "attention_heatmap", "bleu_by_length_plot"]

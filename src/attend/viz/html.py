@@ -1,0 +1,181 @@
+"""A self-contained HTML page showing a model's attention (no CDN, no network, works
+offline, one file): a head view (lines from each token to what it attends to, heads
+selectable), a model view (every layer x head, click to zoom) and a heat map; hovering a
+token highlights its attention; the current view exports as PNG.
+
+    view = AttentionView.from_encoder(encoder, ["I sat on the bank of the river"])
+    view.save("attention.html")         # or display(view) in Jupyter
+
+Safety: the weights and tokens travel as one JSON block with ``<``, ``>``, ``&`` and the
+line separators escaped, so no token text can close the block; the page's script puts
+tokens on screen only through canvas ``fillText`` and ``textContent``, never as markup;
+a Content-Security-Policy forbids every network request.
+
+Size: weights are quantised to 255 levels (1/254 steps; 255 marks a NaN or infinite
+weight, drawn red) and base64-encoded: layers x heads x n^2 bytes per text. Texts longer
+than ``max_tokens`` (default 512) are refused with a clear error instead of writing a page
+too large to open.
+
+Shape legend::
+
+    L layers   H heads   n tokens of one text
+    attention per text: (L, H, n, n), or a sequence of L tensors (H, n, n) / (1, H, n, n)
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from importlib import resources
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .. import _io
+
+__all__ = ["AttentionView", "attention_page"]
+
+_CSS = """
+body{font:14px system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{padding:10px 16px;background:#fff;border-bottom:1px solid #ddd;position:sticky;top:0;z-index:1}
+h1{font-size:17px;margin:0 0 8px}
+.controls{display:flex;gap:14px;align-items:center;flex-wrap:wrap}
+button{font:inherit;padding:3px 9px;border:1px solid #bbb;background:#f4f4f4;border-radius:4px;cursor:pointer}
+button.tab.on{background:#333;color:#fff;border-color:#333}
+#heads{margin-top:8px;display:flex;gap:4px;flex-wrap:wrap}
+button.head{border-color:var(--c);color:var(--c);min-width:2.2em;background:#fff}
+button.head.on{background:var(--c);color:#fff}
+main{padding:12px 16px}
+#stage{overflow:auto;max-height:calc(100vh - 190px);background:#fff;border:1px solid #ddd;display:inline-block}
+#grid{display:grid;gap:4px;align-items:center;overflow:auto;max-height:calc(100vh - 190px)}
+#grid .axis{font-size:11px;color:#555;white-space:nowrap}
+canvas.thumb{cursor:zoom-in;border:1px solid #ddd}
+footer{position:fixed;bottom:0;left:0;right:0;background:#fff;border-top:1px solid #ddd;padding:6px 16px;
+  min-height:1.4em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+[hidden]{display:none!important}
+"""
+
+_BODY = """<header><h1 id="title"></h1><div class="controls">
+<label id="text-box">Text <select id="text"></select></label>
+<label id="layer-box">Layer <select id="layer"></select></label>
+<span><button type="button" class="tab" data-view="head">Head view</button>
+<button type="button" class="tab" data-view="model">Model view</button>
+<button type="button" class="tab" data-view="heat">Heat map</button></span>
+<button type="button" id="export">Export PNG</button></div>
+<div id="heads"></div></header>
+<main><div id="stage"><canvas id="canvas"></canvas></div><div id="grid" hidden></div></main>
+<footer id="status"></footer>"""
+
+# No network at all; inline style and script only (the page carries everything it needs).
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data: blob:"
+
+
+def _script() -> str:
+    return resources.files("attend.viz").joinpath("_page.js").read_text(encoding="utf-8")
+
+
+def _json_for_html(obj) -> str:
+    """JSON that is inert inside a <script> element: no '<', '>', '&' or line separators."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _as_layers(att, what: str) -> Tensor:
+    """(L, H, n, n) float tensor from a tensor or a sequence of per-layer tensors."""
+    if isinstance(att, Tensor):
+        t = att
+    elif isinstance(att, (list, tuple)) and att and all(isinstance(a, Tensor) for a in att):
+        t = torch.stack([a.squeeze(0) if a.ndim == 4 else a for a in att])
+    else:
+        raise TypeError(f"{what}: expected a tensor (layers, heads, n, n) or a list of per-layer tensors")
+    if t.ndim == 3:
+        t = t.unsqueeze(0)  # one layer
+    if t.ndim != 4 or t.shape[-1] != t.shape[-2]:
+        raise ValueError(f"{what}: expected shape (layers, heads, n, n), got {tuple(t.shape)}")
+    return t.detach().to("cpu", torch.float32)
+
+
+def _quantise(w: Tensor) -> str:
+    finite = torch.isfinite(w)
+    q = (w.clamp(0, 1).nan_to_num(0.0) * 254).round().to(torch.uint8)
+    q[~finite] = 255
+    return base64.b64encode(q.numpy().tobytes()).decode("ascii")
+
+
+def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, labels: Optional[Sequence[str]] = None,
+                   title: str = "Attention", note: Optional[str] = None, max_tokens: int = 512) -> str:
+    """The HTML page (a string) for one or more texts.
+
+    Args:
+        tokens: per text, its token strings (n of them).
+        attentions: per text, weights (L, H, n, n) or a list of L tensors (H, n, n).
+        labels: names shown in the text selector (default: the first tokens).
+        max_tokens: longest text accepted.
+    """
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence) or not tokens:
+        raise TypeError("tokens: expected a non-empty list with one list of token strings per text")
+    if len(attentions) != len(tokens):
+        raise ValueError(f"attentions: {len(attentions)} entries for {len(tokens)} texts")
+    if labels is not None and len(labels) != len(tokens):
+        raise ValueError(f"labels: {len(labels)} labels for {len(tokens)} texts")
+    texts = []
+    for k, (toks, att) in enumerate(zip(tokens, attentions)):
+        if isinstance(toks, str) or not all(isinstance(t, str) for t in toks):
+            raise TypeError(f"tokens[{k}]: expected a list of strings")
+        w = _as_layers(att, f"attentions[{k}]")
+        n = len(toks)
+        if n > max_tokens:
+            raise ValueError(f"text {k} has {n} tokens; the viewer shows at most max_tokens={max_tokens} "
+                             "(split the text or raise max_tokens)")
+        if w.shape[-1] != n:
+            raise ValueError(f"attentions[{k}]: weights over {w.shape[-1]} tokens, but tokens[{k}] has {n}")
+        label = labels[k] if labels is not None else " ".join(toks[:8]) + (" …" if n > 8 else "")
+        texts.append({"label": str(label), "tokens": list(toks), "layers": int(w.shape[0]), "heads": int(w.shape[1]),
+                      "n": n, "weights": _quantise(w)})
+    doc = {"title": str(title), "note": note, "texts": texts}
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
+            f"<title>{html.escape(str(title))}</title><style>{_CSS}</style></head><body>{_BODY}\n"
+            f"<script type=\"application/json\" id=\"attend-data\">{_json_for_html(doc)}</script>\n"
+            f"<script>{_script()}</script></body></html>\n")
+
+
+class AttentionView:
+    """The attention of every layer and head of a model on one or more texts, as a page.
+
+    ``save(path)`` writes it (atomically, never over an existing file unless
+    ``force=True``); in Jupyter the object displays itself in a sandboxed frame.
+    """
+
+    def __init__(self, tokens: Sequence[Sequence[str]], attentions: Sequence, *,
+                 labels: Optional[Sequence[str]] = None, title: str = "Attention", note: Optional[str] = None,
+                 max_tokens: int = 512):
+        self.html = attention_page(tokens, attentions, labels=labels, title=title, note=note, max_tokens=max_tokens)
+
+    @classmethod
+    def from_encoder(cls, encoder, texts: Sequence[str], *, title: Optional[str] = None,
+                     max_tokens: int = 512) -> "AttentionView":
+        """Run a :class:`~attend.models.bert.SentenceEncoder` on ``texts`` and show its attention."""
+        if isinstance(texts, str):
+            texts = [texts]
+        tokens, atts = [], []
+        for text in texts:  # one at a time: no padding in the pictures
+            batch, out = encoder.embed_tokens([text], need_weights=True)
+            tokens.append(batch.tokens[0])
+            atts.append([a[0] for a in out.attentions])
+        return cls(tokens, atts, labels=list(texts), title=title or "Attention", max_tokens=max_tokens)
+
+    def save(self, path: Union[str, os.PathLike], *, force: bool = False) -> str:
+        path = os.fspath(path)
+        if os.path.exists(path) and not force:
+            raise FileExistsError(f"{path} exists (use force=True / --force to overwrite)")
+        _io.atomic_write(path, self.html.encode("utf-8"))
+        return path
+
+    def _repr_html_(self) -> str:
+        return (f'<iframe srcdoc="{html.escape(self.html, quote=True)}" sandbox="allow-scripts allow-downloads" '
+                'style="width:100%;height:720px;border:1px solid #ddd"></iframe>')

@@ -1,0 +1,183 @@
+"""attend.viz.html: the offline attention viewer. Hostile token text stays text (checked by
+parsing the page and in a real headless Chromium driven by Playwright), NaN weights and
+long inputs, saving, and the page's controls."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+import torch
+
+from attend.viz import AttentionView, attention_page
+
+HOSTILE = ["</script><img src=x onerror=alert(1)>", "<script>window.__pwned=1</script>", "\"'><svg onload=alert(2)>",
+           "a\u2028b\u2029c", "\u202eevil\u202c", "&lt;&amp;", "x" * 3000, "<!--", "]]>", "{{x}}"]
+
+
+def _weights(layers, heads, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(layers, heads, n, n, generator=g).softmax(-1)
+
+
+class _Structure(HTMLParser):
+    """Every element and attribute of a page, and the text of its JSON block."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements, self.data_json, self._in_data = [], None, False
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, tuple(sorted(a for a, _ in attrs))))
+        self._in_data = dict(attrs).get("id") == "attend-data"
+
+    def handle_data(self, data):
+        if self._in_data:
+            self.data_json = data
+            self._in_data = False
+
+
+def _structure(page):
+    s = _Structure()
+    s.feed(page)
+    return s
+
+
+def test_hostile_tokens_add_no_markup():
+    benign = attention_page([[f"t{i}" for i in range(len(HOSTILE))]], [_weights(2, 3, len(HOSTILE))])
+    hostile = attention_page([HOSTILE], [_weights(2, 3, len(HOSTILE))], labels=["</title><script>alert(3)</script>"],
+                             title="<b>title</b>")
+    a, b = _structure(benign), _structure(hostile)
+    assert a.elements == b.elements  # no new element or attribute anywhere
+    doc = json.loads(b.data_json)
+    assert doc["texts"][0]["tokens"] == HOSTILE  # and the tokens arrive intact
+    assert doc["title"] == "<b>title</b>"
+    block = b.data_json
+    for bad in ("<", ">", "\u2028", "\u2029"):
+        assert bad not in block
+
+
+def test_weights_round_trip_and_nan_marked():
+    w = _weights(2, 2, 4)
+    w[1, 0, 2, 3] = float("nan")
+    w[0, 1, 0, 0] = float("inf")
+    doc = json.loads(_structure(attention_page([list("abcd")], [w])).data_json)
+    q = torch.tensor(list(base64.b64decode(doc["texts"][0]["weights"])), dtype=torch.float32).view(2, 2, 4, 4)
+    assert q[1, 0, 2, 3] == 255 and q[0, 1, 0, 0] == 255
+    ok = torch.isfinite(w)
+    assert torch.all((q[ok] / 254 - w[ok]).abs() <= 0.5 / 254 + 1e-6)
+
+
+def test_per_layer_lists_and_shape_errors():
+    layers = [torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3)]  # what models return: (1, H, n, n) per layer
+    doc = json.loads(_structure(attention_page([["a", "b", "c"]], [layers])).data_json)
+    assert (doc["texts"][0]["layers"], doc["texts"][0]["heads"]) == (2, 2)
+    with pytest.raises(ValueError, match=r"attentions\[0\]: weights over 3 tokens, but tokens\[0\] has 2"):
+        attention_page([["a", "b"]], [layers])
+    with pytest.raises(ValueError, match="attentions: 1 entries for 2 texts"):
+        attention_page([["a"], ["b"]], [torch.rand(1, 1, 1, 1)])
+    with pytest.raises(TypeError, match=r"tokens\[0\]: expected a list of strings"):
+        attention_page([[1, 2]], [torch.rand(1, 1, 2, 2)])
+    with pytest.raises(ValueError, match=r"expected shape \(layers, heads, n, n\)"):
+        attention_page([["a", "b"]], [torch.rand(2, 2, 2, 3)])
+
+
+def test_long_inputs_are_refused_clearly_but_moderate_ones_fit():
+    with pytest.raises(ValueError, match="600 tokens; the viewer shows at most max_tokens=512"):
+        attention_page([["w"] * 600], [torch.zeros(1, 1, 600, 600)])
+    page = attention_page([["w"] * 300], [torch.zeros(2, 4, 300, 300)])
+    assert len(page) < 2_000_000  # 2 x 4 x 300^2 bytes, base64
+
+
+def test_page_is_self_contained():
+    page = attention_page([["a", "b"]], [torch.rand(1, 1, 2, 2)])
+    assert "http://" not in page and "https://" not in page and " src=" not in page
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+
+
+def test_save_never_overwrites_without_force(tmp_path):
+    view = AttentionView([["a", "b"]], [torch.rand(1, 1, 2, 2)])
+    path = tmp_path / "v.html"
+    path.write_text("keep me")
+    with pytest.raises(FileExistsError, match="force"):
+        view.save(path)
+    assert path.read_text() == "keep me"
+    view.save(path, force=True)
+    assert path.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_jupyter_repr_is_a_sandboxed_frame():
+    view = AttentionView([HOSTILE[:2]], [torch.rand(1, 1, 2, 2)])
+    frame = view._repr_html_()
+    s = _structure(frame)
+    assert [e[0] for e in s.elements] == ["iframe"]
+    assert 'sandbox="allow-scripts allow-downloads"' in frame
+
+
+# -- in a real browser -------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (extra 'test')")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, tmp_path, view):
+    path = tmp_path / "view.html"
+    view.save(path)
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    events = {"console": [], "dialogs": [], "requests": []}
+    page.on("console", lambda m: events["console"].append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: events["console"].append(f"pageerror: {e}"))
+    page.on("dialog", lambda d: (events["dialogs"].append(d.message), d.dismiss()))
+    page.on("request", lambda r: events["requests"].append(r.url))
+    page.goto(path.as_uri())
+    page.wait_for_function("window.attendView !== undefined")
+    return page, events, path.as_uri()
+
+
+def test_browser_loads_clicks_and_exports(browser, tmp_path):
+    toks = [["[CLS]", "the", "bank", "of", "the", "river", "[SEP]"], ["[CLS]", "money", "at", "the", "bank", "[SEP]"]]
+    view = AttentionView(toks, [_weights(3, 4, 7, 1), _weights(3, 4, 6, 2)], labels=["river", "money"])
+    page, events, url = _open(browser, tmp_path, view)
+    first = page.evaluate("attendView.exportPNG()")
+    assert first.startswith("data:image/png;base64,")
+    page.click("button.head[data-head='2']")  # add head 3 to the drawing
+    assert page.evaluate("attendView.exportPNG()") != first
+    page.hover("#canvas", position={"x": 120, "y": 5 + 2 * 18 + 9})  # the token "bank"
+    assert page.text_content("#status").startswith("bank attends to")
+    page.click("button.tab[data-view='model']")
+    assert page.locator("canvas.thumb").count() == 3 * 4
+    page.click("canvas.thumb[data-layer='1'][data-head='3']")  # zoom into layer 2, head 4
+    assert page.evaluate("[attendView.state.view, attendView.state.layer, attendView.state.focus]") == ["heat", 1, 3]
+    page.select_option("#text", "1")
+    assert page.evaluate("attendView.state.text") == 1
+    assert events["console"] == [] and events["dialogs"] == []
+    assert events["requests"] == [url]  # nothing fetched but the page itself
+    page.close()
+
+
+def test_browser_runs_no_hostile_token(browser, tmp_path):
+    view = AttentionView([HOSTILE], [_weights(2, 2, len(HOSTILE))], labels=["<img src=y onerror=alert(4)>"])
+    page, events, _ = _open(browser, tmp_path, view)
+    for mode in ("head", "model", "heat"):
+        page.click(f"button.tab[data-view='{mode}']")
+        page.hover("#canvas" if mode != "model" else "#grid")
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.evaluate("document.querySelectorAll('img, svg, iframe').length") == 0
+    assert page.evaluate("document.scripts.length") == 2  # the data block and the viewer
+    assert events["dialogs"] == [] and events["console"] == []
+    page.close()
