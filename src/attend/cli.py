@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", help="a terminal tour of the attention variants on one small sentence")
     tour.add_argument("--seed", type=int, default=0, help="seed for the random parts (default 0)")
 
-    tr = sub.add_parser("translate", help="train, evaluate and use RNN translators with attention",
+    tr = sub.add_parser("translate", help="train, evaluate and use translators (RNN with attention, or transformer)",
                         description='attend translate {train,eval} ... | attend translate "a sentence" --checkpoint DIR')
     tsub = tr.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
@@ -84,16 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--valid", type=float, default=0.05, help="validation fraction (default 0.05)")
     t.add_argument("--test", type=float, default=0.05, help="test fraction (default 0.05), written to OUT/test.tsv")
     t.add_argument("--min-freq", type=_positive_int, default=1, help="rarer words become <unk> (default 1)")
-    t.add_argument("--attention", choices=ATTENTION_KINDS, default="general", help="score function (default general)")
+    t.add_argument("--model", choices=("rnn", "transformer"), default="rnn",
+                   help="rnn: the seed-002 RNN encoder-decoder with attention (default); transformer: an "
+                        "encoder-decoder transformer")
+    t.add_argument("--attention", choices=ATTENTION_KINDS, default="general", help="rnn: score function (default general)")
     t.add_argument("--rnn", choices=("gru", "lstm"), default="gru")
-    t.add_argument("--hidden", type=_positive_int, default=256, help="hidden size (default 256)")
-    t.add_argument("--embed", type=_positive_int, default=128, help="embedding size (default 128)")
-    t.add_argument("--layers", type=_positive_int, default=1)
+    t.add_argument("--hidden", type=_positive_int, default=256, help="hidden size / transformer width (default 256)")
+    t.add_argument("--embed", type=_positive_int, default=128, help="rnn: embedding size (default 128)")
+    t.add_argument("--layers", type=_positive_int, default=None,
+                   help="layers (default 1 for rnn; 3 encoder + 3 decoder for transformer)")
+    t.add_argument("--heads", type=_positive_int, default=4, help="transformer: attention heads (default 4)")
+    t.add_argument("--ff", type=_nonneg_int, default=0, help="transformer: feed-forward width (default 4 x hidden)")
+    t.add_argument("--positional", choices=("sinusoidal", "learned", "rope", "alibi"), default="sinusoidal",
+                   help="transformer: positional encoding (default sinusoidal)")
     t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--unidirectional", action="store_true", help="forward-only encoder")
+    t.add_argument("--unidirectional", action="store_true", help="rnn: forward-only encoder")
     t.add_argument("--epochs", type=_positive_int, default=10)
     t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 rnn, 1e-3 transformer)")
     t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default: none)")
     t.add_argument("--eval-every", type=_nonneg_int, default=0, help="steps between validations (default: each epoch)")
     t.add_argument("--patience", type=_nonneg_int, default=3)
@@ -215,7 +223,7 @@ def _translate_train(args) -> int:
     from . import _io
     from .apps import train_translator
     from .data import prepare, read_tsv, split_by_source, synthetic_pairs
-    from .models import Seq2SeqConfig
+    from .models import model_config
     from .train import TrainConfig, TrainingInterrupted
 
     if args.data is not None:
@@ -229,11 +237,19 @@ def _translate_train(args) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out is not a folder: {args.out}")
     try:  # settings are checked before any data is read
-        tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, epochs=args.epochs, max_minutes=args.minutes,
-                           eval_every=args.eval_every, patience=args.patience, seed=args.seed)
-        model = dict(attention=args.attention, rnn=args.rnn, hidden_dim=args.hidden, embed_dim=args.embed,
-                     layers=args.layers, dropout=args.dropout, bidirectional=not args.unidirectional)
-        Seq2SeqConfig(src_vocab=5, tgt_vocab=5, **model)
+        transformer = args.model == "transformer"
+        lr = args.lr if args.lr is not None else (1e-3 if transformer else 2e-3)
+        tcfg = TrainConfig(batch_size=args.batch_size, lr=lr, epochs=args.epochs, max_minutes=args.minutes,
+                           eval_every=args.eval_every, patience=args.patience, seed=args.seed,
+                           warmup_steps=400 if transformer else 100)
+        if transformer:
+            model = dict(kind="transformer", d_model=args.hidden, heads=args.heads, encoder_layers=args.layers or 3,
+                         decoder_layers=args.layers or 3, ff_dim=args.ff, dropout=args.dropout,
+                         positional=args.positional)
+        else:
+            model = dict(attention=args.attention, rnn=args.rnn, hidden_dim=args.hidden, embed_dim=args.embed,
+                         layers=args.layers or 1, dropout=args.dropout, bidirectional=not args.unidirectional)
+        model_config(dict(model, src_vocab=5, tgt_vocab=5))
         if not (0 <= args.valid < 1 and 0 <= args.test < 1 and args.valid + args.test < 1) or args.valid == 0:
             raise ValueError(f"--valid and --test must be fractions with 0 < valid, valid + test < 1; "
                              f"got {args.valid} and {args.test}")

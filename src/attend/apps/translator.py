@@ -21,7 +21,8 @@ from torch import Tensor
 
 from .. import _io
 from ..data import Vocab, make_batch, tokenize
-from ..models import Seq2Seq, Seq2SeqConfig, beam_search, greedy
+from ..models import Seq2Seq, Seq2SeqConfig, TransformerConfig, TransformerSeq2Seq, beam_search, build_model, greedy
+from ..models import model_config as _model_config
 from ..train import TrainConfig, Trainer
 
 __all__ = ["Translator", "Translation", "train_translator", "evaluate", "EvalResult", "LENGTH_BUCKETS", "FORMAT"]
@@ -45,7 +46,7 @@ class Translation:
 class Translator:
     """A trained model with its vocabularies. ``Translator.load(folder)`` reads a run folder."""
 
-    def __init__(self, model: Seq2Seq, src_vocab: Vocab, tgt_vocab: Vocab):
+    def __init__(self, model: Seq2Seq | TransformerSeq2Seq, src_vocab: Vocab, tgt_vocab: Vocab):
         if model.config.src_vocab != len(src_vocab) or model.config.tgt_vocab != len(tgt_vocab):
             raise ValueError(f"vocabulary sizes ({len(src_vocab)}, {len(tgt_vocab)}) do not match the model config "
                              f"({model.config.src_vocab}, {model.config.tgt_vocab})")
@@ -61,11 +62,11 @@ class Translator:
         if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
             raise ValueError(f"{cfg_path}: not an attend translator config (expected format {FORMAT!r})")
         try:
-            mcfg = Seq2SeqConfig.from_dict(cfg["model"])
+            mcfg = _model_config(cfg["model"])
             src_vocab, tgt_vocab = Vocab(cfg["src_vocab"]), Vocab(cfg["tgt_vocab"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{cfg_path}: malformed config ({e})") from None
-        model = Seq2Seq(mcfg)
+        model = build_model(mcfg)
         path = os.path.join(folder, "model.safetensors")
         tensors, _ = _io.load_tensors(path, "model weights")
         _io.check_state_dict(path, model.state_dict(), tensors)
@@ -102,7 +103,7 @@ class Translator:
         return out  # type: ignore[return-value]
 
 
-def _config_doc(model_cfg: Seq2SeqConfig, train_cfg: TrainConfig, src_vocab: Vocab, tgt_vocab: Vocab, data: dict) -> dict:
+def _config_doc(model_cfg: Seq2SeqConfig | TransformerConfig, train_cfg: TrainConfig, src_vocab: Vocab, tgt_vocab: Vocab, data: dict) -> dict:
     from .. import __version__
 
     return {"format": FORMAT, "attend_version": __version__, "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
@@ -113,8 +114,9 @@ def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str 
                      model: Optional[dict] = None, train_config: Optional[TrainConfig] = None,
                      min_freq: int = 1, data: Optional[dict] = None, resume: bool = False,
                      progress: bool = True, on_step=None) -> tuple[Translator, list[dict]]:
-    """Build vocabularies from ``train`` (token pairs), train a :class:`Seq2Seq` with
-    ``model`` options (``Seq2SeqConfig`` fields other than the vocabulary sizes), and
+    """Build vocabularies from ``train`` (token pairs), train a model with ``model``
+    options (``Seq2SeqConfig`` fields other than the vocabulary sizes for the RNN model;
+    with ``"kind": "transformer"``, ``TransformerConfig`` fields), and
     return the translator with the best validation loss and the history.
 
     With ``resume=True`` the folder's config is reused and training continues from
@@ -126,7 +128,7 @@ def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str 
     if resume:
         saved = _io.read_json(cfg_path, "checkpoint config")
         src_vocab, tgt_vocab = Vocab(saved["src_vocab"]), Vocab(saved["tgt_vocab"])
-        mcfg = Seq2SeqConfig.from_dict(saved["model"])
+        mcfg = _model_config(saved["model"])
         if saved["train"] != train_config.to_dict():
             raise ValueError(f"{cfg_path}: was written with different training settings; resume with the same ones")
     else:
@@ -134,11 +136,11 @@ def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str 
             raise ValueError("no training pairs")
         src_vocab = Vocab.build((s for s, _ in train), min_freq=min_freq)
         tgt_vocab = Vocab.build((t for _, t in train), min_freq=min_freq)
-        mcfg = Seq2SeqConfig(src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab), **(model or {}))
+        mcfg = _model_config(dict(model or {}, src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab)))
         os.makedirs(out_dir, exist_ok=True)
         _io.write_json(cfg_path, _config_doc(mcfg, train_config, src_vocab, tgt_vocab, data or {}))
     torch.manual_seed(train_config.seed)
-    net = Seq2Seq(mcfg)
+    net = build_model(mcfg)
 
     def ids(pairs):
         return [(src_vocab.encode(s), tgt_vocab.encode(t)) for s, t in pairs]

@@ -1,5 +1,29 @@
 """Complete models built on attend's attention modules."""
+from __future__ import annotations
+
+from typing import Union
+
 from .search import Hypothesis, beam_search, greedy
 from .seq2seq import ATTENTION_KINDS, Encoded, Seq2Seq, Seq2SeqConfig
+from .transformer import TransformerConfig, TransformerSeq2Seq
 
-__all__ = ["Seq2Seq", "Seq2SeqConfig", "Encoded", "ATTENTION_KINDS", "Hypothesis", "greedy", "beam_search"]
+__all__ = ["Seq2Seq", "Seq2SeqConfig", "TransformerSeq2Seq", "TransformerConfig", "Encoded", "ATTENTION_KINDS",
+           "Hypothesis", "greedy", "beam_search", "MODEL_KINDS", "model_config", "build_model"]
+
+MODEL_KINDS = ("rnn", "transformer")
+ModelConfig = Union[Seq2SeqConfig, TransformerConfig]
+
+
+def model_config(d: dict) -> ModelConfig:
+    """A translator model config from its JSON form: ``"kind": "transformer"`` or an RNN
+    :class:`Seq2SeqConfig` (whose dict has no ``kind``)."""
+    if isinstance(d, dict) and d.get("kind", "rnn") == "transformer":
+        return TransformerConfig.from_dict(d)
+    if isinstance(d, dict) and d.get("kind", "rnn") == "rnn":
+        return Seq2SeqConfig.from_dict({k: v for k, v in d.items() if k != "kind"})
+    raise ValueError(f"model config: kind must be one of {list(MODEL_KINDS)}, got {d.get('kind') if isinstance(d, dict) else d!r}")
+
+
+def build_model(config: ModelConfig):
+    """The model for a config: :class:`Seq2Seq` or :class:`TransformerSeq2Seq`."""
+    return TransformerSeq2Seq(config) if isinstance(config, TransformerConfig) else Seq2Seq(config)

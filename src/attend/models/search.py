@@ -1,4 +1,5 @@
-"""Batched greedy and beam-search decoding for :class:`~attend.models.seq2seq.Seq2Seq`,
+"""Batched greedy and beam-search decoding for :class:`~attend.models.seq2seq.Seq2Seq` and
+:class:`~attend.models.transformer.TransformerSeq2Seq`,
 returning the attention weights behind every output word.
 
 Beam search keeps ``beam`` hypotheses per sentence, scores them by the sum of token
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from ..data.text import Vocab
 from .seq2seq import Seq2Seq, reorder_state
+from .transformer import TransformerSeq2Seq
 
 __all__ = ["Hypothesis", "greedy", "beam_search", "default_max_len"]
 
@@ -32,8 +34,8 @@ def default_max_len(src_lengths: Tensor) -> int:
 
 
 def _check(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Optional[int]) -> int:
-    if not isinstance(model, Seq2Seq):
-        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
+    if not isinstance(model, (Seq2Seq, TransformerSeq2Seq)):
+        raise TypeError(f"model must be a Seq2Seq or TransformerSeq2Seq, got {type(model).__name__}")
     if max_len is None:
         return default_max_len(src_lengths)
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:

@@ -193,7 +193,10 @@ class Seq2Seq(nn.Module):
 
 
 def reorder_state(state: State, index: Tensor) -> State:
-    """Select batch rows of an RNN state (for beam search)."""
+    """Select batch rows of a decoder state (for beam search): an RNN state, or any state
+    with an ``index_select(index)`` method (a transformer's :class:`~attend.nn.KVCache`)."""
+    if not isinstance(state, (Tensor, tuple)) and hasattr(state, "index_select"):
+        return state.index_select(index)
     if isinstance(state, tuple):
         return tuple(s.index_select(1, index) for s in state)
     return state.index_select(1, index)

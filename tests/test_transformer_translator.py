@@ -1,0 +1,109 @@
+"""The transformer translator: cached decoding equals teacher forcing, search invariants,
+learning the embedded corpus, checkpoints, `attend translate train --model transformer`."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from attend.apps import Translator, evaluate, train_translator
+from attend.cli import main
+from attend.data import make_batch, prepare, split_by_source, synthetic_pairs
+from attend.models import TransformerConfig, TransformerSeq2Seq, beam_search, greedy
+from attend.train import TrainConfig
+
+SENTENCES = [[4, 5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17, 18], [19]]
+
+
+def tiny(**kw) -> TransformerSeq2Seq:
+    torch.manual_seed(0)
+    cfg = dict(src_vocab=23, tgt_vocab=29, d_model=16, heads=4, encoder_layers=2, decoder_layers=2, dropout=0.0)
+    cfg.update(kw)
+    return TransformerSeq2Seq(TransformerConfig(**cfg)).eval()
+
+
+def batch(sentences=SENTENCES):
+    return make_batch([(s, [4, 5, 6]) for s in sentences])
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope", "alibi", "learned"])
+@torch.no_grad()
+def test_greedy_with_cache_equals_teacher_forcing(positional):
+    m = tiny(positional=positional)
+    b = batch()
+    for i, h in enumerate(greedy(m, b.src, b.src_lengths, max_len=7)):
+        one = make_batch([(SENTENCES[i], h.tokens)])
+        logits, w = m(one.src, one.src_lengths, one.tgt_in, need_weights=True)
+        n = len(h.tokens)
+        logp = logits.log_softmax(-1)[0].double()
+        steps = n + (1 if n < 7 else 0)
+        assert h.score == pytest.approx(float(logp[torch.arange(steps), one.tgt_out[0, :steps]].sum()), abs=1e-4)
+        torch.testing.assert_close(h.weights, w[0, :n], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_padded_batch_equals_one_by_one_and_beam_one_is_greedy():
+    m = tiny()
+    b = batch()
+    together = greedy(m, b.src, b.src_lengths, max_len=9)
+    beams = beam_search(m, b.src, b.src_lengths, beam=1, max_len=9)
+    for i, s in enumerate(SENTENCES):
+        one = batch([s])
+        alone = greedy(m, one.src, one.src_lengths, max_len=9)[0]
+        assert alone.tokens == together[i].tokens == beams[i].tokens
+        assert alone.score == pytest.approx(together[i].score, abs=1e-4)
+        assert beams[i].score == pytest.approx(together[i].score, abs=1e-9)
+
+
+@torch.no_grad()
+def test_beam_score_is_sum_of_token_log_probs():
+    m = tiny()
+    b = batch()
+    for h, s in zip(beam_search(m, b.src, b.src_lengths, beam=3, max_len=6), SENTENCES):
+        one = make_batch([(s, h.tokens)])
+        logp = m(one.src, one.src_lengths, one.tgt_in)[0].log_softmax(-1)[0]
+        n = len(h.tokens) + (1 if len(h.tokens) < 6 else 0)
+        assert h.score == pytest.approx(float(logp[torch.arange(n), one.tgt_out[0, :n]].double().sum()), abs=1e-4)
+
+
+def test_config_errors_are_named():
+    with pytest.raises(ValueError, match=r"d_model \(30\) must be divisible by heads \(4\)"):
+        TransformerConfig(src_vocab=10, tgt_vocab=10, d_model=30)
+    with pytest.raises(ValueError, match="positional must be one of"):
+        TransformerConfig(src_vocab=10, tgt_vocab=10, positional="none")
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus():
+    pairs = prepare(synthetic_pairs(2000, seed=3, max_words=8, max_clauses=1))
+    return split_by_source(pairs, valid=0.05, test=0.05, seed=0)
+
+
+def test_learns_the_tiny_corpus_and_reloads(tiny_corpus, tmp_path):
+    sp = tiny_corpus
+    model = dict(kind="transformer", d_model=64, heads=4, encoder_layers=2, decoder_layers=2, dropout=0.0)
+    tr, hist = train_translator(sp.train, sp.valid, tmp_path, model=model,
+                                train_config=TrainConfig(epochs=8, batch_size=32, lr=2e-3, warmup_steps=50),
+                                progress=False)
+    r = evaluate(tr, sp.test)
+    assert r.bleu > 80, r.summary()
+    again = Translator.load(tmp_path)
+    assert isinstance(again.model, TransformerSeq2Seq)
+    out = again.translate(["the black cat ate the mouse ."], beam=3)[0]
+    assert out.weights.shape == (len(out.tokens), 7)
+
+
+def test_cli_trains_a_transformer(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["translate", "train", "--synthetic", "300", "--model", "transformer", "--hidden", "32", "--heads", "2",
+               "--layers", "1", "--epochs", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert "trained" in capsys.readouterr().out
+    assert isinstance(Translator.load(out).model, TransformerSeq2Seq)
+    heat = tmp_path / "h.png"
+    assert main(["translate", "le chat", "--checkpoint", str(out), "--heatmap", str(heat)]) == 0
+    assert heat.stat().st_size > 0
+    assert main(["translate", "train", "--synthetic", "30", "--model", "transformer", "--hidden", "30",
+                 "--heads", "4", "--out", str(tmp_path / "x")]) == 2
+    assert "divisible by heads" in capsys.readouterr().err
