@@ -98,6 +98,18 @@ class Encoded(NamedTuple):
     final: Tensor  # (B, H) top layer's final encoder state (what the no-attention decoder sees)
 
 
+def check_source(src: Tensor, src_lengths: Tensor) -> None:
+    """The encoders' input contract: (B, S) int64 ids and (B,) lengths in [1, S]."""
+    if not isinstance(src, Tensor) or src.ndim != 2 or src.dtype != torch.long:
+        raise ValueError(f"src: expected a (B, S) tensor of token ids (int64), got "
+                         f"{tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__}")
+    if not isinstance(src_lengths, Tensor) or src_lengths.shape != src.shape[:1]:
+        raise ValueError(f"src_lengths: expected shape ({src.shape[0]},), got "
+                         f"{tuple(src_lengths.shape) if isinstance(src_lengths, Tensor) else type(src_lengths).__name__}")
+    if src.numel() and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]):
+        raise ValueError(f"src_lengths must be in [1, {src.shape[1]}], got {src_lengths.tolist()}")
+
+
 def _rnn(kind: str, *args, **kwargs) -> nn.Module:
     return (nn.GRU if kind == "gru" else nn.LSTM)(*args, batch_first=True, **kwargs)
 
@@ -131,14 +143,7 @@ class Seq2Seq(nn.Module):
     # -- encoder -----------------------------------------------------------------------
     def encode(self, src: Tensor, src_lengths: Tensor) -> Encoded:
         c = self.config
-        if not isinstance(src, Tensor) or src.ndim != 2 or src.dtype != torch.long:
-            raise ValueError(f"src: expected a (B, S) tensor of token ids (int64), got "
-                             f"{tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__}")
-        if not isinstance(src_lengths, Tensor) or src_lengths.shape != src.shape[:1]:
-            raise ValueError(f"src_lengths: expected shape ({src.shape[0]},), got "
-                             f"{tuple(src_lengths.shape) if isinstance(src_lengths, Tensor) else type(src_lengths).__name__}")
-        if src.numel() and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]):
-            raise ValueError(f"src_lengths must be in [1, {src.shape[1]}], got {src_lengths.tolist()}")
+        check_source(src, src_lengths)
         B, S = src.shape
         x = self.dropout(self.src_embed(src))  # (B, S, E)
         packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)

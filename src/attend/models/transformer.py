@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .._io import config_from_dict
 from ..nn import Decoder, Encoder, KVCache
 from ..nn.positional import POSITIONAL_KINDS
-from .seq2seq import Encoded
+from .seq2seq import Encoded, check_source
 
 __all__ = ["TransformerConfig", "TransformerSeq2Seq"]
 
@@ -106,13 +106,7 @@ class TransformerSeq2Seq(nn.Module):
         self.scale = math.sqrt(D)
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> Encoded:
-        if not isinstance(src, Tensor) or src.ndim != 2 or src.dtype != torch.long:
-            raise ValueError(f"src: expected a (B, S) tensor of token ids (int64), got "
-                             f"{tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__}")
-        if not isinstance(src_lengths, Tensor) or src_lengths.shape != src.shape[:1]:
-            raise ValueError(f"src_lengths: expected shape ({src.shape[0]},)")
-        if src.numel() and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]):
-            raise ValueError(f"src_lengths must be in [1, {src.shape[1]}], got {src_lengths.tolist()}")
+        check_source(src, src_lengths)
         S = src.shape[1]
         mask = torch.arange(S, device=src.device) < src_lengths[:, None]  # (B, S)
         memory = self.encoder(self.src_embed(src) * self.scale, key_mask=mask).hidden  # (B, S, D)
