@@ -173,9 +173,21 @@ def test_bad_config_and_folder(tmp_path):
         BertModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="hidden_size .* must be divisible by num_attention_heads"):
         BertConfig(vocab_size=10, hidden_size=10, num_attention_heads=3)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "position_embedding_type": "relative_key",
+                                                      "vocab_size": 10}))
+    with pytest.raises(ValueError, match="position_embedding_type 'relative_key' is not a BERT encoder"):
+        BertModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"config\.json"):
         BertModel.from_pretrained(tmp_path)
+
+
+def test_malformed_modules_json_is_named(tmp_path):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    (folder / "modules.json").write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match=r"modules\.json: expected a JSON list of modules"):
+        SentenceEncoder.from_pretrained(folder)
 
 
 def test_too_long_input_is_refused(tmp_path):

@@ -159,13 +159,18 @@ def _explain(args) -> int:
     except ImportError as e:
         raise UsageError(str(e)) from None
     encoder = SentenceEncoder.from_pretrained(folder)
+    report = None
     if len(args.texts) >= 2 or args.word:
-        print(explain_word(encoder, args.texts, word=args.word, same=args.same, top=args.top).format())
+        report = explain_word(encoder, args.texts, word=args.word, same=args.same, top=args.top)
+        print(report.format())
     if args.html:
         from .viz import AttentionView
 
-        name = os.path.basename(os.path.normpath(folder))
-        view = AttentionView.from_encoder(encoder, args.texts, title=f"Attention of {name}")
+        title = f"Attention of {os.path.basename(os.path.normpath(folder))}"
+        if report is not None:  # the encoder already ran on these texts: draw what it returned
+            view = AttentionView(report.tokens, report.attentions, labels=args.texts, title=title)
+        else:
+            view = AttentionView.from_encoder(encoder, args.texts, title=title)
         print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
     return 0
 

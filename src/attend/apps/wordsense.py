@@ -64,6 +64,8 @@ class WordSenseReport:
     closest: list[Optional[tuple[str, float, float]]] = field(default_factory=list)  # per sentence: (sense, cos, next best)
     heads: list[HeadFocus] = field(default_factory=list)
     source: str = ""  # where the same-sense pairs came from
+    tokens: list[list[str]] = field(default_factory=list)  # per sentence, its tokens
+    attentions: list[list[Tensor]] = field(default_factory=list)  # per sentence, per layer (H, n, n): for the viewer
 
     def format(self) -> str:
         lines = [f'Word "{self.word}": its contextual vector in each sentence (last layer, mean of its word pieces)']
@@ -138,7 +140,8 @@ def explain_word(encoder, sentences: Sequence[str], *, word: Optional[str] = Non
     word = (word or shared_word(sentences)).lower()
     vecs, infos = _vectors(encoder, sentences, word, need_weights=True)
     sim = F.cosine_similarity(vecs[:, None], vecs[None], dim=-1)  # (N, N)
-    report = WordSenseReport(word, list(sentences), sim)
+    report = WordSenseReport(word, list(sentences), sim, tokens=[t for t, _, _ in infos],
+                             attentions=[[a[0] for a in atts] for _, _, atts in infos])
     if same:
         ref, _ = _vectors(encoder, same, word, need_weights=False)
         report.same_sense = [(f"1 vs --same {k + 1}", _cos(vecs[0], r)) for k, r in enumerate(ref)]

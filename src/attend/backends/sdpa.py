@@ -70,15 +70,21 @@ class SDPA(Backend):
             scale=scale,
             enable_gqa=call.groups > 1,
         )  # (B, Hq, L, Ev)
-        if dead is not None and bool(dead.any()):
-            out = out.masked_fill(dead, 0.0)
+        if dead is not None:
+            out = _fill_rows(out, dead, 0.0)
         # SDPA's CPU kernel treats a row whose scores are all NaN like a fully masked row
         # and returns zeros; corrupt input must show, so such rows become NaN again. One
         # reduction finds them (a NaN anywhere in a row makes its sum NaN).
-        bad = q.sum(dim=-1, keepdim=True).isnan()  # (B, Hq, L, 1)
-        if bool(bad.any()):
-            out = out.masked_fill(bad, math.nan)
-        return out, None
+        return _fill_rows(out, q.sum(dim=-1, keepdim=True).isnan(), math.nan), None
+
+
+def _fill_rows(out: Tensor, rows: Tensor, value: float) -> Tensor:
+    """``out.masked_fill(rows, value)``. On the CPU, asking first whether any row is
+    selected is free and usually saves a pass over the output; on a GPU that question
+    would stall the stream, so the fill always runs there."""
+    if out.device.type == "cpu" and not bool(rows.any()):
+        return out
+    return out.masked_fill(rows, value)
 
 
 def _score_name(score) -> str:

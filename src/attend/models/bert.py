@@ -20,7 +20,6 @@ Shape legend::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence
@@ -75,13 +74,10 @@ class BertConfig:
         model that is not BERT-shaped is refused."""
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object")
-        kind = d.get("model_type", "bert")
-        if kind not in ("bert", "roberta", "xlm-roberta") or d.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{path}: model_type {kind!r} with position_embedding_type "
-                             f"{d.get('position_embedding_type', 'absolute')!r} is not a BERT encoder with absolute "
-                             "positions")
-        if kind != "bert":
-            raise ValueError(f"{path}: model_type {kind!r} offsets its positions differently; only 'bert' is supported")
+        kind, positions = d.get("model_type", "bert"), d.get("position_embedding_type", "absolute")
+        if kind != "bert" or positions != "absolute":
+            raise ValueError(f"{path}: model_type {kind!r} with position_embedding_type {positions!r} is not a BERT "
+                             "encoder with absolute positions (RoBERTa-style models offset their positions)")
         fields = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in fields})
@@ -261,8 +257,10 @@ class SentenceEncoder:
                 raise ValueError(f"{pc}: only mean or CLS pooling is supported")
         mods = os.path.join(folder, "modules.json")
         if os.path.isfile(mods):
-            with open(mods, encoding="utf-8") as f:
-                normalize = any("Normalize" in str(m.get("type", "")) for m in json.load(f))
+            listed = _io.read_json(mods, "sentence-transformers modules")
+            if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
+                raise ValueError(f"{mods}: expected a JSON list of modules")
+            normalize = any("Normalize" in str(m.get("type", "")) for m in listed)
         return cls(model, _load_tokenizer(folder, max_length), max_length=max_length, normalize=normalize,
                    pooling=pooling)
 
