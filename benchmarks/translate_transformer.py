@@ -40,13 +40,24 @@ def main():
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
     ap.add_argument("--run", default="runs/bench-transformer")
     ap.add_argument("--out", default="benchmarks/results/translate-transformer.md")
+    ap.add_argument("--only", default="", help="train only the models whose name contains this (exploration)")
+    ap.add_argument("--transformer", default="", help="JSON overriding the transformer's model/train settings, "
+                    'e.g. \'{"model": {"dropout": 0}, "train": {"lr": 3e-3}}\' (exploration)')
     args = ap.parse_args()
+    models = {k: (dict(m), dict(o)) for k, (m, o) in MODELS.items() if args.only in k}
+    if args.transformer:
+        over = json.loads(args.transformer)
+        for k, (m, o) in models.items():
+            if m.get("kind") == "transformer":
+                m.update(over.get("model", {}))
+                o.update(over.get("train", {}))
     torch.set_num_threads(os.cpu_count() or 1)
     pairs = prepare(synthetic_pairs(args.pairs, seed=0, max_words=60))
     split = split_by_source(pairs, valid=0.02, test=0.04, seed=0)
     rows = {}
-    for i, (name, (model, opt)) in enumerate(MODELS.items()):
-        cfg = TrainConfig(batch_size=64, epochs=20, eval_every=500, patience=4, max_minutes=args.minutes, seed=0, **opt)
+    for i, (name, (model, opt)) in enumerate(models.items()):
+        cfg = TrainConfig(**{**dict(batch_size=64, epochs=20, eval_every=500, patience=4, max_minutes=args.minutes,
+                                    seed=0), **opt})
         t0 = time.perf_counter()
         tr, hist = train_translator(split.train, split.valid, os.path.join(args.run, str(i)), train_config=cfg,
                                     model=model, progress=False)
@@ -68,6 +79,8 @@ def main():
     with open(args.out.replace(".md", ".json"), "w") as f:
         json.dump(res, f, indent=2)
     names = list(rows)
+    if len(names) < 2:  # an exploration run (--only): no comparison, nothing overwritten but the JSON
+        return
     lines = ["# Embedded corpus: transformer vs. RNN attention at equal training time", "",
              f"Machine: {res['machine']}. Date: {res['date']}.", "",
              f"Command: `python benchmarks/translate_transformer.py --minutes {args.minutes:g}`", "",

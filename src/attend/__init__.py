@@ -8,12 +8,14 @@
 """
 from . import backends, masks, mods, scores
 from .backends import UnsupportedCall
-from .functional import Explanation, attention, explain
+from .functional import Explanation, attention, attention_weights, explain, key_totals
 
 __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "attention_weights",
+    "key_totals",
     "explain",
     "Explanation",
     "UnsupportedCall",

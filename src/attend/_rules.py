@@ -32,6 +32,9 @@ class Rule:
     """
 
     offset: int = 0
+    #: what the rule is ("causal", "padding", "alibi", ...): lets a fused backend compile
+    #: the rules it knows from their attributes without importing attend.masks/mods
+    kind: str = "custom"
 
     def bind(self, L: int, S: int) -> "Rule":
         """Return a copy that aligns query ``i`` with key position ``i + (S - L)``."""

@@ -28,7 +28,7 @@ from ._rules import bind
 from .backends.base import AttentionCall, Backend
 from .masks import normalize_window
 
-__all__ = ["attention", "explain", "Explanation"]
+__all__ = ["attention", "attention_weights", "key_totals", "explain", "Explanation"]
 
 
 def attention(
@@ -102,6 +102,67 @@ def attention(
     if not return_weights:
         return out
     return out, weights.reshape(*shape.batch, *shape.heads, call.L, call.S)
+
+
+def attention_weights(query: Tensor, key: Tensor, *, heads=None, rows=None, **kwargs) -> Tensor:
+    """The attention weights alone, for chosen query heads and rows only if asked.
+
+    Takes the arguments of :func:`attention` except ``value`` and ``return_weights``
+    (``score``, ``mask``, ``causal``, ``window``, ``score_mod``, ``scale``, ``backend``).
+    ``heads`` and ``rows`` are sequences (or 1-D integer tensors) of query-head and
+    query-row indices; the result is ``(*batch, len(heads), len(rows), S)`` (all heads /
+    rows when None) and carries no gradient. On the ``triton`` backend only the chosen
+    heads and rows are computed (a log-sum-exp pass, then their weights); other
+    backends compute all weights and select.
+    """
+    for arg in ("value", "return_weights", "hard", "dropout_p"):
+        if arg in kwargs:
+            raise TypeError(f"attention_weights() takes no {arg!r} argument")
+    call, shape = _prepare(query, key, key, return_weights=True, **kwargs)
+    if not shape.heads and heads is not None:
+        raise ValueError("heads: 2-D inputs (L, E) have no heads dimension; pass heads=None")
+    h = _indices("heads", heads, call.Hq)
+    r = _indices("rows", rows, call.L)
+    nh = call.Hq if h is None else h.numel()
+    nr = call.L if r is None else r.numel()
+    if call.B == 0 or call.S == 0 or nh == 0 or nr == 0:
+        w = call.query.new_zeros(call.B, nh, nr, call.S)
+    else:
+        chosen, _ = _backends.select(call, kwargs.get("backend", "auto"))
+        w = chosen.weights(call, h, r)
+    return w.reshape(*shape.batch, *((nh,) if shape.heads else ()), nr, call.S)
+
+
+def key_totals(query: Tensor, key: Tensor, **kwargs) -> Tensor:
+    """How much attention each key receives: the weights summed over query rows.
+
+    Takes the arguments of :func:`attention` except ``value`` and ``return_weights``;
+    returns ``(*batch, Hq, S)`` in float32 (per query head; sum over dim -2 for a total
+    over heads). This is the column sum KV-cache eviction schemes (H2O, Scissorhands)
+    rank keys by. On ``triton`` it is computed without materialising the weights.
+    """
+    for arg in ("value", "return_weights", "hard", "dropout_p"):
+        if arg in kwargs:
+            raise TypeError(f"key_totals() takes no {arg!r} argument")
+    call, shape = _prepare(query, key, key, return_weights=True, **kwargs)
+    if call.B == 0 or call.L == 0 or call.S == 0:
+        t = call.query.new_zeros(call.B, call.Hq, call.S, dtype=torch.float32)
+    else:
+        chosen, _ = _backends.select(call, kwargs.get("backend", "auto"))
+        t = chosen.key_totals(call)
+    return t.reshape(*shape.batch, *shape.heads, call.S)
+
+
+def _indices(arg: str, idx, n: int) -> Optional[Tensor]:
+    """Validate a list/1-D tensor of indices into ``range(n)``; None stays None."""
+    if idx is None:
+        return None
+    t = torch.as_tensor(idx)
+    if t.ndim != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"{arg} must be a sequence or 1-D integer tensor of indices, got {idx!r}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+        raise ValueError(f"{arg} must be indices in [0, {n}), got {t.tolist()}")
+    return t.to(torch.int64)
 
 
 @dataclass

@@ -29,6 +29,7 @@ __all__ = [
     "padding",
     "key_mask",
     "document",
+    "varlen",
     "prefix_lm",
     "and_masks",
     "or_masks",
@@ -62,6 +63,8 @@ def normalize_window(window, *, arg: str = "window") -> Optional[tuple[Optional[
 
 
 class _Causal(Rule):
+    kind = "causal"
+
     def __call__(self, b, h, i, j):
         return j <= i + self.offset
 
@@ -70,6 +73,8 @@ class _Causal(Rule):
 
 
 class _Window(Rule):
+    kind = "window"
+
     def __init__(self, left: Optional[int], right: Optional[int]):
         self.left, self.right = left, right
 
@@ -87,6 +92,8 @@ class _Window(Rule):
 
 
 class _Padding(Rule):
+    kind = "padding"
+
     def __init__(self, lengths: Tensor):
         self.lengths = lengths
 
@@ -98,6 +105,8 @@ class _Padding(Rule):
 
 
 class _KeyMask(Rule):
+    kind = "key_mask"
+
     def __init__(self, valid: Tensor):
         self.valid = valid
 
@@ -109,6 +118,8 @@ class _KeyMask(Rule):
 
 
 class _Document(Rule):
+    kind = "document"
+
     def __init__(self, ids: Tensor):
         self.ids = ids
 
@@ -124,6 +135,8 @@ class _Document(Rule):
 
 
 class _PrefixLM(Rule):
+    kind = "prefix_lm"
+
     def __init__(self, prefix_len):
         self.prefix_len = prefix_len
 
@@ -141,6 +154,7 @@ class _PrefixLM(Rule):
 class _Combine(Rule):
     def __init__(self, op: str, mods: Sequence[MaskMod]):
         self.op, self.mods = op, tuple(mods)
+        self.kind = op  # "and" / "or"
 
     def bind(self, L: int, S: int) -> "_Combine":
         return _Combine(self.op, [bind(m, L, S) for m in self.mods])
@@ -198,6 +212,21 @@ def document(ids) -> Rule:
     if ids.ndim not in (1, 2) or ids.dtype.is_floating_point:
         raise ValueError(f"ids must be an integer tensor (S,) or (B, S), got dtype {ids.dtype} shape {tuple(ids.shape)}")
     return _Document(ids)
+
+
+def varlen(cu_seqlens) -> Rule:
+    """Packed variable-length sequences given by cumulative lengths (FlashAttention's ``cu_seqlens``).
+
+    ``cu_seqlens`` = ``[0, n0, n0 + n1, ..., S]``: sequence ``d`` holds positions
+    ``cu_seqlens[d]:cu_seqlens[d + 1]``. The same rule as :func:`document` with those ids.
+    """
+    cu = torch.as_tensor(cu_seqlens)
+    if cu.ndim != 1 or cu.numel() < 2 or cu.dtype.is_floating_point or cu.dtype == torch.bool:
+        raise ValueError(f"cu_seqlens must be a 1-D integer sequence [0, n0, n0 + n1, ...], got {cu_seqlens!r}")
+    if int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must start at 0 and never decrease, got {cu.tolist()}")
+    lengths = cu[1:] - cu[:-1]
+    return _Document(torch.repeat_interleave(torch.arange(lengths.numel()), lengths))
 
 
 def prefix_lm(prefix_len) -> Rule:

@@ -37,6 +37,8 @@ def alibi_slopes(num_heads: int) -> Tensor:
 
 
 class _Alibi(Rule):
+    kind = "alibi"
+
     def __init__(self, slopes: Tensor):
         self.slopes = slopes
 
@@ -49,6 +51,8 @@ class _Alibi(Rule):
 
 
 class _Softcap(Rule):
+    kind = "softcap"
+
     def __init__(self, cap: float):
         self.cap = cap
 
@@ -60,6 +64,8 @@ class _Softcap(Rule):
 
 
 class _RelativeBias(Rule):
+    kind = "relative_bias"
+
     def __init__(self, table: Tensor):
         self.table = table
         self.max_distance = (table.shape[-1] - 1) // 2

@@ -8,6 +8,8 @@ does. Registered here, fastest first:
 
 ======== ==========================================================================
 sdpa     PyTorch's fused ``scaled_dot_product_attention`` (dot-like scores, no weights)
+triton   fused Triton kernels on a GPU: dot-like scores, compiled-in masks and score_mods,
+         and the weights (the CPU runs them only under ``TRITON_INTERPRET=1``, for tests)
 eager    the readable reference; materialises the (L, S) scores; everything
 chunked  online softmax over key blocks; memory O(L·block); every score function
 ======== ==========================================================================
@@ -20,6 +22,7 @@ from __future__ import annotations
 from .base import AttentionCall, Backend, UnsupportedCall
 from .chunked import Chunked
 from .eager import Eager
+from .fused import Triton
 from .sdpa import SDPA
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "Chunked",
     "Eager",
     "SDPA",
+    "Triton",
     "register",
     "get",
     "names",
@@ -97,5 +101,6 @@ def select(call: AttentionCall, backend: "str | Backend" = "auto") -> tuple[Back
 
 
 register(SDPA())
+register(Triton())
 register(Eager())
 register(Chunked())

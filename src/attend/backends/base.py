@@ -19,6 +19,7 @@ definition of *what* is computed and differs only in *how*.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -276,6 +277,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         """Compute the call: ``(output (B, Hq, L, Ev), weights (B, Hq, L, S) or None)``."""
+
+    def weights(self, call: AttentionCall, heads: Optional[Tensor], rows: Optional[Tensor]) -> Tensor:
+        """Weights ``(B, h, r, S)`` of query heads ``heads`` (h,) and rows ``rows`` (r,) only
+        (None = all). This default computes every weight and selects; a backend that can
+        compute fewer overrides it."""
+        with torch.no_grad():
+            _, w = self.run(dataclasses.replace(call, return_weights=True))  # (B, Hq, L, S)
+        if heads is not None:
+            w = w.index_select(1, heads.to(w.device))
+        if rows is not None:
+            w = w.index_select(2, rows.to(w.device))
+        return w
+
+    def key_totals(self, call: AttentionCall) -> Tensor:
+        """``(B, Hq, S)`` float32: for each key, the sum of its weights over all query rows."""
+        with torch.no_grad():
+            _, w = self.run(dataclasses.replace(call, return_weights=True))
+        return w.float().sum(dim=2)
 
     def __repr__(self) -> str:
         return f"<attend backend {self.name!r}>"

@@ -43,6 +43,8 @@ class MultiHeadAttention(nn.Module):
         score: ``"scaled_dot"``, ``"dot"``, ``"cosine"``, ``"general"``, ``"additive"``
             (per-head parameters built for the head dim) or a Score module.
         batch_first: inputs are (B, L, D) if True, (L, B, D) otherwise.
+        backend: the :func:`attend.attention` backend, ``"auto"`` (default), a name
+            (``"triton"``, ``"sdpa"``, ...) or a :class:`attend.backends.Backend`.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         score: Union[str, Callable] = "scaled_dot",
         batch_first: bool = True,
+        backend="auto",
     ):
         super().__init__()
         for arg, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
@@ -87,6 +90,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"score must be one of {list(_SCORE_NAMES)} or a Score module, got {score!r}")
         resolve(score)  # raises for anything that is not a score
         self.score = score  # a Module here is registered, so its parameters train with the layer
+        self.backend = backend
 
     def forward(
         self,
@@ -163,6 +167,7 @@ class MultiHeadAttention(nn.Module):
             score_mod=score_mod,
             dropout_p=self.dropout if self.training else 0.0,
             return_weights=need_weights,
+            backend=self.backend,
         )
         weights = None
         if need_weights:

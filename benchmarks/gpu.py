@@ -1,0 +1,339 @@
+"""attend's fused Triton attention vs. PyTorch's fused kernels on one GPU, in one run.
+
+    python benchmarks/gpu.py                  # on a CUDA GPU: checks, then times; writes results
+    python benchmarks/gpu.py --tiny           # anywhere: the same script end to end at toy sizes
+                                              # (CPU: Triton's interpreter; numbers meaningless)
+
+What it does, in order (one call builds, checks and times everything):
+
+1. Environment: device, driver, torch and triton versions; the GPU's measured bf16 matmul
+   rate (8192^3, median) as the ceiling the ratios are read against.
+2. Checks: attend ``triton`` forward and gradients vs a float64 reference at a moderate
+   shape, for plain, causal, window, document, ALiBi, softcap (relative error printed;
+   a failed check stops the run before any timing).
+3. Main table: forward, backward and both, in TFLOP/s, bf16 and fp16, head dim 64 and
+   128, L = S in {512, 1k, 2k, 4k, 8k, 16k} with batch x L = 16k and hidden 2048
+   (heads = 2048 / E), causal and not; side by side: attend ``triton``, SDPA's flash,
+   efficient and cuDNN backends (each that runs), FlexAttention (torch.compile), with
+   ratio columns against SDPA flash.
+4. Variants at one shape (bf16, E=128, L=S=4096, batch 4, 16 heads): sliding window,
+   packed documents, ALiBi, soft-capping, relative-position bias, key padding, vs plain
+   (forward and forward+backward); all weights of the layer (``return_weights=True``)
+   vs the forward alone; weights of 2 heads x 64 rows; per-key totals.
+
+FLOPs (as FlashAttention's papers count them): forward = 4·B·H·L·S·E, halved for causal
+(only the unmasked half is work); backward = 2.5 x forward (five matmuls instead of two).
+Times are medians of ``triton.testing.do_bench``.
+
+Results: ``benchmarks/results/gpu-<device>.md`` and ``.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--tiny", action="store_true", help="toy sizes; on a CPU runs the kernels in Triton's interpreter")
+ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+ap.add_argument("--quick", action="store_true", help="fewer shapes (first look on a GPU)")
+args = ap.parse_args()
+
+import torch  # noqa: E402
+
+if args.tiny and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
+sys.path.insert(0, os.path.join(ROOT, "src"))  # the GPU machine runs from a checkout, no install
+
+import triton  # noqa: E402
+
+import attend  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+TRITON = attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
+
+
+def bench(fn) -> float:
+    """Median milliseconds."""
+    if CUDA:
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def environment() -> dict:
+    env = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
+           "triton": triton.__version__, "device": "cpu (Triton interpreter)" if not CUDA else torch.cuda.get_device_name()}
+    if CUDA:
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=30).stdout.strip()
+        except Exception as e:  # noqa: BLE001
+            env["driver"] = f"unknown ({e})"
+        env["cuda"] = torch.version.cuda
+        n = 8192
+        a, b = (torch.randn(n, n, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+        ms = bench(lambda: a @ b)
+        env["matmul_bf16_tflops"] = round(2 * n**3 / ms / 1e9, 1)
+    return env
+
+
+# ---- checks ------------------------------------------------------------------------------
+def reference(q, k, v, allowed=None, mod=None, scale=None):
+    """float64 attention on the CPU (independent einsum + softmax); q, k, v float64 CPU tensors."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = torch.einsum("bhle,bhse->bhls", q, k) * (scale or q.shape[-1] ** -0.5)
+    if mod is not None:
+        s = mod(s)
+    if allowed is not None:
+        s = s.masked_fill(~allowed.cpu(), -math.inf)
+    alive = torch.isfinite(s).any(-1, keepdim=True)
+    p = torch.softmax(torch.where(alive, s, torch.zeros_like(s)), -1) * alive
+    return p @ v
+
+
+def checks(dtype) -> list[dict]:
+    B, H, L, E = (1, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)
+    i = torch.arange(L).view(L, 1)
+    j = torch.arange(L).view(1, L)
+    docs = torch.arange(L) * 3 // L  # three packed documents
+    slopes = attend.mods.alibi_slopes(H)
+    cases = {
+        "plain": ({}, None, None),
+        "causal": ({"causal": True}, j <= i, None),
+        "window 64": ({"window": (64, 0)}, (j <= i) & (j >= i - 64), None),
+        "document+causal": ({"mask": attend.masks.and_masks(attend.masks.document(docs), attend.masks.causal())},
+                            (docs.view(L, 1) == docs.view(1, L)) & (j <= i), None),
+        "alibi": ({"score_mod": attend.mods.alibi(slopes), "causal": True}, j <= i,
+                  lambda s: s - slopes.double().view(1, H, 1, 1) * (i - j).abs().double()),
+        "softcap 5": ({"score_mod": attend.mods.softcap(5.0)}, None, lambda s: 5.0 * torch.tanh(s / 5.0)),
+    }
+    rows = []
+    for name, (kw, allowed, mod) in cases.items():
+        q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
+        out = attend.attention(q, k, v, backend=TRITON, **kw)
+        dout = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        qd, kd, vd = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
+        ref = reference(qd, kd, vd, allowed, mod)
+        ref_grads = torch.autograd.grad(ref, (qd, kd, vd), dout.cpu().double())
+        rel = lambda x, r: ((x.cpu().double() - r).norm() / r.norm()).item()  # noqa: E731
+        row = {"case": name, "dtype": str(dtype).replace("torch.", ""), "out": rel(out, ref)}
+        row.update({f"d{n}": rel(g, r) for n, g, r in zip("qkv", grads, ref_grads)})
+        rows.append(row)
+        bad = [key for key in ("out", "dq", "dk", "dv") if not row[key] < 2e-2]  # bf16 operands: 1e-3..1e-2
+        if bad:
+            raise SystemExit(f"check failed: {row}")
+    return rows
+
+
+# ---- timing ---------------------------------------------------------------------------------
+def sdpa_fn(backend_name):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    which = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION}[backend_name]
+
+    def run(q, k, v, causal):
+        with sdpa_kernel([which]):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return run
+
+
+def flex_fn():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=False)
+    masks = {}
+
+    def run(q, k, v, causal):
+        bm = None
+        if causal:
+            key = (q.shape[2], k.shape[2])
+            if key not in masks:
+                masks[key] = create_block_mask(lambda b, h, i, j: j <= i, None, None, key[0], key[1], device=DEV)
+            bm = masks[key]
+        return compiled(q, k, v, block_mask=bm)
+    return run
+
+
+def attend_fn(q, k, v, causal):
+    return attend.attention(q, k, v, causal=causal, backend=TRITON)
+
+
+def time_impl(fn, q, k, v, causal) -> tuple[float, float, float]:
+    """(forward ms, backward ms, forward+backward ms); NaN where the implementation refuses."""
+    try:
+        out = fn(q, k, v, causal)
+        dout = torch.randn_like(out)
+        f = bench(lambda: fn(q, k, v, causal))
+        out = fn(q, k, v, causal)
+        bwd = bench(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
+
+        def both():
+            o = fn(q, k, v, causal)
+            torch.autograd.grad(o, (q, k, v), dout)
+        fb = bench(both)
+        return f, bwd, fb
+    except Exception as e:  # noqa: BLE001  (an SDPA backend that does not run this shape)
+        print(f"    skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+        return math.nan, math.nan, math.nan
+
+
+def main_table(impls) -> list[dict]:
+    rows = []
+    lengths = [64, 128] if args.tiny else ([1024, 4096, 16384] if args.quick else [512, 1024, 2048, 4096, 8192, 16384])
+    tokens, hidden = (256, 128) if args.tiny else (16384, 2048)
+    for dtype in (torch.bfloat16, torch.float16):
+        for E in (64, 128):
+            H = hidden // E
+            for L in lengths:
+                B = max(1, tokens // L)
+                for causal in (False, True):
+                    q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
+                    fwd_flops = 4 * B * H * L * L * E * (0.5 if causal else 1.0)
+                    row = {"dtype": str(dtype).replace("torch.", ""), "E": E, "L": L, "B": B, "H": H, "causal": causal}
+                    for name, fn in impls.items():
+                        f, bwd, fb = time_impl(fn, q, k, v, causal)
+                        row[name] = {"fwd_ms": f, "bwd_ms": bwd, "fwd_bwd_ms": fb,
+                                     "fwd_tflops": fwd_flops / f / 1e9, "bwd_tflops": 2.5 * fwd_flops / bwd / 1e9,
+                                     "fwd_bwd_tflops": 3.5 * fwd_flops / fb / 1e9}
+                    rows.append(row)
+                    a, fl = row["attend triton"], row.get("sdpa flash", {})
+                    print(f"  {row['dtype']} E={E} L={L} causal={causal}: attend fwd {a['fwd_tflops']:.1f} "
+                          f"bwd {a['bwd_tflops']:.1f} TFLOP/s; sdpa flash fwd {fl.get('fwd_tflops', math.nan):.1f} "
+                          f"bwd {fl.get('bwd_tflops', math.nan):.1f}", flush=True)
+                    del q, k, v
+    return rows
+
+
+def variants() -> dict:
+    B, H, L, E = (1, 2, 64, 32) if args.tiny else (4, 16, 4096, 128)
+    dtype = torch.bfloat16
+    q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
+    docs = (torch.arange(L, device=DEV) * 4 // L)  # four packed documents
+    table = torch.randn(H, 2 * 128 + 1, device=DEV)
+    cases = {
+        "plain": {},
+        "causal": {"causal": True},
+        f"sliding window {L // 8} (causal)": {"window": (L // 8, 0)},
+        "documents (4, causal)": {"mask": attend.masks.and_masks(attend.masks.document(docs), attend.masks.causal())},
+        "key padding (3/4 of keys)": {"mask": attend.masks.padding(torch.full((B,), 3 * L // 4))},
+        "alibi": {"score_mod": attend.mods.alibi(H)},
+        "softcap 30": {"score_mod": attend.mods.softcap(30.0)},
+        "relative bias (+-128)": {"score_mod": attend.mods.relative_bias(table)},
+    }
+    out = {}
+    for name, kw in cases.items():
+        fn = lambda: attend.attention(q, k, v, backend=TRITON, **kw)  # noqa: E731
+        o = fn()
+        dout = torch.randn_like(o)
+        f = bench(fn)
+
+        def both():
+            torch.autograd.grad(fn(), (q, k, v), dout)
+        fb = bench(both)
+        out[name] = {"fwd_ms": f, "fwd_bwd_ms": fb}
+        print(f"  {name}: fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms", flush=True)
+    with torch.no_grad():
+        f = bench(lambda: attend.attention(q, k, v, backend=TRITON))
+        w = bench(lambda: attend.attention(q, k, v, backend=TRITON, return_weights=True))
+        rows = torch.arange(0, L, L // 64, device=DEV)[:64]
+        sel = bench(lambda: attend.attention_weights(q, k, heads=[0, 5 % H], rows=rows, backend=TRITON))
+        tot = bench(lambda: attend.key_totals(q, k, backend=TRITON))
+    out["weights"] = {"forward_ms": f, "forward_and_all_weights_ms": w, "all_weights_over_forward": w / f,
+                      "weights_2_heads_64_rows_ms": sel, "key_totals_ms": tot,
+                      "weights_bytes": B * H * L * L * 2}
+    print(f"  weights: forward {f:.3f} ms, forward + all weights {w:.3f} ms ({w / f:.2f}x); "
+          f"2 heads x 64 rows {sel:.3f} ms; key totals {tot:.3f} ms", flush=True)
+    return {"shape": {"B": B, "H": H, "L": L, "E": E, "dtype": "bfloat16"}, "cases": out}
+
+
+def fmt(x, nd=1):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def report(env, checked, table, var, impls) -> str:
+    names = list(impls)
+    lines = ["# Fused attention on the GPU: attend `triton` vs PyTorch's fused kernels", "",
+             f"Device: {env['device']}; driver {env.get('driver', '-')}; CUDA {env.get('cuda', '-')}; "
+             f"torch {env['torch']}; triton {env['triton']}; Python {env['python']}. Date: {env['date']}.", "",
+             f"Command: `python benchmarks/gpu.py{' --tiny' if args.tiny else ''}`", ""]
+    if args.tiny:
+        lines += ["**Toy sizes (`--tiny`): a check that the script runs end to end, not a measurement.**", ""]
+    if "matmul_bf16_tflops" in env:
+        lines += [f"Measured bf16 matmul (8192^3): **{env['matmul_bf16_tflops']} TFLOP/s** (the ceiling).", ""]
+    lines += ["FLOPs: forward 4·B·H·L·S·E (x0.5 causal), backward 2.5x forward; medians of "
+              "`triton.testing.do_bench`. Batch x L = 16k tokens, hidden 2048 (H = 2048/E).", "",
+              "## Checks against float64 (relative L2 error)", "",
+              "| case | dtype | out | dq | dk | dv |", "|---|---|---|---|---|---|"]
+    for r in checked:
+        lines.append(f"| {r['case']} | {r['dtype']} | {r['out']:.1e} | {r['dq']:.1e} | {r['dk']:.1e} | {r['dv']:.1e} |")
+    for phase, key in (("Forward", "fwd_tflops"), ("Backward", "bwd_tflops"), ("Forward + backward", "fwd_bwd_tflops")):
+        lines += ["", f"## {phase}, TFLOP/s", "",
+                  "| dtype | E | L | causal | " + " | ".join(names) + " | attend / sdpa flash |",
+                  "|---|---|---|---|" + "---|" * (len(names) + 1)]
+        for r in table:
+            vals = [r[n][key] for n in names]
+            fl = r.get("sdpa flash", {}).get(key, math.nan)
+            ratio = r["attend triton"][key] / fl if fl and not math.isnan(fl) else math.nan
+            lines.append(f"| {r['dtype']} | {r['E']} | {r['L']} | {'yes' if r['causal'] else 'no'} | "
+                         + " | ".join(fmt(x) for x in vals) + f" | {fmt(ratio, 2)} |")
+    s = var["shape"]
+    plain = var["cases"]["plain"]
+    lines += ["", f"## Masks and score_mods (attend `triton`, {s['dtype']}, B={s['B']}, H={s['H']}, L=S={s['L']}, "
+              f"E={s['E']})", "", "| variant | forward ms | vs plain | fwd+bwd ms | vs plain |", "|---|---|---|---|---|"]
+    for name, c in var["cases"].items():
+        if name == "weights":
+            continue
+        lines.append(f"| {name} | {c['fwd_ms']:.3f} | {c['fwd_ms'] / plain['fwd_ms']:.2f} | {c['fwd_bwd_ms']:.3f} | "
+                     f"{c['fwd_bwd_ms'] / plain['fwd_bwd_ms']:.2f} |")
+    w = var["cases"]["weights"]
+    lines += ["", "## Weights from the fused path", "",
+              f"- forward alone {w['forward_ms']:.3f} ms; forward + all weights ({w['weights_bytes'] / 2**20:.0f} MiB "
+              f"of bf16) {w['forward_and_all_weights_ms']:.3f} ms: **{w['all_weights_over_forward']:.2f}x**",
+              f"- weights of 2 heads x 64 rows: {w['weights_2_heads_64_rows_ms']:.3f} ms; per-key totals: "
+              f"{w['key_totals_ms']:.3f} ms"]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    env = environment()
+    print("environment:", env, flush=True)
+    checked = []
+    for dtype in (torch.bfloat16, torch.float16):
+        checked += checks(dtype)
+    for r in checked:
+        print("  check", r, flush=True)
+    impls = {"attend triton": attend_fn}
+    if CUDA:
+        for name in ("flash", "efficient", "cudnn"):
+            impls[f"sdpa {name}"] = sdpa_fn(name)
+        impls["flex (compiled)"] = flex_fn()
+    table = main_table(impls)
+    var = variants()
+    text = report(env, checked, table, var, impls)
+    dev = "tiny-" + ("cpu" if not CUDA else "gpu") if args.tiny else env["device"].lower().replace(" ", "-")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"gpu-{dev}.md")
+    with open(path, "w") as f:
+        f.write(text)
+    with open(path.replace(".md", ".json"), "w") as f:
+        json.dump({"environment": env, "checks": checked, "table": table, "variants": var}, f, indent=1)
+    print(text)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,475 @@
+"""Fused attention kernels in Triton, in the FlashAttention-2 manner (Dao 2023).
+
+Shape legend (what the launchers receive; strides are passed, so any layout works)::
+
+    q (B, Hq, L, E)   k (B, Hkv, S, E)   v (B, Hkv, S, Ev)   o (B, Hq, L, Ev)
+    lse (B, Hq, L) float32, log2 units: log2(sum_j 2^(s_ij·log2 e)); -inf for a row with no key
+
+Kernels, one program per (block of rows, batch·head):
+
+- ``_fwd``: online softmax over key blocks in fp32; writes the output and the log-sum-exp.
+  With ``COMPUTE_OUT=False`` it only computes the log-sum-exp (cheap weights of chosen
+  rows/heads), and it can gather rows/heads through index arrays.
+- ``_bwd_dkdv``: one program per key block and key/value head; walks the query blocks
+  of every query head of its group, recomputing the probabilities from the saved
+  log-sum-exp, so dK and dV are summed in registers, without atomics.
+- ``_bwd_dq``: one program per query block; also writes dS for a bias that needs a
+  gradient, and adds the relative-position table's gradient (the only atomics). For
+  those, with 16-bit inputs, it first computes the softmax backward's row term exactly
+  (``EXACT_DELTA``) and the dK/dV kernel, launched after it, reuses it.
+- ``_weights``: the exact probabilities ``2^(s·log2 e - lse)`` from the saved log-sum-exp.
+- ``_key_totals``: per-key sums of the probabilities over the query rows.
+
+Every score follows one definition (``_scores``), the same as attend's contract: scale ·
+q·k, then the score_mod (ALiBi, soft-capping or a relative-position table), then the
+additive bias, then every mask rule (AND) as -inf. Key blocks that the rule masks
+(causal, sliding window, key lengths, sorted document ids, prefix-LM) rule out entirely
+are never loaded (``_key_range`` / ``_query_range``); inside the blocks that remain the
+rules are applied element by element, so the ranges only ever save work.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+BIG: tl.constexpr = 1 << 30
+
+
+@triton.jit
+def _tanh(x):
+    # tanh from exp: portable (GPU and interpreter); saturates to +-1 for large |x|
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _dot(a, b, DOT_PREC: tl.constexpr):
+    """``a @ b`` accumulated in fp32. ``DOT_PREC="upcast"`` multiplies in fp32: Triton's CPU
+    interpreter gets bfloat16 products wrong (seen with triton 3.9.0), so tests use that."""
+    if DOT_PREC == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
+               IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+               DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr):
+    """Keys [lo, hi) that queries at key positions pos_lo..pos_hi may reach under the rules."""
+    lo = pos_lo * 0
+    hi = pos_lo * 0 + S
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, pos_hi + 1)
+    if HAS_WR:
+        hi = tl.minimum(hi, pos_hi + WR + 1)
+    if HAS_WL:
+        lo = tl.maximum(lo, pos_lo - WL)
+    if HAS_LENS:
+        hi = tl.minimum(hi, tl.load(LENS + off_b))
+    if DOC_SKIP:
+        lo = tl.maximum(lo, tl.load(DOC_LO + off_b * sdocb + tl.maximum(pos_lo, 0)))
+        hi = tl.minimum(hi, tl.load(DOC_HI + off_b * sdocb + tl.maximum(pos_hi, 0)))
+    if HAS_PREFIX:
+        hi = tl.minimum(hi, tl.maximum(tl.load(PREFIX + off_b), pos_hi + 1))
+    return tl.maximum(lo, 0), hi
+
+
+@triton.jit
+def _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
+                 IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+                 DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr):
+    """Query rows [lo, hi) that may reach any key n_lo..n_hi under the rules."""
+    lo = n_lo * 0
+    hi = n_lo * 0 + L
+    if IS_CAUSAL:  # j <= i + OFF
+        lo = tl.maximum(lo, n_lo - OFF)
+    if HAS_WR:  # j <= i + OFF + WR
+        lo = tl.maximum(lo, n_lo - WR - OFF)
+    if HAS_WL:  # j >= i + OFF - WL
+        hi = tl.minimum(hi, n_hi + WL - OFF + 1)
+    if HAS_LENS:
+        hi = tl.where(n_lo >= tl.load(LENS + off_b), lo, hi)
+    if DOC_SKIP:  # only used when OFF >= 0: query i is at key position i + OFF
+        lo = tl.maximum(lo, tl.load(DOC_LO + off_b * sdocb + n_lo) - OFF)
+        hi = tl.minimum(hi, tl.load(DOC_HI + off_b * sdocb + n_hi) - OFF)
+    if HAS_PREFIX:  # j < prefix or j <= i + OFF
+        lo = tl.where(n_lo < tl.load(PREFIX + off_b), lo, tl.maximum(lo, n_lo - OFF))
+    return tl.maximum(lo, 0), hi
+
+
+@triton.jit
+def _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+            MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+            SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+            IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+            HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
+            HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Final scores (BLOCK_M, BLOCK_N) in fp32, natural units, -inf where masked; and the
+    score after the score_mod (soft-capping's backward needs it)."""
+    s = _dot(q, tl.trans(k), DOT_PREC) * sm_scale
+    jj = offs_n[None, :]
+    pp = (offs_m + OFF)[:, None]  # key position of each query row
+    if MOD == 1:  # ALiBi: - slope[h] * |i' - j|
+        s = s - tl.load(SLOPES + off_h) * tl.abs(pp - jj).to(tl.float32)
+    if MOD == 2:  # soft-capping: cap * tanh(s / cap)
+        s = cap * _tanh(s / cap)
+    if MOD == 3:  # relative-position table, clipped to [-R, R]
+        rel = tl.minimum(tl.maximum(jj - pp, -REL_R), REL_R) + REL_R
+        s = s + tl.load(TABLE + off_h * stabh + rel)
+    t = s
+    ok = row_ok[:, None] & (jj < S)
+    if HAS_BIAS:
+        b = tl.load(BIAS + off_b * sbb + off_h * sbh + offs_m[:, None] * sbm + jj * sbn, mask=ok, other=0.0)
+        s = s + b.to(tl.float32)
+    if IS_CAUSAL:
+        ok = ok & (jj <= pp)
+    if HAS_WL:
+        ok = ok & (jj >= pp - WL)
+    if HAS_WR:
+        ok = ok & (jj <= pp + WR)
+    if HAS_LENS:
+        ok = ok & (jj < tl.load(LENS + off_b))
+    if HAS_KVALID:
+        kv = tl.load(KVALID + off_b * skvb + offs_n, mask=offs_n < S, other=0)
+        ok = ok & (kv[None, :] != 0)
+    if HAS_DOC:
+        dq = tl.load(DOC + off_b * sdocb + tl.maximum(offs_m + OFF, 0), mask=row_ok, other=-1)
+        dk = tl.load(DOC + off_b * sdocb + offs_n, mask=offs_n < S, other=-2)
+        ok = ok & (dq[:, None] == dk[None, :])
+    if HAS_PREFIX:
+        ok = ok & ((jj < tl.load(PREFIX + off_b)) | (jj <= pp))
+    if HAS_MASK:
+        mv = tl.load(MASK + off_b * smb + off_h * smh + offs_m[:, None] * smm + jj * smn, mask=ok, other=0)
+        ok = ok & (mv != 0)
+    s = tl.where(ok, s, float("-inf"))
+    return s, t
+
+
+@triton.jit
+def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
+         ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
+         MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI, PREFIX,
+         SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+         E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+         IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+         HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
+         HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+         HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, COMPUTE_OUT: tl.constexpr,
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // n_heads
+    off_hh = pid_bh % n_heads
+    if HAS_HEADS:
+        off_h = tl.load(HEADS + off_hh)
+    else:
+        off_h = off_hh
+    off_kh = off_h // GROUPS
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_r < n_rows
+    if HAS_ROWS:
+        offs_m = tl.load(ROWS + offs_r, mask=row_ok, other=0)
+    else:
+        offs_m = offs_r
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + off_b.to(tl.int64) * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
+    pos = offs_m + OFF
+    pos_lo = tl.min(tl.where(row_ok, pos, BIG), 0)
+    pos_hi = tl.max(tl.where(row_ok, pos, -BIG), 0)
+    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
+                        IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
+    v_base = V + off_b.to(tl.int64) * svb + off_kh * svh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+        s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                       MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                       SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
+        s = s * LOG2E
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key so far
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if COMPUTE_OUT:
+            v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                        mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+        m_i = m_new
+    dead = l_i == 0.0
+    lse = tl.where(dead, float("-inf"), m_i + tl.log2(tl.where(dead, 1.0, l_i)))
+    tl.store(LSE + (off_b.to(tl.int64) * n_heads + off_hh) * n_rows + offs_r, lse, mask=row_ok)
+    if COMPUTE_OUT:
+        o = acc / tl.where(dead, 1.0, l_i)[:, None]
+        o = tl.where(dead[:, None], 0.0, o)  # a row with no key: exactly zero
+        tl.store(O + off_b.to(tl.int64) * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+                 o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < EV))
+
+
+@triton.jit
+def _delta(O, DO, DELTA, sob, soh, som, sod, sdob, sdoh, sdom, sdod, H, L,
+           EV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta_i = sum_d dO_id · O_id (fp32): the row term of the softmax backward."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // H
+    off_h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    msk = (offs_m[:, None] < L) & (offs_dv[None, :] < EV)
+    o = tl.load(O + off_b.to(tl.int64) * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+                mask=msk, other=0.0)
+    do = tl.load(DO + off_b.to(tl.int64) * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+                 mask=msk, other=0.0)
+    d = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, d, mask=offs_m < L)
+
+
+@triton.jit
+def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
+              sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
+              Hq, Hkv, L, S, OFF, GROUPS, sm_scale,
+              MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
+              PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+              E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+              HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
+              HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // Hkv
+    off_kh = pid_bh % Hkv
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(K + off_b.to(tl.int64) * skb + off_kh * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+    v = tl.load(V + off_b.to(tl.int64) * svb + off_kh * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    n_lo = pid_n * BLOCK_N
+    n_hi = tl.minimum(n_lo + BLOCK_N, S) - 1
+    lo, hi = _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
+                          IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    for g in range(0, GROUPS):
+        off_h = off_kh * GROUPS + g
+        q_base = Q + off_b.to(tl.int64) * sqb + off_h * sqh
+        do_base = DO + off_b.to(tl.int64) * sdob + off_h * sdoh
+        row_base = (off_b.to(tl.int64) * Hq + off_h) * L
+        for start_m in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < L
+            q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                        mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+                         mask=row_ok[:, None] & (offs_dv[None, :] < EV), other=0.0)
+            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
+            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a row with no key: p = 0
+            delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                           MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                           SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
+            p = tl.exp2(s * LOG2E - lse[:, None])  # (BLOCK_M, BLOCK_N)
+            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
+            dp = _dot(do, tl.trans(v), DOT_PREC)
+            ds = p * (dp - delta[:, None])
+            if MOD == 2:
+                ds = ds * (1.0 - (t / cap) * (t / cap))
+            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC)
+    dk = dk * sm_scale
+    tl.store(DK + off_b.to(tl.int64) * sdkb + off_kh * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
+             dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))
+    tl.store(DV + off_b.to(tl.int64) * sdvb + off_kh * sdvh + offs_n[:, None] * sdvn + offs_dv[None, :] * sdvd,
+             dv.to(DV.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV))
+
+
+@triton.jit
+def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
+            sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
+            sdqb, sdqh, sdqm, sdqd, Hq, L, S, OFF, GROUPS, sm_scale,
+            MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
+            PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+            E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+            IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+            HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
+            HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+            BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, EXACT_DELTA: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // Hq
+    off_h = pid_bh % Hq
+    off_kh = off_h // GROUPS
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < L
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + off_b.to(tl.int64) * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
+    do = tl.load(DO + off_b.to(tl.int64) * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+                 mask=row_ok[:, None] & (offs_dv[None, :] < EV), other=0.0)
+    row_base = pid_bh.to(tl.int64) * L
+    lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    pos = offs_m + OFF
+    pos_lo = tl.min(tl.where(row_ok, pos, BIG), 0)
+    pos_hi = tl.max(tl.where(row_ok, pos, -BIG), 0)
+    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
+                        IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
+    v_base = V + off_b.to(tl.int64) * svb + off_kh * svh
+    if EXACT_DELTA:
+        # delta_i = sum_j p_ij dp_ij from the probabilities themselves, not from the output
+        # rounded to 16 bits: the bias/table gradients sum dS over many entries, where the
+        # rounding error of sum_j dS_ij (zero in exact arithmetic) would pile up.
+        delta = tl.zeros([BLOCK_M], tl.float32)
+        for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                        mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                        mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                           MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                           SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
+            p = tl.exp2(s * LOG2E - lse[:, None])
+            delta += tl.sum(p * _dot(do, tl.trans(v), DOT_PREC), 1)
+        tl.store(DELTA + row_base + offs_m, delta, mask=row_ok)  # the dK/dV kernel, launched next, reads it
+    else:
+        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+        s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                       MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                       SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
+        p = tl.exp2(s * LOG2E - lse[:, None])
+        dp = _dot(do, tl.trans(v), DOT_PREC)
+        ds = p * (dp - delta[:, None])  # gradient of the final score
+        in_tile = row_ok[:, None] & (offs_n[None, :] < S)
+        if BIAS_GRAD:
+            tl.store(DBIAS + (pid_bh.to(tl.int64) * L + offs_m[:, None]) * S + offs_n[None, :], ds, mask=in_tile)
+        if TABLE_GRAD:
+            rel = tl.minimum(tl.maximum(offs_n[None, :] - pos[:, None], -REL_R), REL_R) + REL_R
+            tl.atomic_add(DTABLE + off_h * stabh + rel, ds, mask=in_tile & (p > 0))
+        if MOD == 2:
+            ds = ds * (1.0 - (t / cap) * (t / cap))
+        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + off_b.to(tl.int64) * sdqb + off_h * sdqh + offs_m[:, None] * sdqm + offs_d[None, :] * sdqd,
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < E))
+
+
+@triton.jit
+def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm, swn,
+             ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
+             MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
+             PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+             E: tl.constexpr, BLOCK_D: tl.constexpr,
+             IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+             HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
+             HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+             HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """W[b, hh, r, j] = 2^(s·log2 e - lse): the probabilities the forward used (zeros where masked)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // n_heads
+    off_hh = pid_bh % n_heads
+    if HAS_HEADS:
+        off_h = tl.load(HEADS + off_hh)
+    else:
+        off_h = off_hh
+    off_kh = off_h // GROUPS
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_r < n_rows
+    if HAS_ROWS:
+        offs_m = tl.load(ROWS + offs_r, mask=row_ok, other=0)
+    else:
+        offs_m = offs_r
+    offs_d = tl.arange(0, BLOCK_D)
+    q = tl.load(Q + off_b.to(tl.int64) * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
+    lse = tl.load(LSE + (off_b.to(tl.int64) * n_heads + off_hh) * n_rows + offs_r, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    pos = offs_m + OFF
+    pos_lo = tl.min(tl.where(row_ok, pos, BIG), 0)
+    pos_hi = tl.max(tl.where(row_ok, pos, -BIG), 0)
+    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
+                        IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
+    w_base = W + off_b.to(tl.int64) * swb + off_hh.to(tl.int64) * swh + offs_r[:, None].to(tl.int64) * swm
+    for start_n in range(0, S, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_tile = row_ok[:, None] & (offs_n[None, :] < S)
+        if (start_n + BLOCK_N > lo) & (start_n < hi):
+            k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                        mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                           MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                           SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
+            p = tl.exp2(s * LOG2E - lse[:, None])
+        else:  # a block the rules rule out: zeros, no key loaded
+            p = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        tl.store(w_base + offs_n[None, :] * swn, p.to(W.dtype.element_ty), mask=in_tile)
+
+
+@triton.jit
+def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd,
+                Hq, L, S, OFF, GROUPS, sm_scale,
+                MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
+                PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+                E: tl.constexpr, BLOCK_D: tl.constexpr,
+                IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+                HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """T[b, h, j] = sum_i p_ij (fp32): how much attention key j receives from all queries of head h."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // Hq
+    off_h = pid_bh % Hq
+    off_kh = off_h // GROUPS
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = tl.load(K + off_b.to(tl.int64) * skb + off_kh * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+    n_lo = pid_n * BLOCK_N
+    n_hi = tl.minimum(n_lo + BLOCK_N, S) - 1
+    lo, hi = _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
+                          IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    q_base = Q + off_b.to(tl.int64) * sqb + off_h * sqh
+    row_base = pid_bh.to(tl.int64) * L
+    total = tl.zeros([BLOCK_N], tl.float32)
+    for start_m in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < L
+        q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                    mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
+        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                       MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                       SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
+        total += tl.sum(tl.exp2(s * LOG2E - lse[:, None]), 0)
+    tl.store(T + pid_bh.to(tl.int64) * S + offs_n, total, mask=offs_n < S)

@@ -1,0 +1,448 @@
+"""The ``triton`` backend against the float64 reference (RELIABILITY.md's tolerance rule).
+
+Without CUDA these run the real kernels through Triton's interpreter (``TRITON_INTERPRET=1``,
+set in conftest.py before Triton is imported) at small shapes with 16x16 blocks, so block
+edges, skipped blocks and every compiled-in variant are crossed. With CUDA the same checks
+run on the GPU with autotuned blocks, plus the full-size tests at the end.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from cases import inputs, make_score
+
+triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'attend[triton]')")
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+if not CUDA and not attend.backends.fused.interpreting():
+    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+TRITON = attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
+BASELINE = attend.backends.Eager(upcast=False)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def dev(*ts):
+    return [t.to(DEV) for t in ts]
+
+
+def check_case(q, k, v, *, kw, ref_scores, allowed=None, bias=None, mod=None, dtype, what, grads=True):
+    """Forward and dq/dk/dv of triton vs the float64 reference, against the eager baseline."""
+    q, k, v = (t.detach().to(DEV).requires_grad_(grads) for t in (q, k, v))
+    qd, kd, vd = (t.detach().cpu().double().requires_grad_(grads) for t in (q, k, v))
+    ref, _ = R.reference(qd, kd, vd, ref_scores, allowed=allowed, bias=bias, mod=mod)
+    dout = torch.randn_like(ref)
+
+    def run(b):
+        out = attend.attention(q, k, v, backend=b, **kw)
+        g = torch.autograd.grad(out, (q, k, v), dout.to(DEV, dtype)) if grads else ()
+        return out.cpu(), [t.cpu() for t in g]
+
+    out, g = run(TRITON)
+    base, gb = run(BASELINE)
+    R.check(out, base, ref, dtype=dtype, m=2, what=f"output {what}")
+    if grads:
+        gr = torch.autograd.grad(ref, (qd, kd, vd), dout)
+        for name, a, b_, r in zip("qkv", g, gb, gr):
+            R.check(a, b_, r, dtype=dtype, m=3, what=f"d{name} {what}")
+    return out
+
+
+# (B, Hq, Hkv, L, S, E, Ev, mask kind): lengths cross the 16-blocks; GQA, MQA; E != Ev; odd dims
+SHAPES = [
+    (1, 1, 1, 1, 1, 16, 16, "none"),
+    (2, 2, 2, 5, 37, 16, 16, "causal"),  # L < S: bottom-right
+    (1, 4, 2, 37, 5, 16, 8, "causal"),  # L > S: first rows fully masked; GQA; Ev != E
+    (2, 4, 1, 33, 40, 40, 24, "window"),  # MQA, E = 40
+    (1, 2, 2, 20, 37, 111, 96, "bool"),  # non-power-of-two head dims
+    (1, 2, 2, 19, 23, 16, 16, "bias"),
+]
+
+
+def mask_case(kind, B, Hq, L, S, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "none":
+        return {}, None, None
+    if kind == "causal":
+        return {"causal": True}, R.causal_mask(L, S), None
+    if kind == "window":
+        return {"window": (3, 1)}, R.window_mask(L, S, 3, 1), None
+    if kind == "bool":
+        m = torch.rand(B, 1, L, S, generator=g) > 0.4
+        m[:, :, 0] = False  # a fully masked row
+        return {"mask": m.to(DEV)}, m, None
+    if kind == "bias":
+        b = torch.randn(B, Hq, L, S, generator=g)
+        b[0, 0, 1] = -math.inf  # fully masked by the bias alone
+        return {"mask": b.to(DEV)}, None, b
+    raise KeyError(kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("score", ["scaled_dot", "dot", "cosine", "General"])
+def test_tolerance_rule_scores_masks_dtypes(score, dtype):
+    for B, Hq, Hkv, L, S, E, Ev, kind in SHAPES:
+        if score != "scaled_dot" and kind in ("bool", "bias"):
+            continue  # the score is what varies here; masks are covered with scaled_dot
+        torch.manual_seed(0)
+        arg, ref_scores = make_score(score, E)
+        if isinstance(arg, torch.nn.Module):
+            arg = arg.to(DEV)
+        kw, allowed, bias = mask_case(kind, B, Hq, L, S)
+        q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype)
+        check_case(q, k, v, kw={"score": arg, **kw}, ref_scores=ref_scores, allowed=allowed, bias=bias, dtype=dtype,
+                   what=f"{score}/{dtype} {(B, Hq, Hkv, L, S, E, Ev)} {kind}")
+
+
+@pytest.mark.parametrize("E,Ev", [(80, 80), (96, 40), (256, 256), (8, 8)])
+def test_head_dims(E, Ev):
+    """Head dims up to 256, powers of two or not (padded inside), value dim != key dim."""
+    q, k, v = inputs(1, 2, 1, 17, 33, E, Ev, torch.float16)
+    check_case(q, k, v, kw={"causal": True}, ref_scores=_scaled(E), allowed=R.causal_mask(17, 33),
+               dtype=torch.float16, what=f"E={E} Ev={Ev}")
+
+
+def _scaled(E):
+    return lambda a, b: R.dot(a, b) / math.sqrt(E)
+
+
+def test_noncontiguous_inputs_give_the_same_bits():
+    q, k, v = inputs(2, 2, 2, 21, 34, 16, 16, torch.float32)
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # same values, (B, L, H, E) memory
+    kt = k.transpose(1, 2).contiguous().transpose(1, 2)
+    vt = torch.randn(2, 2, 16, 34).transpose(-1, -2)
+    vt.copy_(v)
+    assert not qt.is_contiguous() and not vt.is_contiguous()
+    a = attend.attention(*dev(q, k, v), causal=True, backend=TRITON)
+    b = attend.attention(*dev(qt, kt, vt), causal=True, backend=TRITON)
+    assert torch.equal(a, b)
+    check_case(qt, kt, vt, kw={"causal": True}, ref_scores=_scaled(16), allowed=R.causal_mask(21, 34),
+               dtype=torch.float32, what="non-contiguous")
+
+
+def test_reruns_are_bit_identical():
+    q, k, v = dev(*inputs(1, 2, 1, 40, 40, 16, 16, torch.bfloat16))
+    a = attend.attention(q, k, v, causal=True, backend=TRITON)
+    b = attend.attention(q, k, v, causal=True, backend=TRITON)
+    assert torch.equal(a, b)
+
+
+# ---- mask rules compiled into the kernel -----------------------------------------------------
+def _loops(B, L, S, fn):
+    """A dense (B, 1, L, S) mask from a Python predicate fn(b, i, j) (independent of attend)."""
+    return torch.tensor([[[fn(b, i, j) for j in range(S)] for i in range(L)] for b in range(B)]).reshape(B, 1, L, S)
+
+
+RULES = {
+    "padding": (lambda: attend.masks.padding([20, 7]), lambda b, i, j, L, S: j < [20, 7][b]),
+    "key_mask": (lambda: attend.masks.key_mask(torch.arange(40).remainder(3).ne(0).expand(2, 40).clone()),
+                 lambda b, i, j, L, S: j % 3 != 0),
+    "document": (lambda: attend.masks.document([0] * 13 + [1] * 20 + [2] * 7),
+                 lambda b, i, j, L, S: _doc(max(i + S - L, 0)) == _doc(j)),
+    "varlen+causal": (lambda: attend.masks.and_masks(attend.masks.varlen([0, 13, 33, 40]), attend.masks.causal()),
+                      lambda b, i, j, L, S: _doc(max(i + S - L, 0)) == _doc(j) and j <= i + S - L),
+    "unsorted document": (lambda: attend.masks.document(torch.arange(40).remainder(3)),
+                          lambda b, i, j, L, S: max(i + S - L, 0) % 3 == j % 3),
+    "prefix_lm": (lambda: attend.masks.prefix_lm(torch.tensor([10, 25])),
+                  lambda b, i, j, L, S: j < [10, 25][b] or j <= i + S - L),
+    "window+padding": (lambda: attend.masks.and_masks(attend.masks.sliding_window((6, 0)),
+                                                      attend.masks.padding([35, 40])),
+                       lambda b, i, j, L, S: i + S - L - 6 <= j <= i + S - L and j < [35, 40][b]),
+    "custom lambda": (lambda: (lambda b, h, i, j: (i + j) % 4 != 1),
+                      lambda b, i, j, L, S: (i + j) % 4 != 1),
+}
+
+
+def _doc(t):
+    return 0 if t < 13 else 1 if t < 33 else 2
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("L", [40, 29])
+def test_mask_rules(rule, L):
+    make, pred = RULES[rule]
+    S = 40
+    allowed = _loops(2, L, S, lambda b, i, j: pred(b, i, j, L, S))
+    q, k, v = inputs(2, 2, 2, L, S, 16, 16, torch.float16)
+    out = check_case(q, k, v, kw={"mask": make()}, ref_scores=_scaled(16), allowed=allowed, dtype=torch.float16,
+                     what=f"{rule} L={L}")
+    dead = ~allowed.any(-1)  # (B, 1, L)
+    assert torch.equal(out[dead.expand(-1, 2, -1)], torch.zeros_like(out[dead.expand(-1, 2, -1)]))
+
+
+@pytest.mark.parametrize("kw,ruled_out", [
+    ({"causal": True}, lambda i, j: j > i),
+    ({"window": (8, 0)}, lambda i, j: j > i or j < i - 8),
+    ({"mask": "document"}, lambda i, j: _doc(i) != _doc(j)),
+    ({"mask": "padding"}, lambda i, j: j >= 20),
+])
+def test_blocks_a_rule_rules_out_are_never_read(kw, ruled_out):
+    """NaN values in key blocks the rule masks entirely do not reach the output, the
+    weights or the gradients: those blocks are skipped, not loaded and masked."""
+    if kw.get("mask") == "document":
+        kw = {"mask": attend.masks.document([0] * 16 + [1] * 32 + [2] * 16)}
+        doc = {0: 0, 1: 1, 2: 1, 3: 2}
+        ruled_out = lambda i, j: doc[i // 16] != doc[j // 16]  # noqa: E731  (block-aligned documents)
+    elif kw.get("mask") == "padding":
+        kw = {"mask": attend.masks.padding([20])}
+    L = S = 64
+    q, k, v = inputs(1, 1, 1, L, S, 16, 16, torch.float32)
+    blocks = 16
+    poisoned_v = v.clone()
+    for jb in range(S // blocks):
+        # a key block that every query of some query block rules out: poison it for the whole run if every
+        # query block that could read it would rule it out entirely
+        cols = range(jb * blocks, (jb + 1) * blocks)
+        if all(all(ruled_out(i, j) for j in cols) for i in range(L)):
+            poisoned_v[..., jb * blocks:(jb + 1) * blocks, :] = float("nan")
+    # a block read by some query block but ruled out for another must not be poisoned; the test poisons
+    # only blocks no query may see, plus per-query-block checks below through the weights
+    qd, kd, vd = (t.to(DEV).requires_grad_() for t in (q, k, poisoned_v))
+    out, w = attend.attention(qd, kd, vd, backend=TRITON, return_weights=True, **kw)
+    assert not out.isnan().any() and not w.isnan().any()
+    out.sum().backward()
+    assert not qd.grad.isnan().any() and not kd.grad.isnan().any()
+    # and per query block: NaN keys in a block ruled out for that block's queries never reach them
+    for ib in range(L // blocks):
+        rows = range(ib * blocks, (ib + 1) * blocks)
+        vv = v.clone()
+        for jb in range(S // blocks):
+            cols = range(jb * blocks, (jb + 1) * blocks)
+            if all(ruled_out(i, j) for i in rows for j in cols):
+                vv[..., jb * blocks:(jb + 1) * blocks, :] = float("nan")
+        o = attend.attention(*dev(q, k, vv), backend=TRITON, **kw)
+        assert not o[..., ib * blocks:(ib + 1) * blocks, :].isnan().any(), f"query block {ib} read a skipped block"
+
+
+# ---- score_mods compiled in -----------------------------------------------------------------
+def _rel(L, S):
+    return torch.tensor([[j - (i + S - L) for j in range(S)] for i in range(L)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mod", ["alibi", "softcap", "relative_bias", "relative_bias per head"])
+def test_score_mods(mod, dtype):
+    B, H, L, S, E = 2, 4, 29, 37, 16
+    q, k, v = inputs(B, H, H, L, S, E, E, dtype)
+    q = q * 3  # scores large enough for soft-capping to bite
+    rel = _rel(L, S)
+    table = None
+    if mod == "alibi":
+        slopes = attend.mods.alibi_slopes(H)
+        arg = attend.mods.alibi(slopes)
+        fn = lambda s: s - slopes.double().view(1, H, 1, 1) * rel.abs().double()  # noqa: E731
+    elif mod == "softcap":
+        arg = attend.mods.softcap(2.0)
+        fn = lambda s: 2.0 * torch.tanh(s / 2.0)  # noqa: E731
+    else:
+        R_ = 5
+        shape = (2 * R_ + 1,) if mod == "relative_bias" else (H, 2 * R_ + 1)
+        table = torch.randn(shape, device=DEV, requires_grad=True)
+        arg = attend.mods.relative_bias(table)
+        idx = rel.clamp(-R_, R_) + R_
+        tab = table.detach().cpu().double().requires_grad_()
+
+        def fn(s):
+            b = tab[idx] if tab.ndim == 1 else tab[torch.arange(H).view(H, 1, 1), idx]
+            return s + b
+    allowed = R.causal_mask(L, S)
+    check_case(q, k, v, kw={"score_mod": arg, "causal": True}, ref_scores=_scaled(E), allowed=allowed, mod=fn,
+               dtype=dtype, what=f"{mod} {dtype}")
+    if table is not None:  # the table learns: its gradient matches the reference's
+        qd, kd, vd = (t.to(DEV) for t in (q, k, v))
+        out = attend.attention(qd, kd, vd, score_mod=arg, causal=True, backend=TRITON)
+        dout = torch.randn_like(out)
+        (g,) = torch.autograd.grad(out, table, dout)
+        ref, _ = R.reference(q, k, v, _scaled(E), allowed=allowed, mod=fn)
+        (gr,) = torch.autograd.grad(ref, tab, dout.cpu().double())
+        base_out = attend.attention(qd, kd, vd, score_mod=arg, causal=True, backend=BASELINE)
+        (gb,) = torch.autograd.grad(base_out, table, dout)
+        R.check(g.cpu(), gb.cpu(), gr, dtype=dtype, m=3, what=f"d table {mod} {dtype}")
+
+
+def test_bias_that_requires_grad_gets_its_gradient():
+    B, H, L, S = 2, 2, 19, 23
+    q, k, v = dev(*inputs(B, H, H, L, S, 16, 16, torch.float32))
+    bias = torch.randn(1, H, L, S, device=DEV, requires_grad=True)  # broadcast over the batch
+    out = attend.attention(q, k, v, mask=bias, causal=True, backend=TRITON)
+    dout = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, bias, dout)
+    bd = bias.detach().cpu().double().requires_grad_()
+    ref, _ = R.reference(q.cpu(), k.cpu(), v.cpu(), _scaled(16), allowed=R.causal_mask(L, S), bias=bd)
+    (gr,) = torch.autograd.grad(ref, bd, dout.cpu().double())
+    assert g.shape == bias.shape
+    torch.testing.assert_close(g.cpu().double(), gr, rtol=1e-4, atol=1e-5)
+
+
+# ---- edge cases -------------------------------------------------------------------------------
+def test_fully_masked_rows_are_exactly_zero_with_finite_gradients():
+    q, k, v = (t.to(DEV).requires_grad_() for t in inputs(1, 2, 2, 20, 20, 16, 16, torch.float32))
+    m = torch.ones(1, 1, 20, 20, dtype=torch.bool, device=DEV)
+    m[..., 3, :] = False
+    out, w = attend.attention(q, k, v, mask=m, backend=TRITON, return_weights=True)
+    assert torch.equal(out[..., 3, :], torch.zeros_like(out[..., 3, :]))
+    assert torch.equal(w[..., 3, :], torch.zeros_like(w[..., 3, :]))
+    out.sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert torch.equal(q.grad[..., 3, :], torch.zeros_like(q.grad[..., 3, :]))
+
+
+def test_nan_in_a_query_row_propagates_and_masked_huge_keys_change_nothing():
+    q, k, v = inputs(1, 1, 1, 8, 24, 16, 16, torch.float32)
+    q[0, 0, 2, 5] = float("nan")
+    out = attend.attention(*dev(q, k, v), backend=TRITON).cpu()
+    assert out[0, 0, 2].isnan().all() and not out[0, 0, [0, 1, 3]].isnan().any()
+    q, k, v = inputs(1, 1, 1, 8, 24, 16, 16, torch.float32)
+    mask = torch.ones(1, 1, 8, 24, dtype=torch.bool)
+    mask[..., 20] = False
+    a = attend.attention(*dev(q, k, v), mask=mask.to(DEV), backend=TRITON)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 20, :] = 1e30
+    v2[..., 20, :] = 1e30
+    b = attend.attention(*dev(q, k2, v2), mask=mask.to(DEV), backend=TRITON)
+    assert torch.equal(a, b)
+
+
+def test_fp16_scores_beyond_65504_stay_finite():
+    q, k, v = inputs(1, 1, 1, 16, 16, 64, 64, torch.float16)
+    q, k = q * 40, k * 40  # q·k far above fp16's max; the kernel accumulates in fp32
+    check_case(q, k, v, kw={"scale": 1.0 / 64}, ref_scores=lambda a, b: R.dot(a, b) / 64, dtype=torch.float16,
+               what="fp16 overflow", grads=False)
+
+
+def test_shift_invariance():
+    """+1e4 on whole rows of scores changes nothing beyond what fp32 rounding of the shifted
+    scores costs the eager baseline too."""
+    q, k, v = inputs(1, 2, 2, 20, 20, 16, 16, torch.float32)
+    shift = torch.full((1, 2, 20, 1), 1e4)
+    ref, _ = R.reference(q, k, v, _scaled(16))
+    a = attend.attention(*dev(q, k, v), mask=shift.to(DEV), backend=TRITON).cpu()
+    base = attend.attention(q, k, v, mask=shift, backend=BASELINE)
+    R.check(a, base, ref, dtype=torch.float32, m=2, what="shifted rows")
+
+
+# ---- weights from the fused path ----------------------------------------------------------
+def test_return_weights_are_the_reference_weights():
+    B, Hq, Hkv, L, S = 2, 4, 2, 27, 45
+    q, k, v = inputs(B, Hq, Hkv, L, S, 24, 24, torch.float32)
+    for kw, allowed in [({}, None), ({"causal": True}, R.causal_mask(L, S)),
+                        ({"window": (4, 4), "score_mod": attend.mods.alibi(Hq)}, None)]:
+        out, w = attend.attention(*dev(q, k, v), backend=TRITON, return_weights=True, **kw)
+        ref_out, ref_w = attend.attention(q.double(), k.double(), v.double(), backend="eager", return_weights=True,
+                                          **kw)
+        assert w.dtype == q.dtype and w.shape == (B, Hq, L, S)
+        torch.testing.assert_close(w.cpu().double(), ref_w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.cpu().double(), ref_out, rtol=1e-5, atol=1e-5)
+        if allowed is not None:
+            assert not w.cpu()[..., ~allowed].any()  # masked: exactly zero
+
+
+def test_weights_of_chosen_heads_and_rows_and_key_totals():
+    B, Hq, Hkv, L, S = 2, 4, 1, 33, 40
+    q, k, v = inputs(B, Hq, Hkv, L, S, 16, 16, torch.float32)
+    kw = {"causal": True, "mask": attend.masks.padding([40, 30])}
+    _, full = attend.attention(q.double(), k.double(), v.double(), backend="eager", return_weights=True, **kw)
+    heads, rows = [3, 0], [32, 0, 17, 5]
+    w = attend.attention_weights(*dev(q, k), heads=heads, rows=rows, backend=TRITON, **kw)
+    assert w.shape == (B, 2, 4, S)
+    torch.testing.assert_close(w.cpu().double(), full[:, heads][:, :, rows], rtol=1e-5, atol=1e-6)
+    # every backend answers the same question the same way
+    w_eager = attend.attention_weights(q, k, heads=heads, rows=rows, backend="eager", **kw)
+    torch.testing.assert_close(w_eager.double(), full[:, heads][:, :, rows], rtol=1e-5, atol=1e-6)
+    t = attend.key_totals(*dev(q, k), backend=TRITON, **kw)
+    assert t.shape == (B, Hq, S) and t.dtype == torch.float32
+    torch.testing.assert_close(t.cpu().double(), full.sum(2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attend.key_totals(q, k, backend="eager", **kw).double(), full.sum(2),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_weights_api_errors_name_the_argument():
+    q, k = inputs(1, 2, 2, 4, 4, 16, 16, torch.float32)[:2]
+    with pytest.raises(ValueError, match=r"rows must be indices in \[0, 4\)"):
+        attend.attention_weights(q, k, rows=[4])
+    with pytest.raises(ValueError, match=r"heads must be a sequence or 1-D integer tensor"):
+        attend.attention_weights(q, k, heads=[[0]])
+    with pytest.raises(TypeError, match="takes no 'value' argument"):
+        attend.attention_weights(q, k, value=k)
+    with pytest.raises(TypeError, match="takes no 'dropout_p' argument"):
+        attend.key_totals(q, k, dropout_p=0.1)
+
+
+# ---- what it cannot run, it says -----------------------------------------------------------
+@pytest.mark.parametrize("kw,reason", [
+    ({"score": "additive"}, "not dot-like"),
+    ({"dropout_p": 0.1}, "no dropout"),
+    ({"hard": True}, "no hard attention"),
+    ({"score_mod": lambda s, b, h, i, j: s * 2}, "not compiled into the kernels"),
+])
+def test_can_run_says_why_and_auto_falls_back(kw, reason):
+    q, k, v = dev(*inputs(1, 2, 2, 4, 6, 8, 8, torch.float32))
+    if kw.get("score") == "additive":
+        kw = {"score": attend.scores.Additive(8, 8, 4).to(DEV)}
+    with pytest.raises(attend.UnsupportedCall, match=reason):
+        attend.attention(q, k, v, backend="triton", **kw)
+    assert "triton" in attend.explain(q, k, v, **kw).reasons
+    attend.attention(q, k, v, **kw)  # auto runs it elsewhere
+
+
+def test_float64_and_huge_head_dims_are_refused_with_a_reason():
+    q, k, v = dev(*inputs(1, 1, 1, 4, 4, 8, 8, torch.float64))
+    with pytest.raises(attend.UnsupportedCall, match="float16, bfloat16, float32"):
+        attend.attention(q, k, v, backend="triton")
+    q, k, v = dev(*inputs(1, 1, 1, 4, 4, 257, 8, torch.float32))
+    with pytest.raises(attend.UnsupportedCall, match="head dims up to 256"):
+        attend.attention(q, k, v, backend="triton")
+
+
+def test_block_arguments_are_checked():
+    with pytest.raises(ValueError, match="block_m must be 0 .* power of two >= 16"):
+        attend.backends.Triton(block_m=24)
+
+
+@pytest.mark.skipif(CUDA, reason="CPU-only behaviour")
+def test_auto_never_picks_the_interpreter():
+    q, k, v = inputs(1, 2, 2, 4, 6, 8, 8, torch.float32)
+    ex = attend.explain(q, k, v, return_weights=True)
+    assert ex.backend != "triton"
+
+
+# ---- torch.library / torch.compile ----------------------------------------------------------
+def test_opcheck_passes():
+    q, k, v = dev(*inputs(1, 2, 1, 20, 24, 16, 16, torch.float32))
+    for t in (q, k, v):
+        t.requires_grad_()
+    bias = torch.randn(1, 2, 20, 24, device=DEV, requires_grad=True)
+    args = (q, k, v, None, bias, None, None, None, None, None, None, None, None, 0.25, True, -1, -1, 0.0, 16, 16)
+    torch.library.opcheck(torch.ops.attend.flash_attention.default, args)
+
+
+@pytest.mark.slow
+def test_torch_compile_runs_a_module_using_attend():
+    """Inductor compiles the module around the custom op (fullgraph: no graph break)."""
+    mha = attend.nn.MultiHeadAttention(embed_dim=32, num_heads=2, backend="triton").to(DEV)
+    x = torch.randn(2, 20, 32, device=DEV)
+    want, _ = mha(x, causal=True)
+    compiled = torch.compile(mha, fullgraph=True)
+    got, _ = compiled(x, causal=True)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mha.parameters())
+
+
+# ---- full sizes: GPU only ---------------------------------------------------------------------
+@pytest.mark.skipif(not CUDA, reason="needs CUDA: full-size shapes are too slow for the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("E", [64, 80, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_full_size_on_gpu(dtype, E, causal):
+    B, H, L = 2, 8, 2048
+    q, k, v = inputs(B, H, H, L, L, E, E, dtype)
+    check_case(q, k, v, kw={"causal": causal}, ref_scores=_scaled(E),
+               allowed=R.causal_mask(L, L) if causal else None, dtype=dtype, what=f"full size E={E} causal={causal}")
