@@ -1,6 +1,7 @@
 """Tatoeba English -> French with the seed-002 translator, trained within a time budget.
 
     python benchmarks/translate_tatoeba.py [--minutes 28] [--out benchmarks/results/translate-tatoeba.md]
+    python benchmarks/translate_tatoeba.py --model transformer     # -> translate-tatoeba-transformer.md
 
 Data: ../shared/data/tatoeba/eng-fra.txt (CC-BY 2.0, tatoeba.org), English side at most 15
 words, split so that no English sentence is in two splits. BLEU / chrF with sacrebleu on
@@ -34,17 +35,31 @@ def main():
     ap.add_argument("--embed", type=int, default=256)
     ap.add_argument("--attention", default="general")
     ap.add_argument("--run", default="runs/bench-tatoeba")
-    ap.add_argument("--out", default="benchmarks/results/translate-tatoeba.md")
+    ap.add_argument("--model", choices=["rnn", "transformer"], default="rnn")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/translate-tatoeba[-transformer].md")
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
+    if args.out is None:
+        suffix = "-transformer" if args.model == "transformer" else ""
+        args.out = f"benchmarks/results/translate-tatoeba{suffix}.md"
     torch.set_num_threads(os.cpu_count() or 1)
 
     raw = read_tsv(args.data, limit=args.limit)
     raw = [(s, t) for s, t in raw if len(s.split()) <= 15]
     pairs = prepare(raw, max_len=30)
     split = split_by_source(pairs, valid=0.02, test=0.05, seed=0)
-    model = dict(attention=args.attention, hidden_dim=args.hidden, embed_dim=args.embed, dropout=0.2)
-    cfg = TrainConfig(batch_size=64, lr=2e-3, warmup_steps=200, epochs=30, eval_every=1000, patience=4,
+    if args.model == "transformer":
+        model = dict(kind="transformer", d_model=args.hidden, heads=4, encoder_layers=3, decoder_layers=2,
+                     ff_dim=4 * args.hidden, dropout=0.1)
+        lr, warmup = 1e-3, 400
+        described = (f"transformer, 3 encoder + 2 decoder layers, d {args.hidden}, 4 heads, feed-forward "
+                     f"{4 * args.hidden}, sinusoidal positions, dropout 0.1, tied output embedding")
+    else:
+        model = dict(attention=args.attention, hidden_dim=args.hidden, embed_dim=args.embed, dropout=0.2)
+        lr, warmup = 2e-3, 200
+        described = (f"bidirectional GRU encoder, GRU decoder, Luong '{args.attention}' attention, hidden "
+                     f"{args.hidden}, embeddings {args.embed}, dropout 0.2")
+    cfg = TrainConfig(batch_size=64, lr=lr, warmup_steps=warmup, epochs=30, eval_every=1000, patience=4,
                       max_minutes=args.minutes, seed=0)
     t0 = time.perf_counter()
     tr, hist = train_translator(split.train, split.valid, args.run, model=model, train_config=cfg, min_freq=2,
@@ -65,15 +80,16 @@ def main():
     with open(args.out.replace(".md", ".json"), "w") as f:
         json.dump(res, f, indent=2, ensure_ascii=False)
     lines = [
-        "# Tatoeba English -> French, seed-002 translator on CPU", "",
+        "# Tatoeba English -> French, " + ("transformer translator" if args.model == "transformer" else
+                                             "seed-002 translator") + " on CPU", "",
         f"Machine: {res['machine']}.", "",
-        "Command: `python benchmarks/translate_tatoeba.py" + (f" --minutes {args.minutes:g}" if args.minutes != 28 else "") + "`", "",
+        "Command: `python benchmarks/translate_tatoeba.py" + (f" --minutes {args.minutes:g}" if args.minutes != 28 else "")
+        + (" --model transformer" if args.model == "transformer" else "") + "`", "",
         f"Data: `../shared/data/tatoeba/eng-fra.txt` (CC-BY 2.0, tatoeba.org), English side <= 15 words, "
         f"split by source sentence (no English sentence in two splits): {res['train_pairs']} train, "
         f"{res['valid_pairs']} valid, {res['test_pairs']} test. Vocabularies (min frequency 2): "
         f"{res['src_vocab']} English, {res['tgt_vocab']} French tokens.", "",
-        f"Model: bidirectional GRU encoder, GRU decoder, Luong '{args.attention}' attention, hidden {args.hidden}, "
-        f"embeddings {args.embed}, dropout 0.2. Training: Adam lr 2e-3 (warm-up 200 steps, halved when validation "
+        f"Model: {described}. Training: Adam lr {lr:g} (warm-up {warmup} steps, halved when validation "
         f"loss stops improving), batch 64, clip 1.0, validation every 1000 steps, time budget {args.minutes:g} min: "
         f"{res['steps']} steps in {res['train_seconds']:.0f} s of training ({res['tokens_per_s']:.0f} tokens/s).", "",
         "| decoding | BLEU | chrF |", "|---|---|---|",

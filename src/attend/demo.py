@@ -74,6 +74,27 @@ def _word_sense(out: TextIO, out_dir: str) -> list[str]:
     return [path]
 
 
+def _fused(out: TextIO) -> None:
+    """Seed 001's parallel attention on the fused kernels: run on a GPU, say why not otherwise."""
+    import attend
+
+    out.write("\nfused attention (backend='triton': every position at once, weights included):\n")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(1, 8, 1024, 64, device=dev, generator=g, dtype=torch.float16 if dev == "cuda" else
+                           torch.float32) for _ in range(3))
+    try:
+        o, w = attend.attention(q, k, v, causal=True, return_weights=True, backend="triton")
+    except attend.UnsupportedCall as e:
+        out.write(f"  not on this machine: {e}\n")
+        return
+    ref_o, ref_w = attend.attention(q.float(), k.float(), v.float(), causal=True, return_weights=True,
+                                    backend="eager")
+    out.write(f"  8 heads x 1024 tokens, causal, fp16: output and weights from the fused path; max difference to "
+              f"eager: output {(o.float() - ref_o).abs().max().item():.1e}, weights "
+              f"{(w.float() - ref_w).abs().max().item():.1e}\n")
+
+
 def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FULL, progress: bool = True) -> dict:
     """Train, evaluate and draw; print to ``out``; return the summary (also in summary.json)."""
     from .apps import evaluate, train_translator
@@ -136,6 +157,7 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
                                       title=f"what each output word attended to ({s.attention} attention)"))
     files = [plot, *maps]
     files += _word_sense(out, out_dir)
+    _fused(out)
     out.write("\nfiles:\n")
     for p in files:
         out.write(f"  {p}\n")
