@@ -59,3 +59,23 @@ def inputs(B, Hq, Hkv, L, S, E, Ev, dtype, *, seed=0, grad=False):
         for t in (q, k, v):
             t.requires_grad_(True)
     return q, k, v
+
+
+def mask_kwargs(kind: str, B, Hq, L, S, seed=1, device="cpu"):
+    """attend kwargs (tensors on ``device``) and the reference's (allowed, bias) for one mask kind."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "none":
+        return {}, None, None
+    if kind == "causal":
+        return {"causal": True}, R.causal_mask(L, S), None
+    if kind == "window":
+        return {"window": (3, 1), "causal": False}, R.window_mask(L, S, 3, 1), None
+    if kind == "bool":
+        m = torch.rand(B, 1, L, S, generator=g) > 0.4
+        m[:, :, 0] = False  # one fully masked row
+        return {"mask": m.to(device)}, m, None
+    if kind == "bias":
+        b = torch.randn(B, Hq, L, S, generator=g)
+        b[0, 0, 1] = float("-inf")  # fully masked by the bias alone
+        return {"mask": b.to(device)}, None, b
+    raise KeyError(kind)

@@ -6,7 +6,7 @@ import torch
 
 import attend
 import reference as R
-from cases import BACKENDS, SCORES, backend_arg, inputs, make_score, runnable
+from cases import BACKENDS, SCORES, backend_arg, inputs, make_score, mask_kwargs, runnable
 
 # "The same eager code in the test dtype" (RELIABILITY.md): no float32 upcast inside.
 BASELINE = attend.backends.Eager(upcast=False)
@@ -21,26 +21,6 @@ SHAPES = [
     (1, 2, 2, 20, 37, 8, 8, "bool"),
     (1, 2, 2, 9, 23, 8, 8, "bias"),
 ]
-
-
-def mask_kwargs(kind: str, B, Hq, L, S, seed=1):
-    """attend kwargs and the reference's (allowed, bias) for one mask kind."""
-    g = torch.Generator().manual_seed(seed)
-    if kind == "none":
-        return {}, None, None
-    if kind == "causal":
-        return {"causal": True}, R.causal_mask(L, S), None
-    if kind == "window":
-        return {"window": (3, 1), "causal": False}, R.window_mask(L, S, 3, 1), None
-    if kind == "bool":
-        m = torch.rand(B, 1, L, S, generator=g) > 0.4
-        m[:, :, 0] = False  # one fully masked row
-        return {"mask": m}, m, None
-    if kind == "bias":
-        b = torch.randn(B, Hq, L, S, generator=g)
-        b[0, 0, 1] = float("-inf")  # fully masked by the bias alone
-        return {"mask": b}, None, b
-    raise KeyError(kind)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -14,7 +14,7 @@ import torch
 
 import attend
 import reference as R
-from cases import inputs, make_score
+from cases import inputs, make_score, mask_kwargs
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'attend[triton]')")
 
@@ -65,25 +65,6 @@ SHAPES = [
 ]
 
 
-def mask_case(kind, B, Hq, L, S, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    if kind == "none":
-        return {}, None, None
-    if kind == "causal":
-        return {"causal": True}, R.causal_mask(L, S), None
-    if kind == "window":
-        return {"window": (3, 1)}, R.window_mask(L, S, 3, 1), None
-    if kind == "bool":
-        m = torch.rand(B, 1, L, S, generator=g) > 0.4
-        m[:, :, 0] = False  # a fully masked row
-        return {"mask": m.to(DEV)}, m, None
-    if kind == "bias":
-        b = torch.randn(B, Hq, L, S, generator=g)
-        b[0, 0, 1] = -math.inf  # fully masked by the bias alone
-        return {"mask": b.to(DEV)}, None, b
-    raise KeyError(kind)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("score", ["scaled_dot", "dot", "cosine", "General"])
 def test_tolerance_rule_scores_masks_dtypes(score, dtype):
@@ -94,7 +75,7 @@ def test_tolerance_rule_scores_masks_dtypes(score, dtype):
         arg, ref_scores = make_score(score, E)
         if isinstance(arg, torch.nn.Module):
             arg = arg.to(DEV)
-        kw, allowed, bias = mask_case(kind, B, Hq, L, S)
+        kw, allowed, bias = mask_kwargs(kind, B, Hq, L, S, device=DEV)
         q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype)
         check_case(q, k, v, kw={"score": arg, **kw}, ref_scores=ref_scores, allowed=allowed, bias=bias, dtype=dtype,
                    what=f"{score}/{dtype} {(B, Hq, Hkv, L, S, E, Ev)} {kind}")

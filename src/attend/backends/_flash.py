@@ -147,6 +147,35 @@ def _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
 
 
 @triton.jit
+def _row_block(ROWS, HEADS, n_rows, n_heads, GROUPS, HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr,
+               BLOCK_M: tl.constexpr):
+    """This program's batch, head (gathered through HEADS if given), key/value head, and rows
+    (gathered through ROWS if given): (off_b, off_hh, off_h, off_kh, offs_r, row_ok, offs_m)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // n_heads
+    off_hh = pid_bh % n_heads
+    if HAS_HEADS:
+        off_h = tl.load(HEADS + off_hh)
+    else:
+        off_h = off_hh
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_r < n_rows
+    if HAS_ROWS:
+        offs_m = tl.load(ROWS + offs_r, mask=row_ok, other=0)
+    else:
+        offs_m = offs_r
+    return off_b, off_hh, off_h, off_h // GROUPS, offs_r, row_ok, offs_m
+
+
+@triton.jit
+def _pos_span(offs_m, row_ok, OFF):
+    """Key positions of the first and last valid query rows of the block."""
+    pos = offs_m + OFF
+    return tl.min(tl.where(row_ok, pos, BIG), 0), tl.max(tl.where(row_ok, pos, -BIG), 0)
+
+
+@triton.jit
 def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
          ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
          MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI, PREFIX,
@@ -157,28 +186,13 @@ def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
          HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
          HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, COMPUTE_OUT: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // n_heads
-    off_hh = pid_bh % n_heads
-    if HAS_HEADS:
-        off_h = tl.load(HEADS + off_hh)
-    else:
-        off_h = off_hh
-    off_kh = off_h // GROUPS
-    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_r < n_rows
-    if HAS_ROWS:
-        offs_m = tl.load(ROWS + offs_r, mask=row_ok, other=0)
-    else:
-        offs_m = offs_r
+    off_b, off_hh, off_h, off_kh, offs_r, row_ok, offs_m = _row_block(ROWS, HEADS, n_rows, n_heads, GROUPS,
+                                                                      HAS_ROWS, HAS_HEADS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     q = tl.load(Q + off_b.to(tl.int64) * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
-    pos = offs_m + OFF
-    pos_lo = tl.min(tl.where(row_ok, pos, BIG), 0)
-    pos_hi = tl.max(tl.where(row_ok, pos, -BIG), 0)
+    pos_lo, pos_hi = _pos_span(offs_m, row_ok, OFF)
     lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
                         IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
@@ -324,9 +338,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
     row_base = pid_bh.to(tl.int64) * L
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    pos = offs_m + OFF
-    pos_lo = tl.min(tl.where(row_ok, pos, BIG), 0)
-    pos_hi = tl.max(tl.where(row_ok, pos, -BIG), 0)
+    pos_lo, pos_hi = _pos_span(offs_m, row_ok, OFF)
     lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
                         IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
@@ -369,7 +381,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
         if BIAS_GRAD:
             tl.store(DBIAS + (pid_bh.to(tl.int64) * L + offs_m[:, None]) * S + offs_n[None, :], ds, mask=in_tile)
         if TABLE_GRAD:
-            rel = tl.minimum(tl.maximum(offs_n[None, :] - pos[:, None], -REL_R), REL_R) + REL_R
+            rel = tl.minimum(tl.maximum(offs_n[None, :] - (offs_m + OFF)[:, None], -REL_R), REL_R) + REL_R
             tl.atomic_add(DTABLE + off_h * stabh + rel, ds, mask=in_tile & (p > 0))
         if MOD == 2:
             ds = ds * (1.0 - (t / cap) * (t / cap))
@@ -390,29 +402,14 @@ def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm
              HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
              HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """W[b, hh, r, j] = 2^(s·log2 e - lse): the probabilities the forward used (zeros where masked)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // n_heads
-    off_hh = pid_bh % n_heads
-    if HAS_HEADS:
-        off_h = tl.load(HEADS + off_hh)
-    else:
-        off_h = off_hh
-    off_kh = off_h // GROUPS
-    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_r < n_rows
-    if HAS_ROWS:
-        offs_m = tl.load(ROWS + offs_r, mask=row_ok, other=0)
-    else:
-        offs_m = offs_r
+    off_b, off_hh, off_h, off_kh, offs_r, row_ok, offs_m = _row_block(ROWS, HEADS, n_rows, n_heads, GROUPS,
+                                                                      HAS_ROWS, HAS_HEADS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q = tl.load(Q + off_b.to(tl.int64) * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
     lse = tl.load(LSE + (off_b.to(tl.int64) * n_heads + off_hh) * n_rows + offs_r, mask=row_ok, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    pos = offs_m + OFF
-    pos_lo = tl.min(tl.where(row_ok, pos, BIG), 0)
-    pos_hi = tl.max(tl.where(row_ok, pos, -BIG), 0)
+    pos_lo, pos_hi = _pos_span(offs_m, row_ok, OFF)
     lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
                         IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
