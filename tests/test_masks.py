@@ -117,3 +117,15 @@ def test_window_edge_cases(backend):
     m = R.window_mask(L, S, 2, 5) & R.causal_mask(L, S) & (torch.arange(S) < 7)
     ref, _ = R.reference(q, k, v, lambda x, y: R.dot(x, y) / 8**0.5, allowed=m)
     torch.testing.assert_close(a, ref)
+
+
+def test_varlen_is_document_from_cumulative_lengths():
+    a = attend.masks.to_dense(attend.masks.varlen([0, 3, 3, 5]), 1, 1, 5, 5)
+    b = attend.masks.to_dense(attend.masks.document([0, 0, 0, 2, 2]), 1, 1, 5, 5)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"cu_seqlens must start at 0 and never decrease, got \[1, 3\]"):
+        attend.masks.varlen([1, 3])
+    with pytest.raises(ValueError, match=r"cu_seqlens must start at 0 and never decrease, got \[0, 3, 2\]"):
+        attend.masks.varlen([0, 3, 2])
+    with pytest.raises(ValueError, match="cu_seqlens must be a 1-D integer sequence"):
+        attend.masks.varlen([0.0, 2.0])

@@ -50,11 +50,6 @@ MAX_HEAD_DIM = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def triton_status() -> Optional[str]:
-    """None when Triton can be imported, else why not."""
-    return _import_error()
-
-
 @functools.lru_cache(maxsize=1)
 def _import_error() -> Optional[str]:
     try:
@@ -358,7 +353,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     exact_delta = (bias_grad or table_grad) and q.dtype != torch.float32
     if not exact_delta:
         bm = 64 if Ev <= 128 else 32
-        _kernel("_delta", bucket, False)[(triton_cdiv(L, bm), B * Hq)](
+        _kernel("_delta", bucket, False)[((L + bm - 1) // bm, B * Hq)](
             out, do, delta, *out.stride(), *do.stride(), Hq, L, EV=Ev, BLOCK_DV=_pow2(Ev), BLOCK_M=bm)
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous
     shared = _mask_args(p, dummy, L, S)
@@ -408,10 +403,6 @@ def flash_key_totals(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, block_m: int
         q, k, lse, t, *q.stride(), *k.stride(), Hq, L, S, S - L, Hq // Hkv, p.scale,
         **_mask_args(p, dummy, L, S), E=E, BLOCK_D=_pow2(E), DOT_PREC=_prec(q.dtype, q.device), **kw)
     return t
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 # ---- custom ops: torch.compile sees one opaque call with a fake-tensor rule and autograd ----
