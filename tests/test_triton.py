@@ -353,8 +353,12 @@ def test_weights_api_errors_name_the_argument():
         attend.attention_weights(q, k, heads=[[0]])
     with pytest.raises(TypeError, match="takes no 'value' argument"):
         attend.attention_weights(q, k, value=k)
-    with pytest.raises(TypeError, match="takes no 'dropout_p' argument"):
+    with pytest.raises(TypeError, match="key_totals\\(\\) takes no 'dropout_p' argument"):
         attend.key_totals(q, k, dropout_p=0.1)
+    with pytest.raises(ValueError, match=r"heads: 2-D inputs \(L, E\) have no heads dimension"):
+        attend.attention_weights(q[0, 0], k[0, 0], heads=[0])
+    w = attend.attention_weights(q[0, 0], k[0, 0], rows=[1])  # 2-D: (rows, S)
+    assert w.shape == (1, 4)
 
 
 # ---- what it cannot run, it says -----------------------------------------------------------

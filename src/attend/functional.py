@@ -115,10 +115,7 @@ def attention_weights(query: Tensor, key: Tensor, *, heads=None, rows=None, **kw
     heads and rows are computed (a log-sum-exp pass, then their weights); other
     backends compute all weights and select.
     """
-    for arg in ("value", "return_weights", "hard", "dropout_p"):
-        if arg in kwargs:
-            raise TypeError(f"attention_weights() takes no {arg!r} argument")
-    call, shape = _prepare(query, key, key, return_weights=True, **kwargs)
+    call, shape = _weights_call("attention_weights", query, key, kwargs)
     if not shape.heads and heads is not None:
         raise ValueError("heads: 2-D inputs (L, E) have no heads dimension; pass heads=None")
     h = _indices("heads", heads, call.Hq)
@@ -141,16 +138,24 @@ def key_totals(query: Tensor, key: Tensor, **kwargs) -> Tensor:
     over heads). This is the column sum KV-cache eviction schemes (H2O, Scissorhands)
     rank keys by. On ``triton`` it is computed without materialising the weights.
     """
-    for arg in ("value", "return_weights", "hard", "dropout_p"):
-        if arg in kwargs:
-            raise TypeError(f"key_totals() takes no {arg!r} argument")
-    call, shape = _prepare(query, key, key, return_weights=True, **kwargs)
+    call, shape = _weights_call("key_totals", query, key, kwargs)
     if call.B == 0 or call.L == 0 or call.S == 0:
         t = call.query.new_zeros(call.B, call.Hq, call.S, dtype=torch.float32)
     else:
         chosen, _ = _backends.select(call, kwargs.get("backend", "auto"))
         t = chosen.key_totals(call)
     return t.reshape(*shape.batch, *shape.heads, call.S)
+
+
+def _weights_call(fn: str, query: Tensor, key: Tensor, kwargs: dict):
+    """Validate a weights-only call (no value, no dropout or hard attention): ``(call, shape)``.
+
+    The key stands in for the value: the weights never read it.
+    """
+    for arg in ("value", "return_weights", "hard", "dropout_p"):
+        if arg in kwargs:
+            raise TypeError(f"{fn}() takes no {arg!r} argument")
+    return _prepare(query, key, key, return_weights=True, **kwargs)
 
 
 def _indices(arg: str, idx, n: int) -> Optional[Tensor]:
