@@ -25,7 +25,17 @@ FLOPs (as FlashAttention's papers count them): forward = 4·B·H·L·S·E, halve
 (only the unmasked half is work); backward = 2.5 x forward (five matmuls instead of two).
 Times are medians of ``triton.testing.do_bench``.
 
-Results: ``benchmarks/results/gpu-<device>.md`` and ``.json``.
+Results: ``benchmarks/results/gpu-<device>.md`` and ``.json``, rewritten after every row,
+so a run cut off by a time limit keeps what it measured. A rerun with the same ``--out``
+resumes: rows already in the JSON are kept and skipped (``--fresh`` starts over).
+``--budget SECONDS`` stops before starting a row that would not fit, so the whole
+benchmark can be taken in several calls of a limited length::
+
+    python benchmarks/gpu.py --budget 480          # again until it prints "complete"
+    python benchmarks/gpu.py --parts main --dtypes bfloat16 --dims 128 --lengths 8192
+
+FlexAttention recompiles for every shape (tens of seconds each); by default it is timed
+at ``--flex-lengths`` only (1k, 4k, 16k) and shows n/a elsewhere.
 """
 from __future__ import annotations
 
@@ -37,6 +47,7 @@ import platform
 import subprocess
 import sys
 import time
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +55,15 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--tiny", action="store_true", help="toy sizes; on a CPU runs the kernels in Triton's interpreter")
 ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
 ap.add_argument("--quick", action="store_true", help="fewer shapes (first look on a GPU)")
+ap.add_argument("--parts", default="checks,main,variants", help="comma list of checks, main, variants")
+ap.add_argument("--dtypes", default="bfloat16,float16", help="main table dtypes")
+ap.add_argument("--dims", default="64,128", help="main table head dims")
+ap.add_argument("--lengths", default="", help="main table L=S values (default 512..16384; --quick 1k,4k,16k)")
+ap.add_argument("--flex-lengths", default="1024,4096,16384", help="lengths at which FlexAttention is compiled and timed")
+ap.add_argument("--budget", type=float, default=0.0, help="seconds; do not start a row that would not fit")
+ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
 args = ap.parse_args()
+START = time.monotonic()
 
 import torch  # noqa: E402
 
@@ -191,34 +210,75 @@ def time_impl(fn, q, k, v, causal) -> tuple[float, float, float]:
         return math.nan, math.nan, math.nan
 
 
-def main_table(impls) -> list[dict]:
-    rows = []
-    lengths = [64, 128] if args.tiny else ([1024, 4096, 16384] if args.quick else [512, 1024, 2048, 4096, 8192, 16384])
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+class Budget:
+    """Whether the next step of about the longest step so far (first: ``first`` s) still fits."""
+
+    def __init__(self, first: float = 90.0):
+        self.longest = first
+
+    def fits(self) -> bool:
+        return not args.budget or time.monotonic() - START + self.longest <= args.budget
+
+    def took(self, seconds: float) -> None:
+        self.longest = max(self.longest if self.longest != 90.0 else 0.0, seconds)
+
+
+def row_key(r: dict) -> str:
+    return f"{r['dtype']}|{r['E']}|{r['L']}|{r['causal']}"
+
+
+def main_table(impls, state: dict, save) -> bool:
+    """Time every row not yet in ``state['table']``; True when all rows are done."""
+    if args.lengths:
+        lengths = _ints(args.lengths)
+    else:
+        lengths = [64, 128] if args.tiny else ([1024, 4096, 16384] if args.quick else [512, 1024, 2048, 4096, 8192, 16384])
+    flex_lengths = set(lengths if args.tiny else _ints(args.flex_lengths))
     tokens, hidden = (256, 128) if args.tiny else (16384, 2048)
-    for dtype in (torch.bfloat16, torch.float16):
-        for E in (64, 128):
+    done = {row_key(r) for r in state["table"]}
+    budget = Budget()
+    for dname in args.dtypes.split(","):
+        dtype = getattr(torch, dname.strip())
+        for E in _ints(args.dims):
             H = hidden // E
             for L in lengths:
                 B = max(1, tokens // L)
                 for causal in (False, True):
+                    row = {"dtype": str(dtype).replace("torch.", ""), "E": E, "L": L, "B": B, "H": H, "causal": causal}
+                    if row_key(row) in done:
+                        continue
+                    if not budget.fits():
+                        print(f"  budget: stopping before {row_key(row)}; rerun to continue", flush=True)
+                        return False
+                    t0 = time.monotonic()
                     q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
                     fwd_flops = 4 * B * H * L * L * E * (0.5 if causal else 1.0)
-                    row = {"dtype": str(dtype).replace("torch.", ""), "E": E, "L": L, "B": B, "H": H, "causal": causal}
                     for name, fn in impls.items():
+                        if name.startswith("flex") and L not in flex_lengths:
+                            row[name] = None  # not compiled at this length (--flex-lengths)
+                            continue
                         f, bwd, fb = time_impl(fn, q, k, v, causal)
                         row[name] = {"fwd_ms": f, "bwd_ms": bwd, "fwd_bwd_ms": fb,
                                      "fwd_tflops": fwd_flops / f / 1e9, "bwd_tflops": 2.5 * fwd_flops / bwd / 1e9,
                                      "fwd_bwd_tflops": 3.5 * fwd_flops / fb / 1e9}
-                    rows.append(row)
-                    a, fl = row["attend triton"], row.get("sdpa flash", {})
+                    row["seconds"] = round(time.monotonic() - t0, 1)
+                    budget.took(row["seconds"])
+                    state["table"].append(row)
+                    save()
+                    a, fl = row["attend triton"], row.get("sdpa flash") or {}
                     print(f"  {row['dtype']} E={E} L={L} causal={causal}: attend fwd {a['fwd_tflops']:.1f} "
                           f"bwd {a['bwd_tflops']:.1f} TFLOP/s; sdpa flash fwd {fl.get('fwd_tflops', math.nan):.1f} "
-                          f"bwd {fl.get('bwd_tflops', math.nan):.1f}", flush=True)
+                          f"bwd {fl.get('bwd_tflops', math.nan):.1f} ({row['seconds']} s)", flush=True)
                     del q, k, v
-    return rows
+    return True
 
 
-def variants() -> dict:
+def variants(state: dict, save) -> bool:
+    """Masks and score_mods vs plain, and the weights, at one shape; True when all are done."""
     B, H, L, E = (1, 2, 64, 32) if args.tiny else (4, 16, 4096, 128)
     dtype = torch.bfloat16
     q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -234,8 +294,16 @@ def variants() -> dict:
         "softcap 30": {"score_mod": attend.mods.softcap(30.0)},
         "relative bias (+-128)": {"score_mod": attend.mods.relative_bias(table)},
     }
-    out = {}
+    var = state.setdefault("variants", {"shape": {"B": B, "H": H, "L": L, "E": E, "dtype": "bfloat16"}, "cases": {}})
+    out = var["cases"]
+    budget = Budget(30.0)
     for name, kw in cases.items():
+        if name in out:
+            continue
+        if not budget.fits():
+            print(f"  budget: stopping before variant {name!r}; rerun to continue", flush=True)
+            return False
+        t0 = time.monotonic()
         fn = lambda: attend.attention(q, k, v, backend=TRITON, **kw)  # noqa: E731
         o = fn()
         dout = torch.randn_like(o)
@@ -245,38 +313,87 @@ def variants() -> dict:
             torch.autograd.grad(fn(), (q, k, v), dout)
         fb = bench(both)
         out[name] = {"fwd_ms": f, "fwd_bwd_ms": fb}
+        budget.took(time.monotonic() - t0)
+        save()
         print(f"  {name}: fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms", flush=True)
-    with torch.no_grad():
-        f = bench(lambda: attend.attention(q, k, v, backend=TRITON))
-        w = bench(lambda: attend.attention(q, k, v, backend=TRITON, return_weights=True))
-        rows = torch.arange(0, L, L // 64, device=DEV)[:64]
-        sel = bench(lambda: attend.attention_weights(q, k, heads=[0, 5 % H], rows=rows, backend=TRITON))
-        tot = bench(lambda: attend.key_totals(q, k, backend=TRITON))
-    out["weights"] = {"forward_ms": f, "forward_and_all_weights_ms": w, "all_weights_over_forward": w / f,
-                      "weights_2_heads_64_rows_ms": sel, "key_totals_ms": tot,
-                      "weights_bytes": B * H * L * L * 2}
-    print(f"  weights: forward {f:.3f} ms, forward + all weights {w:.3f} ms ({w / f:.2f}x); "
-          f"2 heads x 64 rows {sel:.3f} ms; key totals {tot:.3f} ms", flush=True)
-    return {"shape": {"B": B, "H": H, "L": L, "E": E, "dtype": "bfloat16"}, "cases": out}
+    if "weights" not in out:
+        if not budget.fits():
+            print("  budget: stopping before the weights; rerun to continue", flush=True)
+            return False
+        with torch.no_grad():
+            f = bench(lambda: attend.attention(q, k, v, backend=TRITON))
+            w = bench(lambda: attend.attention(q, k, v, backend=TRITON, return_weights=True))
+            rows = torch.arange(0, L, L // 64, device=DEV)[:64]
+            sel = bench(lambda: attend.attention_weights(q, k, heads=[0, 5 % H], rows=rows, backend=TRITON))
+            tot = bench(lambda: attend.key_totals(q, k, backend=TRITON))
+        out["weights"] = {"forward_ms": f, "forward_and_all_weights_ms": w, "all_weights_over_forward": w / f,
+                          "weights_2_heads_64_rows_ms": sel, "key_totals_ms": tot,
+                          "weights_bytes": B * H * L * L * 2}
+        save()
+        print(f"  weights: forward {f:.3f} ms, forward + all weights {w:.3f} ms ({w / f:.2f}x); "
+              f"2 heads x 64 rows {sel:.3f} ms; key totals {tot:.3f} ms", flush=True)
+    return True
 
 
 def fmt(x, nd=1):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def report(env, checked, table, var, impls) -> str:
-    names = list(impls)
+def targets(table: list[dict], var: Optional[dict]) -> list[str]:
+    """The issue's "must reach" lines, each read off the rows measured so far."""
+    out = []
+
+    def ratios(key):
+        return [(r, r["attend triton"][key] / r["sdpa flash"][key]) for r in table
+                if r.get("sdpa flash") and not math.isnan(r["sdpa flash"][key])]
+    fwd = [(r, x) for r, x in ratios("fwd_tflops") if r["L"] >= 1024]
+    if fwd:
+        worst = min(fwd, key=lambda t: t[1])
+        out.append(f"forward >= 1.0x SDPA flash at every L >= 1k: {'met' if worst[1] >= 1.0 else 'NOT met'} "
+                   f"(worst {worst[1]:.2f}x at {row_key(worst[0])}; {len(fwd)} rows)")
+    big = [r for r in table if r["E"] == 128 and r["L"] == 8192 and not r["causal"]]
+    for r in big:
+        t = r["attend triton"]["fwd_tflops"]
+        out.append(f"forward E=128 L=8k non-causal {r['dtype']} >= 450 TFLOP/s: {'met' if t >= 450 else 'NOT met'} "
+                   f"({t:.0f})")
+    bwd = ratios("bwd_tflops")
+    if bwd:
+        worst = min(bwd, key=lambda t: t[1])
+        out.append(f"backward >= 0.9x SDPA flash: {'met' if worst[1] >= 0.9 else 'NOT met'} "
+                   f"(worst {worst[1]:.2f}x at {row_key(worst[0])}; {len(bwd)} rows)")
+    cases = (var or {}).get("cases", {})
+    if "plain" in cases:
+        mods = [n for n in cases if n not in ("plain", "weights")]
+        slow = [(n, cases[n]["fwd_ms"] / cases["plain"]["fwd_ms"]) for n in mods]
+        worst = max(slow, key=lambda t: t[1]) if slow else None
+        if worst:
+            out.append(f"masks/score_mods <= 1.15x plain (forward): {'met' if worst[1] <= 1.15 else 'NOT met'} "
+                       f"(slowest {worst[0]} {worst[1]:.2f}x)")
+    if "weights" in cases:
+        x = cases["weights"]["all_weights_over_forward"]
+        out.append(f"all weights <= 2x the forward: {'met' if x <= 2.0 else 'NOT met'} ({x:.2f}x)")
+    return out
+
+
+def report(state: dict, names: list[str], complete: bool) -> str:
+    env, checked, table, var = state["environment"], state.get("checks", []), state["table"], state.get("variants")
     lines = ["# Fused attention on the GPU: attend `triton` vs PyTorch's fused kernels", "",
              f"Device: {env['device']}; driver {env.get('driver', '-')}; CUDA {env.get('cuda', '-')}; "
              f"torch {env['torch']}; triton {env['triton']}; Python {env['python']}. Date: {env['date']}.", "",
-             f"Command: `python benchmarks/gpu.py{' --tiny' if args.tiny else ''}`", ""]
+             f"Command: `python benchmarks/gpu.py{' --tiny' if args.tiny else ''}` (resumed across calls where a "
+             f"time limit cut it; each row is one process's side-by-side measurement)", ""]
     if args.tiny:
         lines += ["**Toy sizes (`--tiny`): a check that the script runs end to end, not a measurement.**", ""]
+    if not complete:
+        lines += ["**Partial: not every row has been measured yet.**", ""]
     if "matmul_bf16_tflops" in env:
         lines += [f"Measured bf16 matmul (8192^3): **{env['matmul_bf16_tflops']} TFLOP/s** (the ceiling).", ""]
     lines += ["FLOPs: forward 4·B·H·L·S·E (x0.5 causal), backward 2.5x forward; medians of "
-              "`triton.testing.do_bench`. Batch x L = 16k tokens, hidden 2048 (H = 2048/E).", "",
-              "## Checks against float64 (relative L2 error)", "",
+              "`triton.testing.do_bench`. Batch x L = 16k tokens, hidden 2048 (H = 2048/E). n/a: the "
+              "implementation refused the shape, or FlexAttention was not compiled at that length.", "",
+              "## Targets (the issue's \"must reach\")", ""]
+    lines += [f"- {t}" for t in targets(table, var)] or ["- nothing measured yet"]
+    lines += ["", "## Checks against float64 (relative L2 error)", "",
               "| case | dtype | out | dq | dk | dv |", "|---|---|---|---|---|---|"]
     for r in checked:
         lines.append(f"| {r['case']} | {r['dtype']} | {r['out']:.1e} | {r['dq']:.1e} | {r['dk']:.1e} | {r['dv']:.1e} |")
@@ -285,54 +402,89 @@ def report(env, checked, table, var, impls) -> str:
                   "| dtype | E | L | causal | " + " | ".join(names) + " | attend / sdpa flash |",
                   "|---|---|---|---|" + "---|" * (len(names) + 1)]
         for r in table:
-            vals = [r[n][key] for n in names]
-            fl = r.get("sdpa flash", {}).get(key, math.nan)
+            vals = [(r.get(n) or {}).get(key) for n in names]
+            fl = (r.get("sdpa flash") or {}).get(key, math.nan)
             ratio = r["attend triton"][key] / fl if fl and not math.isnan(fl) else math.nan
             lines.append(f"| {r['dtype']} | {r['E']} | {r['L']} | {'yes' if r['causal'] else 'no'} | "
                          + " | ".join(fmt(x) for x in vals) + f" | {fmt(ratio, 2)} |")
-    s = var["shape"]
-    plain = var["cases"]["plain"]
-    lines += ["", f"## Masks and score_mods (attend `triton`, {s['dtype']}, B={s['B']}, H={s['H']}, L=S={s['L']}, "
-              f"E={s['E']})", "", "| variant | forward ms | vs plain | fwd+bwd ms | vs plain |", "|---|---|---|---|---|"]
-    for name, c in var["cases"].items():
-        if name == "weights":
-            continue
-        lines.append(f"| {name} | {c['fwd_ms']:.3f} | {c['fwd_ms'] / plain['fwd_ms']:.2f} | {c['fwd_bwd_ms']:.3f} | "
-                     f"{c['fwd_bwd_ms'] / plain['fwd_bwd_ms']:.2f} |")
-    w = var["cases"]["weights"]
-    lines += ["", "## Weights from the fused path", "",
-              f"- forward alone {w['forward_ms']:.3f} ms; forward + all weights ({w['weights_bytes'] / 2**20:.0f} MiB "
-              f"of bf16) {w['forward_and_all_weights_ms']:.3f} ms: **{w['all_weights_over_forward']:.2f}x**",
-              f"- weights of 2 heads x 64 rows: {w['weights_2_heads_64_rows_ms']:.3f} ms; per-key totals: "
-              f"{w['key_totals_ms']:.3f} ms"]
+    if var and var.get("cases"):
+        s = var["shape"]
+        cases = var["cases"]
+        plain = cases.get("plain")
+        lines += ["", f"## Masks and score_mods (attend `triton`, {s['dtype']}, B={s['B']}, H={s['H']}, "
+                  f"L=S={s['L']}, E={s['E']})", "", "| variant | forward ms | vs plain | fwd+bwd ms | vs plain |",
+                  "|---|---|---|---|---|"]
+        for name, c in cases.items():
+            if name == "weights":
+                continue
+            lines.append(f"| {name} | {c['fwd_ms']:.3f} | {fmt(c['fwd_ms'] / plain['fwd_ms'], 2) if plain else 'n/a'} "
+                         f"| {c['fwd_bwd_ms']:.3f} | "
+                         f"{fmt(c['fwd_bwd_ms'] / plain['fwd_bwd_ms'], 2) if plain else 'n/a'} |")
+        w = cases.get("weights")
+        if w:
+            lines += ["", "## Weights from the fused path", "",
+                      f"- forward alone {w['forward_ms']:.3f} ms; forward + all weights "
+                      f"({w['weights_bytes'] / 2**20:.0f} MiB of bf16) {w['forward_and_all_weights_ms']:.3f} ms: "
+                      f"**{w['all_weights_over_forward']:.2f}x**",
+                      f"- weights of 2 heads x 64 rows: {w['weights_2_heads_64_rows_ms']:.3f} ms; per-key totals: "
+                      f"{w['key_totals_ms']:.3f} ms"]
     return "\n".join(lines) + "\n"
 
 
 def main():
-    env = environment()
-    print("environment:", env, flush=True)
-    checked = []
-    for dtype in (torch.bfloat16, torch.float16):
-        checked += checks(dtype)
-    for r in checked:
-        print("  check", r, flush=True)
+    parts = set(args.parts.split(","))
+    unknown = parts - {"checks", "main", "variants"}
+    if unknown:
+        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from checks, main, variants")
+    device = "cpu (Triton interpreter)" if not CUDA else torch.cuda.get_device_name()
+    dev = "tiny-" + ("cpu" if not CUDA else "gpu") if args.tiny else device.lower().replace(" ", "-")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"gpu-{dev}.md")
+    jpath = path[:-3] + ".json"
+    state = None
+    if os.path.exists(jpath) and not args.fresh:
+        with open(jpath) as f:
+            state = json.load(f)  # plain JSON written by this script
+        if state.get("environment", {}).get("device") != device:
+            raise SystemExit(f"{jpath} holds another device's results; use --fresh or another --out")
+        print(f"resuming from {jpath}: {len(state['table'])} rows", flush=True)
+    if state is None:
+        state = {"environment": environment(), "checks": [], "table": []}
+    print("environment:", state["environment"], flush=True)
     impls = {"attend triton": attend_fn}
     if CUDA:
         for name in ("flash", "efficient", "cudnn"):
             impls[f"sdpa {name}"] = sdpa_fn(name)
         impls["flex (compiled)"] = flex_fn()
-    table = main_table(impls)
-    var = variants()
-    text = report(env, checked, table, var, impls)
-    dev = "tiny-" + ("cpu" if not CUDA else "gpu") if args.tiny else env["device"].lower().replace(" ", "-")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"gpu-{dev}.md")
-    with open(path, "w") as f:
-        f.write(text)
-    with open(path.replace(".md", ".json"), "w") as f:
-        json.dump({"environment": env, "checks": checked, "table": table, "variants": var}, f, indent=1)
-    print(text)
-    print("wrote", path)
+    names = list(impls)
+    complete = [False]
+
+    def save():
+        tmp = jpath + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, jpath)
+        with open(path + ".tmp", "w") as f:
+            f.write(report(state, names, complete[0]))
+        os.replace(path + ".tmp", path)
+
+    if "checks" in parts and not state["checks"]:
+        checked = []
+        for dtype in (torch.bfloat16, torch.float16):
+            checked += checks(dtype)  # stops the run on a failed check, before any timing
+        state["checks"] = checked
+        for r in checked:
+            print("  check", r, flush=True)
+        save()
+    done = True
+    if "main" in parts:
+        done = main_table(impls, state, save) and done
+    if "variants" in parts and done:
+        done = variants(state, save) and done
+    complete[0] = done and bool(state["checks"]) and "variants" in state
+    save()
+    print(report(state, names, complete[0]))
+    print("wrote", path, "(complete)" if complete[0] else "(partial: rerun the same command to continue)")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,45 @@ def test_mask_rules(rule, L):
     assert torch.equal(out[dead.expand(-1, 2, -1)], torch.zeros_like(out[dead.expand(-1, 2, -1)]))
 
 
+# Blocks that every rule allows whole run without evaluating any mask (the full/boundary
+# split, ``_key_full``/``_query_full``); these shapes put whole, boundary and skipped 16-blocks
+# side by side, with L and S on and off the block edges, in forward, dQ and dK/dV.
+SPLIT = {
+    "causal 64x64": (64, 64, lambda: {"causal": True}, lambda b, i, j, L, S: j <= i + S - L),
+    "causal 50x77": (50, 77, lambda: {"causal": True}, lambda b, i, j, L, S: j <= i + S - L),
+    "causal 77x50": (77, 50, lambda: {"causal": True}, lambda b, i, j, L, S: j <= i + S - L),
+    "window (20, 5) 80x80": (80, 80, lambda: {"window": (20, 5)},
+                             lambda b, i, j, L, S: i - 20 <= j <= i + 5),
+    "padding 48x64": (48, 64, lambda: {"mask": attend.masks.padding([33, 64])},
+                      lambda b, i, j, L, S: j < [33, 64][b]),
+    "prefix_lm 64x64": (64, 64, lambda: {"mask": attend.masks.prefix_lm(torch.tensor([21, 40]))},
+                        lambda b, i, j, L, S: j < [21, 40][b] or j <= i),
+    "window+padding 70x70": (70, 70, lambda: {"mask": attend.masks.and_masks(attend.masks.sliding_window((30, 0)),
+                                                                            attend.masks.padding([50, 70]))},
+                             lambda b, i, j, L, S: i - 30 <= j <= i and j < [50, 70][b]),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT))
+def test_whole_and_boundary_blocks(case):
+    L, S, make, pred = SPLIT[case]
+    allowed = _loops(2, L, S, lambda b, i, j: pred(b, i, j, L, S))
+    q, k, v = inputs(2, 4, 2, L, S, 16, 16, torch.float32)
+    check_case(q, k, v, kw=make(), ref_scores=_scaled(16), allowed=allowed, dtype=torch.float32, what=case)
+
+
+def test_whole_blocks_with_a_score_mod():
+    """ALiBi on a causal 64x48 (L > S): the whole blocks apply the score_mod without a mask."""
+    L, S, H = 64, 48, 2
+    slopes = attend.mods.alibi_slopes(H)
+    rel = _rel(L, S).abs().double()
+    allowed = _loops(1, L, S, lambda b, i, j: j <= i + S - L)
+    q, k, v = inputs(1, H, H, L, S, 16, 16, torch.float32)
+    check_case(q, k, v, kw={"causal": True, "score_mod": attend.mods.alibi(slopes)}, ref_scores=_scaled(16),
+               allowed=allowed, mod=lambda s: s - slopes.double().view(1, H, 1, 1) * rel, dtype=torch.float32,
+               what="alibi causal L > S")
+
+
 @pytest.mark.parametrize("kw,ruled_out", [
     ({"causal": True}, lambda i, j: j > i),
     ({"window": (8, 0)}, lambda i, j: j > i or j < i - 8),

@@ -32,8 +32,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
-BIG: tl.constexpr = 1 << 30
+LOG2E = tl.constexpr(1.4426950408889634)
+BIG = tl.constexpr(1 << 30)
 
 
 @triton.jit
@@ -99,50 +99,127 @@ def _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb,
 
 
 @triton.jit
+def _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX,
+              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+              HAS_PREFIX: tl.constexpr, ELEMENTWISE: tl.constexpr):
+    """Keys [lo, hi) that *every* query at key positions pos_lo..pos_hi may reach: blocks in
+    there need no mask. Empty when an element-wise rule (dense mask, key mask, documents) is on."""
+    lo = pos_lo * 0
+    hi = pos_lo * 0 + S
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, pos_lo + 1)
+    if HAS_WR:
+        hi = tl.minimum(hi, pos_lo + WR + 1)
+    if HAS_WL:
+        lo = tl.maximum(lo, pos_hi - WL)
+    if HAS_LENS:
+        hi = tl.minimum(hi, tl.load(LENS + off_b))
+    if HAS_PREFIX:
+        hi = tl.minimum(hi, tl.maximum(tl.load(PREFIX + off_b), pos_lo + 1))
+    if ELEMENTWISE:
+        hi = lo
+    return tl.maximum(lo, 0), hi
+
+
+@triton.jit
+def _query_full(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, PREFIX,
+                IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+                HAS_PREFIX: tl.constexpr, ELEMENTWISE: tl.constexpr):
+    """Query rows [lo, hi) that reach *every* key n_lo..n_hi: blocks in there need no mask."""
+    lo = n_lo * 0
+    hi = n_lo * 0 + L
+    if IS_CAUSAL:  # n_hi <= i + OFF
+        lo = tl.maximum(lo, n_hi - OFF)
+    if HAS_WR:
+        lo = tl.maximum(lo, n_hi - WR - OFF)
+    if HAS_WL:  # n_lo >= i + OFF - WL
+        hi = tl.minimum(hi, n_lo + WL - OFF + 1)
+    if HAS_LENS:
+        hi = tl.where(n_hi >= tl.load(LENS + off_b), lo, hi)
+    if HAS_PREFIX:
+        lo = tl.where(n_hi < tl.load(PREFIX + off_b), lo, tl.maximum(lo, n_hi - OFF))
+    if ELEMENTWISE:
+        hi = lo
+    return tl.maximum(lo, 0), hi
+
+
+@triton.jit
+def _split(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
+    """Block starts for three loops over [lo, hi): masked [a, b), unmasked [b, c), masked [c, hi).
+    The unmasked blocks lie wholly inside [full_lo, full_hi)."""
+    a = (lo // BLOCK) * BLOCK
+    b = tl.maximum(((full_lo + BLOCK - 1) // BLOCK) * BLOCK, a)
+    c = (full_hi // BLOCK) * BLOCK
+    end = ((hi + BLOCK - 1) // BLOCK) * BLOCK
+    empty = c <= b
+    return a, tl.where(empty, end, b), tl.where(empty, end, c)
+
+
+@triton.jit
+def _tile(ptr, rows, n_rows, cols, N_COLS: tl.constexpr, BLOCK_COLS: tl.constexpr, CHECK_ROWS: tl.constexpr):
+    """Load a (rows, cols) tile, zero outside; no mask at all where none is needed."""
+    if CHECK_ROWS:
+        return tl.load(ptr, mask=(rows[:, None] < n_rows) & (cols[None, :] < N_COLS), other=0.0)
+    elif N_COLS == BLOCK_COLS:
+        return tl.load(ptr)
+    else:
+        return tl.load(ptr, mask=cols[None, :] < N_COLS, other=0.0)
+
+
+@triton.jit
 def _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
             MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
             SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
             IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
             HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
-            HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Final scores (BLOCK_M, BLOCK_N) in fp32, natural units, -inf where masked; and the
-    score after the score_mod (soft-capping's backward needs it)."""
-    s = _dot(q, tl.trans(k), DOT_PREC) * sm_scale
+            HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+    """Final scores (BLOCK_M, BLOCK_N) in fp32 and log2 units (x log2 e), -inf where masked; and
+    the score after the score_mod in natural units (soft-capping's backward needs it).
+    ``MASKED=False``: a block every rule allows whole (``_key_full``/``_query_full``), all keys
+    < S: no rule is evaluated."""
     jj = offs_n[None, :]
     pp = (offs_m + OFF)[:, None]  # key position of each query row
-    if MOD == 1:  # ALiBi: - slope[h] * |i' - j|
-        s = s - tl.load(SLOPES + off_h) * tl.abs(pp - jj).to(tl.float32)
-    if MOD == 2:  # soft-capping: cap * tanh(s / cap)
-        s = cap * _tanh(s / cap)
-    if MOD == 3:  # relative-position table, clipped to [-R, R]
-        rel = tl.minimum(tl.maximum(jj - pp, -REL_R), REL_R) + REL_R
-        s = s + tl.load(TABLE + off_h * stabh + rel)
-    t = s
-    ok = row_ok[:, None] & (jj < S)
-    if HAS_BIAS:
-        b = tl.load(BIAS + off_b * sbb + off_h * sbh + offs_m[:, None] * sbm + jj * sbn, mask=ok, other=0.0)
-        s = s + b.to(tl.float32)
-    if IS_CAUSAL:
-        ok = ok & (jj <= pp)
-    if HAS_WL:
-        ok = ok & (jj >= pp - WL)
-    if HAS_WR:
-        ok = ok & (jj <= pp + WR)
-    if HAS_LENS:
-        ok = ok & (jj < tl.load(LENS + off_b))
-    if HAS_KVALID:
-        kv = tl.load(KVALID + off_b * skvb + offs_n, mask=offs_n < S, other=0)
-        ok = ok & (kv[None, :] != 0)
-    if HAS_DOC:
-        dq = tl.load(DOC + off_b * sdocb + tl.maximum(offs_m + OFF, 0), mask=row_ok, other=-1)
-        dk = tl.load(DOC + off_b * sdocb + offs_n, mask=offs_n < S, other=-2)
-        ok = ok & (dq[:, None] == dk[None, :])
-    if HAS_PREFIX:
-        ok = ok & ((jj < tl.load(PREFIX + off_b)) | (jj <= pp))
-    if HAS_MASK:
-        mv = tl.load(MASK + off_b * smb + off_h * smh + offs_m[:, None] * smm + jj * smn, mask=ok, other=0)
-        ok = ok & (mv != 0)
-    s = tl.where(ok, s, float("-inf"))
+    if (MOD == 0) and (not HAS_BIAS):
+        s = _dot(q, tl.trans(k), DOT_PREC) * (sm_scale * LOG2E)  # one multiply: scale and units
+        t = s
+    else:
+        s = _dot(q, tl.trans(k), DOT_PREC) * sm_scale
+        if MOD == 1:  # ALiBi: - slope[h] * |i' - j|
+            s = s - tl.load(SLOPES + off_h) * tl.abs(pp - jj).to(tl.float32)
+        if MOD == 2:  # soft-capping: cap * tanh(s / cap)
+            s = cap * _tanh(s / cap)
+        if MOD == 3:  # relative-position table, clipped to [-R, R]
+            rel = tl.minimum(tl.maximum(jj - pp, -REL_R), REL_R) + REL_R
+            s = s + tl.load(TABLE + off_h * stabh + rel)
+        t = s
+        if HAS_BIAS:
+            in_tile = row_ok[:, None] & (jj < S)
+            b = tl.load(BIAS + off_b * sbb + off_h * sbh + offs_m[:, None] * sbm + jj * sbn, mask=in_tile, other=0.0)
+            s = s + b.to(tl.float32)
+        s = s * LOG2E
+    if MASKED:
+        ok = row_ok[:, None] & (jj < S)
+        if IS_CAUSAL:
+            ok = ok & (jj <= pp)
+        if HAS_WL:
+            ok = ok & (jj >= pp - WL)
+        if HAS_WR:
+            ok = ok & (jj <= pp + WR)
+        if HAS_LENS:
+            ok = ok & (jj < tl.load(LENS + off_b))
+        if HAS_KVALID:
+            kv = tl.load(KVALID + off_b * skvb + offs_n, mask=offs_n < S, other=0)
+            ok = ok & (kv[None, :] != 0)
+        if HAS_DOC:
+            dq = tl.load(DOC + off_b * sdocb + tl.maximum(offs_m + OFF, 0), mask=row_ok, other=-1)
+            dk = tl.load(DOC + off_b * sdocb + offs_n, mask=offs_n < S, other=-2)
+            ok = ok & (dq[:, None] == dk[None, :])
+        if HAS_PREFIX:
+            ok = ok & ((jj < tl.load(PREFIX + off_b)) | (jj <= pp))
+        if HAS_MASK:
+            mv = tl.load(MASK + off_b * smb + off_h * smh + offs_m[:, None] * smm + jj * smn, mask=ok, other=0)
+            ok = ok & (mv != 0)
+        s = tl.where(ok, s, float("-inf"))
     return s, t
 
 
@@ -176,6 +253,38 @@ def _pos_span(offs_m, row_ok, OFF):
 
 
 @triton.jit
+def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h, S, OFF,
+              sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+              SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+              E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+              HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
+              HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr, COMPUTE_OUT: tl.constexpr,
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """One key block of the online softmax: the running (acc, max, sum) updated."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
+    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                   MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                   SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                   HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, MASKED)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED or HAS_BIAS or (MOD != 0):  # a bias or table may hold -inf too
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key so far
+    else:
+        m_safe = m_new  # plain dot scores of a whole block: finite for finite inputs
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if COMPUTE_OUT:
+        offs_dv = tl.arange(0, BLOCK_DV)
+        v = _tile(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, offs_n, S, offs_dv, EV, BLOCK_DV, MASKED)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
          ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
          MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI, PREFIX,
@@ -195,30 +304,33 @@ def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
     pos_lo, pos_hi = _pos_span(offs_m, row_ok, OFF)
     lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
                         IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                                 HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
+    a, b, c = _split(lo, hi, full_lo, full_hi, BLOCK_N)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
     v_base = V + off_b.to(tl.int64) * svb + off_kh * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-        s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                       MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                       SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
-        s = s * LOG2E
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key so far
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if COMPUTE_OUT:
-            v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                        mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
-        m_i = m_new
+    # blocks every rule allows whole first (no mask evaluated), then the boundary blocks
+    for start_n in range(b, c, BLOCK_N):
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok,
+                                  off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn,
+                                  LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+                                  E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
+                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, False)
+    for start_n in range(a, b, BLOCK_N):
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok,
+                                  off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn,
+                                  LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+                                  E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
+                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, True)
+    for start_n in range(c, hi, BLOCK_N):
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok,
+                                  off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn,
+                                  LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+                                  E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
+                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, True)
     dead = l_i == 0.0
     lse = tl.where(dead, float("-inf"), m_i + tl.log2(tl.where(dead, 1.0, l_i)))
     tl.store(LSE + (off_b.to(tl.int64) * n_heads + off_hh) * n_rows + offs_r, lse, mask=row_ok)
@@ -246,6 +358,43 @@ def _delta(O, DO, DELTA, sob, soh, som, sod, sdob, sdoh, sdom, sdod, H, L,
                  mask=msk, other=0.0)
     d = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, d, mask=offs_m < L)
+
+
+@triton.jit
+def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod, offs_n, L,
+               off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb,
+               DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+               E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+               HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
+               HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+               BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
+    """One query block's contribution to this key block's dK, dV. Rows past L load zeros and
+    an infinite log-sum-exp, so they add nothing, masked or not; key columns past S are
+    never stored."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < L
+    q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+                 mask=row_ok[:, None] & (offs_dv[None, :] < EV), other=0.0)
+    lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a row with no key: p = 0
+    delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                   MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                   SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                   HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, MASKED)
+    p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
+    dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
+    dp = _dot(do, tl.trans(v), DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    if MOD == 2:
+        ds = ds * (1.0 - (t / cap) * (t / cap))
+    dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC)
+    return dk, dv
 
 
 @triton.jit
@@ -277,37 +426,71 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     n_hi = tl.minimum(n_lo + BLOCK_N, S) - 1
     lo, hi = _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
                           IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    full_lo, full_hi = _query_full(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR,
+                                   HAS_LENS, HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
+    a, b, c = _split(lo, hi, full_lo, full_hi, BLOCK_M)
     for g in range(0, GROUPS):
         off_h = off_kh * GROUPS + g
         q_base = Q + off_b.to(tl.int64) * sqb + off_h * sqh
         do_base = DO + off_b.to(tl.int64) * sdob + off_h * sdoh
         row_base = (off_b.to(tl.int64) * Hq + off_h) * L
-        for start_m in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < L
-            q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                        mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
-                         mask=row_ok[:, None] & (offs_dv[None, :] < EV), other=0.0)
-            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
-            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a row with no key: p = 0
-            delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                           MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                           SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
-            p = tl.exp2(s * LOG2E - lse[:, None])  # (BLOCK_M, BLOCK_N)
-            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
-            dp = _dot(do, tl.trans(v), DOT_PREC)
-            ds = p * (dp - delta[:, None])
-            if MOD == 2:
-                ds = ds * (1.0 - (t / cap) * (t / cap))
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC)
+        for start_m in range(b, c, BLOCK_M):  # query blocks that see every key of this block: no mask
+            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
+                                offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
+                                sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
+                                REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
+                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, False)
+        for start_m in range(a, b, BLOCK_M):
+            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
+                                offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
+                                sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
+                                REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
+                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, True)
+        for start_m in range(c, hi, BLOCK_M):
+            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
+                                offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
+                                sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
+                                REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
+                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, True)
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * sdkb + off_kh * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
              dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))
     tl.store(DV + off_b.to(tl.int64) * sdvb + off_kh * sdvh + offs_n[:, None] * sdvn + offs_dv[None, :] * sdvd,
              dv.to(DV.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV))
+
+
+@triton.jit
+def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h, pid_bh,
+             L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb,
+             PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE,
+             E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+             IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
+             HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
+             HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+             BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """One key block's contribution to this query block's dQ (and dS for a bias or table)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
+    v = _tile(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, offs_n, S, offs_dv, EV, BLOCK_DV, MASKED)
+    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
+                   MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
+                   SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                   HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, MASKED)
+    p = tl.exp2(s - lse[:, None])
+    dp = _dot(do, tl.trans(v), DOT_PREC)
+    ds = p * (dp - delta[:, None])  # gradient of the final score
+    in_tile = row_ok[:, None] & (offs_n[None, :] < S)
+    if BIAS_GRAD:
+        tl.store(DBIAS + (pid_bh.to(tl.int64) * L + offs_m[:, None]) * S + offs_n[None, :], ds, mask=in_tile)
+    if TABLE_GRAD:
+        rel = tl.minimum(tl.maximum(offs_n[None, :] - (offs_m + OFF)[:, None], -REL_R), REL_R) + REL_R
+        tl.atomic_add(DTABLE + off_h * stabh + rel, ds, mask=in_tile & (p > 0))
+    if MOD == 2:
+        ds = ds * (1.0 - (t / cap) * (t / cap))
+    dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+    return dq
 
 
 @triton.jit
@@ -357,35 +540,34 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
             s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
                            MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
                            SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
-            p = tl.exp2(s * LOG2E - lse[:, None])
+                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, True)
+            p = tl.exp2(s - lse[:, None])
             delta += tl.sum(p * _dot(do, tl.trans(v), DOT_PREC), 1)
         tl.store(DELTA + row_base + offs_m, delta, mask=row_ok)  # the dK/dV kernel, launched next, reads it
     else:
         delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+    full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
+                                 HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
+    a, b, c = _split(lo, hi, full_lo, full_hi, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
-        s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                       MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                       SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
-        p = tl.exp2(s * LOG2E - lse[:, None])
-        dp = _dot(do, tl.trans(v), DOT_PREC)
-        ds = p * (dp - delta[:, None])  # gradient of the final score
-        in_tile = row_ok[:, None] & (offs_n[None, :] < S)
-        if BIAS_GRAD:
-            tl.store(DBIAS + (pid_bh.to(tl.int64) * L + offs_m[:, None]) * S + offs_n[None, :], ds, mask=in_tile)
-        if TABLE_GRAD:
-            rel = tl.minimum(tl.maximum(offs_n[None, :] - (offs_m + OFF)[:, None], -REL_R), REL_R) + REL_R
-            tl.atomic_add(DTABLE + off_h * stabh + rel, ds, mask=in_tile & (p > 0))
-        if MOD == 2:
-            ds = ds * (1.0 - (t / cap) * (t / cap))
-        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+    for start_n in range(b, c, BLOCK_N):  # key blocks every row of this block sees whole: no mask
+        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
+                      pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID,
+                      skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,
+                      BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK,
+                      HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, False)
+    for start_n in range(a, b, BLOCK_N):
+        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
+                      pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID,
+                      skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,
+                      BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK,
+                      HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, True)
+    for start_n in range(c, hi, BLOCK_N):
+        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
+                      pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID,
+                      skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,
+                      BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK,
+                      HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, True)
     dq = dq * sm_scale
     tl.store(DQ + off_b.to(tl.int64) * sdqb + off_h * sdqh + offs_m[:, None] * sdqm + offs_d[None, :] * sdqd,
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < E))
@@ -423,8 +605,8 @@ def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm
             s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
                            MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
                            SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
-            p = tl.exp2(s * LOG2E - lse[:, None])
+                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, True)
+            p = tl.exp2(s - lse[:, None])
         else:  # a block the rules rule out: zeros, no key loaded
             p = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         tl.store(w_base + offs_n[None, :] * swn, p.to(W.dtype.element_ty), mask=in_tile)
@@ -467,6 +649,6 @@ def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd,
         s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
                        MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
                        SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC)
-        total += tl.sum(tl.exp2(s * LOG2E - lse[:, None]), 0)
+                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, True)
+        total += tl.sum(tl.exp2(s - lse[:, None]), 0)
     tl.store(T + pid_bh.to(tl.int64) * S + offs_n, total, mask=offs_n < S)

@@ -1,0 +1,251 @@
+"""Compile the fused kernels for a Hopper GPU (sm_90) without one: registers, spills, shared memory.
+
+    python benchmarks/gpu_compile.py            # every autotune config of the main variants + every variant once
+    python benchmarks/gpu_compile.py --quick    # one config per kernel and variant
+
+Triton compiles ahead of time for a named target with the ``ptxas`` it ships, so no GPU
+is needed to find out whether each kernel *builds* for the H100 (the CPU interpreter
+does not run the code generator: it never saw, for one, that a module-level constant
+must be a ``tl.constexpr(...)`` instance), how many registers each autotune config needs,
+whether it spills to local memory, how much shared memory it asks for (an H100 block may
+have at most 227 KiB) and whether the dots became Hopper ``wgmma`` instructions. It says
+nothing about speed.
+
+The launch arguments are the real ones: the launchers in ``attend.backends.fused`` run
+on CPU tensors with the kernel call replaced by a recorder, then each recorded launch is
+compiled for the target with Triton's own argument specialisation (as a launch on a GPU
+would, including the 16-byte alignment hints). Uses Triton internals
+(``create_function_from_signature``, ``JITFunction._pack_args``) checked on triton 3.6
+and 3.9.
+
+Results: ``benchmarks/results/gpu-compile-sm90-triton-<version>.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be JIT functions, not interpreted ones
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--quick", action="store_true", help="one config per kernel and variant")
+ap.add_argument("--sweep", action="store_true",
+                help="instead: every (BLOCK_M, BLOCK_N, warps, stages) in a grid for the main kernels (plain, causal)")
+ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+args = ap.parse_args()
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
+
+from attend.backends import _flash, fused  # noqa: E402
+
+SMEM_LIMIT = 227 * 1024  # bytes per block on sm_90 (opt-in maximum)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+# ---- record the launches the real launchers make ------------------------------------------
+calls: list[tuple[str, tuple, dict]] = []
+
+
+class _Recorder:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: calls.append((self.name, a, kw))
+
+
+_gpu_prec = fused._prec
+fused._kernel = lambda name, bucket, tuned: _Recorder(name)
+fused._check_device = lambda t: None
+fused._prec = lambda dtype, device: _gpu_prec(dtype, torch.device("cuda"))  # the GPU's dot precision
+
+
+def variants(B: int, H: int, L: int, S: int) -> dict:
+    """Plan keywords per variant (the small tensors on the CPU; only their dtypes and strides matter)."""
+    i32 = torch.int32
+    doc = (torch.arange(S) * 3 // S).to(i32).view(1, S)
+    return {
+        "plain": {},
+        "causal": {"causal": True},
+        "window": {"window_left": 128, "window_right": 0},
+        "lens": {"lens": torch.full((B,), S - 5, dtype=i32)},
+        "key_mask": {"kvalid": torch.ones(B, S, dtype=torch.bool)},
+        "documents": {"causal": True, "doc": doc, "doc_lo": doc.clone(), "doc_hi": doc.clone()},
+        "prefix_lm": {"prefix": torch.full((B,), 7, dtype=i32)},
+        "dense mask": {"mask": torch.ones(B, 1, L, S, dtype=torch.bool)},
+        "bias (grad)": {"bias": torch.zeros(1, H, L, S)},
+        "alibi": {"slopes": torch.ones(H)},
+        "softcap": {"softcap": 30.0},
+        "relative table (grad)": {"table": torch.zeros(H, 257)},
+    }
+
+
+def record(kernels: set, dtype, E: int, name: str, kw: dict, bm: int, bn: int) -> None:
+    B, H, L, S = 2, 4, 256, 256
+    q, k, v = (torch.zeros(B, H, L, E, dtype=dtype) for _ in range(3))
+    p = fused.Plan(scale=E ** -0.5, **kw)
+    if "_fwd" in kernels:
+        fused.flash_forward(q, k, v, p, block_m=bm, block_n=bn)
+    if kernels & {"_bwd_dq", "_bwd_dkdv"}:
+        lse = torch.zeros(B, H, L)
+        fused.flash_backward(q, q, k, v, q, lse, p, bias_grad="bias" in kw, table_grad="table" in kw,
+                             block_m=bm, block_n=bn)
+    if "_weights" in kernels:
+        fused.flash_weights(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn)
+    if "_key_totals" in kernels:
+        fused.flash_key_totals(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn)
+
+
+# ---- compile one recorded launch for the target -------------------------------------------
+TARGET = GPUTarget("cuda", args.arch, 32)
+BACKEND = make_backend(TARGET)
+
+
+def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int) -> dict:
+    fn = getattr(_flash, name)
+    kw = dict(kw, num_warps=warps, num_stages=stages)
+    binder = create_function_from_signature(fn.signature, fn.params, BACKEND)
+    bound, spec, opts = binder(*a, **kw)
+    options, signature, constexprs, attrs = fn._pack_args(BACKEND, kw, bound, spec, opts)
+    t0 = time.monotonic()
+    try:
+        ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options.__dict__)
+    except Exception as e:  # noqa: BLE001  (reported, and the run fails at the end)
+        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
+    seconds = time.monotonic() - t0
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(ck.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", f.name],
+                               capture_output=True, text=True, check=True).stdout
+    block = usage[usage.index(f"Function {name}:"):]
+    regs = int(re.search(r"REG:(\d+)", block).group(1))
+    stack = int(re.search(r"STACK:(\d+)", block).group(1)) + int(re.search(r"LOCAL:(\d+)", block).group(1))
+    ptx = ck.asm["ptx"]
+    return {"regs": regs, "local": stack, "shared": ck.metadata.shared, "seconds": seconds,
+            "wgmma": ptx.count("wgmma.mma_async"), "mma": ptx.count("mma.sync")}
+
+
+def sweep() -> list[dict]:
+    """All block shapes in a grid, for choosing autotune lists that build, fit and do not spill."""
+    rows = []
+    for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for E in (64, 128, 256):
+            for vname in ("causal",):
+                for kernels in ({"_fwd"}, {"_bwd_dq", "_bwd_dkdv"}):
+                    for bm in (16, 32, 64, 128):
+                        for bn in (16, 32, 64, 128):
+                            calls.clear()
+                            record(kernels, dtype, E, vname, variants(2, 4, 256, 256)[vname], bm, bn)
+                            for warps in (4, 8):
+                                for stages in (1, 2, 3):
+                                    for name, a, kw in calls:
+                                        if name not in kernels:
+                                            continue
+                                        r = compile_one(name, a, kw, warps, stages)
+                                        rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E,
+                                                     "config": (bm, bn, warps, stages), **r})
+                                        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    if args.sweep:
+        rows = sweep()
+        write(rows, [r for r in rows if "error" not in r and not r["local"] and r["shared"] <= SMEM_LIMIT])
+        return
+    rows = []
+    failed = 0
+    dims = (64, 128, 256)
+    # 1. every autotune config of the main variants (what the autotuner would compile)
+    for E in dims:
+        for vname in ("plain", "causal"):
+            for kernels, table in (({"_fwd"}, fused._FWD_CONFIGS), ({"_bwd_dq", "_bwd_dkdv"}, fused._BWD_CONFIGS)):
+                configs = table[fused._bucket(E)]
+                for bm, bn, warps, stages in configs[:1] if args.quick else configs:
+                    calls.clear()
+                    record(kernels, torch.bfloat16, E, vname, variants(2, 4, 256, 256)[vname], bm, bn)
+                    for name, a, kw in calls:
+                        if name not in kernels:
+                            continue
+                        r = compile_one(name, a, kw, warps, stages)
+                        rows.append({"kernel": name, "variant": vname, "dtype": "bf16", "E": E,
+                                     "config": (bm, bn, warps, stages), **r})
+                        failed += "error" in r
+                        print(rows[-1], flush=True)
+    # 2. every variant and dtype once (first config of its bucket): does it build?
+    for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+        for vname, kw in variants(2, 4, 256, 256).items():
+            if dname == "bf16" and vname in ("plain", "causal"):
+                continue
+            E = 128 if dname != "fp32" else 64
+            bm, bn, warps, stages = fused._FWD_CONFIGS[fused._bucket(E)][0]
+            calls.clear()
+            record({"_fwd", "_bwd_dq", "_bwd_dkdv", "_weights", "_key_totals"}, dtype, E, vname, kw, bm, bn)
+            for name, a, kwargs in calls:
+                if name == "_delta":
+                    continue
+                cfg = fused._BWD_CONFIGS if name in ("_bwd_dq", "_bwd_dkdv", "_key_totals") else fused._FWD_CONFIGS
+                bm2, bn2, warps, stages = cfg[fused._bucket(E)][0]
+                kwargs = dict(kwargs, BLOCK_M=bm2, BLOCK_N=bn2)
+                r = compile_one(name, a, kwargs, warps, stages)
+                rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E,
+                             "config": (bm2, bn2, warps, stages), **r})
+                failed += "error" in r
+                print(rows[-1], flush=True)
+    write(rows)
+    if failed:
+        raise SystemExit(f"{failed} compilations failed")
+
+
+def write(rows: list[dict], keep: Optional[list[dict]] = None) -> None:
+    lines = [f"# The fused kernels compiled for sm_{args.arch} (no GPU: registers, spills, shared memory)", "",
+             f"Command: `python benchmarks/gpu_compile.py{' --quick' if args.quick else ''}`; triton "
+             f"{triton.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+             f"{time.strftime('%Y-%m-%d')}, on a machine without a GPU (Triton's bundled ptxas).", "",
+             "What it shows: whether each kernel builds for the target; registers per thread (255 is the "
+             "hardware maximum; above ~128 at 8 warps fewer blocks fit per SM); spills = the stack and "
+             f"local bytes per thread ptxas needed for registers that did not fit (should be 0); shared memory asked for (limit {SMEM_LIMIT // 1024} KiB per block on sm_90); "
+             "the count of Hopper `wgmma` instructions in the PTX (0 = the dots use the older `mma`). "
+             "**It says nothing about speed.** Configs are (BLOCK_M, BLOCK_N, warps, stages).", "",
+             "| kernel | variant | dtype | E | config | regs | spills (B) | shared (KiB) | wgmma / mma | compile s | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if keep is not None:
+        lines.insert(-3, f"Sweep: {len(rows)} compilations; listed: the {len(keep)} that build, fit the shared "
+                     "memory and do not spill.\n")
+    for r in keep if keep is not None else rows:
+        if "error" in r:
+            lines.append(f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | | | | | | "
+                         f"**fails**: {r['error']} |")
+            continue
+        note = []
+        if r["local"]:
+            note.append("spills")
+        if r["shared"] > SMEM_LIMIT:
+            note.append("over the shared-memory limit: cannot launch")
+        lines.append(f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | {r['regs']} | "
+                     f"{r['local']} | {r['shared'] / 1024:.0f} | {r['wgmma']} / {r['mma']} | {r['seconds']:.1f} | "
+                     f"{', '.join(note)} |")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"gpu-compile-sm{args.arch}-triton-{triton.__version__}"
+                        f"{'-sweep' if args.sweep else ''}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
