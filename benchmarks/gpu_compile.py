@@ -40,6 +40,11 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--quick", action="store_true", help="one config per kernel and variant")
 ap.add_argument("--sweep", action="store_true",
                 help="instead: every (BLOCK_M, BLOCK_N, warps, stages) in a grid for the main kernels (plain, causal)")
+ap.add_argument("--dims", default="64,128,256", help="head dims of the config part")
+ap.add_argument("--kernels", default="_fwd,_bwd_dq,_bwd_dkdv", help="kernels of the sweep")
+ap.add_argument("--dtypes", default="bf16,fp32", help="dtypes of the sweep")
+ap.add_argument("--small-grid", action="store_true", help="sweep blocks 16..64, stages 1..2 only")
+ap.add_argument("--main-only", action="store_true", help="only the autotune configs of plain and causal")
 ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
 ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
 args = ap.parse_args()
@@ -68,7 +73,7 @@ class _Recorder:
 
 
 _gpu_prec = fused._prec
-fused._kernel = lambda name, bucket, tuned: _Recorder(name)
+fused._kernel = lambda name, bucket, tuned, fp32=False: _Recorder(name)
 fused._check_device = lambda t: None
 fused._prec = lambda dtype, device: _gpu_prec(dtype, torch.device("cuda"))  # the GPU's dot precision
 
@@ -142,16 +147,22 @@ def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int) -> dict:
 def sweep() -> list[dict]:
     """All block shapes in a grid, for choosing autotune lists that build, fit and do not spill."""
     rows = []
+    wanted = set(args.kernels.split(","))
     for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        for E in (64, 128, 256):
+        if dname not in args.dtypes.split(","):
+            continue
+        for E in [int(d) for d in args.dims.split(",")]:
             for vname in ("causal",):
-                for kernels in ({"_fwd"}, {"_bwd_dq", "_bwd_dkdv"}):
-                    for bm in (16, 32, 64, 128):
-                        for bn in (16, 32, 64, 128):
+                for kernels in ({"_fwd"} & wanted, {"_bwd_dq", "_bwd_dkdv"} & wanted):
+                    if not kernels:
+                        continue
+                    blocks, stage_list = ((16, 32, 64), (1, 2)) if args.small_grid else ((16, 32, 64, 128), (1, 2, 3))
+                    for bm in blocks:
+                        for bn in blocks:
                             calls.clear()
                             record(kernels, dtype, E, vname, variants(2, 4, 256, 256)[vname], bm, bn)
                             for warps in (4, 8):
-                                for stages in (1, 2, 3):
+                                for stages in stage_list:
                                     for name, a, kw in calls:
                                         if name not in kernels:
                                             continue
@@ -169,43 +180,38 @@ def main():
         return
     rows = []
     failed = 0
-    dims = (64, 128, 256)
+    dims = [int(d) for d in args.dims.split(",")]
+
+    def build(kernel, dtype, dname, E, vname, kw, config):
+        nonlocal failed
+        bm, bn, warps, stages = config
+        calls.clear()
+        record({kernel}, dtype, E, vname, kw, bm, bn)
+        for name, a, kwargs in calls:
+            if name == kernel:
+                r = compile_one(name, a, kwargs, warps, stages)
+                rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E, "config": config, **r})
+                failed += "error" in r
+                print(rows[-1], flush=True)
+
+    kernels = ("_fwd", "_bwd_dq", "_bwd_dkdv")
     # 1. every autotune config of the main variants (what the autotuner would compile)
     for E in dims:
         for vname in ("plain", "causal"):
-            for kernels, table in (({"_fwd"}, fused._FWD_CONFIGS), ({"_bwd_dq", "_bwd_dkdv"}, fused._BWD_CONFIGS)):
-                configs = table[fused._bucket(E)]
-                for bm, bn, warps, stages in configs[:1] if args.quick else configs:
-                    calls.clear()
-                    record(kernels, torch.bfloat16, E, vname, variants(2, 4, 256, 256)[vname], bm, bn)
-                    for name, a, kw in calls:
-                        if name not in kernels:
-                            continue
-                        r = compile_one(name, a, kw, warps, stages)
-                        rows.append({"kernel": name, "variant": vname, "dtype": "bf16", "E": E,
-                                     "config": (bm, bn, warps, stages), **r})
-                        failed += "error" in r
-                        print(rows[-1], flush=True)
-    # 2. every variant and dtype once (first config of its bucket): does it build?
-    for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+            for kernel in kernels:
+                configs = fused._configs(kernel, fused._bucket(E), False)
+                for config in configs[:1] if args.quick else configs:
+                    build(kernel, torch.bfloat16, "bf16", E, vname, variants(2, 4, 256, 256)[vname], config)
+    # 2. every variant and dtype once (first config of its list): does it build?
+    for dtype, dname in [] if args.main_only else ((torch.bfloat16, "bf16"), (torch.float16, "fp16"),
+                                                    (torch.float32, "fp32")):
         for vname, kw in variants(2, 4, 256, 256).items():
             if dname == "bf16" and vname in ("plain", "causal"):
                 continue
             E = 128 if dname != "fp32" else 64
-            bm, bn, warps, stages = fused._FWD_CONFIGS[fused._bucket(E)][0]
-            calls.clear()
-            record({"_fwd", "_bwd_dq", "_bwd_dkdv", "_weights", "_key_totals"}, dtype, E, vname, kw, bm, bn)
-            for name, a, kwargs in calls:
-                if name == "_delta":
-                    continue
-                cfg = fused._BWD_CONFIGS if name in ("_bwd_dq", "_bwd_dkdv", "_key_totals") else fused._FWD_CONFIGS
-                bm2, bn2, warps, stages = cfg[fused._bucket(E)][0]
-                kwargs = dict(kwargs, BLOCK_M=bm2, BLOCK_N=bn2)
-                r = compile_one(name, a, kwargs, warps, stages)
-                rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E,
-                             "config": (bm2, bn2, warps, stages), **r})
-                failed += "error" in r
-                print(rows[-1], flush=True)
+            for kernel in kernels + ("_weights", "_key_totals"):
+                config = fused._configs(kernel, fused._bucket(E), dname == "fp32")[0]
+                build(kernel, dtype, dname, E, vname, kw, config)
     write(rows)
     if failed:
         raise SystemExit(f"{failed} compilations failed")
@@ -213,7 +219,7 @@ def main():
 
 def write(rows: list[dict], keep: Optional[list[dict]] = None) -> None:
     lines = [f"# The fused kernels compiled for sm_{args.arch} (no GPU: registers, spills, shared memory)", "",
-             f"Command: `python benchmarks/gpu_compile.py{' --quick' if args.quick else ''}`; triton "
+             f"Command: `python benchmarks/gpu_compile.py {' '.join(a for a in sys.argv[1:] if not a.startswith('/'))}`; triton "
              f"{triton.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}, on a machine without a GPU (Triton's bundled ptxas).", "",
              "What it shows: whether each kernel builds for the target; registers per thread (255 is the "

@@ -145,14 +145,24 @@ def _query_full(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, PREFIX,
 
 @triton.jit
 def _split(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
-    """Block starts for three loops over [lo, hi): masked [a, b), unmasked [b, c), masked [c, hi).
-    The unmasked blocks lie wholly inside [full_lo, full_hi)."""
+    """Blocks of [lo, hi) as (b, c, n_before, n_masked): [b, c) lies wholly inside [full_lo,
+    full_hi) and runs unmasked; the n_masked others (n_before of them below b, the rest from
+    c on) run masked, in one loop (``_masked_start``), so each kernel holds two loop bodies."""
     a = (lo // BLOCK) * BLOCK
     b = tl.maximum(((full_lo + BLOCK - 1) // BLOCK) * BLOCK, a)
     c = (full_hi // BLOCK) * BLOCK
-    end = ((hi + BLOCK - 1) // BLOCK) * BLOCK
+    end = tl.maximum(((hi + BLOCK - 1) // BLOCK) * BLOCK, a)
     empty = c <= b
-    return a, tl.where(empty, end, b), tl.where(empty, end, c)
+    b = tl.where(empty, end, b)
+    c = tl.where(empty, end, c)
+    n_before = (b - a) // BLOCK
+    return b, c, n_before, n_before + (end - c) // BLOCK
+
+
+@triton.jit
+def _masked_start(i, b, c, n_before, lo, BLOCK: tl.constexpr):
+    """Start of the i-th masked block: below the unmasked run first, then after it."""
+    return tl.where(i < n_before, (lo // BLOCK) * BLOCK + i * BLOCK, c + (i - n_before) * BLOCK)
 
 
 @triton.jit
@@ -306,7 +316,7 @@ def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
                         IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
     full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
                                  HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
-    a, b, c = _split(lo, hi, full_lo, full_hi, BLOCK_N)
+    b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_N)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
     v_base = V + off_b.to(tl.int64) * svb + off_kh * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -319,13 +329,8 @@ def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
                                   LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
                                   E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
                                   HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, False)
-    for start_n in range(a, b, BLOCK_N):
-        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok,
-                                  off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn,
-                                  LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
-                                  E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
-                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, True)
-    for start_n in range(c, hi, BLOCK_N):
+    for i in range(0, n_masked):
+        start_n = _masked_start(i, b, c, n_before, lo, BLOCK_N)
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok,
                                   off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn,
                                   LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
@@ -428,7 +433,7 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                           IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
     full_lo, full_hi = _query_full(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR,
                                    HAS_LENS, HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
-    a, b, c = _split(lo, hi, full_lo, full_hi, BLOCK_M)
+    b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_M)
     for g in range(0, GROUPS):
         off_h = off_kh * GROUPS + g
         q_base = Q + off_b.to(tl.int64) * sqb + off_h * sqh
@@ -440,13 +445,8 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                                 sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
                                 REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
                                 HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, False)
-        for start_m in range(a, b, BLOCK_M):
-            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
-                                offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
-                                sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
-                                REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
-                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, True)
-        for start_m in range(c, hi, BLOCK_M):
+        for i in range(0, n_masked):
+            start_m = _masked_start(i, b, c, n_before, lo, BLOCK_M)
             dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
                                 offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
                                 sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
@@ -548,7 +548,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
         delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
     full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
                                  HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
-    a, b, c = _split(lo, hi, full_lo, full_hi, BLOCK_N)
+    b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(b, c, BLOCK_N):  # key blocks every row of this block sees whole: no mask
         dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
@@ -556,13 +556,8 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
                       skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,
                       BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK,
                       HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, False)
-    for start_n in range(a, b, BLOCK_N):
-        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
-                      pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID,
-                      skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,
-                      BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK,
-                      HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, True)
-    for start_n in range(c, hi, BLOCK_N):
+    for i in range(0, n_masked):
+        start_n = _masked_start(i, b, c, n_before, lo, BLOCK_N)
         dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
                       pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID,
                       skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,

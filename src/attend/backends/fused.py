@@ -262,16 +262,37 @@ def _prec(dtype: torch.dtype, device: torch.device) -> str:
     return "upcast" if device.type == "cpu" and dtype == torch.bfloat16 else "tf32"
 
 
-# Block shapes tried by the autotuner on a GPU, by padded head dim: (BLOCK_M, BLOCK_N, warps, stages).
+# Block shapes tried by the autotuner on a GPU, per kernel and padded head dim: (BLOCK_M,
+# BLOCK_N, warps, stages). Chosen from `python benchmarks/gpu_compile.py --sweep` (sm_90,
+# causal, bf16; results in benchmarks/results/gpu-compile-sm90-*-sweep-*.md): only shapes
+# whose every dot compiles to Hopper wgmma (mixed where none does) and that neither spill
+# registers nor exceed shared memory. The GPU then picks among them by timing.
+# _fwd / _weights: BLOCK_M query rows held, BLOCK_N keys per step.
 _FWD_CONFIGS = {
-    64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 128, 4, 3)],
-    128: [(128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3)],
-    256: [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)],
+    64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2)],
+    128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 1), (128, 32, 8, 3), (64, 64, 4, 2)],
+    256: [(128, 32, 8, 2), (64, 32, 8, 2), (128, 64, 8, 1), (64, 64, 8, 1), (128, 16, 8, 3)],
 }
-_BWD_CONFIGS = {
-    64: [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3)],
-    128: [(64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 64, 8, 2)],
-    256: [(32, 32, 4, 1), (32, 64, 4, 1), (64, 32, 4, 1), (16, 64, 4, 1)],
+# _bwd_dq: BLOCK_M query rows held, BLOCK_N keys per step.
+_DQ_CONFIGS = {
+    64: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 3)],
+    128: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)],
+    256: [(64, 32, 8, 2), (64, 32, 8, 3), (64, 16, 8, 2), (32, 64, 8, 2)],
+}
+# _bwd_dkdv / _key_totals: BLOCK_N keys held (with their fp32 dK, dV), BLOCK_M query rows per
+# step; the register-bound kernel: at E = 128 only three shapes are all-wgmma and spill-free.
+_DKDV_CONFIGS = {
+    64: [(64, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 1), (64, 64, 4, 1), (64, 64, 8, 3)],
+    128: [(64, 64, 8, 1), (128, 64, 8, 1), (64, 64, 4, 1), (32, 64, 8, 2), (64, 32, 8, 2)],
+    256: [(32, 64, 8, 1), (32, 32, 8, 1), (64, 16, 8, 3), (16, 64, 8, 1)],
+}
+# float32 inputs (no tensor cores: fp32 FMA products, tiles twice the bytes): smaller blocks,
+# spill-free at E = 64 in the fp32 sweep; larger head dims were not swept (fp32 is for
+# accuracy on the GPU, not speed).
+_FP32_CONFIGS = {
+    "_fwd": [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
+    "_bwd_dq": [(32, 64, 8, 2), (32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
+    "_bwd_dkdv": [(32, 32, 8, 1), (16, 64, 8, 1), (64, 16, 8, 1), (32, 16, 8, 1)],
 }
 _TUNE_KEY = ["L", "S", "E", "EV", "IS_CAUSAL", "HAS_WL", "HAS_WR", "HAS_LENS", "HAS_KVALID", "HAS_DOC",
              "HAS_PREFIX", "HAS_MASK", "HAS_BIAS", "MOD"]
@@ -281,8 +302,15 @@ def _bucket(d: int) -> int:
     return 64 if d <= 64 else 128 if d <= 128 else 256
 
 
+def _configs(name: str, bucket: int, fp32: bool) -> list[tuple[int, int, int, int]]:
+    like = {"_weights": "_fwd", "_key_totals": "_bwd_dkdv"}.get(name, name)
+    if fp32:
+        return _FP32_CONFIGS[like]
+    return {"_fwd": _FWD_CONFIGS, "_bwd_dq": _DQ_CONFIGS, "_bwd_dkdv": _DKDV_CONFIGS}[like][bucket]
+
+
 @functools.lru_cache(maxsize=None)
-def _kernel(name: str, bucket: int, tuned: bool):
+def _kernel(name: str, bucket: int, tuned: bool, fp32: bool = False):
     """The raw jitted kernel (interpreter, or blocks fixed by the caller) or an autotuned one."""
     import triton
 
@@ -291,8 +319,8 @@ def _kernel(name: str, bucket: int, tuned: bool):
     fn = getattr(_flash, name)
     if not tuned:
         return fn
-    table = _BWD_CONFIGS if name in ("_bwd_dkdv", "_bwd_dq", "_key_totals") else _FWD_CONFIGS
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in table[bucket]]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+               for m, n, w, s in _configs(name, bucket, fp32)]
     reset = ["DTABLE"] if name == "_bwd_dq" else None
     key = _TUNE_KEY if name not in ("_weights", "_key_totals") else [k for k in _TUNE_KEY if k != "EV"]
     return triton.autotune(configs=configs, key=key, reset_to_zero=reset)(fn)
@@ -330,7 +358,7 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Te
     o = out if out is not None else q.new_empty(1, 1, 1, 1)
     lse = torch.empty(B, n_heads, n_rows, device=q.device, dtype=torch.float32)
     kw, tuned = _blocks(block_m, block_n, q.device)
-    fn = _kernel("_fwd", _bucket(max(E, Ev)), tuned)
+    fn = _kernel("_fwd", _bucket(max(E, Ev)), tuned, q.dtype == torch.float32)
     grid = _grid(n_rows, "BLOCK_M", B * n_heads)
     fn[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
              rows if rows is not None else dummy, heads if heads is not None else dummy, n_rows, n_heads,
@@ -361,11 +389,11 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
                   BLOCK_DV=_pow2(Ev), DOT_PREC=_prec(q.dtype, q.device), **shared, **kw)
     dbias = torch.zeros(B, Hq, L, S, device=q.device, dtype=torch.float32) if bias_grad else None
     dtable = torch.zeros_like(p.table) if table_grad else None
-    _kernel("_bwd_dq", bucket, tuned)[_grid(L, "BLOCK_M", B * Hq)](
+    _kernel("_bwd_dq", bucket, tuned, q.dtype == torch.float32)[_grid(L, "BLOCK_M", B * Hq)](
         q, k, v, do, lse, delta, dq, dbias if dbias is not None else dummy, dtable if dtable is not None else dummy,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), Hq=Hq,
         BIAS_GRAD=bias_grad, TABLE_GRAD=table_grad, EXACT_DELTA=exact_delta, **common)
-    _kernel("_bwd_dkdv", bucket, tuned)[_grid(S, "BLOCK_N", B * Hkv)](
+    _kernel("_bwd_dkdv", bucket, tuned, q.dtype == torch.float32)[_grid(S, "BLOCK_N", B * Hkv)](
         q, k, v, do, lse, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
         *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, **common)
     return dq, dk, dv, dbias, dtable
@@ -383,7 +411,7 @@ def flash_weights(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, rows: Optional[
     dummy = q.new_empty(1, dtype=torch.int32)
     w = torch.empty(B, n_heads, n_rows, S, device=q.device, dtype=dtype or q.dtype)
     kw, tuned = _blocks(block_m, block_n, q.device)
-    _kernel("_weights", _bucket(E), tuned)[_grid(n_rows, "BLOCK_M", B * n_heads)](
+    _kernel("_weights", _bucket(E), tuned, q.dtype == torch.float32)[_grid(n_rows, "BLOCK_M", B * n_heads)](
         q, k, lse, w, *q.stride(), *k.stride(), *w.stride(),
         rows if rows is not None else dummy, heads if heads is not None else dummy, n_rows, n_heads,
         L, S, S - L, Hq // Hkv, p.scale, **_mask_args(p, dummy, L, S), E=E, BLOCK_D=_pow2(E),
@@ -399,7 +427,7 @@ def flash_key_totals(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, block_m: int
     dummy = q.new_empty(1, dtype=torch.int32)
     t = torch.empty(B, Hq, S, device=q.device, dtype=torch.float32)
     kw, tuned = _blocks(block_m, block_n, q.device)
-    _kernel("_key_totals", _bucket(E), tuned)[_grid(S, "BLOCK_N", B * Hq)](
+    _kernel("_key_totals", _bucket(E), tuned, q.dtype == torch.float32)[_grid(S, "BLOCK_N", B * Hq)](
         q, k, lse, t, *q.stride(), *k.stride(), Hq, L, S, S - L, Hq // Hkv, p.scale,
         **_mask_args(p, dummy, L, S), E=E, BLOCK_D=_pow2(E), DOT_PREC=_prec(q.dtype, q.device), **kw)
     return t
