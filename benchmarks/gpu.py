@@ -215,16 +215,19 @@ def _ints(text: str) -> list[int]:
 
 
 class Budget:
-    """Whether the next step of about the longest step so far (first: ``first`` s) still fits."""
+    """Whether the next step still fits in ``--budget``: a step is guessed to take as long as
+    the longest one measured so far (``first`` seconds before any, compilation included)."""
 
     def __init__(self, first: float = 90.0):
-        self.longest = first
+        self.first = first
+        self.longest = 0.0
 
     def fits(self) -> bool:
-        return not args.budget or time.monotonic() - START + self.longest <= args.budget
+        guess = self.longest or self.first
+        return not args.budget or time.monotonic() - START + guess <= args.budget
 
     def took(self, seconds: float) -> None:
-        self.longest = max(self.longest if self.longest != 90.0 else 0.0, seconds)
+        self.longest = max(self.longest, seconds)
 
 
 def row_key(r: dict) -> str:
