@@ -44,6 +44,8 @@ ap.add_argument("--dims", default="64,128,256", help="head dims of the config pa
 ap.add_argument("--kernels", default="_fwd,_bwd_dq,_bwd_dkdv", help="kernels of the sweep")
 ap.add_argument("--dtypes", default="bf16,fp32", help="dtypes of the sweep")
 ap.add_argument("--small-grid", action="store_true", help="sweep blocks 16..64, stages 1..2 only")
+ap.add_argument("--blocks", default="", help="sweep these block sizes instead (e.g. 64,128)")
+ap.add_argument("--tags", default="", help="config tags to sweep as well: tma (tensor-descriptor loads)")
 ap.add_argument("--main-only", action="store_true", help="only the autotune configs of plain and causal")
 ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
 ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -119,9 +121,9 @@ TARGET = GPUTarget("cuda", args.arch, 32)
 BACKEND = make_backend(TARGET)
 
 
-def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int) -> dict:
+def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int, tag: str = "") -> dict:
     fn = getattr(_flash, name)
-    kw = dict(kw, num_warps=warps, num_stages=stages)
+    kw = dict(kw, **fused._extras(name, [tag]), num_warps=warps, num_stages=stages)
     binder = create_function_from_signature(fn.signature, fn.params, BACKEND)
     bound, spec, opts = binder(*a, **kw)
     options, signature, constexprs, attrs = fn._pack_args(BACKEND, kw, bound, spec, opts)
@@ -141,7 +143,8 @@ def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int) -> dict:
     stack = int(re.search(r"STACK:(\d+)", block).group(1)) + int(re.search(r"LOCAL:(\d+)", block).group(1))
     ptx = ck.asm["ptx"]
     return {"regs": regs, "local": stack, "shared": ck.metadata.shared, "seconds": seconds,
-            "wgmma": ptx.count("wgmma.mma_async"), "mma": ptx.count("mma.sync")}
+            "wgmma": ptx.count("wgmma.mma_async"), "mma": ptx.count("mma.sync"),
+            "tma": ptx.count("cp.async.bulk.tensor"), "ws": "ttg.warp_specialize" in ck.asm.get("ttgir", "")}
 
 
 def sweep() -> list[dict]:
@@ -157,6 +160,8 @@ def sweep() -> list[dict]:
                     if not kernels:
                         continue
                     blocks, stage_list = ((16, 32, 64), (1, 2)) if args.small_grid else ((16, 32, 64, 128), (1, 2, 3))
+                    if args.blocks:
+                        blocks = tuple(int(b) for b in args.blocks.split(","))
                     for bm in blocks:
                         for bn in blocks:
                             calls.clear()
@@ -166,10 +171,13 @@ def sweep() -> list[dict]:
                                     for name, a, kw in calls:
                                         if name not in kernels:
                                             continue
-                                        r = compile_one(name, a, kw, warps, stages)
-                                        rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E,
-                                                     "config": (bm, bn, warps, stages), **r})
-                                        print(rows[-1], flush=True)
+                                        for tag in [""] + ([t for t in args.tags.split(",") if t]
+                                                           if fused._extras(name, ["tma"]) else []):
+                                            r = compile_one(name, a, kw, warps, stages, tag)
+                                            config = (bm, bn, warps, stages) + ((tag,) if tag else ())
+                                            rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E,
+                                                         "config": config, **r})
+                                            print(rows[-1], flush=True)
     return rows
 
 
@@ -184,12 +192,12 @@ def main():
 
     def build(kernel, dtype, dname, E, vname, kw, config):
         nonlocal failed
-        bm, bn, warps, stages = config
+        bm, bn, warps, stages, *tag = config
         calls.clear()
         record({kernel}, dtype, E, vname, kw, bm, bn)
         for name, a, kwargs in calls:
             if name == kernel:
-                r = compile_one(name, a, kwargs, warps, stages)
+                r = compile_one(name, a, kwargs, warps, stages, tag[0] if tag else "")
                 rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E, "config": config, **r})
                 failed += "error" in r
                 print(rows[-1], flush=True)
@@ -242,6 +250,10 @@ def write(rows: list[dict], keep: Optional[list[dict]] = None) -> None:
             note.append("spills")
         if r["shared"] > SMEM_LIMIT:
             note.append("over the shared-memory limit: cannot launch")
+        if r.get("tma"):
+            note.append(f"{r['tma']} TMA loads")
+        if r.get("ws"):
+            note.append("warp-specialised")
         lines.append(f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | {r['regs']} | "
                      f"{r['local']} | {r['shared'] / 1024:.0f} | {r['wgmma']} / {r['mma']} | {r['seconds']:.1f} | "
                      f"{', '.join(note)} |")

@@ -33,7 +33,7 @@ def dev(*ts):
     return [t.to(DEV) for t in ts]
 
 
-def check_case(q, k, v, *, kw, ref_scores, allowed=None, bias=None, mod=None, dtype, what, grads=True):
+def check_case(q, k, v, *, kw, ref_scores, allowed=None, bias=None, mod=None, dtype, what, grads=True, backend=None):
     """Forward and dq/dk/dv of triton vs the float64 reference, against the eager baseline."""
     q, k, v = (t.detach().to(DEV).requires_grad_(grads) for t in (q, k, v))
     qd, kd, vd = (t.detach().cpu().double().requires_grad_(grads) for t in (q, k, v))
@@ -45,7 +45,7 @@ def check_case(q, k, v, *, kw, ref_scores, allowed=None, bias=None, mod=None, dt
         g = torch.autograd.grad(out, (q, k, v), dout.to(DEV, dtype)) if grads else ()
         return out.cpu(), [t.cpu() for t in g]
 
-    out, g = run(TRITON)
+    out, g = run(backend or TRITON)
     base, gb = run(BASELINE)
     R.check(out, base, ref, dtype=dtype, m=2, what=f"output {what}")
     if grads:
@@ -195,6 +195,127 @@ def test_whole_blocks_with_a_score_mod():
     check_case(q, k, v, kw={"causal": True, "score_mod": attend.mods.alibi(slopes)}, ref_scores=_scaled(16),
                allowed=allowed, mod=lambda s: s - slopes.double().view(1, H, 1, 1) * rel, dtype=torch.float32,
                what="alibi causal L > S")
+
+
+# ---- Hopper's tensor-memory accelerator and the autotuner ----------------------------------
+HOPPER = CUDA and torch.cuda.get_device_capability()[0] >= 9
+fused = attend.backends.fused
+
+
+def _force_tma(monkeypatch):
+    """Every launch (fixed 16x16 blocks) loads its inner loop's tiles through tensor descriptors."""
+    forward, backward = fused.flash_forward, fused.flash_backward
+    monkeypatch.setattr(fused, "flash_forward", lambda *a, **kw: forward(*a, **kw, tma=True))
+    monkeypatch.setattr(fused, "flash_backward", lambda *a, **kw: backward(*a, **kw, tma=True))
+
+
+TMA_CASES = {
+    "causal L<S GQA": (2, 4, 2, 21, 37, 16, 16, {"causal": True}, lambda b, i, j, L, S: j <= i + S - L),
+    "causal L>S Ev!=E": (1, 4, 2, 37, 5, 16, 8, {"causal": True}, lambda b, i, j, L, S: j <= i + S - L),
+    "window MQA E=40": (2, 4, 1, 33, 40, 40, 24, {"window": (6, 2)},
+                        lambda b, i, j, L, S: i + S - L - 6 <= j <= i + S - L + 2),
+    "padding E=8": (2, 2, 2, 48, 64, 8, 8, {"mask": attend.masks.padding([33, 64])},
+                    lambda b, i, j, L, S: j < [33, 64][b]),
+    "documents": (1, 2, 2, 40, 40, 16, 16, {"mask": attend.masks.document([0] * 13 + [1] * 20 + [2] * 7)},
+                  lambda b, i, j, L, S: _doc(i) == _doc(j)),
+}
+
+
+@pytest.mark.skipif(CUDA and not HOPPER, reason="tensor descriptors need compute capability 9 (or the interpreter)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", list(TMA_CASES))
+def test_tma_loads(case, dtype, monkeypatch):
+    """Tiles through per-head tensor descriptors (zeros past the ends from the copy engine, no
+    masks: K/V in the forward and dQ, Q/dO in dK/dV) give the reference's output and
+    gradients, and in the interpreter the same bits as the pointer loads."""
+    B, Hq, Hkv, L, S, E, Ev, kw, pred = TMA_CASES[case]
+    q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype)
+    dout = torch.randn(B, Hq, L, Ev).to(DEV, dtype)
+
+    def run():
+        qq, kk, vv = (t.detach().to(DEV).requires_grad_() for t in (q, k, v))
+        out = attend.attention(qq, kk, vv, backend=SMALL, **kw)
+        return [out] + list(torch.autograd.grad(out, (qq, kk, vv), dout))
+
+    plain = run()
+    _force_tma(monkeypatch)
+    if not CUDA:
+        assert all(torch.equal(a, b) for a, b in zip(run(), plain))
+    allowed = _loops(B, L, S, lambda b, i, j: pred(b, i, j, L, S))
+    check_case(q, k, v, kw=kw, ref_scores=_scaled(E), allowed=allowed, dtype=dtype, what=f"TMA {case}",
+               backend=SMALL)
+    w = attend.attention(*dev(q, k, v), backend=SMALL, return_weights=True, **kw)[1].cpu()
+    wb = attend.attention(q, k, v, backend=BASELINE, return_weights=True, **kw)[1]
+    wr = R.reference(q.double(), k.double(), v.double(), _scaled(E), allowed=allowed)[1]
+    R.check(w, wb, wr, dtype=dtype, m=2, what=f"TMA weights {case}")
+
+
+def test_tma_is_only_for_inputs_it_can_read():
+    q, k, v = inputs(1, 2, 2, 20, 37, 111, 96, torch.float32)  # rows of 444 bytes: not 16-byte aligned
+    assert not fused._tma_ok(k, v)
+    q2, k2, v2 = inputs(1, 2, 2, 20, 37, 16, 16, torch.float32)
+    assert fused._tma_ok(k2, v2)
+    assert not fused._tma_ok(k2, v2.transpose(-1, -2).contiguous().transpose(-1, -2))  # last dim strided
+    shifted = torch.empty(k2.numel() + 1)[1:].view(k2.shape)  # base 4 bytes past an aligned one
+    assert not fused._tma_ok(shifted, v2)
+    if CUDA and not HOPPER:
+        assert not fused._tma_ok(k2.cuda(), v2.cuda())
+    p = fused.Plan(scale=0.1)
+    with pytest.raises(ValueError, match="tma=True needs K and V"):
+        fused.flash_forward(*dev(q, k, v), p, block_m=16, block_n=16, tma=True)
+
+
+def test_autotune_lists_are_well_formed():
+    for name in ("_fwd", "_bwd_dq", "_bwd_dkdv", "_weights", "_key_totals"):
+        for bucket in (64, 128, 256):
+            for fp32 in (False, True):
+                configs = fused._configs(name, bucket, fp32)
+                assert configs and len(set(configs)) == len(configs), (name, bucket, fp32)
+                for m, n, warps, stages, *tag in configs:
+                    assert m in (16, 32, 64, 128) and n in (16, 32, 64, 128) and warps in (4, 8) and 1 <= stages <= 4
+                    assert tag in ([], ["tma"]) and (not tag or fused._extras(name, tag)["TMA"]), (name, tag)
+    assert any(len(c) == 5 for c in fused._configs("_fwd", 128, False))
+    assert all(len(c) == 4 for c in fused._configs("_weights", 128, False))  # no TMA path there
+
+
+@pytest.mark.skipif(CUDA, reason="drives Triton's autotuner with a stub timer, in the interpreter")
+def test_autotuner_keys_on_length_buckets_and_tries_tma_only_where_it_can(monkeypatch):
+    """The real autotuner, with a timer that makes the TMA config fastest: lengths in one
+    power-of-two bucket reuse the choice (no new timing), a new bucket times again, and
+    inputs TMA cannot read are tuned apart without the TMA config."""
+    monkeypatch.setitem(fused._FWD_CONFIGS, 64, [(16, 16, 4, 1), (16, 16, 4, 1, "tma"), (32, 16, 4, 1)])
+    monkeypatch.setattr(fused, "_blocks", lambda bm, bn, dev: ({}, True))  # autotune, as on a GPU
+    fused._kernel.cache_clear()
+    try:
+        tuner = fused._kernel("_fwd", 64, True, False)
+        timed = []
+        real_bench = tuner._bench
+        tuner._do_bench = lambda call, quantiles: (call(), [1.0] * 3)[1]  # runs each config once
+
+        def bench(*args, config, **meta):  # the real _bench (compiles, runs), then a made-up time
+            real_bench(*args, config=config, **meta)
+            timed.append(config)
+            return [1.0 if config.kwargs["TMA"] else 2.0] * 3
+
+        tuner._bench = bench
+        for L, n_timed in ((20, 3), (30, 3), (33, 6)):
+            q, k, v = inputs(1, 2, 2, L, L, 64, 64, torch.float16)
+            out = attend.attention(q, k, v, causal=True, backend=attend.backends.Triton())
+            assert len(timed) == n_timed, f"L={L}"
+            assert tuner.best_config.kwargs["TMA"]
+            qd, kd, vd = (t.double() for t in (q, k, v))
+            ref = R.reference(qd, kd, vd, _scaled(64), allowed=R.causal_mask(L, L))[0]
+            base = attend.attention(q, k, v, causal=True, backend=BASELINE)
+            R.check(out, base, ref, dtype=torch.float16, m=2, what=f"autotuned L={L}")
+        vt = v.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, strided last dim: no TMA
+        timed.clear()
+        tuned_keys = len(tuner.cache)
+        out = attend.attention(q, k, vt, causal=True, backend=attend.backends.Triton())
+        assert len(timed) == 2 and len(tuner.cache) == tuned_keys + 1
+        assert not tuner.best_config.kwargs["TMA"]
+        R.check(out, base, ref, dtype=torch.float16, m=2, what="autotuned, no TMA")
+    finally:
+        fused._kernel.cache_clear()
 
 
 @pytest.mark.parametrize("kw,ruled_out", [

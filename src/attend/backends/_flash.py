@@ -263,18 +263,23 @@ def _pos_span(offs_m, row_ok, OFF):
 
 
 @triton.jit
-def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h, S, OFF,
+def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m, row_ok, off_b,
+              off_h, S, OFF,
               sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
               SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
               E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
               IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
               HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
               HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr, COMPUTE_OUT: tl.constexpr,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
-    """One key block of the online softmax: the running (acc, max, sum) updated."""
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+    """One key block of the online softmax: the running (acc, max, sum) updated. ``TMA``: K and
+    V tiles come through tensor descriptors (Hopper's copy engine; zeros past S and E)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
+    if TMA:
+        k = k_desc.load([start_n, 0])
+    else:
+        k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
     s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
                    MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
                    SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
@@ -289,7 +294,11 @@ def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, off
     l_i = l_i * alpha + tl.sum(p, 1)
     if COMPUTE_OUT:
         offs_dv = tl.arange(0, BLOCK_DV)
-        v = _tile(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, offs_n, S, offs_dv, EV, BLOCK_DV, MASKED)
+        if TMA:
+            v = v_desc.load([start_n, 0])
+        else:
+            v = _tile(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, offs_n, S, offs_dv, EV, BLOCK_DV,
+                      MASKED)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
     return acc, m_new, l_i
 
@@ -298,13 +307,13 @@ def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, off
 def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
          ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
          MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI, PREFIX,
-         SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+         SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S, TMA_OK,
          E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
          IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
          HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
          HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
          HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, COMPUTE_OUT: tl.constexpr,
-         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     off_b, off_hh, off_h, off_kh, offs_r, row_ok, offs_m = _row_block(ROWS, HEADS, n_rows, n_heads, GROUPS,
                                                                       HAS_ROWS, HAS_HEADS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -319,23 +328,31 @@ def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
     b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_N)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
     v_base = V + off_b.to(tl.int64) * svb + off_kh * svh
+    if TMA:  # one descriptor per program, over its own head: rows past S and columns past E read 0
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[S, E], strides=[skn, 1], block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[S, EV], strides=[svn, 1], block_shape=[BLOCK_N, BLOCK_DV])
+    else:
+        k_desc = k_base
+        v_desc = v_base
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     # blocks every rule allows whole first (no mask evaluated), then the boundary blocks
     for start_n in range(b, c, BLOCK_N):
-        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok,
-                                  off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn,
-                                  LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd,
+                                  offs_m, row_ok, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb,
+                                  sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL,
+                                  WR, REL_R,
                                   E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
-                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, False)
+                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, False, TMA)
     for i in range(0, n_masked):
         start_n = _masked_start(i, b, c, n_before, lo, BLOCK_N)
-        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok,
-                                  off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn,
-                                  LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd,
+                                  offs_m, row_ok, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb,
+                                  sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL,
+                                  WR, REL_R,
                                   E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
-                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, True)
+                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, True, TMA)
     dead = l_i == 0.0
     lse = tl.where(dead, float("-inf"), m_i + tl.log2(tl.where(dead, 1.0, l_i)))
     tl.store(LSE + (off_b.to(tl.int64) * n_heads + off_hh) * n_rows + offs_r, lse, mask=row_ok)
@@ -366,14 +383,15 @@ def _delta(O, DO, DELTA, sob, soh, som, sod, sdob, sdoh, sdom, sdod, H, L,
 
 
 @triton.jit
-def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod, offs_n, L,
+def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
+               offs_n, L,
                off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb,
                DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
                E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
                HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
                HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-               BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
+               BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     """One query block's contribution to this key block's dK, dV. Rows past L load zeros and
     an infinite log-sum-exp, so they add nothing, masked or not; key columns past S are
     never stored."""
@@ -381,10 +399,14 @@ def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < L
-    q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
-    do = tl.load(do_base + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
-                 mask=row_ok[:, None] & (offs_dv[None, :] < EV), other=0.0)
+    if TMA:
+        q = q_desc.load([start_m, 0])
+        do = do_desc.load([start_m, 0])
+    else:
+        q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                    mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+                     mask=row_ok[:, None] & (offs_dv[None, :] < EV), other=0.0)
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a row with no key: p = 0
     delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
@@ -408,12 +430,12 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
               sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
               Hq, Hkv, L, S, OFF, GROUPS, sm_scale,
               MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-              PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+              PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S, TMA_OK,
               E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
               IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
               HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
               HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // Hkv
@@ -438,20 +460,29 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
         off_h = off_kh * GROUPS + g
         q_base = Q + off_b.to(tl.int64) * sqb + off_h * sqh
         do_base = DO + off_b.to(tl.int64) * sdob + off_h * sdoh
+        if TMA:  # Q and dO tiles of this head through descriptors: zeros past L, E and EV
+            q_desc = tl.make_tensor_descriptor(q_base, shape=[L, E], strides=[sqm, 1], block_shape=[BLOCK_M, BLOCK_D])
+            do_desc = tl.make_tensor_descriptor(do_base, shape=[L, EV], strides=[sdom, 1],
+                                                block_shape=[BLOCK_M, BLOCK_DV])
+        else:
+            q_desc = q_base
+            do_desc = do_base
         row_base = (off_b.to(tl.int64) * Hq + off_h) * L
         for start_m in range(b, c, BLOCK_M):  # query blocks that see every key of this block: no mask
-            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
+            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, row_base, LSE, DELTA, sqm,
+                                sqd, sdom, sdod,
                                 offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
                                 sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
                                 REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
-                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, False)
+                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, False, TMA)
         for i in range(0, n_masked):
             start_m = _masked_start(i, b, c, n_before, lo, BLOCK_M)
-            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
+            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, row_base, LSE, DELTA, sqm,
+                                sqd, sdom, sdod,
                                 offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
                                 sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
                                 REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
-                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, True)
+                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, True, TMA)
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * sdkb + off_kh * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
              dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))
@@ -460,20 +491,25 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
 
 
 @triton.jit
-def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h, pid_bh,
-             L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb,
-             PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE,
+def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m, row_ok,
+             off_b, off_h, pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS,
+             KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE,
              E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
              HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
              HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-             BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+             BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+             TMA: tl.constexpr):
     """One key block's contribution to this query block's dQ (and dS for a bias or table)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
-    v = _tile(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, offs_n, S, offs_dv, EV, BLOCK_DV, MASKED)
+    if TMA:
+        k = k_desc.load([start_n, 0])
+        v = v_desc.load([start_n, 0])
+    else:
+        k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
+        v = _tile(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, offs_n, S, offs_dv, EV, BLOCK_DV, MASKED)
     s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
                    MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
                    SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
@@ -498,13 +534,13 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
             sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
             sdqb, sdqh, sdqm, sdqd, Hq, L, S, OFF, GROUPS, sm_scale,
             MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-            PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+            PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S, TMA_OK,
             E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
             IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
             HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
             HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
             BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, EXACT_DELTA: tl.constexpr,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // Hq
@@ -549,20 +585,26 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
     full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
                                  HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
     b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_N)
+    if TMA:
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[S, E], strides=[skn, 1], block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[S, EV], strides=[svn, 1], block_shape=[BLOCK_N, BLOCK_DV])
+    else:
+        k_desc = k_base
+        v_desc = v_base
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(b, c, BLOCK_N):  # key blocks every row of this block sees whole: no mask
-        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
-                      pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID,
-                      skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,
-                      BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK,
-                      HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, False)
+        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m,
+                      row_ok, off_b, off_h, pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm,
+                      sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS,
+                      DTABLE, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
+                      HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, False, TMA)
     for i in range(0, n_masked):
         start_n = _masked_start(i, b, c, n_before, lo, BLOCK_N)
-        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, skn, skd, svn, svd, offs_m, row_ok, off_b, off_h,
-                      pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID,
-                      skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE, E, EV, BLOCK_D,
-                      BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK,
-                      HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, True)
+        dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m,
+                      row_ok, off_b, off_h, pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm,
+                      sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS,
+                      DTABLE, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
+                      HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, True, TMA)
     dq = dq * sm_scale
     tl.store(DQ + off_b.to(tl.int64) * sdqb + off_h * sdqh + offs_m[:, None] * sdqm + offs_d[None, :] * sdqd,
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < E))
@@ -572,7 +614,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
 def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm, swn,
              ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
              MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-             PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+             PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S,
              E: tl.constexpr, BLOCK_D: tl.constexpr,
              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
              HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
@@ -611,7 +653,7 @@ def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm
 def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd,
                 Hq, L, S, OFF, GROUPS, sm_scale,
                 MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-                PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+                PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S,
                 E: tl.constexpr, BLOCK_D: tl.constexpr,
                 IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
                 HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,

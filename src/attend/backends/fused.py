@@ -245,6 +245,9 @@ def _mask_args(p: Plan, dummy: Tensor, L: int, S: int) -> dict:
         cap=p.softcap if p.softcap > 0 else 1.0,
         WL=max(p.window_left, 0), WR=max(p.window_right, 0),
         REL_R=(p.table.shape[-1] - 1) // 2 if p.table is not None else 0,
+        # the autotuner's key sees lengths rounded up to a power of two: a new length reuses
+        # the blocks tuned for its bucket instead of benchmarking every config again
+        TUNE_L=_pow2(L), TUNE_S=_pow2(S),
         IS_CAUSAL=p.causal, HAS_WL=p.window_left >= 0, HAS_WR=p.window_right >= 0, HAS_LENS=p.lens is not None,
         HAS_KVALID=p.kvalid is not None, HAS_DOC=p.doc is not None,
         DOC_SKIP=p.doc_lo is not None and L <= S, HAS_PREFIX=p.prefix is not None,
@@ -268,10 +271,15 @@ def _prec(dtype: torch.dtype, device: torch.device) -> str:
 # whose every dot compiles to Hopper wgmma (mixed where none does) and that neither spill
 # registers nor exceed shared memory. The GPU then picks among them by timing.
 # _fwd / _weights: BLOCK_M query rows held, BLOCK_N keys per step.
+# A fifth entry "tma": K/V tiles through tensor descriptors (tried only where ``_tma_ok``); in
+# the sweep these need fewer registers, which lets larger tiles go without spilling.
 _FWD_CONFIGS = {
-    64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2)],
-    128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 1), (128, 32, 8, 3), (64, 64, 4, 2)],
-    256: [(128, 32, 8, 2), (64, 32, 8, 2), (128, 64, 8, 1), (64, 64, 8, 1), (128, 16, 8, 3)],
+    64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2),
+         (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma"), (128, 64, 4, 3, "tma")],
+    128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 1), (128, 32, 8, 3), (64, 64, 4, 2),
+          (128, 128, 8, 2, "tma"), (128, 128, 8, 3, "tma"), (128, 64, 8, 3, "tma"), (128, 64, 8, 2, "tma")],
+    256: [(128, 32, 8, 2), (64, 32, 8, 2), (128, 64, 8, 1), (64, 64, 8, 1), (128, 16, 8, 3),
+          (128, 64, 8, 2, "tma"), (64, 64, 8, 2, "tma"), (128, 32, 8, 3, "tma"), (128, 128, 8, 1, "tma")],
 }
 # _bwd_dq: BLOCK_M query rows held, BLOCK_N keys per step.
 _DQ_CONFIGS = {
@@ -294,19 +302,23 @@ _FP32_CONFIGS = {
     "_bwd_dq": [(32, 64, 8, 2), (32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
     "_bwd_dkdv": [(32, 32, 8, 1), (16, 64, 8, 1), (64, 16, 8, 1), (32, 16, 8, 1)],
 }
-_TUNE_KEY = ["L", "S", "E", "EV", "IS_CAUSAL", "HAS_WL", "HAS_WR", "HAS_LENS", "HAS_KVALID", "HAS_DOC",
-             "HAS_PREFIX", "HAS_MASK", "HAS_BIAS", "MOD"]
+# What the autotuner's choice depends on (names a kernel lacks are skipped; Triton adds the dtypes).
+_TUNE_KEY = ["TUNE_L", "TUNE_S", "E", "EV", "IS_CAUSAL", "HAS_WL", "HAS_WR", "HAS_LENS", "HAS_KVALID", "HAS_DOC",
+             "DOC_SKIP", "HAS_PREFIX", "HAS_MASK", "HAS_BIAS", "MOD", "HAS_ROWS", "HAS_HEADS", "COMPUTE_OUT",
+             "BIAS_GRAD", "TABLE_GRAD", "EXACT_DELTA", "TMA_OK"]
 
 
 def _bucket(d: int) -> int:
     return 64 if d <= 64 else 128 if d <= 128 else 256
 
 
-def _configs(name: str, bucket: int, fp32: bool) -> list[tuple[int, int, int, int]]:
+def _configs(name: str, bucket: int, fp32: bool) -> list[tuple]:
+    """(BLOCK_M, BLOCK_N, warps, stages[, tag]) the autotuner tries for this kernel."""
     like = {"_weights": "_fwd", "_key_totals": "_bwd_dkdv"}.get(name, name)
     if fp32:
         return _FP32_CONFIGS[like]
-    return {"_fwd": _FWD_CONFIGS, "_bwd_dq": _DQ_CONFIGS, "_bwd_dkdv": _DKDV_CONFIGS}[like][bucket]
+    configs = {"_fwd": _FWD_CONFIGS, "_bwd_dq": _DQ_CONFIGS, "_bwd_dkdv": _DKDV_CONFIGS}[like][bucket]
+    return configs if _extras(name, ["tma"]) else [c for c in configs if len(c) == 4]  # no TMA path: untagged
 
 
 @functools.lru_cache(maxsize=None)
@@ -319,11 +331,63 @@ def _kernel(name: str, bucket: int, tuned: bool, fp32: bool = False):
     fn = getattr(_flash, name)
     if not tuned:
         return fn
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-               for m, n, w, s in _configs(name, bucket, fp32)]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, **_extras(name, tag)}, num_warps=w, num_stages=s)
+               for m, n, w, s, *tag in _configs(name, bucket, fp32)]
     reset = ["DTABLE"] if name == "_bwd_dq" else None
-    key = _TUNE_KEY if name not in ("_weights", "_key_totals") else [k for k in _TUNE_KEY if k != "EV"]
-    return triton.autotune(configs=configs, key=key, reset_to_zero=reset)(fn)
+    key = [k for k in _TUNE_KEY if k in fn.arg_names]
+    prune = {"early_config_prune": _prune_tma} if "TMA_OK" in fn.arg_names else None
+    return triton.autotune(configs=configs, key=key, reset_to_zero=reset, prune_configs_by=prune)(fn)
+
+
+def _extras(name: str, tag: list) -> dict:
+    """Constexprs a config's optional tag sets: "tma" loads the tiles of the inner loop (K/V in
+    the forward and dQ, Q/dO in dK/dV) through tensor descriptors (Hopper's tensor-memory
+    accelerator)."""
+    if name not in ("_fwd", "_bwd_dq", "_bwd_dkdv"):
+        return {}
+    return {"TMA": bool(tag) and tag[0] == "tma"}
+
+
+def _prune_tma(configs, nargs, **kwargs):
+    """Drop the tensor-descriptor configs for inputs TMA cannot read (see ``_tma_ok``)."""
+    if kwargs.get("TMA_OK", nargs.get("TMA_OK")):
+        return configs
+    return [c for c in configs if not c.kwargs.get("TMA")]
+
+
+def _tma_ok(*ts: Tensor) -> bool:
+    """Whether Hopper's tensor-memory accelerator can read these (B, H, N, D) tensors through a
+    per-head 2-D descriptor: a CUDA device of compute capability 9 or newer, the last dimension
+    contiguous, rows not broadcast, the base and every other stride a multiple of 16 bytes."""
+    for t in ts:
+        if t.device.type == "cuda" and torch.cuda.get_device_capability(t.device)[0] < 9:
+            return False
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.stride(-2) < 1 or t.data_ptr() % 16:
+            return False
+        if any((st * size) % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _set_allocator() -> None:
+    """Tensor descriptors made inside a kernel need a little global scratch memory, which
+    Triton asks an allocator for; install one on torch's caching allocator, unless the user
+    set their own. Per thread (Triton keeps it in a context variable: autograd's backward
+    thread starts without one), so called before each launch that may use them."""
+    import triton
+
+    try:
+        from triton.runtime import _allocation
+        if _allocation._allocator.get() is not _allocation._NULL_ALLOCATOR:
+            return
+    except (ImportError, AttributeError):  # a Triton without these internals: set ours anyway
+        pass
+    triton.set_allocator(_scratch)
+
+
+def _scratch(size: int, alignment: int, stream: Optional[int]) -> Tensor:
+    return torch.empty(size, device="cuda", dtype=torch.int8)
 
 
 def _blocks(block_m: int, block_n: int, dev: torch.device) -> tuple[dict, bool]:
@@ -346,8 +410,10 @@ def _check_device(t: Tensor) -> None:
 
 def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Tensor] = None,
                   heads: Optional[Tensor] = None, compute_out: bool = True, block_m: int = 0,
-                  block_n: int = 0) -> tuple[Optional[Tensor], Tensor]:
-    """Launch ``_fwd``: (out (B, Hq, L, Ev) or None, lse (B, h, r) fp32, log2 units)."""
+                  block_n: int = 0, tma: bool = False) -> tuple[Optional[Tensor], Tensor]:
+    """Launch ``_fwd``: (out (B, Hq, L, Ev) or None, lse (B, h, r) fp32, log2 units). With fixed
+    blocks (or in the interpreter) ``tma=True`` loads K/V through tensor descriptors; autotuning
+    tries both where ``_tma_ok``."""
     _check_device(q)
     B, Hq, L, E = q.shape
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
@@ -358,24 +424,43 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Te
     o = out if out is not None else q.new_empty(1, 1, 1, 1)
     lse = torch.empty(B, n_heads, n_rows, device=q.device, dtype=torch.float32)
     kw, tuned = _blocks(block_m, block_n, q.device)
+    tma_ok = _tma_ok(k, v)
+    if not tuned:
+        if tma and not tma_ok:
+            raise ValueError("tma=True needs K and V with a contiguous last dimension and 16-byte aligned strides")
+        kw.update(TMA=tma)
+    if q.device.type == "cuda" and tma_ok:
+        _set_allocator()
     fn = _kernel("_fwd", _bucket(max(E, Ev)), tuned, q.dtype == torch.float32)
     grid = _grid(n_rows, "BLOCK_M", B * n_heads)
     fn[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
              rows if rows is not None else dummy, heads if heads is not None else dummy, n_rows, n_heads,
              L, S, S - L, Hq // Hkv, p.scale, **_mask_args(p, dummy, L, S),
              E=E, EV=Ev, BLOCK_D=_pow2(E), BLOCK_DV=_pow2(Ev), DOT_PREC=_prec(q.dtype, q.device),
-             HAS_ROWS=rows is not None, HAS_HEADS=heads is not None, COMPUTE_OUT=compute_out, **kw)
+             HAS_ROWS=rows is not None, HAS_HEADS=heads is not None, COMPUTE_OUT=compute_out, TMA_OK=int(tma_ok), **kw)
     return out, lse
 
 
 def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, p: Plan, *,
-                   bias_grad: bool = False, table_grad: bool = False, block_m: int = 0, block_n: int = 0):
-    """Launch the backward: (dq, dk, dv, dbias (B, Hq, L, S) fp32 or None, dtable or None)."""
+                   bias_grad: bool = False, table_grad: bool = False, block_m: int = 0, block_n: int = 0,
+                   tma: bool = False):
+    """Launch the backward: (dq, dk, dv, dbias (B, Hq, L, S) fp32 or None, dtable or None).
+    ``tma`` as in ``flash_forward`` (K/V tiles in dQ, Q/dO tiles in dK/dV)."""
     _check_device(q)
     B, Hq, L, E = q.shape
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
     dummy = q.new_empty(1, dtype=torch.int32)
     kw, tuned = _blocks(block_m, block_n, q.device)
+    dq_tma, dkdv_tma = _tma_ok(k, v), _tma_ok(q, do)
+    kw_dq, kw_dkdv = dict(kw), dict(kw)
+    if not tuned:
+        if tma and not (dq_tma and dkdv_tma):
+            raise ValueError("tma=True needs Q, K, V and dO with a contiguous last dimension and 16-byte aligned "
+                             "strides")
+        kw_dq.update(TMA=tma)
+        kw_dkdv.update(TMA=tma)
+    if q.device.type == "cuda" and (dq_tma or dkdv_tma):
+        _set_allocator()
     bucket = _bucket(max(E, Ev))
     delta = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
     exact_delta = (bias_grad or table_grad) and q.dtype != torch.float32
@@ -386,16 +471,17 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous
     shared = _mask_args(p, dummy, L, S)
     common = dict(L=L, S=S, OFF=S - L, GROUPS=Hq // Hkv, sm_scale=p.scale, E=E, EV=Ev, BLOCK_D=_pow2(E),
-                  BLOCK_DV=_pow2(Ev), DOT_PREC=_prec(q.dtype, q.device), **shared, **kw)
+                  BLOCK_DV=_pow2(Ev), DOT_PREC=_prec(q.dtype, q.device), **shared)
     dbias = torch.zeros(B, Hq, L, S, device=q.device, dtype=torch.float32) if bias_grad else None
     dtable = torch.zeros_like(p.table) if table_grad else None
     _kernel("_bwd_dq", bucket, tuned, q.dtype == torch.float32)[_grid(L, "BLOCK_M", B * Hq)](
         q, k, v, do, lse, delta, dq, dbias if dbias is not None else dummy, dtable if dtable is not None else dummy,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), Hq=Hq,
-        BIAS_GRAD=bias_grad, TABLE_GRAD=table_grad, EXACT_DELTA=exact_delta, **common)
+        BIAS_GRAD=bias_grad, TABLE_GRAD=table_grad, EXACT_DELTA=exact_delta, TMA_OK=int(dq_tma), **common,
+        **kw_dq)
     _kernel("_bwd_dkdv", bucket, tuned, q.dtype == torch.float32)[_grid(S, "BLOCK_N", B * Hkv)](
         q, k, v, do, lse, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-        *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, **common)
+        *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, TMA_OK=int(dkdv_tma), **common, **kw_dkdv)
     return dq, dk, dv, dbias, dtable
 
 
