@@ -210,6 +210,21 @@ def time_impl(fn, q, k, v, causal) -> tuple[float, float, float]:
         return math.nan, math.nan, math.nan
 
 
+def chosen_configs(E: int, dtype) -> dict:
+    """The block shapes the autotuner picked at the shape just timed (its last call per kernel):
+    "BLOCK_M x BLOCK_N, warps, stages" and "tma" where it picked the tensor-descriptor loads."""
+    if not CUDA:
+        return {}
+    got = {}
+    for name in ("_fwd", "_bwd_dq", "_bwd_dkdv"):
+        tuner = attend.backends.fused._kernel(name, attend.backends.fused._bucket(E), True, dtype == torch.float32)
+        c = getattr(tuner, "best_config", None)
+        if c is not None:
+            got[name] = (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}, {c.num_warps}w, {c.num_stages}s"
+                         + (", tma" if c.kwargs.get("TMA") else ""))
+    return got
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -268,6 +283,8 @@ def main_table(impls, state: dict, save) -> bool:
                         row[name] = {"fwd_ms": f, "bwd_ms": bwd, "fwd_bwd_ms": fb,
                                      "fwd_tflops": fwd_flops / f / 1e9, "bwd_tflops": 2.5 * fwd_flops / bwd / 1e9,
                                      "fwd_bwd_tflops": 3.5 * fwd_flops / fb / 1e9}
+                        if name == "attend triton":
+                            row["configs"] = chosen_configs(E, dtype)
                     row["seconds"] = round(time.monotonic() - t0, 1)
                     budget.took(row["seconds"])
                     state["table"].append(row)
@@ -276,6 +293,8 @@ def main_table(impls, state: dict, save) -> bool:
                     print(f"  {row['dtype']} E={E} L={L} causal={causal}: attend fwd {a['fwd_tflops']:.1f} "
                           f"bwd {a['bwd_tflops']:.1f} TFLOP/s; sdpa flash fwd {fl.get('fwd_tflops', math.nan):.1f} "
                           f"bwd {fl.get('bwd_tflops', math.nan):.1f} ({row['seconds']} s)", flush=True)
+                    if row.get("configs"):
+                        print(f"    autotuned: {row['configs']}", flush=True)
                     del q, k, v
     return True
 
@@ -410,6 +429,13 @@ def report(state: dict, names: list[str], complete: bool) -> str:
             ratio = r["attend triton"][key] / fl if fl and not math.isnan(fl) else math.nan
             lines.append(f"| {r['dtype']} | {r['E']} | {r['L']} | {'yes' if r['causal'] else 'no'} | "
                          + " | ".join(fmt(x) for x in vals) + f" | {fmt(ratio, 2)} |")
+    if any(r.get("configs") for r in table):
+        lines += ["", "## Block shapes the autotuner chose (attend `triton`)", "",
+                  "| dtype | E | L | causal | forward | dQ | dK/dV |", "|---|---|---|---|---|---|---|"]
+        for r in table:
+            c = r.get("configs") or {}
+            lines.append(f"| {r['dtype']} | {r['E']} | {r['L']} | {'yes' if r['causal'] else 'no'} | "
+                         f"{c.get('_fwd', '-')} | {c.get('_bwd_dq', '-')} | {c.get('_bwd_dkdv', '-')} |")
     if var and var.get("cases"):
         s = var["shape"]
         cases = var["cases"]

@@ -46,9 +46,11 @@ ap.add_argument("--dtypes", default="bf16,fp32", help="dtypes of the sweep")
 ap.add_argument("--small-grid", action="store_true", help="sweep blocks 16..64, stages 1..2 only")
 ap.add_argument("--blocks", default="", help="sweep these block sizes instead (e.g. 64,128)")
 ap.add_argument("--tags", default="", help="config tags to sweep as well: tma (tensor-descriptor loads)")
+ap.add_argument("--tagged-only", action="store_true", help="sweep only the tagged configs")
 ap.add_argument("--main-only", action="store_true", help="only the autotune configs of plain and causal")
 ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
 ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+ap.add_argument("--suffix", default="", help="added to the results file's name (e.g. --suffix=-tma-fwd)")
 args = ap.parse_args()
 
 import torch  # noqa: E402
@@ -147,6 +149,12 @@ def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int, tag: str
             "tma": ptx.count("cp.async.bulk.tensor"), "ws": "ttg.warp_specialize" in ck.asm.get("ttgir", "")}
 
 
+def sweep_tags(name: str) -> list[str]:
+    """The config tags to compile for this kernel ("" = untagged)."""
+    tags = [t for t in args.tags.split(",") if t] if fused._extras(name, ["tma"]) else []
+    return tags if args.tagged_only else [""] + tags
+
+
 def sweep() -> list[dict]:
     """All block shapes in a grid, for choosing autotune lists that build, fit and do not spill."""
     rows = []
@@ -171,8 +179,7 @@ def sweep() -> list[dict]:
                                     for name, a, kw in calls:
                                         if name not in kernels:
                                             continue
-                                        for tag in [""] + ([t for t in args.tags.split(",") if t]
-                                                           if fused._extras(name, ["tma"]) else []):
+                                        for tag in sweep_tags(name):
                                             r = compile_one(name, a, kw, warps, stages, tag)
                                             config = (bm, bn, warps, stages) + ((tag,) if tag else ())
                                             rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E,
@@ -218,48 +225,70 @@ def main():
                 continue
             E = 128 if dname != "fp32" else 64
             for kernel in kernels + ("_weights", "_key_totals"):
-                config = fused._configs(kernel, fused._bucket(E), dname == "fp32")[0]
-                build(kernel, dtype, dname, E, vname, kw, config)
+                configs = fused._configs(kernel, fused._bucket(E), dname == "fp32")
+                build(kernel, dtype, dname, E, vname, kw, configs[0])
+                tma = [c for c in configs if c[4:] == ("tma",)]
+                if tma:  # and the kernel's tensor-descriptor path, in its first TMA config
+                    build(kernel, dtype, dname, E, vname, kw, tma[0])
     write(rows)
     if failed:
         raise SystemExit(f"{failed} compilations failed")
 
 
+def command_args() -> str:
+    """This run's arguments, without ``--out`` and its folder."""
+    argv, kept = sys.argv[1:], []
+    for i, a in enumerate(argv):
+        if a == "--out" or a.startswith("--out=") or (i and argv[i - 1] == "--out"):
+            continue
+        kept.append(a)
+    return " ".join(kept)
+
+
+HEADER = ["| kernel | variant | dtype | E | config | regs | spills (B) | shared (KiB) | wgmma / mma | compile s "
+          "| note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def table_row(r: dict) -> str:
+    if "error" in r:
+        return (f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | | | | | | "
+                f"**fails**: {r['error']} |")
+    note = []
+    if r["local"]:
+        note.append("spills")
+    if r["shared"] > SMEM_LIMIT:
+        note.append("over the shared-memory limit: cannot launch")
+    if r.get("tma"):
+        note.append(f"{r['tma']} TMA loads")
+    if r.get("ws"):
+        note.append("warp-specialised")
+    return (f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | {r['regs']} | "
+            f"{r['local']} | {r['shared'] / 1024:.0f} | {r['wgmma']} / {r['mma']} | {r['seconds']:.1f} | "
+            f"{', '.join(note)} |")
+
+
 def write(rows: list[dict], keep: Optional[list[dict]] = None) -> None:
+    """The report; for a sweep, the configs that qualify first, then every compilation."""
     lines = [f"# The fused kernels compiled for sm_{args.arch} (no GPU: registers, spills, shared memory)", "",
-             f"Command: `python benchmarks/gpu_compile.py {' '.join(a for a in sys.argv[1:] if not a.startswith('/'))}`; triton "
+             f"Command: `python benchmarks/gpu_compile.py {command_args()}`; triton "
              f"{triton.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}, on a machine without a GPU (Triton's bundled ptxas).", "",
              "What it shows: whether each kernel builds for the target; registers per thread (255 is the "
              "hardware maximum; above ~128 at 8 warps fewer blocks fit per SM); spills = the stack and "
-             f"local bytes per thread ptxas needed for registers that did not fit (should be 0); shared memory asked for (limit {SMEM_LIMIT // 1024} KiB per block on sm_90); "
+             "local bytes per thread ptxas needed for registers that did not fit (should be 0); shared memory "
+             f"asked for (limit {SMEM_LIMIT // 1024} KiB per block on sm_90); "
              "the count of Hopper `wgmma` instructions in the PTX (0 = the dots use the older `mma`). "
-             "**It says nothing about speed.** Configs are (BLOCK_M, BLOCK_N, warps, stages).", "",
-             "| kernel | variant | dtype | E | config | regs | spills (B) | shared (KiB) | wgmma / mma | compile s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "**It says nothing about speed.** Configs are (BLOCK_M, BLOCK_N, warps, stages[, tag]); "
+             "tag `tma`: tiles loaded through tensor descriptors.", ""]
     if keep is not None:
-        lines.insert(-3, f"Sweep: {len(rows)} compilations; listed: the {len(keep)} that build, fit the shared "
-                     "memory and do not spill.\n")
-    for r in keep if keep is not None else rows:
-        if "error" in r:
-            lines.append(f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | | | | | | "
-                         f"**fails**: {r['error']} |")
-            continue
-        note = []
-        if r["local"]:
-            note.append("spills")
-        if r["shared"] > SMEM_LIMIT:
-            note.append("over the shared-memory limit: cannot launch")
-        if r.get("tma"):
-            note.append(f"{r['tma']} TMA loads")
-        if r.get("ws"):
-            note.append("warp-specialised")
-        lines.append(f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | {r['regs']} | "
-                     f"{r['local']} | {r['shared'] / 1024:.0f} | {r['wgmma']} / {r['mma']} | {r['seconds']:.1f} | "
-                     f"{', '.join(note)} |")
+        lines += [f"Sweep: {len(rows)} compilations; first the {len(keep)} that build, fit the shared memory "
+                  "and do not spill, then every compilation.", "", "## The configs that qualify", ""]
+    lines += HEADER + [table_row(r) for r in (keep if keep is not None else rows)]
+    if keep is not None:
+        lines += ["", "## Every compilation", ""] + HEADER + [table_row(r) for r in rows]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"gpu-compile-sm{args.arch}-triton-{triton.__version__}"
-                        f"{'-sweep' if args.sweep else ''}.md")
+                        f"{'-sweep' if args.sweep else ''}{args.suffix}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("wrote", path)

@@ -271,8 +271,9 @@ def _prec(dtype: torch.dtype, device: torch.device) -> str:
 # whose every dot compiles to Hopper wgmma (mixed where none does) and that neither spill
 # registers nor exceed shared memory. The GPU then picks among them by timing.
 # _fwd / _weights: BLOCK_M query rows held, BLOCK_N keys per step.
-# A fifth entry "tma": K/V tiles through tensor descriptors (tried only where ``_tma_ok``); in
-# the sweep these need fewer registers, which lets larger tiles go without spilling.
+# A fifth entry "tma": the inner loop's tiles through tensor descriptors (tried only where
+# ``_tma_ok``); swept with ``--tags tma``, they need fewer registers, which lets larger tiles
+# go without spilling.
 _FWD_CONFIGS = {
     64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2),
          (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma"), (128, 64, 4, 3, "tma")],
@@ -283,16 +284,23 @@ _FWD_CONFIGS = {
 }
 # _bwd_dq: BLOCK_M query rows held, BLOCK_N keys per step.
 _DQ_CONFIGS = {
-    64: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 3)],
-    128: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)],
-    256: [(64, 32, 8, 2), (64, 32, 8, 3), (64, 16, 8, 2), (32, 64, 8, 2)],
+    64: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 3),
+         (128, 64, 8, 2, "tma"), (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma")],
+    128: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3),
+          (128, 64, 8, 2, "tma"), (128, 64, 8, 3, "tma"), (64, 128, 8, 2, "tma")],
+    256: [(64, 32, 8, 2), (64, 32, 8, 3), (64, 16, 8, 2), (32, 64, 8, 2),
+          (64, 32, 8, 2, "tma"), (128, 32, 8, 2, "tma"), (64, 64, 8, 2, "tma")],
 }
 # _bwd_dkdv / _key_totals: BLOCK_N keys held (with their fp32 dK, dV), BLOCK_M query rows per
-# step; the register-bound kernel: at E = 128 only three shapes are all-wgmma and spill-free.
+# step; the register-bound kernel: at E = 128 only three pointer-load shapes are all-wgmma and
+# spill-free (TMA adds (128, 64, 8, 2)); no BLOCK_N = 128 fits there either way.
 _DKDV_CONFIGS = {
-    64: [(64, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 1), (64, 64, 4, 1), (64, 64, 8, 3)],
-    128: [(64, 64, 8, 1), (128, 64, 8, 1), (64, 64, 4, 1), (32, 64, 8, 2), (64, 32, 8, 2)],
-    256: [(32, 64, 8, 1), (32, 32, 8, 1), (64, 16, 8, 3), (16, 64, 8, 1)],
+    64: [(64, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 1), (64, 64, 4, 1), (64, 64, 8, 3),
+         (128, 64, 8, 2, "tma"), (128, 64, 8, 3, "tma"), (64, 64, 8, 2, "tma")],
+    128: [(64, 64, 8, 1), (128, 64, 8, 1), (64, 64, 4, 1), (32, 64, 8, 2), (64, 32, 8, 2),
+          (128, 64, 8, 2, "tma"), (128, 64, 8, 1, "tma")],
+    256: [(32, 64, 8, 1), (32, 32, 8, 1), (64, 16, 8, 3), (16, 64, 8, 1),
+          (64, 16, 8, 2, "tma"), (64, 16, 8, 3, "tma")],
 }
 # float32 inputs (no tensor cores: fp32 FMA products, tiles twice the bytes): smaller blocks,
 # spill-free at E = 64 in the fp32 sweep; larger head dims were not swept (fp32 is for
