@@ -443,10 +443,18 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + off_b.to(tl.int64) * skb + off_kh * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-    v = tl.load(V + off_b.to(tl.int64) * svb + off_kh * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+    if TMA:  # K/V through descriptors too: at sm_90 that needs fewer registers (GPU-NOTES, version 3)
+        k_desc = tl.make_tensor_descriptor(K + off_b.to(tl.int64) * skb + off_kh * skh, shape=[S, E],
+                                           strides=[skn, 1], block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(V + off_b.to(tl.int64) * svb + off_kh * svh, shape=[S, EV],
+                                           strides=[svn, 1], block_shape=[BLOCK_N, BLOCK_DV])
+        k = k_desc.load([pid_n * BLOCK_N, 0])
+        v = v_desc.load([pid_n * BLOCK_N, 0])
+    else:
+        k = tl.load(K + off_b.to(tl.int64) * skb + off_kh * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+        v = tl.load(V + off_b.to(tl.int64) * svb + off_kh * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     n_lo = pid_n * BLOCK_N

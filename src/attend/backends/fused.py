@@ -344,13 +344,16 @@ def _kernel(name: str, bucket: int, tuned: bool, fp32: bool = False):
     reset = ["DTABLE"] if name == "_bwd_dq" else None
     key = [k for k in _TUNE_KEY if k in fn.arg_names]
     prune = {"early_config_prune": _prune_tma} if "TMA_OK" in fn.arg_names else None
-    return triton.autotune(configs=configs, key=key, reset_to_zero=reset, prune_configs_by=prune)(fn)
+    # the choices are kept on disk, in Triton's cache (TRITON_CACHE_DIR, keyed by GPU target,
+    # kernel source, tuning key and configs): a new process does not time them again
+    return triton.autotune(configs=configs, key=key, reset_to_zero=reset, prune_configs_by=prune,
+                           cache_results=not interpreting())(fn)
 
 
 def _extras(name: str, tag: list) -> dict:
     """Constexprs a config's optional tag sets: "tma" loads the tiles of the inner loop (K/V in
-    the forward and dQ, Q/dO in dK/dV) through tensor descriptors (Hopper's tensor-memory
-    accelerator)."""
+    the forward and dQ, Q/dO in dK/dV, which also loads its K/V block that way) through tensor
+    descriptors (Hopper's tensor-memory accelerator)."""
     if name not in ("_fwd", "_bwd_dq", "_bwd_dkdv"):
         return {}
     return {"TMA": bool(tag) and tag[0] == "tma"}
@@ -411,11 +414,24 @@ def _grid(n: int, which: str, other: int):
     return lambda meta: ((n + meta[which] - 1) // meta[which], other)
 
 
+def _on_device(launcher):
+    """Run a launcher with its first tensor's GPU as the current device: Triton launches on the
+    current device, which need not be the one holding the inputs."""
+    @functools.wraps(launcher)
+    def wrapped(t: Tensor, *args, **kwargs):
+        if t.device.type != "cuda":
+            return launcher(t, *args, **kwargs)
+        with torch.cuda.device(t.device):
+            return launcher(t, *args, **kwargs)
+    return wrapped
+
+
 def _check_device(t: Tensor) -> None:
     if t.device.type == "cpu" and not interpreting():
         raise RuntimeError("the triton backend runs on the CPU only under TRITON_INTERPRET=1 (set before importing triton)")
 
 
+@_on_device
 def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Tensor] = None,
                   heads: Optional[Tensor] = None, compute_out: bool = True, block_m: int = 0,
                   block_n: int = 0, tma: bool = False) -> tuple[Optional[Tensor], Tensor]:
@@ -449,6 +465,7 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Te
     return out, lse
 
 
+@_on_device
 def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, p: Plan, *,
                    bias_grad: bool = False, table_grad: bool = False, block_m: int = 0, block_n: int = 0,
                    tma: bool = False):
@@ -459,7 +476,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
     dummy = q.new_empty(1, dtype=torch.int32)
     kw, tuned = _blocks(block_m, block_n, q.device)
-    dq_tma, dkdv_tma = _tma_ok(k, v), _tma_ok(q, do)
+    dq_tma, dkdv_tma = _tma_ok(k, v), _tma_ok(q, do, k, v)
     kw_dq, kw_dkdv = dict(kw), dict(kw)
     if not tuned:
         if tma and not (dq_tma and dkdv_tma):
@@ -493,6 +510,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     return dq, dk, dv, dbias, dtable
 
 
+@_on_device
 def flash_weights(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, rows: Optional[Tensor] = None,
                   heads: Optional[Tensor] = None, dtype: Optional[torch.dtype] = None, block_m: int = 0,
                   block_n: int = 0) -> Tensor:
@@ -513,6 +531,7 @@ def flash_weights(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, rows: Optional[
     return w
 
 
+@_on_device
 def flash_key_totals(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, block_m: int = 0, block_n: int = 0) -> Tensor:
     """Launch ``_key_totals``: (B, Hq, S) fp32, the sum over query rows of each key's weight."""
     _check_device(q)
