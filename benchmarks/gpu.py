@@ -157,6 +157,36 @@ def checks(dtype) -> list[dict]:
     return rows
 
 
+def tma_checks(dtype) -> list[dict]:
+    """The tensor-descriptor (TMA) paths with fixed 64x64 blocks, whatever the autotuner would
+    pick: forward and backward launched directly, vs float64. Only where TMA runs (Hopper);
+    in the interpreter (``--tiny``) with 16x16 blocks."""
+    fused = attend.backends.fused
+    B, H, L, E = (1, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)
+    block = 16 if args.tiny else 64
+    rows = []
+    for name, causal in (("plain (TMA)", False), ("causal (TMA)", True)):
+        q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype) for _ in range(3))
+        if not fused._tma_ok(q, k, v):
+            print(f"  {name}: skipped, TMA does not run here", flush=True)
+            return rows
+        p = fused.Plan(scale=E ** -0.5, causal=causal)
+        out, lse = fused.flash_forward(q, k, v, p, block_m=block, block_n=block, tma=True)
+        dout = torch.randn_like(out)
+        grads = fused.flash_backward(dout, q, k, v, out, lse, p, block_m=block, block_n=block, tma=True)[:3]
+        qd, kd, vd = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
+        allowed = torch.ones(L, L, dtype=torch.bool).tril() if causal else None
+        ref = reference(qd, kd, vd, allowed)
+        ref_grads = torch.autograd.grad(ref, (qd, kd, vd), dout.cpu().double())
+        rel = lambda x, r: ((x.cpu().double() - r).norm() / r.norm()).item()  # noqa: E731
+        row = {"case": name, "dtype": str(dtype).replace("torch.", ""), "out": rel(out, ref)}
+        row.update({f"d{n}": rel(g, r) for n, g, r in zip("qkv", grads, ref_grads)})
+        rows.append(row)
+        if not all(row[key] < 2e-2 for key in ("out", "dq", "dk", "dv")):
+            raise SystemExit(f"check failed: {row}")
+    return rows
+
+
 # ---- timing ---------------------------------------------------------------------------------
 def sdpa_fn(backend_name):
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -500,7 +530,7 @@ def main():
     if "checks" in parts and not state["checks"]:
         checked = []
         for dtype in (torch.bfloat16, torch.float16):
-            checked += checks(dtype)  # stops the run on a failed check, before any timing
+            checked += checks(dtype) + tma_checks(dtype)  # stops the run on a failed check, before any timing
         state["checks"] = checked
         for r in checked:
             print("  check", r, flush=True)

@@ -210,13 +210,15 @@ def main():
                 print(rows[-1], flush=True)
 
     kernels = ("_fwd", "_bwd_dq", "_bwd_dkdv")
-    # 1. every autotune config of the main variants (what the autotuner would compile)
-    for E in dims:
-        for vname in ("plain", "causal"):
-            for kernel in kernels:
-                configs = fused._configs(kernel, fused._bucket(E), False)
-                for config in configs[:1] if args.quick else configs:
-                    build(kernel, torch.bfloat16, "bf16", E, vname, variants(2, 4, 256, 256)[vname], config)
+    # 1. every autotune config of the main variants (what the autotuner would compile), 16-bit
+    #    and fp32 lists
+    for dtype, dname in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for E in dims:
+            for vname in ("plain", "causal"):
+                for kernel in kernels:
+                    configs = fused._configs(kernel, fused._bucket(E), dname == "fp32")
+                    for config in configs[:1] if args.quick else configs:
+                        build(kernel, dtype, dname, E, vname, variants(2, 4, 256, 256)[vname], config)
     # 2. every variant and dtype once (first config of its list): does it build?
     for dtype, dname in [] if args.main_only else ((torch.bfloat16, "bf16"), (torch.float16, "fp16"),
                                                     (torch.float32, "fp32")):

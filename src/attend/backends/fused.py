@@ -293,22 +293,29 @@ _DQ_CONFIGS = {
 }
 # _bwd_dkdv / _key_totals: BLOCK_N keys held (with their fp32 dK, dV), BLOCK_M query rows per
 # step; the register-bound kernel: at E = 128 only three pointer-load shapes are all-wgmma and
-# spill-free (TMA adds (128, 64, 8, 2)); no BLOCK_N = 128 fits there either way.
+# spill-free; with TMA, pipelined ones fit too; no BLOCK_N = 128 fits there either way.
 _DKDV_CONFIGS = {
     64: [(64, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 1), (64, 64, 4, 1), (64, 64, 8, 3),
-         (128, 64, 8, 2, "tma"), (128, 64, 8, 3, "tma"), (64, 64, 8, 2, "tma")],
+         (128, 64, 8, 2, "tma"), (128, 64, 8, 3, "tma"), (128, 128, 8, 1, "tma")],
     128: [(64, 64, 8, 1), (128, 64, 8, 1), (64, 64, 4, 1), (32, 64, 8, 2), (64, 32, 8, 2),
-          (128, 64, 8, 2, "tma"), (128, 64, 8, 1, "tma")],
+          (128, 64, 8, 2, "tma"), (64, 64, 8, 2, "tma"), (64, 64, 8, 3, "tma")],
     256: [(32, 64, 8, 1), (32, 32, 8, 1), (64, 16, 8, 3), (16, 64, 8, 1),
           (64, 16, 8, 2, "tma"), (64, 16, 8, 3, "tma")],
 }
 # float32 inputs (no tensor cores: fp32 FMA products, tiles twice the bytes): smaller blocks,
-# spill-free at E = 64 in the fp32 sweep; larger head dims were not swept (fp32 is for
-# accuracy on the GPU, not speed).
+# spill-free in the fp32 sweeps (small grid: blocks 16..64, 1-2 stages; causal) at each head
+# dim and in the compile report (plain too); the E = 64 list spills kilobytes at E = 256.
+# fp32 is for accuracy on the GPU, not speed.
 _FP32_CONFIGS = {
-    "_fwd": [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
-    "_bwd_dq": [(32, 64, 8, 2), (32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
-    "_bwd_dkdv": [(32, 32, 8, 1), (16, 64, 8, 1), (64, 16, 8, 1), (32, 16, 8, 1)],
+    64: {"_fwd": [(64, 32, 8, 2), (32, 64, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
+         "_bwd_dq": [(32, 64, 8, 2), (32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
+         "_bwd_dkdv": [(32, 32, 8, 1), (16, 64, 8, 1), (64, 16, 8, 1), (32, 16, 8, 1)]},
+    128: {"_fwd": [(32, 64, 8, 2), (16, 64, 8, 2), (32, 64, 8, 1), (32, 16, 8, 2)],
+          "_bwd_dq": [(32, 64, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2), (32, 64, 8, 1)],
+          "_bwd_dkdv": [(16, 64, 8, 1), (32, 16, 8, 1), (16, 32, 8, 1), (16, 16, 8, 1)]},
+    256: {"_fwd": [(32, 32, 8, 2), (16, 64, 8, 2), (32, 16, 8, 2), (16, 32, 8, 2)],
+          "_bwd_dq": [(32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2), (32, 16, 8, 2)],
+          "_bwd_dkdv": [(32, 16, 8, 1), (16, 32, 8, 1), (16, 16, 8, 1)]},
 }
 # What the autotuner's choice depends on (names a kernel lacks are skipped; Triton adds the dtypes).
 _TUNE_KEY = ["TUNE_L", "TUNE_S", "E", "EV", "IS_CAUSAL", "HAS_WL", "HAS_WR", "HAS_LENS", "HAS_KVALID", "HAS_DOC",
@@ -324,7 +331,7 @@ def _configs(name: str, bucket: int, fp32: bool) -> list[tuple]:
     """(BLOCK_M, BLOCK_N, warps, stages[, tag]) the autotuner tries for this kernel."""
     like = {"_weights": "_fwd", "_key_totals": "_bwd_dkdv"}.get(name, name)
     if fp32:
-        return _FP32_CONFIGS[like]
+        return _FP32_CONFIGS[bucket][like]
     configs = {"_fwd": _FWD_CONFIGS, "_bwd_dq": _DQ_CONFIGS, "_bwd_dkdv": _DKDV_CONFIGS}[like][bucket]
     return configs if _extras(name, ["tma"]) else [c for c in configs if len(c) == 4]  # no TMA path: untagged
 
@@ -470,20 +477,18 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
                    bias_grad: bool = False, table_grad: bool = False, block_m: int = 0, block_n: int = 0,
                    tma: bool = False):
     """Launch the backward: (dq, dk, dv, dbias (B, Hq, L, S) fp32 or None, dtable or None).
-    ``tma`` as in ``flash_forward`` (K/V tiles in dQ, Q/dO tiles in dK/dV)."""
+    ``tma`` as in ``flash_forward`` (K/V tiles in dQ; Q/dO tiles and the K/V block in dK/dV)."""
     _check_device(q)
     B, Hq, L, E = q.shape
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
     dummy = q.new_empty(1, dtype=torch.int32)
     kw, tuned = _blocks(block_m, block_n, q.device)
     dq_tma, dkdv_tma = _tma_ok(k, v), _tma_ok(q, do, k, v)
-    kw_dq, kw_dkdv = dict(kw), dict(kw)
     if not tuned:
         if tma and not (dq_tma and dkdv_tma):
             raise ValueError("tma=True needs Q, K, V and dO with a contiguous last dimension and 16-byte aligned "
                              "strides")
-        kw_dq.update(TMA=tma)
-        kw_dkdv.update(TMA=tma)
+        kw.update(TMA=tma)
     if q.device.type == "cuda" and (dq_tma or dkdv_tma):
         _set_allocator()
     bucket = _bucket(max(E, Ev))
@@ -502,11 +507,10 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     _kernel("_bwd_dq", bucket, tuned, q.dtype == torch.float32)[_grid(L, "BLOCK_M", B * Hq)](
         q, k, v, do, lse, delta, dq, dbias if dbias is not None else dummy, dtable if dtable is not None else dummy,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), Hq=Hq,
-        BIAS_GRAD=bias_grad, TABLE_GRAD=table_grad, EXACT_DELTA=exact_delta, TMA_OK=int(dq_tma), **common,
-        **kw_dq)
+        BIAS_GRAD=bias_grad, TABLE_GRAD=table_grad, EXACT_DELTA=exact_delta, TMA_OK=int(dq_tma), **common, **kw)
     _kernel("_bwd_dkdv", bucket, tuned, q.dtype == torch.float32)[_grid(S, "BLOCK_N", B * Hkv)](
         q, k, v, do, lse, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-        *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, TMA_OK=int(dkdv_tma), **common, **kw_dkdv)
+        *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, TMA_OK=int(dkdv_tma), **common, **kw)
     return dq, dk, dv, dbias, dtable
 
 
