@@ -226,7 +226,7 @@ TMA_CASES = {
 @pytest.mark.parametrize("case", list(TMA_CASES))
 def test_tma_loads(case, dtype, monkeypatch):
     """Tiles through per-head tensor descriptors (zeros past the ends from the copy engine, no
-    masks: K/V in the forward and dQ, Q/dO in dK/dV) give the reference's output and
+    masks: K/V in the forward and dQ, Q/dO and the K/V block in dK/dV) give the reference's output and
     gradients, and in the interpreter the same bits as the pointer loads."""
     B, Hq, Hkv, L, S, E, Ev, kw, pred = TMA_CASES[case]
     q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype)

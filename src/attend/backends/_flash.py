@@ -26,6 +26,12 @@ additive bias, then every mask rule (AND) as -inf. Key blocks that the rule mask
 (causal, sliding window, key lengths, sorted document ids, prefix-LM) rule out entirely
 are never loaded (``_key_range`` / ``_query_range``); inside the blocks that remain the
 rules are applied element by element, so the ranges only ever save work.
+
+``TMA=True`` (a constexpr the autotuner sets per config) loads the inner loop's tiles
+through per-head 2-D tensor descriptors made in the kernel (Hopper's tensor-memory
+accelerator; zeros past the ends, so no masks), and dK/dV its own K/V block too.
+``TUNE_L``, ``TUNE_S`` and ``TMA_OK`` are never read by the kernels: they are there for the
+autotuner's key (lengths rounded up to a power of two; whether TMA can read the inputs).
 """
 from __future__ import annotations
 

@@ -397,11 +397,11 @@ def _set_allocator() -> None:
 
     try:
         from triton.runtime import _allocation
-        if _allocation._allocator.get() is not _allocation._NULL_ALLOCATOR:
-            return
+        theirs = _allocation._allocator.get() is not _allocation._NULL_ALLOCATOR
     except (ImportError, AttributeError):  # a Triton without these internals: set ours anyway
-        pass
-    triton.set_allocator(_scratch)
+        theirs = False
+    if not theirs:
+        triton.set_allocator(_scratch)
 
 
 def _scratch(size: int, alignment: int, stream: Optional[int]) -> Tensor:
