@@ -69,6 +69,10 @@ import torch  # noqa: E402
 
 if args.tiny and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
+# compiled kernels and autotune choices in the checkout (git-ignored), so that a resumed run on
+# the same machine reuses them even where the home folder is not kept between calls
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(ROOT, ".triton-cache"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(ROOT, ".inductor-cache"))
 sys.path.insert(0, os.path.join(ROOT, "src"))  # the GPU machine runs from a checkout, no install
 
 import triton  # noqa: E402
