@@ -151,7 +151,7 @@ def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int, tag: str
 
 def sweep_tags(name: str) -> list[str]:
     """The config tags to compile for this kernel ("" = untagged)."""
-    tags = [t for t in args.tags.split(",") if t] if fused._extras(name, ["tma"]) else []
+    tags = [t for t in args.tags.split(",") if t] if name in fused._TMA_KERNELS else []
     return tags if args.tagged_only else [""] + tags
 
 

@@ -333,7 +333,7 @@ def _configs(name: str, bucket: int, fp32: bool) -> list[tuple]:
     if fp32:
         return _FP32_CONFIGS[bucket][like]
     configs = {"_fwd": _FWD_CONFIGS, "_bwd_dq": _DQ_CONFIGS, "_bwd_dkdv": _DKDV_CONFIGS}[like][bucket]
-    return configs if _extras(name, ["tma"]) else [c for c in configs if len(c) == 4]  # no TMA path: untagged
+    return configs if name in _TMA_KERNELS else [c for c in configs if len(c) == 4]  # no TMA path: untagged
 
 
 @functools.lru_cache(maxsize=None)
@@ -357,13 +357,14 @@ def _kernel(name: str, bucket: int, tuned: bool, fp32: bool = False):
                            cache_results=not interpreting())(fn)
 
 
+# Kernels with a ``TMA`` constexpr: the tiles of the inner loop (K/V in the forward and dQ,
+# Q/dO in dK/dV, which also loads its K/V block that way) through tensor descriptors.
+_TMA_KERNELS = ("_fwd", "_bwd_dq", "_bwd_dkdv")
+
+
 def _extras(name: str, tag: list) -> dict:
-    """Constexprs a config's optional tag sets: "tma" loads the tiles of the inner loop (K/V in
-    the forward and dQ, Q/dO in dK/dV, which also loads its K/V block that way) through tensor
-    descriptors (Hopper's tensor-memory accelerator)."""
-    if name not in ("_fwd", "_bwd_dq", "_bwd_dkdv"):
-        return {}
-    return {"TMA": bool(tag) and tag[0] == "tma"}
+    """Constexprs a config's optional tag sets ("tma": ``TMA=True``)."""
+    return {"TMA": bool(tag) and tag[0] == "tma"} if name in _TMA_KERNELS else {}
 
 
 def _prune_tma(configs, nargs, **kwargs):
@@ -377,15 +378,27 @@ def _tma_ok(*ts: Tensor) -> bool:
     """Whether Hopper's tensor-memory accelerator can read these (B, H, N, D) tensors through a
     per-head 2-D descriptor: a CUDA device of compute capability 9 or newer, the last dimension
     contiguous, rows not broadcast, the base and every other stride a multiple of 16 bytes."""
+    if ts[0].device.type == "cuda" and torch.cuda.get_device_capability(ts[0].device)[0] < 9:
+        return False  # (the launchers' tensors share one device)
     for t in ts:
-        if t.device.type == "cuda" and torch.cuda.get_device_capability(t.device)[0] < 9:
-            return False
         size = t.element_size()
         if t.stride(-1) != 1 or t.stride(-2) < 1 or t.data_ptr() % 16:
             return False
         if any((st * size) % 16 for st in t.stride()[:-1]):
             return False
     return True
+
+
+def _tma_launch(kw: dict, tuned: bool, tma: bool, oks: tuple, what: str, device: torch.device) -> None:
+    """The launchers' TMA step (``oks``: ``_tma_ok`` per kernel launched): fixed blocks take the
+    caller's ``tma``, refused unless every kernel can; autotuning leaves it to the configs
+    (pruned by ``TMA_OK``). Where a descriptor may be made, the scratch allocator comes first."""
+    if not tuned:
+        if tma and not all(oks):
+            raise ValueError(f"tma=True needs {what} with a contiguous last dimension and 16-byte aligned strides")
+        kw.update(TMA=tma)
+    if device.type == "cuda" and any(oks) and (tma or tuned):
+        _set_allocator()
 
 
 def _set_allocator() -> None:
@@ -456,12 +469,7 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Te
     lse = torch.empty(B, n_heads, n_rows, device=q.device, dtype=torch.float32)
     kw, tuned = _blocks(block_m, block_n, q.device)
     tma_ok = _tma_ok(k, v)
-    if not tuned:
-        if tma and not tma_ok:
-            raise ValueError("tma=True needs K and V with a contiguous last dimension and 16-byte aligned strides")
-        kw.update(TMA=tma)
-    if q.device.type == "cuda" and tma_ok:
-        _set_allocator()
+    _tma_launch(kw, tuned, tma, (tma_ok,), "K and V", q.device)
     fn = _kernel("_fwd", _bucket(max(E, Ev)), tuned, q.dtype == torch.float32)
     grid = _grid(n_rows, "BLOCK_M", B * n_heads)
     fn[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
@@ -484,13 +492,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     dummy = q.new_empty(1, dtype=torch.int32)
     kw, tuned = _blocks(block_m, block_n, q.device)
     dq_tma, dkdv_tma = _tma_ok(k, v), _tma_ok(q, do, k, v)
-    if not tuned:
-        if tma and not (dq_tma and dkdv_tma):
-            raise ValueError("tma=True needs Q, K, V and dO with a contiguous last dimension and 16-byte aligned "
-                             "strides")
-        kw.update(TMA=tma)
-    if q.device.type == "cuda" and (dq_tma or dkdv_tma):
-        _set_allocator()
+    _tma_launch(kw, tuned, tma, (dq_tma, dkdv_tma), "Q, K, V and dO", q.device)
     bucket = _bucket(max(E, Ev))
     delta = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
     exact_delta = (bias_grad or table_grad) and q.dtype != torch.float32
