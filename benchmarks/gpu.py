@@ -246,11 +246,14 @@ def time_impl(fn, q, k, v, causal) -> tuple[float, float, float]:
 
 def chosen_configs(E: int, dtype) -> dict:
     """The block shapes the autotuner picked at the shape just timed (its last call per kernel):
-    "BLOCK_M x BLOCK_N, warps, stages" and "tma" where it picked the tensor-descriptor loads."""
+    "BLOCK_M x BLOCK_N, warps, stages" and "tma" where it picked the tensor-descriptor loads;
+    how the backward made dQ ("separate" kernel or "atomic" in dK/dV's) and the two backward
+    times (ms) that decided it."""
     if not CUDA:
         return {}
-    got = {}
-    for name in ("_fwd", "_bwd_dq", "_bwd_dkdv"):
+    last = attend.backends.fused._LAST_DQ
+    got = {"dq_mode": last["mode"], "dq_ms": last["ms"]}
+    for name in ("_fwd", "_bwd_dkdv") if last["mode"] == "atomic" else ("_fwd", "_bwd_dq", "_bwd_dkdv"):
         tuner = attend.backends.fused._kernel(name, attend.backends.fused._bucket(E), True, dtype == torch.float32)
         c = getattr(tuner, "best_config", None)
         if c is not None:
@@ -465,11 +468,17 @@ def report(state: dict, names: list[str], complete: bool) -> str:
                          + " | ".join(fmt(x) for x in vals) + f" | {fmt(ratio, 2)} |")
     if any(r.get("configs") for r in table):
         lines += ["", "## Block shapes the autotuner chose (attend `triton`)", "",
-                  "| dtype | E | L | causal | forward | dQ | dK/dV |", "|---|---|---|---|---|---|---|"]
+                  "dQ: its own kernel's blocks, or \"atomic\" (added by dK/dV's kernel); backward ms of "
+                  "both ways where the choice was timed.", "",
+                  "| dtype | E | L | causal | forward | dQ | dK/dV | backward ms: separate / atomic |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in table:
             c = r.get("configs") or {}
+            ms = c.get("dq_ms") or {}
+            dq = "atomic" if c.get("dq_mode") == "atomic" else c.get("_bwd_dq", "-")
             lines.append(f"| {r['dtype']} | {r['E']} | {r['L']} | {'yes' if r['causal'] else 'no'} | "
-                         f"{c.get('_fwd', '-')} | {c.get('_bwd_dq', '-')} | {c.get('_bwd_dkdv', '-')} |")
+                         f"{c.get('_fwd', '-')} | {dq} | {c.get('_bwd_dkdv', '-')} | "
+                         f"{fmt(ms.get('separate'), 3)} / {fmt(ms.get('atomic'), 3)} |")
     if var and var.get("cases"):
         s = var["shape"]
         cases = var["cases"]

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_compile.py            # every autotune config of the main variants + every variant once
     python benchmarks/gpu_compile.py --quick    # one config per kernel and variant
+    python benchmarks/gpu_compile.py --sweep --kernels _bwd_dkdv --dq-mode atomic   # a grid of block shapes
 
 Triton compiles ahead of time for a named target with the ``ptxas`` it ships, so no GPU
 is needed to find out whether each kernel *builds* for the H100 (the CPU interpreter
@@ -47,6 +48,8 @@ ap.add_argument("--small-grid", action="store_true", help="sweep blocks 16..64, 
 ap.add_argument("--blocks", default="", help="sweep these block sizes instead (e.g. 64,128)")
 ap.add_argument("--tags", default="", help="config tags to sweep as well: tma (tensor-descriptor loads)")
 ap.add_argument("--tagged-only", action="store_true", help="sweep only the tagged configs")
+ap.add_argument("--dq-mode", default="separate", choices=("separate", "atomic"),
+                help="the sweep's backward: dQ by its own kernel, or added by dK/dV's kernel with atomics")
 ap.add_argument("--main-only", action="store_true", help="only the autotune configs of plain and causal")
 ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
 ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -102,7 +105,8 @@ def variants(B: int, H: int, L: int, S: int) -> dict:
     }
 
 
-def record(kernels: set, dtype, E: int, name: str, kw: dict, bm: int, bn: int) -> None:
+def record(kernels: set, dtype, E: int, name: str, kw: dict, bm: int, bn: int,
+           dq_mode: str = "separate") -> None:
     B, H, L, S = 2, 4, 256, 256
     q, k, v = (torch.zeros(B, H, L, E, dtype=dtype) for _ in range(3))
     p = fused.Plan(scale=E ** -0.5, **kw)
@@ -111,7 +115,7 @@ def record(kernels: set, dtype, E: int, name: str, kw: dict, bm: int, bn: int) -
     if kernels & {"_bwd_dq", "_bwd_dkdv"}:
         lse = torch.zeros(B, H, L)
         fused.flash_backward(q, q, k, v, q, lse, p, bias_grad="bias" in kw, table_grad="table" in kw,
-                             block_m=bm, block_n=bn)
+                             block_m=bm, block_n=bn, dq_mode=dq_mode)
     if "_weights" in kernels:
         fused.flash_weights(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn)
     if "_key_totals" in kernels:
@@ -173,7 +177,8 @@ def sweep() -> list[dict]:
                     for bm in blocks:
                         for bn in blocks:
                             calls.clear()
-                            record(kernels, dtype, E, vname, variants(2, 4, 256, 256)[vname], bm, bn)
+                            record(kernels, dtype, E, vname, variants(2, 4, 256, 256)[vname], bm, bn,
+                                   args.dq_mode)
                             for warps in (4, 8):
                                 for stages in stage_list:
                                     for name, a, kw in calls:
@@ -182,7 +187,8 @@ def sweep() -> list[dict]:
                                         for tag in sweep_tags(name):
                                             r = compile_one(name, a, kw, warps, stages, tag)
                                             config = (bm, bn, warps, stages) + ((tag,) if tag else ())
-                                            rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E,
+                                            label = vname + (", atomic dQ" if args.dq_mode == "atomic" else "")
+                                            rows.append({"kernel": name, "variant": label, "dtype": dname, "E": E,
                                                          "config": config, **r})
                                             print(rows[-1], flush=True)
     return rows
@@ -197,15 +203,16 @@ def main():
     failed = 0
     dims = [int(d) for d in args.dims.split(",")]
 
-    def build(kernel, dtype, dname, E, vname, kw, config):
+    def build(kernel, dtype, dname, E, vname, kw, config, dq_mode="separate"):
         nonlocal failed
         bm, bn, warps, stages, *tag = config
         calls.clear()
-        record({kernel}, dtype, E, vname, kw, bm, bn)
+        record({kernel}, dtype, E, vname, kw, bm, bn, dq_mode)
         for name, a, kwargs in calls:
             if name == kernel:
                 r = compile_one(name, a, kwargs, warps, stages, tag[0] if tag else "")
-                rows.append({"kernel": name, "variant": vname, "dtype": dname, "E": E, "config": config, **r})
+                label = vname + (", atomic dQ" if dq_mode == "atomic" else "")
+                rows.append({"kernel": name, "variant": label, "dtype": dname, "E": E, "config": config, **r})
                 failed += "error" in r
                 print(rows[-1], flush=True)
 
@@ -218,7 +225,8 @@ def main():
                 for kernel in kernels:
                     configs = fused._configs(kernel, fused._bucket(E), dname == "fp32")
                     for config in configs[:1] if args.quick else configs:
-                        build(kernel, dtype, dname, E, vname, variants(2, 4, 256, 256)[vname], config)
+                        for dq_mode in ("separate", "atomic") if kernel == "_bwd_dkdv" else ("separate",):
+                            build(kernel, dtype, dname, E, vname, variants(2, 4, 256, 256)[vname], config, dq_mode)
     # 2. every variant and dtype once (first config of its list): does it build?
     for dtype, dname in [] if args.main_only else ((torch.bfloat16, "bf16"), (torch.float16, "fp16"),
                                                     (torch.float32, "fp32")):
@@ -229,6 +237,8 @@ def main():
             for kernel in kernels + ("_weights", "_key_totals"):
                 configs = fused._configs(kernel, fused._bucket(E), dname == "fp32")
                 build(kernel, dtype, dname, E, vname, kw, configs[0])
+                if kernel == "_bwd_dkdv" and not kw.keys() & {"bias", "table"}:  # (gradients of those: separate)
+                    build(kernel, dtype, dname, E, vname, kw, configs[0], "atomic")
                 tma = [c for c in configs if c[4:] == ("tma",)]
                 if tma:  # and the kernel's tensor-descriptor path, in its first TMA config
                     build(kernel, dtype, dname, E, vname, kw, tma[0])

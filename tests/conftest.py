@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,34 @@ def _seed():
 # The triton backend's kernels run on the CPU through Triton's interpreter; it is read
 # when Triton is first imported, so it is set here, before any test imports it.
 if not torch.cuda.is_available():
-    import os
-
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _add_descriptor_reduce() -> None:
+    """Triton's interpreter (3.6, 3.9) has no tensor-descriptor reductions (``desc.atomic_add``,
+    a TMA reduce on Hopper), which the backward's atomic-dQ path uses. For the tests, give it
+    one: the masked read-add-write of the block the descriptor addresses, out-of-bounds
+    elements dropped as the copy engine drops them. The interpreter runs one program at a
+    time, so the read-add-write is atomic there. On a GPU the real instruction runs."""
+    try:
+        import numpy as np
+        from triton._C.libtriton import ir
+        from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+    except ImportError:  # no Triton: the triton tests skip themselves
+        return
+    if hasattr(InterpreterBuilder, "create_descriptor_reduce"):
+        return
+
+    def create_descriptor_reduce(self, kind, desc, value, indices):
+        if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
+            raise NotImplementedError(f"descriptor reduction {kind} in the interpreter")
+        ptrs, mask = desc.materialize_pointers(indices)
+        zero = TensorHandle(np.zeros_like(value.data), value.dtype.scalar)
+        old = self.create_masked_load(ptrs, mask, zero, cache_policy=None, is_volatile=False)
+        return self.create_masked_store(ptrs, TensorHandle(old.data + value.data, value.dtype.scalar), mask, None)
+
+    InterpreterBuilder.create_descriptor_reduce = create_descriptor_reduce
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _add_descriptor_reduce()

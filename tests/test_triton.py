@@ -318,6 +318,116 @@ def test_autotuner_keys_on_length_buckets_and_tries_tma_only_where_it_can(monkey
         fused._kernel.cache_clear()
 
 
+# ---- dQ by atomics (FlashAttention-2's backward), an alternative the GPU times -----------------
+ATOMIC_CASES = dict(TMA_CASES, **{
+    "softcap causal": (2, 2, 2, 29, 37, 16, 16, {"causal": True, "score_mod": attend.mods.softcap(2.0)},
+                       lambda b, i, j, L, S: j <= i + S - L),
+    "E=111 bool": (1, 2, 2, 20, 37, 111, 96, {"mask": "bool"}, None),
+})
+
+
+@pytest.mark.skipif(CUDA and not HOPPER, reason="tensor descriptors need compute capability 9 (or the interpreter)")
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", list(ATOMIC_CASES))
+def test_atomic_dq(case, dtype, tma, monkeypatch):
+    """dK/dV's kernel adding each block's dS·K into an fp32 dQ by atomics (``_bwd_dq`` not
+    launched; with TMA, as a reduction through a tensor descriptor) gives the reference's
+    gradients: masks, GQA/MQA, rows with no key (causal L > S), soft-capping, head dims that are
+    not powers of two."""
+    B, Hq, Hkv, L, S, E, Ev, kw, pred = ATOMIC_CASES[case]
+    if tma and E % 4:
+        pytest.skip("TMA needs 16-byte rows of the fp32 dQ accumulator (tested in test_dq_mode_is_checked)")
+    q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype)
+    mod = None
+    if kw.get("mask") == "bool":
+        m = torch.rand(B, 1, L, S, generator=torch.Generator().manual_seed(3)) > 0.3
+        m[..., 4, :] = False  # a row that sees no key
+        kw, allowed = {"mask": m.to(DEV)}, m
+    else:
+        allowed = _loops(B, L, S, lambda b, i, j: pred(b, i, j, L, S))
+    if "score_mod" in kw:
+        q = q * 3  # scores large enough for soft-capping to bite
+        mod = lambda s: 2.0 * torch.tanh(s / 2.0)  # noqa: E731
+    backward = fused.flash_backward
+    modes = []
+
+    def atomic(*a, **k_):
+        out = backward(*a, **k_, dq_mode="atomic", tma=tma)
+        modes.append(fused._LAST_DQ["mode"])
+        return out
+
+    monkeypatch.setattr(fused, "flash_backward", atomic)
+    check_case(q, k, v, kw=kw, ref_scores=_scaled(E), allowed=allowed, mod=mod, dtype=dtype,
+               what=f"atomic dQ {case}", backend=SMALL)
+    assert modes == ["atomic"]
+
+
+def test_dq_mode_is_checked():
+    q, k, v = inputs(1, 2, 2, 8, 8, 16, 16, torch.float32)
+    q, k, v = dev(q, k, v)
+    p = fused.Plan(scale=0.25)
+    out, lse = fused.flash_forward(q, k, v, p, block_m=16, block_n=16)
+    with pytest.raises(ValueError, match="dq_mode must be 'auto', 'atomic' or 'separate', got 'fast'"):
+        fused.flash_backward(out, q, k, v, out, lse, p, dq_mode="fast")
+    with pytest.raises(ValueError, match="dq_mode='atomic' cannot give a bias or table gradient"):
+        fused.flash_backward(out, q, k, v, out, lse, p, bias_grad=True, dq_mode="atomic")
+    q2, k2, v2 = dev(*inputs(1, 2, 2, 8, 8, 16, 16, torch.float32))
+    q2, k2 = q2[..., :10], k2[..., :10]  # E = 10 in rows 64 bytes apart: TMA reads them, a dQ of 40-byte rows not
+    out2, lse2 = fused.flash_forward(q2, k2, v2, p, block_m=16, block_n=16)
+    fused.flash_backward(out2, q2, k2, v2, out2, lse2, p, block_m=16, block_n=16, tma=True)  # separate: fine
+    with pytest.raises(ValueError, match=r"tma=True needs Q, K, V and dO \(and E a multiple of 4\)"):
+        fused.flash_backward(out2, q2, k2, v2, out2, lse2, p, block_m=16, block_n=16, tma=True, dq_mode="atomic")
+    fused.flash_backward(out, q, k, v, out, lse, p, block_m=16, block_n=16)
+    assert fused._LAST_DQ["mode"] == "separate"  # fixed blocks: deterministic, nothing timed
+
+
+@pytest.mark.skipif(CUDA, reason="drives the choice with a stub timer, in the interpreter")
+def test_auto_times_both_dq_modes_once_per_bucket_and_keeps_the_faster(monkeypatch):
+    """As on a GPU (autotuned launches), "auto" times the backward both ways on the first call
+    of a tuning key and reuses the choice for lengths of the same bucket; bias gradients,
+    torch's deterministic mode and fp32 inputs never take the atomic path and time nothing."""
+    one = {b: [(16, 16, 4, 1)] for b in (64, 128, 256)}  # one config per kernel, "timed" by a stub
+    for lists in ("_FWD_CONFIGS", "_DQ_CONFIGS", "_DKDV_CONFIGS"):
+        monkeypatch.setattr(fused, lists, one)
+    monkeypatch.setattr(fused, "_blocks", lambda bm, bn, dev: ({}, True))
+    monkeypatch.setattr(fused, "_DQ_CHOICE", {})
+    timed = []
+
+    def do_bench(fn, **_):  # runs the backward for real, says the atomic one (second) is faster
+        fn()
+        timed.append(len(timed) % 2)
+        return 2.0 if timed[-1] == 0 else 1.0
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    fused._kernel.cache_clear()
+    try:
+        for name in ("_fwd", "_bwd_dq", "_bwd_dkdv"):
+            for fp32 in (False, True):
+                fused._kernel(name, 64, True, fp32)._do_bench = lambda call, quantiles: (call(), [1.0] * 3)[1]
+        for L, n_timed, kw in ((20, 2, {}), (30, 2, {}), (33, 4, {}), (33, 4, {"mask": "bias"})):
+            q, k, v = inputs(1, 2, 2, L, L, 16, 16, torch.float16)
+            bias = torch.randn(1, 2, L, L, requires_grad=True) if kw else None
+            extra = {"mask": bias} if kw else {}
+            check_case(q, k, v, kw={"causal": True, **extra}, ref_scores=_scaled(16),
+                       allowed=R.causal_mask(L, L), bias=bias.detach().double() if kw else None,
+                       dtype=torch.float16, what=f"auto dQ L={L}", backend=attend.backends.Triton())
+            assert len(timed) == n_timed, L
+            assert fused._LAST_DQ["mode"] == ("separate" if kw else "atomic"), L  # a bias gradient: separate
+        assert [mode for mode, _ in fused._DQ_CHOICE.values()] == ["atomic", "atomic"]
+        assert fused._DQ_CHOICE[next(iter(fused._DQ_CHOICE))][1] == {"separate": 2.0, "atomic": 1.0}
+        for dtype, deterministic in ((torch.float16, True), (torch.float32, False)):  # neither is timed
+            torch.use_deterministic_algorithms(deterministic)
+            try:
+                q, k, v = (t.requires_grad_() for t in inputs(1, 2, 2, 70, 70, 16, 16, dtype))
+                attend.attention(q, k, v, causal=True, backend=attend.backends.Triton()).sum().backward()
+                assert fused._LAST_DQ["mode"] == "separate" and len(timed) == 4, dtype
+            finally:
+                torch.use_deterministic_algorithms(False)
+    finally:
+        fused._kernel.cache_clear()
+
+
 @pytest.mark.parametrize("kw,ruled_out", [
     ({"causal": True}, lambda i, j: j > i),
     ({"window": (8, 0)}, lambda i, j: j > i or j < i - 8),

@@ -12,7 +12,11 @@ Kernels, one program per (block of rows, batch·head):
   rows/heads), and it can gather rows/heads through index arrays.
 - ``_bwd_dkdv``: one program per key block and key/value head; walks the query blocks
   of every query head of its group, recomputing the probabilities from the saved
-  log-sum-exp, so dK and dV are summed in registers, without atomics.
+  log-sum-exp, so dK and dV are summed in registers, without atomics. With
+  ``ATOMIC_DQ`` it also adds each block's dS·K to an fp32 dQ accumulator by atomics
+  (FlashAttention-2's backward: five products per block instead of the two kernels'
+  seven, but dQ's sums in an order that varies from run to run); then ``_bwd_dq`` is
+  not launched.
 - ``_bwd_dq``: one program per query block; also writes dS for a bias that needs a
   gradient, and adds the relative-position table's gradient (the only atomics). For
   those, with 16-bit inputs, it first computes the softmax backward's row term exactly
@@ -389,18 +393,18 @@ def _delta(O, DO, DELTA, sob, soh, som, sod, sdob, sdoh, sdom, sdod, H, L,
 
 
 @triton.jit
-def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, row_base, LSE, DELTA, sqm, sqd, sdom, sdod,
-               offs_n, L,
-               off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb,
-               DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
+def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc, row_base, LSE, DELTA, DQ_ACC,
+               sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb,
+               sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
                E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
                HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
                HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-               BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
-    """One query block's contribution to this key block's dK, dV. Rows past L load zeros and
-    an infinite log-sum-exp, so they add nothing, masked or not; key columns past S are
-    never stored."""
+               BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+    """One query block's contribution to this key block's dK, dV (and with ``ATOMIC_DQ``, this
+    key block's contribution to the query block's dQ, added to DQ_ACC). Rows past L load
+    zeros and an infinite log-sum-exp, so they add nothing, masked or not; key columns past S
+    are never stored (their K rows load as zeros, so they add nothing to dQ either)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -427,11 +431,18 @@ def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, row_base
     if MOD == 2:
         ds = ds * (1.0 - (t / cap) * (t / cap))
     dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC)
+    if ATOMIC_DQ:  # dQ here too (FlashAttention-2's way): one product instead of the dQ kernel's three
+        dq = _dot(ds.to(k.dtype), k, DOT_PREC) * sm_scale
+        if TMA:  # a reduction by the copy engine: no address per element (rows past L are not written)
+            dq_desc.atomic_add([start_m, 0], dq)
+        else:
+            tl.atomic_add(DQ_ACC + (row_base + offs_m[:, None]) * E + offs_d[None, :], dq,
+                          mask=row_ok[:, None] & (offs_d[None, :] < E), sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
               sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
               Hq, Hkv, L, S, OFF, GROUPS, sm_scale,
@@ -441,7 +452,7 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
               IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
               HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
               HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
+              ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // Hkv
@@ -482,21 +493,26 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
             q_desc = q_base
             do_desc = do_base
         row_base = (off_b.to(tl.int64) * Hq + off_h) * L
+        if TMA and ATOMIC_DQ:  # this head's rows of the fp32 dQ accumulator (B, Hq, L, E)
+            dq_desc = tl.make_tensor_descriptor(DQ_ACC + row_base * E, shape=[L, E], strides=[E, 1],
+                                                block_shape=[BLOCK_M, BLOCK_D])
+        else:
+            dq_desc = DQ_ACC
         for start_m in range(b, c, BLOCK_M):  # query blocks that see every key of this block: no mask
-            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, row_base, LSE, DELTA, sqm,
-                                sqd, sdom, sdod,
-                                offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
-                                sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
-                                REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
-                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, False, TMA)
+            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc, row_base, LSE, DELTA,
+                                DQ_ACC, sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh,
+                                smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES,
+                                TABLE, stabh, cap, WL, WR, REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR,
+                                HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M,
+                                False, TMA, ATOMIC_DQ)
         for i in range(0, n_masked):
             start_m = _masked_start(i, b, c, n_before, lo, BLOCK_M)
-            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, row_base, LSE, DELTA, sqm,
-                                sqd, sdom, sdod,
-                                offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh,
-                                sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR,
-                                REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID,
-                                HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M, True, TMA)
+            dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc, row_base, LSE, DELTA,
+                                DQ_ACC, sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh,
+                                smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES,
+                                TABLE, stabh, cap, WL, WR, REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR,
+                                HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M,
+                                True, TMA, ATOMIC_DQ)
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * sdkb + off_kh * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
              dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))

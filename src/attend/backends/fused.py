@@ -320,7 +320,7 @@ _FP32_CONFIGS = {
 # What the autotuner's choice depends on (names a kernel lacks are skipped; Triton adds the dtypes).
 _TUNE_KEY = ["TUNE_L", "TUNE_S", "E", "EV", "IS_CAUSAL", "HAS_WL", "HAS_WR", "HAS_LENS", "HAS_KVALID", "HAS_DOC",
              "DOC_SKIP", "HAS_PREFIX", "HAS_MASK", "HAS_BIAS", "MOD", "HAS_ROWS", "HAS_HEADS", "COMPUTE_OUT",
-             "BIAS_GRAD", "TABLE_GRAD", "EXACT_DELTA", "TMA_OK"]
+             "BIAS_GRAD", "TABLE_GRAD", "EXACT_DELTA", "ATOMIC_DQ", "TMA_OK"]
 
 
 def _bucket(d: int) -> int:
@@ -348,7 +348,7 @@ def _kernel(name: str, bucket: int, tuned: bool, fp32: bool = False):
         return fn
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, **_extras(name, tag)}, num_warps=w, num_stages=s)
                for m, n, w, s, *tag in _configs(name, bucket, fp32)]
-    reset = ["DTABLE"] if name == "_bwd_dq" else None
+    reset = {"_bwd_dq": ["DTABLE"], "_bwd_dkdv": ["DQ_ACC"]}.get(name)  # what a timing run adds to
     key = [k for k in _TUNE_KEY if k in fn.arg_names]
     prune = {"early_config_prune": _prune_tma} if "TMA_OK" in fn.arg_names else None
     # the choices are kept on disk, in Triton's cache (TRITON_CACHE_DIR, keyed by GPU target,
@@ -483,16 +483,34 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Te
 @_on_device
 def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, p: Plan, *,
                    bias_grad: bool = False, table_grad: bool = False, block_m: int = 0, block_n: int = 0,
-                   tma: bool = False):
+                   tma: bool = False, dq_mode: str = "auto"):
     """Launch the backward: (dq, dk, dv, dbias (B, Hq, L, S) fp32 or None, dtable or None).
-    ``tma`` as in ``flash_forward`` (K/V tiles in dQ; Q/dO tiles and the K/V block in dK/dV)."""
+    ``tma`` as in ``flash_forward`` (K/V tiles in dQ; Q/dO tiles and the K/V block in dK/dV).
+    ``dq_mode``: "separate" (the ``_bwd_dq`` kernel: deterministic), "atomic" (dK/dV's kernel
+    adds dQ by atomics: fewer products, run-to-run differences in dQ's last bits) or "auto":
+    separate with fixed blocks, in the interpreter, for fp32 inputs (there the atomic variant
+    spills registers at every head dim: GPU-NOTES), for bias/table gradients and under
+    ``torch.use_deterministic_algorithms``; otherwise both timed once per tuning key on the
+    GPU and the faster kept (``_DQ_CHOICE``)."""
+    if dq_mode not in ("auto", "atomic", "separate"):
+        raise ValueError(f"dq_mode must be 'auto', 'atomic' or 'separate', got {dq_mode!r}")
+    atomic_ok = not (bias_grad or table_grad or torch.are_deterministic_algorithms_enabled())
+    if dq_mode == "atomic" and not atomic_ok:
+        raise ValueError("dq_mode='atomic' cannot give a bias or table gradient, nor run under "
+                         "torch.use_deterministic_algorithms(True)")
     _check_device(q)
     B, Hq, L, E = q.shape
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
     dummy = q.new_empty(1, dtype=torch.int32)
     kw, tuned = _blocks(block_m, block_n, q.device)
+    if dq_mode == "auto" and not (tuned and atomic_ok and q.dtype != torch.float32):
+        dq_mode = "separate"
     dq_tma, dkdv_tma = _tma_ok(k, v), _tma_ok(q, do, k, v)
-    _tma_launch(kw, tuned, tma, (dq_tma, dkdv_tma), "Q, K, V and dO", q.device)
+    atomic_tma = dkdv_tma and E % 4 == 0  # and the fp32 dQ accumulator's rows 16-byte aligned
+    if dq_mode == "atomic":
+        _tma_launch(kw, tuned, tma, (atomic_tma,), "Q, K, V and dO (and E a multiple of 4)", q.device)
+    else:  # separate, or both timed
+        _tma_launch(kw, tuned, tma, (dq_tma, dkdv_tma), "Q, K, V and dO", q.device)
     bucket = _bucket(max(E, Ev))
     delta = torch.empty(B, Hq, L, device=q.device, dtype=torch.float32)
     exact_delta = (bias_grad or table_grad) and q.dtype != torch.float32
@@ -500,20 +518,56 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         bm = 64 if Ev <= 128 else 32
         _kernel("_delta", bucket, False)[((L + bm - 1) // bm, B * Hq)](
             out, do, delta, *out.stride(), *do.stride(), Hq, L, EV=Ev, BLOCK_DV=_pow2(Ev), BLOCK_M=bm)
-    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous
     shared = _mask_args(p, dummy, L, S)
     common = dict(L=L, S=S, OFF=S - L, GROUPS=Hq // Hkv, sm_scale=p.scale, E=E, EV=Ev, BLOCK_D=_pow2(E),
                   BLOCK_DV=_pow2(Ev), DOT_PREC=_prec(q.dtype, q.device), **shared)
-    dbias = torch.zeros(B, Hq, L, S, device=q.device, dtype=torch.float32) if bias_grad else None
-    dtable = torch.zeros_like(p.table) if table_grad else None
-    _kernel("_bwd_dq", bucket, tuned, q.dtype == torch.float32)[_grid(L, "BLOCK_M", B * Hq)](
-        q, k, v, do, lse, delta, dq, dbias if dbias is not None else dummy, dtable if dtable is not None else dummy,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), Hq=Hq,
-        BIAS_GRAD=bias_grad, TABLE_GRAD=table_grad, EXACT_DELTA=exact_delta, TMA_OK=int(dq_tma), **common, **kw)
-    _kernel("_bwd_dkdv", bucket, tuned, q.dtype == torch.float32)[_grid(S, "BLOCK_N", B * Hkv)](
-        q, k, v, do, lse, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-        *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, TMA_OK=int(dkdv_tma), **common, **kw)
-    return dq, dk, dv, dbias, dtable
+    fp32 = q.dtype == torch.float32
+
+    def launch(atomic: bool):
+        dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous
+        dbias = torch.zeros(B, Hq, L, S, device=q.device, dtype=torch.float32) if bias_grad else None
+        dtable = torch.zeros_like(p.table) if table_grad else None
+        dq_acc = torch.zeros(B, Hq, L, E, device=q.device, dtype=torch.float32) if atomic else dummy
+        if not atomic:
+            _kernel("_bwd_dq", bucket, tuned, fp32)[_grid(L, "BLOCK_M", B * Hq)](
+                q, k, v, do, lse, delta, dq, dbias if dbias is not None else dummy,
+                dtable if dtable is not None else dummy, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+                *dq.stride(), Hq=Hq, BIAS_GRAD=bias_grad, TABLE_GRAD=table_grad, EXACT_DELTA=exact_delta,
+                TMA_OK=int(dq_tma), **common, **kw)
+        _kernel("_bwd_dkdv", bucket, tuned, fp32)[_grid(S, "BLOCK_N", B * Hkv)](
+            q, k, v, do, lse, delta, dk, dv, dq_acc, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, ATOMIC_DQ=atomic,
+            TMA_OK=int(atomic_tma if atomic else dkdv_tma), **common, **kw)
+        if atomic:
+            dq.copy_(dq_acc)
+        return dq, dk, dv, dbias, dtable
+
+    times = None
+    if dq_mode == "auto":
+        key = (q.device, q.dtype, dq_tma, dkdv_tma, atomic_tma) + tuple(common[n] for n in _TUNE_KEY if n in common)
+        if key not in _DQ_CHOICE:
+            _time_dq(key, launch)
+        dq_mode, times = _DQ_CHOICE.get(key, ("separate", None))
+    _LAST_DQ.update(mode=dq_mode, ms=times)
+    return launch(dq_mode == "atomic")
+
+
+# How the autotuned backward makes dQ, per tuning key, in this process (the kernels' own block
+# choices are kept on disk): ("separate" or "atomic", {mode: ms}), whichever ran the whole
+# backward faster.
+_DQ_CHOICE: dict = {}
+_LAST_DQ = {"mode": None, "ms": None}  # the last call's (benchmarks/gpu.py reports it)
+
+
+def _time_dq(key: tuple, launch) -> None:
+    """Time the whole backward both ways (each kernel autotuned on its first call) and keep the
+    faster; while a CUDA graph is being captured nothing can be timed (separate, nothing kept)."""
+    if key[0].type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    from triton.testing import do_bench
+
+    times = {mode: do_bench(lambda: launch(mode == "atomic")) for mode in ("separate", "atomic")}
+    _DQ_CHOICE[key] = (min(times, key=times.get), times)
 
 
 @_on_device
