@@ -150,7 +150,8 @@ def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int, tag: str
     ptx = ck.asm["ptx"]
     return {"regs": regs, "local": stack, "shared": ck.metadata.shared, "seconds": seconds,
             "wgmma": ptx.count("wgmma.mma_async"), "mma": ptx.count("mma.sync"),
-            "tma": ptx.count("cp.async.bulk.tensor"), "ws": "ttg.warp_specialize" in ck.asm.get("ttgir", "")}
+            "tma": ptx.count("cp.async.bulk.tensor"), "tma_reduce": ptx.count("cp.reduce.async.bulk.tensor"),
+            "ws": "ttg.warp_specialize" in ck.asm.get("ttgir", "")}
 
 
 def sweep_tags(name: str) -> list[str]:
@@ -272,6 +273,8 @@ def table_row(r: dict) -> str:
         note.append("over the shared-memory limit: cannot launch")
     if r.get("tma"):
         note.append(f"{r['tma']} TMA loads")
+    if r.get("tma_reduce"):
+        note.append(f"{r['tma_reduce']} TMA reductions")
     if r.get("ws"):
         note.append("warp-specialised")
     return (f"| {r['kernel']} | {r['variant']} | {r['dtype']} | {r['E']} | {r['config']} | {r['regs']} | "
