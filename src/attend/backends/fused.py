@@ -524,11 +524,12 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     fp32 = q.dtype == torch.float32
 
     def launch(atomic: bool):
-        dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous
+        dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous
         dbias = torch.zeros(B, Hq, L, S, device=q.device, dtype=torch.float32) if bias_grad else None
         dtable = torch.zeros_like(p.table) if table_grad else None
         dq_acc = torch.zeros(B, Hq, L, E, device=q.device, dtype=torch.float32) if atomic else dummy
         if not atomic:
+            dq = q.new_empty(q.shape)
             _kernel("_bwd_dq", bucket, tuned, fp32)[_grid(L, "BLOCK_M", B * Hq)](
                 q, k, v, do, lse, delta, dq, dbias if dbias is not None else dummy,
                 dtable if dtable is not None else dummy, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
@@ -539,7 +540,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
             *dk.stride(), *dv.stride(), Hq=Hq, Hkv=Hkv, ATOMIC_DQ=atomic,
             TMA_OK=int(atomic_tma if atomic else dkdv_tma), **common, **kw)
         if atomic:
-            dq.copy_(dq_acc)
+            dq = dq_acc.to(q.dtype)
         return dq, dk, dv, dbias, dtable
 
     times = None
