@@ -109,8 +109,10 @@ def test_window_edge_cases(backend):
     b = backend_arg(backend)
     # window 0: each query sees only its own key -> output = its value
     torch.testing.assert_close(attend.attention(q, k, v, window=0, backend=b), v)
-    # window >= length: no restriction
-    torch.testing.assert_close(attend.attention(q, k, v, window=50, backend=b), attend.attention(q, k, v, backend=b))
+    # window >= length, or unbounded on both sides: no restriction
+    plain = attend.attention(q, k, v, backend=b)
+    torch.testing.assert_close(attend.attention(q, k, v, window=50, backend=b), plain)
+    torch.testing.assert_close(attend.attention(q, k, v, window=(None, None), backend=b), plain)
     # asymmetric with padding and causal
     pad = masks.padding(torch.tensor([7]))
     a = attend.attention(q, k, v, window=(2, 5), causal=True, mask=pad, backend=b)

@@ -56,10 +56,9 @@ class SDPA(Backend):
                     attn_mask = attn_mask.masked_fill(~allowed, -math.inf)
                 dead = (attn_mask == -math.inf).all(dim=-1, keepdim=True)
                 attn_mask = attn_mask.masked_fill(dead, 0.0)
-            else:
-                attn_mask = allowed
+            elif allowed is not None:  # (None: the rules allow everything, e.g. window=(None, None))
                 dead = ~allowed.any(dim=-1, keepdim=True)
-                attn_mask = attn_mask | dead
+                attn_mask = allowed | dead
         out = F.scaled_dot_product_attention(
             q,
             k,
