@@ -122,6 +122,11 @@ def record(kernels: set, dtype, E: int, name: str, kw: dict, bm: int, bn: int,
         fused.flash_key_totals(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn)
 
 
+def label(vname: str, dq_mode: str) -> str:
+    """The report's variant name: the mask/score variant, and how the backward makes dQ."""
+    return vname + (", atomic dQ" if dq_mode == "atomic" else "")
+
+
 # ---- compile one recorded launch for the target -------------------------------------------
 TARGET = GPUTarget("cuda", args.arch, 32)
 BACKEND = make_backend(TARGET)
@@ -188,8 +193,8 @@ def sweep() -> list[dict]:
                                         for tag in sweep_tags(name):
                                             r = compile_one(name, a, kw, warps, stages, tag)
                                             config = (bm, bn, warps, stages) + ((tag,) if tag else ())
-                                            label = vname + (", atomic dQ" if args.dq_mode == "atomic" else "")
-                                            rows.append({"kernel": name, "variant": label, "dtype": dname, "E": E,
+                                            rows.append({"kernel": name, "variant": label(vname, args.dq_mode),
+                                                         "dtype": dname, "E": E,
                                                          "config": config, **r})
                                             print(rows[-1], flush=True)
     return rows
@@ -212,8 +217,8 @@ def main():
         for name, a, kwargs in calls:
             if name == kernel:
                 r = compile_one(name, a, kwargs, warps, stages, tag[0] if tag else "")
-                label = vname + (", atomic dQ" if dq_mode == "atomic" else "")
-                rows.append({"kernel": name, "variant": label, "dtype": dname, "E": E, "config": config, **r})
+                rows.append({"kernel": name, "variant": label(vname, dq_mode), "dtype": dname, "E": E,
+                             "config": config, **r})
                 failed += "error" in r
                 print(rows[-1], flush=True)
 

@@ -372,6 +372,12 @@ def test_dq_mode_is_checked():
         fused.flash_backward(out, q, k, v, out, lse, p, dq_mode="fast")
     with pytest.raises(ValueError, match="dq_mode='atomic' cannot give a bias or table gradient"):
         fused.flash_backward(out, q, k, v, out, lse, p, bias_grad=True, dq_mode="atomic")
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(ValueError, match=r"nor run under torch.use_deterministic_algorithms\(True\)"):
+            fused.flash_backward(out, q, k, v, out, lse, p, dq_mode="atomic")
+    finally:
+        torch.use_deterministic_algorithms(False)
     q2, k2, v2 = dev(*inputs(1, 2, 2, 8, 8, 16, 16, torch.float32))
     q2, k2 = q2[..., :10], k2[..., :10]  # E = 10 in rows 64 bytes apart: TMA reads them, a dQ of 40-byte rows not
     out2, lse2 = fused.flash_forward(q2, k2, v2, p, block_m=16, block_n=16)
