@@ -61,10 +61,12 @@ def reference(
     allowed: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     mod: Optional[Callable[[Tensor], Tensor]] = None,
+    sinks: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention in float64 over (B, Hq, L, E) queries; ``scores`` returns the scaled scores.
 
-    ``allowed`` / ``bias`` broadcast to (B, Hq, L, S); ``mod`` maps the scores (score_mod).
+    ``allowed`` / ``bias`` broadcast to (B, Hq, L, S); ``mod`` maps the scores (score_mod);
+    ``sinks`` (Hq,) are one more column of logits, softmaxed with the keys and then dropped.
     Returns ``(output, weights)`` with fully masked rows exactly zero.
     """
     q, k, v = q.double(), k.double(), v.double()
@@ -78,6 +80,10 @@ def reference(
         s = s + bias.double()
     if allowed is not None:
         s = torch.where(allowed, s, torch.tensor(-math.inf, dtype=s.dtype))
+    if sinks is not None:
+        column = sinks.double().view(1, -1, 1, 1).expand(*s.shape[:-1], 1)
+        p = torch.softmax(torch.cat([s, column], dim=-1), dim=-1)[..., :-1]
+        return p @ v, p
     alive = torch.isfinite(s).any(dim=-1, keepdim=True) | torch.isnan(s).any(dim=-1, keepdim=True)
     p = torch.softmax(torch.where(alive, s, torch.zeros_like(s)), dim=-1) * alive
     return p @ v, p

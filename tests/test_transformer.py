@@ -212,3 +212,16 @@ def test_bad_inputs_are_named():
         LayerKV(static=True).append(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
     with pytest.raises(ValueError, match="head_dim must be an even int"):
         RotaryEmbedding(7)
+
+
+def test_cache_refuses_keys_that_do_not_match_what_it_holds():
+    """The measured break: float64 keys appended after float32 ones were cast silently."""
+    c = LayerKV()
+    c.append(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    with pytest.raises(TypeError, match="cache holds keys of dtype torch.float32, got torch.float64"):
+        c.append(torch.zeros(1, 2, 1, 4, dtype=torch.float64), torch.zeros(1, 2, 1, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"cache holds values of shape \(B, Hkv, n, d\) = \(1, 2, n, 4\), got \(1, 2, 1, 5\)"):
+        c.append(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 5))
+    with pytest.raises(ValueError, match=r"cache holds keys of shape .* got \(2, 2, 1, 4\)"):
+        c.append(torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))
+    assert c.length == 3  # nothing was appended by the refused calls

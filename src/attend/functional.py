@@ -44,6 +44,7 @@ def attention(
     scale: Optional[float] = None,
     dropout_p: float = 0.0,
     hard: Union[bool, str] = False,
+    sinks: Optional[Tensor] = None,
     return_weights: bool = False,
     backend: Union[str, Backend] = "auto",
 ):
@@ -79,6 +80,11 @@ def attention(
         hard: ``True`` returns, for each query, the value of its highest-scoring key
             (no gradient to the scores); ``"straight_through"`` gives that value with the
             gradient of soft attention.
+        sinks: attention sinks, one learned logit per query head ``(Hq,)`` added to
+            every row's softmax denominator (GPT-OSS; Xiao et al. 2024, StreamingLLM):
+            ``p_ij = exp(s_ij) / (exp(sink_h) + sum_j' exp(s_ij'))``. A row may then give
+            less than all of its attention to the keys; the weights returned exclude the
+            sink (rows sum to less than 1). A tensor that requires grad gets its gradient.
         return_weights: also return the weights ``(*batch, Hq, L, S)``.
         backend: ``"auto"``, a registered name (``attend.backends.names()``) or a
             :class:`attend.backends.Backend`. A named backend that cannot run the
@@ -91,7 +97,7 @@ def attention(
         ``output`` (*batch, Hq, L, Ev), or ``(output, weights)`` if ``return_weights``.
     """
     call, shape = _prepare(query, key, value, score=score, mask=mask, causal=causal, window=window,
-                           score_mod=score_mod, scale=scale, dropout_p=dropout_p, hard=hard,
+                           score_mod=score_mod, scale=scale, dropout_p=dropout_p, hard=hard, sinks=sinks,
                            return_weights=return_weights, backend=backend)
     if call.B == 0 or call.L == 0 or call.S == 0:
         out, weights = _degenerate(call)
@@ -208,7 +214,7 @@ class _Shape:
 
 
 def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, window=None, score_mod=None,
-             scale=None, dropout_p=0.0, hard=False, return_weights=False, backend="auto"):
+             scale=None, dropout_p=0.0, hard=False, sinks=None, return_weights=False, backend="auto"):
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -308,9 +314,27 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
         score_mod=bind(score_mod, L, S),
         dropout_p=float(dropout_p),
         hard=hard,
+        sinks=_check_sinks(sinks, Hq, query.device, hard),
         return_weights=return_weights,
     )
     return call, _Shape(batch=tuple(batch), heads=() if two_d else (Hq,))
+
+
+def _check_sinks(sinks, Hq: int, device, hard) -> Optional[Tensor]:
+    """``sinks``: None or a floating (Hq,) tensor on the inputs' device."""
+    if sinks is None:
+        return None
+    if not isinstance(sinks, Tensor):
+        raise TypeError(f"sinks must be a tensor of one logit per query head ({Hq},) or None, got {type(sinks).__name__}")
+    if not sinks.dtype.is_floating_point:
+        raise TypeError(f"sinks must be a floating-point tensor, got dtype {sinks.dtype}")
+    if tuple(sinks.shape) != (Hq,):
+        raise ValueError(f"sinks must have one logit per query head, shape ({Hq},), got {tuple(sinks.shape)}")
+    if sinks.device != device:
+        raise ValueError(f"sinks must be on the query's device {device}, got {sinks.device}")
+    if hard:
+        raise ValueError("sinks apply to soft attention; hard attention picks one key and has no softmax to add them to")
+    return sinks
 
 
 def _flatten(t: Tensor, batch: torch.Size) -> Tensor:

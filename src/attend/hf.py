@@ -5,13 +5,31 @@
 
 Every attention of the model then runs through :func:`attend.attention` (backend
 ``"auto"``, or the one given to :func:`register`), with the model's own scaling, masks,
-dropout and soft-capping. Unlike ``"sdpa"``, it returns the attention weights when the
-model is called with ``output_attentions=True``.
+dropout, soft-capping (Gemma 2), position bias (T5) and attention sinks (GPT-OSS).
+Unlike ``"sdpa"``, it returns the attention weights when the model is called with
+``output_attentions=True``.
 
-Masks: the model's masks are built by ``transformers``' SDPA mask builder, which gives
-boolean masks with **True = may attend** (attend's polarity) or ``None`` when nothing
-is masked; causal models without padding pass ``is_causal`` instead, which attend's
-bottom-right ``causal=True`` reproduces (also with a key/value cache).
+The calling convention followed is the one ``transformers``' own SDPA integration
+defines (its ``sdpa_attention_forward``):
+
+- masks come from ``transformers``' SDPA mask builder: boolean, **True = may attend**
+  (attend's polarity), or ``None`` when nothing needs masking; a float mask is added to
+  the scores; a mask longer than the keys (static caches) is cut to them;
+- ``is_causal`` (the keyword, else the module's attribute, else True) counts only when
+  there is no mask and more than one query, and then means **top-left** alignment:
+  query ``i`` sees keys ``0..i``. With a static cache (more key slots than queries, the
+  slots past the queries still empty) the empty slots are therefore never attended:
+  attend's ``causal=True`` is bottom-right, so the keys are cut to the queries' length
+  first (the weights returned are padded back with zeros);
+- ``position_bias`` (T5) is an additive bias, combined with the mask (its gradient
+  reaches the bias); ``s_aux`` (GPT-OSS) are attention sinks; ``softcap`` soft-caps the
+  scores; ``sliding_window`` is encoded in the mask the builder gives, and applied by
+  attend when there is no mask.
+
+Any other keyword that asks for something (a value that is not None) and is not known
+to be information only (``position_ids``, ``use_cache``, ``output_hidden_states``, ...)
+is refused with a ``TypeError`` naming it: attend never ignores an argument it does not
+implement.
 """
 from __future__ import annotations
 
@@ -28,29 +46,70 @@ __all__ = ["register", "attention_forward", "NAME"]
 NAME = "attend"
 _backend = "auto"
 
+# Keywords transformers passes that describe the call but ask nothing of the attention
+# itself (positions are already applied to q/k; caching and outputs are the model's job).
+_INFORMATION_ONLY = frozenset({
+    "position_ids", "cache_position", "use_cache", "output_hidden_states", "output_router_logits",
+    "return_dict", "num_items_in_batch", "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
+    "past_key_value", "layer_idx", "token_type_ids",
+})
+_HANDLED = frozenset({"is_causal", "softcap", "sliding_window", "s_aux", "position_bias", "output_attentions",
+                      "head_mask"})
+
 
 def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
                       attention_mask: Optional[Tensor], scaling: Optional[float] = None, dropout: float = 0.0,
                       **kwargs) -> tuple[Tensor, Optional[Tensor]]:
     """The ``transformers`` attention-interface function: query (B, H, L, d), key/value
     (B, Hkv, S, d) -> output (B, L, H, d) and the weights (B, H, L, S) or None."""
+    for name, val in kwargs.items():
+        if val is not None and name not in _HANDLED and name not in _INFORMATION_ONLY:
+            raise TypeError(f"attn_implementation='attend' does not implement the keyword {name!r} "
+                            f"(got {type(val).__name__}); refusing rather than ignoring it")
+    if kwargs.get("head_mask") is not None:
+        raise TypeError("attn_implementation='attend' does not implement the keyword 'head_mask' "
+                        "(multiplying the weights of whole heads); refusing rather than ignoring it")
     L, S = query.shape[2], key.shape[2]
     mask = attention_mask
     if mask is not None:
         mask = mask[..., :S]  # static caches may hand a mask longer than the keys
     is_causal = kwargs.get("is_causal")
     if is_causal is None:
-        is_causal = getattr(module, "is_causal", False)
+        is_causal = getattr(module, "is_causal", True)
     causal = bool(is_causal) and mask is None and L > 1
+    bias = kwargs.get("position_bias")
+    if bias is not None:
+        bias = bias[..., :S]
+    S_used = S
+    if causal and S > L:  # top-left causal: the slots after the last query are never seen
+        S_used = L
+        key, value = key[:, :, :L], value[:, :, :L]
+        bias = bias[..., :L] if bias is not None else None
+    if bias is not None:
+        if mask is None:
+            mask = bias
+        elif mask.dtype == torch.bool:
+            mask = bias.masked_fill(~mask, float("-inf"))
+        else:
+            mask = bias + mask
+    window = None
+    sliding = kwargs.get("sliding_window")
+    if sliding is not None and attention_mask is None:
+        # transformers' sliding windows keep keys with i - j < sliding_window (its own masks encode it)
+        if isinstance(sliding, bool) or not isinstance(sliding, int) or sliding < 1:
+            raise ValueError(f"sliding_window must be a positive int, got {sliding!r}")
+        window = (sliding - 1, None)
     softcap = kwargs.get("softcap")
     want_weights = bool(kwargs.get("output_attentions", False)) or _collecting_attentions()
-    out = attention(query, key, value, mask=mask, causal=causal, scale=scaling,
-                    score_mod=mods.softcap(softcap) if softcap else None,
+    out = attention(query, key, value, mask=mask, causal=causal, window=window, scale=scaling,
+                    score_mod=mods.softcap(softcap) if softcap else None, sinks=kwargs.get("s_aux"),
                     dropout_p=dropout if module.training else 0.0,
                     return_weights=want_weights, backend=_backend)
     weights = None
     if want_weights:
         out, weights = out
+        if S_used < S:  # the key slots cut above get weight exactly 0
+            weights = torch.nn.functional.pad(weights, (0, S - S_used))
     return out.transpose(1, 2).contiguous(), weights  # (B, L, H, d)
 
 

@@ -56,6 +56,7 @@ class AttentionCall:
     score_mod: Optional[Callable] = None
     dropout_p: float = 0.0
     hard: bool | str = False
+    sinks: Optional[Tensor] = None  # (Hq,) one extra logit per query head in the softmax denominator
     return_weights: bool = False
 
     # ---- sizes -------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class AttentionCall:
     def needs_grad(self) -> bool:
         if not torch.is_grad_enabled():
             return False
-        tensors = [self.query, self.key, self.value, self.bias]
+        tensors = [self.query, self.key, self.value, self.bias, self.sinks]
         if any(t is not None and t.requires_grad for t in tensors):
             return True
         params = getattr(self.score, "parameters", None)
@@ -246,12 +247,33 @@ def safe_lse(s: Tensor) -> Tensor:
     return torch.where(dead, torch.full_like(lse, -math.inf), lse).squeeze(-1)
 
 
-def safe_softmax(s: Tensor) -> tuple[Tensor, Tensor]:
+def with_sinks(lse: Tensor, sinks: Optional[Tensor]) -> Tensor:
+    """Add each head's sink logit to the log-sum-exp of its rows: ``log(exp(lse) + exp(sink_h))``.
+
+    ``lse`` is (B, Hq, l) (``-inf`` for rows with no key: they get ``sink_h``, so their
+    weights stay exactly 0); ``sinks`` (Hq,) or None (then ``lse`` is returned as is).
+    """
+    if sinks is None:
+        return lse
+    return _logaddexp(lse, sinks.to(lse.dtype).view(1, -1, 1), torch.logaddexp)
+
+
+def _logaddexp(a: Tensor, b: Tensor, op) -> Tensor:
+    """``op(a, b)`` (torch.logaddexp or logaddexp2) that gives -inf, and a zero gradient,
+    where both are -inf (plain logaddexp gives NaN there)."""
+    both = torch.isneginf(a) & torch.isneginf(b)
+    safe = torch.where(both, torch.zeros_like(a), a)
+    return torch.where(both, torch.full_like(safe, -math.inf), op(safe, b))
+
+
+def safe_softmax(s: Tensor, sinks: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Softmax over the last dim that gives **exactly zero** for rows with no finite score.
 
-    Returns ``(p, lse)``; ``lse`` is the log-sum-exp (``-inf`` for such rows).
+    ``s`` is (B, Hq, l, s); with ``sinks`` (Hq,) each head's sink logit joins every row's
+    denominator. Returns ``(p, lse)``; ``lse`` is the log-sum-exp, sinks included
+    (``-inf`` for rows with no finite score and no sink).
     """
-    lse = safe_lse(s)
+    lse = with_sinks(safe_lse(s), sinks)
     p = torch.exp(s - torch.where(lse == -math.inf, torch.zeros_like(lse), lse).unsqueeze(-1))
     return p, lse
 

@@ -10,6 +10,8 @@ running max ``m``, normaliser ``l`` and output accumulator ``acc`` (Milakov & Gi
     m' = max(m, rowmax(s_blk));  p = exp(s_blk - m')
     l' = l·exp(m - m') + rowsum(p);  acc' = acc·exp(m - m') + p v_blk;  o = acc / l
 
+(Attention sinks add ``exp(sink_h - m)`` to ``l`` once, after the last block.)
+
 With gradients, two passes over the blocks instead, each block under activation
 checkpointing, so backward *recomputes* a block's scores rather than storing them all:
 pass 1 gives each row's log-sum-exp ``lse``; pass 2 sums ``exp(s_blk - lse) v_blk``.
@@ -82,6 +84,12 @@ class Chunked(Backend):
                 p = F.dropout(p, call.dropout_p, training=True)
             acc = acc * alpha + torch.matmul(p, v)
             m = m_new
+        if call.sinks is not None:  # the sink is one more term of the denominator: exp(sink - m)
+            sink = call.sinks.to(cdt).view(1, -1, 1, 1)
+            m_new = torch.maximum(m, sink)
+            m_safe = torch.where(m_new == -math.inf, torch.zeros_like(m_new), m_new)
+            alpha = torch.exp(m - m_safe)
+            acc, l = acc * alpha, l * alpha + torch.exp(sink - m_safe)
         return acc / torch.where(l == 0, torch.ones_like(l), l)
 
     def _two_pass(self, call: AttentionCall, q: Tensor, cdt: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
@@ -99,7 +107,7 @@ class Chunked(Backend):
 
         ck = dict(use_reentrant=False, preserve_rng_state=True)
         lses = torch.stack([checkpoint(block_lse, q, j0, j1, **ck) for j0, j1 in blocks])  # (nb, B, Hq, L)
-        lse = _combine_lse(lses)  # (B, Hq, L); 0 for rows with no key
+        lse = _combine_lse(lses, call.sinks)  # (B, Hq, L); 0 for rows with no key (and no sink)
         out = None
         weights = [] if call.return_weights else None
         for j0, j1 in blocks:
@@ -115,8 +123,11 @@ class Chunked(Backend):
         return out, weights
 
 
-def _combine_lse(lses: Tensor) -> Tensor:
-    """Combine per-block log-sum-exps (nb, …) into one; rows with no key get 0 (so exp(-inf - 0) = 0)."""
+def _combine_lse(lses: Tensor, sinks: Optional[Tensor] = None) -> Tensor:
+    """Combine per-block log-sum-exps (nb, B, Hq, L) into one; rows with no key get 0 (so
+    exp(-inf - 0) = 0). A head's sink logit (``sinks`` (Hq,)) is one more block."""
+    if sinks is not None:
+        lses = torch.cat([lses, sinks.to(lses.dtype).view(1, 1, -1, 1).expand(1, *lses.shape[1:])])
     m = lses.amax(dim=0).detach()
     m = torch.where(m == -math.inf, torch.zeros_like(m), m)
     t = torch.exp(lses - m).sum(dim=0)

@@ -5,6 +5,7 @@ weights from a softmax over the scores of the query against every key::
 
     s_ij = scale * score(q_i, k_j)  (+ score_mod, + bias; -inf where masked)
     p_ij = exp(s_ij) / sum_j' exp(s_ij')       (a row with no finite s_ij: p_i = 0)
+                                              (with sinks: + exp(sink_h) in the denominator)
     o_i  = sum_j p_ij v_j
 
 Hard attention is the non-differentiable contrast: ``o_i = v_{argmax_j s_ij}``;
@@ -66,7 +67,7 @@ class Eager(Backend):
         k = call.expand_kv(call.key).to(cdt).contiguous()  # (B, Hq, S, Ek)
         v = call.expand_kv(call.value).to(cdt).contiguous()  # (B, Hq, S, Ev)
         s = call.scores(q, k, 0, 0)  # (B, Hq, L, S)
-        p, _ = safe_softmax(s)  # (B, Hq, L, S)
+        p, _ = safe_softmax(s, call.sinks)  # (B, Hq, L, S)
         weights = p
         if call.hard:
             alive = (p.sum(dim=-1, keepdim=True) > 0).to(cdt)  # (B, Hq, L, 1)

@@ -24,6 +24,9 @@ the probabilities from it. On top of that they keep what attend promises:
   log-sum-exp into the exact probabilities the forward used; :func:`attend.attention_weights`
   computes only chosen heads/rows, :func:`attend.key_totals` the per-key column sums.
   The returned weights carry no gradient (the output's gradients are exact).
+- **attention sinks** (``sinks=``, one logit per query head): the kernels' log-sum-exp and
+  output are corrected in PyTorch and the backward runs on the corrected ones
+  (:class:`_WithSinks`), so no kernel changes.
 
 It cannot do dropout, hard attention, additive (Bahdanau) or arbitrary callable scores,
 other score_mods, or float64; ``can_run`` says so and ``auto`` falls back.
@@ -44,7 +47,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import AttentionCall, Backend
+from .base import AttentionCall, Backend, _logaddexp
 
 MAX_HEAD_DIM = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -674,6 +677,17 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, mask, bias, lens, kvalid, doc, doc_lo, doc_hi, prefix, slopes, table)
 
 
+def _aux_grads(bias: Optional[Tensor], dbias: Tensor, table: Optional[Tensor], dtable: Tensor,
+               bias_grad: bool, table_grad: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The bias's gradient summed over its broadcast dims, the table's cast back (or None)."""
+    gbias = None
+    if bias_grad:
+        dims = [d for d in range(4) if bias.shape[d] == 1]
+        gbias = (dbias.sum(dim=dims, keepdim=True) if dims else dbias).to(bias.dtype)
+    gtable = dtable.to(table.dtype) if table_grad else None
+    return gbias, gtable
+
+
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, mask, bias, lens, kvalid, doc, doc_lo, doc_hi, prefix, slopes, table = ctx.saved_tensors
     need = ctx.needs_input_grad
@@ -682,15 +696,62 @@ def _backward(ctx, dout, dlse):
     dq, dk, dv, dbias, dtable = flash_attention_backward(
         dout, q, k, v, out, lse, mask, bias, lens, kvalid, doc, doc_lo, doc_hi, prefix, slopes, table,
         *ctx.params, bias_grad, table_grad)
-    gbias = None
-    if bias_grad:
-        dims = [d for d in range(4) if bias.shape[d] == 1]
-        gbias = (dbias.sum(dim=dims, keepdim=True) if dims else dbias).to(bias.dtype)
-    gtable = dtable.to(table.dtype) if table_grad else None
+    gbias, gtable = _aux_grads(bias, dbias, table, dtable, bias_grad, table_grad)
     return (dq, dk, dv, None, gbias) + (None,) * 7 + (gtable,) + (None,) * 7
 
 
 torch.library.register_autograd("attend::flash_attention", _backward, setup_context=_setup_context)
+
+
+# ---- attention sinks: one more term in each row's softmax denominator ------------------------
+_LOG2E = 1.4426950408889634
+
+
+def _sink_lse(lse: Tensor, sinks: Tensor, heads: Optional[Tensor] = None) -> Tensor:
+    """log2(2^lse + 2^sink_h) for lse (B, h, r) in log2 units; rows with no key get the sink."""
+    s2 = sinks.float() * _LOG2E
+    if heads is not None:
+        s2 = s2.index_select(0, heads.to(s2.device, torch.int64))
+    return _logaddexp(lse, s2.view(1, -1, 1), torch.logaddexp2)
+
+
+class _WithSinks(torch.autograd.Function):
+    """The fused kernels with attention sinks, without a kernel change.
+
+    With a sink the probabilities are ``p' = exp(s - lse')``, ``lse' = log(e^lse + e^sink)``,
+    and the output ``o' = o · e^(lse - lse')``. The backward's formulas hold unchanged for
+    ``p'`` (the sink is a constant in ``d p'_j / d s_k``), so the kernel's backward, given
+    ``o'`` and ``lse'``, gives the exact dQ, dK, dV (and bias/table gradients); the sink's own
+    gradient is ``-sum_rows p'_sink · (dO · o')``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, sinks, bias, table, p, block_m, block_n):
+        out, lse = torch.ops.attend.flash_attention(q, k, v, *p.op_args(), block_m, block_n)
+        lse_s = _sink_lse(lse, sinks)  # (B, Hq, L), log2 units
+        out = (out.float() * torch.exp2(lse - lse_s).unsqueeze(-1)).to(out.dtype)  # (B, Hq, L, Ev)
+        ctx.save_for_backward(q, k, v, out, lse_s, sinks, *p.op_args()[:10])
+        ctx.params = (*p.op_args()[10:], block_m, block_n)
+        ctx.mark_non_differentiable(lse_s)
+        return out, lse_s
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse_s, sinks, mask, bias, lens, kvalid, doc, doc_lo, doc_hi, prefix, slopes, table = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        bias_grad = bias is not None and need[4]
+        table_grad = table is not None and need[5]
+        dout = dout.contiguous()
+        dq, dk, dv, dbias, dtable = torch.ops.attend.flash_attention_backward(
+            dout, q, k, v, out, lse_s, mask, bias, lens, kvalid, doc, doc_lo, doc_hi, prefix, slopes, table,
+            *ctx.params, bias_grad, table_grad)
+        gbias, gtable = _aux_grads(bias, dbias, table, dtable, bias_grad, table_grad)
+        gsinks = None
+        if need[3]:
+            delta = (dout.float() * out.float()).sum(-1)  # (B, Hq, L): dO · o'
+            p_sink = torch.exp2(sinks.float().view(1, -1, 1) * _LOG2E - lse_s)  # (B, Hq, L)
+            gsinks = (-(p_sink * delta).sum(dim=(0, 2))).to(sinks.dtype)
+        return dq, dk, dv, gsinks, gbias, gtable, None, None, None
 
 
 # ---- the backend ----------------------------------------------------------------------------
@@ -727,7 +788,10 @@ class Triton(Backend):
         p = plan(call)
         q, k, factor = call.score.as_dot(call.query, call.key)  # (B, Hq, L, E), (B, Hkv, S, E)
         p.scale = call.scale * factor
-        out, lse = torch.ops.attend.flash_attention(q, k, call.value, *p.op_args(), self.block_m, self.block_n)
+        if call.sinks is not None:
+            out, lse = _WithSinks.apply(q, k, call.value, call.sinks, p.bias, p.table, p, self.block_m, self.block_n)
+        else:
+            out, lse = torch.ops.attend.flash_attention(q, k, call.value, *p.op_args(), self.block_m, self.block_n)
         weights = None
         if call.return_weights:
             weights = flash_weights(q.detach(), k.detach(), lse, p, block_m=self.block_m, block_n=self.block_n)
@@ -743,6 +807,8 @@ class Triton(Backend):
             heads = heads.to(dev, torch.int32) if heads is not None else None
             _, lse = flash_forward(q, k, call.value, p, rows=rows, heads=heads, compute_out=False,
                                    block_m=self.block_m, block_n=self.block_n)
+            if call.sinks is not None:
+                lse = _sink_lse(lse, call.sinks, heads)
             return flash_weights(q, k, lse, p, rows=rows, heads=heads, block_m=self.block_m, block_n=self.block_n)
 
     def key_totals(self, call: AttentionCall) -> Tensor:
@@ -751,4 +817,6 @@ class Triton(Backend):
             q, k, factor = call.score.as_dot(call.query, call.key)
             p.scale = call.scale * factor
             _, lse = flash_forward(q, k, call.value, p, compute_out=False, block_m=self.block_m, block_n=self.block_n)
+            if call.sinks is not None:
+                lse = _sink_lse(lse, call.sinks)
             return flash_key_totals(q, k, lse, p, block_m=self.block_m, block_n=self.block_n)

@@ -38,6 +38,8 @@ class SDPA(Backend):
             why.append("SDPA has no hard attention")
         if call.return_weights:
             why.append("SDPA does not return the attention weights")
+        if call.sinks is not None:
+            why.append("SDPA has no attention sinks (no extra term in its softmax denominator)")
         return why
 
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:

@@ -60,8 +60,8 @@ class LayerKV:
             cap = max(self.capacity_hint, new, 16)
             self._k = k.new_empty(*k.shape[:2], cap, k.shape[3])
             self._v = v.new_empty(*v.shape[:2], cap, v.shape[3])
-        elif self._k.shape[0] != k.shape[0]:
-            raise ValueError(f"cache holds a batch of {self._k.shape[0]}, got keys for {k.shape[0]}")
+        else:
+            self._check_like(k, v)
         if n + new > self._k.shape[2]:  # grow by doubling
             cap = max(2 * self._k.shape[2], n + new)
             grown_k = self._k.new_empty(*self._k.shape[:2], cap, self._k.shape[3])
@@ -73,6 +73,18 @@ class LayerKV:
         self._v[:, :, n : n + new] = v
         self.length = n + new
         return self.keys, self.values
+
+    def _check_like(self, k: Tensor, v: Tensor) -> None:
+        """New keys/values must match what is stored: no silent cast, no silent reshape."""
+        for name, new, held in (("keys", k, self._k), ("values", v, self._v)):
+            if new.dtype != held.dtype:
+                raise TypeError(f"cache holds {name} of dtype {held.dtype}, got {new.dtype} (no silent cast: "
+                                f"convert them, or start a new cache)")
+            if new.device != held.device:
+                raise ValueError(f"cache holds {name} on {held.device}, got {new.device}")
+            if new.ndim != 4 or (new.shape[0], new.shape[1], new.shape[3]) != (held.shape[0], held.shape[1], held.shape[3]):
+                raise ValueError(f"cache holds {name} of shape (B, Hkv, n, d) = ({held.shape[0]}, {held.shape[1]}, "
+                                 f"n, {held.shape[3]}), got {tuple(new.shape)}")
 
     def index_select(self, index: Tensor) -> "LayerKV":
         """A cache holding rows ``index`` of the batch (beam search reorders hypotheses)."""

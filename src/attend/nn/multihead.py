@@ -43,6 +43,9 @@ class MultiHeadAttention(nn.Module):
         score: ``"scaled_dot"``, ``"dot"``, ``"cosine"``, ``"general"``, ``"additive"``
             (per-head parameters built for the head dim) or a Score module.
         batch_first: inputs are (B, L, D) if True, (L, B, D) otherwise.
+        sinks: learn an attention sink per query head (one logit added to every row's
+            softmax denominator, as in GPT-OSS; initialised to 0), :func:`attend.attention`'s
+            ``sinks``.
         backend: the :func:`attend.attention` backend, ``"auto"`` (default), a name
             (``"triton"``, ``"sdpa"``, ...) or a :class:`attend.backends.Backend`.
     """
@@ -59,6 +62,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         score: Union[str, Callable] = "scaled_dot",
         batch_first: bool = True,
+        sinks: bool = False,
         backend="auto",
     ):
         super().__init__()
@@ -90,6 +94,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"score must be one of {list(_SCORE_NAMES)} or a Score module, got {score!r}")
         resolve(score)  # raises for anything that is not a score
         self.score = score  # a Module here is registered, so its parameters train with the layer
+        if not isinstance(sinks, bool):
+            raise TypeError(f"sinks must be a bool, got {type(sinks).__name__}")
+        self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None  # (H,) sink logits
         self.backend = backend
 
     def forward(
@@ -166,6 +173,7 @@ class MultiHeadAttention(nn.Module):
             causal=causal,
             score_mod=score_mod,
             dropout_p=self.dropout if self.training else 0.0,
+            sinks=self.sinks,
             return_weights=need_weights,
             backend=self.backend,
         )
@@ -237,7 +245,8 @@ class MultiHeadAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_heads={self.kv_heads}, "
-                f"head_dim={self.head_dim}, dropout={self.dropout}, batch_first={self.batch_first}")
+                f"head_dim={self.head_dim}, dropout={self.dropout}, batch_first={self.batch_first}"
+                + (", sinks=True" if self.sinks is not None else ""))
 
 
 def _positive(arg: str, val) -> None:
