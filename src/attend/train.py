@@ -10,8 +10,19 @@ Files in the run folder ``out_dir``:
   resumed run ends bit-identical to an uninterrupted one (on the same machine);
 - ``history.json``: one entry per evaluation.
 
-Every file is written atomically. SIGINT (Ctrl-C) and SIGTERM set a flag; the loop saves
-at the next step boundary and raises :class:`TrainingInterrupted` (exit codes 130 / 143).
+Every file is written atomically, through :class:`attend.runs.RunFolder`, and a training
+owns its folder (an exclusive lock) while it runs. SIGINT (Ctrl-C) and SIGTERM set a flag;
+the loop saves at the next step boundary and raises :class:`TrainingInterrupted` (exit
+codes 130 / 143).
+
+On resume, ``state.safetensors`` is checked field by field before anything is loaded or
+changed: the header's tensors against the model and optimiser (names, shapes, dtypes),
+the RNG state (uint8, the generator's size), the counters (step, epoch, position >= 0 and
+consistent with the number of batches per epoch, one recorded loss per step), the history
+(a list of evaluation records) and the training config (the same as this trainer's).
+
+:func:`scaled_warmup` gives a warm-up that fits the run: ``min(default, 10 % of the
+planned steps)``, at least 1.
 """
 from __future__ import annotations
 
@@ -30,8 +41,23 @@ from torch import Tensor, nn
 
 from . import _io
 from .data import Batch, LengthGroupedBatches, Vocab, make_batch
+from .runs import RunFolder, check_history
 
-__all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "sequence_loss"]
+__all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "sequence_loss", "scaled_warmup", "planned_steps"]
+
+
+def planned_steps(n_pairs: int, config: "TrainConfig") -> int:
+    """Steps a run is planned to take: epochs x batches per epoch, or ``max_steps`` if fewer."""
+    total = config.epochs * -(-n_pairs // config.batch_size)
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def scaled_warmup(default: int, planned: int, fraction: float = 0.1) -> int:
+    """Linear warm-up steps for a run of ``planned`` steps: ``default``, but at most
+    ``fraction`` (10 %) of the run, and at least 1, so a short run reaches its learning rate."""
+    if isinstance(planned, bool) or not isinstance(planned, int) or planned < 1:
+        raise ValueError(f"planned must be an int >= 1, got {planned!r}")
+    return max(1, min(default, int(planned * fraction)))
 
 
 @dataclass(frozen=True)
@@ -110,12 +136,21 @@ class Trainer:
     """Train ``model`` on id pairs; see the module docstring for the files it writes."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_pairs, valid_pairs, out_dir: str | os.PathLike,
-                 *, progress: bool = True):
+                 *, progress: bool = True, metadata: Optional[dict] = None):
+        """``metadata`` (str -> str) is stored with the weights and the state; a state whose
+        metadata disagrees on one of these keys is refused on resume (another run's state)."""
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if not valid_pairs:
             raise ValueError("valid_pairs is empty: early stopping needs a validation set")
+        if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("metadata must map strings to strings")
         self.model, self.config, self.out_dir, self.progress = model, config, os.fspath(out_dir), progress
+        self.run = RunFolder(self.out_dir)
+        self.metadata = dict(metadata or {})
+        model_cfg = getattr(model, "config", None)
+        if hasattr(model_cfg, "to_dict"):
+            self.metadata.setdefault("model_config", json.dumps(model_cfg.to_dict(), sort_keys=True))
         self.batches = LengthGroupedBatches(train_pairs, batch_size=config.batch_size, seed=config.seed)
         vb = LengthGroupedBatches(valid_pairs, batch_size=config.batch_size, shuffle=False)
         self.valid_batches = [vb.batch(ix) for ix in vb.order(0)]
@@ -139,11 +174,11 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------
     @property
     def state_path(self) -> str:
-        return os.path.join(self.out_dir, "state.safetensors")
+        return self.run.state_path
 
     @property
     def model_path(self) -> str:
-        return os.path.join(self.out_dir, "model.safetensors")
+        return self.run.model_path
 
     def _scalars(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "position": self.position, "decays": self.decays,
@@ -159,42 +194,138 @@ class Trainer:
                 tensors[f"optim.{i}.{k}"] = v if isinstance(v, Tensor) else torch.tensor(v)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["history.loss"] = torch.tensor(self.losses, dtype=torch.float64)
-        meta = {"trainer": json.dumps(self._scalars()), "param_groups": json.dumps(opt["param_groups"])}
-        _io.save_tensors(self.state_path, tensors, meta)
+        meta = dict(self.metadata, trainer=json.dumps(self._scalars(), sort_keys=True),
+                    param_groups=json.dumps(opt["param_groups"], sort_keys=True))
+        self.run.save_tensors(RunFolder.STATE, tensors, meta)
+
+    def _check_state(self, path: str) -> tuple[dict, dict]:
+        """Validate ``state.safetensors`` completely (see the module docstring); returns the
+        scalars and the loaded tensors. Nothing of the trainer is changed."""
+        infos, meta = _io.read_header(path, "training state")
+        for k, v in self.metadata.items():
+            if k in meta and meta[k] != v:
+                raise ValueError(f"{path}: belongs to another run ({k!r} in its metadata differs from this run's); "
+                                 "it cannot be resumed here")
+        params = list(self.model.parameters())
+        expected: dict[str, _io.TensorInfo] = {f"model.{k}": _io.TensorInfo(v.dtype, tuple(v.shape))
+                                                for k, v in self.model.state_dict().items()}
+        got = {k: v for k, v in infos.items() if k.startswith("model.")}
+        _io.check_state_dict(path, expected, got)
+        optim: dict[int, set] = {}
+        for k, info in infos.items():
+            if k.startswith("model."):
+                continue
+            if k == "rng.torch":
+                n = torch.get_rng_state().numel()
+                if info.dtype != torch.uint8 or info.shape != (n,):
+                    raise ValueError(f"{path}: tensor 'rng.torch' must be a uint8 tensor of shape ({n},) "
+                                     f"(torch's RNG state), got {info.dtype} {info.shape}")
+                continue
+            if k == "history.loss":
+                if info.dtype != torch.float64 or len(info.shape) != 1:
+                    raise ValueError(f"{path}: tensor 'history.loss' must be a 1-D float64 tensor, "
+                                     f"got {info.dtype} {info.shape}")
+                continue
+            parts = k.split(".")
+            if len(parts) != 3 or parts[0] != "optim" or not parts[1].isdigit() or int(parts[1]) >= len(params) \
+                    or parts[2] not in ("step", "exp_avg", "exp_avg_sq"):
+                raise ValueError(f"{path}: unexpected tensor {k!r} (the model has {len(params)} parameters; "
+                                 "optimiser tensors are optim.<i>.step / exp_avg / exp_avg_sq)")
+            i, name = int(parts[1]), parts[2]
+            optim.setdefault(i, set()).add(name)
+            p = params[i]
+            want = (torch.float32, ()) if name == "step" else (p.dtype, tuple(p.shape))
+            if (info.dtype, info.shape) != want:
+                raise ValueError(f"{path}: tensor {k!r} is {info.dtype} {info.shape}, expected {want[0]} {want[1]} "
+                                 f"(parameter {i} of the model)")
+        for i, names in optim.items():
+            if names != {"step", "exp_avg", "exp_avg_sq"}:
+                missing = sorted({"step", "exp_avg", "exp_avg_sq"} - names)
+                raise ValueError(f"{path}: optimiser state of parameter {i} is incomplete (missing {missing})")
+        for k in ("rng.torch", "history.loss"):
+            if k not in infos:
+                raise ValueError(f"{path}: missing tensor {k!r}")
+
+        def meta_json(key: str):
+            if key not in meta:
+                raise ValueError(f"{path}: metadata {key!r} is missing")
+            try:
+                return json.loads(meta[key])
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({e})") from None
+
+        doc = _io.JsonDoc(meta_json("trainer"), path, "trainer.")
+        saved_cfg = doc.obj("config").raw
+        mine = self.config.to_dict()
+        if saved_cfg != mine:
+            diff = [f"{k} (state: {saved_cfg.get(k)!r}, given: {mine.get(k)!r})"
+                    for k in sorted(set(saved_cfg) | set(mine)) if saved_cfg.get(k) != mine.get(k)]
+            raise ValueError(f"{path}: was written with a different training config: {', '.join(diff)}; "
+                             "resume with the same settings")
+        nb = len(self.batches)
+        sc = {"step": doc.int("step", lo=0), "epoch": doc.int("epoch", lo=0, hi=self.config.epochs),
+              "position": doc.int("position", lo=0, hi=max(nb - 1, 0)), "decays": doc.int("decays", lo=0),
+              "bad_evals": doc.int("bad_evals", lo=0), "seconds": float(doc.number("seconds", lo=0)),
+              "tokens": doc.int("tokens", lo=0)}
+        sc["last_eval_step"] = doc.int("last_eval_step", lo=-1, hi=sc["step"])
+        best = doc.raw.get("best_valid", "missing")
+        if best is not None:
+            best = doc.number("best_valid", lo=0)
+        sc["best_valid"] = best
+        sc["history"] = check_history(doc.raw.get("history"), path, "trainer.history")
+        if sc["history"] and sc["history"][-1]["step"] > sc["step"]:
+            raise doc.error("history", f"has an evaluation at step {sc['history'][-1]['step']}, after step {sc['step']}")
+        if sc["epoch"] == self.config.epochs and sc["position"] != 0:
+            raise doc.error("position", f"is {sc['position']} after the last epoch")
+        if sc["step"] != sc["epoch"] * nb + sc["position"]:
+            raise ValueError(f"{path}: step {sc['step']} does not match epoch {sc['epoch']} and position "
+                             f"{sc['position']} with {nb} batches per epoch: the state belongs to other training data")
+        if infos["history.loss"].shape != (sc["step"],):
+            raise ValueError(f"{path}: tensor 'history.loss' has {infos['history.loss'].shape[0]} losses for "
+                             f"{sc['step']} steps")
+        groups = meta_json("param_groups")
+        fresh = self.optimizer.state_dict()["param_groups"]
+        if not isinstance(groups, list) or len(groups) != len(fresh) or not all(isinstance(g, dict) for g in groups):
+            raise ValueError(f"{path}: metadata 'param_groups' must be a list of {len(fresh)} object(s)")
+        for g, f in zip(groups, fresh):
+            for k, v in f.items():
+                if k in ("lr", "initial_lr"):
+                    continue
+                want = list(v) if isinstance(v, tuple) else v
+                if g.get(k, want) != want:
+                    raise ValueError(f"{path}: optimiser setting {k!r} is {g.get(k)!r}, this trainer uses {want!r}")
+        tensors, _ = _io.load_tensors(path, "training state")
+        _io.check_state_dict(path, {k: v for k, v in expected.items()},
+                             {k: v for k, v in tensors.items() if k.startswith("model.")})
+        for k, v in tensors.items():
+            if k.startswith("optim.") and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{path}: tensor {k!r} has NaN or infinite values")
+            if k.endswith(".step") and not (0 <= float(v) <= sc["step"] and float(v) == int(v)):
+                raise ValueError(f"{path}: tensor {k!r} is {float(v)}, not a step count in [0, {sc['step']}]")
+        return sc, tensors
 
     def load_state(self) -> None:
+        """Resume from ``state.safetensors``, after checking all of it."""
         path = self.state_path
-        tensors, meta = _io.load_tensors(path, "training state")
-        try:
-            scalars = json.loads(meta["trainer"])
-            groups = json.loads(meta["param_groups"])
-        except (KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: training state metadata is missing or malformed ({e})") from None
-        if scalars.get("config") != self.config.to_dict():
-            raise ValueError(f"{path}: was written with a different training config; resume with the same settings")
+        sc, tensors = self._check_state(path)
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        _io.check_state_dict(path, self.model.state_dict(), model_sd)
-        self.model.load_state_dict(model_sd)
         state: dict = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
                 _, i, name = k.split(".", 2)
                 state.setdefault(int(i), {})[name] = v
-        try:
-            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: optimizer state does not fit this model ({e})") from None
-        if "rng.torch" not in tensors or "history.loss" not in tensors:
-            raise ValueError(f"{path}: missing tensor 'rng.torch' or 'history.loss'")
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.model.load_state_dict(model_sd)
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
         self.losses = tensors["history.loss"].tolist()
         for k in ("step", "epoch", "position", "decays", "bad_evals", "last_eval_step", "seconds", "tokens", "history"):
-            setattr(self, k, scalars[k])
-        self.best_valid = math.inf if scalars["best_valid"] is None else scalars["best_valid"]
+            setattr(self, k, sc[k])
+        self.best_valid = math.inf if sc["best_valid"] is None else float(sc["best_valid"])
 
     def save_model(self, valid_loss: Optional[float]) -> None:
-        _io.save_tensors(self.model_path, self.model.state_dict(),
-                         {"step": str(self.step), "valid_loss": "none" if valid_loss is None else repr(valid_loss)})
+        meta = dict(self.metadata, step=str(self.step), valid_loss="none" if valid_loss is None else repr(valid_loss))
+        self.run.save_tensors(RunFolder.MODEL, self.model.state_dict(), meta)
 
     # -- signals -------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGINT) -> None:
@@ -222,27 +353,27 @@ class Trainer:
         self.history.append({"step": self.step, "epoch": self.epoch, "train_loss": sum(recent) / max(len(recent), 1),
                              "valid_loss": valid, "lr": self.lr_at(self.step), "seconds": round(self.seconds, 2),
                              "tokens_per_s": round(self.tokens / max(self.seconds, 1e-9), 1)})
-        _io.write_json(os.path.join(self.out_dir, "history.json"), self.history)
+        self.run.write_history(self.history)
         return self.bad_evals >= self.config.patience > 0
 
     def fit(self, *, resume: bool = False, on_step: Optional[Callable[["Trainer"], None]] = None) -> list[dict]:
         """Train until the epochs, ``max_steps`` or ``max_minutes`` run out, or early stopping.
         Returns the history (one dict per evaluation)."""
-        os.makedirs(self.out_dir, exist_ok=True)
-        if resume:
-            self.load_state()
-        else:
-            torch.manual_seed(self.config.seed)
-        cfg = self.config
-        installed = []
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                installed.append((s, signal.signal(s, self._handler)))
-        try:
-            return self._loop(cfg, on_step)
-        finally:
-            for s, old in installed:
-                signal.signal(s, old)
+        with self.run.lock():  # one training per run folder
+            if resume:
+                self.load_state()
+            else:
+                torch.manual_seed(self.config.seed)
+            cfg = self.config
+            installed = []
+            if threading.current_thread() is threading.main_thread():
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    installed.append((s, signal.signal(s, self._handler)))
+            try:
+                return self._loop(cfg, on_step)
+            finally:
+                for s, old in installed:
+                    signal.signal(s, old)
 
     def _loop(self, cfg: TrainConfig, on_step) -> list[dict]:
         from tqdm.auto import tqdm

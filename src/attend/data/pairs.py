@@ -20,8 +20,9 @@ Pair = tuple[list[str], list[str]]
 
 def read_tsv(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
              limit: Optional[int] = None) -> list[tuple[str, str]]:
-    """Read ``(source, target)`` strings. Blank lines are skipped; a line without the
-    requested columns, or a file that is not UTF-8 text, is an error naming file and line."""
+    """Read ``(source, target)`` strings. Blank lines are skipped; a UTF-8 byte-order mark
+    at the start of the file is dropped; a line without the requested columns, or a file
+    that is not UTF-8 text, is an error naming file and line."""
     for name, col in (("src_col", src_col), ("tgt_col", tgt_col)):
         if isinstance(col, bool) or not isinstance(col, int) or col < 0:
             raise ValueError(f"{name} must be an int >= 0, got {col!r}")
@@ -42,6 +43,8 @@ def read_tsv(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
                 break
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():

@@ -22,10 +22,11 @@ _TOKEN = re.compile(r"\w+'|\w+(?:[-']\w+)*|[^\w\s]")
 
 
 def normalize(text: str) -> str:
-    """NFC, lower case, one kind of apostrophe, single spaces (non-breaking ones included)."""
+    """NFC, lower case, one kind of apostrophe, single spaces (non-breaking ones included),
+    no byte-order marks (U+FEFF, which an editor may leave at the start of a file)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    text = unicodedata.normalize("NFC", text).translate(_APOSTROPHES).lower()
+    text = unicodedata.normalize("NFC", text.replace("\ufeff", "")).translate(_APOSTROPHES).lower()
     return _SPACES.sub(" ", text).strip()
 
 

@@ -7,9 +7,15 @@ sentence-transformers computes them for models like all-MiniLM-L6-v2) are the me
 the last layer's token vectors over real tokens, normalised to length 1.
 
 A checkpoint folder holds ``config.json``, ``model.safetensors`` and ``tokenizer.json``
-(or ``vocab.txt``); ``sentence_bert_config.json`` and ``1_Pooling/config.json`` are read
-when present. Weights are read with ``safetensors`` only (never pickles); names and shapes
-are checked strictly, errors name the file and the tensor.
+(or ``vocab.txt``, with ``tokenizer_config.json``); ``sentence_bert_config.json``,
+``1_Pooling/config.json`` and ``modules.json`` are read when present. Every one of them is
+checked before it is used: ``config.json`` field by field (types, ranges, finite
+``layer_norm_eps``), then its sizes against the tensors the weights file's *header*
+declares, then every tensor's name, shape and dtype against the model built on the
+``meta`` device — all before any memory is allocated for the model. The tokenizer's ids
+must fit the embedding; pooling modes and module types attend does not run are refused
+(never silently skipped). Weights are read with ``safetensors`` only (never pickles);
+errors name the file and the field or tensor.
 
 Shape legend::
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -38,6 +45,10 @@ def _posint(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
     return v
+
+
+_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size")
 
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
@@ -59,28 +70,45 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self):
-        for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "max_position_embeddings", "type_vocab_size"):
+        for f in _INT_FIELDS:
             _posint(f, getattr(self, f))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                              f"({self.num_attention_heads})")
-        if self.hidden_act not in _ACT:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in _ACT:
             raise ValueError(f"hidden_act must be one of {sorted(_ACT)}, got {self.hidden_act!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1):
+            raise ValueError(f"layer_norm_eps must be a number in (0, 1), got {eps!r}")
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) \
+                or not (0 <= self.pad_token_id < self.vocab_size):
+            raise ValueError(f"pad_token_id must be an int in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}")
 
     @classmethod
     def from_hf(cls, d: dict, path: str = "config.json") -> "BertConfig":
-        """From a Hugging Face config dict: BERT fields are taken, the rest ignored, but a
-        model that is not BERT-shaped is refused."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        kind, positions = d.get("model_type", "bert"), d.get("position_embedding_type", "absolute")
+        """From a Hugging Face config dict: BERT fields are taken (each checked: type and
+        range; the error names the file and the field), the rest ignored, but a model that
+        is not BERT-shaped is refused."""
+        if isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"].startswith("attend."):
+            raise ValueError(f"{path}: field 'format' is {d['format']!r}: this is an attend run folder (a translator), "
+                             "not a Hugging Face BERT model folder")
+        doc = _io.JsonDoc(d, path)
+        kind = doc.str("model_type", default="bert")
+        positions = doc.str("position_embedding_type", default="absolute")
         if kind != "bert" or positions != "absolute":
             raise ValueError(f"{path}: model_type {kind!r} with position_embedding_type {positions!r} is not a BERT "
                              "encoder with absolute positions (RoBERTa-style models offset their positions)")
-        fields = {f.name for f in dataclasses.fields(cls)}
+        if "vocab_size" not in d:
+            raise ValueError(f"{path}: missing field 'vocab_size': not a BERT model config")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {f: doc.int(f, lo=1, default=defaults[f]) for f in _INT_FIELDS}
+        values["hidden_act"] = doc.str("hidden_act", choices=sorted(_ACT), default=defaults["hidden_act"])
+        values["layer_norm_eps"] = doc.number("layer_norm_eps", lo=0, lo_open=True,
+                                              default=defaults["layer_norm_eps"])
+        pad = d.get("pad_token_id", defaults["pad_token_id"])
+        values["pad_token_id"] = 0 if pad is None else doc.int("pad_token_id", lo=0, hi=values["vocab_size"] - 1)
         try:
-            return cls(**{k: v for k, v in d.items() if k in fields})
+            return cls(**values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
 
@@ -131,6 +159,40 @@ _IGNORED_PREFIXES = ("cls.", "pooler.")
 _IGNORED = ("embeddings.position_ids",)
 
 
+def _hf_keys(names) -> dict[str, str]:
+    """A checkpoint's tensor name -> its name without a ``bert.`` prefix, for the tensors
+    the encoder uses."""
+    names = list(names)
+    strip = bool(names) and all(k.startswith("bert.") or k.startswith("cls.") for k in names)
+    out = {}
+    for k in names:
+        short = k[5:] if strip and k.startswith("bert.") else k
+        if short not in _IGNORED and not short.startswith(_IGNORED_PREFIXES):
+            out[k] = short
+    return out
+
+
+def weight_claims(shapes) -> dict[str, tuple[Any, str]]:
+    """The :class:`BertConfig` fields a checkpoint's tensors pin down (names and shapes of
+    the header alone, without a ``bert.`` prefix), each with the tensor that says so."""
+    out: dict[str, tuple[Any, str]] = {}
+
+    def dim(field: str, name: str, i: int) -> None:
+        s = shapes.get(name)
+        if s is not None and len(s) > i:
+            out[field] = (s[i], f"tensor {name!r} has shape {tuple(s)}")
+
+    dim("vocab_size", "embeddings.word_embeddings.weight", 0)
+    dim("hidden_size", "embeddings.word_embeddings.weight", 1)
+    dim("max_position_embeddings", "embeddings.position_embeddings.weight", 0)
+    dim("type_vocab_size", "embeddings.token_type_embeddings.weight", 0)
+    dim("intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0)
+    found = {int(m.group(1)) for k in shapes if (m := re.fullmatch(r"encoder\.layer\.(\d+)\..+", k))}
+    n = max(found) + 1 if found else 0
+    out["num_hidden_layers"] = (n, f"it has {n} layer(s) 'encoder.layer.<i>'")
+    return out
+
+
 class BertModel(nn.Module):
     """BERT encoder: embeddings + :class:`attend.nn.Encoder` (post-norm, no extra positions)."""
 
@@ -165,9 +227,7 @@ class BertModel(nn.Module):
 
     def load_hf_tensors(self, tensors: dict[str, Tensor], path: str = "model.safetensors") -> None:
         """Load a Hugging Face BERT state dict (with or without a ``bert.`` prefix)."""
-        if tensors and all(k.startswith("bert.") or k.startswith("cls.") for k in tensors):
-            tensors = {k[5:] if k.startswith("bert.") else k: v for k, v in tensors.items()}
-        tensors = {k: v for k, v in tensors.items() if k not in _IGNORED and not k.startswith(_IGNORED_PREFIXES)}
+        tensors = {short: tensors[k] for k, short in _hf_keys(tensors).items()}
         names = _hf_names(self.config.num_hidden_layers)
         ours = self.state_dict()
         _io.check_state_dict(path, {theirs: ours[mine] for theirs, mine in names.items()}, tensors, exact_dtype=False)
@@ -175,12 +235,22 @@ class BertModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "BertModel":
-        """Read ``config.json`` and ``model.safetensors`` from a Hugging Face folder."""
+        """Read ``config.json`` and ``model.safetensors`` from a Hugging Face folder, checking
+        the config against the weights' header before the model is built."""
         folder = _folder(folder)
         cfg_path = os.path.join(folder, "config.json")
-        model = cls(BertConfig.from_hf(_io.read_json(cfg_path, "model config"), cfg_path))
+        config = BertConfig.from_hf(_io.read_json(cfg_path, "model config"), cfg_path)
         path = os.path.join(folder, "model.safetensors")
-        tensors, _ = _io.load_tensors(path, "model weights")
+        infos, _ = _io.read_header(path, "model weights")
+        keys = _hf_keys(infos)
+        header = {short: infos[k] for k, short in keys.items()}
+        _io.check_sizes(cfg_path, path, dataclasses.asdict(config), weight_claims({k: v.shape for k, v in header.items()}))
+        with torch.device("meta"):
+            skeleton = cls(config).state_dict()
+        names = _hf_names(config.num_hidden_layers)
+        _io.check_state_dict(path, {theirs: skeleton[mine] for theirs, mine in names.items()}, header, exact_dtype=False)
+        tensors, _ = _io.load_tensors(path, "model weights", names=list(keys))
+        model = cls(config)
         model.load_hf_tensors(tensors, path)
         return model.eval()
 
@@ -199,30 +269,99 @@ class TokenizedBatch(NamedTuple):
     offsets: list[list[tuple[int, int]]]  # each token's character span in its text ((0, 0) for [CLS]/[SEP])
 
 
-def _load_tokenizer(folder: str, max_length: int):
+def _load_tokenizer(folder: str, max_length: int, vocab_size: int):
+    """The folder's tokenizer (``tokenizer.json``, or ``vocab.txt`` with an optional
+    ``tokenizer_config.json``); every id it can produce must have a row in the embedding."""
     try:
         from tokenizers import Tokenizer
         from tokenizers.implementations import BertWordPieceTokenizer
     except ImportError:
         raise ImportError("reading a tokenizer needs the tokenizers library: pip install 'attend[bert]'") from None
     tj, vocab = os.path.join(folder, "tokenizer.json"), os.path.join(folder, "vocab.txt")
+    cfg = os.path.join(folder, "config.json")
     if os.path.isfile(tj):
+        if os.path.getsize(tj) > 512 << 20:
+            raise ValueError(f"{tj}: {os.path.getsize(tj)} bytes, more than a tokenizer file can be")
         try:
             tok = Tokenizer.from_file(tj)
         except Exception as e:  # the library's own error types
             raise ValueError(f"{tj}: malformed tokenizer file ({e})") from None
+        ids = tok.get_vocab(with_added_tokens=True).values()
+        top = max(ids, default=-1)
+        if top >= vocab_size:
+            raise ValueError(f"{tj}: token ids reach {top}, but {cfg} has vocab_size {vocab_size} "
+                             "(the embedding has no row for them)")
+        source = tj
     elif os.path.isfile(vocab):
+        if os.path.getsize(vocab) > 64 << 20:
+            raise ValueError(f"{vocab}: {os.path.getsize(vocab)} bytes, more than a vocabulary can be")
+        with open(vocab, "rb") as f:
+            data = f.read()
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{vocab}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if len(lines) > vocab_size:
+            raise ValueError(f"{vocab}: {len(lines)} tokens, but {cfg} has vocab_size {vocab_size} "
+                             "(the embedding has no row for the rest)")
         lower = True
         tc = os.path.join(folder, "tokenizer_config.json")
         if os.path.isfile(tc):
-            lower = bool(_io.read_json(tc, "tokenizer config").get("do_lower_case", True))
+            lower = _io.JsonDoc(_io.read_json(tc, "tokenizer config"), tc).bool("do_lower_case", default=True)
         tok = BertWordPieceTokenizer(vocab, lowercase=lower)
+        source = vocab
     else:
         raise FileNotFoundError(f"{folder}: no tokenizer.json or vocab.txt")
     pad_id = tok.token_to_id("[PAD]")
+    if pad_id is not None and pad_id >= vocab_size:
+        raise ValueError(f"{source}: [PAD] has id {pad_id}, but {cfg} has vocab_size {vocab_size}")
     tok.enable_truncation(max_length=max_length)
     tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
     return tok
+
+
+# Pooling modes of sentence-transformers' 1_Pooling/config.json; attend runs mean and CLS.
+_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": None,
+                  "pooling_mode_mean_sqrt_len_tokens": None, "pooling_mode_weightedmean_tokens": None,
+                  "pooling_mode_lasttoken": None}
+_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def _read_sentence_files(folder: str, config: BertConfig) -> tuple[int, str, bool, bool]:
+    """``sentence_bert_config.json``, ``1_Pooling/config.json`` and ``modules.json`` (each
+    when present), checked: returns (max_length, pooling, normalize, lowercase)."""
+    max_length, pooling, normalize, lower = config.max_position_embeddings, "mean", True, False
+    sb = os.path.join(folder, "sentence_bert_config.json")
+    if os.path.isfile(sb):
+        doc = _io.JsonDoc(_io.read_json(sb, "sentence-transformers config"), sb)
+        max_length = doc.int("max_seq_length", lo=1, hi=config.max_position_embeddings, default=max_length)
+        lower = doc.bool("do_lower_case", default=False)
+    pc = os.path.join(folder, "1_Pooling", "config.json")
+    if os.path.isfile(pc):
+        doc = _io.JsonDoc(_io.read_json(pc, "pooling config"), pc)
+        dim = doc.int("word_embedding_dimension", lo=1, default=config.hidden_size)
+        if dim != config.hidden_size:
+            raise doc.error("word_embedding_dimension", f"is {dim}, but the model's hidden_size is {config.hidden_size}")
+        on = [m for m in _POOLING_MODES if doc.bool(m, default=False)]
+        if len(on) != 1 or _POOLING_MODES[on[0]] is None:
+            raise ValueError(f"{pc}: pooling modes {on or 'none'} are set; attend pools with exactly one of "
+                             "'pooling_mode_mean_tokens' or 'pooling_mode_cls_token'")
+        pooling = _POOLING_MODES[on[0]]
+    mods = os.path.join(folder, "modules.json")
+    if os.path.isfile(mods):
+        listed = _io.read_json(mods, "sentence-transformers modules")
+        if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
+            raise ValueError(f"{mods}: expected a JSON list of modules")
+        kinds = []
+        for i, m in enumerate(listed):
+            kind = _io.JsonDoc(m, mods, f"[{i}].").str("type")
+            short = kind.rsplit(".", 1)[-1]
+            if short not in _MODULES:
+                raise ValueError(f"{mods}: module {i} has type {kind!r}, which attend does not run "
+                                 f"(only {', '.join(_MODULES)})")
+            kinds.append(short)
+        normalize = "Normalize" in kinds
+    return max_length, pooling, normalize, lower
 
 
 class SentenceEncoder:
@@ -233,43 +372,30 @@ class SentenceEncoder:
     """
 
     def __init__(self, model: BertModel, tokenizer, *, max_length: int = 256, normalize: bool = True,
-                 pooling: str = "mean"):
+                 pooling: str = "mean", lowercase: bool = False):
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_length, self.normalize, self.pooling = max_length, normalize, pooling
+        self.max_length, self.normalize, self.pooling, self.lowercase = max_length, normalize, pooling, lowercase
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "SentenceEncoder":
+        """Read a Hugging Face / sentence-transformers folder; every file is checked first
+        (see the module docstring)."""
         folder = _folder(folder)
+        cfg_path = os.path.join(folder, "config.json")
+        config = BertConfig.from_hf(_io.read_json(cfg_path, "model config"), cfg_path)
+        max_length, pooling, normalize, lower = _read_sentence_files(folder, config)
+        tokenizer = _load_tokenizer(folder, max_length, config.vocab_size)
         model = BertModel.from_pretrained(folder)
-        max_length = model.config.max_position_embeddings
-        sb = os.path.join(folder, "sentence_bert_config.json")
-        if os.path.isfile(sb):
-            max_length = int(_io.read_json(sb, "sentence-transformers config").get("max_seq_length", max_length))
-        pooling, normalize = "mean", True
-        pc = os.path.join(folder, "1_Pooling", "config.json")
-        if os.path.isfile(pc):
-            p = _io.read_json(pc, "pooling config")
-            if p.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif not p.get("pooling_mode_mean_tokens", True):
-                raise ValueError(f"{pc}: only mean or CLS pooling is supported")
-        mods = os.path.join(folder, "modules.json")
-        if os.path.isfile(mods):
-            listed = _io.read_json(mods, "sentence-transformers modules")
-            if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
-                raise ValueError(f"{mods}: expected a JSON list of modules")
-            normalize = any("Normalize" in str(m.get("type", "")) for m in listed)
-        return cls(model, _load_tokenizer(folder, max_length), max_length=max_length, normalize=normalize,
-                   pooling=pooling)
+        return cls(model, tokenizer, max_length=max_length, normalize=normalize, pooling=pooling, lowercase=lower)
 
     def tokenize(self, texts: Sequence[str]) -> TokenizedBatch:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings")
         if not texts:
             raise ValueError("texts is empty")
-        enc = self.tokenizer.encode_batch(list(texts))
+        enc = self.tokenizer.encode_batch([t.lower() for t in texts] if self.lowercase else list(texts))
         ids = torch.tensor([e.ids for e in enc], dtype=torch.long)  # (B, S)
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.bool)  # (B, S)
         tokens = [[t for t, m in zip(e.tokens, e.attention_mask) if m] for e in enc]

@@ -6,6 +6,10 @@ Beam search keeps ``beam`` hypotheses per sentence, scores them by the sum of to
 log-probabilities, and ranks finished ones by ``score / length ** length_penalty``
 (``length_penalty=0``: raw sum; ``1``: mean log-probability per token, counting <eos>).
 With ``beam=1`` it is greedy decoding.
+
+Neither search ever picks ``<pad>`` or ``<bos>`` (an undertrained model may rate them
+highest): their log-probabilities are set to -inf before the choice, after the softmax, so
+a hypothesis's score stays the model's own log-probability of its words.
 """
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ class Hypothesis:
     tokens: list[int]  # output ids, without <eos>
     score: float  # sum of log-probabilities (including <eos> when it was produced)
     weights: Optional[Tensor]  # (len(tokens), S_i): attention of each output word over the source; None without attention
+
+
+NEVER_DECODED = (Vocab.pad_id, Vocab.bos_id)
+
+
+def _forbid(logp: Tensor) -> Tensor:
+    """``logp`` (…, V) with the tokens that are never decoded at -inf."""
+    logp = logp.clone()
+    logp[..., list(NEVER_DECODED)] = float("-inf")
+    return logp
 
 
 def default_max_len(src_lengths: Tensor) -> int:
@@ -57,7 +71,7 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, max_len: Optiona
     for t in range(max_len):
         logits, state, w = model.decode(prev, state, enc)  # (B, 1, V), (B, 1, S)
         logp = logits[:, 0].log_softmax(-1).double()
-        best = logp.argmax(-1)  # (B,)
+        best = _forbid(logp).argmax(-1)  # (B,)
         scores += torch.where(done, 0.0, logp.gather(1, best[:, None])[:, 0])
         tokens.append(best)
         if w is not None:
@@ -100,7 +114,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int =
     prev = torch.full((B * K, 1), Vocab.bos_id, dtype=torch.long, device=dev)
     for t in range(max_len):
         logits, state, w = model.decode(prev, state, enc)  # (B*K, 1, V)
-        logp = logits[:, 0].log_softmax(-1).double().view(B, K, -1)  # (B, K, V)
+        logp = _forbid(logits[:, 0].log_softmax(-1).double().view(B, K, -1))  # (B, K, V)
         V = logp.shape[-1]
         # A finished beam continues only with <pad> at no cost, so it keeps its place.
         frozen = torch.full_like(logp, float("-inf"))

@@ -26,8 +26,9 @@ Shape legend::
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .._io import config_from_dict
 from ..nn import AdditiveAttention, LuongAttention
 
-__all__ = ["Seq2SeqConfig", "Seq2Seq", "Encoded", "ATTENTION_KINDS"]
+__all__ = ["Seq2SeqConfig", "Seq2Seq", "Encoded", "ATTENTION_KINDS", "weight_claims"]
 
 ATTENTION_KINDS = ("dot", "general", "concat", "additive", "none")
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -89,6 +90,46 @@ class Seq2SeqConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "Seq2SeqConfig":
         return config_from_dict(cls, d, "model config")
+
+
+def _count(shapes, pattern: str) -> int:
+    found = {int(m.group(1)) for k in shapes if (m := re.fullmatch(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def weight_claims(config: dict, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[Any, str]]:
+    """The config fields a :class:`Seq2Seq` weights file pins down (from tensor names and
+    shapes alone), each with the tensor that says so: checked before a model is built."""
+    out: dict[str, tuple[Any, str]] = {}
+
+    def dim(field: str, name: str, i: int) -> None:
+        s = shapes.get(name)
+        if s is not None and len(s) > i:
+            out[field] = (s[i], f"tensor {name!r} has shape {tuple(s)}")
+
+    dim("src_vocab", "src_embed.weight", 0)
+    dim("embed_dim", "src_embed.weight", 1)
+    dim("tgt_vocab", "out.weight", 0)
+    dim("hidden_dim", "combine.weight", 0)
+    n = _count(shapes, r"decoder\.weight_hh_l(\d+)")
+    out["layers"] = (n, f"it has {n} decoder layer(s) 'decoder.weight_hh_l<i>'")
+    if "encoder.weight_hh_l0" in shapes:
+        rev = "encoder.weight_hh_l0_reverse" in shapes
+        out["bidirectional"] = (rev, f"tensor 'encoder.weight_hh_l0_reverse' is {'present' if rev else 'absent'}")
+    s, H = shapes.get("decoder.weight_hh_l0"), out.get("hidden_dim", (0,))[0]
+    if s and H and s[0] in (3 * H, 4 * H):
+        out["rnn"] = ("gru" if s[0] == 3 * H else "lstm", f"tensor 'decoder.weight_hh_l0' has shape {tuple(s)}")
+    if "attention.score.weight" in shapes:
+        out["attention"] = ("general", "it has tensor 'attention.score.weight'")
+    elif "attention.score.v.weight" in shapes:
+        ih, E = shapes.get("decoder.weight_ih_l0"), out.get("embed_dim", (0,))[0]
+        if ih and len(ih) == 2 and E and H:
+            kind = "additive" if ih[1] == E + H else "concat"
+            out["attention"] = (kind, f"it has tensor 'attention.score.v.weight' and 'decoder.weight_ih_l0' has "
+                                      f"shape {tuple(ih)}")
+    elif config.get("attention") in ("general", "concat", "additive"):
+        out["attention"] = ("dot or none", "it has no attention tensors")
+    return out
 
 
 class Encoded(NamedTuple):

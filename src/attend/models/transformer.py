@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from ..nn import Decoder, Encoder, KVCache
 from ..nn.positional import POSITIONAL_KINDS
 from .seq2seq import Encoded, check_source
 
-__all__ = ["TransformerConfig", "TransformerSeq2Seq"]
+__all__ = ["TransformerConfig", "TransformerSeq2Seq", "weight_claims"]
 
 
 def _int(name: str, v, low: int) -> None:
@@ -82,6 +83,38 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":
         return config_from_dict(cls, d, "model config")
+
+
+def weight_claims(config: dict, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[Any, str]]:
+    """The config fields a :class:`TransformerSeq2Seq` weights file pins down (from tensor
+    names and shapes alone), each with the tensor that says so."""
+    out: dict[str, tuple[Any, str]] = {}
+
+    def dim(field: str, name: str, i: int) -> None:
+        s = shapes.get(name)
+        if s is not None and len(s) > i:
+            out[field] = (s[i], f"tensor {name!r} has shape {tuple(s)}")
+
+    dim("src_vocab", "src_embed.weight", 0)
+    dim("d_model", "src_embed.weight", 1)
+    dim("tgt_vocab", "tgt_embed.weight", 0)
+    for side in ("encoder", "decoder"):
+        found = {int(m.group(1)) for k in shapes if (m := re.fullmatch(side + r"\.layers\.(\d+)\..+", k))}
+        n = max(found) + 1 if found else 0
+        out[f"{side}_layers"] = (n, f"it has {n} {side} layer(s) '{side}.layers.<i>'")
+    ff = shapes.get("encoder.layers.0.ff.linear1.weight")
+    if ff and "d_model" in out:
+        d, mine = out["d_model"][0], config.get("ff_dim")
+        effective = (mine or 4 * d) if isinstance(mine, int) else None
+        if effective != ff[0]:
+            out["ff_dim"] = (ff[0], f"tensor 'encoder.layers.0.ff.linear1.weight' has shape {tuple(ff)}")
+    pos = shapes.get("encoder.add_positions.weight")
+    if pos:
+        out["positional"] = ("learned", "it has tensor 'encoder.add_positions.weight'")
+        out["max_len"] = (pos[0], f"tensor 'encoder.add_positions.weight' has shape {tuple(pos)}")
+    elif config.get("positional") == "learned":
+        out["positional"] = ("sinusoidal, rope or alibi", "it has no learned position table")
+    return out
 
 
 class TransformerSeq2Seq(nn.Module):

@@ -114,18 +114,36 @@ def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, lab
         tokens: per text, its token strings (n of them).
         attentions: per text, weights (L, H, n, n) or a list of L tensors (H, n, n).
         labels: names shown in the text selector (default: the first tokens).
+        title: the page's heading; note: a line shown under it (or None).
         max_tokens: longest text accepted.
+
+    Every argument is checked (its name is in the error); a text with no tokens is refused.
     """
     if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence) or not tokens:
         raise TypeError("tokens: expected a non-empty list with one list of token strings per text")
+    if isinstance(attentions, (str, bytes)) or not isinstance(attentions, Sequence):
+        raise TypeError(f"attentions: expected a list with the weights of each text, got {type(attentions).__name__}")
     if len(attentions) != len(tokens):
         raise ValueError(f"attentions: {len(attentions)} entries for {len(tokens)} texts")
-    if labels is not None and len(labels) != len(tokens):
-        raise ValueError(f"labels: {len(labels)} labels for {len(tokens)} texts")
+    if labels is not None:
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) \
+                or not all(isinstance(x, str) for x in labels):
+            raise TypeError(f"labels: expected None or a list of strings, got {type(labels).__name__}")
+        if len(labels) != len(tokens):
+            raise ValueError(f"labels: {len(labels)} labels for {len(tokens)} texts")
+    if not isinstance(title, str):
+        raise TypeError(f"title: expected a string, got {type(title).__name__}")
+    if note is not None and not isinstance(note, str):
+        raise TypeError(f"note: expected None or a string, got {type(note).__name__}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens: expected an int >= 1, got {max_tokens!r}")
+    for k, toks in enumerate(tokens):
+        if isinstance(toks, str) or not isinstance(toks, Sequence) or not all(isinstance(t, str) for t in toks):
+            raise TypeError(f"tokens[{k}]: expected a list of strings")
+        if len(toks) == 0:
+            raise ValueError(f"tokens[{k}]: text {k} has no tokens; the viewer needs at least one per text")
     texts = []
     for k, (toks, att) in enumerate(zip(tokens, attentions)):
-        if isinstance(toks, str) or not all(isinstance(t, str) for t in toks):
-            raise TypeError(f"tokens[{k}]: expected a list of strings")
         w = _as_layers(att, f"attentions[{k}]")
         n = len(toks)
         if n > max_tokens:
@@ -162,6 +180,10 @@ class AttentionView:
         """Run a :class:`~attend.models.bert.SentenceEncoder` on ``texts`` and show its attention."""
         if isinstance(texts, str):
             texts = [texts]
+        if not isinstance(texts, Sequence) or not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts: expected a string or a non-empty list of strings")
+        if title is not None and not isinstance(title, str):
+            raise TypeError(f"title: expected None or a string, got {type(title).__name__}")
         tokens, atts = [], []
         for text in texts:  # one at a time: no padding in the pictures
             batch, out = encoder.embed_tokens([text], need_weights=True)
@@ -170,7 +192,11 @@ class AttentionView:
         return cls(tokens, atts, labels=list(texts), title=title or "Attention", max_tokens=max_tokens)
 
     def save(self, path: Union[str, os.PathLike], *, force: bool = False) -> str:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"path: {path} is a folder, not a file")
         if os.path.exists(path) and not force:
             raise FileExistsError(f"{path} exists (use force=True / --force to overwrite)")
         _io.atomic_write(path, self.html.encode("utf-8"))

@@ -1,4 +1,8 @@
-"""PNG figures: an alignment heat map, and BLEU against sentence length."""
+"""Figures: an alignment heat map, and BLEU against sentence length.
+
+The file format follows the path's extension (:data:`FIGURE_FORMATS`: png, pdf, svg, jpg,
+…); any other extension is refused before anything is drawn.
+"""
 from __future__ import annotations
 
 import io
@@ -9,7 +13,24 @@ import torch
 
 from .._io import atomic_write
 
-__all__ = ["attention_heatmap", "bleu_by_length_plot"]
+__all__ = ["attention_heatmap", "bleu_by_length_plot", "figure_format", "FIGURE_FORMATS"]
+
+# extension -> matplotlib format (those matplotlib writes without extra software)
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".svgz": "svgz", ".jpg": "jpg", ".jpeg": "jpeg",
+                  ".webp": "webp", ".tif": "tif", ".tiff": "tiff", ".eps": "eps", ".ps": "ps"}
+
+
+def figure_format(path: str | os.PathLike, what: str = "path") -> str:
+    """The format a figure is written in, from ``path``'s extension; an unknown extension is
+    an error naming it and the ones accepted."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in FIGURE_FORMATS:
+        shown = repr(ext) if ext else "no extension"
+        raise ValueError(f"{what} {os.fspath(path)!r}: {shown} is not a figure format; use one of "
+                         f"{', '.join(FIGURE_FORMATS)}")
+    return FIGURE_FORMATS[ext]
 
 
 def _figure(width: float, height: float):
@@ -25,7 +46,7 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | os.PathLike) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format=figure_format(path), bbox_inches="tight")
     atomic_write(path, buf.getvalue())
     return os.fspath(path)
 
@@ -33,7 +54,9 @@ def _save(fig, path: str | os.PathLike) -> str:
 def attention_heatmap(weights, source: Sequence[str], output: Sequence[str], path: str | os.PathLike, *,
                       title: str = "") -> str:
     """Write a heat map of ``weights`` (len(output), len(source)): source words along the
-    top, output words down the side, darker = more attention. Returns the path."""
+    top, output words down the side, darker = more attention. The format follows the
+    extension of ``path``. Returns the path."""
+    figure_format(path)
     w = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
     if w.ndim != 2 or tuple(w.shape) != (len(output), len(source)):
         raise ValueError(f"weights: expected shape (len(output), len(source)) = ({len(output)}, {len(source)}), "
@@ -60,6 +83,7 @@ def bleu_by_length_plot(series: Mapping[str, Sequence[Mapping]], path: str | os.
                         title: str = "BLEU by source sentence length") -> str:
     """Bahdanau et al.'s Figure 2 at our scale: one line per model, from rows
     ``{"lo", "hi", "n", "bleu"}`` (as :func:`attend.apps.evaluate` gives them)."""
+    figure_format(path)
     if not series:
         raise ValueError("series is empty: nothing to plot")
     fig = _figure(6.0, 3.8)
