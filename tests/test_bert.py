@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -195,3 +196,120 @@ def test_too_long_input_is_refused(tmp_path):
     model = BertModel.from_pretrained(folder)
     with pytest.raises(ValueError, match="input_ids: 40 tokens, but the model has 32 positions"):
         model(torch.ones(1, 40, dtype=torch.long))
+
+
+# -- every file of the folder is checked before it costs anything -------------------------------
+
+def _set_config(folder, **changes):
+    path = folder / "config.json"
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", 1_000_000_000), ("hidden_size", 200_000),
+                                          ("num_hidden_layers", 100_000), ("intermediate_size", 64),
+                                          ("max_position_embeddings", 10 ** 8), ("type_vocab_size", 7)])
+def test_config_sizes_are_checked_against_the_weights_header_before_building(tmp_path, monkeypatch, field, value):
+    import time
+
+    import attend.models.bert as bert
+
+    folder, _ = _tiny_hf_folder(tmp_path)
+    _set_config(folder, **{field: value}, **({"num_attention_heads": 1} if field == "hidden_size" else {}))
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was built before the config was checked against the weights")
+
+    monkeypatch.setattr(bert.BertEmbeddings, "__init__", refuse)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"config\.json: {field} is {value}, but .*model\.safetensors holds "
+                                         rf"{field} = \d+ \((tensor|it has)"):
+        BertModel.from_pretrained(folder)
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(layer_norm_eps=float("nan")), r"field 'layer_norm_eps' must be a finite number, got nan"),
+    (dict(layer_norm_eps=0), r"field 'layer_norm_eps' must be > 0, got 0"),
+    (dict(layer_norm_eps=2.0), r"layer_norm_eps must be a number in \(0, 1\), got 2\.0"),
+    (dict(vocab_size=1e9), r"field 'vocab_size' must be an integer, got a number 1000000000\.0"),
+    (dict(num_attention_heads="4"), r"field 'num_attention_heads' must be an integer, got a string"),
+    (dict(hidden_act="swish2"), r"field 'hidden_act' must be one of"),
+    (dict(pad_token_id=20), r"field 'pad_token_id' must be an integer in \[0, 19\], got 20"),
+    (dict(model_type=3), r"field 'model_type' must be a string"),
+])
+def test_config_fields_are_checked_by_name(tmp_path, changes, message):
+    folder, _ = _tiny_hf_folder(tmp_path)
+    _set_config(folder, **changes)
+    with pytest.raises(ValueError, match=r"config\.json: " + message):
+        BertModel.from_pretrained(folder)
+
+
+def test_a_translator_run_folder_is_not_a_bert_folder(tmp_path, capsys):
+    from attend import cli
+
+    (tmp_path / "config.json").write_text(json.dumps({"format": "attend.translator/1", "model": {"hidden_dim": 8}}))
+    with pytest.raises(ValueError, match=r"config\.json: field 'format' is 'attend\.translator/1': this is an attend "
+                                         r"run folder \(a translator\), not a Hugging Face BERT model folder"):
+        BertModel.from_pretrained(tmp_path)
+    assert cli.main(["explain", "a bank", "the bank", "--model", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a Hugging Face BERT model folder" in err
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 16}))
+    with pytest.raises(ValueError, match=r"config\.json: missing field 'vocab_size': not a BERT model config"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_vocab_txt_longer_than_the_embedding_is_refused(tmp_path):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB + ["extra1", "extra2"]) + "\n")
+    with pytest.raises(ValueError, match=r"vocab\.txt: 22 tokens, but .*config\.json has vocab_size 20"):
+        SentenceEncoder.from_pretrained(folder)
+
+
+def test_tokenizer_json_ids_beyond_the_embedding_are_refused(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path, vocab_size=15)
+    tokenizers.implementations.BertWordPieceTokenizer(str(folder / "vocab.txt")).save(str(folder / "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: token ids reach 19, but .*config\.json has vocab_size 15"):
+        SentenceEncoder.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("1_Pooling/config.json", {"pooling_mode_max_tokens": True}, r"pooling modes \['pooling_mode_max_tokens'\] are set"),
+    ("1_Pooling/config.json", {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+     r"pooling modes \['pooling_mode_mean_tokens', 'pooling_mode_max_tokens'\] are set"),
+    ("1_Pooling/config.json", {"pooling_mode_mean_tokens": "yes"}, r"field 'pooling_mode_mean_tokens' must be true or false"),
+    ("1_Pooling/config.json", {"word_embedding_dimension": 384, "pooling_mode_mean_tokens": True},
+     r"field 'word_embedding_dimension' is 384, but the model's hidden_size is 16"),
+    ("1_Pooling/config.json", [1], r"the file must be a JSON object, got a list"),
+    ("tokenizer_config.json", [1], r"the file must be a JSON object, got a list"),
+    ("tokenizer_config.json", {"do_lower_case": "no"}, r"field 'do_lower_case' must be true or false"),
+    ("modules.json", [{"type": "sentence_transformers.models.Transformer"}, {"type": "sentence_transformers.models.Dense"}],
+     r"module 1 has type 'sentence_transformers\.models\.Dense', which attend does not run"),
+    ("modules.json", [{"path": ""}], r"missing field '\[0\]\.type'"),
+    ("sentence_bert_config.json", {"max_seq_length": 10 ** 9}, r"field 'max_seq_length' must be an integer in \[1, 32\]"),
+    ("sentence_bert_config.json", {"max_seq_length": "abc"}, r"field 'max_seq_length' must be an integer, got a string"),
+])
+def test_sentence_transformers_files_are_checked_by_name(tmp_path, name, content, message):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    (folder / name).parent.mkdir(exist_ok=True)
+    (folder / name).write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=re.escape(name.split("/")[-1]) + ".*: " + message):
+        SentenceEncoder.from_pretrained(folder)
+
+
+def test_cls_pooling_and_lower_case_are_honoured(tmp_path):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True,
+                                                                  "pooling_mode_mean_tokens": False}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16, "do_lower_case": True}))
+    enc = SentenceEncoder.from_pretrained(folder)
+    assert (enc.pooling, enc.max_length, enc.lowercase) == ("cls", 16, True)
+    assert enc.tokenize(["MONEY"]).tokens[0] == ["[CLS]", "money", "[SEP]"]

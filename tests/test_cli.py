@@ -1,6 +1,7 @@
 """The attend command: demo output, usage errors (exit 2), runtime errors (exit 1)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,110 @@ def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(demo, "run", interrupted)
     assert cli.main(["demo", "--out", str(tmp_path)]) == 130
+
+
+def test_an_interrupted_training_in_the_demo_exits_130(monkeypatch, capsys, tmp_path):
+    import signal
+
+    from attend import demo
+    from attend.train import TrainingInterrupted
+
+    def interrupted(out, **kw):  # what the trainer raises after saving, on Ctrl-C
+        raise TrainingInterrupted(signal.SIGINT, str(tmp_path / "attention"))
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"attend: training interrupted (signal 2); state saved in {tmp_path / 'attention'}"]
+
+
+def test_a_busy_run_folder_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    from attend import demo
+    from attend.runs import RunFolderBusy
+
+    def busy(out, **kw):
+        raise RunFolderBusy("run folder x is in use by another training")
+
+    monkeypatch.setattr(demo, "run", busy)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "attend: error: run folder x is in use by another training\n"
+
+
+def test_debug_is_accepted_after_the_subcommand(monkeypatch, tmp_path):
+    from attend import demo
+
+    def boom(out, **kw):
+        raise RuntimeError("the demo broke")
+
+    monkeypatch.setattr(demo, "run", boom)
+    for argv in (["demo", "--out", str(tmp_path / "a"), "--debug"], ["demo", "--debug", "--out", str(tmp_path / "b")]):
+        with pytest.raises(RuntimeError, match="the demo broke"):
+            cli.main(argv)
+    assert cli.main(["demo", "--out", str(tmp_path / "c")]) == 1
+    # `attend translate --debug "a sentence"` is still the text verb
+    assert cli._rewrite(["translate", "--debug", "hello", "--checkpoint", "x"]) == \
+        ["translate", "text", "--debug", "hello", "--checkpoint", "x"]
+    assert cli._rewrite(["translate", "--debug", "train"]) == ["translate", "--debug", "train"]
+
+
+@pytest.fixture
+def fake_checkpoint(tmp_path):
+    """A folder that passes the usage checks (the runtime load is never reached)."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_flags_that_do_not_apply_are_refused_naming_them(tmp_path, fake_checkpoint, capsys):
+    data = tmp_path / "d.tsv"
+    data.write_text("a b\tc d\n" * 10)
+    out = str(tmp_path / "out")
+    ck = str(fake_checkpoint)
+    cases = [
+        (["translate", "train", "--synthetic", "50", "--out", out, "--model", "transformer", "--attention", "additive"],
+         "--attention applies to --model rnn, not --model transformer"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--model", "transformer", "--rnn", "lstm"],
+         "--rnn applies to --model rnn"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--model", "transformer", "--embed", "8"],
+         "--embed applies to --model rnn"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--model", "transformer", "--unidirectional"],
+         "--unidirectional applies to --model rnn"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--heads", "2"],
+         "--heads applies to --model transformer, not --model rnn"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--ff", "64"], "--ff applies to --model transformer"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--positional", "rope"],
+         "--positional applies to --model transformer"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--src-col", "1"], "--src-col applies to --data"),
+        (["translate", "train", "--synthetic", "50", "--out", out, "--limit", "5"], "--limit applies to --data"),
+        (["translate", "train", "--data", str(data), "--out", out, "--src-col", "1", "--tgt-col", "1"],
+         "--src-col and --tgt-col must differ, both are 1"),
+        (["translate", "train", "--data", str(data), "--out", out, "--src-col", "1"],
+         "--src-col and --tgt-col must differ, both are 1"),
+        (["translate", "train", "--data", str(data), "--out", out, "--resume", "--force"],
+         "--resume continues the run in --out and --force starts a new one"),
+        (["translate", "eval", "--checkpoint", ck, "--data", str(data), "--src-col", "1", "--tgt-col", "1"],
+         "--src-col and --tgt-col must differ"),
+        (["translate", "eval", "--checkpoint", ck, "--data", str(data), "--force"], "--force applies to --plot"),
+        (["translate", "eval", "--checkpoint", ck, "--data", str(data), "--plot", str(tmp_path / "p.bmp")],
+         "--plot '" + str(tmp_path / "p.bmp") + "': '.bmp' is not a figure format; use one of .png, .pdf, .svg"),
+        (["translate", "hello", "--checkpoint", ck, "--force"], "--force applies to --heatmap"),
+        (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path / "h.bin")], "'.bin' is not a figure format"),
+        (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path / "h")], "no extension is not a figure"),
+        (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path)], f"--heatmap {tmp_path} is a folder"),
+        (["translate", "hello", "--checkpoint", str(data)], f"--checkpoint is a file, not a run folder: {data}"),
+        (["translate", "eval", "--checkpoint", str(data), "--data", str(data)], "--checkpoint is a file, not a run folder"),
+        (["translate", "the \udcff cat .", "--checkpoint", ck, "--heatmap", str(tmp_path / "h.png")],
+         "TEXT is not valid UTF-8 text (byte 0xff at position 4)"),
+        (["explain", "a bank", "--html", str(tmp_path / "v.html"), "--top", "3"], "--top applies to word sense"),
+        (["explain", "a bank", "--html", str(tmp_path / "v.html"), "--same", "the bank"], "--same applies to word sense"),
+        (["explain", "a bank", "the bank", "--force"], "--force applies to --html"),
+        (["explain", "a bank", "the bank", "--model", str(data)], "--model is a file, not a model folder"),
+        (["explain", "a bank", "the bank", "--html", str(tmp_path)], f"--html {tmp_path} is a folder"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("attend: error: ") and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "d.tsv"]  # nothing written

@@ -137,3 +137,12 @@ def test_length_grouped_batches_cover_everything_deterministically():
     assert padding(o1) < 0.4 * padding([perm[i : i + 16] for i in range(0, 500, 16)])
     with pytest.raises(ValueError, match="batch_size"):
         LengthGroupedBatches(pairs, batch_size=0)
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    assert normalize("\ufeffThe cat") == "the cat"
+    assert tokenize("\ufeffthe\ufeff cat") == ["the", "cat"]
+    f = tmp_path / "bom.tsv"
+    f.write_bytes("\ufeffGo.\tVa !\nHi.\tSalut !\n".encode("utf-8"))  # as Windows editors save UTF-8
+    assert read_tsv(f) == [("Go.", "Va !"), ("Hi.", "Salut !")]
+    assert read_tsv(f, src_col=1, tgt_col=0)[0] == ("Va !", "Go.")

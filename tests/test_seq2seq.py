@@ -104,17 +104,19 @@ def test_greedy_weights_are_what_the_decoder_computed():
 @torch.no_grad()
 def test_wide_beam_is_exhaustive_search():
     # With a beam as wide as the search space, beam search must find the best-scoring
-    # output of all of them (length_penalty 0: raw log-probability).
+    # output of all of them (length_penalty 0: raw log-probability); <pad> and <bos> are
+    # never decoded, so the space is the sequences of the other tokens.
     import itertools
 
     m = tiny("general", tgt_vocab=6)
     T, eos = 3, 3
+    allowed = [1, 3, 4, 5]
     for s in SENTENCES[:2]:
         one = make_batch([(s, [])])
         best = beam_search(m, one.src, one.src_lengths, beam=6 ** T, max_len=T, length_penalty=0.0)[0]
         scores = {}
         for n in range(1, T + 1):
-            for seq in itertools.product(range(6), repeat=n):
+            for seq in itertools.product(allowed, repeat=n):
                 if eos in seq[:-1] or (n < T and seq[-1] != eos):
                     continue  # ended early, or stopped without <eos> before max_len
                 b = make_batch([(s, list(seq))])
@@ -167,3 +169,21 @@ def dataclasses_frozen():
     import dataclasses
 
     return dataclasses.FrozenInstanceError
+
+
+@pytest.mark.parametrize("attention", ["general", "additive"])
+@torch.no_grad()
+def test_search_never_emits_pad_or_bos(attention):
+    # an undertrained model that rates <bos> and <pad> highest (seen: "<bos> <bos> <bos> ...")
+    m = tiny(attention)
+    m.out.bias[2] += 50.0  # <bos>
+    m.out.bias[0] += 40.0  # <pad>
+    b = batch()
+    for hyps in (greedy(m, b.src, b.src_lengths, max_len=6), beam_search(m, b.src, b.src_lengths, beam=3, max_len=6)):
+        for i, h in enumerate(hyps):
+            assert h.tokens and not {0, 2} & set(h.tokens), h.tokens
+            one = make_batch([(SENTENCES[i], h.tokens)])
+            logp = m(one.src, one.src_lengths, one.tgt_in)[0].log_softmax(-1)[0].double()
+            n = len(h.tokens) + (1 if len(h.tokens) < 6 else 0)
+            # the score is still the model's own log-probability of the words chosen
+            assert h.score == pytest.approx(float(logp[torch.arange(n), one.tgt_out[0, :n]].sum()), abs=1e-4)

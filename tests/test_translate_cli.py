@@ -99,7 +99,7 @@ def test_a_corrupt_checkpoint_is_a_runtime_error(trained, tmp_path):
     assert r.returncode == 1 and "not a safetensors file" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_ctrl_c_saves_and_exits_130_then_resumes(tsv, tmp_path):
+def test_ctrl_c_saves_and_exits_130_then_resumes(tsv, tmp_path, capsys):
     out = tmp_path / "run"
     p = subprocess.Popen([*ATTEND, "translate", "train", "--data", str(tsv), "--out", str(out), "--hidden", "32",
                           "--embed", "16", "--epochs", "30", "--eval-every", "3", "--no-progress"],
@@ -109,6 +109,11 @@ def test_ctrl_c_saves_and_exits_130_then_resumes(tsv, tmp_path):
         assert p.poll() is None, p.communicate()
         assert time.time() < deadline
         time.sleep(0.05)
+    # a second training into the folder while the first runs: refused at once, one line
+    assert cli.main(["translate", "train", "--data", str(tsv), "--out", str(out), "--force", "--hidden", "32",
+                     "--embed", "16", "--no-progress"]) == 2
+    assert "is in use by another training" in capsys.readouterr().err
+    assert p.poll() is None  # the first one is still training
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
@@ -147,3 +152,116 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     # an existing, non-empty run folder is not overwritten without --force
     assert cli.main(["demo", "--quick", "--out", str(out)]) == 2
     assert "is not empty; pass --force" in capsys.readouterr().err
+
+
+# -- the CLI does what it says ---------------------------------------------------------------
+
+TINY = ["--hidden", "8", "--embed", "4", "--no-progress", "--batch-size", "32"]
+
+
+def _train(capsys, *args):
+    code = cli.main(["translate", "train", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _files(folder):
+    return {p: (folder / p).read_bytes() for p in sorted(os.listdir(folder))}
+
+
+def test_min_freq_reaches_the_vocabulary(tmp_path, capsys):
+    sizes = {}
+    for m in (1, 30):
+        out = tmp_path / f"m{m}"
+        code, _, err = _train(capsys, "--synthetic", 300, "--out", out, "--epochs", 1, "--min-freq", m, *TINY)
+        assert code == 0, err
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["min_freq"] == m
+        sizes[m] = len(cfg["src_vocab"])
+    assert sizes[30] < sizes[1], sizes  # (the same before --min-freq reached the vocabulary)
+    code, _, err = _train(capsys, "--synthetic", 300, "--out", tmp_path / "none", "--epochs", 1, "--min-freq", 100000,
+                          *TINY)
+    assert code == 1 and "min_freq=100000 leaves no source word in the vocabulary" in err
+    assert not (tmp_path / "none").exists()  # a refused command leaves no trace
+
+
+def test_warmup_scales_with_the_run(tmp_path, capsys):
+    from attend.train import scaled_warmup
+
+    assert [scaled_warmup(100, n) for n in (3, 60, 999, 5000)] == [1, 6, 99, 100]
+    out = tmp_path / "r"
+    code, _, err = _train(capsys, "--synthetic", 330, "--out", out, "--epochs", 6, *TINY)  # 10 batches x 6 epochs
+    assert code == 0, err
+    assert "60 steps planned, warm-up 6" in err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["warmup_steps"] == 6
+    hist = json.loads((out / "history.json").read_text())
+    assert hist[0]["lr"] == cfg["train"]["lr"]  # the learning rate is reached in the first epoch
+    code, _, err = _train(capsys, "--synthetic", 330, "--out", tmp_path / "w", "--epochs", 1, "--warmup", 0, *TINY)
+    assert code == 0 and "warm-up 0" in err
+
+
+def test_a_refused_resume_changes_nothing_and_names_each_setting(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--synthetic", 200, "--out", out, "--eval-every", 2, *TINY]
+    code, _, err = _train(capsys, *base, "--epochs", 2)
+    assert code == 0, err
+    before = _files(out)
+    for extra, named in [(["--valid", 0.2], "--valid (run: 0.05, given: 0.2)"),
+                         (["--hidden", 16], "--hidden (run: 8, given: 16)"),
+                         (["--attention", "dot", "--rnn", "lstm"], "--attention (run: 'general', given: 'dot'), "
+                                                                   "--rnn (run: 'gru', given: 'lstm')"),
+                         (["--epochs", 3], "--epochs (run: 2, given: 3)"),
+                         (["--min-freq", 2], "--min-freq (run: 1, given: 2)"),
+                         (["--warmup", 50], "--warmup (run: 1, given: 50)")]:
+        code, _, err = _train(capsys, *base, *(extra if "--epochs" in extra else ["--epochs", 2, *extra]), "--resume")
+        assert code == 1, (extra, err)
+        assert "different training settings from the run's" in err and named in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert _files(out) == before  # test.tsv, valid.tsv, config.json: nothing touched
+    code, _, err = _train(capsys, *base, "--epochs", 2, "--resume")  # the same settings: continues
+    assert code == 0, err
+    assert _files(out)["test.tsv"] == before["test.tsv"] and _files(out)["config.json"] == before["config.json"]
+
+
+def test_unknown_words_are_shown_and_counted(trained, tmp_path, capsys):
+    from attend.apps import Translator
+
+    t = Translator.load(trained).translate(["the elephant likes the bread ."])[0]
+    assert t.source == ["the", "<unk>", "likes", "the", "<unk>", "."]
+    assert t.unknown == ["elephant", "bread"]
+    assert tuple(t.weights.shape) == (len(t.tokens), 6)
+    png = tmp_path / "h.png"
+    assert cli.main(["translate", "the elephant likes the bread .", "--checkpoint", str(trained),
+                     "--heatmap", str(png)]) == 0
+    captured = capsys.readouterr()
+    assert "attend: 2 words not in the vocabulary (read as <unk>): elephant, bread" in captured.err
+    assert captured.out.strip() == t.text
+    assert cli.main(["translate", "the cat likes the bread .", "--checkpoint", str(trained)]) == 0
+    assert "1 word not in the vocabulary (read as <unk>): bread" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ext, magic", [(".jpg", b"\xff\xd8\xff"), (".svg", b"<?xml"), (".pdf", b"%PDF"),
+                                        (".PNG", b"\x89PNG")])
+def test_figure_formats_follow_the_extension(trained, tmp_path, capsys, ext, magic):
+    path = tmp_path / f"h{ext}"
+    assert cli.main(["translate", "the black cat .", "--checkpoint", str(trained), "--heatmap", str(path)]) == 0
+    assert path.read_bytes().startswith(magic)
+    plot = tmp_path / f"p{ext}"
+    assert cli.main(["translate", "eval", "--checkpoint", str(trained), "--data", str(trained / "test.tsv"),
+                     "--limit", "20", "--plot", str(plot)]) == 0, capsys.readouterr().err
+    assert plot.read_bytes().startswith(magic)
+
+
+def test_plotting_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
+    import attend.viz as viz
+
+    def broken(*a, **k):
+        raise ValueError("Glyph 56575 missing\n  File 'x', line 3\n    more matplotlib\nUnicodeEncodeError: boom")
+
+    monkeypatch.setattr(viz, "attention_heatmap", broken)
+    assert cli.main(["translate", "the cat .", "--checkpoint", str(trained), "--heatmap", str(tmp_path / "h.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"attend: error: could not draw the heat map {tmp_path / 'h.png'}: Glyph "
+                                            "56575 missing File 'x', line 3 more matplotlib UnicodeEncodeError: boom")
+    assert len([line for line in err.splitlines() if line.startswith("attend: error")]) == 1

@@ -117,6 +117,38 @@ def test_jupyter_repr_is_a_sandboxed_frame():
     assert 'sandbox="allow-scripts allow-downloads"' in frame
 
 
+def test_every_argument_is_checked_by_name():
+    w = [torch.rand(1, 1, 2, 2)]
+    for kw, error, message in [
+        (dict(note=object()), TypeError, "note: expected None or a string, got object"),
+        (dict(title=3), TypeError, "title: expected a string, got int"),
+        (dict(labels=[1]), TypeError, "labels: expected None or a list of strings"),
+        (dict(labels="ab"), TypeError, "labels: expected None or a list of strings, got str"),
+        (dict(max_tokens="5"), ValueError, "max_tokens: expected an int >= 1, got '5'"),
+        (dict(max_tokens=0), ValueError, "max_tokens: expected an int >= 1, got 0"),
+    ]:
+        with pytest.raises(error, match=message):
+            AttentionView([["a", "b"]], w, **kw)
+    with pytest.raises(TypeError, match="attentions: expected a list with the weights of each text, got int"):
+        attention_page([["a"]], 3)
+    attention_page([["a", "b"]], torch.rand(1, 1, 1, 2, 2))  # a tensor (texts, layers, heads, n, n) is a list too
+    with pytest.raises(TypeError, match="path: expected a str or os.PathLike, got int"):
+        AttentionView([["a", "b"]], w).save(3)
+
+
+def test_a_text_without_tokens_is_refused():
+    with pytest.raises(ValueError, match=r"tokens\[1\]: text 1 has no tokens; the viewer needs at least one"):
+        AttentionView([["a"], []], [torch.rand(1, 1, 1, 1), torch.rand(1, 1, 0, 0)])
+    with pytest.raises(ValueError, match=r"tokens\[0\]: text 0 has no tokens"):
+        attention_page([[]], [torch.zeros(1, 1, 0, 0)])
+
+
+def test_saving_onto_a_folder_is_refused(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder, not a file"):
+        AttentionView([["a"]], [torch.rand(1, 1, 1, 1)]).save(tmp_path, force=True)
+    assert os.listdir(tmp_path) == []  # no temp file left behind
+
+
 # -- in a real browser -------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -416,15 +416,14 @@ def _translate_train(args) -> int:
             else:
                 if os.listdir(args.out) and not args.force:  # checked again, now that the folder is ours
                     raise UsageError(f"{args.out} is not empty; pass --force to train into it or --resume to continue")
-                run.write_pairs(RunFolder.VALID, split.valid)
-                run.write_pairs(RunFolder.TEST, split.test)
                 where = f"written to {run.file(RunFolder.TEST)}"
             print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, {len(split.test)} test "
                   f"({where}); {planned} steps planned, warm-up {tcfg.warmup_steps}", file=sys.stderr)
             try:
                 tr, hist = train_translator(split.train, split.valid, args.out, model=model, train_config=tcfg,
                                             min_freq=args.min_freq, data=note, resume=args.resume,
-                                            progress=not args.no_progress)
+                                            progress=not args.no_progress,
+                                            held_out={RunFolder.VALID: split.valid, RunFolder.TEST: split.test})
             except TrainingInterrupted as e:
                 print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)",
                       file=sys.stderr)

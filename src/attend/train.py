@@ -388,6 +388,9 @@ class Trainer:
                 if self._stop is not None:
                     bar.close()
                     self._save_interrupted()
+                if cfg.max_steps and self.step >= cfg.max_steps:  # a resumed run that had used up its steps
+                    stop = True
+                    break
                 t0 = time.perf_counter()
                 batch = self.batches.batch(order[self.position])
                 for g in self.optimizer.param_groups:

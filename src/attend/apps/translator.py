@@ -232,7 +232,8 @@ def resume_differences(saved: dict, *, model: Optional[dict] = None, train_confi
 def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str | os.PathLike, *,
                      model: Optional[dict] = None, train_config: Optional[TrainConfig] = None,
                      min_freq: int = 1, data: Optional[dict] = None, resume: bool = False,
-                     progress: bool = True, on_step=None) -> tuple[Translator, list[dict]]:
+                     progress: bool = True, on_step=None,
+                     held_out: Optional[dict[str, Sequence[Pair]]] = None) -> tuple[Translator, list[dict]]:
     """Build vocabularies from ``train`` (token pairs; words seen fewer than ``min_freq``
     times become ``<unk>``), train a model with ``model`` options (``Seq2SeqConfig`` fields
     other than the vocabulary sizes for the RNN model; with ``"kind": "transformer"``,
@@ -244,6 +245,10 @@ def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str 
     continues from ``state.safetensors``; the given settings (model options, training
     config, ``min_freq``, data notes, the pairs themselves) must match the saved ones, and
     the state is checked completely before anything is loaded or written.
+
+    ``held_out`` (file name -> token pairs, e.g. ``{"test.tsv": split.test}``) is written
+    into a new run folder as TSV, once everything else is checked (not on resume: the run
+    keeps its own).
     """
     out_dir = os.fspath(out_dir)
     train_config = train_config or TrainConfig()
@@ -284,6 +289,8 @@ def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str 
         trainer = Trainer(net, train_config, ids(train), ids(valid), out_dir, progress=progress,
                           metadata={"run": _run_digest(mcfg, src_vocab, tgt_vocab)})
         if doc is not None:
+            for name, pairs in (held_out or {}).items():
+                run.write_pairs(name, pairs)
             run.write_config(doc)
         history = trainer.fit(resume=resume, on_step=on_step)
         return Translator.load(out_dir), history

@@ -121,7 +121,7 @@ def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, lab
     """
     if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence) or not tokens:
         raise TypeError("tokens: expected a non-empty list with one list of token strings per text")
-    if isinstance(attentions, (str, bytes)) or not isinstance(attentions, Sequence):
+    if isinstance(attentions, (str, bytes)) or not isinstance(attentions, (Sequence, Tensor)):
         raise TypeError(f"attentions: expected a list with the weights of each text, got {type(attentions).__name__}")
     if len(attentions) != len(tokens):
         raise ValueError(f"attentions: {len(attentions)} entries for {len(tokens)} texts")
