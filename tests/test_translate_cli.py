@@ -239,6 +239,11 @@ def test_unknown_words_are_shown_and_counted(trained, tmp_path, capsys):
     assert captured.out.strip() == t.text
     assert cli.main(["translate", "the cat likes the bread .", "--checkpoint", str(trained)]) == 0
     assert "1 word not in the vocabulary (read as <unk>): bread" in capsys.readouterr().err
+    data = tmp_path / "d.tsv"
+    data.write_text("the elephant likes the bread .\tx\nthe cat .\tle chat .\nthe bread .\tle pain .\n")
+    assert cli.main(["translate", "eval", "--checkpoint", str(trained), "--data", str(data)]) == 0
+    assert "attend: 3 words in 2 sentences not in the vocabulary (read as <unk>): elephant, bread" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("ext, magic", [(".jpg", b"\xff\xd8\xff"), (".svg", b"<?xml"), (".pdf", b"%PDF"),

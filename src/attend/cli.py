@@ -416,7 +416,7 @@ def _translate_train(args) -> int:
             else:
                 if os.listdir(args.out) and not args.force:  # checked again, now that the folder is ours
                     raise UsageError(f"{args.out} is not empty; pass --force to train into it or --resume to continue")
-                where = f"written to {run.file(RunFolder.TEST)}"
+                where = f"test split: {run.file(RunFolder.TEST)}"
             print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, {len(split.test)} test "
                   f"({where}); {planned} steps planned, warm-up {tcfg.warmup_steps}", file=sys.stderr)
             try:

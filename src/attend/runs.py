@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import threading
+import warnings
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import _io
@@ -132,9 +133,12 @@ class RunFolder:
                 if fcntl is not None:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:
+                    except BlockingIOError:
                         os.close(fd)
                         raise RunFolderBusy(self._busy()) from None
+                    except OSError as e:  # a file system without locks (some network mounts): say so
+                        warnings.warn(f"run folder {self.path} cannot be locked ({e}); make sure no other training "
+                                      "writes into it", RuntimeWarning, stacklevel=3)
                 _HELD[key] = [1, me, fd]
         try:
             if fd >= 0:
