@@ -92,6 +92,54 @@ def test_nan_propagates_to_affected_rows_only(backend):
     assert torch.isfinite(out[0, 0, [0, 2, 3]]).all()
 
 
+def _triton_or_none():
+    if torch.cuda.is_available() or attend.backends.fused.interpreting():
+        return [attend.backends.Triton(block_m=16, block_n=16)]
+    return []
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS + _triton_or_none(), ids=str)
+def test_non_finite_values_reach_only_the_rows_that_may_attend_them(backend):
+    """One behaviour on every backend (README, Semantics): a fully masked row is exactly 0
+    whatever its query holds; a NaN/inf key or value reaches exactly the rows that may attend
+    it (they are NaN), never a row that masks it. Before, a NaN query in a fully masked row
+    gave NaN on sdpa and 0 elsewhere, and a masked NaN value leaked through 0 * NaN."""
+    B, H, L, S, E = 1, 2, 6, 8, 16
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float32)
+    mask = torch.ones(L, S, dtype=torch.bool).tril(S - L)  # causal, bottom-right
+    mask[0] = False  # row 0 sees nothing
+    q[0, 0, 0] = math.nan  # NaN query, fully masked row: stays 0
+    q[0, 1, 3] = math.nan  # NaN query, live row: NaN
+    v[0, 0, 7] = math.nan  # masked for rows 0-4, allowed for row 5
+    k[0, 1, 6] = math.inf  # masked for rows 0-3
+    be = backend_arg(backend) if isinstance(backend, str) else backend
+    out = attend.attention(q, k, v, mask=mask, backend=be)
+    expect = [[False, False, False, False, False, True], [False, False, False, True, True, True]]
+    assert out.isnan().any(-1)[0].tolist() == expect
+    assert out.isnan().all(-1)[0].tolist() == expect  # whole rows, no stray element
+    assert torch.equal(out[0, :, 0], torch.zeros(2, E))
+    clean_q, clean_k, clean_v = inputs(B, H, H, L, S, E, E, torch.float32)
+    clean = attend.attention(clean_q, clean_k, clean_v, mask=mask, backend=be)
+    assert torch.equal(out[0, 0, 1:5], clean[0, 0, 1:5])  # rows that mask the NaN value: bit-identical
+    assert torch.equal(out[0, 1, 1:3], clean[0, 1, 1:3])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_nan_in_padding_changes_nothing_with_gradients(backend):
+    q, k, v = inputs(2, 2, 2, 4, 6, 8, 8, torch.float64, grad=True)
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[1, :, 4:] = math.nan
+    v2[1, :, 4:] = math.inf
+    k2.requires_grad_(True)
+    v2.requires_grad_(True)
+    rule = attend.masks.padding([6, 4])
+    a = _run(backend, q, k, v, mask=rule)
+    b = _run(backend, q, k2, v2, mask=rule)
+    assert torch.equal(a, b)
+    gb = torch.autograd.grad(b.sum(), (q, k2, v2))
+    assert all(torch.isfinite(g).all() for g in gb)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_huge_value_in_masked_key_changes_nothing(backend):
     q, k, v = inputs(1, 1, 1, 4, 5, 8, 8, torch.float32)

@@ -270,3 +270,34 @@ def test_plotting_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
     assert err.strip().splitlines()[-1] == (f"attend: error: could not draw the heat map {tmp_path / 'h.png'}: Glyph "
                                             "56575 missing File 'x', line 3 more matplotlib UnicodeEncodeError: boom")
     assert len([line for line in err.splitlines() if line.startswith("attend: error")]) == 1
+
+
+def test_demo_prints_the_same_numbers_run_after_run(tmp_path):
+    """The demo's budget is in steps, with torch's threads fixed (1 by default), so the same
+    seed prints the same BLEU tables whatever the machine's speed or load (the measured
+    break: a 2-minute budget gave 29 steps and BLEU 0.0 on a busy machine)."""
+    import io
+
+    import torch
+
+    from attend import demo
+
+    before = torch.get_num_threads()
+    texts, summaries = [], []
+    for run in ("a", "b"):
+        buf = io.StringIO()
+        summaries.append(demo.run(buf, out_dir=str(tmp_path / run), settings=demo.QUICK, progress=False))
+        texts.append(buf.getvalue())
+    assert [s["results"] for s in summaries][0] == summaries[1]["results"]
+    for s in summaries:
+        assert s["threads"] == 1 and all(t["steps"] == demo.QUICK.steps for t in s["train"].values())
+
+    def table(text):
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("BLEU on the held-out test set"))
+        return lines[start:start + 12]
+
+    assert table(texts[0]) == table(texts[1])
+    assert "budget: 50 steps per model, 1 torch thread" in texts[0]
+    assert any(line.startswith(">= 30 words") for line in table(texts[0]))
+    assert torch.get_num_threads() == before  # the demo's thread count is restored after it

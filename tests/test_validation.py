@@ -203,3 +203,58 @@ def test_auto_prefers_chunked_where_it_measured_faster():
     assert attend.explain(q, k, v, score=add).backend == "eager"  # module parameters need gradients
     with torch.no_grad():
         assert attend.explain(q, k, v, score=add, return_weights=True).backend == "eager"
+
+
+def test_overflowing_scale_is_an_error():
+    """The measured break: scale=1e308 with float32 inputs gave NaN silently."""
+    with pytest.raises(ValueError, match=r"scale must be representable in the scores' dtype torch.float32 .* got 1e\+308"):
+        call(scale=1e308)
+    with pytest.raises(ValueError, match="representable"):
+        call(q=Q.half(), k=K.half(), v=V.half(), scale=-1e39)  # fp16 scores are computed in float32
+    assert torch.isfinite(call(q=Q.double(), k=K.double(), v=V.double(), scale=1e300, backend="eager") * 0).all()
+
+
+# Rules checked at the boundary, before any backend runs: an uncalled factory, a rule of the
+# other kind, a function with the wrong arity, a rule whose own sizes do not fit the call.
+@pytest.mark.parametrize(
+    "kw, exc, pattern",
+    [
+        ({"mask": attend.masks.causal}, TypeError,
+         r"mask: attend.masks.causal is the function that makes the rule, not the rule; call it: attend.masks.causal\(\)"),
+        ({"mask": attend.masks.padding}, TypeError, r"call it: attend.masks.padding\(lengths\)"),
+        ({"mask": attend.masks.and_masks}, TypeError, r"call it: attend.masks.and_masks\(\*mods\)"),
+        ({"score_mod": attend.mods.alibi}, TypeError, r"score_mod: attend.mods.alibi is the function .*alibi\(slopes\)"),
+        ({"mask": attend.mods.softcap(3.0)}, TypeError, r"mask: softcap\(3.0\) is a score_mod, not a mask_mod; pass it as score_mod="),
+        ({"score_mod": attend.masks.causal()}, TypeError, r"score_mod: causal\(\) is a mask_mod, not a score_mod; pass it as mask="),
+        ({"mask": lambda b, h, i: i > 0}, TypeError, r"mask must be a mask_mod .*<lambda>\(b, h, i\) cannot take 4 positional"),
+        ({"score_mod": lambda s, b, h, i: s}, TypeError, r"score_mod must be a score_mod .*cannot take 5 positional"),
+        ({"score_mod": attend.mods.alibi(2)}, ValueError,
+         r"score_mod: alibi\(slopes of 2 heads\) does not fit this call: 2 slopes for 4 query heads"),
+        ({"score_mod": attend.mods.relative_bias(torch.zeros(3, 5))}, ValueError, r"a table for 3 heads, but the call has 4"),
+        ({"mask": attend.masks.padding([3, 4, 5])}, ValueError,
+         r"mask: padding\(lengths=\[3, 4, 5\]\) does not fit this call: 3 lengths for a batch of 2 sequences"),
+        ({"mask": attend.masks.key_mask(torch.ones(2, 6, dtype=torch.bool))}, ValueError,
+         r"valid has shape \(2, 6\); this call needs \(B, S\) = \(2, 7\)"),
+        ({"mask": attend.masks.document([0, 0, 1])}, ValueError, r"ids have shape \(3,\); this call needs \(7,\)"),
+        ({"mask": attend.masks.document(torch.zeros(3, 7, dtype=torch.long))}, ValueError, r"this call needs \(2, 7\)"),
+        ({"mask": attend.masks.prefix_lm(torch.tensor([1]))}, ValueError, r"1 prefix lengths for a batch of 2"),
+        ({"mask": attend.masks.and_masks(attend.masks.causal(), attend.masks.padding([1]))}, ValueError,
+         r"and_masks\(causal\(\), padding\(lengths=\[1\]\)\) does not fit this call: padding\(lengths=\[1\]\): 1 lengths"),
+    ],
+)
+def test_rules_are_checked_at_the_boundary(kw, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(**kw)
+
+
+def test_combinators_refuse_factories_and_score_mods():
+    with pytest.raises(TypeError, match=r"and_masks argument 1: attend.masks.causal is the function"):
+        attend.masks.and_masks(attend.masks.causal(), attend.masks.causal)
+    with pytest.raises(TypeError, match=r"or_masks argument 0 is alibi\(slopes of 4 heads\), a score modifier"):
+        attend.masks.or_masks(attend.mods.alibi(4))
+
+
+def test_rules_that_fit_still_run_with_several_batch_dims():
+    q, k, v = torch.randn(2, 3, 4, 5, 8), torch.randn(2, 3, 4, 7, 8), torch.randn(2, 3, 4, 7, 8)
+    out = attend.attention(q, k, v, mask=attend.masks.padding(torch.arange(1, 7)), score_mod=attend.mods.alibi(4))
+    assert out.shape == (2, 3, 4, 5, 8)  # b indexes the 6 flattened batch entries

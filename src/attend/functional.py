@@ -15,6 +15,7 @@ All validation happens here, before any backend runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
@@ -24,8 +25,8 @@ from torch import Tensor
 
 from . import backends as _backends
 from . import scores as _scores
-from ._rules import bind
-from .backends.base import AttentionCall, Backend
+from ._rules import bind, check_rule
+from .backends.base import AttentionCall, Backend, compute_dtype
 from .masks import normalize_window
 
 __all__ = ["attention", "attention_weights", "key_totals", "explain", "Explanation"]
@@ -103,7 +104,12 @@ def attention(
         out, weights = _degenerate(call)
     else:
         chosen, _ = _backends.select(call, backend)
+        call, poisoned = _quarantine(call)
         out, weights = chosen.run(call)
+        if poisoned is not None:  # rows that may attend a non-finite key or value: NaN, as the data says
+            out = out.masked_fill(poisoned.unsqueeze(-1), math.nan)
+            if weights is not None:
+                weights = weights.masked_fill(poisoned.unsqueeze(-1), math.nan)
     out = out.reshape(*shape.batch, *shape.heads, call.L, call.Ev)
     if not return_weights:
         return out
@@ -269,14 +275,20 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
             raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale!r}")
+        top = torch.finfo(compute_dtype(query.dtype)).max
+        if abs(scale) > top:
+            raise ValueError(f"scale must be representable in the scores' dtype {compute_dtype(query.dtype)} "
+                             f"(|scale| <= {top:.3g}), got {scale!r}: it would overflow to inf")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
         raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
     if not (0.0 <= dropout_p < 1.0):  # NaN fails this too
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     if not (hard is True or hard is False or (isinstance(hard, str) and hard == "straight_through")):
         raise ValueError(f"hard must be False, True or 'straight_through', got {hard!r}")
-    if score_mod is not None and not callable(score_mod):
-        raise TypeError(f"score_mod must be a callable (score, b, h, i, j) -> score, got {type(score_mod).__name__}")
+    if score_mod is not None:
+        if not callable(score_mod):
+            raise TypeError(f"score_mod must be a callable (score, b, h, i, j) -> score, got {type(score_mod).__name__}")
+        check_rule(score_mod, "score_mod", "score", (math.prod(batch), Hq, L, S))
     if isinstance(backend, str):
         if backend != "auto":
             _backends.get(backend)  # raises with the valid names
@@ -298,6 +310,7 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
     elif mask is not None:
         if not callable(mask):
             raise TypeError(f"mask must be a tensor, a mask_mod callable or None, got {type(mask).__name__}")
+        check_rule(mask, "mask", "mask", (math.prod(batch), Hq, L, S))
         mask_mod = bind(mask, L, S)
 
     call = AttentionCall(
@@ -362,6 +375,39 @@ def _canonical_mask(mask: Tensor, batch, full, device, two_d: bool) -> Tensor:
     if all(d == 1 for d in lead):
         return m.reshape(1, *tail)
     return m.expand(*batch, *tail).reshape(-1, *tail)
+
+
+def _quarantine(call: AttentionCall) -> tuple[AttentionCall, Optional[Tensor]]:
+    """Keep non-finite keys and values away from the rows that may not attend them.
+
+    A masked key never affects a row, whatever it holds: NaN and inf included (without
+    this, ``0 · NaN`` in ``p @ v``, or ``NaN + (-inf)`` in an additive mask, would leak a
+    masked NaN into rows that never see it, differently on each backend). When a key or
+    value position holds a non-finite number, it is zeroed for the computation and the
+    rows that *may* attend it (unmasked) are returned, to be set to NaN afterwards: corrupt
+    data still shows where it is used. Returns ``(call, poisoned rows (B, Hq, L) or None)``.
+
+    Runs on CPU tensors, where the check is one cheap read of K and V; on a GPU it would
+    stall the stream on every call, so there (and while torch.compile traces) it is skipped.
+    """
+    k, v = call.key, call.value
+    if k.device.type != "cpu" or torch.compiler.is_compiling():
+        return call, None
+    bad = ~(torch.isfinite(k).all(dim=-1) & torch.isfinite(v).all(dim=-1))  # (B, Hkv, S)
+    if not bool(bad.any()):
+        return call, None
+    cell = bad.unsqueeze(-1)
+    call = dataclasses.replace(call, key=k.masked_fill(cell, 0.0), value=v.masked_fill(cell, 0.0))
+    bad_q = call.expand_kv(bad.unsqueeze(-1)).squeeze(-1)  # (B, Hq, S): per query head
+    allowed = call.allowed(0, call.L, 0, call.S)  # (B|1, Hq|1, L, S) or None (all); only on this rare path
+    if call.bias is not None:
+        open_ = call.bias != -math.inf
+        allowed = open_ if allowed is None else allowed & open_
+    if allowed is None:
+        hit = bad_q.any(dim=-1, keepdim=True).expand(call.B, call.Hq, call.L)
+    else:
+        hit = (allowed & bad_q.unsqueeze(2)).any(dim=-1).expand(call.B, call.Hq, call.L)
+    return call, hit
 
 
 def _degenerate(call: AttentionCall) -> tuple[Tensor, Tensor]:

@@ -97,6 +97,11 @@ class _Padding(Rule):
     def __init__(self, lengths: Tensor):
         self.lengths = lengths
 
+    def check(self, B, H, L, S):
+        if self.lengths.numel() != B:
+            return f"{self.lengths.numel()} lengths for a batch of {B} sequences"
+        return None
+
     def __call__(self, b, h, i, j):
         return j < self.lengths.to(j.device)[b]
 
@@ -110,6 +115,11 @@ class _KeyMask(Rule):
     def __init__(self, valid: Tensor):
         self.valid = valid
 
+    def check(self, B, H, L, S):
+        if tuple(self.valid.shape) != (B, S):
+            return f"valid has shape {tuple(self.valid.shape)}; this call needs (B, S) = {(B, S)}"
+        return None
+
     def __call__(self, b, h, i, j):
         return self.valid.to(j.device)[b, j]
 
@@ -122,6 +132,12 @@ class _Document(Rule):
 
     def __init__(self, ids: Tensor):
         self.ids = ids
+
+    def check(self, B, H, L, S):
+        want = (S,) if self.ids.ndim == 1 else (B, S)
+        if tuple(self.ids.shape) != want:
+            return f"ids have shape {tuple(self.ids.shape)}; this call needs {want} (one id per key position)"
+        return None
 
     def __call__(self, b, h, i, j):
         ids = self.ids.to(j.device)
@@ -139,6 +155,11 @@ class _PrefixLM(Rule):
 
     def __init__(self, prefix_len):
         self.prefix_len = prefix_len
+
+    def check(self, B, H, L, S):
+        if isinstance(self.prefix_len, Tensor) and self.prefix_len.numel() != B:
+            return f"{self.prefix_len.numel()} prefix lengths for a batch of {B} sequences"
+        return None
 
     def __call__(self, b, h, i, j):
         p = self.prefix_len
@@ -158,6 +179,16 @@ class _Combine(Rule):
 
     def bind(self, L: int, S: int) -> "_Combine":
         return _Combine(self.op, [bind(m, L, S) for m in self.mods])
+
+    def check(self, B, H, L, S):
+        for m in self.mods:
+            if isinstance(m, Rule):
+                if m.role != "mask":
+                    return f"{m!r} is a score modifier, not a mask rule"
+                why = m.check(B, H, L, S)
+                if why:
+                    return f"{m!r}: {why}"
+        return None
 
     def __call__(self, b, h, i, j):
         out = None
@@ -255,11 +286,17 @@ def or_masks(*mods: MaskMod) -> Rule:
 
 
 def _check_mods(mods, fn: str) -> None:
+    from ._rules import check_rule
+
     if not mods:
         raise ValueError(f"{fn} needs at least one mask_mod")
-    for m in mods:
+    for k, m in enumerate(mods):
         if not callable(m):
             raise TypeError(f"{fn} takes mask_mod functions (b, h, i, j) -> bool, got {type(m).__name__}")
+        if not isinstance(m, Rule):  # a rule's sizes are checked against the call that uses it
+            check_rule(m, f"{fn} argument {k}", "mask", (0, 0, 0, 0))
+        elif m.role != "mask":
+            raise TypeError(f"{fn} argument {k} is {m!r}, a score modifier, not a mask rule")
 
 
 def to_dense(mask_mod: MaskMod, B: int, H: int, L: int, S: int, *, device=None) -> Tensor:

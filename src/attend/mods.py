@@ -38,6 +38,12 @@ def alibi_slopes(num_heads: int) -> Tensor:
 
 class _Alibi(Rule):
     kind = "alibi"
+    role = "score"
+
+    def check(self, B, H, L, S):
+        if self.slopes.numel() != H:
+            return f"{self.slopes.numel()} slopes for {H} query heads (one slope per head)"
+        return None
 
     def __init__(self, slopes: Tensor):
         self.slopes = slopes
@@ -52,6 +58,7 @@ class _Alibi(Rule):
 
 class _Softcap(Rule):
     kind = "softcap"
+    role = "score"
 
     def __init__(self, cap: float):
         self.cap = cap
@@ -65,6 +72,12 @@ class _Softcap(Rule):
 
 class _RelativeBias(Rule):
     kind = "relative_bias"
+    role = "score"
+
+    def check(self, B, H, L, S):
+        if self.table.ndim == 2 and self.table.shape[0] != H:
+            return f"a table for {self.table.shape[0]} heads, but the call has {H} query heads"
+        return None
 
     def __init__(self, table: Tensor):
         self.table = table

@@ -180,6 +180,21 @@ def _and_terms(rule):
         yield rule
 
 
+def _dense_rules(call: AttentionCall) -> bool:
+    """Whether :func:`plan` would evaluate some mask rule of ``call`` into a dense mask
+    (the rules :func:`_compile_rule` folds into the kernels, one document/prefix rule each)."""
+    once = set()
+    for rule in _and_terms(call.mask_mod):
+        kind = _kind(rule)
+        if kind in ("causal", "window", "padding", "key_mask"):
+            continue
+        if kind in ("document", "prefix_lm") and kind not in once:
+            once.add(kind)
+            continue
+        return True
+    return False
+
+
 def _compile_rule(p: Plan, rule, B: int, S: int, dev) -> bool:
     """Fold one mask rule into the plan's flags; False if the kernels do not know it."""
     if _kind(rule) == "causal":
@@ -761,11 +776,12 @@ class Triton(Backend):
 
     name = "triton"
 
-    def __init__(self, *, block_m: int = 0, block_n: int = 0):
+    def __init__(self, *, block_m: int = 0, block_n: int = 0, dense_rule_limit: int = 1 << 26):
         for arg, b in (("block_m", block_m), ("block_n", block_n)):
             if isinstance(b, bool) or not isinstance(b, int) or (b != 0 and (b < 16 or b & (b - 1))):
                 raise ValueError(f"{arg} must be 0 (automatic) or a power of two >= 16, got {b!r}")
         self.block_m, self.block_n = block_m, block_n
+        self.dense_rule_limit = dense_rule_limit  # bytes of a dense boolean (L, S) mask auto accepts
 
     def can_run(self, call: AttentionCall) -> list[str]:
         err = _import_error()
@@ -782,6 +798,11 @@ class Triton(Backend):
     def auto_skip(self, call: AttentionCall) -> list[str]:
         if call.query.device.type == "cpu":
             return ["on the CPU it runs through Triton's interpreter (for tests), far slower than the other backends"]
+        need = call.L * call.S
+        if _dense_rules(call) and need > self.dense_rule_limit:
+            return [f"would evaluate a mask rule it does not compile into a dense (L, S) mask ({need / 2**20:.0f} MiB; "
+                    f"auto limit {self.dense_rule_limit / 2**20:.0f} MiB), where a backend that evaluates it per "
+                    "block can run"]
         return []
 
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:

@@ -26,7 +26,27 @@ from .base import AttentionCall, Backend
 
 
 class SDPA(Backend):
+    """``dense_rule_limit``: ``auto`` prefers a backend that evaluates mask rules block by
+    block (``chunked``) over materialising them for SDPA as a dense mask larger than this
+    many bytes (SDPA turns a boolean mask into a float one: 4 bytes per (L, S) entry, plus
+    the boolean). Measured in ``benchmarks/results/rule-masks.md``: at L = S = 4096 the dense
+    path is about 4x faster than chunked and its peak memory grows as L·S, to gigabytes at
+    16k, where chunked stays at O(L·block)."""
+
     name = "sdpa"
+
+    def __init__(self, *, dense_rule_limit: int = 1 << 26):
+        self.dense_rule_limit = dense_rule_limit
+
+    def auto_skip(self, call: AttentionCall) -> list[str]:
+        rules = call.mask_mod is not None or call.window is not None or (call.causal and call.L != call.S)
+        if not rules:
+            return []
+        need = call.L * call.S * 5  # the boolean (L, S) plane the rules give, and SDPA's float copy of it
+        if need > self.dense_rule_limit:
+            return [f"would materialise the mask rules as a dense (L, S) mask ({need / 2**20:.0f} MiB; auto limit "
+                    f"{self.dense_rule_limit / 2**20:.0f} MiB), where a backend that evaluates them per block can run"]
+        return []
 
     def can_run(self, call: AttentionCall) -> list[str]:
         why = []
@@ -75,8 +95,12 @@ class SDPA(Backend):
             out = _fill_rows(out, dead, 0.0)
         # SDPA's CPU kernel treats a row whose scores are all NaN like a fully masked row
         # and returns zeros; corrupt input must show, so such rows become NaN again. One
-        # reduction finds them (a NaN anywhere in a row makes its sum NaN).
-        return _fill_rows(out, q.sum(dim=-1, keepdim=True).isnan(), math.nan), None
+        # reduction finds them (a NaN anywhere in a row makes its sum NaN). A row that is
+        # fully masked stays exactly zero: it reads no key, so its query is never used.
+        nan_rows = q.sum(dim=-1, keepdim=True).isnan()  # (B, Hq, L, 1)
+        if dead is not None:
+            nan_rows = nan_rows & ~dead
+        return _fill_rows(out, nan_rows, math.nan), None
 
 
 def _fill_rows(out: Tensor, rows: Tensor, value: float) -> Tensor:
