@@ -301,3 +301,24 @@ def test_demo_prints_the_same_numbers_run_after_run(tmp_path):
     assert "budget: 50 steps per model, 1 torch thread" in texts[0]
     assert any(line.startswith(">= 30 words") for line in table(texts[0]))
     assert torch.get_num_threads() == before  # the demo's thread count is restored after it
+
+
+def test_train_threads_reach_torch_and_are_restored(tsv, tmp_path, monkeypatch):
+    import torch
+
+    import attend.apps
+
+    seen = []
+
+    def spy(*a, **kw):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(attend.apps, "train_translator", spy)
+    before = torch.get_num_threads()
+    code = cli.main(["translate", "train", "--data", str(tsv), "--out", str(tmp_path / "run"), "--threads", "3",
+                     "--no-progress"])
+    assert code == 1 and seen == [3] and torch.get_num_threads() == before
+    seen.clear()
+    cli.main(["translate", "train", "--data", str(tsv), "--out", str(tmp_path / "run2"), "--no-progress"])
+    assert seen == [1]  # the default: one thread

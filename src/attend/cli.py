@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out (give the same settings and data; any difference is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch intra-op threads while training (default 1: the same result on any load, and no "
+                        "collapse when other work shares the cores; more can be faster on an idle machine)")
 
     e = tsub.add_parser("eval", help="BLEU and chrF of a checkpoint on a TSV file")
     e.add_argument("--checkpoint", required=True, help="run folder written by `attend translate train`")
@@ -345,6 +348,8 @@ def _translate_train(args) -> int:
     from .runs import RunFolder, RunFolderBusy
     from .train import TrainConfig, TrainingInterrupted, planned_steps, scaled_warmup
 
+    import torch
+
     # 1. everything that needs no file: flags and settings
     _check_model_flags(args)
     if args.synthetic is not None:
@@ -428,10 +433,15 @@ def _translate_train(args) -> int:
             print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, {len(split.test)} test "
                   f"({where}); {planned} steps planned, warm-up {tcfg.warmup_steps}", file=sys.stderr)
             try:
-                tr, hist = train_translator(split.train, split.valid, args.out, model=model, train_config=tcfg,
-                                            min_freq=args.min_freq, data=note, resume=args.resume,
-                                            progress=not args.no_progress,
-                                            held_out={RunFolder.VALID: split.valid, RunFolder.TEST: split.test})
+                previous = torch.get_num_threads()
+                torch.set_num_threads(args.threads)
+                try:
+                    tr, hist = train_translator(split.train, split.valid, args.out, model=model, train_config=tcfg,
+                                                min_freq=args.min_freq, data=note, resume=args.resume,
+                                                progress=not args.no_progress,
+                                                held_out={RunFolder.VALID: split.valid, RunFolder.TEST: split.test})
+                finally:
+                    torch.set_num_threads(previous)
             except TrainingInterrupted as e:
                 print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)",
                       file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``chunked``: attention over key blocks with an online softmax; memory O(L·block), not O(L·S).
+"""``chunked``: attention over blocks of keys with an online softmax; memory O(tile), not O(L·S).
 
 Any score function runs here, including the additive (Bahdanau) one, whose scores
 ``vᵀ tanh(W_q q + W_k k)`` would otherwise need a ``(L, S, hidden)`` tensor.
@@ -10,14 +10,17 @@ running max ``m``, normaliser ``l`` and output accumulator ``acc`` (Milakov & Gi
     m' = max(m, rowmax(s_blk));  p = exp(s_blk - m')
     l' = l·exp(m - m') + rowsum(p);  acc' = acc·exp(m - m') + p v_blk;  o = acc / l
 
-(Attention sinks add ``exp(sink_h - m)`` to ``l`` once, after the last block.)
+(Attention sinks add ``exp(sink_h - m)`` to ``l`` once, after the last block.) Its memory
+is O(L·block) beyond the inputs and the output.
 
-With gradients, two passes over the blocks instead, each block under activation
-checkpointing, so backward *recomputes* a block's scores rather than storing them all:
-pass 1 gives each row's log-sum-exp ``lse``; pass 2 sums ``exp(s_blk - lse) v_blk``.
-Autograd through the recomputed blocks reaches every input, including score-function
-parameters and tensors used by ``score_mod``. Key blocks that ``causal``/``window`` rule
-out entirely are skipped.
+With gradients, two passes over tiles of ``query_block_size`` queries x ``block_size``
+keys instead, each tile under activation checkpointing, so backward *recomputes* a tile's
+scores rather than storing them all: pass 1 gives each row's log-sum-exp ``lse``; pass 2
+sums ``exp(s_tile - lse) v_tile``. Autograd through the recomputed tiles reaches every
+input, including score-function parameters and tensors used by ``score_mod``. Tiles that
+``causal``/``window`` rule out entirely are skipped; mask rules are evaluated per tile.
+Memory: O(tile) beyond the inputs, the output and their gradients (measured as the process
+sees it in ``benchmarks/results/cpu-backends.md``).
 """
 from __future__ import annotations
 
