@@ -316,9 +316,19 @@ def test_train_threads_reach_torch_and_are_restored(tsv, tmp_path, monkeypatch):
 
     monkeypatch.setattr(attend.apps, "train_translator", spy)
     before = torch.get_num_threads()
-    code = cli.main(["translate", "train", "--data", str(tsv), "--out", str(tmp_path / "run"), "--threads", "3",
+    n = len(os.sched_getaffinity(0))  # the most --threads accepts
+    code = cli.main(["translate", "train", "--data", str(tsv), "--out", str(tmp_path / "run"), "--threads", str(n),
                      "--no-progress"])
-    assert code == 1 and seen == [3] and torch.get_num_threads() == before
+    assert code == 1 and seen == [n] and torch.get_num_threads() == before
     seen.clear()
     cli.main(["translate", "train", "--data", str(tsv), "--out", str(tmp_path / "run2"), "--no-progress"])
     assert seen == [1]  # the default: one thread
+
+
+@pytest.mark.parametrize("argv", [["demo", "--threads", "100000"], ["translate", "train", "--synthetic", "10",
+                                                                     "--out", "unused", "--threads", "100000"]])
+def test_threads_beyond_the_cpus_are_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert "argument --threads: expected at most" in capsys.readouterr().err

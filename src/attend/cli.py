@@ -68,6 +68,15 @@ def _int_at_least(low: int):
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
+def _thread_count(text: str) -> int:
+    """An argparse type: torch threads, from 1 to the number of CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = _positive_int(text)
+    if n > cpus:
+        raise argparse.ArgumentTypeError(f"expected at most {cpus} (the CPUs this process may use), got {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models.seq2seq import ATTENTION_KINDS
 
@@ -82,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a tiny corpus and model: seconds, for a smoke test")
     demo.add_argument("--seed", type=int, default=0, help="seed for the corpus and training (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.add_argument("--threads", type=_positive_int, default=1,
+    demo.add_argument("--threads", type=_thread_count, default=1,
                       help="torch intra-op threads (default 1: the same numbers on any load; small models gain "
                            "little from more, and slow down badly when other work shares the cores)")
     demo.add_argument("--minutes", type=float, default=0.0,
@@ -139,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out (give the same settings and data; any difference is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    t.add_argument("--threads", type=_positive_int, default=1,
+    t.add_argument("--threads", type=_thread_count, default=1,
                    help="torch intra-op threads while training (default 1: the same result on any load, and no "
                         "collapse when other work shares the cores; more can be faster on an idle machine)")
 

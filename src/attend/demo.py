@@ -150,8 +150,9 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
     ``threads``: torch's intra-op threads while the demo runs (restored after). ``minutes``:
     an optional time budget per model on top of the step budget (0: none).
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not (1 <= threads <= cpus):
+        raise ValueError(f"threads must be an int from 1 to {cpus} (the CPUs this process may use), got {threads!r}")
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not (0 <= minutes < float("inf")):
         raise ValueError(f"minutes must be a number >= 0, got {minutes!r}")
     previous = torch.get_num_threads()
