@@ -243,3 +243,37 @@ def test_register_rejects_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         attend.hf.register("warp-drive")
     attend.hf.register()  # back to "auto" for the other tests
+
+
+@pytest.mark.parametrize("sliding", [None, 2])
+def test_more_queries_than_keys_without_a_mask_is_top_left(sliding):
+    """transformers' is_causal without a mask means top-left: query i sees keys 0..i (also when
+    L > S, where attend's causal=True would align the last query with the last key)."""
+    q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
+    module = torch.nn.Module()
+    module.is_causal = True
+    out, w = attend.hf.attention_forward(module, q, k, v, None, scaling=0.5, output_attentions=True,
+                                         sliding_window=sliding)
+    i, j = torch.arange(6).view(-1, 1), torch.arange(4).view(1, -1)
+    allowed = (j <= i) & ((j > i - sliding) if sliding else True)
+    ref_w = (0.5 * q @ k.transpose(-1, -2)).masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+    if sliding:
+        assert not allowed[5].any()  # a row that sees no key: zero, as attend promises
+    torch.testing.assert_close(w, ref_w)
+    torch.testing.assert_close(out, (ref_w @ v).transpose(1, 2))
+
+
+def test_modernbert_flash_flag_is_accepted_and_equals_eager():
+    """ModernBERT always passes deterministic=<its flash-attention flag>; False asks nothing."""
+    cfg = T.ModernBertConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=64, pad_token_id=0,
+                             global_attn_every_n_layers=2, local_attention=4)
+    eager, ours = _pair(lambda: (T.ModernBertModel, cfg))
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    with torch.no_grad():
+        e = eager(input_ids=ids, attention_mask=mask).last_hidden_state
+        a = ours(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    _close(a[real], e[real], "modernbert hidden")

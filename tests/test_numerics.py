@@ -206,3 +206,26 @@ def test_gradients_reach_score_parameters_and_score_mod_tables():
             for a, b in zip(grads, ref_grads):
                 torch.testing.assert_close(a, b)
         assert all(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS + _triton_or_none(), ids=str)
+def test_nan_query_in_a_fully_masked_row_leaves_gradients_finite(backend):
+    """The reviewer's case: row 1 sees no key and its query holds NaN. Its output is 0, and
+    (before) dK got NaN through 0 * NaN on eager/chunked, dQ/dK/dV on sdpa."""
+    be = backend_arg(backend) if isinstance(backend, str) else backend
+    q, k, v = inputs(1, 2, 2, 4, 6, 16, 16, torch.float32)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[1] = False
+    clean = q.clone()
+    q[0, 0, 1, 0] = math.nan
+
+    def grads(qq):
+        t = [x.clone().requires_grad_(True) for x in (qq, k, v)]
+        out = attend.attention(*t, mask=mask, backend=be)
+        return out, torch.autograd.grad(out.sum(), t)
+
+    out, g = grads(q)
+    ref_out, ref_g = grads(clean)
+    assert torch.equal(out[0, 0, 1], torch.zeros(16)) and all(torch.isfinite(x).all() for x in g)
+    for a, b in zip(g[1:], ref_g[1:]):  # dK, dV: the dead row's query never mattered
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

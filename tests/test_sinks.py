@@ -132,3 +132,15 @@ def test_module_learns_its_sinks():
     assert plain.sinks is None
     with pytest.raises(TypeError, match="sinks must be a bool"):
         attend.nn.MultiHeadAttention(16, 4, sinks=1)
+
+
+@pytest.mark.parametrize("backend", _backends(), ids=lambda b: b if isinstance(b, str) else repr(b))
+def test_an_infinite_sink_takes_all_attention_on_every_backend(backend):
+    """The reviewer's case: sinks=+inf gave 0 on eager and NaN on chunked."""
+    q, k, v = inputs(1, 2, 2, 5, 7, 16, 16, torch.float32)
+    sinks = torch.tensor([float("inf"), 0.0])
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out, w = attend.attention(q, k, v, sinks=sinks, return_weights=True, backend=backend)
+        assert torch.equal(out[:, 0], torch.zeros(1, 5, 16)) and torch.equal(w[:, 0], torch.zeros(1, 5, 7))
+        assert torch.isfinite(out[:, 1]).all() and (out[:, 1] != 0).any()

@@ -258,3 +258,20 @@ def test_rules_that_fit_still_run_with_several_batch_dims():
     q, k, v = torch.randn(2, 3, 4, 5, 8), torch.randn(2, 3, 4, 7, 8), torch.randn(2, 3, 4, 7, 8)
     out = attend.attention(q, k, v, mask=attend.masks.padding(torch.arange(1, 7)), score_mod=attend.mods.alibi(4))
     assert out.shape == (2, 3, 4, 5, 8)  # b indexes the 6 flattened batch entries
+
+
+def test_rule_helpers_and_rule_results_are_checked():
+    """The reviewer's cases: helpers outside attention() and rules returning the wrong shape."""
+    with pytest.raises(ValueError, match=r"mask_mod: padding\(lengths=\[1, 2, 3\]\) does not fit this call: 3 lengths "
+                                         r"for a batch of 2"):
+        attend.masks.to_dense(attend.masks.padding(torch.tensor([1, 2, 3])), 2, 1, 3, 4)
+    with pytest.raises(TypeError, match=r"call it: attend.masks.causal\(\)"):
+        attend.masks.render(attend.masks.causal, 2, 4)
+    assert attend.masks.render(attend.masks.padding(torch.tensor([1, 3])), 2, 4, b=1) == "1 1 1 0\n1 1 1 0"
+    with pytest.raises(ValueError, match=r"mask_mod must return a tensor that broadcasts to \(B, H, l, s\) = "
+                                         r"\(2, 4, 5, 7\) .* got shape \(5,\)"):
+        call(mask=lambda b, h, i, j: torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"score_mod must return a tensor that broadcasts .* got shape \(2, 4, 5\)"):
+        call(score_mod=lambda s, b, h, i, j: s.sum(-1), backend="eager")
+    with pytest.raises(TypeError, match=r"score_mod: attend.masks.to_dense is one of attend's helpers, not a score_mod"):
+        call(score_mod=attend.masks.to_dense)

@@ -63,20 +63,24 @@ def bind(fn: Callable | None, L: int, S: int) -> Callable | None:
 _ROLES = {"mask": ("a mask_mod (b, h, i, j) -> bool", 4), "score": ("a score_mod (score, b, h, i, j) -> score", 5)}
 
 
-def check_rule(fn: Callable, arg: str, role: str, sizes: tuple[int, int, int, int]) -> None:
+def check_rule(fn: Callable, arg: str, role: str, sizes: Optional[tuple[int, int, int, int]]) -> None:
     """Refuse, naming ``arg``, what cannot serve as a ``role`` rule ("mask" or "score") for a
-    call of ``sizes`` (B, H, L, S): a rule factory passed uncalled, a rule of the other kind,
-    a function that cannot take the rule's arguments, a rule whose tensors do not fit."""
+    call of ``sizes`` (B, H, L, S): a rule factory passed uncalled, one of attend's helpers, a
+    rule of the other kind, a function that cannot take the rule's arguments, a rule whose
+    tensors do not fit (``sizes=None`` skips that last check)."""
     what, nargs = _ROLES[role]
     if isinstance(fn, Rule):
         if fn.role != role:
             other = "score_mod" if fn.role == "score" else "mask"
             raise TypeError(f"{arg}: {fn!r} is {_ROLES[fn.role][0].split(' (')[0]}, not {what.split(' (')[0]}; "
                             f"pass it as {other}=")
-        why = fn.check(*sizes)
+        why = fn.check(*sizes) if sizes is not None else None
         if why:
             raise ValueError(f"{arg}: {fn!r} does not fit this call: {why}")
         return
+    helper = _helper_name(fn)
+    if helper is not None:
+        raise TypeError(f"{arg}: {helper} is one of attend's helpers, not {what.split(' (')[0]}")
     factory = _factory_name(fn)
     if factory is not None:
         raise TypeError(f"{arg}: {factory} is the function that makes the rule, not the rule; call it: "
@@ -102,6 +106,15 @@ def _factory_name(fn) -> Optional[str]:
     return None
 
 
+def _helper_name(fn) -> Optional[str]:
+    """``attend.masks.to_dense`` and the like: attend functions that are not rules."""
+    module = getattr(fn, "__module__", "")
+    name = getattr(fn, "__name__", "")
+    if module in ("attend.masks", "attend.mods") and inspect.isfunction(fn) and name in _HELPERS.get(module, ()):
+        return f"{module}.{name}"
+    return None
+
+
 def _example_args(fn) -> str:
     params = [p.name for p in inspect.signature(fn).parameters.values()
               if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -115,3 +128,5 @@ _FACTORIES = {
                      "and_masks", "or_masks"),
     "attend.mods": ("alibi", "softcap", "relative_bias"),
 }
+# functions of those modules that are neither rules nor their factories
+_HELPERS = {"attend.masks": ("to_dense", "render", "normalize_window"), "attend.mods": ("alibi_slopes",)}

@@ -347,7 +347,9 @@ def _check_sinks(sinks, Hq: int, device, hard) -> Optional[Tensor]:
         raise ValueError(f"sinks must be on the query's device {device}, got {sinks.device}")
     if hard:
         raise ValueError("sinks apply to soft attention; hard attention picks one key and has no softmax to add them to")
-    return sinks
+    # A sink of +inf takes all of its rows' attention (output 0). As the largest finite logit
+    # it does so on every backend, where inf - inf would otherwise give NaN in some of them.
+    return sinks.clamp(max=torch.finfo(sinks.dtype).max)
 
 
 def _flatten(t: Tensor, batch: torch.Size) -> Tensor:
@@ -378,36 +380,80 @@ def _canonical_mask(mask: Tensor, batch, full, device, two_d: bool) -> Tensor:
 
 
 def _quarantine(call: AttentionCall) -> tuple[AttentionCall, Optional[Tensor]]:
-    """Keep non-finite keys and values away from the rows that may not attend them.
+    """Keep non-finite numbers where they belong: in the rows that use them.
 
-    A masked key never affects a row, whatever it holds: NaN and inf included (without
-    this, ``0 · NaN`` in ``p @ v``, or ``NaN + (-inf)`` in an additive mask, would leak a
-    masked NaN into rows that never see it, differently on each backend). When a key or
-    value position holds a non-finite number, it is zeroed for the computation and the
-    rows that *may* attend it (unmasked) are returned, to be set to NaN afterwards: corrupt
-    data still shows where it is used. Returns ``(call, poisoned rows (B, Hq, L) or None)``.
+    A masked key never affects a row, whatever it holds, NaN and inf included, and a row
+    that may attend no key is exactly zero, with finite gradients, whatever its query holds.
+    Without care neither holds: ``0 · NaN`` in ``p @ v`` (and ``NaN + (-inf)`` in an additive
+    mask) leaks a masked NaN into rows that never see it, and a NaN query in a fully masked
+    row sends NaN into dK through ``0 · NaN``, differently on each backend. So when a key,
+    value or query holds a non-finite number, it is zeroed for the computation, and the
+    rows that use it — rows that *may* attend such a key or value, and such query rows that
+    attend anything — are returned, to be set to NaN afterwards: corrupt data still shows
+    where it is used. Returns ``(call, rows to set to NaN (B, Hq, L) or None)``.
 
-    Runs on CPU tensors, where the check is one cheap read of K and V; on a GPU it would
+    Finding those rows evaluates the masks only on the tiles around the bad positions.
+    Runs on CPU tensors, where the check is one cheap read of Q, K and V; on a GPU it would
     stall the stream on every call, so there (and while torch.compile traces) it is skipped.
     """
-    k, v = call.key, call.value
+    q, k, v = call.query, call.key, call.value
     if k.device.type != "cpu" or torch.compiler.is_compiling():
         return call, None
-    bad = ~(torch.isfinite(k).all(dim=-1) & torch.isfinite(v).all(dim=-1))  # (B, Hkv, S)
-    if not bool(bad.any()):
+    bad_kv = ~(torch.isfinite(k).all(dim=-1) & torch.isfinite(v).all(dim=-1))  # (B, Hkv, S)
+    bad_q = ~torch.isfinite(q).all(dim=-1)  # (B, Hq, L)
+    any_kv, any_q = bool(bad_kv.any()), bool(bad_q.any())
+    if not (any_kv or any_q):
         return call, None
-    cell = bad.unsqueeze(-1)
-    call = dataclasses.replace(call, key=k.masked_fill(cell, 0.0), value=v.masked_fill(cell, 0.0))
-    bad_q = call.expand_kv(bad.unsqueeze(-1)).squeeze(-1)  # (B, Hq, S): per query head
-    allowed = call.allowed(0, call.L, 0, call.S)  # (B|1, Hq|1, L, S) or None (all); only on this rare path
+    hit = torch.zeros(call.B, call.Hq, call.L, dtype=torch.bool)
+    if any_kv:
+        cell = bad_kv.unsqueeze(-1)
+        k, v = k.masked_fill(cell, 0.0), v.masked_fill(cell, 0.0)
+        bad = call.expand_kv(bad_kv.unsqueeze(-1)).squeeze(-1)  # (B, Hq, S): per query head
+        for j0, j1 in _runs(bad.any(dim=1).any(dim=0)):
+            for i0 in range(0, call.L, _TILE):
+                i1 = min(i0 + _TILE, call.L)
+                seen = bad[:, :, None, j0:j1]  # (B, Hq, 1, s)
+                allowed = _open(call, i0, i1, j0, j1)
+                hit[:, :, i0:i1] |= (seen if allowed is None else allowed & seen).any(dim=-1)
+    if any_q:
+        q = q.masked_fill(bad_q.unsqueeze(-1), 0.0)
+        for i0, i1 in _runs(bad_q.any(dim=1).any(dim=0)):
+            live = torch.zeros(call.B, call.Hq, i1 - i0, dtype=torch.bool)
+            for j0 in range(0, call.S, _TILE):
+                allowed = _open(call, i0, i1, j0, min(j0 + _TILE, call.S))
+                live |= True if allowed is None else allowed.any(dim=-1)
+            hit[:, :, i0:i1] |= bad_q[:, :, i0:i1] & live
+    return dataclasses.replace(call, query=q, key=k, value=v), hit
+
+
+_TILE = 1024  # rows/keys per tile when finding the rows non-finite inputs reach
+
+
+def _open(call: AttentionCall, i0: int, i1: int, j0: int, j1: int) -> Optional[Tensor]:
+    """Which (i, j) of a tile are not masked (boolean masks, rules, a -inf bias); None = all."""
+    allowed = call.allowed(i0, i1, j0, j1)
     if call.bias is not None:
-        open_ = call.bias != -math.inf
+        b = call.bias
+        b = b[..., i0:i1, :] if b.shape[-2] != 1 else b
+        b = b[..., j0:j1] if b.shape[-1] != 1 else b
+        open_ = b != -math.inf
         allowed = open_ if allowed is None else allowed & open_
-    if allowed is None:
-        hit = bad_q.any(dim=-1, keepdim=True).expand(call.B, call.Hq, call.L)
-    else:
-        hit = (allowed & bad_q.unsqueeze(2)).any(dim=-1).expand(call.B, call.Hq, call.L)
-    return call, hit
+    return allowed
+
+
+def _runs(flags: Tensor):
+    """Contiguous runs ``(start, stop)`` of True in a 1-D boolean tensor, at most ``_TILE`` long."""
+    idx = flags.nonzero().flatten().tolist()
+    start = prev = None
+    for x in idx:
+        if start is not None and x == prev + 1 and x - start < _TILE:
+            prev = x
+            continue
+        if start is not None:
+            yield start, prev + 1
+        start = prev = x
+    if start is not None:
+        yield start, prev + 1
 
 
 def _degenerate(call: AttentionCall) -> tuple[Tensor, Tensor]:

@@ -54,7 +54,7 @@ _INFORMATION_ONLY = frozenset({
     "past_key_value", "layer_idx", "token_type_ids",
 })
 _HANDLED = frozenset({"is_causal", "softcap", "sliding_window", "s_aux", "position_bias", "output_attentions",
-                      "head_mask"})
+                      "deterministic"})
 
 
 def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -66,9 +66,11 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         if val is not None and name not in _HANDLED and name not in _INFORMATION_ONLY:
             raise TypeError(f"attn_implementation='attend' does not implement the keyword {name!r} "
                             f"(got {type(val).__name__}); refusing rather than ignoring it")
-    if kwargs.get("head_mask") is not None:
-        raise TypeError("attn_implementation='attend' does not implement the keyword 'head_mask' "
-                        "(multiplying the weights of whole heads); refusing rather than ignoring it")
+    if kwargs.get("deterministic") and query.device.type != "cpu" and not torch.are_deterministic_algorithms_enabled():
+        # (ModernBERT passes its flash-attention flag; False asks nothing.) On the CPU every attend
+        # backend is deterministic; on a GPU the fused backward's atomic mode is not.
+        raise TypeError("attn_implementation='attend' was asked for deterministic=True on a GPU: enable "
+                        "torch.use_deterministic_algorithms(True), which attend's kernels follow")
     L, S = query.shape[2], key.shape[2]
     mask = attention_mask
     if mask is not None:
@@ -81,10 +83,13 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
     if bias is not None:
         bias = bias[..., :S]
     S_used = S
+    rule = None
     if causal and S > L:  # top-left causal: the slots after the last query are never seen
         S_used = L
         key, value = key[:, :, :L], value[:, :, :L]
         bias = bias[..., :L] if bias is not None else None
+    elif causal and S < L:  # top-left with fewer keys than queries: query i sees keys 0..i
+        causal, rule = False, _top_left
     if bias is not None:
         if mask is None:
             mask = bias
@@ -98,7 +103,12 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         # transformers' sliding windows keep keys with i - j < sliding_window (its own masks encode it)
         if isinstance(sliding, bool) or not isinstance(sliding, int) or sliding < 1:
             raise ValueError(f"sliding_window must be a positive int, got {sliding!r}")
-        window = (sliding - 1, None)
+        if rule is None:
+            window = (sliding - 1, None)
+        else:
+            rule = _top_left_window(sliding)
+    if rule is not None:
+        mask = rule if mask is None else _with_bias(rule, mask)
     softcap = kwargs.get("softcap")
     want_weights = bool(kwargs.get("output_attentions", False)) or _collecting_attentions()
     out = attention(query, key, value, mask=mask, causal=causal, window=window, scale=scaling,
@@ -111,6 +121,25 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         if S_used < S:  # the key slots cut above get weight exactly 0
             weights = torch.nn.functional.pad(weights, (0, S - S_used))
     return out.transpose(1, 2).contiguous(), weights  # (B, L, H, d)
+
+
+def _top_left(b, h, i, j):
+    """Top-left causal on raw indices (transformers' is_causal when there are fewer keys than queries)."""
+    return j <= i
+
+
+def _top_left_window(size: int):
+    def rule(b, h, i, j):
+        return (j <= i) & (j > i - size)
+    return rule
+
+
+def _with_bias(rule, bias: Tensor) -> Tensor:
+    """A float mask: ``bias`` where ``rule`` allows, -inf elsewhere (rule on raw indices)."""
+    L, S = bias.shape[-2], bias.shape[-1]
+    i = torch.arange(L, device=bias.device).view(-1, 1)
+    j = torch.arange(S, device=bias.device).view(1, -1)
+    return bias.masked_fill(~rule(None, None, i, j), float("-inf"))
 
 
 def _collecting_attentions() -> bool:

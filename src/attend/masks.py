@@ -300,7 +300,13 @@ def _check_mods(mods, fn: str) -> None:
 
 
 def to_dense(mask_mod: MaskMod, B: int, H: int, L: int, S: int, *, device=None) -> Tensor:
-    """Evaluate a rule on every (b, h, i, j): a boolean tensor (B, H, L, S), True = may attend."""
+    """Evaluate a rule on every (b, h, i, j): a boolean tensor (B, H, L, S), True = may attend.
+
+    The rule is checked as :func:`attend.attention` checks it (an uncalled factory, a score
+    modifier, a rule whose own sizes do not fit ``B``, ``H``, ``L``, ``S`` are refused)."""
+    from ._rules import check_rule
+
+    check_rule(mask_mod, "mask_mod", "mask", (B, H, L, S))
     fn = bind(mask_mod, L, S)
     b = torch.arange(B, device=device).view(-1, 1, 1, 1)
     h = torch.arange(H, device=device).view(1, -1, 1, 1)
@@ -330,9 +336,18 @@ def render(mask, L: Optional[int] = None, S: Optional[int] = None, *, b: int = 0
         if m.ndim == 3:
             m = m[h if m.shape[0] > 1 else 0]  # (L, S)
     elif callable(mask):
+        from ._rules import check_rule
+
         if L is None or S is None:
             raise ValueError("render needs L and S to draw a mask rule")
-        m = to_dense(mask, b + 1, h + 1, L, S)[b, h]
+        check_rule(mask, "mask", "mask", None)  # its sizes are the caller's: only sequence b is drawn
+        fn = bind(mask, L, S)
+        out = fn(torch.tensor(b).view(1, 1, 1, 1), torch.tensor(h).view(1, 1, 1, 1),
+                 torch.arange(L).view(1, 1, -1, 1), torch.arange(S).view(1, 1, 1, -1))
+        if not isinstance(out, Tensor) or out.dtype != torch.bool:
+            got = out.dtype if isinstance(out, Tensor) else type(out).__name__
+            raise TypeError(f"mask must return a boolean tensor, got {got}")
+        m = out.expand(1, 1, L, S)[0, 0]
     else:
         raise TypeError(f"mask must be a boolean tensor or a mask rule, got {type(mask).__name__}")
     return "\n".join(" ".join(allowed if x else masked for x in row) for row in m.tolist())

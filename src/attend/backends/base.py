@@ -147,8 +147,31 @@ class AttentionCall:
             if not isinstance(m, Tensor) or m.dtype != torch.bool:
                 got = m.dtype if isinstance(m, Tensor) else type(m).__name__
                 raise TypeError(f"mask_mod must return a boolean tensor (True = may attend), got {got}")
+            _fits("mask_mod", m, (self.B, self.Hq, i1 - i0, j1 - j0))
             result = both(result, m)
         return result
+
+    def mask_planes(self) -> int:
+        """How many (L, S) planes the dense mask of this call's masks and rules spans: the
+        product of its batch and head extents (1 when every sequence and head share one).
+        Rules are evaluated at a single (i, j) to see which of b and h they depend on."""
+        extent = [1, 1]
+
+        def widen(shape) -> None:
+            full = (1,) * (4 - len(shape)) + tuple(shape)
+            extent[0], extent[1] = max(extent[0], full[0]), max(extent[1], full[1])
+
+        if self.mask is not None:
+            widen(self.mask.shape)
+        if self.mask_mod is not None:
+            b, h, i, j = self.indices(0, 1, 0, 1)
+            try:
+                m = self.mask_mod(b, h, i, j)
+            except Exception:  # a rule that cannot be probed: assume it spans every sequence and head
+                return self.B * self.Hq
+            if isinstance(m, Tensor):
+                widen(m.shape)
+        return extent[0] * extent[1]
 
     def block_is_empty(self, i0: int, i1: int, j0: int, j1: int) -> bool:
         """True when ``causal``/``window`` rule out every (i, j) of the block (it can be skipped)."""
@@ -198,6 +221,7 @@ class AttentionCall:
             s = self.score_mod(s, b, h, i, j)
             if not isinstance(s, Tensor):
                 raise TypeError(f"score_mod must return a tensor, got {type(s).__name__}")
+            _fits("score_mod", s, (self.B, self.Hq, i1 - i0, j1 - j0))
             s = s.to(q.dtype)
         if self.bias is not None:
             s = s + _block(self.bias, i0, i1, j0, j1).to(q.dtype)
@@ -205,6 +229,17 @@ class AttentionCall:
         if allowed is not None:
             s = s.masked_fill(~allowed, -math.inf)
         return s
+
+
+def _fits(what: str, t: Tensor, shape: tuple[int, int, int, int]) -> None:
+    """A rule's result must broadcast to the block it was asked for (B, H, l, s)."""
+    try:
+        ok = t.ndim <= 4 and torch.broadcast_shapes(t.shape, shape) == torch.Size(shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} must return a tensor that broadcasts to (B, H, l, s) = {shape} for the indices "
+                         f"it was given, got shape {tuple(t.shape)}")
 
 
 def _holds_grad_tensor(fn: object) -> bool:

@@ -39,25 +39,31 @@ from .base import AttentionCall, Backend, compute_dtype, safe_lse
 
 
 class Chunked(Backend):
-    """Online-softmax attention over blocks of ``block_size`` keys (any score function)."""
+    """Online-softmax attention over blocks of ``block_size`` keys (any score function).
+
+    Query rows go in tiles of at most ``query_block_size``, fewer when many sequences and
+    heads make a tile's scores larger than ``tile_bytes`` (so a tile's temporaries stay a
+    few MiB whatever the batch and head count).
+    """
 
     name = "chunked"
 
-    def __init__(self, *, block_size: int = 512, query_block_size: int = 1024):
-        for arg, val in (("block_size", block_size), ("query_block_size", query_block_size)):
+    def __init__(self, *, block_size: int = 512, query_block_size: int = 1024, tile_bytes: int = 4 << 20):
+        for arg, val in (("block_size", block_size), ("query_block_size", query_block_size), ("tile_bytes", tile_bytes)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"{arg} must be a positive int, got {val!r}")
-        self.block_size, self.query_block_size = block_size, query_block_size
+        self.block_size, self.query_block_size, self.tile_bytes = block_size, query_block_size, tile_bytes
+
+    def _rows(self, call: AttentionCall, item: int) -> int:
+        """Query rows per tile: ``query_block_size``, or fewer (at least 16) to keep one tile's
+        (B, Hq, rows, block) scores within ``tile_bytes``."""
+        per_row = call.B * call.Hq * min(self.block_size, call.S) * item
+        return max(1, min(self.query_block_size, max(16, self.tile_bytes // max(per_row, 1))))
 
     def can_run(self, call: AttentionCall) -> list[str]:
         if call.hard:
             return ["hard attention needs the argmax over all keys; use eager"]
         return []
-
-    def _blocks(self, call: AttentionCall) -> list[tuple[int, int]]:
-        spans = [(j0, min(j0 + self.block_size, call.S)) for j0 in range(0, call.S, self.block_size)]
-        kept = [(j0, j1) for j0, j1 in spans if not call.block_is_empty(0, call.L, j0, j1)]
-        return kept or spans[:1]  # keep one block so the output stays connected to the inputs
 
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         dtype = call.query.dtype
@@ -75,17 +81,29 @@ class Chunked(Backend):
         return k, v
 
     def _online(self, call: AttentionCall, q: Tensor, cdt: torch.dtype) -> Tensor:
-        B, H, L = q.shape[:3]
-        m = q.new_full((B, H, L, 1), -math.inf)  # running row max
-        l = q.new_zeros((B, H, L, 1))  # running normaliser
-        acc = q.new_zeros((B, H, L, call.Ev))  # running unnormalised output
-        for j0, j1 in self._blocks(call):
+        """One pass over key blocks per tile of query rows (no graph is kept)."""
+        guard = self._guard(call, q)
+        rows = self._rows(call, q.element_size())
+        outs = []
+        for i0, qi in zip(range(0, call.L, rows), q.split(rows, dim=2)):
+            outs.append(self._online_rows(call, qi, i0, cdt, guard))  # (B, Hq, l, Ev)
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+
+    def _online_rows(self, call: AttentionCall, q: Tensor, i0: int, cdt: torch.dtype, guard) -> Tensor:
+        B, H, l_rows = q.shape[:3]
+        i1 = i0 + l_rows
+        m = q.new_full((B, H, l_rows, 1), -math.inf)  # running row max
+        l = q.new_zeros((B, H, l_rows, 1))  # running normaliser
+        acc = q.new_zeros((B, H, l_rows, call.Ev))  # running unnormalised output
+        spans = [(j0, min(j0 + self.block_size, call.S)) for j0 in range(0, call.S, self.block_size)]
+        for j0, j1 in [sp for sp in spans if not call.block_is_empty(i0, i1, *sp)]:
+            guard()
             k, v = self._kv(call, j0, j1, cdt)
-            s = call.scores(q, k, 0, j0)  # (B, Hq, L, s)
+            s = call.scores(q, k, i0, j0)  # (B, Hq, l, s)
             m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
             m_safe = torch.where(m_new == -math.inf, torch.zeros_like(m_new), m_new)
             alpha = torch.exp(m - m_safe)  # rescales what was accumulated so far
-            p = torch.exp(s - m_safe)  # (B, Hq, L, s)
+            p = torch.exp(s - m_safe)  # (B, Hq, l, s)
             l = l * alpha + p.sum(dim=-1, keepdim=True)
             if call.dropout_p > 0:
                 p = F.dropout(p, call.dropout_p, training=True)
@@ -98,6 +116,19 @@ class Chunked(Backend):
             alpha = torch.exp(m - m_safe)
             acc, l = acc * alpha, l * alpha + torch.exp(sink - m_safe)
         return acc / torch.where(l == 0, torch.ones_like(l), l)
+
+    def _guard(self, call: AttentionCall, q: Tensor, *, grads: bool = False):
+        """A :class:`_HeapGuard` for this call on the CPU (a no-op elsewhere): the process may
+        grow by what the call allocates for good — the output, and with ``grads`` the inputs'
+        gradients — and a few tiles' temporaries before freed memory is handed back."""
+        if q.device.type != "cpu":
+            return lambda: None
+        item = q.element_size()
+        tile = call.B * call.Hq * min(self._rows(call, item), call.L) * min(self.block_size, call.S) * item
+        kept = call.B * call.Hq * call.L * call.Ev * item  # the output
+        if grads:
+            kept += sum(t.numel() for t in (call.query, call.key, call.value)) * item
+        return _HeapGuard(kept + (6 if grads else 4) * tile)
 
     def _two_pass(self, call: AttentionCall, q: Tensor, cdt: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
         """Tiles of ``query_block_size`` rows x ``block_size`` keys, each under checkpointing.
@@ -112,15 +143,12 @@ class Chunked(Backend):
         back: measured at L = S = 16384, the process grew by 3 GiB while at most 72 MiB was
         ever live. :class:`_HeapGuard` hands the freed memory back (``malloc_trim``) whenever
         the process has grown past what the call can need."""
-        bq, L = self.query_block_size, call.L
+        bq, L = self._rows(call, q.element_size()), call.L
         spans = [(j0, min(j0 + self.block_size, call.S)) for j0 in range(0, call.S, self.block_size)]
         keys = call.key.split(self.block_size, dim=2)  # (B, Hkv, s, Ek) each
         values = call.value.split(self.block_size, dim=2)  # (B, Hkv, s, Ev) each
 
-        item = q.element_size()
-        tile = call.B * call.Hq * min(bq, L) * min(self.block_size, call.S) * item  # bytes of one (l, s) tile
-        whole = sum(t.numel() for t in (call.query, call.key, call.value)) * item + call.B * call.Hq * L * call.Ev * item
-        guard = _HeapGuard(whole + 8 * tile) if q.device.type == "cpu" else (lambda: None)
+        guard = self._guard(call, q, grads=True)
 
         def kv(n: int) -> tuple[Tensor, Tensor]:
             k = call.expand_kv(keys[n]).to(cdt).contiguous()  # (B, Hq, s, Ek)

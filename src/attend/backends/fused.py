@@ -798,9 +798,9 @@ class Triton(Backend):
     def auto_skip(self, call: AttentionCall) -> list[str]:
         if call.query.device.type == "cpu":
             return ["on the CPU it runs through Triton's interpreter (for tests), far slower than the other backends"]
-        need = call.L * call.S
-        if _dense_rules(call) and need > self.dense_rule_limit:
-            return [f"would evaluate a mask rule it does not compile into a dense (L, S) mask ({need / 2**20:.0f} MiB; "
+        if _dense_rules(call) and call.mask_planes() * call.L * call.S > self.dense_rule_limit:
+            need = call.mask_planes() * call.L * call.S
+            return [f"would evaluate a mask rule it does not compile into a dense mask ({need / 2**20:.0f} MiB; "
                     f"auto limit {self.dense_rule_limit / 2**20:.0f} MiB), where a backend that evaluates it per "
                     "block can run"]
         return []

@@ -28,10 +28,11 @@ from .base import AttentionCall, Backend
 class SDPA(Backend):
     """``dense_rule_limit``: ``auto`` prefers a backend that evaluates mask rules block by
     block (``chunked``) over materialising them for SDPA as a dense mask larger than this
-    many bytes (SDPA turns a boolean mask into a float one: 4 bytes per (L, S) entry, plus
-    the boolean). Measured in ``benchmarks/results/rule-masks.md``: at L = S = 4096 the dense
-    path is about 4x faster than chunked and its peak memory grows as L·S, to gigabytes at
-    16k, where chunked stays at O(L·block)."""
+    many bytes (SDPA turns a boolean mask into a float one: 4 bytes per entry, plus the
+    boolean, for every sequence and head the rules tell apart). Measured in
+    ``benchmarks/results/cpu-backends.md`` (mask rules): where it fits, the dense path is
+    about 4x faster than chunked, and its peak memory grows as L·S, to gigabytes at 16k,
+    where chunked stays at O(tile)."""
 
     name = "sdpa"
 
@@ -42,9 +43,10 @@ class SDPA(Backend):
         rules = call.mask_mod is not None or call.window is not None or (call.causal and call.L != call.S)
         if not rules:
             return []
-        need = call.L * call.S * 5  # the boolean (L, S) plane the rules give, and SDPA's float copy of it
+        # the boolean (B|1, H|1, L, S) mask the rules give, and SDPA's float copy of it
+        need = call.mask_planes() * call.L * call.S * 5
         if need > self.dense_rule_limit:
-            return [f"would materialise the mask rules as a dense (L, S) mask ({need / 2**20:.0f} MiB; auto limit "
+            return [f"would materialise the mask rules as a dense mask ({need / 2**20:.0f} MiB; auto limit "
                     f"{self.dense_rule_limit / 2**20:.0f} MiB), where a backend that evaluates them per block can run"]
         return []
 
