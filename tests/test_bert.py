@@ -313,3 +313,141 @@ def test_cls_pooling_and_lower_case_are_honoured(tmp_path):
     enc = SentenceEncoder.from_pretrained(folder)
     assert (enc.pooling, enc.max_length, enc.lowercase) == ("cls", 16, True)
     assert enc.tokenize(["MONEY"]).tokens[0] == ["[CLS]", "money", "[SEP]"]
+
+
+# -- vocabularies, architecture flags, module paths -------------------------------------------
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda v: [t for t in v if t != "[UNK]"] + ["extra"], r"vocab\.txt: no \[UNK\] token \(the unknown-word token\), "
+                                                           r"which every encoding needs"),
+    (lambda v: [t if t != "[SEP]" else "sep" for t in v], r"vocab\.txt: no \[SEP\] token \(the token that ends every text\)"),
+    (lambda v: [t if t != "[CLS]" else "cls" for t in v], r"vocab\.txt: no \[CLS\] token \(the token that starts"),
+    (lambda v: v[:-1] + ["bank"], r"vocab\.txt: token 'bank' is on line 7 and again on line 20 \(each token has one id"),
+    (lambda v: v[:-1] + ["bank  "], r"vocab\.txt: token 'bank' is on line 7 and again on line 20"),  # as the library reads it
+])
+def test_vocab_txt_is_checked_before_the_first_encode(tmp_path, edit, message):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    (folder / "vocab.txt").write_text("\n".join(edit(list(VOCAB))) + "\n")
+    with pytest.raises(ValueError, match=message):
+        SentenceEncoder.from_pretrained(folder)
+
+
+def test_special_tokens_named_in_tokenizer_config_are_used(tmp_path):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    names = {"[UNK]": "<unk>", "[CLS]": "<s>", "[SEP]": "</s>", "[PAD]": "<pad>"}
+    (folder / "vocab.txt").write_text("\n".join(names.get(t, t) for t in VOCAB) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"unk_token": "<unk>", "cls_token": "<s>",
+                                                              "sep_token": {"content": "</s>", "lstrip": False},
+                                                              "pad_token": "<pad>"}))
+    enc = SentenceEncoder.from_pretrained(folder)
+    batch = enc.tokenize(["the zebra", "money"])
+    assert batch.tokens == [["<s>", "the", "<unk>", "</s>"], ["<s>", "money", "</s>"]]
+    assert batch.input_ids[1, -1] == 0  # padded with <pad>, id 0
+    (folder / "tokenizer_config.json").write_text(json.dumps({"unk_token": "[UNK]"}))
+    with pytest.raises(ValueError, match=r"vocab\.txt: no \[UNK\] token"):
+        SentenceEncoder.from_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"unk_token": 3}))
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: field 'unk_token' must be a string, got an integer"):
+        SentenceEncoder.from_pretrained(folder)
+
+
+def test_tokenizer_json_without_its_unknown_token_is_refused(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    (folder / "vocab.txt").write_text("\n".join(t if t != "[UNK]" else "unk" for t in VOCAB) + "\n")
+    tokenizers.implementations.BertWordPieceTokenizer(str(folder / "vocab.txt")).save(str(folder / "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: the WordPiece model's unknown-word token '\[UNK\]' is not in "
+                                         r"its vocabulary"):
+        SentenceEncoder.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(is_decoder=True), r"field 'is_decoder' is true: a BERT decoder attends causally .*attend's BertModel is a "
+                            r"bidirectional encoder"),
+    (dict(add_cross_attention=True), r"field 'add_cross_attention' is true: the layers also attend to an encoder's output"),
+    (dict(is_encoder_decoder=True), r"field 'is_encoder_decoder' is true"),
+    (dict(is_decoder="yes"), r"field 'is_decoder' must be true or false, got a string"),
+    (dict(pruned_heads={"0": [1]}), r"field 'pruned_heads' is \{'0': \[1\]\}: this model has heads removed"),
+    (dict(pruned_heads=[1]), r"field 'pruned_heads' must be a JSON object, got a list"),
+    (dict(chunk_size_feed_forward=-1), r"field 'chunk_size_feed_forward' must be an integer >= 0, got -1"),
+])
+def test_architecture_flags_attend_does_not_compute_are_refused(tmp_path, changes, message):
+    folder, _ = _tiny_hf_folder(tmp_path)
+    _set_config(folder, **changes)
+    with pytest.raises(ValueError, match=r"config\.json: " + message):
+        BertModel.from_pretrained(folder)
+
+
+def test_a_feed_forward_in_chunks_is_the_same_model(tmp_path):
+    # chunk_size_feed_forward splits the position-wise feed-forward over the sequence: same numbers
+    folder, hf = _tiny_hf_folder(tmp_path, chunk_size_feed_forward=5, is_decoder=False, add_cross_attention=False,
+                                 pruned_heads={})
+    assert json.loads((folder / "config.json").read_text())["chunk_size_feed_forward"] == 5
+    ours = BertModel.from_pretrained(folder).double()
+    ids = torch.tensor([[2, 9, 10, 11, 5, 6, 12, 5, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).hidden, hf.double()(input_ids=ids).last_hidden_state, rtol=1e-10, atol=1e-10)
+
+
+def _modules(folder, pooling_path, normalize=True, transformer_path=""):
+    mods = [{"idx": 0, "name": "0", "path": transformer_path, "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": pooling_path, "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        mods.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(mods))
+
+
+def test_the_pooling_module_is_read_from_the_path_modules_json_gives(tmp_path):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path / "model")
+    for name, mode in (("1_Pooling", "pooling_mode_mean_tokens"), ("pool", "pooling_mode_cls_token")):
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text(json.dumps({mode: True}))
+    _modules(folder, "pool")
+    assert SentenceEncoder.from_pretrained(folder).pooling == "cls"  # not 1_Pooling's mean
+    _modules(folder, "1_Pooling", normalize=False)
+    enc = SentenceEncoder.from_pretrained(folder)
+    assert (enc.pooling, enc.normalize) == ("mean", False)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (folder / "link").symlink_to(tmp_path / "outside")
+    for path, message in [("../outside", r"field '\[1\]\.path' is '\.\./outside', outside the model folder"),
+                          ("pool/../../outside", r"field '\[1\]\.path' is 'pool/\.\./\.\./outside', outside the model"),
+                          (str(tmp_path / "outside"), r"field '\[1\]\.path' is '.*outside', an absolute path"),
+                          ("link", r"field '\[1\]\.path' is 'link', which leads outside the model folder"),
+                          ("", r"field '\[1\]\.path' is '': the Pooling module's settings are in a sub-folder"),
+                          ("2_Pooling", r"module 1 \(Pooling\) has path '2_Pooling', but .*2_Pooling/config\.json does "
+                                        r"not exist")]:
+        _modules(folder, path)
+        with pytest.raises((ValueError, FileNotFoundError), match=r"modules\.json: " + message):
+            SentenceEncoder.from_pretrained(folder)
+    _modules(folder, "pool", transformer_path="0_Transformer")
+    with pytest.raises(ValueError, match=r"field '\[0\]\.path' is '0_Transformer': attend reads the Transformer module "
+                                         r"from the model folder itself"):
+        SentenceEncoder.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kinds", [["Transformer"], ["Transformer", "Normalize", "Pooling"], ["Pooling", "Transformer"],
+                                   ["Transformer", "Pooling", "Pooling"]])
+def test_modules_must_be_transformer_pooling_normalize(tmp_path, kinds):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    paths = {"Transformer": "", "Pooling": "1_Pooling", "Normalize": "2_Normalize"}
+    (folder / "modules.json").write_text(json.dumps([{"path": paths[k], "type": f"sentence_transformers.models.{k}"}
+                                                     for k in kinds]))
+    with pytest.raises(ValueError, match=r"modules\.json: modules \[.*\]: attend runs Transformer, then Pooling, then "
+                                         r"optionally Normalize, each once"):
+        SentenceEncoder.from_pretrained(folder)
+
+
+def test_a_config_with_an_integer_too_long_to_read_names_the_file(tmp_path):
+    folder, _ = _tiny_hf_folder(tmp_path)
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(text.replace('"vocab_size": 20', '"vocab_size": ' + "9" * 5000))
+    with pytest.raises(ValueError, match=r"config\.json: not a valid JSON model config \(Exceeds the limit \(4300 "
+                                         r"digits\)"):
+        BertModel.from_pretrained(folder)

@@ -137,10 +137,16 @@ def test_flags_that_do_not_apply_are_refused_naming_them(tmp_path, fake_checkpoi
          "--src-col and --tgt-col must differ"),
         (["translate", "eval", "--checkpoint", ck, "--data", str(data), "--force"], "--force applies to --plot"),
         (["translate", "eval", "--checkpoint", ck, "--data", str(data), "--plot", str(tmp_path / "p.bmp")],
-         "--plot '" + str(tmp_path / "p.bmp") + "': '.bmp' is not a figure format; use one of .png, .pdf, .svg"),
+         f"--plot {tmp_path / 'p.bmp'}: '.bmp' is not a figure format; use one of .png, .pdf, .svg"),
         (["translate", "hello", "--checkpoint", ck, "--force"], "--force applies to --heatmap"),
         (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path / "h.bin")], "'.bin' is not a figure format"),
-        (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path / "h")], "no extension is not a figure"),
+        (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path / "h")],
+         f"--heatmap {tmp_path / 'h'}: no file extension; use one of .png, .pdf, .svg"),
+        (["translate", "", "--checkpoint", ck], "TEXT must not be empty"),
+        (["translate", " \t ", "--checkpoint", ck], "TEXT must not be empty"),
+        (["explain", "a bank", "--html", str(tmp_path / "v.png")],
+         f"--html {tmp_path / 'v.png'}: '.png' is not .html or .htm (the viewer is an HTML page)"),
+        (["explain", "a bank", "--html", str(tmp_path / "v")], "no file extension: it must be .html or .htm"),
         (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path)], f"--heatmap {tmp_path} is a folder"),
         (["translate", "hello", "--checkpoint", str(data)], f"--checkpoint is a file, not a run folder: {data}"),
         (["translate", "eval", "--checkpoint", str(data), "--data", str(data)], "--checkpoint is a file, not a run folder"),
@@ -158,3 +164,42 @@ def test_flags_that_do_not_apply_are_refused_naming_them(tmp_path, fake_checkpoi
         assert err.startswith("attend: error: ") and message in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "d.tsv"]  # nothing written
+
+
+@pytest.mark.parametrize("argv", [["demo", "--quick", "--no-progress"], ["tour"],
+                                  ["translate", "train", "--synthetic", "50", "--hidden", "8", "--embed", "4",
+                                   "--no-progress"]])
+@pytest.mark.parametrize("seed", ["-5", "99999999999999999999", str(2 ** 63), "x"])
+def test_seeds_are_checked_by_argparse_and_nothing_is_created(argv, seed, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", "d"] if argv[0] != "tour" else []
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, *out, "--seed", seed])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"attend: error: argument --seed: expected an integer from 0 to "
+                                                 f"2**63 - 1, got {seed!r}"]
+    assert captured.out == "" and os.listdir(tmp_path) == []
+
+
+def test_the_largest_seed_is_accepted(capsys):
+    assert cli.main(["tour", "--seed", str(2 ** 63 - 1)]) == 0
+    assert "What does 'ate' attend to?" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_is_not_an_error():
+    # `attend tour | head`: the reader goes away; attend stops quietly (no message, no traceback), as Unix tools do
+    p = subprocess.Popen([sys.executable, "-m", "attend.cli", "tour"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before attend writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) in (0, 141) and err == "", err
+
+
+def test_tour_refuses_a_seed_out_of_range_by_name():
+    import io
+
+    from attend import tour
+
+    for seed in (-1, 2 ** 63, 99999999999999999999, True):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*63\), got "):
+            tour.run(io.StringIO(), seed=seed)

@@ -146,3 +146,15 @@ def test_a_byte_order_mark_is_dropped(tmp_path):
     f.write_bytes("\ufeffGo.\tVa !\nHi.\tSalut !\n".encode("utf-8"))  # as Windows editors save UTF-8
     assert read_tsv(f) == [("Go.", "Va !"), ("Hi.", "Salut !")]
     assert read_tsv(f, src_col=1, tgt_col=0)[0] == ("Va !", "Go.")
+
+
+def test_batch_order_takes_every_seed_a_run_accepts():
+    pairs = [([4] * (1 + i % 7), [5, 6]) for i in range(40)]
+    for seed in (0, 5, 2 ** 63 - 1):  # the largest seed `--seed` accepts (its product overflowed torch's seed)
+        orders = [LengthGroupedBatches(pairs, batch_size=4, seed=seed, pool=2).order(e) for e in (0, 1)]
+        assert sorted(i for b in orders[0] for i in b) == list(range(40)) and orders[0] != orders[1]
+    # seeds that fitted before give the same batches as before (a resumed run sees the same order)
+    g = torch.Generator().manual_seed(5 * 1_000_003 + 1)
+    assert LengthGroupedBatches(pairs, batch_size=4, seed=5, pool=100).order(1)[0] == \
+        sorted(torch.randperm(40, generator=g).tolist(), key=lambda i: len(pairs[i][0]))[
+            4 * torch.randperm(10, generator=g).tolist()[0]:][:4]

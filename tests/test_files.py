@@ -184,6 +184,25 @@ STATE_CASES = [
      r"'history\.loss' has 2 losses for 3 steps"),
     (dict(tensors=lambda t: t.pop("model.out.bias")), r"missing tensor\(s\) \['(model\.)?out\.bias'\]"),
     (dict(tensors=lambda t: t["optim.2.exp_avg"].fill_(float("nan"))), r"'optim\.2\.exp_avg' has NaN"),
+    (dict(tensors=lambda t: t["optim.1.exp_avg_sq"].view(-1)[4].fill_(-2.0)),
+     r"tensor 'optim\.1\.exp_avg_sq' has negative values \(-2\); Adam's second moments are averages of squares"),
+    (dict(tensors=lambda t: t.__setitem__("rng.torch", torch.full_like(t["rng.torch"], 7))),
+     r"tensor 'rng\.torch' is not a valid state of torch's random number generator \("),
+    (dict(scalars=lambda s: s.__setitem__("decays", 10 ** 6)),
+     r"field 'trainer\.decays' is 1000000, but trainer\.history records 0 evaluation\(s\) without improvement"),
+    (dict(scalars=lambda s: s.__setitem__("bad_evals", 99)),
+     r"field 'trainer\.bad_evals' is 99, more than the patience \(3\)"),
+    (dict(scalars=lambda s: s.__setitem__("bad_evals", 2)),
+     r"field 'trainer\.bad_evals' is 2, but trainer\.history records 0 evaluation\(s\) without improvement since"),
+    (dict(scalars=lambda s: s.__setitem__("history", [])),
+     r"field 'trainer\.last_eval_step' is 3, but trainer\.history records no evaluation"),
+    (dict(scalars=lambda s: s.__setitem__("last_eval_step", -1)),
+     r"field 'trainer\.last_eval_step' is -1, but the last evaluation in trainer\.history is at step 3"),
+    (dict(scalars=lambda s: s.__setitem__("best_valid", s["best_valid"] + 1)),
+     r"field 'trainer\.best_valid' is [\d.]+, but the best validation loss in trainer\.history is [\d.]+"),
+    (dict(scalars=lambda s: s.__setitem__("best_valid", None)), r"field 'trainer\.best_valid' is None, but the best"),
+    (dict(meta=lambda m: m.__setitem__("trainer", '{"step": ' + "9" * 5000 + "}")),
+     r"metadata 'trainer' is not valid JSON \(Exceeds the limit \(4300 digits\)"),
 ]
 
 
@@ -194,6 +213,17 @@ def test_resume_state_is_checked_field_by_field_and_changes_nothing(run, corpus,
     with pytest.raises(ValueError, match=r"state\.safetensors: .*" + message):
         _resume(run, corpus)
     assert _snapshot(run) == before  # nothing written
+
+
+def test_a_config_with_an_integer_too_long_to_read_names_the_file(run, capsys):
+    path = run / "config.json"
+    path.write_text(path.read_text().replace('"min_freq": 1', '"min_freq": ' + "1" * 5000))
+    with pytest.raises(ValueError, match=r"config\.json: not a valid JSON checkpoint config \(Exceeds the limit "
+                                         r"\(4300 digits\)"):
+        Translator.load(run)
+    assert cli.main(["translate", "the cat .", "--checkpoint", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"attend: error: {path}: not a valid JSON") and len(err.strip().splitlines()) == 1
 
 
 def test_intact_state_resumes_and_a_finished_run_takes_no_extra_step(run, corpus):
@@ -263,6 +293,30 @@ def test_a_second_training_into_an_owned_folder_stops_at_once(run, corpus, capsy
         pass
 
 
+def test_a_busy_folder_is_refused_before_any_data_is_read(run, tmp_path, monkeypatch, capsys):
+    import attend.data
+
+    def never(*a, **k):
+        raise AssertionError("the data was read before the run folder's lock was taken")
+
+    monkeypatch.setattr(attend.data, "synthetic_pairs", never)  # 20000 pairs took 5 s to read and split
+    monkeypatch.setattr(attend.data, "read_tsv", never)
+    data = tmp_path / "d.tsv"
+    data.write_text("a b\tc d\n" * 10)
+    before = _snapshot(run)
+    other = _holder(run)
+    try:
+        for extra in (["--synthetic", "20000", "--force"], ["--data", str(data), "--force"],
+                      ["--synthetic", "700", "--resume"]):
+            code = cli.main(["translate", "train", *extra, "--out", str(run), "--no-progress"])
+            err = capsys.readouterr().err
+            assert code == 2 and "is in use by another training" in err, (extra, err)
+    finally:
+        other.kill()
+        other.wait()
+    assert _snapshot(run) == before
+
+
 def test_the_lock_is_reentrant_in_a_thread_and_exclusive_across_threads(tmp_path):
     import threading
 
@@ -309,9 +363,35 @@ def test_stale_temp_files_are_removed_by_the_next_save_but_a_live_writers_are_no
     finally:
         p.kill()
         p.wait()
-    with RunFolder(tmp_path).lock():  # owning the folder sweeps every stale temp file
+    # the writer is gone: its temp file is now a leftover too
+    with RunFolder(tmp_path).lock():  # owning the folder changes nothing in it
         pass
-    assert os.listdir(tmp_path) == ["w.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "w.safetensors"])
+    _io.save_tensors(tmp_path / "other.bin", {"a": torch.ones(1)})  # a save removes the leftovers of its own name
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, "other.bin", "w.safetensors"])
+    _io.save_tensors(tmp_path / "w.safetensors", {"a": torch.ones(2)})
+    assert sorted(os.listdir(tmp_path)) == ["other.bin", "w.safetensors"]
+
+
+def test_a_refused_command_deletes_no_temp_file_and_a_save_only_its_own(run, corpus, capsys):
+    ours = run / ".tmp-abcdefgh-state.safetensors"  # what a killed save of the state leaves
+    ours.write_bytes(b"half a state")
+    notes = run / ".tmp-zzzzzzzz-notes.txt"  # a name no attend save makes
+    notes.write_bytes(b"someone's notes")
+    unlike = run / ".tmp-abc-state.safetensors"  # not the pattern attend's writer names
+    unlike.write_bytes(b"x")
+    before = _snapshot(run)
+    code = cli.main(["translate", "train", "--synthetic", "700", "--out", str(run), "--resume", "--hidden", "32",
+                     "--no-progress"])
+    assert code == 1 and "different training settings" in capsys.readouterr().err
+    assert _snapshot(run) == before  # a refused command changes nothing on disk
+    with RunFolder(run).lock():
+        pass
+    assert _snapshot(run) == before
+    _resume(run, corpus)  # saves state.safetensors: its own leftover goes, nothing else
+    names = set(os.listdir(run))
+    assert ours.name not in names and {notes.name, unlike.name} <= names
+    assert notes.read_bytes() == b"someone's notes"
 
 
 SLOW_SAVE = r"""

@@ -198,3 +198,101 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (f.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def _tiny_trainer(out, config, pairs=None):
+    from attend.models import Seq2Seq, Seq2SeqConfig
+    from attend.train import Trainer
+
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(src_vocab=9, tgt_vocab=9, embed_dim=4, hidden_dim=6))
+    pairs = pairs or [([4, 5, 6][: 1 + i % 3], [6, 7, 8][: 1 + i % 2]) for i in range(8)]
+    return Trainer(model, config, pairs, pairs[:4], out, progress=False)
+
+
+def test_a_non_finite_training_loss_stops_training_naming_the_step(tmp_path, monkeypatch, capsys):
+    import attend.train as train_module
+    from attend.train import TrainingDiverged
+
+    real = train_module.sequence_loss
+    seen = {"steps": 0, "files": None}
+
+    def poisoned(model, batch, *a, **k):
+        loss, n = real(model, batch, *a, **k)
+        if model.training:
+            seen["steps"] += 1
+            if seen["steps"] == 5:  # the 5th training step: what a diverging run gives
+                seen["files"] = {p: (tmp_path / p).read_bytes() for p in sorted(os.listdir(tmp_path))}
+                seen["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+                return loss * float("nan"), n
+        return loss, n
+
+    monkeypatch.setattr(train_module, "sequence_loss", poisoned)
+    trainer = _tiny_trainer(tmp_path, TrainConfig(epochs=5, batch_size=2, eval_every=2, warmup_steps=0))
+    with pytest.raises(TrainingDiverged, match=r"training stopped at step 5 \(epoch 2, batch 1 of 4, learning rate "
+                                               r"0\.002\): the training loss is nan; that step was not taken and nothing "
+                                               r"was saved after it: .* keeps its last checkpoint") as e:
+        trainer.fit()
+    assert e.value.step == 5 and trainer.step == 4
+    assert {p: (tmp_path / p).read_bytes() for p in sorted(os.listdir(tmp_path))} == seen["files"]  # nothing written
+    assert sorted(seen["files"]) == ["history.json", "model.safetensors"]  # the best weights, at step 4
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, seen["weights"][k]), k  # the weights were not updated from the NaN loss
+    tensors, _ = _io.load_tensors(tmp_path / "model.safetensors")
+    assert all(bool(torch.isfinite(t).all()) for t in tensors.values())
+
+
+def test_a_non_finite_gradient_stops_training_too(tmp_path, monkeypatch):
+    from attend.train import TrainingDiverged
+
+    trainer = _tiny_trainer(tmp_path, TrainConfig(epochs=1, batch_size=2, warmup_steps=0))
+
+    def poison(grad):
+        return grad * float("inf")
+
+    trainer.model.out.weight.register_hook(poison)
+    with pytest.raises(TrainingDiverged, match=r"training stopped at step 1 .*: the gradient norm is (nan|inf)"):
+        trainer.fit()
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_cli_reports_a_diverged_training_in_one_line(tmp_path, monkeypatch, capsys):
+    import attend.train as train_module
+    from attend import cli
+
+    real = train_module.sequence_loss
+
+    def poisoned(model, batch, *a, **k):
+        loss, n = real(model, batch, *a, **k)
+        return (loss * float("inf") if model.training else loss), n
+
+    monkeypatch.setattr(train_module, "sequence_loss", poisoned)
+    out = tmp_path / "run"
+    code = cli.main(["translate", "train", "--synthetic", "100", "--out", str(out), "--hidden", "8", "--embed", "4",
+                     "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("attend: error: training stopped at step 1 (epoch 1, batch 1 of 2"), err
+    assert "the training loss is inf" in err[-1]
+
+
+def test_a_resumed_run_that_stopped_early_takes_no_extra_step(tmp_path, monkeypatch):
+    import attend.train as train_module
+
+    monkeypatch.setattr(train_module, "evaluate_loss", lambda model, batches: 5.0)  # never improves after the first
+    config = TrainConfig(epochs=50, batch_size=2, eval_every=1, patience=2, warmup_steps=0)
+    trainer = _tiny_trainer(tmp_path, config)
+    history = trainer.fit()
+    assert [h["step"] for h in history] == [1, 2, 3] and trainer.bad_evals == 2  # stopped early at step 3
+    before, _ = _io.load_tensors(tmp_path / "state.safetensors")
+    again = _tiny_trainer(tmp_path, config)
+    assert again.fit(resume=True) == history and again.step == 3  # (it took a 4th step before)
+    after, meta = _io.load_tensors(tmp_path / "state.safetensors")
+    assert json.loads(meta["trainer"])["step"] == 3 and after["history.loss"].shape == (3,)
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_seeds_beyond_what_generators_take_are_refused():
+    assert TrainConfig(seed=2 ** 63 - 1).seed == 2 ** 63 - 1
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*63\), got 9223372036854775808"):
+        TrainConfig(seed=2 ** 63)

@@ -219,9 +219,55 @@ def test_a_refused_resume_changes_nothing_and_names_each_setting(tmp_path, capsy
         assert "different training settings from the run's" in err and named in err, (extra, err)
         assert len(err.strip().splitlines()) == 1, err
         assert _files(out) == before  # test.tsv, valid.tsv, config.json: nothing touched
+    # in the user's words: one entry per flag, a data change said as such, no consequence listed as a setting
+    for extra, message in [(["--seed", 1], "different training settings from the run's: --seed (run: 0, given: 1); "),
+                           (["--synthetic", 230], "different training settings from the run's: --synthetic (run: 200, "
+                                                  "given: 230); "),
+                           (["--epochs", 20], "different training settings from the run's: --epochs (run: 2, given: "
+                                              "20); "),  # (the warm-up it implies is not listed)
+                           (["--max-len", 40], "different training settings from the run's: --max-len (run: None, "
+                                              "given: 40); ")]:
+        args = [*base, "--epochs", 2, *extra]
+        if "--synthetic" in extra:
+            args = ["--out", out, "--eval-every", 2, *TINY, "--epochs", 2, *extra]
+        if "--epochs" in extra:
+            args = [*base, *extra]
+        code, _, err = _train(capsys, *args, "--resume")
+        assert code == 1 and message in err, (extra, err)
+        assert "data." not in err and "n_train" not in err and "train." not in err, err
+        assert _files(out) == before
+    data = tmp_path / "d.tsv"
+    data.write_text("".join(f"{e}\t{f}\n" for e, f in synthetic_pairs(100, seed=2, max_words=8)))
+    code, _, err = _train(capsys, "--data", data, "--out", out, "--eval-every", 2, *TINY, "--epochs", 2, "--resume")
+    assert code == 1 and ("different training settings from the run's: --data/--synthetic (run: --synthetic 200, "
+                          f"given: --data {data}); ") in err, err
     code, _, err = _train(capsys, *base, "--epochs", 2, "--resume")  # the same settings: continues
     assert code == 0, err
     assert _files(out)["test.tsv"] == before["test.tsv"] and _files(out)["config.json"] == before["config.json"]
+
+
+def test_a_changed_data_file_is_named_on_resume(tmp_path, capsys):
+    data = tmp_path / "d.tsv"
+    pairs = synthetic_pairs(220, seed=5, max_words=8, max_clauses=1)
+    data.write_text("".join(f"{e}\t{f}\n" for e, f in pairs))
+    out = tmp_path / "run"
+    base = ["--data", data, "--out", out, "--epochs", 1, *TINY]
+    code, _, err = _train(capsys, *base)
+    assert code == 0, err
+    before = _files(out)
+    data.write_text("".join(f"{e}\t{f}\n" for e, f in pairs[:200]))  # fewer pairs
+    code, _, err = _train(capsys, *base, "--resume")
+    assert code == 1, err
+    assert f"different training settings from the run's: --data {data.resolve()}: other sentence pairs than the " \
+           "run's (run: " in err and "; given: " not in err and "n_train" not in err, err
+    assert _files(out) == before
+    swapped = pairs[:]
+    swapped[0] = (pairs[0][0], pairs[1][1])  # the same number of pairs, one sentence changed
+    data.write_text("".join(f"{e}\t{f}\n" for e, f in swapped))
+    code, _, err = _train(capsys, *base, "--resume")
+    assert code == 1 and (f"--data {data.resolve()}: other sentence pairs than the run's (the same numbers of pairs, "
+                          "other sentences)") in err, err
+    assert _files(out) == before
 
 
 def test_unknown_words_are_shown_and_counted(trained, tmp_path, capsys):

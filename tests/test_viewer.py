@@ -121,7 +121,7 @@ def test_every_argument_is_checked_by_name():
     w = [torch.rand(1, 1, 2, 2)]
     for kw, error, message in [
         (dict(note=object()), TypeError, "note: expected None or a string, got object"),
-        (dict(title=3), TypeError, "title: expected a string, got int"),
+        (dict(title=3), TypeError, "title: expected None or a string, got int"),
         (dict(labels=[1]), TypeError, "labels: expected None or a list of strings"),
         (dict(labels="ab"), TypeError, "labels: expected None or a list of strings, got str"),
         (dict(max_tokens="5"), ValueError, "max_tokens: expected an int >= 1, got '5'"),
@@ -147,6 +147,92 @@ def test_saving_onto_a_folder_is_refused(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder, not a file"):
         AttentionView([["a"]], [torch.rand(1, 1, 1, 1)]).save(tmp_path, force=True)
     assert os.listdir(tmp_path) == []  # no temp file left behind
+
+
+@pytest.mark.parametrize("weights, error, message", [
+    (torch.rand(0, 2, 3, 3), ValueError, r"attentions\[0\]: 0 layers and 2 heads \(shape \(0, 2, 3, 3\)\); the viewer "
+                                         r"needs at least one layer and one head"),
+    (torch.rand(2, 0, 3, 3), ValueError, r"attentions\[0\]: 2 layers and 0 heads"),
+    ([], TypeError, r"attentions\[0\]: expected a tensor \(layers, heads, n, n\) or a list of per-layer tensors"),
+    (torch.ones(2, 2, 3, 3, dtype=torch.complex64), TypeError,
+     r"attentions\[0\]: weights must be real numbers, got dtype torch\.complex64"),
+    ([torch.rand(2, 3, 3), torch.ones(2, 3, 3, dtype=torch.complex64)], TypeError,
+     r"attentions\[0\]\[1\]: weights must be real numbers"),
+    (-torch.rand(2, 2, 3, 3) - 0.01, ValueError, r"attentions\[0\]: weights must be in \[0, 1\] \(attention "
+                                                r"probabilities\), got -0\.\d+ at layer 0, head 0, row 0, column 0"),
+    (torch.full((1, 1, 3, 3), 0.2).index_put_((torch.tensor(0), torch.tensor(0), torch.tensor(2), torch.tensor(1)),
+                                             torch.tensor(3.5)),
+     ValueError, r"got 3\.5 at layer 0, head 0, row 2, column 1"),
+    ([torch.rand(3, 3, 3), torch.rand(2, 3, 3)], ValueError,
+     r"attentions\[0\]: layer 1 has shape \(2, 3, 3\), but layer 0 has \(3, 3, 3\) \(heads, n, n\); every layer "
+     r"needs the same heads and tokens"),
+    ([torch.rand(1, 2, 3, 3), torch.rand(2, 2, 3, 3)], ValueError,
+     r"attentions\[0\]: layer 1 has shape \(2, 2, 3, 3\); expected \(heads, n, n\) or \(1, heads, n, n\)"),
+])
+def test_weights_that_are_not_attention_weights_are_refused(weights, error, message):
+    with pytest.raises(error, match=message):
+        AttentionView([["a", "b", "c"]], [weights])
+
+
+def test_weights_within_rounding_of_0_and_1_and_non_finite_ones_are_drawn():
+    w = torch.full((1, 2, 3, 3), 1 / 3)
+    w[0, 0, 0] = torch.tensor([1.0005, -0.0005, 0.0])  # rounding of 16-bit softmax
+    w[0, 1, 1, 1], w[0, 1, 2, 2] = float("nan"), float("-inf")  # drawn red, as documented
+    doc = json.loads(_structure(attention_page([["a", "b", "c"]], [w])).data_json)
+    q = list(base64.b64decode(doc["texts"][0]["weights"]))
+    assert q[:3] == [254, 0, 0] and q[9 + 4] == 255 and q[9 + 8] == 255
+    attention_page([["a", "b"]], [torch.ones(1, 1, 2, 2, dtype=torch.bool)])  # real numbers in [0, 1]
+
+
+class _FakeEncoder:
+    """What AttentionView.from_encoder needs of a SentenceEncoder."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed_tokens(self, texts, need_weights=False):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        n = len(texts[0].split()) + 2
+        return (SimpleNamespace(tokens=[["[CLS]", *texts[0].split(), "[SEP]"]]),
+                SimpleNamespace(attentions=tuple(_weights(1, 2, n, seed=i)[0].unsqueeze(0) for i in range(2))))
+
+
+def test_title_none_means_the_default_in_the_constructor_and_from_encoder():
+    w = [torch.rand(1, 1, 2, 2)]
+    title = lambda page: json.loads(_structure(page).data_json)["title"]
+    assert title(AttentionView([["a", "b"]], w, title=None).html) == "Attention"
+    assert title(attention_page([["a", "b"]], w, title=None)) == "Attention"
+    encoder = _FakeEncoder()
+    assert title(AttentionView.from_encoder(encoder, ["a bank"], title=None).html) == "Attention"
+    assert title(AttentionView.from_encoder(encoder, ["a bank"], title="mine").html) == "mine"
+    calls = encoder.calls
+    for kw, error, message in [(dict(title=3), TypeError, "title: expected None or a string, got int"),
+                               (dict(max_tokens=0), ValueError, "max_tokens: expected an int >= 1, got 0")]:
+        with pytest.raises(error, match=message):
+            AttentionView.from_encoder(encoder, ["a bank"], **kw)
+        with pytest.raises(error, match=message):
+            AttentionView([["a", "b"]], w, **kw)
+    assert encoder.calls == calls  # refused before the encoder ran
+    with pytest.raises(TypeError, match="encoder: expected a SentenceEncoder .*, got str"):
+        AttentionView.from_encoder("enc", ["a"])
+
+
+def test_save_names_the_path_given_and_writes_only_html(tmp_path):
+    view = AttentionView([["a"]], [torch.rand(1, 1, 1, 1)])
+    missing = tmp_path / "nodir" / "x.html"
+    with pytest.raises(FileNotFoundError, match=f"path: {missing}: the folder {tmp_path / 'nodir'} does not exist") as e:
+        view.save(missing)
+    assert ".tmp-" not in str(e.value)
+    for name, message in [("v.png", r"path: .*v\.png: extension '\.png' is not \.html or \.htm \(the viewer is an "
+                                    r"HTML page\)"),
+                          ("v", r"path: .*v: no file extension: it must be \.html or \.htm")]:
+        with pytest.raises(ValueError, match=message):
+            view.save(tmp_path / name, force=True)
+    assert os.listdir(tmp_path) == []  # nothing written
+    assert view.save(tmp_path / "v.HTM") == str(tmp_path / "v.HTM")
+    assert (tmp_path / "v.HTM").read_text().startswith("<!DOCTYPE html>")
 
 
 # -- in a real browser -------------------------------------------------------------------

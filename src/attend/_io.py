@@ -18,9 +18,9 @@ import json
 import math
 import os
 import re
+import secrets
 import stat
 import sys
-import tempfile
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Union
 
 import torch
@@ -35,7 +35,7 @@ __all__ = ["config_from_dict", "atomic_write", "write_json", "read_json", "save_
            "check_state_dict", "read_header", "TensorInfo", "serialize", "remove_stale_temps", "JsonDoc",
            "check_sizes", "json_type"]
 
-_TMP = re.compile(r"\.tmp-[a-z0-9_]{8}-(.+)")
+_TMP = re.compile(r"\.tmp-[a-z0-9_]{8}-(.+)")  # what _new_temp names, and nothing else
 
 
 # -- atomic writes ------------------------------------------------------------------------
@@ -88,12 +88,21 @@ def remove_stale_temps(folder: str | os.PathLike, name: Optional[str] = None) ->
     return removed
 
 
+_TMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
 def _new_temp(folder: str, name: str) -> tuple[int, str]:
-    """A temp file for ``name`` in ``folder``, locked by us (so no cleaner takes it)."""
+    """A temp file for ``name`` in ``folder`` (``.tmp-<8 characters>-<name>``, the only names
+    :func:`remove_stale_temps` takes), created exclusively, private, and locked by us (so no
+    cleaner takes it)."""
     while True:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + name, dir=folder)
+        tmp = os.path.join(folder, ".tmp-" + "".join(secrets.choice(_TMP_CHARS) for _ in range(8)) + "-" + name)
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            continue
         _lock_fd(fd)
-        try:  # a cleaner may have removed it between mkstemp and the lock: then take another
+        try:  # a cleaner may have removed it between its creation and the lock: then take another
             a, b = os.lstat(tmp), os.fstat(fd)
             if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
                 return fd, tmp
@@ -111,6 +120,8 @@ def atomic_write(path: str | os.PathLike, data: Union[bytes, Iterable[bytes]]) -
         raise IsADirectoryError(f"{path} is a folder, not a file")
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
+    if not os.path.isdir(folder):  # say so with the path given, not the temp file's
+        raise FileNotFoundError(f"cannot write {path}: the folder {os.path.dirname(path) or folder} does not exist")
     remove_stale_temps(folder, name)
     fd, tmp = _new_temp(folder, name)
     try:
@@ -157,8 +168,12 @@ def read_json(path: str | os.PathLike, what: str = "file", *, max_bytes: int = 6
     try:
         with open(path, "rb") as f:
             return json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path}: not a valid JSON {what} ({e})") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep, an integer too long, ...
+        raise ValueError(f"{path}: not a valid JSON {what} ({_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 # -- safetensors -----------------------------------------------------------------------------
@@ -224,8 +239,8 @@ def _check_safetensors_file(path: str, what: str) -> None:
     # the library reads anything, so a pickle or a random file gets a plain refusal.
     n = int.from_bytes(head, "little") if len(head) == 8 else -1
     if n <= 0 or n + 8 > size or n > 100_000_000:
-        raise ValueError(f"{path}: not a safetensors file (only safetensors {what}s are read; "
-                         "pickles are never loaded)")
+        raise ValueError(f"{path}: not a safetensors file (attend reads only safetensors files; pickles are "
+                         "never loaded)")
 
 
 def read_header(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[str, TensorInfo], dict[str, str]]:

@@ -11,7 +11,9 @@ Usage errors (bad flags, missing files, outputs that exist without ``--force``, 
 that does not apply to what was asked, a run folder another training owns) exit 2 with one
 line; runtime errors (malformed files, ...) exit 1 with one line (a traceback only with
 ``--debug``, accepted anywhere on the line); Ctrl-C exits 130 (training saves its state
-first). Everything a command is given is checked before it changes anything on disk.
+first); a reader that closes the output early (``attend tour | head``) ends the command
+quietly with status 141, as a closed pipe ends other Unix tools. Everything a command is
+given is checked before it changes anything on disk.
 """
 from __future__ import annotations
 
@@ -68,6 +70,17 @@ def _int_at_least(low: int):
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed, 0 <= seed < 2**63 (what every generator attend seeds accepts)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
+    return v
+
+
 def _thread_count(text: str) -> int:
     """An argparse type: torch threads, from 1 to the number of CPUs this process may use."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -89,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="run folder (default: runs/demo-<date>-<time>)")
     demo.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
     demo.add_argument("--quick", action="store_true", help="a tiny corpus and model: seconds, for a smoke test")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the corpus and training (default 0)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed for the corpus and training (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--threads", type=_thread_count, default=1,
                       help="torch intra-op threads (default 1: the same numbers on any load; small models gain "
@@ -99,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "budget alone makes the result independent of the machine's speed)")
 
     tour = sub.add_parser("tour", help="a terminal tour of the attention variants on one small sentence")
-    tour.add_argument("--seed", type=int, default=0, help="seed for the random parts (default 0)")
+    tour.add_argument("--seed", type=_seed, default=0, help="seed for the random parts (default 0)")
 
     tr = sub.add_parser("translate", help="train, evaluate and use translators (RNN with attention, or transformer)",
                         description='attend translate {train,eval} ... | attend translate "a sentence" --checkpoint DIR')
@@ -142,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default: none)")
     t.add_argument("--eval-every", type=_nonneg_int, default=0, help="steps between validations (default: each epoch)")
     t.add_argument("--patience", type=_nonneg_int, default=3)
-    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--seed", type=_seed, default=0, help="seed for the split, the corpus and training (default 0)")
     t.add_argument("--out", required=True, help="run folder for the checkpoint")
     t.add_argument("--force", action="store_true", help="train into --out even if it holds a run")
     t.add_argument("--resume", action="store_true",
@@ -233,6 +246,10 @@ def _explain(args) -> int:
             raise UsageError(f"model folder not found: {args.model}")
     if args.html:
         _new_output(args.html, args.force, "--html")
+        ext = os.path.splitext(args.html)[1]
+        if ext.lower() not in (".html", ".htm"):
+            problem = f"{ext!r} is not" if ext else "no file extension: it must be"
+            raise UsageError(f"--html {args.html}: {problem} .html or .htm (the viewer is an HTML page)")
     elif args.force:
         raise UsageError("--force applies to --html, and no --html was given")
     for t in args.texts + (args.same or []) + ([args.word] if args.word else []):
@@ -266,6 +283,17 @@ def _explain(args) -> int:
             view = AttentionView.from_encoder(encoder, args.texts, title=title)
         print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is left at exit does not fail again
+    (Python's documented recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture)
+        pass
 
 
 def _rewrite(argv: list[str]) -> list[str]:
@@ -351,7 +379,7 @@ def _translate_train(args) -> int:
     import dataclasses
 
     from .apps import train_translator
-    from .apps.translator import read_run_config, resume_differences
+    from .apps.translator import _pairs_sha256, read_run_config, resume_differences
     from .data import prepare, read_tsv, split_by_source, synthetic_pairs
     from .models import model_config
     from .runs import RunFolder, RunFolderBusy
@@ -403,37 +431,37 @@ def _translate_train(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
 
-    # 2. the data, read and split (nothing written yet)
-    if args.data is not None:
-        raw = read_tsv(args.data, src_col=src_col, tgt_col=tgt_col, limit=args.limit)
-        note = {"file": os.path.abspath(args.data), "src_col": src_col, "tgt_col": tgt_col}
-    else:
-        raw = synthetic_pairs(args.synthetic, seed=args.seed, max_words=60)
-        note = {"corpus": "attend.data.synthetic_pairs", "pairs": args.synthetic, "seed": args.seed}
-    pairs = prepare(raw, max_len=args.max_len)
-    if len(pairs) < 3:
-        raise ValueError(f"only {len(pairs)} sentence pairs left after filtering (--max-len {args.max_len})")
-    split = split_by_source(pairs, valid=args.valid, test=args.test, seed=args.seed)
-    if not split.valid or not split.train:
-        raise ValueError(f"too few pairs ({len(pairs)}) for a train / validation split")
-    note.update(max_len=args.max_len, limit=args.limit, valid=args.valid, test=args.test,
-                n_train=len(split.train), n_valid=len(split.valid), n_test=len(split.test))
-    planned = planned_steps(len(split.train), tcfg)
-    if args.warmup is None:
-        tcfg = dataclasses.replace(tcfg, warmup_steps=scaled_warmup(_WARMUP[kind], planned))
-
-    # 3. own the run folder, check it, then write
+    # 2. own the run folder (a second training stops here, at once, before any data is read),
+    #    then read and split the data, check the folder against it, and only then write
     existed = os.path.isdir(args.out)
     run = RunFolder(args.out)
     try:
         with run.lock():
+            if args.data is not None:
+                raw = read_tsv(args.data, src_col=src_col, tgt_col=tgt_col, limit=args.limit)
+                note = {"file": os.path.abspath(args.data), "src_col": src_col, "tgt_col": tgt_col}
+            else:
+                raw = synthetic_pairs(args.synthetic, seed=args.seed, max_words=60)
+                note = {"corpus": "attend.data.synthetic_pairs", "pairs": args.synthetic, "seed": args.seed}
+            pairs = prepare(raw, max_len=args.max_len)
+            if len(pairs) < 3:
+                raise ValueError(f"only {len(pairs)} sentence pairs left after filtering (--max-len {args.max_len})")
+            split = split_by_source(pairs, valid=args.valid, test=args.test, seed=args.seed)
+            if not split.valid or not split.train:
+                raise ValueError(f"too few pairs ({len(pairs)}) for a train / validation split")
+            note.update(max_len=args.max_len, limit=args.limit, valid=args.valid, test=args.test,
+                        n_train=len(split.train), n_valid=len(split.valid), n_test=len(split.test))
+            planned = planned_steps(len(split.train), tcfg)
+            if args.warmup is None:
+                tcfg = dataclasses.replace(tcfg, warmup_steps=scaled_warmup(_WARMUP[kind], planned))
             if args.resume:
                 saved = read_run_config(args.out)[0]
-                diffs = resume_differences(saved, model=model, train_config=tcfg, min_freq=args.min_freq, data=note)
+                diffs = resume_differences(saved, model=model, train_config=tcfg, min_freq=args.min_freq, data=note,
+                                           pairs_sha256=_pairs_sha256(split.train, split.valid))
                 if diffs:
-                    listed = ", ".join(f"{_FLAGS.get(f, f)} (run: {a!r}, given: {b!r})" for f, a, b in diffs)
-                    raise ValueError(f"{run.config_path}: different training settings from the run's: {listed}; "
-                                     "resume with the same settings and data")
+                    raise ValueError(f"{run.config_path}: different training settings from the run's: "
+                                     f"{_resume_differences(diffs, saved, note, args)}; resume with the same settings "
+                                     "and data")
                 where = "the split of the run"
             else:
                 if os.listdir(args.out) and not args.force:  # checked again, now that the folder is ours
@@ -465,6 +493,51 @@ def _translate_train(args) -> int:
     print(f"trained {hist[-1]['step']} steps in {hist[-1]['seconds']:.0f} s; best validation loss "
           f"{best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")
     return 0
+
+
+def _data_source(note: dict) -> str:
+    """How a run's data was given, in command-line words."""
+    if "corpus" in note:
+        return f"--synthetic {note.get('pairs')}"
+    return f"--data {note['file']}" if note.get("file") else "--data"
+
+
+def _resume_differences(diffs, saved: dict, note: dict, args) -> str:
+    """The settings of a refused ``--resume`` that differ from the run's, in the words of the
+    command line: one entry per flag (``--seed`` sets two fields, ``--layers`` up to two),
+    a change of data said as such (not as the split sizes it leads to), and settings the
+    user did not give (a default that follows from the others: ``--lr``, ``--warmup``) only
+    when nothing else explains them."""
+    run_data = dict(saved.get("data") or {})
+    counts = ("data.n_train", "data.n_valid", "data.n_test")
+    derived = {f for f, given in (("train.warmup_steps", args.warmup), ("train.lr", args.lr)) if given is None}
+    explained = [f for f, _, _ in diffs if f not in derived and f not in counts and f != "pairs"]
+    data_flags = [f for f in explained if f.startswith("data.") or f == "train.seed"]  # what makes the split
+    out: dict[str, str] = {}
+    for f, a, b in diffs:
+        if f.startswith("data.") and ("corpus" in run_data) != ("corpus" in note):
+            out.setdefault("data", f"--data/--synthetic (run: {_data_source(run_data)}, given: {_data_source(note)})")
+        elif f in counts or f == "pairs":
+            if data_flags:
+                continue  # a consequence of the data flags listed
+            if f in counts:
+                sizes = lambda d: f"{d.get('n_train')} training, {d.get('n_valid')} validation, {d.get('n_test')} test"
+                detail = f"run: {sizes(run_data)} pairs, given: {sizes(note)}"
+            else:
+                detail = "the same numbers of pairs, other sentences"
+            out.setdefault("data", f"{_data_source(note)}: other sentence pairs than the run's ({detail})")
+        elif f in derived:
+            if explained:
+                continue  # follows from the differences listed
+            flag = _FLAGS[f]
+            out.setdefault(flag, f"{flag} (run: {a!r}, given: {b!r}, the default for these settings)")
+        else:
+            flag = _FLAGS.get(f)
+            if flag == "--unidirectional" and isinstance(a, bool) and isinstance(b, bool):
+                a, b = not a, not b
+            label = flag or (f"training setting {f[len('train.'):]}" if f.startswith("train.") else f)
+            out.setdefault(label, f"{label} (run: {a!r}, given: {b!r})")
+    return ", ".join(out.values())
 
 
 def _unknown_note(words: list[str], sentences: int = 1) -> str:
@@ -509,9 +582,12 @@ def _translate_eval(args) -> int:
 
 def _translate_text(args) -> int:
     from .apps import Translator
+    from .data import tokenize
 
     _need_checkpoint(args.checkpoint)
     _text_arg(args.sentence, "TEXT")
+    if not tokenize(args.sentence):
+        raise UsageError("TEXT must not be empty")
     if args.heatmap:
         _new_figure(args.heatmap, args.force, "--heatmap")
     elif args.force:
@@ -542,15 +618,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         if args.command == "demo":
-            return _demo(args)
-        if args.command == "explain":
-            return _explain(args)
-        if args.command == "tour":
+            code = _demo(args)
+        elif args.command == "explain":
+            code = _explain(args)
+        elif args.command == "tour":
             from . import tour
 
             tour.run(sys.stdout, seed=args.seed)
-            return 0
-        return {"train": _translate_train, "eval": _translate_eval, "text": _translate_text}[args.verb](args)
+            code = 0
+        else:
+            code = {"train": _translate_train, "eval": _translate_eval, "text": _translate_text}[args.verb](args)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return code
+    except BrokenPipeError:  # `attend tour | head`: the reader has what it wanted; not an error
+        _quiet_stdout()
+        return 128 + 13  # as a process killed by SIGPIPE
     except UsageError as e:
         print(f"attend: error: {_one_line(e)}", file=sys.stderr)
         return 2

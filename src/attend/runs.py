@@ -15,8 +15,10 @@ the same bytes (JSON keys and safetensors metadata are sorted).
 (``flock`` on the folder itself, so no lock file is added): a second training into the
 same folder stops at once with :class:`RunFolderBusy`, before it changes anything. The
 lock is released when the training ends or its process dies (the kernel drops it), so a
-killed run never leaves a stale lock. Taking the lock also removes the temp files of
-saves that were killed (``.tmp-*`` files no live writer holds).
+killed run never leaves a stale lock. Taking the lock changes nothing in the folder (a
+refused command leaves it as it was); the temp files of a killed save are removed by the
+next save of the same file (:func:`attend._io.atomic_write`: only names its own writer
+makes, ``.tmp-<8 characters>-<file name>``, and only those no live writer holds).
 """
 from __future__ import annotations
 
@@ -141,8 +143,6 @@ class RunFolder:
                                       "writes into it", RuntimeWarning, stacklevel=3)
                 _HELD[key] = [1, me, fd]
         try:
-            if fd >= 0:
-                _io.remove_stale_temps(self.path)
             yield self
         finally:
             with _HELD_LOCK:

@@ -17,9 +17,16 @@ codes 130 / 143).
 
 On resume, ``state.safetensors`` is checked field by field before anything is loaded or
 changed: the header's tensors against the model and optimiser (names, shapes, dtypes),
-the RNG state (uint8, the generator's size), the counters (step, epoch, position >= 0 and
-consistent with the number of batches per epoch, one recorded loss per step), the history
-(a list of evaluation records) and the training config (the same as this trainer's).
+the RNG state (uint8, the generator's size, a state torch accepts), the counters (step,
+epoch, position >= 0 and consistent with the number of batches per epoch, one recorded
+loss per step), the history (a list of evaluation records) and the counters it implies
+(last evaluation step, learning-rate decays, evaluations without improvement — at most
+the patience — and the best validation loss), Adam's moments (finite; second moments
+>= 0) and the training config (the same as this trainer's).
+
+A NaN or infinite training loss (or gradient norm) stops training with
+:class:`TrainingDiverged`, naming the step, before that step changes the weights; nothing
+is saved from it, so the run folder keeps its last checkpoint.
 
 :func:`scaled_warmup` gives a warm-up that fits the run: ``min(default, 10 % of the
 planned steps)``, at least 1.
@@ -43,7 +50,14 @@ from . import _io
 from .data import Batch, LengthGroupedBatches, Vocab, make_batch
 from .runs import RunFolder, check_history
 
-__all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "sequence_loss", "scaled_warmup", "planned_steps"]
+__all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "TrainingDiverged", "sequence_loss", "scaled_warmup",
+           "planned_steps", "SEED_LIMIT"]
+
+SEED_LIMIT = 2 ** 63  # seeds are in [0, 2**63): what every generator attend seeds accepts
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 def planned_steps(n_pairs: int, config: "TrainConfig") -> int:
@@ -84,6 +98,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if self.seed >= SEED_LIMIT:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         for name, lo, hi in (("lr", 0.0, math.inf), ("clip_norm", 0.0, math.inf), ("max_minutes", 0.0, math.inf)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v < hi) or (name == "lr" and v == 0):
@@ -109,6 +125,15 @@ class TrainingInterrupted(Exception):
         self.signum, self.out_dir = signum, out_dir
         self.exit_code = 128 + signum
         super().__init__(f"training interrupted (signal {signum}); state saved in {out_dir}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss (or the gradient) became NaN or infinite: training stops before
+    that step changes the weights; the files in the run folder are those of the last save."""
+
+    def __init__(self, message: str, step: int):
+        self.step = step
+        super().__init__(message)
 
 
 def sequence_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0,
@@ -251,8 +276,8 @@ class Trainer:
                 raise ValueError(f"{path}: metadata {key!r} is missing")
             try:
                 return json.loads(meta[key])
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({e})") from None
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer too long to convert
+                raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({_one_line(e)})") from None
 
         doc = _io.JsonDoc(meta_json("trainer"), path, "trainer.")
         saved_cfg = doc.obj("config").raw
@@ -275,6 +300,7 @@ class Trainer:
         sc["history"] = check_history(doc.raw.get("history"), path, "trainer.history")
         if sc["history"] and sc["history"][-1]["step"] > sc["step"]:
             raise doc.error("history", f"has an evaluation at step {sc['history'][-1]['step']}, after step {sc['step']}")
+        self._check_evaluations(doc, sc)
         if sc["epoch"] == self.config.epochs and sc["position"] != 0:
             raise doc.error("position", f"is {sc['position']} after the last epoch")
         if sc["step"] != sc["epoch"] * nb + sc["position"]:
@@ -297,12 +323,50 @@ class Trainer:
         tensors, _ = _io.load_tensors(path, "training state")
         _io.check_state_dict(path, {k: v for k, v in expected.items()},
                              {k: v for k, v in tensors.items() if k.startswith("model.")})
+        try:  # torch's own check of the generator state, on a generator of our own (the global one is untouched)
+            torch.Generator().set_state(tensors["rng.torch"])
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: tensor 'rng.torch' is not a valid state of torch's random number generator "
+                             f"({_one_line(e)})") from None
         for k, v in tensors.items():
             if k.startswith("optim.") and not bool(torch.isfinite(v).all()):
                 raise ValueError(f"{path}: tensor {k!r} has NaN or infinite values")
+            if k.endswith(".exp_avg_sq") and bool((v < 0).any()):
+                raise ValueError(f"{path}: tensor {k!r} has negative values ({float(v.min()):.6g}); Adam's second "
+                                 "moments are averages of squares, never negative")
             if k.endswith(".step") and not (0 <= float(v) <= sc["step"] and float(v) == int(v)):
                 raise ValueError(f"{path}: tensor {k!r} is {float(v)}, not a step count in [0, {sc['step']}]")
         return sc, tensors
+
+    def _check_evaluations(self, doc: "_io.JsonDoc", sc: dict) -> None:
+        """The counters an evaluation updates (``last_eval_step``, ``decays``, ``bad_evals``,
+        ``best_valid``) must be those the recorded evaluations give: each evaluation is one
+        history entry; one that does not improve on the best adds a learning-rate decay and
+        a bad evaluation, one that does resets the bad evaluations."""
+        history, patience = sc["history"], self.config.patience
+        last = history[-1]["step"] if history else -1
+        if sc["last_eval_step"] != last:
+            recorded = f"the last evaluation in trainer.history is at step {last}" if history \
+                else "trainer.history records no evaluation"
+            raise doc.error("last_eval_step", f"is {sc['last_eval_step']}, but {recorded}")
+        if patience and sc["bad_evals"] > patience:
+            raise doc.error("bad_evals", f"is {sc['bad_evals']}, more than the patience ({patience}): training stops "
+                                         f"after {patience} evaluations without improvement")
+        best, bad, decays = math.inf, 0, 0
+        for h in history:
+            if h["valid_loss"] < best:
+                best, bad = h["valid_loss"], 0
+            else:
+                bad, decays = bad + 1, decays + 1
+        if sc["decays"] != decays:
+            raise doc.error("decays", f"is {sc['decays']}, but trainer.history records {decays} evaluation(s) without "
+                                      "improvement (each decays the learning rate once)")
+        if sc["bad_evals"] != bad:
+            raise doc.error("bad_evals", f"is {sc['bad_evals']}, but trainer.history records {bad} evaluation(s) "
+                                         "without improvement since the best one")
+        if (sc["best_valid"] is None) != (best == math.inf) or (sc["best_valid"] is not None and sc["best_valid"] != best):
+            raise doc.error("best_valid", f"is {sc['best_valid']!r}, but the best validation loss in trainer.history "
+                                          f"is {None if best == math.inf else best!r}")
 
     def load_state(self) -> None:
         """Resume from ``state.safetensors``, after checking all of it."""
@@ -379,7 +443,9 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
-        stop = False
+        # a resumed run that had stopped early or used up its time takes no extra step (nor max_steps, below)
+        stop = (cfg.patience > 0 and self.bad_evals >= cfg.patience) or \
+            (cfg.max_minutes > 0 and self.seconds >= cfg.max_minutes * 60)
         while self.epoch < cfg.epochs and not stop:
             order = self.batches.order(self.epoch)
             bar = tqdm(total=len(order), initial=self.position, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -396,14 +462,21 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = self.lr_at(self.step)
                 loss, n_tok = sequence_loss(self.model, batch, cfg.label_smoothing)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    bar.close()
+                    raise self._diverged(f"the training loss is {value}", len(order))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_norm > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                    norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm))
+                    if not math.isfinite(norm):
+                        bar.close()
+                        raise self._diverged(f"the gradient norm is {norm}", len(order))
                 self.optimizer.step()
                 self.step += 1
                 self.position += 1
-                self.losses.append(float(loss.detach()))
+                self.losses.append(value)
                 self.tokens += n_tok + batch.n_src_tokens
                 self.seconds += time.perf_counter() - t0
                 bar.update(1)
@@ -427,6 +500,15 @@ class Trainer:
             self._evaluate()
         self.save_state()
         return self.history
+
+    def _diverged(self, what: str, batches: int) -> TrainingDiverged:
+        """The error for a non-finite loss or gradient at the step about to be taken; the
+        weights are not updated, and nothing is saved (the run folder keeps its last save)."""
+        step = self.step + 1
+        return TrainingDiverged(
+            f"training stopped at step {step} (epoch {self.epoch + 1}, batch {self.position + 1} of {batches}, "
+            f"learning rate {self.lr_at(self.step):.3g}): {what}; that step was not taken and nothing was saved "
+            f"after it: {self.out_dir} keeps its last checkpoint (try a lower learning rate, or check the data)", step)
 
     def _save_interrupted(self):
         signum, self._stop = self._stop, None

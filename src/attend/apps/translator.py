@@ -103,7 +103,7 @@ def _check_run_metadata(weights_path: str, config_path: str, meta: dict, mcfg, d
     if "model_config" in meta:
         try:
             theirs = json.loads(meta["model_config"])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, or an integer too long to convert
             raise ValueError(f"{weights_path}: metadata 'model_config' is not valid JSON") from None
         mine = mcfg.to_dict()
         if theirs != mine:

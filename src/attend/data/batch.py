@@ -89,7 +89,8 @@ class LengthGroupedBatches:
         if not self.shuffle:
             idx = sorted(range(n), key=lambda i: len(self.pairs[i][0]))
             return [idx[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # modulo 2**64, what a generator's seed holds (the same number below it; no overflow above)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2 ** 64)
         perm = torch.randperm(n, generator=g).tolist()
         size = self.batch_size * self.pool
         batches = []

@@ -8,13 +8,17 @@ the last layer's token vectors over real tokens, normalised to length 1.
 
 A checkpoint folder holds ``config.json``, ``model.safetensors`` and ``tokenizer.json``
 (or ``vocab.txt``, with ``tokenizer_config.json``); ``sentence_bert_config.json``,
-``1_Pooling/config.json`` and ``modules.json`` are read when present. Every one of them is
-checked before it is used: ``config.json`` field by field (types, ranges, finite
-``layer_norm_eps``), then its sizes against the tensors the weights file's *header*
-declares, then every tensor's name, shape and dtype against the model built on the
-``meta`` device — all before any memory is allocated for the model. The tokenizer's ids
-must fit the embedding; pooling modes and module types attend does not run are refused
-(never silently skipped). Weights are read with ``safetensors`` only (never pickles);
+``modules.json`` and the Pooling module's ``config.json`` (in the sub-folder
+``modules.json`` names, kept inside the model folder; ``1_Pooling`` without it) are read
+when present. Every one of them is checked before it is used: ``config.json`` field by
+field (types, ranges, finite ``layer_norm_eps``; flags of models the encoder does not
+compute — ``is_decoder``, ``add_cross_attention``, ``is_encoder_decoder``, pruned heads,
+relative positions — are refused, naming the field), then its sizes against the tensors
+the weights file's *header* declares, then every tensor's name, shape and dtype against
+the model built on the ``meta`` device — all before any memory is allocated for the
+model. The tokenizer's ids must fit the embedding; a ``vocab.txt`` lists each token once
+and holds the unknown-word, start and end tokens; pooling modes and module types attend
+does not run are refused (never silently skipped). Weights are read with ``safetensors`` only (never pickles);
 errors name the file and the field or tensor.
 
 Shape legend::
@@ -50,6 +54,15 @@ def _posint(name: str, v: Any) -> int:
 _INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings", "type_vocab_size")
 
+
+# config.json flags (true) whose model attend's BertModel, a bidirectional encoder, does not compute.
+_UNSUPPORTED_FLAGS = {
+    "is_decoder": "a BERT decoder attends causally (each token only to those before it); attend's BertModel is a "
+                  "bidirectional encoder",
+    "add_cross_attention": "the layers also attend to an encoder's output (cross-attention), which attend's BertModel "
+                           "does not have",
+    "is_encoder_decoder": "this is an encoder-decoder model; attend's BertModel is an encoder",
+}
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
 
@@ -100,6 +113,16 @@ class BertConfig:
                              "encoder with absolute positions (RoBERTa-style models offset their positions)")
         if "vocab_size" not in d:
             raise ValueError(f"{path}: missing field 'vocab_size': not a BERT model config")
+        # Flags that change what the model computes, which attend's encoder does not do: refused, never ignored.
+        for field, why in _UNSUPPORTED_FLAGS.items():
+            if doc.bool(field, default=False):
+                raise doc.error(field, f"is true: {why}")
+        pruned = doc.obj("pruned_heads", default=None)
+        if pruned is not None and pruned.raw:
+            raise doc.error("pruned_heads", f"is {pruned.raw!r}: this model has heads removed from some layers; "
+                                            "attend's BertModel has the same heads in every layer")
+        # splitting the feed-forward over the sequence in chunks gives the same numbers: accepted, and checked
+        doc.int("chunk_size_feed_forward", lo=0, default=0)
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {f: doc.int(f, lo=1, default=defaults[f]) for f in _INT_FIELDS}
         values["hidden_act"] = doc.str("hidden_act", choices=sorted(_ACT), default=defaults["hidden_act"])
@@ -269,6 +292,13 @@ class TokenizedBatch(NamedTuple):
     offsets: list[list[tuple[int, int]]]  # each token's character span in its text ((0, 0) for [CLS]/[SEP])
 
 
+# special tokens of a WordPiece vocabulary (tokenizer_config.json may name others)
+_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "cls_token": "[CLS]", "pad_token": "[PAD]",
+             "mask_token": "[MASK]"}
+_SPECIAL_ROLES = {"unk_token": "the unknown-word token", "cls_token": "the token that starts every text",
+                  "sep_token": "the token that ends every text"}
+
+
 def _load_tokenizer(folder: str, max_length: int, vocab_size: int):
     """The folder's tokenizer (``tokenizer.json``, or ``vocab.txt`` with an optional
     ``tokenizer_config.json``); every id it can produce must have a row in the embedding."""
@@ -279,6 +309,7 @@ def _load_tokenizer(folder: str, max_length: int, vocab_size: int):
         raise ImportError("reading a tokenizer needs the tokenizers library: pip install 'attend[bert]'") from None
     tj, vocab = os.path.join(folder, "tokenizer.json"), os.path.join(folder, "vocab.txt")
     cfg = os.path.join(folder, "config.json")
+    pad = "[PAD]"
     if os.path.isfile(tj):
         if os.path.getsize(tj) > 512 << 20:
             raise ValueError(f"{tj}: {os.path.getsize(tj)} bytes, more than a tokenizer file can be")
@@ -291,6 +322,10 @@ def _load_tokenizer(folder: str, max_length: int, vocab_size: int):
         if top >= vocab_size:
             raise ValueError(f"{tj}: token ids reach {top}, but {cfg} has vocab_size {vocab_size} "
                              "(the embedding has no row for them)")
+        unk = getattr(tok.model, "unk_token", None) if type(tok.model).__name__ == "WordPiece" else None
+        if unk is not None and tok.token_to_id(unk) is None:
+            raise ValueError(f"{tj}: the WordPiece model's unknown-word token {unk!r} is not in its vocabulary "
+                             "(a word it cannot split would have no id)")
         source = tj
     elif os.path.isfile(vocab):
         if os.path.getsize(vocab) > 64 << 20:
@@ -298,25 +333,51 @@ def _load_tokenizer(folder: str, max_length: int, vocab_size: int):
         with open(vocab, "rb") as f:
             data = f.read()
         try:
-            lines = data.decode("utf-8").splitlines()
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{vocab}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        # one token a line, read as the tokenizers library reads it (split at "\n", trailing white space dropped)
+        lines = [line.rstrip() for line in text.split("\n")]
+        if lines and lines[-1] == "" and text.endswith("\n"):
+            lines.pop()
         if len(lines) > vocab_size:
             raise ValueError(f"{vocab}: {len(lines)} tokens, but {cfg} has vocab_size {vocab_size} "
                              "(the embedding has no row for the rest)")
+        first: dict[str, int] = {}
+        for i, token in enumerate(lines, 1):
+            if token in first:
+                raise ValueError(f"{vocab}: token {token!r} is on line {first[token]} and again on line {i} (each token "
+                                 "has one id: a vocabulary lists it once)")
+            first[token] = i
+        specials = dict(_SPECIALS)
         lower = True
         tc = os.path.join(folder, "tokenizer_config.json")
         if os.path.isfile(tc):
-            lower = _io.JsonDoc(_io.read_json(tc, "tokenizer config"), tc).bool("do_lower_case", default=True)
-        tok = BertWordPieceTokenizer(vocab, lowercase=lower)
+            doc = _io.JsonDoc(_io.read_json(tc, "tokenizer config"), tc)
+            lower = doc.bool("do_lower_case", default=True)
+            for field in specials:
+                value = doc.raw.get(field)
+                if isinstance(value, dict):  # {"content": "[UNK]", ...}, as transformers saves an AddedToken
+                    value = _io.JsonDoc(value, tc, f"{field}.").str("content")
+                elif value is not None:
+                    value = doc.str(field)
+                if value is not None:
+                    specials[field] = value
+        for field in ("unk_token", "cls_token", "sep_token"):  # what every encoding needs
+            if specials[field] not in first:
+                raise ValueError(f"{vocab}: no {specials[field]} token ({_SPECIAL_ROLES[field]}), which every "
+                                 "encoding needs")
+        tok = BertWordPieceTokenizer(vocab, lowercase=lower, **specials)
+        pad = specials["pad_token"]
         source = vocab
     else:
         raise FileNotFoundError(f"{folder}: no tokenizer.json or vocab.txt")
-    pad_id = tok.token_to_id("[PAD]")
+    pad_id = tok.token_to_id(pad)
     if pad_id is not None and pad_id >= vocab_size:
-        raise ValueError(f"{source}: [PAD] has id {pad_id}, but {cfg} has vocab_size {vocab_size}")
+        raise ValueError(f"{source}: {pad} has id {pad_id}, but {cfg} has vocab_size {vocab_size}")
     tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+    # without a padding token, padding takes id 0; padded positions are masked, so no model reads them
+    tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad)
     return tok
 
 
@@ -327,16 +388,74 @@ _POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": 
 _MODULES = ("Transformer", "Pooling", "Normalize")
 
 
+def _module_folder(folder: str, mods: str, i: int, path: str) -> str:
+    """The folder a module's ``path`` in ``modules.json`` names, which must stay inside the
+    model folder (no absolute path, no ``..`` out of it, no link out of it)."""
+    where = f"field '[{i}].path'"
+    if os.path.isabs(path) or os.path.splitdrive(path)[0]:
+        raise ValueError(f"{mods}: {where} is {path!r}, an absolute path; a module's path is relative to the model "
+                         "folder")
+    rel = os.path.normpath(path) if path else "."
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(f"{mods}: {where} is {path!r}, outside the model folder")
+    target = os.path.join(folder, rel)
+    real, root = os.path.realpath(target), os.path.realpath(folder)
+    if os.path.commonpath([real, root]) != root:
+        raise ValueError(f"{mods}: {where} is {path!r}, which leads outside the model folder (to {real})")
+    return os.path.normpath(target)
+
+
+def _read_modules(folder: str) -> tuple[Optional[str], bool]:
+    """``modules.json`` when present, checked: the modules must be sentence-transformers'
+    Transformer (the model folder itself), then Pooling (a sub-folder), then optionally
+    Normalize. Returns (the Pooling module's folder, normalize); without the file,
+    (None, True): ``1_Pooling`` if it exists, and normalised embeddings."""
+    mods = os.path.join(folder, "modules.json")
+    if not os.path.isfile(mods):
+        return None, True
+    listed = _io.read_json(mods, "sentence-transformers modules")
+    if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
+        raise ValueError(f"{mods}: expected a JSON list of modules")
+    kinds, pooling = [], None
+    for i, m in enumerate(listed):
+        doc = _io.JsonDoc(m, mods, f"[{i}].")
+        kind = doc.str("type")
+        short = kind.rsplit(".", 1)[-1]
+        if short not in _MODULES:
+            raise ValueError(f"{mods}: module {i} has type {kind!r}, which attend does not run "
+                             f"(only {', '.join(_MODULES)})")
+        kinds.append(short)
+        path = doc.str("path", default="")
+        if short == "Transformer" and _module_folder(folder, mods, i, path) != os.path.normpath(folder):
+            raise ValueError(f"{mods}: field '[{i}].path' is {path!r}: attend reads the Transformer module from the "
+                             "model folder itself (path \"\")")
+        if short == "Pooling":
+            pooling = _module_folder(folder, mods, i, path)
+            if pooling == os.path.normpath(folder):
+                raise ValueError(f"{mods}: field '[{i}].path' is {path!r}: the Pooling module's settings are in a "
+                                 "sub-folder of the model folder, not in the model folder itself")
+            if not os.path.isfile(os.path.join(pooling, "config.json")):
+                raise FileNotFoundError(f"{mods}: module {i} (Pooling) has path {path!r}, but "
+                                        f"{os.path.join(pooling, 'config.json')} does not exist")
+    order = [k for k in kinds if k != "Normalize"] + [k for k in kinds if k == "Normalize"]
+    if kinds[:2] != ["Transformer", "Pooling"] or kinds != order or len(kinds) != len(set(kinds)):
+        raise ValueError(f"{mods}: modules {kinds}: attend runs Transformer, then Pooling, then optionally Normalize, "
+                         "each once")
+    return pooling, "Normalize" in kinds
+
+
 def _read_sentence_files(folder: str, config: BertConfig) -> tuple[int, str, bool, bool]:
-    """``sentence_bert_config.json``, ``1_Pooling/config.json`` and ``modules.json`` (each
-    when present), checked: returns (max_length, pooling, normalize, lowercase)."""
-    max_length, pooling, normalize, lower = config.max_position_embeddings, "mean", True, False
+    """``sentence_bert_config.json``, ``modules.json`` and the Pooling module's
+    ``config.json`` (in the folder ``modules.json`` names, else ``1_Pooling``; each when
+    present), checked: returns (max_length, pooling, normalize, lowercase)."""
+    max_length, pooling, lower = config.max_position_embeddings, "mean", False
     sb = os.path.join(folder, "sentence_bert_config.json")
     if os.path.isfile(sb):
         doc = _io.JsonDoc(_io.read_json(sb, "sentence-transformers config"), sb)
         max_length = doc.int("max_seq_length", lo=1, hi=config.max_position_embeddings, default=max_length)
         lower = doc.bool("do_lower_case", default=False)
-    pc = os.path.join(folder, "1_Pooling", "config.json")
+    pooling_dir, normalize = _read_modules(folder)
+    pc = os.path.join(pooling_dir or os.path.join(folder, "1_Pooling"), "config.json")
     if os.path.isfile(pc):
         doc = _io.JsonDoc(_io.read_json(pc, "pooling config"), pc)
         dim = doc.int("word_embedding_dimension", lo=1, default=config.hidden_size)
@@ -347,20 +466,6 @@ def _read_sentence_files(folder: str, config: BertConfig) -> tuple[int, str, boo
             raise ValueError(f"{pc}: pooling modes {on or 'none'} are set; attend pools with exactly one of "
                              "'pooling_mode_mean_tokens' or 'pooling_mode_cls_token'")
         pooling = _POOLING_MODES[on[0]]
-    mods = os.path.join(folder, "modules.json")
-    if os.path.isfile(mods):
-        listed = _io.read_json(mods, "sentence-transformers modules")
-        if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
-            raise ValueError(f"{mods}: expected a JSON list of modules")
-        kinds = []
-        for i, m in enumerate(listed):
-            kind = _io.JsonDoc(m, mods, f"[{i}].").str("type")
-            short = kind.rsplit(".", 1)[-1]
-            if short not in _MODULES:
-                raise ValueError(f"{mods}: module {i} has type {kind!r}, which attend does not run "
-                                 f"(only {', '.join(_MODULES)})")
-            kinds.append(short)
-        normalize = "Normalize" in kinds
     return max_length, pooling, normalize, lower
 
 

@@ -84,19 +84,52 @@ def _json_for_html(obj) -> str:
     return text
 
 
+# Weights are probabilities; values this far outside [0, 1] are not attention weights (the
+# slack covers rounding in 16-bit weights).
+_TOLERANCE = 1e-3
+
+
+def _check_dtype(t: Tensor, what: str) -> None:
+    if t.is_complex():
+        raise TypeError(f"{what}: weights must be real numbers, got dtype {t.dtype}")
+
+
 def _as_layers(att, what: str) -> Tensor:
-    """(L, H, n, n) float tensor from a tensor or a sequence of per-layer tensors."""
+    """(L, H, n, n) float tensor from a tensor or a sequence of per-layer tensors; every
+    layer with the same heads and tokens, at least one layer and one head, real numbers in
+    [0, 1] (NaN and infinities pass: the page draws them red)."""
     if isinstance(att, Tensor):
+        _check_dtype(att, what)
         t = att
     elif isinstance(att, (list, tuple)) and att and all(isinstance(a, Tensor) for a in att):
-        t = torch.stack([a.squeeze(0) if a.ndim == 4 else a for a in att])
+        layers = []
+        for i, a in enumerate(att):
+            _check_dtype(a, f"{what}[{i}]")
+            if not (a.ndim == 3 or (a.ndim == 4 and a.shape[0] == 1)):
+                raise ValueError(f"{what}: layer {i} has shape {tuple(a.shape)}; expected (heads, n, n) or "
+                                 "(1, heads, n, n)")
+            layers.append(a.squeeze(0) if a.ndim == 4 else a)
+            if layers[-1].shape != layers[0].shape:
+                raise ValueError(f"{what}: layer {i} has shape {tuple(layers[-1].shape)}, but layer 0 has "
+                                 f"{tuple(layers[0].shape)} (heads, n, n); every layer needs the same heads and tokens")
+        t = torch.stack(layers)
     else:
         raise TypeError(f"{what}: expected a tensor (layers, heads, n, n) or a list of per-layer tensors")
     if t.ndim == 3:
         t = t.unsqueeze(0)  # one layer
     if t.ndim != 4 or t.shape[-1] != t.shape[-2]:
         raise ValueError(f"{what}: expected shape (layers, heads, n, n), got {tuple(t.shape)}")
-    return t.detach().to("cpu", torch.float32)
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{what}: {t.shape[0]} layers and {t.shape[1]} heads (shape {tuple(t.shape)}); the viewer "
+                         "needs at least one layer and one head")
+    t = t.detach().to("cpu", torch.float32)
+    bad = torch.isfinite(t) & ((t < -_TOLERANCE) | (t > 1 + _TOLERANCE))
+    if bool(bad.any()):
+        layer, head, row, col = (int(x) for x in bad.nonzero()[0])
+        value = float(t[layer, head, row, col])
+        raise ValueError(f"{what}: weights must be in [0, 1] (attention probabilities), got {value:.6g} at layer "
+                         f"{layer}, head {head}, row {row}, column {col}")
+    return t
 
 
 def _quantise(w: Tensor) -> str:
@@ -104,6 +137,23 @@ def _quantise(w: Tensor) -> str:
     q = (w.clamp(0, 1).nan_to_num(0.0) * 254).round().to(torch.uint8)
     q[~finite] = 255
     return base64.b64encode(q.numpy().tobytes()).decode("ascii")
+
+
+def _title(title) -> str:
+    """The page's heading: a string, or None for the default ("Attention")."""
+    if title is None:
+        return "Attention"
+    if not isinstance(title, str):
+        raise TypeError(f"title: expected None or a string, got {type(title).__name__}")
+    return title
+
+
+def _check_max_tokens(max_tokens) -> None:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens: expected an int >= 1, got {max_tokens!r}")
+
+
+_EXTENSIONS = (".html", ".htm")
 
 
 def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, labels: Optional[Sequence[str]] = None,
@@ -114,10 +164,13 @@ def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, lab
         tokens: per text, its token strings (n of them).
         attentions: per text, weights (L, H, n, n) or a list of L tensors (H, n, n).
         labels: names shown in the text selector (default: the first tokens).
-        title: the page's heading; note: a line shown under it (or None).
+        title: the page's heading (None: "Attention"); note: a line shown under it (or None).
         max_tokens: longest text accepted.
 
-    Every argument is checked (its name is in the error); a text with no tokens is refused.
+    Every argument is checked (its name is in the error); a text with no tokens is refused,
+    and so are weights with no layer or no head, layers with different shapes, complex
+    weights and finite weights outside [0, 1] (beyond 1e-3 of rounding); NaN and infinite
+    weights are drawn red.
     """
     if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence) or not tokens:
         raise TypeError("tokens: expected a non-empty list with one list of token strings per text")
@@ -131,12 +184,10 @@ def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, lab
             raise TypeError(f"labels: expected None or a list of strings, got {type(labels).__name__}")
         if len(labels) != len(tokens):
             raise ValueError(f"labels: {len(labels)} labels for {len(tokens)} texts")
-    if not isinstance(title, str):
-        raise TypeError(f"title: expected a string, got {type(title).__name__}")
+    title = _title(title)
     if note is not None and not isinstance(note, str):
         raise TypeError(f"note: expected None or a string, got {type(note).__name__}")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens: expected an int >= 1, got {max_tokens!r}")
+    _check_max_tokens(max_tokens)
     for k, toks in enumerate(tokens):
         if isinstance(toks, str) or not isinstance(toks, Sequence) or not all(isinstance(t, str) for t in toks):
             raise TypeError(f"tokens[{k}]: expected a list of strings")
@@ -170,8 +221,9 @@ class AttentionView:
     """
 
     def __init__(self, tokens: Sequence[Sequence[str]], attentions: Sequence, *,
-                 labels: Optional[Sequence[str]] = None, title: str = "Attention", note: Optional[str] = None,
+                 labels: Optional[Sequence[str]] = None, title: Optional[str] = "Attention", note: Optional[str] = None,
                  max_tokens: int = 512):
+        """``title=None`` gives the default title, as in :meth:`from_encoder`."""
         self.html = attention_page(tokens, attentions, labels=labels, title=title, note=note, max_tokens=max_tokens)
 
     @classmethod
@@ -182,21 +234,32 @@ class AttentionView:
             texts = [texts]
         if not isinstance(texts, Sequence) or not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts: expected a string or a non-empty list of strings")
-        if title is not None and not isinstance(title, str):
-            raise TypeError(f"title: expected None or a string, got {type(title).__name__}")
+        title = _title(title)  # checked as the constructor checks it, before the encoder runs
+        _check_max_tokens(max_tokens)
+        if not callable(getattr(encoder, "embed_tokens", None)):
+            raise TypeError(f"encoder: expected a SentenceEncoder (attend.models.bert), got {type(encoder).__name__}")
         tokens, atts = [], []
         for text in texts:  # one at a time: no padding in the pictures
             batch, out = encoder.embed_tokens([text], need_weights=True)
             tokens.append(batch.tokens[0])
             atts.append([a[0] for a in out.attentions])
-        return cls(tokens, atts, labels=list(texts), title=title or "Attention", max_tokens=max_tokens)
+        return cls(tokens, atts, labels=list(texts), title=title, max_tokens=max_tokens)
 
     def save(self, path: Union[str, os.PathLike], *, force: bool = False) -> str:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
         path = os.fspath(path)
+        if isinstance(path, bytes):
+            raise TypeError("path: expected a str or os.PathLike of a str, got bytes")
         if os.path.isdir(path):
             raise IsADirectoryError(f"path: {path} is a folder, not a file")
+        ext = os.path.splitext(path)[1]
+        if ext.lower() not in _EXTENSIONS:
+            problem = f"extension {ext!r} is not" if ext else "no file extension: it must be"
+            raise ValueError(f"path: {path}: {problem} .html or .htm (the viewer is an HTML page)")
+        folder = os.path.dirname(path)
+        if folder and not os.path.isdir(folder):
+            raise FileNotFoundError(f"path: {path}: the folder {folder} does not exist")
         if os.path.exists(path) and not force:
             raise FileExistsError(f"{path} exists (use force=True / --force to overwrite)")
         _io.atomic_write(path, self.html.encode("utf-8"))

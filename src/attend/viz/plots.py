@@ -27,9 +27,8 @@ def figure_format(path: str | os.PathLike, what: str = "path") -> str:
         raise TypeError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in FIGURE_FORMATS:
-        shown = repr(ext) if ext else "no extension"
-        raise ValueError(f"{what} {os.fspath(path)!r}: {shown} is not a figure format; use one of "
-                         f"{', '.join(FIGURE_FORMATS)}")
+        problem = f"{ext!r} is not a figure format" if ext else "no file extension"
+        raise ValueError(f"{what} {os.fspath(path)}: {problem}; use one of {', '.join(FIGURE_FORMATS)}")
     return FIGURE_FORMATS[ext]
 
 
