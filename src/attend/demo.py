@@ -155,6 +155,12 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
         raise ValueError(f"threads must be an int from 1 to {cpus} (the CPUs this process may use), got {threads!r}")
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not (0 <= minutes < float("inf")):
         raise ValueError(f"minutes must be a number >= 0, got {minutes!r}")
+    from .train import SEED_LIMIT
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < SEED_LIMIT):
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    if not isinstance(settings, DemoSettings):
+        raise TypeError(f"settings must be an attend.demo.DemoSettings, got {type(settings).__name__}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
