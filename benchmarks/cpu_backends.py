@@ -168,7 +168,7 @@ def main() -> None:
         "## Mask rules: dense on sdpa vs per tile on chunked (packed documents: `and_masks(document(4 docs), causal())`)",
         "",
         "`auto` takes sdpa while the dense mask (a boolean (L, S) plane and SDPA's float copy: 5 bytes per entry) is "
-        "at most 64 MiB, chunked above (L = S > ~3660).",
+        "at most 256 MiB (as eager's limit on materialised scores), chunked above (L = S > ~7300).",
         "",
         "| B×H×L×S×E | pass | sdpa ms | chunked ms | chunked / sdpa |",
         "|---|---|---|---|---|",

@@ -776,7 +776,7 @@ class Triton(Backend):
 
     name = "triton"
 
-    def __init__(self, *, block_m: int = 0, block_n: int = 0, dense_rule_limit: int = 1 << 26):
+    def __init__(self, *, block_m: int = 0, block_n: int = 0, dense_rule_limit: int = 1 << 28):
         for arg, b in (("block_m", block_m), ("block_n", block_n)):
             if isinstance(b, bool) or not isinstance(b, int) or (b != 0 and (b < 16 or b & (b - 1))):
                 raise ValueError(f"{arg} must be 0 (automatic) or a power of two >= 16, got {b!r}")
