@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -296,3 +297,22 @@ def test_seeds_beyond_what_generators_take_are_refused():
     assert TrainConfig(seed=2 ** 63 - 1).seed == 2 ** 63 - 1
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*63\), got 9223372036854775808"):
         TrainConfig(seed=2 ** 63)
+
+
+def test_cosine_schedule_falls_to_zero_at_the_last_step():
+    from attend.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(lr=1e-2, warmup_steps=10, max_steps=110, schedule="cosine")
+    t = Trainer.__new__(Trainer)
+    t.config, t.decays = cfg, 0
+    assert t.lr_at(0) == pytest.approx(1e-3)  # warming up
+    assert t.lr_at(9) == pytest.approx(1e-2)  # the peak, at the end of the warm-up
+    assert t.lr_at(60) == pytest.approx(0.5e-2)  # half-way down
+    assert t.lr_at(109) == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert t.lr_at(110) == pytest.approx(0.0, abs=1e-18)
+    t.decays = 1  # plateau halvings still apply on top
+    assert t.lr_at(60) == pytest.approx(0.25e-2)
+    with pytest.raises(ValueError, match="schedule must be 'plateau' or 'cosine', got 'linear'"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match=r"schedule='cosine' falls to 0 at max_steps, which must be above warmup_steps \(100\), got max_steps=0"):
+        TrainConfig(schedule="cosine")

@@ -88,6 +88,9 @@ class TrainConfig:
     max_minutes: float = 0.0  # training time budget; 0 = no limit
     label_smoothing: float = 0.0
     seed: int = 0
+    # "plateau": only the halvings above; "cosine": also a cosine fall from the peak after the
+    # warm-up to 0 at max_steps (which it needs), for runs budgeted in steps
+    schedule: str = "plateau"
 
     def __post_init__(self):
         for name in ("batch_size", "epochs"):
@@ -109,6 +112,11 @@ class TrainConfig:
         if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
                 or not (0 <= self.label_smoothing < 1):
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.schedule not in ("plateau", "cosine"):
+            raise ValueError(f"schedule must be 'plateau' or 'cosine', got {self.schedule!r}")
+        if self.schedule == "cosine" and self.max_steps <= self.warmup_steps:
+            raise ValueError(f"schedule='cosine' falls to 0 at max_steps, which must be above warmup_steps "
+                             f"({self.warmup_steps}), got max_steps={self.max_steps}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -193,8 +201,13 @@ class Trainer:
 
     # -- schedule ------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / self.config.warmup_steps) if self.config.warmup_steps else 1.0
-        return self.config.lr * warm * self.config.lr_decay ** self.decays
+        c = self.config
+        warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else 1.0
+        fall = 1.0
+        if c.schedule == "cosine":  # after the warm-up, from 1 down to 0 at max_steps
+            done = min(1.0, max(0, step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
+            fall = 0.5 * (1.0 + math.cos(math.pi * done))
+        return c.lr * warm * fall * c.lr_decay ** self.decays
 
     # -- state ---------------------------------------------------------------------------
     @property
