@@ -4,6 +4,13 @@ import pytest
 import torch
 
 
+# One torch thread unless OMP_NUM_THREADS says otherwise (scripts/test sets it): the tests'
+# tensors are small, and with other work on the cores more threads are slower, not faster.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"  # for the subprocesses some tests start
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
