@@ -65,6 +65,16 @@ def _ids(B=2, n=9, seed=1):
     return torch.randint(3, 64, (B, n), generator=g)
 
 
+def _padded(ids, side):
+    """An attention mask with the second sequence padded by 3 on the left or the right."""
+    mask = torch.ones_like(ids)
+    if side == "left":
+        mask[1, :3] = 0
+    else:
+        mask[1, -3:] = 0
+    return mask
+
+
 def _close(a, b, what):
     err = (a - b).abs().max().item()
     assert err <= TOL, f"{what}: max difference {err:.2e} > {TOL}"
@@ -75,11 +85,7 @@ def test_decoder_families_equal_eager(family):
     eager, ours = _pair(DECODERS[family])
     ids = _ids()
     for side in ("left", "right"):
-        mask = torch.ones_like(ids)
-        if side == "left":
-            mask[1, :3] = 0
-        else:
-            mask[1, -3:] = 0
+        mask = _padded(ids, side)
         with torch.no_grad():
             e = eager(input_ids=ids, attention_mask=mask, output_attentions=True)
             a = ours(input_ids=ids, attention_mask=mask, output_attentions=True)
@@ -109,11 +115,7 @@ def test_encoder_decoder_families_equal_eager(family):
     ids = _ids()
     dec = _ids(2, 5, seed=2)
     for side in ("left", "right"):
-        mask = torch.ones_like(ids)
-        if side == "left":
-            mask[1, :3] = 0
-        else:
-            mask[1, -3:] = 0
+        mask = _padded(ids, side)
         with torch.no_grad():
             e = eager(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_attentions=True)
             a = ours(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_attentions=True)

@@ -2,7 +2,6 @@
 learning the embedded corpus, checkpoints, `attend translate train --model transformer`."""
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch

@@ -311,6 +311,24 @@ def check_state_dict(path: str, expected: Mapping[str, Union[Tensor, TensorInfo]
             raise ValueError(f"{path}: tensor {k!r} has NaN or infinite values")
 
 
+def dim_claims(shapes: Mapping[str, tuple[int, ...]], table: Iterable[tuple[str, str, int]]) -> dict[str, tuple[Any, str]]:
+    """Config fields pinned down by tensor shapes: for each ``(field, tensor, axis)`` of
+    ``table`` whose tensor the header holds, ``field -> (its size on that axis, how we know)``."""
+    out: dict[str, tuple[Any, str]] = {}
+    for field, name, axis in table:
+        s = shapes.get(name)
+        if s is not None and len(s) > axis:
+            out[field] = (s[axis], f"tensor {name!r} has shape {tuple(s)}")
+    return out
+
+
+def count_indexed(shapes: Mapping[str, Any], pattern: str) -> int:
+    """One more than the largest index ``pattern``'s group captures among the tensor names
+    (how many layers a checkpoint holds); 0 when none matches."""
+    found = {int(m.group(1)) for k in shapes if (m := re.fullmatch(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
 def check_sizes(config_path: str, weights_path: str, config: Mapping[str, Any],
                 claims: Mapping[str, tuple[Any, str]], *, prefix: str = "") -> None:
     """Compare a config's sizes with what a weights file's header pins down (``claims``:

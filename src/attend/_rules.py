@@ -78,10 +78,10 @@ def check_rule(fn: Callable, arg: str, role: str, sizes: Optional[tuple[int, int
         if why:
             raise ValueError(f"{arg}: {fn!r} does not fit this call: {why}")
         return
-    helper = _helper_name(fn)
+    helper = _named_in(fn, _HELPERS)
     if helper is not None:
         raise TypeError(f"{arg}: {helper} is one of attend's helpers, not {what.split(' (')[0]}")
-    factory = _factory_name(fn)
+    factory = _named_in(fn, _FACTORIES)
     if factory is not None:
         raise TypeError(f"{arg}: {factory} is the function that makes the rule, not the rule; call it: "
                         f"{factory}({_example_args(fn)})")
@@ -97,20 +97,12 @@ def check_rule(fn: Callable, arg: str, role: str, sizes: Optional[tuple[int, int
                         f"{name}{sig} cannot take {nargs} positional arguments") from None
 
 
-def _factory_name(fn) -> Optional[str]:
-    """``attend.masks.causal`` and the like when ``fn`` is one of attend's rule factories."""
+def _named_in(fn, table: dict) -> Optional[str]:
+    """``attend.masks.causal`` and the like: the dotted name of ``fn`` when it is one of the
+    functions ``table`` lists (module -> names), else None."""
     module = getattr(fn, "__module__", "")
     name = getattr(fn, "__name__", "")
-    if module in ("attend.masks", "attend.mods") and inspect.isfunction(fn) and name in _FACTORIES.get(module, ()):
-        return f"{module}.{name}"
-    return None
-
-
-def _helper_name(fn) -> Optional[str]:
-    """``attend.masks.to_dense`` and the like: attend functions that are not rules."""
-    module = getattr(fn, "__module__", "")
-    name = getattr(fn, "__name__", "")
-    if module in ("attend.masks", "attend.mods") and inspect.isfunction(fn) and name in _HELPERS.get(module, ()):
+    if inspect.isfunction(fn) and name in table.get(module, ()):
         return f"{module}.{name}"
     return None
 

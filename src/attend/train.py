@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _io
-from .data import Batch, LengthGroupedBatches, Vocab, make_batch
+from .data import Batch, LengthGroupedBatches, Vocab
 from .runs import RunFolder, check_history
 
 __all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "TrainingDiverged", "sequence_loss", "scaled_warmup",

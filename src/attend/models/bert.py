@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -198,20 +197,12 @@ def _hf_keys(names) -> dict[str, str]:
 def weight_claims(shapes) -> dict[str, tuple[Any, str]]:
     """The :class:`BertConfig` fields a checkpoint's tensors pin down (names and shapes of
     the header alone, without a ``bert.`` prefix), each with the tensor that says so."""
-    out: dict[str, tuple[Any, str]] = {}
-
-    def dim(field: str, name: str, i: int) -> None:
-        s = shapes.get(name)
-        if s is not None and len(s) > i:
-            out[field] = (s[i], f"tensor {name!r} has shape {tuple(s)}")
-
-    dim("vocab_size", "embeddings.word_embeddings.weight", 0)
-    dim("hidden_size", "embeddings.word_embeddings.weight", 1)
-    dim("max_position_embeddings", "embeddings.position_embeddings.weight", 0)
-    dim("type_vocab_size", "embeddings.token_type_embeddings.weight", 0)
-    dim("intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0)
-    found = {int(m.group(1)) for k in shapes if (m := re.fullmatch(r"encoder\.layer\.(\d+)\..+", k))}
-    n = max(found) + 1 if found else 0
+    out = _io.dim_claims(shapes, [
+        ("vocab_size", "embeddings.word_embeddings.weight", 0), ("hidden_size", "embeddings.word_embeddings.weight", 1),
+        ("max_position_embeddings", "embeddings.position_embeddings.weight", 0),
+        ("type_vocab_size", "embeddings.token_type_embeddings.weight", 0),
+        ("intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0)])
+    n = _io.count_indexed(shapes, r"encoder\.layer\.(\d+)\..+")
     out["num_hidden_layers"] = (n, f"it has {n} layer(s) 'encoder.layer.<i>'")
     return out
 

@@ -26,7 +26,6 @@ Shape legend::
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Optional, Union
 
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .._io import config_from_dict
+from .._io import config_from_dict, count_indexed, dim_claims
 from ..nn import AdditiveAttention, LuongAttention
 
 __all__ = ["Seq2SeqConfig", "Seq2Seq", "Encoded", "ATTENTION_KINDS", "weight_claims"]
@@ -92,26 +91,12 @@ class Seq2SeqConfig:
         return config_from_dict(cls, d, "model config")
 
 
-def _count(shapes, pattern: str) -> int:
-    found = {int(m.group(1)) for k in shapes if (m := re.fullmatch(pattern, k))}
-    return max(found) + 1 if found else 0
-
-
 def weight_claims(config: dict, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[Any, str]]:
     """The config fields a :class:`Seq2Seq` weights file pins down (from tensor names and
     shapes alone), each with the tensor that says so: checked before a model is built."""
-    out: dict[str, tuple[Any, str]] = {}
-
-    def dim(field: str, name: str, i: int) -> None:
-        s = shapes.get(name)
-        if s is not None and len(s) > i:
-            out[field] = (s[i], f"tensor {name!r} has shape {tuple(s)}")
-
-    dim("src_vocab", "src_embed.weight", 0)
-    dim("embed_dim", "src_embed.weight", 1)
-    dim("tgt_vocab", "out.weight", 0)
-    dim("hidden_dim", "combine.weight", 0)
-    n = _count(shapes, r"decoder\.weight_hh_l(\d+)")
+    out = dim_claims(shapes, [("src_vocab", "src_embed.weight", 0), ("embed_dim", "src_embed.weight", 1),
+                              ("tgt_vocab", "out.weight", 0), ("hidden_dim", "combine.weight", 0)])
+    n = count_indexed(shapes, r"decoder\.weight_hh_l(\d+)")
     out["layers"] = (n, f"it has {n} decoder layer(s) 'decoder.weight_hh_l<i>'")
     if "encoder.weight_hh_l0" in shapes:
         rev = "encoder.weight_hh_l0_reverse" in shapes

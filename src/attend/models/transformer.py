@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import config_from_dict
+from .._io import config_from_dict, count_indexed, dim_claims
 from ..nn import Decoder, Encoder, KVCache
 from ..nn.positional import POSITIONAL_KINDS
 from .seq2seq import Encoded, check_source
@@ -88,19 +87,10 @@ class TransformerConfig:
 def weight_claims(config: dict, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[Any, str]]:
     """The config fields a :class:`TransformerSeq2Seq` weights file pins down (from tensor
     names and shapes alone), each with the tensor that says so."""
-    out: dict[str, tuple[Any, str]] = {}
-
-    def dim(field: str, name: str, i: int) -> None:
-        s = shapes.get(name)
-        if s is not None and len(s) > i:
-            out[field] = (s[i], f"tensor {name!r} has shape {tuple(s)}")
-
-    dim("src_vocab", "src_embed.weight", 0)
-    dim("d_model", "src_embed.weight", 1)
-    dim("tgt_vocab", "tgt_embed.weight", 0)
+    out = dim_claims(shapes, [("src_vocab", "src_embed.weight", 0), ("d_model", "src_embed.weight", 1),
+                              ("tgt_vocab", "tgt_embed.weight", 0)])
     for side in ("encoder", "decoder"):
-        found = {int(m.group(1)) for k in shapes if (m := re.fullmatch(side + r"\.layers\.(\d+)\..+", k))}
-        n = max(found) + 1 if found else 0
+        n = count_indexed(shapes, side + r"\.layers\.(\d+)\..+")
         out[f"{side}_layers"] = (n, f"it has {n} {side} layer(s) '{side}.layers.<i>'")
     ff = shapes.get("encoder.layers.0.ff.linear1.weight")
     if ff and "d_model" in out:
