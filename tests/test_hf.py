@@ -151,13 +151,21 @@ def test_whisper_equals_eager():
     for we, wa in zip(e.encoder_attentions + e.decoder_attentions + e.cross_attentions,
                       a.encoder_attentions + a.decoder_attentions + a.cross_attentions):
         _close(wa, we, "whisper weights")
-    gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    with torch.no_grad():
-        ge = eager.generate(input_features=feats, **gen)
-        ga = ours.generate(input_features=feats, **gen)
-    for le, la in zip(ge.logits, ga.logits):
-        _close(la, le, "whisper generate")
-    assert torch.equal(ga.sequences, ge.sequences)
+    for side in ("left", "right"):  # padded decoder inputs (the audio features have no padding)
+        mask = _padded(dec, side)
+        with torch.no_grad():
+            e = eager(input_features=feats, decoder_input_ids=dec, decoder_attention_mask=mask)
+            a = ours(input_features=feats, decoder_input_ids=dec, decoder_attention_mask=mask)
+        _close(a.logits[mask.bool()], e.logits[mask.bool()], f"whisper {side}-padded decoder logits")
+    for cache in (None, "static"):
+        gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                   cache_implementation=cache)
+        with torch.no_grad():
+            ge = eager.generate(input_features=feats, **gen)
+            ga = ours.generate(input_features=feats, **gen)
+        for le, la in zip(ge.logits, ga.logits):
+            _close(la, le, f"whisper generate ({cache or 'dynamic'} cache)")
+        assert torch.equal(ga.sequences, ge.sequences)
 
 
 def test_bert_equals_eager_and_returns_weights(tmp_path):
