@@ -11,7 +11,7 @@ sdpa     PyTorch's fused ``scaled_dot_product_attention`` (dot-like scores, no w
 triton   fused Triton kernels on a GPU: dot-like scores, compiled-in masks and score_mods,
          and the weights (the CPU runs them only under ``TRITON_INTERPRET=1``, for tests)
 eager    the readable reference; materialises the (L, S) scores; everything
-chunked  online softmax over key blocks; memory O(L·block); every score function
+chunked  online softmax over tiles of queries and keys; memory O(tile); every score function
 ======== ==========================================================================
 
 A backend instance can also be passed directly, e.g.

@@ -10,8 +10,9 @@ running max ``m``, normaliser ``l`` and output accumulator ``acc`` (Milakov & Gi
     m' = max(m, rowmax(s_blk));  p = exp(s_blk - m')
     l' = l·exp(m - m') + rowsum(p);  acc' = acc·exp(m - m') + p v_blk;  o = acc / l
 
-(Attention sinks add ``exp(sink_h - m)`` to ``l`` once, after the last block.) Its memory
-is O(L·block) beyond the inputs and the output.
+(Attention sinks add ``exp(sink_h - m)`` to ``l`` once, after the last block.) It runs
+one such pass per tile of query rows, so its memory is O(tile) beyond the inputs and the
+output.
 
 With gradients, two passes over tiles of ``query_block_size`` queries x ``block_size``
 keys instead, each tile under activation checkpointing, so backward *recomputes* a tile's
