@@ -379,7 +379,7 @@ def _translate_train(args) -> int:
     import dataclasses
 
     from .apps import train_translator
-    from .apps.translator import _pairs_sha256, read_run_config, resume_differences
+    from .apps.translator import ResumeMismatch
     from .data import prepare, read_tsv, split_by_source, synthetic_pairs
     from .models import model_config
     from .runs import RunFolder, RunFolderBusy
@@ -455,30 +455,34 @@ def _translate_train(args) -> int:
             if args.warmup is None:
                 tcfg = dataclasses.replace(tcfg, warmup_steps=scaled_warmup(_WARMUP[kind], planned))
             if args.resume:
-                saved = read_run_config(args.out)[0]
-                diffs = resume_differences(saved, model=model, train_config=tcfg, min_freq=args.min_freq, data=note,
-                                           pairs_sha256=_pairs_sha256(split.train, split.valid))
-                if diffs:
-                    raise ValueError(f"{run.config_path}: different training settings from the run's: "
-                                     f"{_resume_differences(diffs, saved, note, args)}; resume with the same settings "
-                                     "and data")
                 where = "the split of the run"
             else:
                 if os.listdir(args.out) and not args.force:  # checked again, now that the folder is ours
                     raise UsageError(f"{args.out} is not empty; pass --force to train into it or --resume to continue")
                 where = f"test split: {run.file(RunFolder.TEST)}"
-            print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, {len(split.test)} test "
-                  f"({where}); {planned} steps planned, warm-up {tcfg.warmup_steps}", file=sys.stderr)
+            told = []
+
+            def announce(trainer) -> None:  # once the run's checks have passed and it trains
+                if not told:
+                    told.append(True)
+                    print(f"attend: {len(split.train)} training pairs, {len(split.valid)} validation, "
+                          f"{len(split.test)} test ({where}); {planned} steps planned, warm-up {tcfg.warmup_steps}",
+                          file=sys.stderr)
+
             try:
                 previous = torch.get_num_threads()
                 torch.set_num_threads(args.threads)
                 try:
                     tr, hist = train_translator(split.train, split.valid, args.out, model=model, train_config=tcfg,
                                                 min_freq=args.min_freq, data=note, resume=args.resume,
-                                                progress=not args.no_progress,
+                                                progress=not args.no_progress, on_step=announce,
                                                 held_out={RunFolder.VALID: split.valid, RunFolder.TEST: split.test})
                 finally:
                     torch.set_num_threads(previous)
+            except ResumeMismatch as e:  # said in the command line's words
+                raise ValueError(f"{e.config_path}: different training settings from the run's: "
+                                 f"{_resume_differences(e.diffs, e.saved, note, args)}; resume with the same "
+                                 "settings and data") from None
             except TrainingInterrupted as e:
                 print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)",
                       file=sys.stderr)

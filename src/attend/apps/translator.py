@@ -40,7 +40,7 @@ from ..runs import RunFolder
 from ..train import TrainConfig, Trainer
 
 __all__ = ["Translator", "Translation", "train_translator", "evaluate", "EvalResult", "LENGTH_BUCKETS", "FORMAT",
-           "read_run_config", "resume_differences"]
+           "read_run_config", "resume_differences", "ResumeMismatch"]
 
 FORMAT = "attend.translator/1"
 Pair = tuple[list[str], list[str]]
@@ -229,6 +229,18 @@ def resume_differences(saved: dict, *, model: Optional[dict] = None, train_confi
     return diffs
 
 
+class ResumeMismatch(ValueError):
+    """A resume whose settings or data differ from the run's: ``diffs`` lists
+    ``(field, run's value, given value)`` as :func:`resume_differences` names them, ``saved``
+    is the run's ``config.json``. Raised before anything is loaded or written."""
+
+    def __init__(self, config_path: str, saved: dict, diffs: list[tuple[str, Any, Any]]):
+        self.config_path, self.saved, self.diffs = config_path, saved, diffs
+        listed = ", ".join(f"{f} (run: {a!r}, given: {b!r})" for f, a, b in diffs)
+        super().__init__(f"{config_path}: different training settings from the run's: {listed}; "
+                         "resume with the same ones")
+
+
 def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str | os.PathLike, *,
                      model: Optional[dict] = None, train_config: Optional[TrainConfig] = None,
                      min_freq: int = 1, data: Optional[dict] = None, resume: bool = False,
@@ -262,9 +274,7 @@ def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str 
             diffs = resume_differences(saved, model=model, train_config=train_config, min_freq=min_freq, data=data,
                                        pairs_sha256=digest_pairs)
             if diffs:
-                listed = ", ".join(f"{f} (run: {a!r}, given: {b!r})" for f, a, b in diffs)
-                raise ValueError(f"{run.config_path}: different training settings from the run's: {listed}; "
-                                 "resume with the same ones")
+                raise ResumeMismatch(run.config_path, saved, diffs)
             infos, _ = _io.read_header(run.state_path, "training state")
             _check_weights(mcfg, {k[len("model."):]: v for k, v in infos.items() if k.startswith("model.")},
                            config_path=run.config_path, weights_path=run.state_path)
