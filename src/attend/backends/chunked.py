@@ -76,31 +76,47 @@ class Chunked(Backend):
             out, weights = self._online(call, q, cdt), None
         return out.to(dtype), (weights.to(dtype) if weights is not None else None)
 
-    def _kv(self, call: AttentionCall, j0: int, j1: int, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
-        k = call.expand_kv(call.key[:, :, j0:j1]).to(cdt).contiguous()  # (B, Hq, s, Ek)
-        v = call.expand_kv(call.value[:, :, j0:j1]).to(cdt).contiguous()  # (B, Hq, s, Ev)
-        return k, v
+    def _key_blocks(self, call: AttentionCall, cdt: torch.dtype):
+        """``(spans, kv)``: the key blocks ``(j0, j1)`` and ``kv(n)``, block n's keys and values
+        (B, Hq, s, Ek|Ev) in ``cdt``. K and V are split once (``Tensor.split``), so with
+        gradients each block's lands in its piece and the pieces are joined once, instead of
+        every block's backward allocating a full-size zero gradient for a slice."""
+        spans = [(j0, min(j0 + self.block_size, call.S)) for j0 in range(0, call.S, self.block_size)]
+        keys = call.key.split(self.block_size, dim=2)  # (B, Hkv, s, Ek) each
+        values = call.value.split(self.block_size, dim=2)  # (B, Hkv, s, Ev) each
+
+        def kv(n: int) -> tuple[Tensor, Tensor]:
+            return (call.expand_kv(keys[n]).to(cdt).contiguous(), call.expand_kv(values[n]).to(cdt).contiguous())
+
+        return spans, kv
+
+    @staticmethod
+    def _kept(call: AttentionCall, spans, i0: int, i1: int) -> list[int]:
+        """The key blocks ``causal``/``window`` leave rows ``i0:i1`` (at least one, so the
+        output stays connected to the inputs)."""
+        return [n for n, (j0, j1) in enumerate(spans) if not call.block_is_empty(i0, i1, j0, j1)] or [0]
 
     def _online(self, call: AttentionCall, q: Tensor, cdt: torch.dtype) -> Tensor:
         """One pass over key blocks per tile of query rows (no graph is kept)."""
         guard = self._guard(call, q)
         rows = self._rows(call, q.element_size())
+        blocks = self._key_blocks(call, cdt)
         outs = []
         for i0, qi in zip(range(0, call.L, rows), q.split(rows, dim=2)):
-            outs.append(self._online_rows(call, qi, i0, cdt, guard))  # (B, Hq, l, Ev)
+            outs.append(self._online_rows(call, qi, i0, cdt, blocks, guard))  # (B, Hq, l, Ev)
         return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
-    def _online_rows(self, call: AttentionCall, q: Tensor, i0: int, cdt: torch.dtype, guard) -> Tensor:
+    def _online_rows(self, call: AttentionCall, q: Tensor, i0: int, cdt: torch.dtype, blocks, guard) -> Tensor:
         B, H, l_rows = q.shape[:3]
         i1 = i0 + l_rows
         m = q.new_full((B, H, l_rows, 1), -math.inf)  # running row max
         l = q.new_zeros((B, H, l_rows, 1))  # running normaliser
         acc = q.new_zeros((B, H, l_rows, call.Ev))  # running unnormalised output
-        spans = [(j0, min(j0 + self.block_size, call.S)) for j0 in range(0, call.S, self.block_size)]
-        for j0, j1 in [sp for sp in spans if not call.block_is_empty(i0, i1, *sp)]:
+        spans, kv = blocks
+        for n in self._kept(call, spans, i0, i1):
             guard()
-            k, v = self._kv(call, j0, j1, cdt)
-            s = call.scores(q, k, i0, j0)  # (B, Hq, l, s)
+            k, v = kv(n)
+            s = call.scores(q, k, i0, spans[n][0])  # (B, Hq, l, s)
             m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
             m_safe = torch.where(m_new == -math.inf, torch.zeros_like(m_new), m_new)
             alpha = torch.exp(m - m_safe)  # rescales what was accumulated so far
@@ -134,9 +150,7 @@ class Chunked(Backend):
     def _two_pass(self, call: AttentionCall, q: Tensor, cdt: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
         """Tiles of ``query_block_size`` rows x ``block_size`` keys, each under checkpointing.
 
-        q, k and v are split once, outside the checkpoints (``Tensor.split``): the gradient
-        of each piece lands in its piece and the pieces are joined once, instead of every
-        block's backward allocating a full-size zero gradient for its slice.
+        q, k and v are split once, outside the checkpoints (:meth:`_key_blocks`).
 
         Memory as the process sees it: the tiles' temporaries are freed block after block,
         but glibc's allocator raises its mmap threshold each time a large block is freed
@@ -145,16 +159,8 @@ class Chunked(Backend):
         ever live. :class:`_HeapGuard` hands the freed memory back (``malloc_trim``) whenever
         the process has grown past what the call can need."""
         bq, L = self._rows(call, q.element_size()), call.L
-        spans = [(j0, min(j0 + self.block_size, call.S)) for j0 in range(0, call.S, self.block_size)]
-        keys = call.key.split(self.block_size, dim=2)  # (B, Hkv, s, Ek) each
-        values = call.value.split(self.block_size, dim=2)  # (B, Hkv, s, Ev) each
-
+        spans, kv = self._key_blocks(call, cdt)
         guard = self._guard(call, q, grads=True)
-
-        def kv(n: int) -> tuple[Tensor, Tensor]:
-            k = call.expand_kv(keys[n]).to(cdt).contiguous()  # (B, Hq, s, Ek)
-            v = call.expand_kv(values[n]).to(cdt).contiguous()  # (B, Hq, s, Ev)
-            return k, v
 
         def block_lse(q: Tensor, i0: int, n: int) -> Tensor:
             guard()
@@ -173,8 +179,7 @@ class Chunked(Backend):
         weights = q.new_zeros((q.shape[0], q.shape[1], L, call.S)) if call.return_weights else None  # (B, Hq, L, S)
         for i0, qi in zip(range(0, L, bq), q.split(bq, dim=2)):  # qi (B, Hq, l, E)
             i1 = i0 + qi.shape[2]
-            kept = [n for n, (j0, j1) in enumerate(spans) if not call.block_is_empty(i0, i1, j0, j1)]
-            kept = kept or [0]  # keep one block so the output stays connected to the inputs
+            kept = self._kept(call, spans, i0, i1)
             lses = torch.stack([checkpoint(block_lse, qi, i0, n, **ck) for n in kept])  # (nb, B, Hq, l)
             lse = _combine_lse(lses, call.sinks)  # (B, Hq, l); 0 for rows with no key (and no sink)
             out = None
