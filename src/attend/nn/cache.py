@@ -16,6 +16,8 @@ from typing import Optional
 
 from torch import Tensor
 
+from .. import _check
+
 __all__ = ["LayerKV", "KVCache"]
 
 
@@ -104,10 +106,8 @@ class KVCache:
     """
 
     def __init__(self, num_layers: int, *, cross: bool = False, capacity: int = 0):
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
-            raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+        _check.integer(num_layers, "num_layers", low=1)
+        _check.integer(capacity, "capacity", low=0)
         self.self_attn = [LayerKV(capacity=capacity) for _ in range(num_layers)]
         self.cross_attn = [LayerKV(static=True) for _ in range(num_layers)] if cross else None
 

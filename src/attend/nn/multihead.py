@@ -16,6 +16,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .. import _check
 from .. import masks as _masks
 from ..functional import attention
 from ..scores import Additive, General, resolve
@@ -66,19 +67,19 @@ class MultiHeadAttention(nn.Module):
         backend="auto",
     ):
         super().__init__()
+        # "a positive int": the wording users (and tests) know from this class
         for arg, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            _positive(arg, val)
+            _check.integer(val, arg, low=1, expected="a positive int")
         kv_heads = num_heads if kv_heads is None else kv_heads
         kdim = embed_dim if kdim is None else kdim
         vdim = embed_dim if vdim is None else vdim
         for arg, val in (("kv_heads", kv_heads), ("kdim", kdim), ("vdim", vdim)):
-            _positive(arg, val)
+            _check.integer(val, arg, low=1, expected="a positive int")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if num_heads % kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of kv_heads ({kv_heads})")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (0.0 <= dropout < 1.0):
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        _check.number(dropout, "dropout", low=0, high=1, high_open=True, expected="a float in [0, 1)")
         self.embed_dim, self.num_heads, self.kv_heads = embed_dim, num_heads, kv_heads
         self.kdim, self.vdim, self.dropout, self.batch_first = kdim, vdim, float(dropout), batch_first
         self.head_dim = d = embed_dim // num_heads
@@ -247,8 +248,3 @@ class MultiHeadAttention(nn.Module):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_heads={self.kv_heads}, "
                 f"head_dim={self.head_dim}, dropout={self.dropout}, batch_first={self.batch_first}"
                 + (", sinks=True" if self.sinks is not None else ""))
-
-
-def _positive(arg: str, val) -> None:
-    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-        raise ValueError(f"{arg} must be a positive int, got {val!r}")

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import mods
+from .. import _check, mods
 
 __all__ = ["SinusoidalPositions", "LearnedPositions", "RotaryEmbedding", "ALiBi", "POSITIONAL_KINDS"]
 
@@ -26,9 +26,7 @@ POSITIONAL_KINDS = ("sinusoidal", "learned", "rope", "alibi", "none")
 
 
 def _check_offset(offset) -> int:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
-    return offset
+    return _check.integer(offset, "offset", low=0)
 
 
 def _check_x(x, dim: int) -> None:
@@ -53,8 +51,7 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, dim: int, *, base: float = 10000.0):
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        _check.integer(dim, "dim", low=1)
         self.dim, self.base = dim, float(base)
         self._table: Optional[Tensor] = None  # float64 cache, grown on demand
 
@@ -79,8 +76,7 @@ class LearnedPositions(nn.Module):
     def __init__(self, max_len: int, dim: int):
         super().__init__()
         for arg, v in (("max_len", max_len), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{arg} must be a positive int, got {v!r}")
+            _check.integer(v, arg, low=1)
         self.max_len, self.dim = max_len, dim
         self.weight = nn.Parameter(torch.randn(max_len, dim) * 0.02)
 
@@ -101,8 +97,8 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, *, base: float = 10000.0):
         super().__init__()
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
-            raise ValueError(f"head_dim must be an even int >= 2, got {head_dim!r}")
+        if not _check.is_int(head_dim) or head_dim < 2 or head_dim % 2:
+            raise _check.fail("head_dim", "an even int >= 2", head_dim)
         self.head_dim, self.base = head_dim, float(base)
         self._cache: Optional[tuple[Tensor, Tensor]] = None  # float64 (cos, sin), (n, head_dim)
 

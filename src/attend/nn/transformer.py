@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _check
 from .cache import KVCache
 from .multihead import MultiHeadAttention
 from .positional import POSITIONAL_KINDS, ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions
@@ -41,18 +42,6 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
     "silu": F.silu,
 }
-
-
-def _int(name: str, v, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-    return v
-
-
-def _prob(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v < 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
-    return float(v)
 
 
 class FeedForward(nn.Module):
@@ -75,10 +64,10 @@ class _Layer(nn.Module):
     """What encoder and decoder layers share: width checks, norms, residual dropout."""
 
     def _setup(self, d_model, num_heads, ff_dim, dropout, activation, norm_first, eps, kv_heads, bias) -> int:
-        _int("d_model", d_model)
-        _int("num_heads", num_heads)
-        ff_dim = 4 * d_model if ff_dim is None else _int("ff_dim", ff_dim)
-        self.dropout_p = _prob("dropout", dropout)
+        _check.integer(d_model, "d_model", low=1)
+        _check.integer(num_heads, "num_heads", low=1)
+        ff_dim = 4 * d_model if ff_dim is None else _check.integer(ff_dim, "ff_dim", low=1)
+        self.dropout_p = float(_check.number(dropout, "dropout", low=0, high=1, high_open=True))
         if not isinstance(norm_first, bool):
             raise ValueError(f"norm_first must be a bool, got {norm_first!r}")
         self.norm_first, self.d_model = norm_first, d_model
@@ -234,7 +223,7 @@ class Encoder(_Stack):
                  max_len: Optional[int] = None, dropout: float = 0.1, norm_first: bool = True, eps: float = 1e-5,
                  **layer_kw):
         super().__init__()
-        _int("num_layers", num_layers)
+        _check.integer(num_layers, "num_layers", low=1)
         self.d_model = d_model
         self.layers = nn.ModuleList(EncoderLayer(d_model, num_heads, dropout=dropout, norm_first=norm_first, eps=eps,
                                                  **layer_kw) for _ in range(num_layers))
@@ -266,7 +255,7 @@ class Decoder(_Stack):
                  positional: str = "sinusoidal", max_len: Optional[int] = None, dropout: float = 0.1,
                  norm_first: bool = True, eps: float = 1e-5, **layer_kw):
         super().__init__()
-        _int("num_layers", num_layers)
+        _check.integer(num_layers, "num_layers", low=1)
         self.d_model, self.cross_attention = d_model, cross_attention
         self.layers = nn.ModuleList(DecoderLayer(d_model, num_heads, dropout=dropout, norm_first=norm_first, eps=eps,
                                                  cross_attention=cross_attention, **layer_kw) for _ in range(num_layers))
