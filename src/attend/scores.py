@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _check
+
 __all__ = ["Score", "Dot", "ScaledDot", "Cosine", "General", "Additive", "NAMES", "resolve"]
 
 
@@ -91,10 +93,7 @@ class Cosine(Dot):
 
     def __init__(self, temperature: float = 1.0, *, eps: float = 1e-8):
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        _check.number(temperature, "temperature", low=0, low_open=True)
         self.temperature = float(temperature)
         self.eps = eps
 
@@ -214,8 +213,7 @@ def resolve(score) -> "Score | _Custom":
 
 
 def _check_dim(arg: str, val) -> None:
-    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-        raise ValueError(f"{arg} must be a positive int, got {val!r}")
+    _check.integer(val, arg, low=1, expected="a positive int")
 
 
 def _dims_message(score, Eq: int, Ek: int) -> Optional[str]:

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .. import _check
 from .text import Vocab
 
 __all__ = ["Batch", "make_batch", "LengthGroupedBatches"]
@@ -77,8 +78,7 @@ class LengthGroupedBatches:
 
     def __init__(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int,
                  seed: int = 0, pool: int = 50, shuffle: bool = True):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        _check.integer(batch_size, "batch_size", low=1)
         if not pairs:
             raise ValueError("no sentence pairs to batch")
         self.pairs, self.batch_size, self.seed, self.pool, self.shuffle = pairs, batch_size, seed, pool, shuffle

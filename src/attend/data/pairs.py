@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+from .. import _check
 from .text import tokenize
 
 __all__ = ["read_tsv", "prepare", "Splits", "split_by_source"]
@@ -24,12 +25,10 @@ def read_tsv(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
     at the start of the file is dropped; a line without the requested columns, or a file
     that is not UTF-8 text, is an error naming file and line."""
     for name, col in (("src_col", src_col), ("tgt_col", tgt_col)):
-        if isinstance(col, bool) or not isinstance(col, int) or col < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {col!r}")
+        _check.integer(col, name, low=0)
     if src_col == tgt_col:
         raise ValueError(f"src_col and tgt_col must differ, both are {src_col}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    _check.integer(limit, "limit", low=0, optional=True)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
@@ -62,8 +61,7 @@ def read_tsv(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
 def prepare(pairs: Iterable[tuple[str, str]], *, max_len: Optional[int] = None, min_len: int = 1) -> list[Pair]:
     """Normalise and tokenise both sides; keep pairs whose both sides have between
     ``min_len`` and ``max_len`` tokens."""
-    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
-        raise ValueError(f"max_len must be None or an int >= 1, got {max_len!r}")
+    _check.integer(max_len, "max_len", low=1, optional=True)
     out = []
     for src, tgt in pairs:
         s, t = tokenize(src), tokenize(tgt)

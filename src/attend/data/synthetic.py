@@ -25,6 +25,8 @@ from __future__ import annotations
 import random
 from typing import Optional
 
+from .. import _check
+
 __all__ = ["synthetic_pairs", "SYNTHETIC_EXAMPLE"]
 
 SYNTHETIC_EXAMPLE = ("the black cat ate the mouse .", "le chat noir a mangé la souris .")
@@ -158,14 +160,10 @@ def synthetic_pairs(n: int, *, seed: int = 0, max_clauses: int = 3, depth: int =
     carry a relative clause and verb phrases a prepositional phrase, nested ``depth`` deep.
     ``max_words`` drops (and redraws) sentences whose English side is longer.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
-    if isinstance(max_clauses, bool) or not isinstance(max_clauses, int) or max_clauses < 1:
-        raise ValueError(f"max_clauses must be an int >= 1, got {max_clauses!r}")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise ValueError(f"depth must be an int >= 0, got {depth!r}")
-    if max_words is not None and (isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 4):
-        raise ValueError(f"max_words must be None or an int >= 4, got {max_words!r}")
+    _check.integer(n, "n", low=0)
+    _check.integer(max_clauses, "max_clauses", low=1)
+    _check.integer(depth, "depth", low=0)
+    _check.integer(max_words, "max_words", low=4, optional=True)
     rng = random.Random(seed)
     g = _Grammar(rng, relative_p, pp_p)
     out: list[tuple[str, str]] = []

@@ -11,6 +11,8 @@ import unicodedata
 from collections import Counter
 from typing import Iterable, Sequence
 
+from .. import _check
+
 __all__ = ["normalize", "tokenize", "Vocab", "PAD", "UNK", "BOS", "EOS"]
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -57,10 +59,8 @@ class Vocab:
     def build(cls, sentences: Iterable[Sequence[str]], *, min_freq: int = 1, max_size: int | None = None) -> "Vocab":
         """From tokenised sentences: tokens seen at least ``min_freq`` times, the
         ``max_size`` most frequent (specials not counted); the rest become ``<unk>``."""
-        if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
-            raise ValueError(f"min_freq must be an int >= 1, got {min_freq!r}")
-        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0):
-            raise ValueError(f"max_size must be None or an int >= 0, got {max_size!r}")
+        _check.integer(min_freq, "min_freq", low=1)
+        _check.integer(max_size, "max_size", low=0, optional=True)
         counts = Counter(t for s in sentences for t in s)
         for s in SPECIALS:
             counts.pop(s, None)

@@ -33,7 +33,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import _io
+from .. import _check, _io
 
 __all__ = ["AttentionView", "attention_page"]
 
@@ -149,7 +149,7 @@ def _title(title) -> str:
 
 
 def _check_max_tokens(max_tokens) -> None:
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+    if not _check.is_int(max_tokens) or max_tokens < 1:  # the viewer's "name: expected ..." wording
         raise ValueError(f"max_tokens: expected an int >= 1, got {max_tokens!r}")
 
 
