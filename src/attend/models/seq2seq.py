@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .. import _check
 from .._io import config_from_dict, count_indexed, dim_claims
 from ..nn import AdditiveAttention, LuongAttention
 
@@ -40,11 +41,6 @@ __all__ = ["Seq2SeqConfig", "Seq2Seq", "Encoded", "ATTENTION_KINDS", "weight_cla
 
 ATTENTION_KINDS = ("dot", "general", "concat", "additive", "none")
 State = Union[Tensor, tuple[Tensor, Tensor]]
-
-
-def _int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -67,21 +63,15 @@ class Seq2SeqConfig:
     dropout: float = 0.1
 
     def __post_init__(self):
-        _int("src_vocab", self.src_vocab, 5)
-        _int("tgt_vocab", self.tgt_vocab, 5)
-        _int("embed_dim", self.embed_dim, 1)
-        _int("hidden_dim", self.hidden_dim, 2)
-        _int("layers", self.layers, 1)
-        if self.rnn not in ("gru", "lstm"):
-            raise ValueError(f"rnn must be one of ['gru', 'lstm'], got {self.rnn!r}")
+        for name, low in (("src_vocab", 5), ("tgt_vocab", 5), ("embed_dim", 1), ("hidden_dim", 2), ("layers", 1)):
+            _check.integer(getattr(self, name), name, low=low)
+        _check.choice(self.rnn, "rnn", ("gru", "lstm"))
         if not isinstance(self.bidirectional, bool):
             raise ValueError(f"bidirectional must be a bool, got {self.bidirectional!r}")
         if self.bidirectional and self.hidden_dim % 2:
             raise ValueError(f"hidden_dim must be even with bidirectional=True, got {self.hidden_dim}")
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {list(ATTENTION_KINDS)}, got {self.attention!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        _check.choice(self.attention, "attention", ATTENTION_KINDS)
+        _check.number(self.dropout, "dropout", low=0, high=1, high_open=True)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -28,17 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _check
 from .._io import config_from_dict, count_indexed, dim_claims
 from ..nn import Decoder, Encoder, KVCache
 from ..nn.positional import POSITIONAL_KINDS
 from .seq2seq import Encoded, check_source
 
 __all__ = ["TransformerConfig", "TransformerSeq2Seq", "weight_claims"]
-
-
-def _int(name: str, v, low: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -59,22 +55,16 @@ class TransformerConfig:
     kind: str = "transformer"
 
     def __post_init__(self):
-        _int("src_vocab", self.src_vocab, 5)
-        _int("tgt_vocab", self.tgt_vocab, 5)
-        for name in ("d_model", "heads", "encoder_layers", "decoder_layers", "max_len"):
-            _int(name, getattr(self, name), 1)
-        _int("ff_dim", self.ff_dim, 0)
+        for name, low in (("src_vocab", 5), ("tgt_vocab", 5), ("d_model", 1), ("heads", 1), ("encoder_layers", 1),
+                          ("decoder_layers", 1), ("max_len", 1), ("ff_dim", 0)):
+            _check.integer(getattr(self, name), name, low=low)
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        if self.positional not in POSITIONAL_KINDS or self.positional == "none":
-            raise ValueError(f"positional must be one of {[p for p in POSITIONAL_KINDS if p != 'none']}, "
-                             f"got {self.positional!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        _check.choice(self.positional, "positional", [p for p in POSITIONAL_KINDS if p != "none"])
+        _check.number(self.dropout, "dropout", low=0, high=1, high_open=True)
         if not isinstance(self.norm_first, bool):
             raise ValueError(f"norm_first must be a bool, got {self.norm_first!r}")
-        if self.kind != "transformer":
-            raise ValueError(f"kind must be 'transformer', got {self.kind!r}")
+        _check.choice(self.kind, "kind", ("transformer",), expected="'transformer'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
