@@ -1,18 +1,126 @@
-"""Machine description for benchmark result files."""
+"""What every benchmark's results file shares: the machine, the date, the command, an atomic write.
+
+    from _machine import RESULTS, results_path, side_file, write_results
+
+    out = results_path(args.out)                           # its folder created
+    write_results(out, "Title", body_lines, data={...})   # out.md, and out.json with data
+
+Each results file starts the same way::
+
+    # Title
+
+    - Machine: <CPU>, <n> cores visible, torch <version> (<threads> threads), Python <version>
+    - Date: YYYY-MM-DD
+    - Command: `python benchmarks/<script>.py <arguments, without --out>`
+
+then the script's own text. Files are written to a temporary file in the same folder and
+renamed over the target, so a run that is cut off leaves the previous file whole.
+"""
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shlex
+import sys
+import tempfile
 import time
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  # the committed results
+
 
 def describe() -> str:
+    """The machine: CPU name, cores visible, torch version (threads now), Python version."""
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):  # Linux: the CPU's name
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    return (f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
+    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def command_line(argv: Optional[Sequence[str]] = None, *, drop: Iterable[str] = ("--out",)) -> str:
+    """The command that ran, as ``python benchmarks/<script> <args>``, without the options in
+    ``drop`` (and their values): where a result was written is not how it was measured."""
+    argv = list(sys.argv if argv is None else argv)
+    drop = tuple(drop)
+    kept, skip = [], False
+    for a in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in drop:
+            skip = True
+            continue
+        if a.startswith(tuple(d + "=" for d in drop)):
+            continue
+        kept.append(a)
+    script = "benchmarks/" + os.path.basename(argv[0]) if argv else "benchmarks/?"
+    return shlex.join(["python", script] + kept)
+
+
+def header(*, command: Optional[str] = None) -> dict:
+    """``machine``, ``date`` and ``command`` of this run (the JSON file's first keys)."""
+    return {"machine": describe(), "date": time.strftime("%Y-%m-%d"),
+            "command": command if command is not None else command_line()}
+
+
+def results_path(path: str) -> str:
+    """``path`` with its folder created (figures are saved beside the results before they are written)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path
+
+
+def side_file(path: str, suffix: str) -> str:
+    """The file beside a results file: ``side_file("x/kv-cache.md", ".png")`` is ``x/kv-cache.png``."""
+    return os.path.splitext(path)[0] + suffix
+
+
+def write_atomic(path: str, text: str) -> str:
+    """Write ``text`` to ``path`` by a temporary file in the same folder and a rename; the folder
+    is created. Returns ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp: 0600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str, data: Any) -> str:
+    """``data`` as indented JSON (non-ASCII kept), written atomically. Returns ``path``."""
+    return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_results(path: str, title: str, body: Union[str, Iterable[str]], *, data: Optional[dict] = None,
+                  head: Optional[dict] = None) -> str:
+    """Write the results file ``path``: ``# title``, the machine, date and command (``head``,
+    default :func:`header` now), a blank line, then ``body`` (a string, or lines). With
+    ``data``, also ``side_file(path, ".json")``: ``head``'s keys, then ``data``'s. Both are
+    written atomically; the text is printed too. Returns ``path``."""
+    head = header() if head is None else head
+    text = body if isinstance(body, str) else "\n".join(body)
+    lines = [f"# {title}", "", f"- Machine: {head['machine']}", f"- Date: {head['date']}",
+             f"- Command: `{head['command']}`", "", text.rstrip("\n")]
+    md = "\n".join(lines) + "\n"
+    if data is not None:
+        write_json(side_file(path, ".json"), {**head, **data})
+    write_atomic(path, md)
+    print(md)
+    print("wrote", path, flush=True)
+    return path

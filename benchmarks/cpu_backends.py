@@ -16,10 +16,8 @@ needs it as a dense (L, S) mask, against ``chunked``, which evaluates it per til
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ import time
 import torch
 
 import attend
+
+from _machine import write_results
 
 
 def _inputs(B, H, L, S, E, grad):
@@ -103,7 +103,8 @@ def peak_memory(spec: dict, *, live: bool = False) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
-    ap.add_argument("--out", default=None, help="also write the markdown table to this file")
+    ap.add_argument("--out", default=None, help="also write the results to this file (e.g. "
+                    "benchmarks/results/cpu-backends.md)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -113,12 +114,7 @@ def main() -> None:
     reps = 2 if args.quick else 5
     sizes = [128] if args.quick else [256, 512, 2048]
     lines = [
-        "# attend CPU backends: time ratios and peak memory",
-        "",
-        f"- date: {datetime.date.today()}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
-        f"- torch {torch.__version__}, python {platform.python_version()}",
-        f"- command: `python benchmarks/cpu_backends.py{' --quick' if args.quick else ''}` (memory cases: one thread)",
+        "Times use the threads above; the memory cases run with one thread.",
         "",
         "## Time (median of %d runs; ratio = eager time / backend time, > 1 is faster than eager)" % reps,
         "",
@@ -202,11 +198,10 @@ def main() -> None:
                (("sdpa", False), ("chunked", False), ("chunked", True))]
         lines.append(f"| 1×1×{L}×{L}×64 | " + " | ".join(row) + " |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_results(args.out, "attend CPU backends: time ratios and peak memory", lines)
+    else:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,18 +11,15 @@ tokens, against a full recompute that grows — measured and plotted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe  # noqa: E402
+from attend.nn import Decoder
 
-from attend.nn import Decoder  # noqa: E402
+from _machine import RESULTS, results_path, side_file, write_results
 
 
 def _time(fn, repeat: int) -> float:
@@ -40,8 +37,10 @@ def main():
     ap.add_argument("--max-prefix", type=int, default=2048)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--out", default="benchmarks/results/kv-cache.md")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "kv-cache.md"),
+                    help="results file (.md; the .json and .png beside it)")
     args = ap.parse_args()
+    results_path(args.out)
     torch.manual_seed(0)
     dec = Decoder(num_layers=args.layers, d_model=args.d_model, num_heads=4, cross_attention=False,
                   positional="rope", dropout=0.0).eval()
@@ -65,9 +64,6 @@ def main():
         diff = float((dec(x[:, P : P + 1], cache=check).hidden[0, -1] - dec(x[:, : P + 1]).hidden[0, -1]).abs().max())
         rows.append({"prefix": P, "cached_ms": cached * 1e3, "full_ms": full * 1e3, "max_abs_diff": diff})
         print(rows[-1], flush=True)
-    res = {"machine": describe(), "d_model": args.d_model, "layers": args.layers, "heads": 4, "rows": rows}
-    with open(args.out.replace(".md", ".json"), "w") as f:
-        json.dump(res, f, indent=2)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -81,12 +77,10 @@ def main():
     ax.set_title(f"decoder {args.layers} layers, d {args.d_model}, CPU")
     ax.grid(alpha=0.3)
     ax.legend()
-    png = args.out.replace(".md", ".png")
+    png = side_file(args.out, ".png")
     fig.savefig(png)
     first, last = rows[0], rows[-1]
-    lines = ["# Key/value-cache decoding: time per new token", "", f"Machine: {res['machine']}.", "",
-             f"Command: `python benchmarks/kv_cache.py --max-prefix {args.max_prefix}`", "",
-             f"`attend.nn.Decoder`: {args.layers} layers, d_model {args.d_model}, 4 heads, RoPE, no cross-attention, "
+    lines = [f"`attend.nn.Decoder`: {args.layers} layers, d_model {args.d_model}, 4 heads, RoPE, no cross-attention, "
              "float32, batch 1, inference mode. Median of 12 cached steps / 3-5 full forwards per prefix length.", "",
              "| prefix | with cache (ms/token) | full recompute (ms/token) | recompute / cache | max abs diff |",
              "|---|---|---|---|---|"]
@@ -96,9 +90,8 @@ def main():
     lines += ["", f"From prefix {first['prefix']} to {last['prefix']} ({last['prefix'] / first['prefix']:.0f}x longer): "
               f"cached step time x{last['cached_ms'] / first['cached_ms']:.2f}, full recompute "
               f"x{last['full_ms'] / first['full_ms']:.1f}.", "", f"Plot: `{os.path.basename(png)}`."]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "Key/value-cache decoding: time per new token", lines,
+                  data={"d_model": args.d_model, "layers": args.layers, "heads": 4, "rows": rows})
 
 
 if __name__ == "__main__":
