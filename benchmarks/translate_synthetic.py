@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe  # noqa: E402
+from attend.apps import evaluate, train_translator
+from attend.data import prepare, split_by_source, synthetic_pairs
+from attend.train import TrainConfig
+from attend.viz import attention_heatmap, bleu_by_length_plot
 
-from attend.apps import evaluate, train_translator  # noqa: E402
-from attend.data import prepare, split_by_source, synthetic_pairs  # noqa: E402
-from attend.train import TrainConfig  # noqa: E402
-from attend.viz import attention_heatmap, bleu_by_length_plot  # noqa: E402
+from _machine import RESULTS, results_path, side_file, write_results
 
 LONG = (30, 10_000)
 
@@ -39,8 +37,11 @@ def main():
     ap.add_argument("--minutes", type=float, default=0.0, help="also a time budget per model (default: none)")
     ap.add_argument("--kinds", default="general,none")
     ap.add_argument("--run", default="runs/bench-synthetic")
-    ap.add_argument("--out", default="benchmarks/results/translate-synthetic.md")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "translate-synthetic.md"),
+                    help="results file (.md; the .json and .png files beside it)")
     args = ap.parse_args()
+    results_path(args.out)
+    alignment = side_file(args.out, "-alignment.png")
     torch.set_num_threads(args.threads)
     pairs = prepare(synthetic_pairs(args.pairs, seed=0, max_words=60))
     split = split_by_source(pairs, valid=0.02, test=0.04, seed=0)
@@ -62,21 +63,15 @@ def main():
         print(kind, json.dumps(rows[kind]), flush=True)
         if kind != "none":
             t = max(r.translations, key=lambda t: len(t.source) if len(t.source) <= 30 else 0)
-            attention_heatmap(t.weights, t.source, t.tokens, args.out.replace(".md", "-alignment.png"),
+            attention_heatmap(t.weights, t.source, t.tokens, alignment,
                               title=f"{kind} attention, a {len(t.source)}-word test sentence")
-    plot = bleu_by_length_plot(series, args.out.replace(".md", ".png"))
+    plot = bleu_by_length_plot(series, side_file(args.out, ".png"))
     n_long = sum(len(p[0]) >= 30 for p in split.test)
-    res = {"machine": describe(), "pairs": len(pairs), "train": len(split.train), "valid": len(split.valid),
-           "test": len(split.test), "test_ge30": n_long, "config": cfg.to_dict(), "models": rows}
-    with open(args.out.replace(".md", ".json"), "w") as f:
-        json.dump(res, f, indent=2)
+    data = {"pairs": len(pairs), "train": len(split.train), "valid": len(split.valid), "test": len(split.test),
+            "test_ge30": n_long, "config": cfg.to_dict(), "models": rows}
     kinds = list(rows)
-    lines = ["# Embedded corpus: attention vs. no attention", "", f"Machine: {res['machine']}.", "",
-             "Command: `python benchmarks/translate_synthetic.py"
-             + "".join(f" --{k} {getattr(args, k):g}" for k in ("steps", "threads", "minutes")
-                       if getattr(args, k) != ap.get_default(k)) + "`", "",
-             f"Corpus: `attend.data.synthetic_pairs(40000, seed=0, max_words=60)`, split by source sentence: "
-             f"{res['train']} train, {res['valid']} valid, {res['test']} test ({n_long} of >= 30 words). "
+    lines = [f"Corpus: `attend.data.synthetic_pairs({args.pairs}, seed=0, max_words=60)`, split by source sentence: "
+             f"{data['train']} train, {data['valid']} valid, {data['test']} test ({n_long} of >= 30 words). "
              f"Models: bidirectional GRU encoder, hidden 256, embeddings 64, dropout 0.1; training budget "
              f"{args.steps} steps each{f' or {args.minutes:g} min' if args.minutes else ''}, {args.threads} torch "
              f"thread(s) (Adam 3e-3, batch 64, validation every 500 steps, early stopping).", "",
@@ -96,10 +91,8 @@ def main():
                   f">= 30 words: {rows[a]['bleu_ge30']:.2f} vs {rows['none']['bleu_ge30']:.2f}, lead "
                   f"{rows[a]['bleu_ge30'] - rows['none']['bleu_ge30']:.2f} (>= 30: "
                   f"{'met' if rows[a]['bleu_ge30'] - rows['none']['bleu_ge30'] >= 30 else 'NOT met'})."]
-    lines += ["", f"Plot: `{os.path.basename(plot)}`; alignment: `{os.path.basename(args.out.replace('.md', '-alignment.png'))}`."]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += ["", f"Plot: `{os.path.basename(plot)}`; alignment: `{os.path.basename(alignment)}`."]
+    write_results(args.out, "Embedded corpus: attention vs. no attention", lines, data=data)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,16 @@ the tokenised, lower-cased text, greedy and beam 5, on the whole test split.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe  # noqa: E402
+from attend.apps import evaluate, train_translator
+from attend.data import prepare, read_tsv, split_by_source
+from attend.train import TrainConfig
 
-from attend.apps import evaluate, train_translator  # noqa: E402
-from attend.data import prepare, read_tsv, split_by_source  # noqa: E402
-from attend.train import TrainConfig  # noqa: E402
+from _machine import RESULTS, write_results
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tatoeba", "eng-fra.txt")
 
@@ -45,12 +42,13 @@ def main():
     ap.add_argument("--attention", default="general")
     ap.add_argument("--run", default="runs/bench-tatoeba")
     ap.add_argument("--model", choices=["rnn", "transformer"], default="rnn")
-    ap.add_argument("--out", default=None, help="default: benchmarks/results/translate-tatoeba[-transformer].md")
+    ap.add_argument("--out", default=None, help="results file (.md; the .json beside it); default: "
+                    "benchmarks/results/translate-tatoeba[-transformer].md")
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
     if args.out is None:
         suffix = "-transformer" if args.model == "transformer" else ""
-        args.out = f"benchmarks/results/translate-tatoeba{suffix}.md"
+        args.out = os.path.join(RESULTS, f"translate-tatoeba{suffix}.md")
     if args.steps is None:
         args.steps = 3426 if args.model == "transformer" else 6933
     torch.set_num_threads(args.threads)
@@ -81,39 +79,31 @@ def main():
     samples = tr.translate(["the black cat ate the mouse .", "i would like a cup of coffee .",
                             "where is the nearest train station ?", "she has been living in paris for three years ."],
                            beam=5)
-    res = {"machine": describe(), "train_pairs": len(split.train), "valid_pairs": len(split.valid),
-           "test_pairs": len(split.test), "src_vocab": len(tr.src_vocab), "tgt_vocab": len(tr.tgt_vocab),
-           "model": model, "train": cfg.to_dict(), "steps": hist[-1]["step"], "train_seconds": hist[-1]["seconds"],
-           "wall_seconds": round(wall, 1), "tokens_per_s": hist[-1]["tokens_per_s"], "history": hist,
-           "greedy": greedy.summary(), "beam5": beam.summary(),
-           "samples": [(" ".join(s.source), s.text) for s in samples]}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out.replace(".md", ".json"), "w") as f:
-        json.dump(res, f, indent=2, ensure_ascii=False)
+    data = {"train_pairs": len(split.train), "valid_pairs": len(split.valid), "test_pairs": len(split.test),
+            "src_vocab": len(tr.src_vocab), "tgt_vocab": len(tr.tgt_vocab), "model": model, "train": cfg.to_dict(),
+            "steps": hist[-1]["step"], "train_seconds": hist[-1]["seconds"], "wall_seconds": round(wall, 1),
+            "tokens_per_s": hist[-1]["tokens_per_s"], "history": hist, "greedy": greedy.summary(),
+            "beam5": beam.summary(), "samples": [(" ".join(s.source), s.text) for s in samples]}
     lines = [
-        "# Tatoeba English -> French, " + ("transformer translator" if args.model == "transformer" else
-                                             "seed-002 translator") + " on CPU", "",
-        f"Machine: {res['machine']}.", "",
-        "Command: `python benchmarks/translate_tatoeba.py" + (" --model transformer" if args.model == "transformer" else "")
-        + f" --steps {args.steps} --threads {args.threads}" + (f" --minutes {args.minutes:g}" if args.minutes else "")
-        + "`", "",
         f"Data: `../shared/data/tatoeba/eng-fra.txt` (CC-BY 2.0, tatoeba.org), English side <= 15 words, "
-        f"split by source sentence (no English sentence in two splits): {res['train_pairs']} train, "
-        f"{res['valid_pairs']} valid, {res['test_pairs']} test. Vocabularies (min frequency 2): "
-        f"{res['src_vocab']} English, {res['tgt_vocab']} French tokens.", "",
+        f"split by source sentence (no English sentence in two splits): {data['train_pairs']} train, "
+        f"{data['valid_pairs']} valid, {data['test_pairs']} test. Vocabularies (min frequency 2): "
+        f"{data['src_vocab']} English, {data['tgt_vocab']} French tokens.", "",
         f"Model: {described}. Training: Adam lr {lr:g} (warm-up {warmup} steps, halved when validation "
         f"loss stops improving), batch 64, clip 1.0, validation every 1000 steps, budget {args.steps} steps"
         f"{f' or {args.minutes:g} min' if args.minutes else ''}, {args.threads} torch thread(s): "
-        f"{res['steps']} steps in {res['train_seconds']:.0f} s of training ({res['tokens_per_s']:.0f} tokens/s).", "",
+        f"{data['steps']} steps in {data['train_seconds']:.0f} s of training ({data['tokens_per_s']:.0f} tokens/s).",
+        "",
         "| decoding | BLEU | chrF |", "|---|---|---|",
         f"| greedy | {greedy.bleu:.2f} | {greedy.chrf:.2f} |", f"| beam 5 | {beam.bleu:.2f} | {beam.chrf:.2f} |", "",
-        "BLEU by source length (beam 5): " + ", ".join(f"{r['lo']}-{r['hi']} tokens: {r['bleu']} ({r['n']})" for r in beam.by_length), "",
+        "BLEU by source length (beam 5): " + ", ".join(f"{r['lo']}-{r['hi']} tokens: {r['bleu']} ({r['n']})"
+                                                       for r in beam.by_length), "",
         "Validation loss by step: " + ", ".join(f"{h['step']}: {h['valid_loss']:.3f}" for h in hist), "",
         "Samples (beam 5):", "",
-    ] + [f"- {s} -> {t}" for s, t in res["samples"]]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    ] + [f"- {s} -> {t}" for s, t in data["samples"]]
+    title = "Tatoeba English -> French, " + ("transformer translator" if args.model == "transformer" else
+                                             "seed-002 translator") + " on CPU"
+    write_results(args.out, title, lines, data=data)
 
 
 if __name__ == "__main__":

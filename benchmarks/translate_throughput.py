@@ -11,20 +11,17 @@ corpus; tokens/s counts source + target tokens, as the trainer's progress bar do
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe  # noqa: E402
+from attend.data import LengthGroupedBatches, Vocab, make_batch, prepare, synthetic_pairs
+from attend.models import Seq2Seq, Seq2SeqConfig
+from attend.train import sequence_loss
 
-from attend.data import LengthGroupedBatches, Vocab, make_batch, prepare, synthetic_pairs  # noqa: E402
-from attend.models import Seq2Seq, Seq2SeqConfig  # noqa: E402
-from attend.train import sequence_loss  # noqa: E402
+from _machine import RESULTS, write_results
 
 
 def build(pairs):
@@ -83,10 +80,12 @@ def one_at_a_time(model, ids, seconds, stepwise=True):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=40.0)
-    ap.add_argument("--out", default="benchmarks/results/translate-throughput.md")
+    ap.add_argument("--pairs", type=int, default=20_000, help="sentence pairs of the embedded corpus")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "translate-throughput.md"),
+                    help="results file (.md; the .json beside it)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    pairs = prepare(synthetic_pairs(20_000, seed=0, max_words=60))
+    pairs = prepare(synthetic_pairs(args.pairs, seed=0, max_words=60))
     res = {}
     for name, fn in (("one sentence, decoder word by word (tutorial)", lambda m, d: one_at_a_time(m, d, args.seconds)),
                      ("one sentence, decoder over all words at once", lambda m, d: one_at_a_time(m, d, args.seconds, False)),
@@ -96,18 +95,13 @@ def main():
         res[name] = fn(model, ids)
         print(f"{name}: {res[name]:.0f} tokens/s", flush=True)
     base = res["one sentence, decoder word by word (tutorial)"]
-    lines = ["# Training throughput: batched vs. one sentence at a time", "", f"Machine: {describe()}.", "",
-             "Command: `python benchmarks/translate_throughput.py`", "",
-             "Same model for all rows (bi-GRU encoder, GRU decoder, Luong general attention, hidden 256, embeddings 64, "
-             f"dropout 0.1), Adam, gradient clipping, embedded corpus (sentences up to 60 words), {args.seconds:g} s each, "
-             "run one after the other in one process. Tokens = source + target.", "",
+    lines = ["Same model for all rows (bi-GRU encoder, GRU decoder, Luong general attention, hidden 256, embeddings 64, "
+             f"dropout 0.1), Adam, gradient clipping, embedded corpus ({len(pairs)} pairs, sentences up to 60 words), "
+             f"{args.seconds:g} s each, run one after the other in one process. Tokens = source + target.", "",
              "| training loop | tokens/s | ratio to the tutorial loop |", "|---|---|---|"]
     lines += [f"| {k} | {v:.0f} | {v / base:.1f}x |" for k, v in res.items()]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(args.out.replace(".md", ".json"), "w") as f:
-        json.dump({"machine": describe(), "tokens_per_s": res}, f, indent=2)
-    print("\n".join(lines))
+    write_results(args.out, "Training throughput: batched vs. one sentence at a time", lines,
+                  data={"tokens_per_s": res})
 
 
 if __name__ == "__main__":

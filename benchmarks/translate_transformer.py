@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe  # noqa: E402
+from attend.apps import evaluate, train_translator
+from attend.data import prepare, split_by_source, synthetic_pairs
+from attend.train import TrainConfig
+from attend.viz import attention_heatmap
 
-from attend.apps import evaluate, train_translator  # noqa: E402
-from attend.data import prepare, split_by_source, synthetic_pairs  # noqa: E402
-from attend.train import TrainConfig  # noqa: E402
-from attend.viz import attention_heatmap  # noqa: E402
+from _machine import RESULTS, header, results_path, side_file, write_json, write_results
 
 MODELS = {
     "rnn attention (GRU, Luong general)": (dict(attention="general", hidden_dim=256, embed_dim=64),
@@ -46,13 +44,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=40_000)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--steps", type=int, default=None, help="one step budget for every model (default: each "
+                    "model's own, in MODELS)")
     ap.add_argument("--minutes", type=float, default=0.0, help="also a time budget per model (default: none)")
     ap.add_argument("--run", default="runs/bench-transformer")
-    ap.add_argument("--out", default="benchmarks/results/translate-transformer.md")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "translate-transformer.md"),
+                    help="results file (.md; the .json and .png beside it)")
     ap.add_argument("--only", default="", help="train only the models whose name contains this (exploration)")
     ap.add_argument("--transformer", default="", help="JSON overriding the transformer's model/train settings, "
                     'e.g. \'{"model": {"dropout": 0}, "train": {"lr": 3e-3}}\' (exploration)')
     args = ap.parse_args()
+    results_path(args.out)
     models = {k: (dict(m), dict(o)) for k, (m, o) in MODELS.items() if args.only in k}
     if args.transformer:
         over = json.loads(args.transformer)
@@ -60,6 +62,9 @@ def main():
             if m.get("kind") == "transformer":
                 m.update(over.get("model", {}))
                 o.update(over.get("train", {}))
+    if args.steps is not None:
+        for _, o in models.values():
+            o["max_steps"] = args.steps
     torch.set_num_threads(args.threads)
     pairs = prepare(synthetic_pairs(args.pairs, seed=0, max_words=60))
     split = split_by_source(pairs, valid=0.02, test=0.04, seed=0)
@@ -81,23 +86,17 @@ def main():
         print(name, json.dumps(rows[name]), flush=True)
         if model.get("kind") == "transformer":
             t = max(r.translations, key=lambda t: len(t.source) if len(t.source) <= 30 else 0)
-            attention_heatmap(t.weights, t.source, t.tokens, args.out.replace(".md", "-cross-attention.png"),
+            attention_heatmap(t.weights, t.source, t.tokens, side_file(args.out, "-cross-attention.png"),
                               title=f"transformer cross-attention (last layer, mean of heads), {len(t.source)} words")
-    res = {"machine": describe(), "date": time.strftime("%Y-%m-%d"), "pairs": len(pairs), "train": len(split.train),
-           "valid": len(split.valid), "test": len(split.test), "minutes_per_model": args.minutes,
-           "threads": args.threads, "models": rows}
-    with open(args.out.replace(".md", ".json"), "w") as f:
-        json.dump(res, f, indent=2)
+    head = header()
+    data = {"pairs": len(pairs), "train": len(split.train), "valid": len(split.valid), "test": len(split.test),
+            "minutes_per_model": args.minutes, "threads": args.threads, "models": rows}
     names = list(rows)
     if len(names) < 2:  # an exploration run (--only): no comparison, nothing overwritten but the JSON
+        write_json(side_file(args.out, ".json"), {**head, **data})
         return
-    lines = ["# Embedded corpus: transformer vs. RNN attention at equal training budget", "",
-             f"Machine: {res['machine']}. Date: {res['date']}.", "",
-             "Command: `python benchmarks/translate_transformer.py"
-             + "".join(f" --{k} {getattr(args, k):g}" for k in ("threads", "minutes") if getattr(args, k) != ap.get_default(k))
-             + "`", "",
-             f"Corpus: `attend.data.synthetic_pairs({args.pairs}, seed=0, max_words=60)`, split by source sentence: "
-             f"{res['train']} train, {res['valid']} valid, {res['test']} test. Each model trains for "
+    lines = [f"Corpus: `attend.data.synthetic_pairs({args.pairs}, seed=0, max_words=60)`, split by source sentence: "
+             f"{data['train']} train, {data['valid']} valid, {data['test']} test. Each model trains for "
              "its step budget (" + ", ".join(f"{k.split(' (')[0]}: {v['train']['max_steps']}" for k, v in rows.items())
              + f"{f', or {args.minutes:g} min' if args.minutes else ''}; about 4 minutes each on this machine in "
              f"2026-11-21's measurement) with {args.threads} torch thread(s) (Adam, batch 64, warm-up, validation "
@@ -111,10 +110,9 @@ def main():
     met = tf["bleu"] >= rnn["bleu"]
     lines += ["", f"Target: transformer BLEU >= RNN attention BLEU at equal budget (greedy): {tf['bleu']:.2f} vs "
               f"{rnn['bleu']:.2f}: {'met' if met else 'NOT met'}.", "",
-              f"Cross-attention heat map: `{os.path.basename(args.out.replace('.md', '-cross-attention.png'))}`."]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+              f"Cross-attention heat map: `{os.path.basename(side_file(args.out, '-cross-attention.png'))}`."]
+    write_results(args.out, "Embedded corpus: transformer vs. RNN attention at equal training budget", lines,
+                  data=data, head=head)
 
 
 if __name__ == "__main__":
