@@ -1,4 +1,4 @@
-"""attend.hf: Hugging Face models run through attend (attn_implementation="attend") equal
+"""attend.integrations.hf: Hugging Face models run through attend (attn_implementation="attend") equal
 "eager" — logits within 1e-5 in float32 — for every family below, with left and right
 padding, dynamic and static caches, output_attentions and greedy generation; keywords
 attend does not implement are refused by name."""
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (extra 'hf')")
-import attend.hf  # noqa: E402  (registers "attend")
+import attend  # noqa: E402
+from attend.integrations import hf  # noqa: E402  (importing it registers "attend")
 
 T = transformers
 TOL = 1e-5  # logits, float32
@@ -198,7 +199,7 @@ def test_static_cache_prefill_sees_no_empty_slot():
     q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
     module = torch.nn.Module()
     module.is_causal = True
-    out, w = attend.hf.attention_forward(module, q, k, v, None, scaling=0.5, output_attentions=True)
+    out, w = hf.attention_forward(module, q, k, v, None, scaling=0.5, output_attentions=True)
     assert w.shape == (1, 2, 4, 7) and torch.equal(w[..., 4:], torch.zeros(1, 2, 4, 3))
     ref, ref_w = attend.attention(q, k[:, :, :4], v[:, :, :4], causal=True, scale=0.5, return_weights=True)
     torch.testing.assert_close(out, ref.transpose(1, 2), rtol=0, atol=0)
@@ -215,7 +216,7 @@ def test_position_bias_gets_its_gradient():
     module.is_causal = False
 
     def via_hf(b):
-        return attend.hf.attention_forward(module, q, k, v, mask, scaling=1.0, position_bias=b)[0]
+        return hf.attention_forward(module, q, k, v, mask, scaling=1.0, position_bias=b)[0]
 
     assert torch.autograd.gradcheck(via_hf, (bias,))
     out = via_hf(bias)
@@ -229,30 +230,36 @@ def test_position_bias_gets_its_gradient():
 def test_unimplemented_keywords_are_refused_by_name(name, value):
     q = k = v = torch.randn(1, 2, 3, 4)
     with pytest.raises(TypeError, match=f"does not implement the keyword '{name}'"):
-        attend.hf.attention_forward(torch.nn.Module(), q, k, v, None, **{name: value})
+        hf.attention_forward(torch.nn.Module(), q, k, v, None, **{name: value})
     # the same keyword with nothing in it asks for nothing
-    attend.hf.attention_forward(torch.nn.Module(), q, k, v, None, **{name: None})
+    hf.attention_forward(torch.nn.Module(), q, k, v, None, **{name: None})
 
 
 def test_attention_goes_through_attend(monkeypatch):
     calls = []
-    real = attend.hf.attention
+    real = hf.attention
 
     def spy(*a, **kw):
         calls.append(kw.get("causal"))
         return real(*a, **kw)
 
-    monkeypatch.setattr(attend.hf, "attention", spy)
+    monkeypatch.setattr(hf, "attention", spy)
     _, ours = _pair(DECODERS["gpt2"])
     with torch.no_grad():
         ours(input_ids=_ids(1, 6))
     assert calls == [True, True]  # one causal call per layer
 
 
+def test_the_old_name_is_the_same_module():
+    import attend.hf
+
+    assert attend.hf is hf and attend.hf.register is hf.register
+
+
 def test_register_rejects_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
-        attend.hf.register("warp-drive")
-    attend.hf.register()  # back to "auto" for the other tests
+        hf.register("warp-drive")
+    hf.register()  # back to "auto" for the other tests
 
 
 @pytest.mark.parametrize("sliding", [None, 2])
@@ -262,7 +269,7 @@ def test_more_queries_than_keys_without_a_mask_is_top_left(sliding):
     q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
     module = torch.nn.Module()
     module.is_causal = True
-    out, w = attend.hf.attention_forward(module, q, k, v, None, scaling=0.5, output_attentions=True,
+    out, w = hf.attention_forward(module, q, k, v, None, scaling=0.5, output_attentions=True,
                                          sliding_window=sliding)
     i, j = torch.arange(6).view(-1, 1), torch.arange(4).view(1, -1)
     allowed = (j <= i) & ((j > i - sliding) if sliding else True)
