@@ -10,18 +10,15 @@ machine noise hits both alike; the median round is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _machine import describe  # noqa: E402
+from attend.models.bert import SentenceEncoder, minilm_path
 
-from attend.models.bert import SentenceEncoder, minilm_path  # noqa: E402
+from _machine import RESULTS, write_results
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "multi30k", "train.en")
 
@@ -31,7 +28,8 @@ def main():
     ap.add_argument("--sentences", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--out", default="benchmarks/results/minilm-throughput.md")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "minilm-throughput.md"),
+                    help="results file (.md; the .json beside it)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer, __version__ as st_version
@@ -57,14 +55,11 @@ def main():
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = med["attend"] / med["sentence-transformers"]
     ratios = [x / y for x, y in zip(rates["attend"], rates["sentence-transformers"])]
-    res = {"machine": describe(), "sentences": len(sents), "mean_words": round(words, 1), "batch_size": args.batch_size,
-           "rounds": rates, "median_sentences_per_s": med, "ratio_of_medians": ratio, "ratio_per_round": ratios,
-           "min_cosine": float(cos.min()), "sentence_transformers": st_version, "transformers": transformers.__version__}
-    with open(args.out.replace(".md", ".json"), "w") as f:
-        json.dump(res, f, indent=2)
-    lines = ["# all-MiniLM-L6-v2 sentence embeddings: attend vs. sentence-transformers (CPU)", "",
-             f"Machine: {res['machine']}.", "", f"Command: `python benchmarks/minilm_throughput.py --rounds {args.rounds}`",
-             "", f"{len(sents)} Multi30k training captions of 15-25 words (mean {words:.1f} words), batches of "
+    data = {"sentences": len(sents), "mean_words": round(words, 1), "batch_size": args.batch_size,
+            "rounds": rates, "median_sentences_per_s": med, "ratio_of_medians": ratio, "ratio_per_round": ratios,
+            "min_cosine": float(cos.min()), "sentence_transformers": st_version,
+            "transformers": transformers.__version__}
+    lines = [f"{len(sents)} Multi30k training captions of 15-25 words (mean {words:.1f} words), batches of "
              f"{args.batch_size}, {args.rounds} alternating rounds; sentence-transformers {st_version} with transformers "
              f"{transformers.__version__} (its default SDPA attention), both in float32 on the same threads.", "",
              "| | sentences/s (median) | per round |", "|---|---|---|"]
@@ -77,9 +72,8 @@ def main():
               "Where attend's time goes differently: the feed-forward layers run on the real tokens only (the padding "
               "of a batch is skipped; the layers are position-wise, so results are unchanged), and the attention is "
               "PyTorch's SDPA kernel through attend's sdpa backend."]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "all-MiniLM-L6-v2 sentence embeddings: attend vs. sentence-transformers (CPU)", lines,
+                  data=data)
 
 
 if __name__ == "__main__":
