@@ -145,8 +145,7 @@ class SentenceEncoder:
 
     def __init__(self, model: BertModel, tokenizer, *, max_length: int = 256, normalize: bool = True,
                  pooling: str = "mean", lowercase: bool = False):
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        _check.choice(pooling, "pooling", ("mean", "cls"), expected="'mean' or 'cls'")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_length, self.normalize, self.pooling, self.lowercase = max_length, normalize, pooling, lowercase
 

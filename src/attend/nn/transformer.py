@@ -49,9 +49,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, ff_dim: int, *, activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        self.activation = activation
+        self.activation = _check.choice(activation, "activation", sorted(_ACTIVATIONS))
         self.linear1 = nn.Linear(d_model, ff_dim, bias=bias)
         self.linear2 = nn.Linear(ff_dim, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
@@ -180,9 +178,7 @@ class DecoderOutput(NamedTuple):
 
 class _Stack(nn.Module):
     def _setup_positions(self, positional: str, d_model: int, num_heads: int, max_len: Optional[int]) -> None:
-        if positional not in POSITIONAL_KINDS:
-            raise ValueError(f"positional must be one of {list(POSITIONAL_KINDS)}, got {positional!r}")
-        self.positional = positional
+        self.positional = _check.choice(positional, "positional", POSITIONAL_KINDS)
         self.add_positions: Optional[nn.Module] = None
         self.rotary: Optional[RotaryEmbedding] = None
         self.alibi: Optional[ALiBi] = None
