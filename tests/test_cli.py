@@ -31,7 +31,7 @@ def test_usage_errors_exit_2_with_one_line():
 
 
 def test_runtime_error_exit_1_without_traceback(monkeypatch, capsys, tmp_path):
-    from attend import demo
+    from attend.apps import demo
 
     def boom(out, **kw):
         raise RuntimeError("the demo broke")
@@ -44,7 +44,7 @@ def test_runtime_error_exit_1_without_traceback(monkeypatch, capsys, tmp_path):
 
 
 def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
-    from attend import demo
+    from attend.apps import demo
 
     def interrupted(out, **kw):
         raise KeyboardInterrupt
@@ -56,7 +56,7 @@ def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
 def test_an_interrupted_training_in_the_demo_exits_130(monkeypatch, capsys, tmp_path):
     import signal
 
-    from attend import demo
+    from attend.apps import demo
     from attend.train import TrainingInterrupted
 
     def interrupted(out, **kw):  # what the trainer raises after saving, on Ctrl-C
@@ -69,7 +69,7 @@ def test_an_interrupted_training_in_the_demo_exits_130(monkeypatch, capsys, tmp_
 
 
 def test_a_busy_run_folder_is_a_usage_error(monkeypatch, capsys, tmp_path):
-    from attend import demo
+    from attend.apps import demo
     from attend.runs import RunFolderBusy
 
     def busy(out, **kw):
@@ -81,7 +81,7 @@ def test_a_busy_run_folder_is_a_usage_error(monkeypatch, capsys, tmp_path):
 
 
 def test_debug_is_accepted_after_the_subcommand(monkeypatch, tmp_path):
-    from attend import demo
+    from attend.apps import demo
 
     def boom(out, **kw):
         raise RuntimeError("the demo broke")
@@ -198,7 +198,7 @@ def test_a_closed_pipe_is_not_an_error():
 def test_tour_refuses_a_seed_out_of_range_by_name():
     import io
 
-    from attend import tour
+    from attend.apps import tour
 
     for seed in (-1, 2 ** 63, 99999999999999999999, True):
         with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*63\), got "):

@@ -326,7 +326,7 @@ def test_demo_prints_the_same_numbers_run_after_run(tmp_path):
 
     import torch
 
-    from attend import demo
+    from attend.apps import demo
 
     before = torch.get_num_threads()
     texts, summaries = [], []
@@ -383,12 +383,12 @@ def test_threads_beyond_the_cpus_are_a_usage_error(argv, capsys):
 def test_demo_checks_its_arguments_before_creating_anything(tmp_path):
     import io
 
-    from attend import demo
+    from attend.apps import demo
 
     for kw, match in ((dict(seed=-5), r"seed must be an int in \[0, 2\*\*63\), got -5"),
                       (dict(threads=0), "threads must be an int from 1"),
                       (dict(minutes=-1.0), "minutes must be a number >= 0"),
-                      (dict(settings="quick"), "settings must be an attend.demo.DemoSettings")):
+                      (dict(settings="quick"), "settings must be an attend.apps.demo.DemoSettings")):
         with pytest.raises((ValueError, TypeError), match=match):
             demo.run(io.StringIO(), out_dir=str(tmp_path / "d"), **kw)
         assert not (tmp_path / "d").exists()

@@ -351,7 +351,7 @@ def _new_figure(path: str, force: bool, flag: str) -> None:
 
 
 def _demo(args) -> int:
-    from . import demo
+    from .apps import demo
 
     out_dir = args.out or os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S"))
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not args.force:
@@ -626,7 +626,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "explain":
             code = _explain(args)
         elif args.command == "tour":
-            from . import tour
+            from .apps import tour
 
             tour.run(sys.stdout, seed=args.seed)
             code = 0

@@ -10,9 +10,9 @@ from typing import TextIO
 
 import torch
 
-from . import attention, backends, explain, masks, mods
-from .nn import MultiHeadAttention
-from .scores import Additive, Cosine, General
+from .. import attention, backends, explain, masks, mods
+from ..nn import MultiHeadAttention
+from ..scores import Additive, Cosine, General
 
 WORDS = ["the", "black", "cat", "ate", "the", "mouse"]
 #                       animal colour action function

@@ -25,7 +25,7 @@ from typing import Optional, TextIO
 
 import torch
 
-from . import _io
+from .. import _io
 
 __all__ = ["DemoSettings", "run", "QUICK", "FULL"]
 
@@ -70,14 +70,14 @@ def _word_sense(out: TextIO, out_dir: str) -> list[str]:
     """Seeds 003/004 on a pretrained encoder: word sense from context and the attention viewer
     (skipped, saying why, when all-MiniLM-L6-v2 or the tokenizers library is missing)."""
     try:
-        from .models.bert import SentenceEncoder, minilm_path
+        from ..models.bert import SentenceEncoder, minilm_path
 
         encoder = SentenceEncoder.from_pretrained(minilm_path())
     except ImportError as e:
         out.write(f"\n(word sense and the attention viewer skipped: {e})\n")
         return []
-    from .apps.wordsense import explain_word
-    from .viz import AttentionView
+    from .wordsense import explain_word
+    from ..viz import AttentionView
 
     texts = ["I sat on the bank of the river", "I deposited money at the bank"]
     out.write("\nword sense from context (all-MiniLM-L6-v2 through attend; `attend explain` does this for any sentences):\n")
@@ -115,7 +115,7 @@ def _fused(out: TextIO) -> None:
 
 def _long_bleu(result, pairs) -> Optional[float]:
     """BLEU over the test sentences of at least ``LONG`` source words (None if there are none)."""
-    from .apps.translator import _bleu
+    from .translator import _bleu
 
     sel = [i for i, (src, _) in enumerate(pairs) if len(src) >= LONG]
     if not sel:
@@ -128,8 +128,8 @@ def _train(name: str, kind: str, split, folder: str, s: DemoSettings, seed: int,
     """Train one model for ``s.steps`` steps, with one progress bar (ETA) for the whole budget."""
     from tqdm.auto import tqdm
 
-    from .apps import train_translator
-    from .train import TrainConfig
+    from .translator import train_translator
+    from ..train import TrainConfig
 
     tcfg = TrainConfig(batch_size=s.batch_size, lr=s.lr, epochs=10_000, max_steps=s.steps, max_minutes=minutes,
                        warmup_steps=s.warmup_steps, schedule=s.schedule, seed=seed)
@@ -159,12 +159,12 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
         raise ValueError(f"threads must be an int from 1 to {cpus} (the CPUs this process may use), got {threads!r}")
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not (0 <= minutes < float("inf")):
         raise ValueError(f"minutes must be a number >= 0, got {minutes!r}")
-    from .train import SEED_LIMIT
+    from ..train import SEED_LIMIT
 
     if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < SEED_LIMIT):
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     if not isinstance(settings, DemoSettings):
-        raise TypeError(f"settings must be an attend.demo.DemoSettings, got {type(settings).__name__}")
+        raise TypeError(f"settings must be an attend.apps.demo.DemoSettings, got {type(settings).__name__}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -176,9 +176,9 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
 
 def _run(out: TextIO, *, out_dir: str, seed: int, settings: DemoSettings, progress: bool, threads: int,
          minutes: float) -> dict:
-    from .apps import evaluate
-    from .data import SYNTHETIC_EXAMPLE, prepare, split_by_source, synthetic_pairs
-    from .viz import attention_heatmap, bleu_by_length_plot
+    from .translator import evaluate
+    from ..data import SYNTHETIC_EXAMPLE, prepare, split_by_source, synthetic_pairs
+    from ..viz import attention_heatmap, bleu_by_length_plot
 
     s = settings
     t_start = time.perf_counter()
