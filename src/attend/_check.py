@@ -113,9 +113,9 @@ def number(value: Any, name: str, *, low: Optional[float] = None, high: Optional
 
 def _same(value: Any, option: Any) -> bool:
     # a bool never stands for 1 or 0, nor a number for a string
-    if isinstance(value, bool) != isinstance(option, bool) or not isinstance(value, type(option)):
-        return False
-    return value == option
+    if isinstance(value, bool) or isinstance(option, bool):
+        return value is option
+    return isinstance(value, type(option)) and value == option
 
 
 def choice(value: Any, name: str, options: Iterable[Any], *, expected: Optional[str] = None) -> Any:

@@ -25,10 +25,6 @@ __all__ = ["SinusoidalPositions", "LearnedPositions", "RotaryEmbedding", "ALiBi"
 POSITIONAL_KINDS = ("sinusoidal", "learned", "rope", "alibi", "none")
 
 
-def _check_offset(offset) -> int:
-    return _check.integer(offset, "offset", low=0)
-
-
 def _check_x(x, dim: int) -> None:
     if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[-1] != dim:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -62,7 +58,7 @@ class SinusoidalPositions(nn.Module):
 
     def forward(self, x: Tensor, *, offset: int = 0) -> Tensor:
         _check_x(x, self.dim)
-        offset = _check_offset(offset)
+        offset = _check.integer(offset, "offset", low=0)
         L = x.shape[1]
         return x + self.table(offset + L)[offset:].to(x.device, x.dtype)  # (B, L, D)
 
@@ -82,7 +78,7 @@ class LearnedPositions(nn.Module):
 
     def forward(self, x: Tensor, *, offset: int = 0) -> Tensor:
         _check_x(x, self.dim)
-        offset = _check_offset(offset)
+        offset = _check.integer(offset, "offset", low=0)
         end = offset + x.shape[1]
         if end > self.max_len:
             raise ValueError(f"positions up to {end} requested but learned positions stop at max_len={self.max_len}")
@@ -117,7 +113,7 @@ class RotaryEmbedding(nn.Module):
         if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[-1] != self.head_dim:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected (..., L, {self.head_dim}), got {got}")
-        offset = _check_offset(offset)
+        offset = _check.integer(offset, "offset", low=0)
         L = x.shape[-2]
         cos, sin = self._angles(offset + L)
         cos = cos[offset:].to(x.device, x.dtype)  # (L, d)
