@@ -93,7 +93,7 @@ def test_nan_propagates_to_affected_rows_only(backend):
 
 
 def _triton_or_none():
-    if torch.cuda.is_available() or attend.backends.fused.interpreting():
+    if torch.cuda.is_available() or attend.backends.triton.interpreting():
         return [attend.backends.Triton(block_m=16, block_n=16)]
     return []
 

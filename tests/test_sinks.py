@@ -19,7 +19,7 @@ SHAPES = [(2, 2, 2, 5, 17, 8, "causal"), (1, 4, 2, 17, 5, 16, "causal"), (2, 2, 
 
 def _backends():
     out = ["eager", "chunked", attend.backends.Chunked(block_size=16)]
-    if torch.cuda.is_available() or attend.backends.fused.interpreting():
+    if torch.cuda.is_available() or attend.backends.triton.interpreting():
         out.append(attend.backends.Triton(block_m=16, block_n=16))
     return out
 

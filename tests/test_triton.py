@@ -20,7 +20,7 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (pip inst
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-if not CUDA and not attend.backends.fused.interpreting():
+if not CUDA and not attend.backends.triton.interpreting():
     pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 TRITON = attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
@@ -199,14 +199,14 @@ def test_whole_blocks_with_a_score_mod():
 
 # ---- Hopper's tensor-memory accelerator and the autotuner ----------------------------------
 HOPPER = CUDA and torch.cuda.get_device_capability()[0] >= 9
-fused = attend.backends.fused
+from attend.backends.triton import configs, launch, plan as tplan  # noqa: E402
 
 
 def _force_tma(monkeypatch):
     """Every launch (fixed 16x16 blocks) loads its inner loop's tiles through tensor descriptors."""
-    forward, backward = fused.flash_forward, fused.flash_backward
-    monkeypatch.setattr(fused, "flash_forward", lambda *a, **kw: forward(*a, **kw, tma=True))
-    monkeypatch.setattr(fused, "flash_backward", lambda *a, **kw: backward(*a, **kw, tma=True))
+    forward, backward = launch.flash_forward, launch.flash_backward
+    monkeypatch.setattr(launch, "flash_forward", lambda *a, **kw: forward(*a, **kw, tma=True))
+    monkeypatch.setattr(launch, "flash_backward", lambda *a, **kw: backward(*a, **kw, tma=True))
 
 
 TMA_CASES = {
@@ -252,30 +252,30 @@ def test_tma_loads(case, dtype, monkeypatch):
 
 def test_tma_is_only_for_inputs_it_can_read():
     q, k, v = inputs(1, 2, 2, 20, 37, 111, 96, torch.float32)  # rows of 444 bytes: not 16-byte aligned
-    assert not fused._tma_ok(k, v)
+    assert not configs.tma_ok(k, v)
     q2, k2, v2 = inputs(1, 2, 2, 20, 37, 16, 16, torch.float32)
-    assert fused._tma_ok(k2, v2)
-    assert not fused._tma_ok(k2, v2.transpose(-1, -2).contiguous().transpose(-1, -2))  # last dim strided
+    assert configs.tma_ok(k2, v2)
+    assert not configs.tma_ok(k2, v2.transpose(-1, -2).contiguous().transpose(-1, -2))  # last dim strided
     shifted = torch.empty(k2.numel() + 1)[1:].view(k2.shape)  # base 4 bytes past an aligned one
-    assert not fused._tma_ok(shifted, v2)
+    assert not configs.tma_ok(shifted, v2)
     if CUDA and not HOPPER:
-        assert not fused._tma_ok(k2.cuda(), v2.cuda())
-    p = fused.Plan(scale=0.1)
+        assert not configs.tma_ok(k2.cuda(), v2.cuda())
+    p = tplan.Plan(scale=0.1)
     with pytest.raises(ValueError, match="tma=True needs K and V"):
-        fused.flash_forward(*dev(q, k, v), p, block_m=16, block_n=16, tma=True)
+        launch.flash_forward(*dev(q, k, v), p, block_m=16, block_n=16, tma=True)
 
 
 def test_autotune_lists_are_well_formed():
     for name in ("_fwd", "_bwd_dq", "_bwd_dkdv", "_weights", "_key_totals"):
         for bucket in (64, 128, 256):
             for fp32 in (False, True):
-                configs = fused._configs(name, bucket, fp32)
-                assert configs and len(set(configs)) == len(configs), (name, bucket, fp32)
-                for m, n, warps, stages, *tag in configs:
+                listed = configs.configs(name, bucket, fp32)
+                assert listed and len(set(listed)) == len(listed), (name, bucket, fp32)
+                for m, n, warps, stages, *tag in listed:
                     assert m in (16, 32, 64, 128) and n in (16, 32, 64, 128) and warps in (4, 8) and 1 <= stages <= 4
-                    assert tag in ([], ["tma"]) and (not tag or name in fused._TMA_KERNELS), (name, tag)
-    assert any(len(c) == 5 for c in fused._configs("_fwd", 128, False))
-    assert all(len(c) == 4 for c in fused._configs("_weights", 128, False))  # no TMA path there
+                    assert tag in ([], ["tma"]) and (not tag or name in configs.TMA_KERNELS), (name, tag)
+    assert any(len(c) == 5 for c in configs.configs("_fwd", 128, False))
+    assert all(len(c) == 4 for c in configs.configs("_weights", 128, False))  # no TMA path there
 
 
 @pytest.mark.skipif(CUDA, reason="drives Triton's autotuner with a stub timer, in the interpreter")
@@ -283,11 +283,11 @@ def test_autotuner_keys_on_length_buckets_and_tries_tma_only_where_it_can(monkey
     """The real autotuner, with a timer that makes the TMA config fastest: lengths in one
     power-of-two bucket reuse the choice (no new timing), a new bucket times again, and
     inputs TMA cannot read are tuned apart without the TMA config."""
-    monkeypatch.setitem(fused._FWD_CONFIGS, 64, [(16, 16, 4, 1), (16, 16, 4, 1, "tma"), (32, 16, 4, 1)])
-    monkeypatch.setattr(fused, "_blocks", lambda bm, bn, dev: ({}, True))  # autotune, as on a GPU
-    fused._kernel.cache_clear()
+    monkeypatch.setitem(configs.FWD_CONFIGS, 64, [(16, 16, 4, 1), (16, 16, 4, 1, "tma"), (32, 16, 4, 1)])
+    monkeypatch.setattr(configs, "blocks", lambda bm, bn, dev: ({}, True))  # autotune, as on a GPU
+    configs.kernel.cache_clear()
     try:
-        tuner = fused._kernel("_fwd", 64, True, False)
+        tuner = configs.kernel("_fwd", 64, True, False)
         timed = []
         real_bench = tuner._bench
         tuner._do_bench = lambda call, quantiles: (call(), [1.0] * 3)[1]  # runs each config once
@@ -315,7 +315,7 @@ def test_autotuner_keys_on_length_buckets_and_tries_tma_only_where_it_can(monkey
         assert not tuner.best_config.kwargs["TMA"]
         R.check(out, base, ref, dtype=torch.float16, m=2, what="autotuned, no TMA")
     finally:
-        fused._kernel.cache_clear()
+        configs.kernel.cache_clear()
 
 
 # ---- dQ by atomics (FlashAttention-2's backward), an alternative the GPU times -----------------
@@ -349,43 +349,57 @@ def test_atomic_dq(case, dtype, tma, monkeypatch):
     if "score_mod" in kw:
         q = q * 3  # scores large enough for soft-capping to bite
         mod = lambda s: 2.0 * torch.tanh(s / 2.0)  # noqa: E731
-    backward = fused.flash_backward
-    modes = []
-
-    def atomic(*a, **k_):
-        out = backward(*a, **k_, dq_mode="atomic", tma=tma)
-        modes.append(fused._LAST_DQ["mode"])
-        return out
-
-    monkeypatch.setattr(fused, "flash_backward", atomic)
+    backward = launch.flash_backward
+    monkeypatch.setattr(launch, "flash_backward", lambda *a, **k_: backward(*a, **k_, dq_mode="atomic", tma=tma))
+    launched = _record_launches(monkeypatch)
     check_case(q, k, v, kw=kw, ref_scores=_scaled(E), allowed=allowed, mod=mod, dtype=dtype,
                what=f"atomic dQ {case}", backend=SMALL)
-    assert modes == ["atomic"]
+    assert _dq_mode(launched) == "atomic"
 
 
-def test_dq_mode_is_checked():
+def _record_launches(monkeypatch) -> list:
+    """The names of the kernels launched from now on (looked up through the launchers' Target)."""
+    launched, kernel = [], launch.Target.kernel
+
+    def spy(self, name, *a, **k_):
+        launched.append(name)
+        return kernel(self, name, *a, **k_)
+
+    monkeypatch.setattr(launch.Target, "kernel", spy)
+    return launched
+
+
+def _dq_mode(launched: list) -> str:
+    """How the last backward made dQ: "separate" (its own kernel, launched just before dK/dV's)
+    or "atomic" (added by dK/dV's kernel)."""
+    last = len(launched) - 1 - launched[::-1].index("_bwd_dkdv")
+    return "separate" if last > 0 and launched[last - 1] == "_bwd_dq" else "atomic"
+
+
+def test_dq_mode_is_checked(monkeypatch):
     q, k, v = inputs(1, 2, 2, 8, 8, 16, 16, torch.float32)
     q, k, v = dev(q, k, v)
-    p = fused.Plan(scale=0.25)
-    out, lse = fused.flash_forward(q, k, v, p, block_m=16, block_n=16)
+    p = tplan.Plan(scale=0.25)
+    out, lse = launch.flash_forward(q, k, v, p, block_m=16, block_n=16)
     with pytest.raises(ValueError, match="dq_mode must be 'auto', 'atomic' or 'separate', got 'fast'"):
-        fused.flash_backward(out, q, k, v, out, lse, p, dq_mode="fast")
+        launch.flash_backward(out, q, k, v, out, lse, p, dq_mode="fast")
     with pytest.raises(ValueError, match="dq_mode='atomic' cannot give a bias or table gradient"):
-        fused.flash_backward(out, q, k, v, out, lse, p, bias_grad=True, dq_mode="atomic")
+        launch.flash_backward(out, q, k, v, out, lse, p, bias_grad=True, dq_mode="atomic")
     torch.use_deterministic_algorithms(True)
     try:
         with pytest.raises(ValueError, match=r"nor run under torch.use_deterministic_algorithms\(True\)"):
-            fused.flash_backward(out, q, k, v, out, lse, p, dq_mode="atomic")
+            launch.flash_backward(out, q, k, v, out, lse, p, dq_mode="atomic")
     finally:
         torch.use_deterministic_algorithms(False)
     q2, k2, v2 = dev(*inputs(1, 2, 2, 8, 8, 16, 16, torch.float32))
     q2, k2 = q2[..., :10], k2[..., :10]  # E = 10 in rows 64 bytes apart: TMA reads them, a dQ of 40-byte rows not
-    out2, lse2 = fused.flash_forward(q2, k2, v2, p, block_m=16, block_n=16)
-    fused.flash_backward(out2, q2, k2, v2, out2, lse2, p, block_m=16, block_n=16, tma=True)  # separate: fine
+    out2, lse2 = launch.flash_forward(q2, k2, v2, p, block_m=16, block_n=16)
+    launch.flash_backward(out2, q2, k2, v2, out2, lse2, p, block_m=16, block_n=16, tma=True)  # separate: fine
     with pytest.raises(ValueError, match=r"tma=True needs Q, K, V and dO \(and E a multiple of 4\)"):
-        fused.flash_backward(out2, q2, k2, v2, out2, lse2, p, block_m=16, block_n=16, tma=True, dq_mode="atomic")
-    fused.flash_backward(out, q, k, v, out, lse, p, block_m=16, block_n=16)
-    assert fused._LAST_DQ["mode"] == "separate"  # fixed blocks: deterministic, nothing timed
+        launch.flash_backward(out2, q2, k2, v2, out2, lse2, p, block_m=16, block_n=16, tma=True, dq_mode="atomic")
+    launched = _record_launches(monkeypatch)
+    launch.flash_backward(out, q, k, v, out, lse, p, block_m=16, block_n=16)
+    assert _dq_mode(launched) == "separate"  # fixed blocks: deterministic, nothing timed
 
 
 @pytest.mark.skipif(CUDA, reason="drives the choice with a stub timer, in the interpreter")
@@ -394,10 +408,11 @@ def test_auto_times_both_dq_modes_once_per_bucket_and_keeps_the_faster(monkeypat
     of a tuning key and reuses the choice for lengths of the same bucket; bias gradients,
     torch's deterministic mode and fp32 inputs never take the atomic path and time nothing."""
     one = {b: [(16, 16, 4, 1)] for b in (64, 128, 256)}  # one config per kernel, "timed" by a stub
-    for lists in ("_FWD_CONFIGS", "_DQ_CONFIGS", "_DKDV_CONFIGS"):
-        monkeypatch.setattr(fused, lists, one)
-    monkeypatch.setattr(fused, "_blocks", lambda bm, bn, dev: ({}, True))
-    monkeypatch.setattr(fused, "_DQ_CHOICE", {})
+    for lists in ("FWD_CONFIGS", "DQ_CONFIGS", "DKDV_CONFIGS"):
+        monkeypatch.setattr(configs, lists, one)
+    monkeypatch.setattr(configs, "blocks", lambda bm, bn, dev: ({}, True))
+    monkeypatch.setattr(launch, "DQ_CHOICE", {})
+    launched = _record_launches(monkeypatch)
     timed = []
 
     def do_bench(fn, **_):  # runs the backward for real, says the atomic one (second) is faster
@@ -406,11 +421,11 @@ def test_auto_times_both_dq_modes_once_per_bucket_and_keeps_the_faster(monkeypat
         return 2.0 if timed[-1] == 0 else 1.0
 
     monkeypatch.setattr(triton.testing, "do_bench", do_bench)
-    fused._kernel.cache_clear()
+    configs.kernel.cache_clear()
     try:
         for name in ("_fwd", "_bwd_dq", "_bwd_dkdv"):
             for fp32 in (False, True):
-                fused._kernel(name, 64, True, fp32)._do_bench = lambda call, quantiles: (call(), [1.0] * 3)[1]
+                configs.kernel(name, 64, True, fp32)._do_bench = lambda call, quantiles: (call(), [1.0] * 3)[1]
         for L, n_timed, kw in ((20, 2, {}), (30, 2, {}), (33, 4, {}), (33, 4, {"mask": "bias"})):
             q, k, v = inputs(1, 2, 2, L, L, 16, 16, torch.float16)
             bias = torch.randn(1, 2, L, L, requires_grad=True) if kw else None
@@ -419,19 +434,19 @@ def test_auto_times_both_dq_modes_once_per_bucket_and_keeps_the_faster(monkeypat
                        allowed=R.causal_mask(L, L), bias=bias.detach().double() if kw else None,
                        dtype=torch.float16, what=f"auto dQ L={L}", backend=attend.backends.Triton())
             assert len(timed) == n_timed, L
-            assert fused._LAST_DQ["mode"] == ("separate" if kw else "atomic"), L  # a bias gradient: separate
-        assert [mode for mode, _ in fused._DQ_CHOICE.values()] == ["atomic", "atomic"]
-        assert fused._DQ_CHOICE[next(iter(fused._DQ_CHOICE))][1] == {"separate": 2.0, "atomic": 1.0}
+            assert _dq_mode(launched) == ("separate" if kw else "atomic"), L  # a bias gradient: separate
+        assert [mode for mode, _ in launch.DQ_CHOICE.values()] == ["atomic", "atomic"]
+        assert launch.DQ_CHOICE[next(iter(launch.DQ_CHOICE))][1] == {"separate": 2.0, "atomic": 1.0}
         for dtype, deterministic in ((torch.float16, True), (torch.float32, False)):  # neither is timed
             torch.use_deterministic_algorithms(deterministic)
             try:
                 q, k, v = (t.requires_grad_() for t in inputs(1, 2, 2, 70, 70, 16, 16, dtype))
                 attend.attention(q, k, v, causal=True, backend=attend.backends.Triton()).sum().backward()
-                assert fused._LAST_DQ["mode"] == "separate" and len(timed) == 4, dtype
+                assert _dq_mode(launched) == "separate" and len(timed) == 4, dtype
             finally:
                 torch.use_deterministic_algorithms(False)
     finally:
-        fused._kernel.cache_clear()
+        configs.kernel.cache_clear()
 
 
 @pytest.mark.parametrize("kw,ruled_out", [
@@ -681,7 +696,8 @@ def test_opcheck_passes():
     for t in (q, k, v):
         t.requires_grad_()
     bias = torch.randn(1, 2, 20, 24, device=DEV, requires_grad=True)
-    args = (q, k, v, None, bias, None, None, None, None, None, None, None, None, 0.25, True, -1, -1, 0.0, 16, 16)
+    p = tplan.Plan(scale=0.25, causal=True, bias=bias)
+    args = (q, k, v, *attend.backends.triton.ops.plan_values(p), 16, 16)
     torch.library.opcheck(torch.ops.attend.flash_attention.default, args)
 
 

@@ -19,38 +19,338 @@ the call's ``L`` and ``S`` so they use that alignment. A plain function is used 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterator, Optional, Union
 
-__all__ = ["Rule", "bind", "check_rule"]
+import torch
+from torch import Tensor
+
+__all__ = ["Rule", "bind", "check_rule", "and_terms", "Causal", "Window", "Chunked", "Padding", "KeyMask", "Document",
+           "PrefixLM", "And", "Or", "Alibi", "Softcap", "RelativeBias"]
 
 
+@dataclass(frozen=True, eq=False)
 class Rule:
     """A mask_mod or score_mod that may depend on the call's query/key lengths.
 
-    Subclasses implement ``__call__`` with an ``offset`` attribute (``S - L`` once bound)
-    and return a bound copy from ``bind``; ``check`` refuses a call whose sizes the rule's
-    own tensors do not fit (before any backend runs).
+    attend's rules are frozen dataclasses of this type (their tensors and sizes are the
+    fields), so a backend can recognise each by its type and read its fields; ``offset`` is
+    ``S - L`` once bound, and ``bind`` is :func:`dataclasses.replace`. ``check`` refuses a
+    call whose sizes the rule's own tensors do not fit (before any backend runs); ``keys``
+    tells a blocked backend which keys the rule can allow at all, so it skips the others.
+    A rule of your own: subclass as a frozen dataclass and define ``__call__``.
     """
 
-    offset: int = 0
-    #: what the rule is ("causal", "padding", "alibi", ...): lets a fused backend compile
-    #: the rules it knows from their attributes without importing attend.masks/mods
-    kind: str = "custom"
+    offset: int = field(default=0, kw_only=True)
     #: "mask" for a mask_mod (b, h, i, j), "score" for a score_mod (score, b, h, i, j)
-    role: str = "mask"
+    role: ClassVar[str] = "mask"
 
     def bind(self, L: int, S: int) -> "Rule":
         """Return a copy that aligns query ``i`` with key position ``i + (S - L)``."""
-        bound = object.__new__(type(self))
-        bound.__dict__.update(self.__dict__)
-        bound.offset = S - L
-        return bound
+        return dataclasses.replace(self, offset=S - L)
 
     def check(self, B: int, H: int, L: int, S: int) -> Optional[str]:
         """Why this rule cannot serve a call of batch ``B`` (flattened), ``H`` query heads,
         ``L`` queries and ``S`` keys (None: it can)."""
         return None
+
+    def keys(self, first: int, last: int, S: int) -> tuple[int, int]:
+        """Keys ``[lo, hi)`` outside which this rule allows no key to any query at key
+        positions ``first..last`` (a mask rule; for every sequence and head). Default: all."""
+        return 0, S
+
+
+# ---- mask rules -----------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Causal(Rule):
+    """Key ``j`` allowed iff ``j <= i + offset``."""
+
+    def __call__(self, b, h, i, j):
+        return j <= i + self.offset
+
+    def keys(self, first, last, S):
+        return 0, max(0, min(S, last + 1))
+
+    def __repr__(self):
+        return "causal()"
+
+
+@dataclass(frozen=True, eq=False)
+class Window(Rule):
+    """Keys within ``left`` positions before and ``right`` after (None: unbounded)."""
+
+    left: Optional[int]
+    right: Optional[int]
+
+    def __call__(self, b, h, i, j):
+        pos = i + self.offset  # key position of query i
+        ok = torch.ones_like(pos - j, dtype=torch.bool)
+        if self.left is not None:
+            ok = ok & (j >= pos - self.left)
+        if self.right is not None:
+            ok = ok & (j <= pos + self.right)
+        return ok
+
+    def keys(self, first, last, S):
+        lo = 0 if self.left is None else max(0, first - self.left)
+        hi = S if self.right is None else max(0, min(S, last + self.right + 1))
+        return lo, hi
+
+    def __repr__(self):
+        return f"sliding_window(({self.left}, {self.right}))"
+
+
+@dataclass(frozen=True, eq=False)
+class Chunked(Rule):
+    """Attention only within fixed chunks of ``size`` positions (Llama 4's chunked local
+    attention): key ``j`` allowed iff it is in the chunk of query ``i``'s key position."""
+
+    size: int
+
+    def __call__(self, b, h, i, j):
+        pos = i + self.offset
+        return (pos >= 0) & (torch.div(pos.clamp(min=0), self.size, rounding_mode="floor")
+                             == torch.div(j, self.size, rounding_mode="floor"))
+
+    def keys(self, first, last, S):
+        if last < 0:
+            return 0, 0
+        return min(S, max(first, 0) // self.size * self.size), min(S, (last // self.size + 1) * self.size)
+
+    def __repr__(self):
+        return f"chunked({self.size})"
+
+
+@dataclass(frozen=True, eq=False)
+class Padding(Rule):
+    """Keys at positions ``>= lengths[b]`` masked. ``lengths`` (B,) integer."""
+
+    lengths: Tensor
+
+    def check(self, B, H, L, S):
+        if self.lengths.numel() != B:
+            return f"{self.lengths.numel()} lengths for a batch of {B} sequences"
+        return None
+
+    def __call__(self, b, h, i, j):
+        return j < self.lengths.to(j.device)[b]
+
+    def __repr__(self):
+        return f"padding(lengths={self.lengths.tolist()})"
+
+
+@dataclass(frozen=True, eq=False)
+class KeyMask(Rule):
+    """Keys where ``valid[b, j]`` is False masked. ``valid`` (B, S) bool."""
+
+    valid: Tensor
+
+    def check(self, B, H, L, S):
+        if tuple(self.valid.shape) != (B, S):
+            return f"valid has shape {tuple(self.valid.shape)}; this call needs (B, S) = {(B, S)}"
+        return None
+
+    def __call__(self, b, h, i, j):
+        return self.valid.to(j.device)[b, j]
+
+    def __repr__(self):
+        return f"key_mask(shape={tuple(self.valid.shape)})"
+
+
+@dataclass(frozen=True, eq=False)
+class Document(Rule):
+    """A query sees only keys of its own document. ``ids`` (S,) or (B, S) integer."""
+
+    ids: Tensor
+
+    def check(self, B, H, L, S):
+        want = (S,) if self.ids.ndim == 1 else (B, S)
+        if tuple(self.ids.shape) != want:
+            return f"ids have shape {tuple(self.ids.shape)}; this call needs {want} (one id per key position)"
+        return None
+
+    def __call__(self, b, h, i, j):
+        ids = self.ids.to(j.device)
+        pos = (i + self.offset).clamp(min=0)
+        if ids.ndim == 1:
+            return ids[pos] == ids[j]
+        return ids[b, pos] == ids[b, j]
+
+    def __repr__(self):
+        return f"document(ids of shape {tuple(self.ids.shape)})"
+
+
+@dataclass(frozen=True, eq=False)
+class PrefixLM(Rule):
+    """Bidirectional over the first ``prefix_len`` keys (an int or a (B,) tensor), causal after."""
+
+    prefix_len: Union[int, Tensor]
+
+    def check(self, B, H, L, S):
+        if isinstance(self.prefix_len, Tensor) and self.prefix_len.numel() != B:
+            return f"{self.prefix_len.numel()} prefix lengths for a batch of {B} sequences"
+        return None
+
+    def __call__(self, b, h, i, j):
+        p = self.prefix_len
+        if isinstance(p, Tensor):
+            p = p.to(j.device)[b]
+        return (j < p) | (j <= i + self.offset)
+
+    def keys(self, first, last, S):
+        if isinstance(self.prefix_len, Tensor):
+            return 0, S
+        return 0, max(0, min(S, max(self.prefix_len, last + 1)))
+
+    def __repr__(self):
+        p = self.prefix_len.tolist() if isinstance(self.prefix_len, Tensor) else self.prefix_len
+        return f"prefix_lm({p})"
+
+
+@dataclass(frozen=True, eq=False)
+class And(Rule):
+    """Allowed where every one of ``mods`` allows."""
+
+    mods: tuple
+
+    def bind(self, L: int, S: int) -> "And":
+        return dataclasses.replace(self, mods=tuple(bind(m, L, S) for m in self.mods), offset=S - L)
+
+    def check(self, B, H, L, S):
+        return _check_terms(self.mods, B, H, L, S)
+
+    def __call__(self, b, h, i, j):
+        out = None
+        for m in self.mods:
+            r = m(b, h, i, j)
+            out = r if out is None else out & r
+        return out
+
+    def keys(self, first, last, S):
+        lo, hi = 0, S
+        for m in self.mods:
+            if isinstance(m, Rule):
+                a, z = m.keys(first, last, S)
+                lo, hi = max(lo, a), min(hi, z)
+        return lo, max(lo, hi)
+
+    def __repr__(self):
+        return f"and_masks({', '.join(map(repr, self.mods))})"
+
+
+@dataclass(frozen=True, eq=False)
+class Or(Rule):
+    """Allowed where any of ``mods`` allows."""
+
+    mods: tuple
+
+    def bind(self, L: int, S: int) -> "Or":
+        return dataclasses.replace(self, mods=tuple(bind(m, L, S) for m in self.mods), offset=S - L)
+
+    def check(self, B, H, L, S):
+        return _check_terms(self.mods, B, H, L, S)
+
+    def __call__(self, b, h, i, j):
+        out = None
+        for m in self.mods:
+            r = m(b, h, i, j)
+            out = r if out is None else out | r
+        return out
+
+    def keys(self, first, last, S):
+        if not all(isinstance(m, Rule) for m in self.mods):
+            return 0, S
+        spans = [m.keys(first, last, S) for m in self.mods]
+        return min(a for a, _ in spans), max(z for _, z in spans)
+
+    def __repr__(self):
+        return f"or_masks({', '.join(map(repr, self.mods))})"
+
+
+def _check_terms(mods, B, H, L, S) -> Optional[str]:
+    for m in mods:
+        if isinstance(m, Rule):
+            if m.role != "mask":
+                return f"{m!r} is a score modifier, not a mask rule"
+            why = m.check(B, H, L, S)
+            if why:
+                return f"{m!r}: {why}"
+    return None
+
+
+def and_terms(rule) -> Iterator:
+    """The terms of a rule that is an AND of rules (nested :class:`And` flatten)."""
+    if rule is None:
+        return
+    if isinstance(rule, And):
+        for r in rule.mods:
+            yield from and_terms(r)
+    else:
+        yield rule
+
+
+# ---- score modifiers --------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Alibi(Rule):
+    """``score - slopes[h] * |i + offset - j|``; ``slopes`` (Hq,) float."""
+
+    slopes: Tensor
+    role: ClassVar[str] = "score"
+
+    def check(self, B, H, L, S):
+        if self.slopes.numel() != H:
+            return f"{self.slopes.numel()} slopes for {H} query heads (one slope per head)"
+        return None
+
+    def __call__(self, score, b, h, i, j):
+        dist = (i + self.offset - j).abs().to(score.dtype)  # |key position of i - j|
+        return score - self.slopes.to(score.device, score.dtype)[h] * dist
+
+    def __repr__(self):
+        return f"alibi(slopes of {self.slopes.numel()} heads)"
+
+
+@dataclass(frozen=True, eq=False)
+class Softcap(Rule):
+    """``cap * tanh(score / cap)``."""
+
+    cap: float
+    role: ClassVar[str] = "score"
+
+    def __call__(self, score, b, h, i, j):
+        return self.cap * torch.tanh(score / self.cap)
+
+    def __repr__(self):
+        return f"softcap({self.cap})"
+
+
+@dataclass(frozen=True, eq=False)
+class RelativeBias(Rule):
+    """``score + table[(h,) clip(j - i - offset, -R, R) + R]``; ``table`` (2R+1,) or (Hq, 2R+1)."""
+
+    table: Tensor
+    role: ClassVar[str] = "score"
+
+    @property
+    def max_distance(self) -> int:
+        return (self.table.shape[-1] - 1) // 2
+
+    def check(self, B, H, L, S):
+        if self.table.ndim == 2 and self.table.shape[0] != H:
+            return f"a table for {self.table.shape[0]} heads, but the call has {H} query heads"
+        return None
+
+    def __call__(self, score, b, h, i, j):
+        R = self.max_distance
+        rel = (j - (i + self.offset)).clamp(-R, R) + R
+        table = self.table.to(score.device)
+        bias = table[rel] if table.ndim == 1 else table[h, rel]  # (…, l, s)
+        return score + bias.to(score.dtype)
+
+    def __repr__(self):
+        return f"relative_bias(table of shape {tuple(self.table.shape)})"
 
 
 def bind(fn: Callable | None, L: int, S: int) -> Callable | None:
@@ -116,7 +416,7 @@ def _example_args(fn) -> str:
 
 # the functions of attend.masks / attend.mods that return rules
 _FACTORIES = {
-    "attend.masks": ("causal", "sliding_window", "padding", "key_mask", "document", "varlen", "prefix_lm",
+    "attend.masks": ("causal", "sliding_window", "chunked", "padding", "key_mask", "document", "varlen", "prefix_lm",
                      "and_masks", "or_masks"),
     "attend.mods": ("alibi", "softcap", "relative_bias"),
 }

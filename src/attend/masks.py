@@ -21,11 +21,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._rules import Rule, bind
+from ._rules import And, Causal, Chunked, Document, KeyMask, Or, Padding, PrefixLM, Rule, Window, bind
 
 __all__ = [
     "causal",
     "sliding_window",
+    "chunked",
     "padding",
     "key_mask",
     "document",
@@ -62,148 +63,19 @@ def normalize_window(window, *, arg: str = "window") -> Optional[tuple[Optional[
     return side(window, "size"), side(window, "size")
 
 
-class _Causal(Rule):
-    kind = "causal"
-
-    def __call__(self, b, h, i, j):
-        return j <= i + self.offset
-
-    def __repr__(self):
-        return "causal()"
-
-
-class _Window(Rule):
-    kind = "window"
-
-    def __init__(self, left: Optional[int], right: Optional[int]):
-        self.left, self.right = left, right
-
-    def __call__(self, b, h, i, j):
-        pos = i + self.offset  # key position of query i
-        ok = torch.ones_like(pos - j, dtype=torch.bool)
-        if self.left is not None:
-            ok = ok & (j >= pos - self.left)
-        if self.right is not None:
-            ok = ok & (j <= pos + self.right)
-        return ok
-
-    def __repr__(self):
-        return f"sliding_window(({self.left}, {self.right}))"
-
-
-class _Padding(Rule):
-    kind = "padding"
-
-    def __init__(self, lengths: Tensor):
-        self.lengths = lengths
-
-    def check(self, B, H, L, S):
-        if self.lengths.numel() != B:
-            return f"{self.lengths.numel()} lengths for a batch of {B} sequences"
-        return None
-
-    def __call__(self, b, h, i, j):
-        return j < self.lengths.to(j.device)[b]
-
-    def __repr__(self):
-        return f"padding(lengths={self.lengths.tolist()})"
-
-
-class _KeyMask(Rule):
-    kind = "key_mask"
-
-    def __init__(self, valid: Tensor):
-        self.valid = valid
-
-    def check(self, B, H, L, S):
-        if tuple(self.valid.shape) != (B, S):
-            return f"valid has shape {tuple(self.valid.shape)}; this call needs (B, S) = {(B, S)}"
-        return None
-
-    def __call__(self, b, h, i, j):
-        return self.valid.to(j.device)[b, j]
-
-    def __repr__(self):
-        return f"key_mask(shape={tuple(self.valid.shape)})"
-
-
-class _Document(Rule):
-    kind = "document"
-
-    def __init__(self, ids: Tensor):
-        self.ids = ids
-
-    def check(self, B, H, L, S):
-        want = (S,) if self.ids.ndim == 1 else (B, S)
-        if tuple(self.ids.shape) != want:
-            return f"ids have shape {tuple(self.ids.shape)}; this call needs {want} (one id per key position)"
-        return None
-
-    def __call__(self, b, h, i, j):
-        ids = self.ids.to(j.device)
-        pos = (i + self.offset).clamp(min=0)
-        if ids.ndim == 1:
-            return ids[pos] == ids[j]
-        return ids[b, pos] == ids[b, j]
-
-    def __repr__(self):
-        return f"document(ids of shape {tuple(self.ids.shape)})"
-
-
-class _PrefixLM(Rule):
-    kind = "prefix_lm"
-
-    def __init__(self, prefix_len):
-        self.prefix_len = prefix_len
-
-    def check(self, B, H, L, S):
-        if isinstance(self.prefix_len, Tensor) and self.prefix_len.numel() != B:
-            return f"{self.prefix_len.numel()} prefix lengths for a batch of {B} sequences"
-        return None
-
-    def __call__(self, b, h, i, j):
-        p = self.prefix_len
-        if isinstance(p, Tensor):
-            p = p.to(j.device)[b]
-        return (j < p) | (j <= i + self.offset)
-
-    def __repr__(self):
-        p = self.prefix_len.tolist() if isinstance(self.prefix_len, Tensor) else self.prefix_len
-        return f"prefix_lm({p})"
-
-
-class _Combine(Rule):
-    def __init__(self, op: str, mods: Sequence[MaskMod]):
-        self.op, self.mods = op, tuple(mods)
-        self.kind = op  # "and" / "or"
-
-    def bind(self, L: int, S: int) -> "_Combine":
-        return _Combine(self.op, [bind(m, L, S) for m in self.mods])
-
-    def check(self, B, H, L, S):
-        for m in self.mods:
-            if isinstance(m, Rule):
-                if m.role != "mask":
-                    return f"{m!r} is a score modifier, not a mask rule"
-                why = m.check(B, H, L, S)
-                if why:
-                    return f"{m!r}: {why}"
-        return None
-
-    def __call__(self, b, h, i, j):
-        out = None
-        for m in self.mods:
-            r = m(b, h, i, j)
-            out = r if out is None else (out & r if self.op == "and" else out | r)
-        return out
-
-    def __repr__(self):
-        return f"{self.op}_masks({', '.join(map(repr, self.mods))})"
-
-
 def causal() -> Rule:
-    """Key ``j`` is allowed when ``j <= i + S - L`` (bottom-right, as ``causal=True``)."""
-    return _Causal()
+    """Key ``j`` is allowed when ``j <= i + S - L`` (bottom-right, as ``causal=True``).
+
+    The last query lines up with the last key. ``L = 2, S = 4`` (decoding with a cache:
+    earlier keys are all visible) and ``L = 4, S = 2`` (more queries than keys: the first
+    ``L - S`` rows have no key at all, and their output is exactly zero)::
+
+        1 1 1 0        0 0
+        1 1 1 1        0 0
+                       1 0
+                       1 1
+    """
+    return Causal()
 
 
 def sliding_window(window) -> Rule:
@@ -212,7 +84,26 @@ def sliding_window(window) -> Rule:
     ``None`` for a side leaves it unbounded: ``(w, 0)`` is a causal window of ``w + 1`` keys.
     """
     left, right = normalize_window(window)
-    return _Window(left, right)
+    return Window(left, right)
+
+
+def chunked(size: int) -> Rule:
+    """Attention only within fixed chunks of ``size`` positions (Llama 4's chunked local
+    attention): positions ``0..size-1`` form one chunk, ``size..2*size-1`` the next, and a
+    query sees only the keys of its own chunk. With ``causal=True`` (or ``and_masks`` with
+    :func:`causal`) it is causal within each chunk. ``chunked(2)`` for ``L = S = 4``::
+
+        1 1 0 0
+        1 1 0 0
+        0 0 1 1
+        0 0 1 1
+
+    Positions are aligned as ``causal`` aligns them (query ``i`` at key position
+    ``i + S - L``); a query whose position is negative (``L > S``) sees no key.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be an int >= 1, got {size!r}")
+    return Chunked(size)
 
 
 def padding(lengths) -> Rule:
@@ -222,7 +113,7 @@ def padding(lengths) -> Rule:
         raise ValueError(f"lengths must be a 1-D integer tensor (B,), got dtype {lengths.dtype} shape {tuple(lengths.shape)}")
     if bool((lengths < 0).any()):
         raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
-    return _Padding(lengths)
+    return Padding(lengths)
 
 
 def key_mask(valid: Tensor) -> Rule:
@@ -230,7 +121,7 @@ def key_mask(valid: Tensor) -> Rule:
     if not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.ndim != 2:
         got = f"{valid.dtype} {tuple(valid.shape)}" if isinstance(valid, Tensor) else type(valid).__name__
         raise ValueError(f"key_mask must be a boolean tensor (B, S) with True = real token, got {got}")
-    return _KeyMask(valid)
+    return KeyMask(valid)
 
 
 def document(ids) -> Rule:
@@ -242,7 +133,7 @@ def document(ids) -> Rule:
     ids = torch.as_tensor(ids)
     if ids.ndim not in (1, 2) or ids.dtype.is_floating_point:
         raise ValueError(f"ids must be an integer tensor (S,) or (B, S), got dtype {ids.dtype} shape {tuple(ids.shape)}")
-    return _Document(ids)
+    return Document(ids)
 
 
 def varlen(cu_seqlens) -> Rule:
@@ -257,7 +148,7 @@ def varlen(cu_seqlens) -> Rule:
     if int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()):
         raise ValueError(f"cu_seqlens must start at 0 and never decrease, got {cu.tolist()}")
     lengths = cu[1:] - cu[:-1]
-    return _Document(torch.repeat_interleave(torch.arange(lengths.numel()), lengths))
+    return Document(torch.repeat_interleave(torch.arange(lengths.numel()), lengths))
 
 
 def prefix_lm(prefix_len) -> Rule:
@@ -270,19 +161,19 @@ def prefix_lm(prefix_len) -> Rule:
             raise ValueError(f"prefix_len must be an int or a 1-D integer tensor (B,), got {prefix_len.dtype} {tuple(prefix_len.shape)}")
     elif isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or prefix_len < 0:
         raise ValueError(f"prefix_len must be an int >= 0 or a (B,) tensor, got {prefix_len!r}")
-    return _PrefixLM(prefix_len)
+    return PrefixLM(prefix_len)
 
 
 def and_masks(*mods: MaskMod) -> Rule:
     """A rule that allows (b, h, i, j) when every one of ``mods`` does."""
     _check_mods(mods, "and_masks")
-    return _Combine("and", mods)
+    return And(tuple(mods))
 
 
 def or_masks(*mods: MaskMod) -> Rule:
     """A rule that allows (b, h, i, j) when any of ``mods`` does."""
     _check_mods(mods, "or_masks")
-    return _Combine("or", mods)
+    return Or(tuple(mods))
 
 
 def _check_mods(mods, fn: str) -> None:

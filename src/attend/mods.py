@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._rules import Rule
+from ._rules import Alibi, RelativeBias, Rule, Softcap
 
 __all__ = ["alibi", "alibi_slopes", "softcap", "relative_bias"]
 
@@ -36,63 +36,6 @@ def alibi_slopes(num_heads: int) -> Tensor:
     return torch.tensor(slopes)
 
 
-class _Alibi(Rule):
-    kind = "alibi"
-    role = "score"
-
-    def check(self, B, H, L, S):
-        if self.slopes.numel() != H:
-            return f"{self.slopes.numel()} slopes for {H} query heads (one slope per head)"
-        return None
-
-    def __init__(self, slopes: Tensor):
-        self.slopes = slopes
-
-    def __call__(self, score, b, h, i, j):
-        dist = (i + self.offset - j).abs().to(score.dtype)  # |key position of i - j|
-        return score - self.slopes.to(score.device, score.dtype)[h] * dist
-
-    def __repr__(self):
-        return f"alibi(slopes of {self.slopes.numel()} heads)"
-
-
-class _Softcap(Rule):
-    kind = "softcap"
-    role = "score"
-
-    def __init__(self, cap: float):
-        self.cap = cap
-
-    def __call__(self, score, b, h, i, j):
-        return self.cap * torch.tanh(score / self.cap)
-
-    def __repr__(self):
-        return f"softcap({self.cap})"
-
-
-class _RelativeBias(Rule):
-    kind = "relative_bias"
-    role = "score"
-
-    def check(self, B, H, L, S):
-        if self.table.ndim == 2 and self.table.shape[0] != H:
-            return f"a table for {self.table.shape[0]} heads, but the call has {H} query heads"
-        return None
-
-    def __init__(self, table: Tensor):
-        self.table = table
-        self.max_distance = (table.shape[-1] - 1) // 2
-
-    def __call__(self, score, b, h, i, j):
-        rel = (j - (i + self.offset)).clamp(-self.max_distance, self.max_distance) + self.max_distance
-        table = self.table.to(score.device)
-        bias = table[rel] if table.ndim == 1 else table[h, rel]  # (…, l, s)
-        return score + bias.to(score.dtype)
-
-    def __repr__(self):
-        return f"relative_bias(table of shape {tuple(self.table.shape)})"
-
-
 def alibi(slopes) -> Rule:
     """ALiBi (Press et al. 2022): ``score - slope[h] * |i - j|`` with positions aligned bottom-right.
 
@@ -105,14 +48,14 @@ def alibi(slopes) -> Rule:
     slopes = torch.as_tensor(slopes)
     if slopes.ndim != 1 or not slopes.dtype.is_floating_point:
         raise ValueError(f"slopes must be a 1-D float tensor (num_heads,), got {slopes.dtype} {tuple(slopes.shape)}")
-    return _Alibi(slopes)
+    return Alibi(slopes)
 
 
 def softcap(cap: float) -> Rule:
     """Soft-capping (Gemma 2): ``cap * tanh(score / cap)`` keeps scores within ``(-cap, cap)``."""
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
         raise ValueError(f"cap must be a finite number > 0, got {cap!r}")
-    return _Softcap(float(cap))
+    return Softcap(float(cap))
 
 
 def relative_bias(table: Tensor) -> Rule:
@@ -127,4 +70,4 @@ def relative_bias(table: Tensor) -> Rule:
         raise ValueError(f"table must be a float tensor (2R+1,) or (heads, 2R+1), got {got}")
     if table.shape[-1] % 2 != 1:
         raise ValueError(f"table's last dimension must be odd (2R+1 relative positions), got {table.shape[-1]}")
-    return _RelativeBias(table)
+    return RelativeBias(table)

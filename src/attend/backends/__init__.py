@@ -22,7 +22,7 @@ from __future__ import annotations
 from .base import AttentionCall, Backend, UnsupportedCall
 from .chunked import Chunked
 from .eager import Eager
-from .fused import Triton
+from .triton import Triton
 from .sdpa import SDPA
 
 __all__ = [

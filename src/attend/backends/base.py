@@ -27,6 +27,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .._rules import Rule
+
 __all__ = ["AttentionCall", "Backend", "UnsupportedCall", "compute_dtype", "safe_lse", "safe_softmax"]
 
 
@@ -174,10 +176,15 @@ class AttentionCall:
         return extent[0] * extent[1]
 
     def block_is_empty(self, i0: int, i1: int, j0: int, j1: int) -> bool:
-        """True when ``causal``/``window`` rule out every (i, j) of the block (it can be skipped)."""
+        """True when ``causal``/``window`` or a rule's key span (:meth:`attend._rules.Rule.keys`)
+        rule out every (i, j) of the block (it can be skipped)."""
         first, last = i0 + self.offset, i1 - 1 + self.offset  # key positions of the first/last query
         if self.causal and j0 > last:
             return True
+        if isinstance(self.mask_mod, Rule):
+            lo, hi = self.mask_mod.keys(first, last, self.S)
+            if j1 <= lo or j0 >= hi:
+                return True
         if self.window is not None:
             left, right = self.window
             if left is not None and j1 - 1 < first - left:

@@ -63,91 +63,83 @@ def _dot(a, b, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
-def _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
-               IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-               DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr):
+def _key_range(pos_lo, pos_hi, off_b, S, R, F: tl.constexpr):
     """Keys [lo, hi) that queries at key positions pos_lo..pos_hi may reach under the rules."""
     lo = pos_lo * 0
     hi = pos_lo * 0 + S
-    if IS_CAUSAL:
+    if F.IS_CAUSAL:
         hi = tl.minimum(hi, pos_hi + 1)
-    if HAS_WR:
-        hi = tl.minimum(hi, pos_hi + WR + 1)
-    if HAS_WL:
-        lo = tl.maximum(lo, pos_lo - WL)
-    if HAS_LENS:
-        hi = tl.minimum(hi, tl.load(LENS + off_b))
-    if DOC_SKIP:
-        lo = tl.maximum(lo, tl.load(DOC_LO + off_b * sdocb + tl.maximum(pos_lo, 0)))
-        hi = tl.minimum(hi, tl.load(DOC_HI + off_b * sdocb + tl.maximum(pos_hi, 0)))
-    if HAS_PREFIX:
-        hi = tl.minimum(hi, tl.maximum(tl.load(PREFIX + off_b), pos_hi + 1))
+    if F.HAS_WR:
+        hi = tl.minimum(hi, pos_hi + R.WR + 1)
+    if F.HAS_WL:
+        lo = tl.maximum(lo, pos_lo - R.WL)
+    if F.HAS_LENS:
+        hi = tl.minimum(hi, tl.load(R.LENS + off_b))
+    if F.DOC_SKIP:
+        lo = tl.maximum(lo, tl.load(R.DOC_LO + off_b * R.sdocb + tl.maximum(pos_lo, 0)))
+        hi = tl.minimum(hi, tl.load(R.DOC_HI + off_b * R.sdocb + tl.maximum(pos_hi, 0)))
+    if F.HAS_PREFIX:
+        hi = tl.minimum(hi, tl.maximum(tl.load(R.PREFIX + off_b), pos_hi + 1))
     return tl.maximum(lo, 0), hi
 
 
 @triton.jit
-def _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
-                 IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-                 DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr):
+def _query_range(n_lo, n_hi, off_b, L, OFF, R, F: tl.constexpr):
     """Query rows [lo, hi) that may reach any key n_lo..n_hi under the rules."""
     lo = n_lo * 0
     hi = n_lo * 0 + L
-    if IS_CAUSAL:  # j <= i + OFF
+    if F.IS_CAUSAL:  # j <= i + OFF
         lo = tl.maximum(lo, n_lo - OFF)
-    if HAS_WR:  # j <= i + OFF + WR
-        lo = tl.maximum(lo, n_lo - WR - OFF)
-    if HAS_WL:  # j >= i + OFF - WL
-        hi = tl.minimum(hi, n_hi + WL - OFF + 1)
-    if HAS_LENS:
-        hi = tl.where(n_lo >= tl.load(LENS + off_b), lo, hi)
-    if DOC_SKIP:  # only used when OFF >= 0: query i is at key position i + OFF
-        lo = tl.maximum(lo, tl.load(DOC_LO + off_b * sdocb + n_lo) - OFF)
-        hi = tl.minimum(hi, tl.load(DOC_HI + off_b * sdocb + n_hi) - OFF)
-    if HAS_PREFIX:  # j < prefix or j <= i + OFF
-        lo = tl.where(n_lo < tl.load(PREFIX + off_b), lo, tl.maximum(lo, n_lo - OFF))
+    if F.HAS_WR:  # j <= i + OFF + WR
+        lo = tl.maximum(lo, n_lo - R.WR - OFF)
+    if F.HAS_WL:  # j >= i + OFF - WL
+        hi = tl.minimum(hi, n_hi + R.WL - OFF + 1)
+    if F.HAS_LENS:
+        hi = tl.where(n_lo >= tl.load(R.LENS + off_b), lo, hi)
+    if F.DOC_SKIP:  # only used when OFF >= 0: query i is at key position i + OFF
+        lo = tl.maximum(lo, tl.load(R.DOC_LO + off_b * R.sdocb + n_lo) - OFF)
+        hi = tl.minimum(hi, tl.load(R.DOC_HI + off_b * R.sdocb + n_hi) - OFF)
+    if F.HAS_PREFIX:  # j < prefix or j <= i + OFF
+        lo = tl.where(n_lo < tl.load(R.PREFIX + off_b), lo, tl.maximum(lo, n_lo - OFF))
     return tl.maximum(lo, 0), hi
 
 
 @triton.jit
-def _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX,
-              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-              HAS_PREFIX: tl.constexpr, ELEMENTWISE: tl.constexpr):
+def _key_full(pos_lo, pos_hi, off_b, S, R, F: tl.constexpr, ELEMENTWISE: tl.constexpr):
     """Keys [lo, hi) that *every* query at key positions pos_lo..pos_hi may reach: blocks in
     there need no mask. Empty when an element-wise rule (dense mask, key mask, documents) is on."""
     lo = pos_lo * 0
     hi = pos_lo * 0 + S
-    if IS_CAUSAL:
+    if F.IS_CAUSAL:
         hi = tl.minimum(hi, pos_lo + 1)
-    if HAS_WR:
-        hi = tl.minimum(hi, pos_lo + WR + 1)
-    if HAS_WL:
-        lo = tl.maximum(lo, pos_hi - WL)
-    if HAS_LENS:
-        hi = tl.minimum(hi, tl.load(LENS + off_b))
-    if HAS_PREFIX:
-        hi = tl.minimum(hi, tl.maximum(tl.load(PREFIX + off_b), pos_lo + 1))
+    if F.HAS_WR:
+        hi = tl.minimum(hi, pos_lo + R.WR + 1)
+    if F.HAS_WL:
+        lo = tl.maximum(lo, pos_hi - R.WL)
+    if F.HAS_LENS:
+        hi = tl.minimum(hi, tl.load(R.LENS + off_b))
+    if F.HAS_PREFIX:
+        hi = tl.minimum(hi, tl.maximum(tl.load(R.PREFIX + off_b), pos_lo + 1))
     if ELEMENTWISE:
         hi = lo
     return tl.maximum(lo, 0), hi
 
 
 @triton.jit
-def _query_full(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, PREFIX,
-                IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-                HAS_PREFIX: tl.constexpr, ELEMENTWISE: tl.constexpr):
+def _query_full(n_lo, n_hi, off_b, L, OFF, R, F: tl.constexpr, ELEMENTWISE: tl.constexpr):
     """Query rows [lo, hi) that reach *every* key n_lo..n_hi: blocks in there need no mask."""
     lo = n_lo * 0
     hi = n_lo * 0 + L
-    if IS_CAUSAL:  # n_hi <= i + OFF
+    if F.IS_CAUSAL:  # n_hi <= i + OFF
         lo = tl.maximum(lo, n_hi - OFF)
-    if HAS_WR:
-        lo = tl.maximum(lo, n_hi - WR - OFF)
-    if HAS_WL:  # n_lo >= i + OFF - WL
-        hi = tl.minimum(hi, n_lo + WL - OFF + 1)
-    if HAS_LENS:
-        hi = tl.where(n_hi >= tl.load(LENS + off_b), lo, hi)
-    if HAS_PREFIX:
-        lo = tl.where(n_hi < tl.load(PREFIX + off_b), lo, tl.maximum(lo, n_hi - OFF))
+    if F.HAS_WR:
+        lo = tl.maximum(lo, n_hi - R.WR - OFF)
+    if F.HAS_WL:  # n_lo >= i + OFF - WL
+        hi = tl.minimum(hi, n_lo + R.WL - OFF + 1)
+    if F.HAS_LENS:
+        hi = tl.where(n_hi >= tl.load(R.LENS + off_b), lo, hi)
+    if F.HAS_PREFIX:
+        lo = tl.where(n_hi < tl.load(R.PREFIX + off_b), lo, tl.maximum(lo, n_hi - OFF))
     if ELEMENTWISE:
         hi = lo
     return tl.maximum(lo, 0), hi
@@ -187,57 +179,55 @@ def _tile(ptr, rows, n_rows, cols, N_COLS: tl.constexpr, BLOCK_COLS: tl.constexp
 
 
 @triton.jit
-def _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-            MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-            SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
-            IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-            HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
-            HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+def _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F: tl.constexpr, DOT_PREC: tl.constexpr,
+            MASKED: tl.constexpr):
     """Final scores (BLOCK_M, BLOCK_N) in fp32 and log2 units (x log2 e), -inf where masked; and
     the score after the score_mod in natural units (soft-capping's backward needs it).
     ``MASKED=False``: a block every rule allows whole (``_key_full``/``_query_full``), all keys
     < S: no rule is evaluated."""
     jj = offs_n[None, :]
     pp = (offs_m + OFF)[:, None]  # key position of each query row
-    if (MOD == 0) and (not HAS_BIAS):
+    if (F.MOD == 0) and (not F.HAS_BIAS):
         s = _dot(q, tl.trans(k), DOT_PREC) * (sm_scale * LOG2E)  # one multiply: scale and units
         t = s
     else:
         s = _dot(q, tl.trans(k), DOT_PREC) * sm_scale
-        if MOD == 1:  # ALiBi: - slope[h] * |i' - j|
-            s = s - tl.load(SLOPES + off_h) * tl.abs(pp - jj).to(tl.float32)
-        if MOD == 2:  # soft-capping: cap * tanh(s / cap)
-            s = cap * _tanh(s / cap)
-        if MOD == 3:  # relative-position table, clipped to [-R, R]
-            rel = tl.minimum(tl.maximum(jj - pp, -REL_R), REL_R) + REL_R
-            s = s + tl.load(TABLE + off_h * stabh + rel)
+        if F.MOD == 1:  # ALiBi: - slope[h] * |i' - j|
+            s = s - tl.load(R.SLOPES + off_h) * tl.abs(pp - jj).to(tl.float32)
+        if F.MOD == 2:  # soft-capping: cap * tanh(s / cap)
+            s = R.cap * _tanh(s / R.cap)
+        if F.MOD == 3:  # relative-position table, clipped to [-R, R]
+            rel = tl.minimum(tl.maximum(jj - pp, -R.REL_R), R.REL_R) + R.REL_R
+            s = s + tl.load(R.TABLE + off_h * R.stabh + rel)
         t = s
-        if HAS_BIAS:
+        if F.HAS_BIAS:
             in_tile = row_ok[:, None] & (jj < S)
-            b = tl.load(BIAS + off_b * sbb + off_h * sbh + offs_m[:, None] * sbm + jj * sbn, mask=in_tile, other=0.0)
+            b = tl.load(R.BIAS + off_b * R.sbb + off_h * R.sbh + offs_m[:, None] * R.sbm + jj * R.sbn, mask=in_tile,
+                        other=0.0)
             s = s + b.to(tl.float32)
         s = s * LOG2E
     if MASKED:
         ok = row_ok[:, None] & (jj < S)
-        if IS_CAUSAL:
+        if F.IS_CAUSAL:
             ok = ok & (jj <= pp)
-        if HAS_WL:
-            ok = ok & (jj >= pp - WL)
-        if HAS_WR:
-            ok = ok & (jj <= pp + WR)
-        if HAS_LENS:
-            ok = ok & (jj < tl.load(LENS + off_b))
-        if HAS_KVALID:
-            kv = tl.load(KVALID + off_b * skvb + offs_n, mask=offs_n < S, other=0)
+        if F.HAS_WL:
+            ok = ok & (jj >= pp - R.WL)
+        if F.HAS_WR:
+            ok = ok & (jj <= pp + R.WR)
+        if F.HAS_LENS:
+            ok = ok & (jj < tl.load(R.LENS + off_b))
+        if F.HAS_KVALID:
+            kv = tl.load(R.KVALID + off_b * R.skvb + offs_n, mask=offs_n < S, other=0)
             ok = ok & (kv[None, :] != 0)
-        if HAS_DOC:
-            dq = tl.load(DOC + off_b * sdocb + tl.maximum(offs_m + OFF, 0), mask=row_ok, other=-1)
-            dk = tl.load(DOC + off_b * sdocb + offs_n, mask=offs_n < S, other=-2)
+        if F.HAS_DOC:
+            dq = tl.load(R.DOC + off_b * R.sdocb + tl.maximum(offs_m + OFF, 0), mask=row_ok, other=-1)
+            dk = tl.load(R.DOC + off_b * R.sdocb + offs_n, mask=offs_n < S, other=-2)
             ok = ok & (dq[:, None] == dk[None, :])
-        if HAS_PREFIX:
-            ok = ok & ((jj < tl.load(PREFIX + off_b)) | (jj <= pp))
-        if HAS_MASK:
-            mv = tl.load(MASK + off_b * smb + off_h * smh + offs_m[:, None] * smm + jj * smn, mask=ok, other=0)
+        if F.HAS_PREFIX:
+            ok = ok & ((jj < tl.load(R.PREFIX + off_b)) | (jj <= pp))
+        if F.HAS_MASK:
+            mv = tl.load(R.MASK + off_b * R.smb + off_h * R.smh + offs_m[:, None] * R.smm + jj * R.smn, mask=ok,
+                         other=0)
             ok = ok & (mv != 0)
         s = tl.where(ok, s, float("-inf"))
     return s, t
@@ -274,14 +264,9 @@ def _pos_span(offs_m, row_ok, OFF):
 
 @triton.jit
 def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m, row_ok, off_b,
-              off_h, S, OFF,
-              sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-              SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
-              E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-              HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
-              HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr, COMPUTE_OUT: tl.constexpr,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+              off_h, S, OFF, sm_scale, R, F: tl.constexpr, E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr, COMPUTE_OUT: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, TMA: tl.constexpr):
     """One key block of the online softmax: the running (acc, max, sum) updated. ``TMA``: K and
     V tiles come through tensor descriptors (Hopper's copy engine; zeros past S and E)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -290,12 +275,9 @@ def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, sk
         k = k_desc.load([start_n, 0])
     else:
         k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
-    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                   MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                   SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                   HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, MASKED)
+    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F, DOT_PREC, MASKED)
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    if MASKED or HAS_BIAS or (MOD != 0):  # a bias or table may hold -inf too
+    if MASKED or F.HAS_BIAS or (F.MOD != 0):  # a bias or table may hold -inf too
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key so far
     else:
         m_safe = m_new  # plain dot scores of a whole block: finite for finite inputs
@@ -314,16 +296,11 @@ def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, sk
 
 
 @triton.jit
-def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
-         ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
-         MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI, PREFIX,
-         SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S, TMA_OK,
-         E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-         IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-         HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
-         HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-         HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, COMPUTE_OUT: tl.constexpr,
-         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
+def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, ROWS, HEADS,
+         n_rows, n_heads, L, S, OFF, GROUPS, sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, TMA_OK, E: tl.constexpr,
+         EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr,
+         HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, COMPUTE_OUT: tl.constexpr, BLOCK_M: tl.constexpr,
+         BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     off_b, off_hh, off_h, off_kh, offs_r, row_ok, offs_m = _row_block(ROWS, HEADS, n_rows, n_heads, GROUPS,
                                                                       HAS_ROWS, HAS_HEADS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -331,10 +308,8 @@ def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
     q = tl.load(Q + off_b.to(tl.int64) * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
     pos_lo, pos_hi = _pos_span(offs_m, row_ok, OFF)
-    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
-                        IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
-    full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                                 HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
+    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, R, F)
+    full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, R, F, F.HAS_KVALID or F.HAS_DOC or F.HAS_MASK)
     b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_N)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
     v_base = V + off_b.to(tl.int64) * svb + off_kh * svh
@@ -350,19 +325,13 @@ def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
     # blocks every rule allows whole first (no mask evaluated), then the boundary blocks
     for start_n in range(b, c, BLOCK_N):
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd,
-                                  offs_m, row_ok, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb,
-                                  sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL,
-                                  WR, REL_R,
-                                  E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
-                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, False, TMA)
+                                  offs_m, row_ok, off_b, off_h, S, OFF, sm_scale, R, F, E, EV, BLOCK_D, BLOCK_DV,
+                                  DOT_PREC, COMPUTE_OUT, BLOCK_N, False, TMA)
     for i in range(0, n_masked):
         start_n = _masked_start(i, b, c, n_before, lo, BLOCK_N)
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd,
-                                  offs_m, row_ok, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb,
-                                  sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL,
-                                  WR, REL_R,
-                                  E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
-                                  HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, COMPUTE_OUT, BLOCK_N, True, TMA)
+                                  offs_m, row_ok, off_b, off_h, S, OFF, sm_scale, R, F, E, EV, BLOCK_D, BLOCK_DV,
+                                  DOT_PREC, COMPUTE_OUT, BLOCK_N, True, TMA)
     dead = l_i == 0.0
     lse = tl.where(dead, float("-inf"), m_i + tl.log2(tl.where(dead, 1.0, l_i)))
     tl.store(LSE + (off_b.to(tl.int64) * n_heads + off_hh) * n_rows + offs_r, lse, mask=row_ok)
@@ -393,13 +362,9 @@ def _delta(O, DO, DELTA, sob, soh, som, sod, sdob, sdoh, sdom, sdod, H, L,
 
 
 @triton.jit
-def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc, row_base, LSE, DELTA, DQ_ACC,
-               sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb,
-               sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R,
-               E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-               IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-               HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
-               HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc, row_base, LSE, DELTA, DQ_ACC, sqm,
+               sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, R, F: tl.constexpr, E: tl.constexpr,
+               EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr,
                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr):
     """One query block's contribution to this key block's dK, dV (and with ``ATOMIC_DQ``, this
     key block's contribution to the query block's dQ, added to DQ_ACC). Rows past L load
@@ -420,16 +385,13 @@ def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc,
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a row with no key: p = 0
     delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                   MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                   SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                   HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, MASKED)
+    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F, DOT_PREC, MASKED)
     p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
     dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
     dp = _dot(do, tl.trans(v), DOT_PREC)
     ds = p * (dp - delta[:, None])
-    if MOD == 2:
-        ds = ds * (1.0 - (t / cap) * (t / cap))
+    if F.MOD == 2:
+        ds = ds * (1.0 - (t / R.cap) * (t / R.cap))
     dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC)
     if ATOMIC_DQ:  # dQ here too (FlashAttention-2's way): one product instead of the dQ kernel's three
         dq = _dot(ds.to(k.dtype), k, DOT_PREC) * sm_scale
@@ -442,17 +404,11 @@ def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc,
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
-              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
-              sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-              Hq, Hkv, L, S, OFF, GROUPS, sm_scale,
-              MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-              PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S, TMA_OK,
-              E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-              HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
-              HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-              ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
+def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+              sdob, sdoh, sdom, sdod, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd, Hq, Hkv, L, S, OFF, GROUPS,
+              sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, TMA_OK, E: tl.constexpr, EV: tl.constexpr,
+              BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // Hkv
@@ -476,10 +432,8 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     n_lo = pid_n * BLOCK_N
     n_hi = tl.minimum(n_lo + BLOCK_N, S) - 1
-    lo, hi = _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
-                          IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
-    full_lo, full_hi = _query_full(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR,
-                                   HAS_LENS, HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
+    lo, hi = _query_range(n_lo, n_hi, off_b, L, OFF, R, F)
+    full_lo, full_hi = _query_full(n_lo, n_hi, off_b, L, OFF, R, F, F.HAS_KVALID or F.HAS_DOC or F.HAS_MASK)
     b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_M)
     for g in range(0, GROUPS):
         off_h = off_kh * GROUPS + g
@@ -500,19 +454,13 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
             dq_desc = DQ_ACC
         for start_m in range(b, c, BLOCK_M):  # query blocks that see every key of this block: no mask
             dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc, row_base, LSE, DELTA,
-                                DQ_ACC, sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh,
-                                smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES,
-                                TABLE, stabh, cap, WL, WR, REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR,
-                                HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M,
-                                False, TMA, ATOMIC_DQ)
+                                DQ_ACC, sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, R, F, E, EV,
+                                BLOCK_D, BLOCK_DV, DOT_PREC, BLOCK_M, False, TMA, ATOMIC_DQ)
         for i in range(0, n_masked):
             start_m = _masked_start(i, b, c, n_before, lo, BLOCK_M)
             dk, dv = _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc, row_base, LSE, DELTA,
-                                DQ_ACC, sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, MASK, smb, smh,
-                                smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES,
-                                TABLE, stabh, cap, WL, WR, REL_R, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR,
-                                HAS_LENS, HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BLOCK_M,
-                                True, TMA, ATOMIC_DQ)
+                                DQ_ACC, sqm, sqd, sdom, sdod, offs_n, L, off_b, off_h, S, OFF, sm_scale, R, F, E, EV,
+                                BLOCK_D, BLOCK_DV, DOT_PREC, BLOCK_M, True, TMA, ATOMIC_DQ)
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * sdkb + off_kh * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
              dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))
@@ -521,15 +469,10 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
 
 
 @triton.jit
-def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m, row_ok,
-             off_b, off_h, pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS,
-             KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS, DTABLE,
-             E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-             IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-             HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_MASK: tl.constexpr,
-             HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-             BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-             TMA: tl.constexpr):
+def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m, row_ok, off_b,
+             off_h, pid_bh, L, S, OFF, sm_scale, R, F: tl.constexpr, DBIAS, DTABLE, E: tl.constexpr, EV: tl.constexpr,
+             BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr, BIAS_GRAD: tl.constexpr,
+             TABLE_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     """One key block's contribution to this query block's dQ (and dS for a bias or table)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -540,10 +483,7 @@ def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn
     else:
         k = _tile(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd, offs_n, S, offs_d, E, BLOCK_D, MASKED)
         v = _tile(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, offs_n, S, offs_dv, EV, BLOCK_DV, MASKED)
-    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                   MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                   SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                   HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, MASKED)
+    s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F, DOT_PREC, MASKED)
     p = tl.exp2(s - lse[:, None])
     dp = _dot(do, tl.trans(v), DOT_PREC)
     ds = p * (dp - delta[:, None])  # gradient of the final score
@@ -551,25 +491,19 @@ def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn
     if BIAS_GRAD:
         tl.store(DBIAS + (pid_bh.to(tl.int64) * L + offs_m[:, None]) * S + offs_n[None, :], ds, mask=in_tile)
     if TABLE_GRAD:
-        rel = tl.minimum(tl.maximum(offs_n[None, :] - (offs_m + OFF)[:, None], -REL_R), REL_R) + REL_R
-        tl.atomic_add(DTABLE + off_h * stabh + rel, ds, mask=in_tile & (p > 0))
-    if MOD == 2:
-        ds = ds * (1.0 - (t / cap) * (t / cap))
+        rel = tl.minimum(tl.maximum(offs_n[None, :] - (offs_m + OFF)[:, None], -R.REL_R), R.REL_R) + R.REL_R
+        tl.atomic_add(DTABLE + off_h * R.stabh + rel, ds, mask=in_tile & (p > 0))
+    if F.MOD == 2:
+        ds = ds * (1.0 - (t / R.cap) * (t / R.cap))
     dq += _dot(ds.to(k.dtype), k, DOT_PREC)
     return dq
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
-            sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
-            sdqb, sdqh, sdqm, sdqd, Hq, L, S, OFF, GROUPS, sm_scale,
-            MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-            PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S, TMA_OK,
-            E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-            IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-            HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
-            HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-            BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, EXACT_DELTA: tl.constexpr,
+def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+            sdob, sdoh, sdom, sdod, sdqb, sdqh, sdqm, sdqd, Hq, L, S, OFF, GROUPS, sm_scale, R, F: tl.constexpr,
+            TUNE_L, TUNE_S, TMA_OK, E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+            DOT_PREC: tl.constexpr, BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, EXACT_DELTA: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -588,8 +522,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
     pos_lo, pos_hi = _pos_span(offs_m, row_ok, OFF)
-    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
-                        IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, R, F)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
     v_base = V + off_b.to(tl.int64) * svb + off_kh * svh
     if EXACT_DELTA:
@@ -603,17 +536,13 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
                         mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
             v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd,
                         mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
-            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                           MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                           SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, True)
+            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F, DOT_PREC, True)
             p = tl.exp2(s - lse[:, None])
             delta += tl.sum(p * _dot(do, tl.trans(v), DOT_PREC), 1)
         tl.store(DELTA + row_base + offs_m, delta, mask=row_ok)  # the dK/dV kernel, launched next, reads it
     else:
         delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-    full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, WL, WR, LENS, PREFIX, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                                 HAS_PREFIX, HAS_KVALID or HAS_DOC or HAS_MASK)
+    full_lo, full_hi = _key_full(pos_lo, pos_hi, off_b, S, R, F, F.HAS_KVALID or F.HAS_DOC or F.HAS_MASK)
     b, c, n_before, n_masked = _split(lo, hi, full_lo, full_hi, BLOCK_N)
     if TMA:
         k_desc = tl.make_tensor_descriptor(k_base, shape=[S, E], strides=[skn, 1], block_shape=[BLOCK_N, BLOCK_D])
@@ -624,32 +553,23 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(b, c, BLOCK_N):  # key blocks every row of this block sees whole: no mask
         dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m,
-                      row_ok, off_b, off_h, pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm,
-                      sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS,
-                      DTABLE, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
-                      HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, False, TMA)
+                      row_ok, off_b, off_h, pid_bh, L, S, OFF, sm_scale, R, F, DBIAS, DTABLE, E, EV, BLOCK_D, BLOCK_DV,
+                      DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, False, TMA)
     for i in range(0, n_masked):
         start_n = _masked_start(i, b, c, n_before, lo, BLOCK_N)
         dq = _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn, skd, svn, svd, offs_m,
-                      row_ok, off_b, off_h, pid_bh, L, S, OFF, sm_scale, MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm,
-                      sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, DBIAS,
-                      DTABLE, E, EV, BLOCK_D, BLOCK_DV, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, HAS_KVALID, HAS_DOC,
-                      HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, True, TMA)
+                      row_ok, off_b, off_h, pid_bh, L, S, OFF, sm_scale, R, F, DBIAS, DTABLE, E, EV, BLOCK_D, BLOCK_DV,
+                      DOT_PREC, BIAS_GRAD, TABLE_GRAD, BLOCK_N, True, TMA)
     dq = dq * sm_scale
     tl.store(DQ + off_b.to(tl.int64) * sdqb + off_h * sdqh + offs_m[:, None] * sdqm + offs_d[None, :] * sdqd,
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < E))
 
 
 @triton.jit
-def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm, swn,
-             ROWS, HEADS, n_rows, n_heads, L, S, OFF, GROUPS, sm_scale,
-             MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-             PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S,
-             E: tl.constexpr, BLOCK_D: tl.constexpr,
-             IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-             HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
-             HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
-             HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm, swn, ROWS, HEADS, n_rows, n_heads, L,
+             S, OFF, GROUPS, sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, E: tl.constexpr, BLOCK_D: tl.constexpr,
+             DOT_PREC: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr):
     """W[b, hh, r, j] = 2^(s·log2 e - lse): the probabilities the forward used (zeros where masked)."""
     off_b, off_hh, off_h, off_kh, offs_r, row_ok, offs_m = _row_block(ROWS, HEADS, n_rows, n_heads, GROUPS,
                                                                       HAS_ROWS, HAS_HEADS, BLOCK_M)
@@ -659,8 +579,7 @@ def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm
     lse = tl.load(LSE + (off_b.to(tl.int64) * n_heads + off_hh) * n_rows + offs_r, mask=row_ok, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
     pos_lo, pos_hi = _pos_span(offs_m, row_ok, OFF)
-    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
-                        IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    lo, hi = _key_range(pos_lo, pos_hi, off_b, S, R, F)
     k_base = K + off_b.to(tl.int64) * skb + off_kh * skh
     w_base = W + off_b.to(tl.int64) * swb + off_hh.to(tl.int64) * swh + offs_r[:, None].to(tl.int64) * swm
     for start_n in range(0, S, BLOCK_N):
@@ -669,10 +588,7 @@ def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm
         if (start_n + BLOCK_N > lo) & (start_n < hi):
             k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
                         mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                           MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                           SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                           HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, True)
+            s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F, DOT_PREC, True)
             p = tl.exp2(s - lse[:, None])
         else:  # a block the rules rule out: zeros, no key loaded
             p = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -680,14 +596,8 @@ def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm
 
 
 @triton.jit
-def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd,
-                Hq, L, S, OFF, GROUPS, sm_scale,
-                MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, DOC_LO, DOC_HI,
-                PREFIX, SLOPES, TABLE, stabh, cap, WL, WR, REL_R, TUNE_L, TUNE_S,
-                E: tl.constexpr, BLOCK_D: tl.constexpr,
-                IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_LENS: tl.constexpr,
-                HAS_KVALID: tl.constexpr, HAS_DOC: tl.constexpr, DOC_SKIP: tl.constexpr, HAS_PREFIX: tl.constexpr,
-                HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, DOT_PREC: tl.constexpr,
+def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd, Hq, L, S, OFF, GROUPS, sm_scale, R,
+                F: tl.constexpr, TUNE_L, TUNE_S, E: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """T[b, h, j] = sum_i p_ij (fp32): how much attention key j receives from all queries of head h."""
     pid_n = tl.program_id(0)
@@ -701,8 +611,7 @@ def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd,
                 mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
     n_lo = pid_n * BLOCK_N
     n_hi = tl.minimum(n_lo + BLOCK_N, S) - 1
-    lo, hi = _query_range(n_lo, n_hi, off_b, L, OFF, WL, WR, LENS, DOC_LO, DOC_HI, sdocb, PREFIX,
-                          IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS, DOC_SKIP, HAS_PREFIX)
+    lo, hi = _query_range(n_lo, n_hi, off_b, L, OFF, R, F)
     q_base = Q + off_b.to(tl.int64) * sqb + off_h * sqh
     row_base = pid_bh.to(tl.int64) * L
     total = tl.zeros([BLOCK_N], tl.float32)
@@ -713,9 +622,6 @@ def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd,
                     mask=row_ok[:, None] & (offs_d[None, :] < E), other=0.0)
         lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
-        s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale,
-                       MASK, smb, smh, smm, smn, BIAS, sbb, sbh, sbm, sbn, LENS, KVALID, skvb, DOC, sdocb, PREFIX,
-                       SLOPES, TABLE, stabh, cap, WL, WR, REL_R, IS_CAUSAL, HAS_WL, HAS_WR, HAS_LENS,
-                       HAS_KVALID, HAS_DOC, HAS_PREFIX, HAS_MASK, HAS_BIAS, MOD, DOT_PREC, True)
+        s, t = _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F, DOT_PREC, True)
         total += tl.sum(tl.exp2(s - lse[:, None]), 0)
     tl.store(T + pid_bh.to(tl.int64) * S + offs_n, total, mask=offs_n < S)
