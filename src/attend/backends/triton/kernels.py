@@ -80,6 +80,9 @@ def _key_range(pos_lo, pos_hi, off_b, S, R, F: tl.constexpr):
         hi = tl.minimum(hi, tl.load(R.DOC_HI + off_b * R.sdocb + tl.maximum(pos_hi, 0)))
     if F.HAS_PREFIX:
         hi = tl.minimum(hi, tl.maximum(tl.load(R.PREFIX + off_b), pos_hi + 1))
+    if F.HAS_CHUNK:  # the chunks of the first and last positions (none below position 0)
+        lo = tl.maximum(lo, (tl.maximum(pos_lo, 0) // R.CHUNK) * R.CHUNK)
+        hi = tl.where(pos_hi < 0, 0, tl.minimum(hi, (tl.maximum(pos_hi, 0) // R.CHUNK + 1) * R.CHUNK))
     return tl.maximum(lo, 0), hi
 
 
@@ -101,6 +104,9 @@ def _query_range(n_lo, n_hi, off_b, L, OFF, R, F: tl.constexpr):
         hi = tl.minimum(hi, tl.load(R.DOC_HI + off_b * R.sdocb + n_hi) - OFF)
     if F.HAS_PREFIX:  # j < prefix or j <= i + OFF
         lo = tl.where(n_lo < tl.load(R.PREFIX + off_b), lo, tl.maximum(lo, n_lo - OFF))
+    if F.HAS_CHUNK:  # rows whose position is in the chunks of keys n_lo..n_hi
+        lo = tl.maximum(lo, (n_lo // R.CHUNK) * R.CHUNK - OFF)
+        hi = tl.minimum(hi, (n_hi // R.CHUNK + 1) * R.CHUNK - OFF)
     return tl.maximum(lo, 0), hi
 
 
@@ -120,6 +126,11 @@ def _key_full(pos_lo, pos_hi, off_b, S, R, F: tl.constexpr, ELEMENTWISE: tl.cons
         hi = tl.minimum(hi, tl.load(R.LENS + off_b))
     if F.HAS_PREFIX:
         hi = tl.minimum(hi, tl.maximum(tl.load(R.PREFIX + off_b), pos_lo + 1))
+    if F.HAS_CHUNK:  # all rows in one chunk: its keys; otherwise none
+        c = tl.maximum(pos_lo, 0) // R.CHUNK
+        one = (pos_lo >= 0) & (c == tl.maximum(pos_hi, 0) // R.CHUNK)
+        lo = tl.maximum(lo, c * R.CHUNK)
+        hi = tl.where(one, tl.minimum(hi, (c + 1) * R.CHUNK), lo)
     if ELEMENTWISE:
         hi = lo
     return tl.maximum(lo, 0), hi
@@ -140,6 +151,10 @@ def _query_full(n_lo, n_hi, off_b, L, OFF, R, F: tl.constexpr, ELEMENTWISE: tl.c
         hi = tl.where(n_hi >= tl.load(R.LENS + off_b), lo, hi)
     if F.HAS_PREFIX:
         lo = tl.where(n_hi < tl.load(R.PREFIX + off_b), lo, tl.maximum(lo, n_hi - OFF))
+    if F.HAS_CHUNK:  # all keys in one chunk: the rows positioned in it; otherwise none
+        c = n_lo // R.CHUNK
+        lo = tl.maximum(lo, c * R.CHUNK - OFF)
+        hi = tl.where(c == n_hi // R.CHUNK, tl.minimum(hi, (c + 1) * R.CHUNK - OFF), lo)
     if ELEMENTWISE:
         hi = lo
     return tl.maximum(lo, 0), hi
@@ -225,6 +240,8 @@ def _scores(q, k, offs_m, row_ok, offs_n, off_b, off_h, S, OFF, sm_scale, R, F: 
             ok = ok & (dq[:, None] == dk[None, :])
         if F.HAS_PREFIX:
             ok = ok & ((jj < tl.load(R.PREFIX + off_b)) | (jj <= pp))
+        if F.HAS_CHUNK:
+            ok = ok & (pp >= 0) & (tl.maximum(pp, 0) // R.CHUNK == jj // R.CHUNK)
         if F.HAS_MASK:
             mv = tl.load(R.MASK + off_b * R.smb + off_h * R.smh + offs_m[:, None] * R.smm + jj * R.smn, mask=ok,
                          other=0)

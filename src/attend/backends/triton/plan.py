@@ -69,6 +69,7 @@ class Plan:
     window_left: int = -1  # -1: unbounded
     window_right: int = -1
     softcap: float = 0.0  # 0: none
+    chunk: int = 0  # chunked attention's chunk size (0: none)
 
     def tensors(self) -> dict[str, Optional[Tensor]]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type == "Optional[Tensor]"}
@@ -102,6 +103,7 @@ class Rules(NamedTuple):
     WL: int
     WR: int
     REL_R: int
+    CHUNK: int
 
 
 class Flags(NamedTuple):
@@ -118,6 +120,7 @@ class Flags(NamedTuple):
     HAS_MASK: bool
     HAS_BIAS: bool
     MOD: int  # score_mod: 0 none, 1 ALiBi, 2 soft-capping, 3 relative-position table
+    HAS_CHUNK: bool
 
 
 def _strides(t: Optional[Tensor]) -> tuple:
@@ -145,10 +148,11 @@ def kernel_args(p: Plan, dummy: Tensor, L: int, S: int) -> dict:
               ptr(p.doc_lo), ptr(p.doc_hi), ptr(p.prefix), ptr(p.slopes),
               ptr(p.table), (0 if p.table.shape[0] == 1 else p.table.stride(0)) if p.table is not None else 0,
               p.softcap if p.softcap > 0 else 1.0, max(p.window_left, 0), max(p.window_right, 0),
-              (p.table.shape[-1] - 1) // 2 if p.table is not None else 0)
+              (p.table.shape[-1] - 1) // 2 if p.table is not None else 0, max(p.chunk, 1))
     F = Flags(p.causal, p.window_left >= 0, p.window_right >= 0, p.lens is not None, p.kvalid is not None,
               p.doc is not None, p.doc_lo is not None and L <= S, p.prefix is not None, p.mask is not None,
-              p.bias is not None, 1 if p.slopes is not None else 2 if p.softcap > 0 else 3 if p.table is not None else 0)
+              p.bias is not None, 1 if p.slopes is not None else 2 if p.softcap > 0 else 3 if p.table is not None else 0,
+              p.chunk > 0)
     # the autotuner's key sees lengths rounded up to a power of two: a new length reuses the
     # blocks tuned for its bucket instead of benchmarking every config again
     return dict(R=R, F=F, TUNE_L=pow2(L), TUNE_S=pow2(S))
@@ -234,6 +238,13 @@ def _prefix_lm(p: Plan, rule: PrefixLM, B: int, S: int, dev) -> bool:
     return True
 
 
+def _chunked(p: Plan, rule: Chunked, B: int, S: int, dev) -> bool:
+    if p.chunk not in (0, rule.size):
+        return False  # chunks of a second size: evaluated densely
+    p.chunk = rule.size
+    return True
+
+
 # how each compiled mask rule folds into the plan (False: evaluate it into a dense mask)
 _FOLD = {
     Causal: _causal,
@@ -242,6 +253,7 @@ _FOLD = {
     KeyMask: _key_mask,
     Document: _document,
     PrefixLM: _prefix_lm,
+    Chunked: _chunked,
 }
 
 
