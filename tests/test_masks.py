@@ -131,3 +131,92 @@ def test_varlen_is_document_from_cumulative_lengths():
         attend.masks.varlen([0, 3, 2])
     with pytest.raises(ValueError, match="cu_seqlens must be a 1-D integer sequence"):
         attend.masks.varlen([0.0, 2.0])
+
+
+# ---- chunked local attention (Llama 4): one rule on every backend, block skipping included ----
+def _chunk_mask(L: int, S: int, size: int) -> torch.Tensor:
+    """Loop reference: query i (at key position i + S - L) sees key j iff both are in one chunk."""
+    return torch.tensor([[i + S - L >= 0 and (i + S - L) // size == j // size for j in range(S)]
+                         for i in range(L)])
+
+
+@pytest.mark.parametrize("L,S", [(1, 1), (6, 6), (3, 8), (8, 3), (13, 13)])
+@pytest.mark.parametrize("size", [1, 3, 4, 20])
+def test_chunked_equals_loop_mask(L, S, size):
+    assert torch.equal(masks.to_dense(masks.chunked(size), 1, 1, L, S)[0, 0], _chunk_mask(L, S, size))
+    with_causal = masks.to_dense(masks.and_masks(masks.chunked(size), masks.causal()), 1, 1, L, S)[0, 0]
+    assert torch.equal(with_causal, _chunk_mask(L, S, size) & R.causal_mask(L, S))
+
+
+def test_chunked_picture_and_errors():
+    assert masks.render(masks.chunked(2), 4, 4) == "1 1 0 0\n1 1 0 0\n0 0 1 1\n0 0 1 1"
+    assert repr(masks.chunked(3)) == "chunked(3)"
+    for bad in (0, -1, 2.0, True, None):
+        with pytest.raises(ValueError, match=rf"size must be an int >= 1, got {bad!r}"):
+            masks.chunked(bad)
+
+
+CHUNK_CASES = {  # (L, S, size, extra keywords)
+    "chunks 16": (40, 40, 16, {}),
+    "chunks 5, causal": (37, 37, 5, {"causal": True}),
+    "L < S, causal": (23, 57, 8, {"causal": True}),
+    "L > S (rows with no key)": (57, 23, 8, {}),
+    "with a window": (40, 40, 16, {"window": (3, 0)}),
+}
+
+
+def _backends_with_triton():
+    names = list(BACKENDS)
+    if torch.cuda.is_available() or attend.backends.triton.interpreting():
+        names.append("triton")
+    return names
+
+
+@pytest.mark.parametrize("case", list(CHUNK_CASES))
+@pytest.mark.parametrize("backend", _backends_with_triton())
+def test_chunked_on_every_backend_equals_the_float64_reference(backend, case):
+    """Output, gradients and (where a backend returns them) weights of ``mask=chunked(size)``
+    against a float64 loop-mask reference, by the tolerance rule (GQA: 4 query heads, 2 kv)."""
+    L, S, size, kw = CHUNK_CASES[case]
+    allowed = _chunk_mask(L, S, size)
+    if kw.get("causal"):
+        allowed = allowed & R.causal_mask(L, S)
+    if "window" in kw:
+        allowed = allowed & R.window_mask(L, S, *kw["window"])
+    q, k, v = inputs(2, 4, 2, L, S, 16, 16, torch.float32, seed=5)
+    dev = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    b = attend.backends.Triton(block_m=16, block_n=16) if backend == "triton" else backend_arg(backend)
+    qq, kk, vv = (t.to(dev).requires_grad_() for t in (q, k, v))
+    out = attend.attention(qq, kk, vv, mask=masks.chunked(size), backend=b, **kw)
+    grads = torch.autograd.grad(out.sum(), (qq, kk, vv))
+    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+    kv = lambda t: t.repeat_interleave(2, dim=1)  # noqa: E731  (the reference has one head per query head)
+    ref, ref_w = R.reference(qd, kv(kd), kv(vd), lambda x, y: R.dot(x, y) / 16**0.5, allowed=allowed)
+    ref_grads = torch.autograd.grad(ref.sum(), (qd, kd, vd))
+    qb, kb, vb = (t.clone().requires_grad_() for t in (q, k, v))  # float32 baseline: eager
+    base = attend.attention(qb, kb, vb, mask=masks.chunked(size), backend="eager", **kw)
+    base_grads = torch.autograd.grad(base.sum(), (qb, kb, vb))
+    R.check(out.detach().cpu(), base.detach(), ref.detach(), dtype=torch.float32, m=2, what=f"{backend} {case}")
+    for g, gb, gr, name in zip(grads, base_grads, ref_grads, "qkv"):
+        R.check(g.cpu(), gb, gr, dtype=torch.float32, m=4, what=f"{backend} {case} d{name}")
+    if backend != "sdpa":
+        w = attend.attention_weights(qq.detach(), kk.detach(), mask=masks.chunked(size), backend=b, **kw).cpu()
+        wb = attend.attention_weights(q, k, mask=masks.chunked(size), backend="eager", **kw)
+        R.check(w, wb, ref_w, dtype=torch.float32, m=2, what=f"{backend} {case} weights")
+
+
+def test_chunked_backend_skips_the_key_blocks_of_other_chunks():
+    """The blocked CPU backend asks the rule which keys a query tile can reach: tiles of one
+    chunk keep only that chunk's key blocks (with ``causal``, only the ones up to the diagonal)."""
+    from attend.functional import _prepare
+
+    q, k, v = inputs(1, 1, 1, 64, 64, 8, 8, torch.float32)
+    call, _ = _prepare(q, k, v, mask=masks.chunked(16))
+    spans = [(j, j + 8) for j in range(0, 64, 8)]
+    kept = attend.backends.Chunked._kept
+    assert kept(call, spans, 16, 32) == [2, 3]  # rows 16..31: keys 16..31 only
+    assert kept(call, spans, 8, 24) == [0, 1, 2, 3]  # rows spanning two chunks: both chunks' keys
+    call, _ = _prepare(q, k, v, mask=masks.and_masks(masks.chunked(16), masks.causal()))
+    assert kept(call, spans, 16, 24) == [2]
+    wide, _ = _prepare(q[..., :8, :], k, v, mask=masks.chunked(16))  # L = 8 < S: rows at positions 56..63
+    assert kept(wide, spans, 0, 8) == [6, 7]

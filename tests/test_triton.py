@@ -725,3 +725,28 @@ def test_full_size_on_gpu(dtype, E, causal):
     check_case(q, k, v, kw={"causal": causal}, ref_scores=_scaled(E),
                allowed=torch.ones(L, L, dtype=torch.bool).tril() if causal else None, dtype=dtype,
                what=f"full size E={E} causal={causal}")
+
+
+def test_chunked_rule_is_compiled_and_skips_other_chunks_blocks():
+    """``masks.chunked`` becomes the plan's chunk size (no dense mask), and the kernels never
+    load a key block outside a tile's chunks: launched directly (no NaN quarantine in front),
+    a NaN value in chunk 2 reaches no row of another chunk — forward, or dK/dV of their keys."""
+    from attend.functional import _prepare
+
+    L = 64
+    q, k, v = dev(*inputs(1, 2, 2, L, L, 16, 16, torch.float32))
+    call, _ = _prepare(q, k, v, mask=attend.masks.chunked(16), causal=True)
+    p = tplan.plan(call)
+    assert p.chunk == 16 and p.mask is None and p.causal
+    p.scale = 0.25
+    v_bad = v.clone()
+    v_bad[:, :, 32:48] = float("nan")  # the values of chunk 2
+    out, lse = launch.flash_forward(q, k, v_bad, p, block_m=16, block_n=16)
+    rows = torch.arange(L, device=out.device) // 16 != 2
+    assert torch.isfinite(out[:, :, rows]).all() and torch.isnan(out[:, :, ~rows]).all()
+    q_bad = q.clone()
+    q_bad[:, :, 32:48] = float("nan")  # the queries of chunk 2
+    out, lse = launch.flash_forward(q_bad, k, v, p, block_m=16, block_n=16)
+    dq, dk, dv, _, _ = launch.flash_backward(torch.ones_like(out), q_bad, k, v, out, lse, p, block_m=16, block_n=16)
+    assert torch.isfinite(dk[:, :, rows]).all() and torch.isfinite(dv[:, :, rows]).all()
+    assert torch.isfinite(dq[:, :, rows]).all()
