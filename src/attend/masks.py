@@ -16,7 +16,7 @@ the last key, so query ``i`` sits at key position ``i + S - L``. ``causal()`` fo
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
