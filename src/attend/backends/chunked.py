@@ -19,7 +19,9 @@ keys instead, each tile under activation checkpointing, so backward *recomputes*
 scores rather than storing them all: pass 1 gives each row's log-sum-exp ``lse``; pass 2
 sums ``exp(s_tile - lse) v_tile``. Autograd through the recomputed tiles reaches every
 input, including score-function parameters and tensors used by ``score_mod``. Tiles that
-``causal``/``window`` rule out entirely are skipped; mask rules are evaluated per tile.
+``causal``/``window`` or a rule's key span (:meth:`attend._rules.Rule.keys`: causal,
+sliding_window, chunked, an int prefix_lm) rule out entirely are skipped; mask rules are
+evaluated per tile.
 Memory: O(tile) beyond the inputs, the output and their gradients (measured as the process
 sees it in ``benchmarks/results/cpu-backends.md``).
 """

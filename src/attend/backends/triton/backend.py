@@ -11,7 +11,7 @@ the probabilities from it. On top of that they keep what attend promises:
   ``as_dot`` transforms q and k in PyTorch (so its parameters get gradients), the kernel
   takes the dot product;
 - masks: ``causal`` (bottom-right), ``window``, and the rules of :mod:`attend.masks`
-  (``padding``, ``key_mask``, ``document``, ``prefix_lm``, ``causal``,
+  (``padding``, ``key_mask``, ``document``, ``prefix_lm``, ``chunked``, ``causal``,
   ``sliding_window`` and their ``and_masks``) compiled in, with key blocks they rule
   out entirely never loaded; boolean and additive dense masks (a bias that requires
   grad gets its gradient); any other ``mask_mod`` is evaluated into a dense boolean
