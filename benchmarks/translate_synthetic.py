@@ -19,9 +19,8 @@ import time
 
 import torch
 
-from attend.apps import evaluate, train_translator
+from attend.apps.translate import TrainConfig, evaluate, train_translator
 from attend.data import prepare, split_by_source, synthetic_pairs
-from attend.train import TrainConfig
 from attend.viz import attention_heatmap, bleu_by_length_plot
 
 from _machine import RESULTS, results_path, side_file, write_results

@@ -22,9 +22,8 @@ import time
 
 import torch
 
-from attend.apps import evaluate, train_translator
+from attend.apps.translate import TrainConfig, evaluate, train_translator
 from attend.data import prepare, read_tsv, split_by_source
-from attend.train import TrainConfig
 
 from _machine import RESULTS, write_results
 

@@ -17,9 +17,9 @@ import time
 import torch
 from torch import nn
 
+from attend.apps.translate import sequence_loss
 from attend.data import LengthGroupedBatches, Vocab, make_batch, prepare, synthetic_pairs
 from attend.models import Seq2Seq, Seq2SeqConfig
-from attend.train import sequence_loss
 
 from _machine import RESULTS, write_results
 

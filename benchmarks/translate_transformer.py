@@ -18,9 +18,8 @@ import time
 
 import torch
 
-from attend.apps import evaluate, train_translator
+from attend.apps.translate import TrainConfig, evaluate, train_translator
 from attend.data import prepare, split_by_source, synthetic_pairs
-from attend.train import TrainConfig
 from attend.viz import attention_heatmap
 
 from _machine import RESULTS, header, results_path, side_file, write_json, write_results

@@ -57,7 +57,7 @@ def test_an_interrupted_training_in_the_demo_exits_130(monkeypatch, capsys, tmp_
     import signal
 
     from attend.apps import demo
-    from attend.train import TrainingInterrupted
+    from attend.apps.translate import TrainingInterrupted
 
     def interrupted(out, **kw):  # what the trainer raises after saving, on Ctrl-C
         raise TrainingInterrupted(signal.SIGINT, str(tmp_path / "attention"))
@@ -70,7 +70,7 @@ def test_an_interrupted_training_in_the_demo_exits_130(monkeypatch, capsys, tmp_
 
 def test_a_busy_run_folder_is_a_usage_error(monkeypatch, capsys, tmp_path):
     from attend.apps import demo
-    from attend.runs import RunFolderBusy
+    from attend.apps.translate import RunFolderBusy
 
     def busy(out, **kw):
         raise RunFolderBusy("run folder x is in use by another training")

@@ -15,10 +15,9 @@ import torch
 
 from attend import _io, cli
 from attend.apps import Translator, train_translator
-from attend.apps import translator as translator_module
+from attend.apps.translate import translator as translator_module
 from attend.data import prepare, split_by_source, synthetic_pairs
-from attend.runs import RunFolder, RunFolderBusy
-from attend.train import TrainConfig, Trainer
+from attend.apps.translate import RunFolder, RunFolderBusy, TrainConfig, Trainer
 
 CFG = TrainConfig(epochs=2, batch_size=64, lr=5e-3, warmup_steps=1, max_steps=3, seed=0)
 MODEL = dict(attention="dot", embed_dim=8, hidden_dim=12, dropout=0.0)
@@ -237,7 +236,7 @@ def test_intact_state_resumes_and_a_finished_run_takes_no_extra_step(run, corpus
 def test_history_json_is_checked():
     # the same check reads history.json and the history inside the state
     folder = RunFolder(os.path.dirname(__file__))
-    from attend.runs import check_history
+    from attend.apps.translate import check_history
 
     good = [{"step": 3, "epoch": 0, "train_loss": 1.0, "valid_loss": 2.0, "lr": 0.1, "seconds": 1, "tokens_per_s": 3}]
     assert check_history(good, "h.json") == good
@@ -254,7 +253,7 @@ def test_history_json_is_checked():
 
 HOLD = r"""
 import sys, time
-from attend.runs import RunFolder
+from attend.apps.translate.run import RunFolder
 with RunFolder(sys.argv[1]).lock():
     print("locked", flush=True)
     time.sleep(120)

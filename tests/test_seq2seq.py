@@ -1,12 +1,13 @@
-"""attend.models: the seed-002 encoder-decoder, its attention, and decoding."""
+"""attend.models: the seed-002 encoder-decoder and its attention; decoding (attend.apps.translate)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import attend.nn.recurrent as recurrent
+from attend.apps.translate import beam_search, greedy
 from attend.data import make_batch
-from attend.models import ATTENTION_KINDS, Seq2Seq, Seq2SeqConfig, beam_search, greedy
+from attend.models import ATTENTION_KINDS, Seq2Seq, Seq2SeqConfig
 
 
 def tiny(attention="general", rnn="gru", **kw) -> Seq2Seq:

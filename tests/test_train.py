@@ -1,4 +1,4 @@
-"""attend.train and attend.apps.translator: learning, checkpoints, resume, signals, files."""
+"""attend.apps.translate (training and the translator): learning, checkpoints, resume, signals, files."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ import torch
 from attend import _io
 from attend.apps import Translator, evaluate, train_translator
 from attend.data import prepare, split_by_source, synthetic_pairs
-from attend.train import TrainConfig, TrainingInterrupted
+from attend.apps.translate import TrainConfig, TrainingInterrupted
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_corpus, tmp_path, 
     full, hist_full = _run(tmp_path / "full", tiny_corpus)
 
     def stop(trainer):
-        if trainer.step == stop_at:
+        if trainer.state.step == stop_at:
             trainer.request_stop()
 
     with pytest.raises(TrainingInterrupted) as e:
@@ -181,7 +181,7 @@ def test_train_config_validation():
 
 def test_sigterm_saves_and_exits_143(tiny_corpus, tmp_path):
     def terminate(trainer):
-        if trainer.step == 2:
+        if trainer.state.step == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
 
     with pytest.raises(TrainingInterrupted) as e:
@@ -203,7 +203,7 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
 
 def _tiny_trainer(out, config, pairs=None):
     from attend.models import Seq2Seq, Seq2SeqConfig
-    from attend.train import Trainer
+    from attend.apps.translate import Trainer
 
     torch.manual_seed(0)
     model = Seq2Seq(Seq2SeqConfig(src_vocab=9, tgt_vocab=9, embed_dim=4, hidden_dim=6))
@@ -212,8 +212,8 @@ def _tiny_trainer(out, config, pairs=None):
 
 
 def test_a_non_finite_training_loss_stops_training_naming_the_step(tmp_path, monkeypatch, capsys):
-    import attend.train as train_module
-    from attend.train import TrainingDiverged
+    import attend.apps.translate.training as train_module
+    from attend.apps.translate import TrainingDiverged
 
     real = train_module.sequence_loss
     seen = {"steps": 0, "files": None}
@@ -234,7 +234,7 @@ def test_a_non_finite_training_loss_stops_training_naming_the_step(tmp_path, mon
                                                r"0\.002\): the training loss is nan; that step was not taken and nothing "
                                                r"was saved after it: .* keeps its last checkpoint") as e:
         trainer.fit()
-    assert e.value.step == 5 and trainer.step == 4
+    assert e.value.step == 5 and trainer.state.step == 4
     assert {p: (tmp_path / p).read_bytes() for p in sorted(os.listdir(tmp_path))} == seen["files"]  # nothing written
     assert sorted(seen["files"]) == ["history.json", "model.safetensors"]  # the best weights, at step 4
     for k, v in trainer.model.state_dict().items():
@@ -244,7 +244,7 @@ def test_a_non_finite_training_loss_stops_training_naming_the_step(tmp_path, mon
 
 
 def test_a_non_finite_gradient_stops_training_too(tmp_path, monkeypatch):
-    from attend.train import TrainingDiverged
+    from attend.apps.translate import TrainingDiverged
 
     trainer = _tiny_trainer(tmp_path, TrainConfig(epochs=1, batch_size=2, warmup_steps=0))
 
@@ -258,7 +258,7 @@ def test_a_non_finite_gradient_stops_training_too(tmp_path, monkeypatch):
 
 
 def test_the_cli_reports_a_diverged_training_in_one_line(tmp_path, monkeypatch, capsys):
-    import attend.train as train_module
+    import attend.apps.translate.training as train_module
     from attend import cli
 
     real = train_module.sequence_loss
@@ -277,16 +277,16 @@ def test_the_cli_reports_a_diverged_training_in_one_line(tmp_path, monkeypatch, 
 
 
 def test_a_resumed_run_that_stopped_early_takes_no_extra_step(tmp_path, monkeypatch):
-    import attend.train as train_module
+    import attend.apps.translate.training as train_module
 
     monkeypatch.setattr(train_module, "evaluate_loss", lambda model, batches: 5.0)  # never improves after the first
     config = TrainConfig(epochs=50, batch_size=2, eval_every=1, patience=2, warmup_steps=0)
     trainer = _tiny_trainer(tmp_path, config)
     history = trainer.fit()
-    assert [h["step"] for h in history] == [1, 2, 3] and trainer.bad_evals == 2  # stopped early at step 3
+    assert [h["step"] for h in history] == [1, 2, 3] and trainer.state.bad_evals == 2  # stopped early at step 3
     before, _ = _io.load_tensors(tmp_path / "state.safetensors")
     again = _tiny_trainer(tmp_path, config)
-    assert again.fit(resume=True) == history and again.step == 3  # (it took a 4th step before)
+    assert again.fit(resume=True) == history and again.state.step == 3  # (it took a 4th step before)
     after, meta = _io.load_tensors(tmp_path / "state.safetensors")
     assert json.loads(meta["trainer"])["step"] == 3 and after["history.loss"].shape == (3,)
     for k in before:
@@ -300,19 +300,24 @@ def test_seeds_beyond_what_generators_take_are_refused():
 
 
 def test_cosine_schedule_falls_to_zero_at_the_last_step():
-    from attend.train import TrainConfig, Trainer
-
     cfg = TrainConfig(lr=1e-2, warmup_steps=10, max_steps=110, schedule="cosine")
-    t = Trainer.__new__(Trainer)
-    t.config, t.decays = cfg, 0
-    assert t.lr_at(0) == pytest.approx(1e-3)  # warming up
-    assert t.lr_at(9) == pytest.approx(1e-2)  # the peak, at the end of the warm-up
-    assert t.lr_at(60) == pytest.approx(0.5e-2)  # half-way down
-    assert t.lr_at(109) == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
-    assert t.lr_at(110) == pytest.approx(0.0, abs=1e-18)
-    t.decays = 1  # plateau halvings still apply on top
-    assert t.lr_at(60) == pytest.approx(0.25e-2)
+    assert cfg.lr_at(0) == pytest.approx(1e-3)  # warming up
+    assert cfg.lr_at(9) == pytest.approx(1e-2)  # the peak, at the end of the warm-up
+    assert cfg.lr_at(60) == pytest.approx(0.5e-2)  # half-way down
+    assert cfg.lr_at(109) == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert cfg.lr_at(110) == pytest.approx(0.0, abs=1e-18)
+    assert cfg.lr_at(60, decays=1) == pytest.approx(0.25e-2)  # plateau halvings still apply on top
+    trainer = _tiny_trainer("unused", cfg)  # the trainer's rate is its config's, after its state's decays
+    trainer.state.decays = 1
+    assert trainer.lr_at(60) == cfg.lr_at(60, decays=1)
     with pytest.raises(ValueError, match="schedule must be 'plateau' or 'cosine', got 'linear'"):
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match=r"schedule='cosine' falls to 0 at max_steps, which must be above warmup_steps \(100\), got max_steps=0"):
         TrainConfig(schedule="cosine")
+
+
+def test_the_old_module_name_still_imports():
+    import attend.apps.translate as translate
+    from attend.train import TrainConfig as Old, Trainer, sequence_loss
+
+    assert (Old, Trainer, sequence_loss) == (translate.TrainConfig, translate.Trainer, translate.sequence_loss)

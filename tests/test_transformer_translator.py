@@ -9,8 +9,8 @@ import torch
 from attend.apps import Translator, evaluate, train_translator
 from attend.cli import main
 from attend.data import make_batch, prepare, split_by_source, synthetic_pairs
-from attend.models import TransformerConfig, TransformerSeq2Seq, beam_search, greedy
-from attend.train import TrainConfig
+from attend.apps.translate import TrainConfig, beam_search, greedy
+from attend.models import TransformerConfig, TransformerSeq2Seq
 
 SENTENCES = [[4, 5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17, 18], [19]]
 

@@ -186,7 +186,7 @@ def test_min_freq_reaches_the_vocabulary(tmp_path, capsys):
 
 
 def test_warmup_scales_with_the_run(tmp_path, capsys):
-    from attend.train import scaled_warmup
+    from attend.apps.translate import scaled_warmup
 
     assert [scaled_warmup(100, n) for n in (3, 60, 999, 5000)] == [1, 6, 99, 100]
     out = tmp_path / "r"
@@ -352,7 +352,7 @@ def test_demo_prints_the_same_numbers_run_after_run(tmp_path):
 def test_train_threads_reach_torch_and_are_restored(tsv, tmp_path, monkeypatch):
     import torch
 
-    import attend.apps
+    import attend.apps.translate.job as job
 
     seen = []
 
@@ -360,7 +360,7 @@ def test_train_threads_reach_torch_and_are_restored(tsv, tmp_path, monkeypatch):
         seen.append(torch.get_num_threads())
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(attend.apps, "train_translator", spy)
+    monkeypatch.setattr(job, "fit_translator", spy)
     before = torch.get_num_threads()
     n = len(os.sched_getaffinity(0))  # the most --threads accepts
     code = cli.main(["translate", "train", "--data", str(tsv), "--out", str(tmp_path / "run"), "--threads", str(n),

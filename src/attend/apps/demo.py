@@ -43,7 +43,7 @@ class DemoSettings:
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
-    schedule: str = "cosine"  # the learning rate falls to 0 at the last step (attend.train.TrainConfig)
+    schedule: str = "cosine"  # the learning rate falls to 0 at the last step (attend.apps.translate.TrainConfig)
     test_size: int = 600
     attention: str = "general"
 
@@ -115,12 +115,12 @@ def _fused(out: TextIO) -> None:
 
 def _long_bleu(result, pairs) -> Optional[float]:
     """BLEU over the test sentences of at least ``LONG`` source words (None if there are none)."""
-    from .translator import _bleu
+    from .translate.evaluation import bleu
 
     sel = [i for i, (src, _) in enumerate(pairs) if len(src) >= LONG]
     if not sel:
         return None
-    return round(_bleu([result.translations[i].text for i in sel], [" ".join(pairs[i][1]) for i in sel]), 2)
+    return round(bleu([result.translations[i].text for i in sel], [" ".join(pairs[i][1]) for i in sel]), 2)
 
 
 def _train(name: str, kind: str, split, folder: str, s: DemoSettings, seed: int, minutes: float, progress: bool,
@@ -128,16 +128,15 @@ def _train(name: str, kind: str, split, folder: str, s: DemoSettings, seed: int,
     """Train one model for ``s.steps`` steps, with one progress bar (ETA) for the whole budget."""
     from tqdm.auto import tqdm
 
-    from .translator import train_translator
-    from ..train import TrainConfig
+    from .translate import TrainConfig, train_translator
 
     tcfg = TrainConfig(batch_size=s.batch_size, lr=s.lr, epochs=10_000, max_steps=s.steps, max_minutes=minutes,
                        warmup_steps=s.warmup_steps, schedule=s.schedule, seed=seed)
     bar = tqdm(total=s.steps, desc=f"  {name}", unit="step", disable=not progress, dynamic_ncols=True, leave=False)
 
     def on_step(trainer):
-        bar.update(trainer.step - bar.n)
-        bar.set_postfix(loss=f"{trainer.losses[-1]:.3f}")
+        bar.update(trainer.state.step - bar.n)
+        bar.set_postfix(loss=f"{trainer.state.losses[-1]:.3f}")
 
     try:
         return train_translator(split.train, split.valid, folder, train_config=tcfg, data=data_note,
@@ -159,7 +158,7 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
         raise ValueError(f"threads must be an int from 1 to {cpus} (the CPUs this process may use), got {threads!r}")
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not (0 <= minutes < float("inf")):
         raise ValueError(f"minutes must be a number >= 0, got {minutes!r}")
-    from ..train import SEED_LIMIT
+    from .translate import SEED_LIMIT
 
     if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < SEED_LIMIT):
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
@@ -176,7 +175,7 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
 
 def _run(out: TextIO, *, out_dir: str, seed: int, settings: DemoSettings, progress: bool, threads: int,
          minutes: float) -> dict:
-    from .translator import evaluate
+    from .translate import evaluate
     from ..data import SYNTHETIC_EXAMPLE, prepare, split_by_source, synthetic_pairs
     from ..viz import attention_heatmap, bleu_by_length_plot
 

@@ -19,9 +19,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..data.text import Vocab
-from .seq2seq import Seq2Seq, reorder_state
-from .transformer import TransformerSeq2Seq
+from ...data.text import Vocab
+from ...models.seq2seq import Seq2Seq, reorder_state
+from ...models.transformer import TransformerSeq2Seq
 
 __all__ = ["Hypothesis", "greedy", "beam_search", "default_max_len"]
 

@@ -1,0 +1,90 @@
+"""The translator's training settings: :class:`TrainConfig` (a frozen dataclass, checked on
+creation) and its learning-rate schedule, the steps a run plans and the warm-up that fits
+them (:func:`planned_steps`, :func:`scaled_warmup`)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ... import _io
+
+__all__ = ["TrainConfig", "planned_steps", "scaled_warmup", "SEED_LIMIT"]
+
+SEED_LIMIT = 2 ** 63  # seeds are in [0, 2**63): what every generator attend seeds accepts
+
+
+def planned_steps(n_pairs: int, config: "TrainConfig") -> int:
+    """Steps a run is planned to take: epochs x batches per epoch, or ``max_steps`` if fewer."""
+    total = config.epochs * -(-n_pairs // config.batch_size)
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def scaled_warmup(default: int, planned: int, fraction: float = 0.1) -> int:
+    """Linear warm-up steps for a run of ``planned`` steps: ``default``, but at most
+    ``fraction`` (10 %) of the run, and at least 1, so a short run reaches its learning rate."""
+    if isinstance(planned, bool) or not isinstance(planned, int) or planned < 1:
+        raise ValueError(f"planned must be an int >= 1, got {planned!r}")
+    return max(1, min(default, int(planned * fraction)))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    clip_norm: float = 1.0
+    epochs: int = 10
+    lr_decay: float = 0.5  # multiply the LR by this when the validation loss does not improve
+    patience: int = 3  # stop after this many evaluations without improvement
+    eval_every: int = 0  # steps between evaluations; 0 = at the end of each epoch
+    max_steps: int = 0  # 0 = no limit
+    max_minutes: float = 0.0  # training time budget; 0 = no limit
+    label_smoothing: float = 0.0
+    seed: int = 0
+    # "plateau": only the halvings above; "cosine": also a cosine fall from the peak after the
+    # warm-up to 0 at max_steps (which it needs), for runs budgeted in steps
+    schedule: str = "plateau"
+
+    def __post_init__(self):
+        for name in ("batch_size", "epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        for name in ("warmup_steps", "patience", "eval_every", "max_steps", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if self.seed >= SEED_LIMIT:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        for name, lo, hi in (("lr", 0.0, math.inf), ("clip_norm", 0.0, math.inf), ("max_minutes", 0.0, math.inf)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v < hi) or (name == "lr" and v == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
+        if isinstance(self.lr_decay, bool) or not isinstance(self.lr_decay, (int, float)) or not (0 < self.lr_decay <= 1):
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
+                or not (0 <= self.label_smoothing < 1):
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.schedule not in ("plateau", "cosine"):
+            raise ValueError(f"schedule must be 'plateau' or 'cosine', got {self.schedule!r}")
+        if self.schedule == "cosine" and self.max_steps <= self.warmup_steps:
+            raise ValueError(f"schedule='cosine' falls to 0 at max_steps, which must be above warmup_steps "
+                             f"({self.warmup_steps}), got max_steps={self.max_steps}")
+
+    def lr_at(self, step: int, decays: int = 0) -> float:
+        """The learning rate of ``step`` (0-based) after ``decays`` plateau halvings: linear
+        warm-up, then (``schedule="cosine"``) a cosine fall to 0 at ``max_steps``."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        fall = 1.0
+        if self.schedule == "cosine":  # after the warm-up, from 1 down to 0 at max_steps
+            done = min(1.0, max(0, step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
+            fall = 0.5 * (1.0 + math.cos(math.pi * done))
+        return self.lr * warm * fall * self.lr_decay ** decays
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _io.config_from_dict(cls, d, "train config")
