@@ -146,7 +146,7 @@ def test_flags_that_do_not_apply_are_refused_naming_them(tmp_path, fake_checkpoi
         (["translate", " \t ", "--checkpoint", ck], "TEXT must not be empty"),
         (["explain", "a bank", "--html", str(tmp_path / "v.png")],
          f"--html {tmp_path / 'v.png'}: '.png' is not .html or .htm (the viewer is an HTML page)"),
-        (["explain", "a bank", "--html", str(tmp_path / "v")], "no file extension: it must be .html or .htm"),
+        (["word-sense", "a bank", "--html", str(tmp_path / "v")], "no file extension: it must be .html or .htm"),
         (["translate", "hello", "--checkpoint", ck, "--heatmap", str(tmp_path)], f"--heatmap {tmp_path} is a folder"),
         (["translate", "hello", "--checkpoint", str(data)], f"--checkpoint is a file, not a run folder: {data}"),
         (["translate", "eval", "--checkpoint", str(data), "--data", str(data)], "--checkpoint is a file, not a run folder"),
@@ -154,9 +154,9 @@ def test_flags_that_do_not_apply_are_refused_naming_them(tmp_path, fake_checkpoi
          "TEXT is not valid UTF-8 text (byte 0xff at position 4)"),
         (["explain", "a bank", "--html", str(tmp_path / "v.html"), "--top", "3"], "--top applies to word sense"),
         (["explain", "a bank", "--html", str(tmp_path / "v.html"), "--same", "the bank"], "--same applies to word sense"),
-        (["explain", "a bank", "the bank", "--force"], "--force applies to --html"),
+        (["word-sense", "a bank", "the bank", "--force"], "--force applies to --html"),
         (["explain", "a bank", "the bank", "--model", str(data)], "--model is a file, not a model folder"),
-        (["explain", "a bank", "the bank", "--html", str(tmp_path)], f"--html {tmp_path} is a folder"),
+        (["word-sense", "a bank", "the bank", "--html", str(tmp_path)], f"--html {tmp_path} is a folder"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2, argv
@@ -180,6 +180,23 @@ def test_seeds_are_checked_by_argparse_and_nothing_is_created(argv, seed, tmp_pa
     assert captured.err.strip().splitlines() == [f"attend: error: argument --seed: expected an integer from 0 to "
                                                  f"2**63 - 1, got {seed!r}"]
     assert captured.out == "" and os.listdir(tmp_path) == []
+
+
+def test_word_sense_answers_to_both_its_names(tmp_path, capsys):
+    # `attend word-sense` says what it does; `attend explain`, its first name, is the same command
+    helps = []
+    for name in ("word-sense", "explain"):
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0
+        helps.append(capsys.readouterr().out)
+        assert cli.main([name, "a bank", "--html", str(tmp_path / "v.png")]) == 2
+        assert "'.png' is not .html or .htm" in capsys.readouterr().err
+    assert helps[0] == helps[1] and helps[0].startswith("usage: attend word-sense ")
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "word-sense (explain)" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
 
 
 def test_the_largest_seed_is_accepted(capsys):

@@ -1,4 +1,4 @@
-"""Word sense from context (seed 003) and `attend explain`."""
+"""Word sense from context (seed 003) and `attend word-sense` (first named `attend explain`)."""
 from __future__ import annotations
 
 import json
@@ -49,7 +49,7 @@ def test_same_sentences_and_word_errors(encoder):
 
 def test_cli_prints_report_and_writes_viewer(encoder, tmp_path, capsys):
     out = tmp_path / "bank.html"
-    assert main(["explain", RIVER, MONEY, "--html", str(out), "--top", "3"]) == 0
+    assert main(["word-sense", RIVER, MONEY, "--html", str(out), "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert 'Word "bank"' in text and "cos(1,2)" in text and "closest to the 'river' sense" in text
     assert text.count("layer ") >= 3
@@ -59,16 +59,24 @@ def test_cli_prints_report_and_writes_viewer(encoder, tmp_path, capsys):
     assert [t["tokens"][:3] for t in doc["texts"]] == [["[CLS]", "i", "sat"], ["[CLS]", "i", "deposited"]]
     assert doc["texts"][0]["layers"] == 6 and doc["texts"][0]["heads"] == 12
     # never overwrites without --force
-    assert main(["explain", RIVER, MONEY, "--html", str(out)]) == 2
+    assert main(["word-sense", RIVER, MONEY, "--html", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
 
 
 def test_cli_usage_errors(tmp_path, capsys):
-    assert main(["explain", RIVER, MONEY, "--model", str(tmp_path / "missing")]) == 2
+    assert main(["word-sense", RIVER, MONEY, "--model", str(tmp_path / "missing")]) == 2
     assert "model folder not found" in capsys.readouterr().err
-    assert main(["explain", "only one"]) == 2
+    assert main(["word-sense", "only one"]) == 2
     assert "two or more sentences" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["explain", RIVER, "--bogus"])
+        main(["word-sense", RIVER, "--bogus"])
     assert e.value.code == 2
     assert "--bogus" in capsys.readouterr().err
+
+
+def test_the_old_name_explain_does_the_same(encoder, capsys):
+    outputs = []
+    for name in ("word-sense", "explain"):
+        assert main([name, RIVER, MONEY, "--top", "2"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and 'Word "bank"' in outputs[0]

@@ -80,7 +80,7 @@ def _word_sense(out: TextIO, out_dir: str) -> list[str]:
     from ..viz import AttentionView
 
     texts = ["I sat on the bank of the river", "I deposited money at the bank"]
-    out.write("\nword sense from context (all-MiniLM-L6-v2 through attend; `attend explain` does this for any sentences):\n")
+    out.write("\nword sense from context (all-MiniLM-L6-v2 through attend; `attend word-sense` does this for any sentences):\n")
     out.write(explain_word(encoder, texts, top=3).format() + "\n")
     path = AttentionView.from_encoder(encoder, texts, title="all-MiniLM-L6-v2 on two senses of 'bank'").save(
         os.path.join(out_dir, "attention-viewer.html"), force=True)

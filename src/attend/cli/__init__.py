@@ -6,7 +6,8 @@ library's (:mod:`attend.apps`).
     attend translate train ...       train a translator on a TSV file (or the embedded corpus)
     attend translate eval ...        BLEU / chrF of a checkpoint on a TSV file
     attend translate "a sentence" --checkpoint DIR
-    attend explain "sentence" ["sentence" ...] [--html out.html]   word sense + attention viewer
+    attend word-sense "sentence" ["sentence" ...] [--html out.html]   word sense + attention viewer
+                                     (``attend explain`` is its first name, kept as an alias)
 
 Usage errors (bad flags, missing files, outputs that exist without ``--force``, a flag
 that does not apply to what was asked, a run folder another training owns) exit 2 with one

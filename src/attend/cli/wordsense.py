@@ -1,5 +1,5 @@
-"""``attend explain``: word sense from context through a pretrained encoder, and its
-attention as an HTML viewer."""
+"""``attend word-sense`` (also ``attend explain``, its first name): word sense from context
+through a pretrained encoder, and its attention as an HTML viewer."""
 from __future__ import annotations
 
 import os
@@ -7,14 +7,14 @@ import sys
 
 from ._common import UsageError, new_output, positive_int, text_arg
 
-NAME, ALIASES = "explain", ()
+NAME, ALIASES = "word-sense", ("explain",)
 
 
 def add_parser(sub) -> None:
     ex = sub.add_parser(NAME, aliases=list(ALIASES),
                         help="word sense from context and the attention of a pretrained encoder "
                              "(all-MiniLM-L6-v2 by default), optionally as an HTML viewer",
-                        description='attend explain "I sat on the bank of the river" "I deposited money at the bank"')
+                        description='attend word-sense "I sat on the bank of the river" "I deposited money at the bank"')
     ex.set_defaults(handler=_word_sense)
     ex.add_argument("texts", nargs="+", metavar="TEXT", help="sentences (two or more for word sense)")
     ex.add_argument("--word", help="the word to follow (default: the word the sentences share)")
