@@ -210,12 +210,12 @@ class PrefixLM(Rule):
 
 
 @dataclass(frozen=True, eq=False)
-class And(Rule):
-    """Allowed where every one of ``mods`` allows."""
+class _Combine(Rule):
+    """A rule made of mask rules ``mods``, joined by ``_join`` (AND or OR)."""
 
     mods: tuple
 
-    def bind(self, L: int, S: int) -> "And":
+    def bind(self, L: int, S: int) -> "_Combine":
         return dataclasses.replace(self, mods=tuple(bind(m, L, S) for m in self.mods), offset=S - L)
 
     def check(self, B, H, L, S):
@@ -225,8 +225,22 @@ class And(Rule):
         out = None
         for m in self.mods:
             r = m(b, h, i, j)
-            out = r if out is None else out & r
+            out = r if out is None else self._join(out, r)
         return out
+
+    def __repr__(self):
+        return f"{self.name}({', '.join(map(repr, self.mods))})"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class And(_Combine):
+    """Allowed where every one of ``mods`` allows."""
+
+    name: ClassVar[str] = "and_masks"
+
+    @staticmethod
+    def _join(a, b):
+        return a & b
 
     def keys(self, first, last, S):
         lo, hi = 0, S
@@ -236,37 +250,22 @@ class And(Rule):
                 lo, hi = max(lo, a), min(hi, z)
         return lo, max(lo, hi)
 
-    def __repr__(self):
-        return f"and_masks({', '.join(map(repr, self.mods))})"
 
-
-@dataclass(frozen=True, eq=False)
-class Or(Rule):
+@dataclass(frozen=True, eq=False, repr=False)
+class Or(_Combine):
     """Allowed where any of ``mods`` allows."""
 
-    mods: tuple
+    name: ClassVar[str] = "or_masks"
 
-    def bind(self, L: int, S: int) -> "Or":
-        return dataclasses.replace(self, mods=tuple(bind(m, L, S) for m in self.mods), offset=S - L)
-
-    def check(self, B, H, L, S):
-        return _check_terms(self.mods, B, H, L, S)
-
-    def __call__(self, b, h, i, j):
-        out = None
-        for m in self.mods:
-            r = m(b, h, i, j)
-            out = r if out is None else out | r
-        return out
+    @staticmethod
+    def _join(a, b):
+        return a | b
 
     def keys(self, first, last, S):
         if not all(isinstance(m, Rule) for m in self.mods):
             return 0, S
         spans = [m.keys(first, last, S) for m in self.mods]
         return min(a for a, _ in spans), max(z for _, z in spans)
-
-    def __repr__(self):
-        return f"or_masks({', '.join(map(repr, self.mods))})"
 
 
 def _check_terms(mods, B, H, L, S) -> Optional[str]:
