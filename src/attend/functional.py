@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import backends as _backends
+from . import _check
 from . import scores as _scores
 from ._nonfinite import quarantine as _quarantine
 from ._rules import bind, check_rule
@@ -271,16 +272,16 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
         raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
     win = normalize_window(window)
     if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+        if not _check.is_number(scale):
+            raise _check.fail("scale", "a float or None", scale, TypeError)
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale!r}")
         top = torch.finfo(compute_dtype(query.dtype)).max
         if abs(scale) > top:
             raise ValueError(f"scale must be representable in the scores' dtype {compute_dtype(query.dtype)} "
                              f"(|scale| <= {top:.3g}), got {scale!r}: it would overflow to inf")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
+    if not _check.is_number(dropout_p):
+        raise _check.fail("dropout_p", "a float in [0, 1)", dropout_p, TypeError)
     if not (0.0 <= dropout_p < 1.0):  # NaN fails this too
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     if not (hard is True or hard is False or (isinstance(hard, str) and hard == "straight_through")):

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from . import _check
 from ._rules import And, Causal, Chunked, Document, KeyMask, Or, Padding, PrefixLM, Rule, Window, bind
 
 __all__ = [
@@ -50,16 +51,14 @@ def normalize_window(window, *, arg: str = "window") -> Optional[tuple[Optional[
     def side(x, which):
         if x is None:
             return None
-        if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-            raise ValueError(f"{arg} {which} must be an int >= 0 or None, got {x!r}")
-        return x
+        return _check.integer(x, f"{arg} {which}", low=0, expected="an int >= 0 or None")
 
     if isinstance(window, (tuple, list)):
         if len(window) != 2:
             raise ValueError(f"{arg} must be an int >= 0 or a (left, right) pair, got {window!r}")
         return side(window[0], "left"), side(window[1], "right")
-    if isinstance(window, bool) or not isinstance(window, int):
-        raise TypeError(f"{arg} must be an int >= 0 or a (left, right) pair, got {type(window).__name__}")
+    if not _check.is_int(window):
+        raise _check.fail(arg, "an int >= 0 or a (left, right) pair", window, TypeError)
     return side(window, "size"), side(window, "size")
 
 
@@ -101,9 +100,7 @@ def chunked(size: int) -> Rule:
     Positions are aligned as ``causal`` aligns them (query ``i`` at key position
     ``i + S - L``); a query whose position is negative (``L > S``) sees no key.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be an int >= 1, got {size!r}")
-    return Chunked(size)
+    return Chunked(_check.integer(size, "size", low=1))
 
 
 def padding(lengths) -> Rule:
@@ -159,8 +156,8 @@ def prefix_lm(prefix_len) -> Rule:
     if isinstance(prefix_len, Tensor):
         if prefix_len.ndim != 1 or prefix_len.dtype.is_floating_point:
             raise ValueError(f"prefix_len must be an int or a 1-D integer tensor (B,), got {prefix_len.dtype} {tuple(prefix_len.shape)}")
-    elif isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or prefix_len < 0:
-        raise ValueError(f"prefix_len must be an int >= 0 or a (B,) tensor, got {prefix_len!r}")
+    else:
+        _check.integer(prefix_len, "prefix_len", low=0, expected="an int >= 0 or a (B,) tensor")
     return PrefixLM(prefix_len)
 
 

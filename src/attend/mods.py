@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import _check
 from ._rules import Alibi, RelativeBias, Rule, Softcap
 
 __all__ = ["alibi", "alibi_slopes", "softcap", "relative_bias"]
@@ -22,8 +23,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
     For a head count that is not a power of two, the paper's recipe: the slopes of the
     closest lower power of two, then every other slope of the next power of two.
     """
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    _check.integer(num_heads, "num_heads", low=1, expected="a positive int")
 
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -53,8 +53,7 @@ def alibi(slopes) -> Rule:
 
 def softcap(cap: float) -> Rule:
     """Soft-capping (Gemma 2): ``cap * tanh(score / cap)`` keeps scores within ``(-cap, cap)``."""
-    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
-        raise ValueError(f"cap must be a finite number > 0, got {cap!r}")
+    _check.number(cap, "cap", low=0, low_open=True)
     return Softcap(float(cap))
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .. import _check
 from .base import AttentionCall, Backend, compute_dtype, safe_lse
 
 
@@ -53,8 +54,7 @@ class Chunked(Backend):
 
     def __init__(self, *, block_size: int = 512, query_block_size: int = 1024, tile_bytes: int = 4 << 20):
         for arg, val in (("block_size", block_size), ("query_block_size", query_block_size), ("tile_bytes", tile_bytes)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{arg} must be a positive int, got {val!r}")
+            _check.integer(val, arg, low=1, expected="a positive int")
         self.block_size, self.query_block_size, self.tile_bytes = block_size, query_block_size, tile_bytes
 
     def _rows(self, call: AttentionCall, item: int) -> int:

@@ -44,6 +44,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ... import _check
 from ..base import AttentionCall, Backend
 from . import launch
 from .ops import GRADS, WithSinks, plan_values, sink_lse
@@ -58,8 +59,8 @@ class Triton(Backend):
 
     def __init__(self, *, block_m: int = 0, block_n: int = 0, dense_rule_limit: int = 1 << 28):
         for arg, b in (("block_m", block_m), ("block_n", block_n)):
-            if isinstance(b, bool) or not isinstance(b, int) or (b != 0 and (b < 16 or b & (b - 1))):
-                raise ValueError(f"{arg} must be 0 (automatic) or a power of two >= 16, got {b!r}")
+            if not _check.is_int(b) or (b != 0 and (b < 16 or b & (b - 1))):
+                raise _check.fail(arg, "0 (automatic) or a power of two >= 16", b)
         self.block_m, self.block_n = block_m, block_n
         self.dense_rule_limit = dense_rule_limit  # bytes of a dense boolean (L, S) mask auto accepts
 
