@@ -25,7 +25,7 @@ from typing import Optional, TextIO
 
 import torch
 
-from .. import _io
+from .. import _check, _io
 
 __all__ = ["DemoSettings", "run", "QUICK", "FULL"]
 
@@ -154,14 +154,12 @@ def run(out: TextIO, *, out_dir: str, seed: int = 0, settings: DemoSettings = FU
     an optional time budget per model on top of the step budget (0: none).
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or not (1 <= threads <= cpus):
-        raise ValueError(f"threads must be an int from 1 to {cpus} (the CPUs this process may use), got {threads!r}")
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not (0 <= minutes < float("inf")):
-        raise ValueError(f"minutes must be a number >= 0, got {minutes!r}")
+    _check.integer(threads, "threads", low=1, high=cpus,
+                   expected=f"an int from 1 to {cpus} (the CPUs this process may use)")
+    _check.number(minutes, "minutes", low=0, expected="a number >= 0")
     from .translate import SEED_LIMIT
 
-    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < SEED_LIMIT):
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    _check.integer(seed, "seed", low=0, high=SEED_LIMIT - 1, expected="an int in [0, 2**63)")
     if not isinstance(settings, DemoSettings):
         raise TypeError(f"settings must be an attend.apps.demo.DemoSettings, got {type(settings).__name__}")
     previous = torch.get_num_threads()

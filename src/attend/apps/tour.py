@@ -10,7 +10,7 @@ from typing import TextIO
 
 import torch
 
-from .. import attention, backends, explain, masks, mods
+from .. import _check, attention, backends, explain, masks, mods
 from ..nn import MultiHeadAttention
 from ..scores import Additive, Cosine, General
 
@@ -36,8 +36,7 @@ def _table(out: TextIO, title: str, rows: list[tuple[str, list[float]]], cols: l
 
 def run(out: TextIO, *, seed: int = 0) -> None:
     """Print the tour to ``out``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    _check.integer(seed, "seed", low=0, high=2 ** 63 - 1, expected="an int in [0, 2**63)")
     torch.manual_seed(seed)
     x = torch.tensor([FEATURES[w] for w in WORDS])  # (S, 4): keys = values = word vectors
     q = x[WORDS.index("ate")].view(1, 4)  # (1, 4): the query "ate"

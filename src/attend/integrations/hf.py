@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import mods
+from .. import _check, mods
 from ..functional import attention
 
 __all__ = ["register", "attention_forward", "NAME"]
@@ -101,8 +101,7 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
     sliding = kwargs.get("sliding_window")
     if sliding is not None and attention_mask is None:
         # transformers' sliding windows keep keys with i - j < sliding_window (its own masks encode it)
-        if isinstance(sliding, bool) or not isinstance(sliding, int) or sliding < 1:
-            raise ValueError(f"sliding_window must be a positive int, got {sliding!r}")
+        _check.integer(sliding, "sliding_window", low=1, expected="a positive int")
         if rule is None:
             window = (sliding - 1, None)
         else:

@@ -7,7 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ... import _io
+from ... import _check, _io
 
 __all__ = ["TrainConfig", "planned_steps", "scaled_warmup", "SEED_LIMIT"]
 
@@ -23,8 +23,7 @@ def planned_steps(n_pairs: int, config: "TrainConfig") -> int:
 def scaled_warmup(default: int, planned: int, fraction: float = 0.1) -> int:
     """Linear warm-up steps for a run of ``planned`` steps: ``default``, but at most
     ``fraction`` (10 %) of the run, and at least 1, so a short run reaches its learning rate."""
-    if isinstance(planned, bool) or not isinstance(planned, int) or planned < 1:
-        raise ValueError(f"planned must be an int >= 1, got {planned!r}")
+    _check.integer(planned, "planned", low=1)
     return max(1, min(default, int(planned * fraction)))
 
 
@@ -48,24 +47,16 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "epochs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            _check.integer(getattr(self, name), name, low=1)
         for name in ("warmup_steps", "patience", "eval_every", "max_steps", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+            _check.integer(getattr(self, name), name, low=0)
         if self.seed >= SEED_LIMIT:
             raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
-        for name, lo, hi in (("lr", 0.0, math.inf), ("clip_norm", 0.0, math.inf), ("max_minutes", 0.0, math.inf)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v < hi) or (name == "lr" and v == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
-        if isinstance(self.lr_decay, bool) or not isinstance(self.lr_decay, (int, float)) or not (0 < self.lr_decay <= 1):
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
-                or not (0 <= self.label_smoothing < 1):
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        _check.number(self.lr, "lr", low=0, low_open=True)
+        for name in ("clip_norm", "max_minutes"):
+            _check.number(getattr(self, name), name, low=0)
+        _check.number(self.lr_decay, "lr_decay", low=0, high=1, low_open=True, expected="in (0, 1]")
+        _check.number(self.label_smoothing, "label_smoothing", low=0, high=1, high_open=True, expected="in [0, 1)")
         if self.schedule not in ("plateau", "cosine"):
             raise ValueError(f"schedule must be 'plateau' or 'cosine', got {self.schedule!r}")
         if self.schedule == "cosine" and self.max_steps <= self.warmup_steps:

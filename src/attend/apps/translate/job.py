@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import torch
 
+from ... import _check
 from .config import TrainConfig, planned_steps, scaled_warmup
 from .data import DataSource
 from .presets import PRESETS, ModelConfig, model_options, model_template
@@ -72,8 +73,7 @@ class TrainJob:
             max_minutes=self.max_minutes, eval_every=self.eval_every, patience=self.patience, seed=self.seed,
             warmup_steps=preset.warmup_steps if self.warmup_steps is None else self.warmup_steps))
         object.__setattr__(self, "template", model_template(options))
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
-            raise ValueError(f"threads must be an int >= 1, got {self.threads!r}")
+        _check.integer(self.threads, "threads", low=1)
 
     def run(self, on_start: Optional[Callable[[TrainStart], None]] = None) -> tuple[Translator, list[dict]]:
         """Own the run folder (:class:`~attend.apps.translate.run.RunFolderBusy` at once if

@@ -42,7 +42,7 @@ import threading
 import warnings
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from ... import _io
+from ... import _check, _io
 from ...data import Vocab
 from .config import TrainConfig
 from .presets import ModelConfig, check_weights, model_config
@@ -115,7 +115,7 @@ def check_history(history: Any, path: str, where: str = "history") -> list[dict]
         doc.int("epoch", lo=0)
         for k in ("train_loss", "valid_loss"):
             v = doc.raw.get(k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (math.isfinite(v) and v < 0):
+            if not _check.is_number(v) or (math.isfinite(v) and v < 0):
                 raise doc.error(k, f"must be a number >= 0, got {_io.json_type(v)} {v!r}")
         for k in ("lr", "seconds", "tokens_per_s"):
             doc.number(k, lo=0)

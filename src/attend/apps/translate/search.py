@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ... import _check as check
 from ...data.text import Vocab
 from ...models.seq2seq import Seq2Seq, reorder_state
 from ...models.transformer import TransformerSeq2Seq
@@ -52,8 +53,7 @@ def _check(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Optional[i
         raise TypeError(f"model must be a Seq2Seq or TransformerSeq2Seq, got {type(model).__name__}")
     if max_len is None:
         return default_max_len(src_lengths)
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
+    check.integer(max_len, "max_len", low=1)
     return max_len
 
 
@@ -95,10 +95,8 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, max_len: Optiona
 def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int = 4,
                 max_len: Optional[int] = None, length_penalty: float = 1.0) -> list[Hypothesis]:
     """Beam search over the whole batch at once (B * beam rows)."""
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"beam must be an int >= 1, got {beam!r}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or length_penalty < 0:
-        raise ValueError(f"length_penalty must be a number >= 0, got {length_penalty!r}")
+    check.integer(beam, "beam", low=1)
+    check.number(length_penalty, "length_penalty", low=0)
     max_len = _check(model, src, src_lengths, max_len)
     enc = model.encode(src, src_lengths)
     B, K, dev = src.shape[0], beam, src.device
