@@ -51,37 +51,53 @@ from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--tiny", action="store_true", help="toy sizes; on a CPU runs the kernels in Triton's interpreter")
-ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
-ap.add_argument("--quick", action="store_true", help="fewer shapes (first look on a GPU)")
-ap.add_argument("--parts", default="checks,main,variants", help="comma list of checks, main, variants")
-ap.add_argument("--dtypes", default="bfloat16,float16", help="main table dtypes")
-ap.add_argument("--dims", default="64,128", help="main table head dims")
-ap.add_argument("--lengths", default="", help="main table L=S values (default 512..16384; --quick 1k,4k,16k)")
-ap.add_argument("--flex-lengths", default="1024,4096,16384", help="lengths at which FlexAttention is compiled and timed")
-ap.add_argument("--budget", type=float, default=0.0, help="seconds; do not start a row that would not fit")
-ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
-args = ap.parse_args()
 START = time.monotonic()
 
 import torch  # noqa: E402
 
-if args.tiny and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
-# compiled kernels and autotune choices in the checkout (git-ignored), so that a resumed run on
-# the same machine reuses them even where the home folder is not kept between calls
-os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(ROOT, ".triton-cache"))
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(ROOT, ".inductor-cache"))
-sys.path.insert(0, os.path.join(ROOT, "src"))  # the GPU machine runs from a checkout, no install
 
-import triton  # noqa: E402
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true", help="toy sizes; on a CPU runs the kernels in Triton's interpreter")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--quick", action="store_true", help="fewer shapes (first look on a GPU)")
+    ap.add_argument("--parts", default="checks,main,variants", help="comma list of checks, main, variants")
+    ap.add_argument("--dtypes", default="bfloat16,float16", help="main table dtypes")
+    ap.add_argument("--dims", default="64,128", help="main table head dims")
+    ap.add_argument("--lengths", default="", help="main table L=S values (default 512..16384; --quick 1k,4k,16k)")
+    ap.add_argument("--flex-lengths", default="1024,4096,16384",
+                    help="lengths at which FlexAttention is compiled and timed")
+    ap.add_argument("--budget", type=float, default=0.0, help="seconds; do not start a row that would not fit")
+    ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
+    return ap.parse_args(argv)
 
-import attend  # noqa: E402
 
+# set by setup(), from the options (Triton's interpreter must be chosen before Triton is imported)
+args: argparse.Namespace
+triton = attend = None
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-TRITON = attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
+TRITON = None
+
+
+def setup(argv=None) -> None:
+    global args, triton, attend, TRITON
+    args = parse(argv)
+    if args.tiny and not CUDA:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
+    # compiled kernels and autotune choices in the checkout (git-ignored), so that a resumed run on
+    # the same machine reuses them even where the home folder is not kept between calls
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(ROOT, ".triton-cache"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(ROOT, ".inductor-cache"))
+    sys.path.insert(0, os.path.join(ROOT, "src"))  # the GPU machine runs from a checkout, no install
+    import triton as triton_
+    import triton.testing  # noqa: F401
+
+    import attend as attend_
+    import attend.backends.triton.configs  # noqa: F401
+    import attend.backends.triton.launch  # noqa: F401
+    triton, attend = triton_, attend_
+    TRITON = attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
 
 
 def bench(fn) -> float:
@@ -112,44 +128,31 @@ def environment() -> dict:
 
 
 # ---- checks ------------------------------------------------------------------------------
-def reference(q, k, v, allowed=None, mod=None, scale=None):
-    """float64 attention on the CPU (independent einsum + softmax); q, k, v float64 CPU tensors."""
-    g = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = torch.einsum("bhle,bhse->bhls", q, k) * (scale or q.shape[-1] ** -0.5)
-    if mod is not None:
-        s = mod(s)
-    if allowed is not None:
-        s = s.masked_fill(~allowed.cpu(), -math.inf)
-    alive = torch.isfinite(s).any(-1, keepdim=True)
-    p = torch.softmax(torch.where(alive, s, torch.zeros_like(s)), -1) * alive
-    return p @ v
+def reference(q, k, v, **kw):
+    """The package's reference: attend's ``eager`` backend on float64 CPU tensors, same keywords."""
+    return attend.attention(q, k, v, backend="eager", **kw)
 
 
 def checks(dtype) -> list[dict]:
     B, H, L, E = (1, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)
-    i = torch.arange(L).view(L, 1)
-    j = torch.arange(L).view(1, L)
     docs = torch.arange(L) * 3 // L  # three packed documents
-    slopes = attend.mods.alibi_slopes(H)
     cases = {
-        "plain": ({}, None, None),
-        "causal": ({"causal": True}, j <= i, None),
-        "window 64": ({"window": (64, 0)}, (j <= i) & (j >= i - 64), None),
-        "document+causal": ({"mask": attend.masks.and_masks(attend.masks.document(docs), attend.masks.causal())},
-                            (docs.view(L, 1) == docs.view(1, L)) & (j <= i), None),
-        "alibi": ({"score_mod": attend.mods.alibi(slopes), "causal": True}, j <= i,
-                  lambda s: s - slopes.double().view(1, H, 1, 1) * (i - j).abs().double()),
-        "softcap 5": ({"score_mod": attend.mods.softcap(5.0)}, None, lambda s: 5.0 * torch.tanh(s / 5.0)),
+        "plain": {},
+        "causal": {"causal": True},
+        "window 64": {"window": (64, 0)},
+        "document+causal": {"mask": attend.masks.and_masks(attend.masks.document(docs), attend.masks.causal())},
+        "chunked 64, causal": {"mask": attend.masks.chunked(64 if not args.tiny else 16), "causal": True},
+        "alibi": {"score_mod": attend.mods.alibi(attend.mods.alibi_slopes(H)), "causal": True},
+        "softcap 5": {"score_mod": attend.mods.softcap(5.0)},
     }
     rows = []
-    for name, (kw, allowed, mod) in cases.items():
+    for name, kw in cases.items():
         q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
         out = attend.attention(q, k, v, backend=TRITON, **kw)
         dout = torch.randn_like(out)
         grads = torch.autograd.grad(out, (q, k, v), dout)
         qd, kd, vd = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
-        ref = reference(qd, kd, vd, allowed, mod)
+        ref = reference(qd, kd, vd, **kw)
         ref_grads = torch.autograd.grad(ref, (qd, kd, vd), dout.cpu().double())
         rel = lambda x, r: ((x.cpu().double() - r).norm() / r.norm()).item()  # noqa: E731
         row = {"case": name, "dtype": str(dtype).replace("torch.", ""), "out": rel(out, ref)}
@@ -165,22 +168,21 @@ def tma_checks(dtype) -> list[dict]:
     """The tensor-descriptor (TMA) paths with fixed 64x64 blocks, whatever the autotuner would
     pick: forward and backward launched directly, vs float64. Only where TMA runs (Hopper);
     in the interpreter (``--tiny``) with 16x16 blocks."""
-    fused = attend.backends.fused
+    configs, launch = attend.backends.triton.configs, attend.backends.triton.launch
     B, H, L, E = (1, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)
     block = 16 if args.tiny else 64
     rows = []
     for name, causal in (("plain (TMA)", False), ("causal (TMA)", True)):
         q, k, v = (torch.randn(B, H, L, E, device=DEV, dtype=dtype) for _ in range(3))
-        if not fused._tma_ok(q, k, v):
+        if not configs.tma_ok(q, k, v):
             print(f"  {name}: skipped, TMA does not run here", flush=True)
             return rows
-        p = fused.Plan(scale=E ** -0.5, causal=causal)
-        out, lse = fused.flash_forward(q, k, v, p, block_m=block, block_n=block, tma=True)
+        p = attend.backends.triton.plan.Plan(scale=E ** -0.5, causal=causal)
+        out, lse = launch.flash_forward(q, k, v, p, block_m=block, block_n=block, tma=True)
         dout = torch.randn_like(out)
-        grads = fused.flash_backward(dout, q, k, v, out, lse, p, block_m=block, block_n=block, tma=True)[:3]
+        grads = launch.flash_backward(dout, q, k, v, out, lse, p, block_m=block, block_n=block, tma=True)[:3]
         qd, kd, vd = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
-        allowed = torch.ones(L, L, dtype=torch.bool).tril() if causal else None
-        ref = reference(qd, kd, vd, allowed)
+        ref = reference(qd, kd, vd, causal=causal)
         ref_grads = torch.autograd.grad(ref, (qd, kd, vd), dout.cpu().double())
         rel = lambda x, r: ((x.cpu().double() - r).norm() / r.norm()).item()  # noqa: E731
         row = {"case": name, "dtype": str(dtype).replace("torch.", ""), "out": rel(out, ref)}
@@ -251,10 +253,11 @@ def chosen_configs(E: int, dtype) -> dict:
     times (ms) that decided it."""
     if not CUDA:
         return {}
-    last = attend.backends.fused._LAST_DQ
-    got = {"dq_mode": last["mode"], "dq_ms": last["ms"]}
-    for name in ("_fwd", "_bwd_dkdv") if last["mode"] == "atomic" else ("_fwd", "_bwd_dq", "_bwd_dkdv"):
-        tuner = attend.backends.fused._kernel(name, attend.backends.fused._bucket(E), True, dtype == torch.float32)
+    configs, launch = attend.backends.triton.configs, attend.backends.triton.launch
+    mode, ms = list(launch.DQ_CHOICE.values())[-1] if launch.DQ_CHOICE else (None, None)  # the newest key's
+    got = {"dq_mode": mode, "dq_ms": ms}
+    for name in ("_fwd", "_bwd_dkdv") if mode == "atomic" else ("_fwd", "_bwd_dq", "_bwd_dkdv"):
+        tuner = configs.kernel(name, configs.bucket(E), True, dtype == torch.float32)
         c = getattr(tuner, "best_config", None)
         if c is not None:
             got[name] = (f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}, {c.num_warps}w, {c.num_stages}s"
@@ -503,7 +506,8 @@ def report(state: dict, names: list[str], complete: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None):
+    setup(argv)
     parts = set(args.parts.split(","))
     unknown = parts - {"checks", "main", "variants"}
     if unknown:

@@ -12,8 +12,9 @@ whether it spills to local memory, how much shared memory it asks for (an H100 b
 have at most 227 KiB) and whether the dots became Hopper ``wgmma`` instructions. It says
 nothing about speed.
 
-The launch arguments are the real ones: the launchers in ``attend.backends.fused`` run
-on CPU tensors with the kernel call replaced by a recorder, then each recorded launch is
+The launch arguments are the real ones: the launchers of ``attend.backends.triton.launch`` run
+on CPU tensors with a ``Target`` that records each launch instead of running it (the
+launchers' seam for this), then each recorded launch is
 compiled for the target with Triton's own argument specialisation (as a launch on a GPU
 would, including the 16-byte alignment hints). Uses Triton internals
 (``create_function_from_signature``, ``JITFunction._pack_args``) checked on triton 3.6
@@ -37,24 +38,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be JIT functions, not interpreted ones
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--quick", action="store_true", help="one config per kernel and variant")
-ap.add_argument("--sweep", action="store_true",
-                help="instead: every (BLOCK_M, BLOCK_N, warps, stages) in a grid for the main kernels (plain, causal)")
-ap.add_argument("--dims", default="64,128,256", help="head dims of the config part")
-ap.add_argument("--kernels", default="_fwd,_bwd_dq,_bwd_dkdv", help="kernels of the sweep")
-ap.add_argument("--dtypes", default="bf16,fp32", help="dtypes of the sweep")
-ap.add_argument("--small-grid", action="store_true", help="sweep blocks 16..64, stages 1..2 only")
-ap.add_argument("--blocks", default="", help="sweep these block sizes instead (e.g. 64,128)")
-ap.add_argument("--tags", default="", help="config tags to sweep as well: tma (tensor-descriptor loads)")
-ap.add_argument("--tagged-only", action="store_true", help="sweep only the tagged configs")
-ap.add_argument("--dq-mode", default="separate", choices=("separate", "atomic"),
-                help="the sweep's backward: dQ by its own kernel, or added by dK/dV's kernel with atomics")
-ap.add_argument("--main-only", action="store_true", help="only the autotune configs of plain and causal")
-ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
-ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
-ap.add_argument("--suffix", default="", help="added to the results file's name (e.g. --suffix=-tma-fwd)")
-args = ap.parse_args()
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one config per kernel and variant")
+    ap.add_argument("--sweep", action="store_true",
+                    help="instead: every (BLOCK_M, BLOCK_N, warps, stages) in a grid for the main kernels "
+                         "(plain, causal)")
+    ap.add_argument("--dims", default="64,128,256", help="head dims of the config part")
+    ap.add_argument("--kernels", default="_fwd,_bwd_dq,_bwd_dkdv", help="kernels of the sweep")
+    ap.add_argument("--dtypes", default="bf16,fp32", help="dtypes of the sweep")
+    ap.add_argument("--small-grid", action="store_true", help="sweep blocks 16..64, stages 1..2 only")
+    ap.add_argument("--blocks", default="", help="sweep these block sizes instead (e.g. 64,128)")
+    ap.add_argument("--tags", default="", help="config tags to sweep as well: tma (tensor-descriptor loads)")
+    ap.add_argument("--tagged-only", action="store_true", help="sweep only the tagged configs")
+    ap.add_argument("--dq-mode", default="separate", choices=("separate", "atomic"),
+                    help="the sweep's backward: dQ by its own kernel, or added by dK/dV's kernel with atomics")
+    ap.add_argument("--main-only", action="store_true", help="only the autotune configs of plain and causal")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--suffix", default="", help="added to the results file's name (e.g. --suffix=-tma-fwd)")
+    return ap.parse_args(argv)
+
+
+args: argparse.Namespace  # this run's options (set by main)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -62,7 +69,10 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-from attend.backends import _flash, fused  # noqa: E402
+from _machine import command_line, write_atomic  # noqa: E402
+from attend.backends.triton import configs, launch  # noqa: E402
+from attend.backends.triton import kernels as triton_kernels  # noqa: E402
+from attend.backends.triton.plan import Plan  # noqa: E402
 
 SMEM_LIMIT = 227 * 1024  # bytes per block on sm_90 (opt-in maximum)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -71,7 +81,7 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 calls: list[tuple[str, tuple, dict]] = []
 
 
-class _Recorder:
+class _Launch:
     def __init__(self, name: str):
         self.name = name
 
@@ -79,10 +89,21 @@ class _Recorder:
         return lambda *a, **kw: calls.append((self.name, a, kw))
 
 
-_gpu_prec = fused._prec
-fused._kernel = lambda name, bucket, tuned, fp32=False: _Recorder(name)
-fused._check_device = lambda t: None
-fused._prec = lambda dtype, device: _gpu_prec(dtype, torch.device("cuda"))  # the GPU's dot precision
+class Recorder(launch.Target):
+    """Launches recorded (name, args, kwargs) instead of run; CPU tensors allowed; the GPU's
+    dot precision."""
+
+    def kernel(self, name, bucket, tuned, fp32=False):
+        return _Launch(name)
+
+    def prec(self, dtype, device):
+        return configs.prec(dtype, torch.device("cuda"))
+
+    def check_device(self, t):
+        pass
+
+
+RECORD = Recorder()
 
 
 def variants(B: int, H: int, L: int, S: int) -> dict:
@@ -102,6 +123,7 @@ def variants(B: int, H: int, L: int, S: int) -> dict:
         "alibi": {"slopes": torch.ones(H)},
         "softcap": {"softcap": 30.0},
         "relative table (grad)": {"table": torch.zeros(H, 257)},
+        "chunked (64, causal)": {"causal": True, "chunk": 64},
     }
 
 
@@ -109,17 +131,17 @@ def record(kernels: set, dtype, E: int, name: str, kw: dict, bm: int, bn: int,
            dq_mode: str = "separate") -> None:
     B, H, L, S = 2, 4, 256, 256
     q, k, v = (torch.zeros(B, H, L, E, dtype=dtype) for _ in range(3))
-    p = fused.Plan(scale=E ** -0.5, **kw)
+    p = Plan(scale=E ** -0.5, **kw)
     if "_fwd" in kernels:
-        fused.flash_forward(q, k, v, p, block_m=bm, block_n=bn)
+        launch.flash_forward(q, k, v, p, block_m=bm, block_n=bn, target=RECORD)
     if kernels & {"_bwd_dq", "_bwd_dkdv"}:
         lse = torch.zeros(B, H, L)
-        fused.flash_backward(q, q, k, v, q, lse, p, bias_grad="bias" in kw, table_grad="table" in kw,
-                             block_m=bm, block_n=bn, dq_mode=dq_mode)
+        launch.flash_backward(q, q, k, v, q, lse, p, bias_grad="bias" in kw, table_grad="table" in kw,
+                              block_m=bm, block_n=bn, dq_mode=dq_mode, target=RECORD)
     if "_weights" in kernels:
-        fused.flash_weights(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn)
+        launch.flash_weights(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn, target=RECORD)
     if "_key_totals" in kernels:
-        fused.flash_key_totals(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn)
+        launch.flash_key_totals(q, k, torch.zeros(B, H, L), p, block_m=bm, block_n=bn, target=RECORD)
 
 
 def label(vname: str, dq_mode: str) -> str:
@@ -128,13 +150,13 @@ def label(vname: str, dq_mode: str) -> str:
 
 
 # ---- compile one recorded launch for the target -------------------------------------------
-TARGET = GPUTarget("cuda", args.arch, 32)
-BACKEND = make_backend(TARGET)
+TARGET: GPUTarget  # the GPU compiled for (set by main, from --arch)
+BACKEND = None
 
 
 def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int, tag: str = "") -> dict:
-    fn = getattr(_flash, name)
-    kw = dict(kw, **fused._extras(name, [tag]), num_warps=warps, num_stages=stages)
+    fn = getattr(triton_kernels, name)
+    kw = dict(kw, **configs.extras(name, [tag]), num_warps=warps, num_stages=stages)
     binder = create_function_from_signature(fn.signature, fn.params, BACKEND)
     bound, spec, opts = binder(*a, **kw)
     options, signature, constexprs, attrs = fn._pack_args(BACKEND, kw, bound, spec, opts)
@@ -161,7 +183,7 @@ def compile_one(name: str, a: tuple, kw: dict, warps: int, stages: int, tag: str
 
 def sweep_tags(name: str) -> list[str]:
     """The config tags to compile for this kernel ("" = untagged)."""
-    tags = [t for t in args.tags.split(",") if t] if name in fused._TMA_KERNELS else []
+    tags = [t for t in args.tags.split(",") if t] if name in configs.TMA_KERNELS else []
     return tags if args.tagged_only else [""] + tags
 
 
@@ -200,7 +222,11 @@ def sweep() -> list[dict]:
     return rows
 
 
-def main():
+def main(argv=None):
+    global args, TARGET, BACKEND
+    args = parse(argv)
+    TARGET = GPUTarget("cuda", args.arch, 32)
+    BACKEND = make_backend(TARGET)
     if args.sweep:
         rows = sweep()
         write(rows, [r for r in rows if "error" not in r and not r["local"] and r["shared"] <= SMEM_LIMIT])
@@ -229,8 +255,8 @@ def main():
         for E in dims:
             for vname in ("plain", "causal"):
                 for kernel in kernels:
-                    configs = fused._configs(kernel, fused._bucket(E), dname == "fp32")
-                    for config in configs[:1] if args.quick else configs:
+                    listed = configs.configs(kernel, configs.bucket(E), dname == "fp32")
+                    for config in listed[:1] if args.quick else listed:
                         for dq_mode in ("separate", "atomic") if kernel == "_bwd_dkdv" else ("separate",):
                             build(kernel, dtype, dname, E, vname, variants(2, 4, 256, 256)[vname], config, dq_mode)
     # 2. every variant and dtype once (first config of its list): does it build?
@@ -241,26 +267,16 @@ def main():
                 continue
             E = 128 if dname != "fp32" else 64
             for kernel in kernels + ("_weights", "_key_totals"):
-                configs = fused._configs(kernel, fused._bucket(E), dname == "fp32")
-                build(kernel, dtype, dname, E, vname, kw, configs[0])
+                listed = configs.configs(kernel, configs.bucket(E), dname == "fp32")
+                build(kernel, dtype, dname, E, vname, kw, listed[0])
                 if kernel == "_bwd_dkdv" and not kw.keys() & {"bias", "table"}:  # (gradients of those: separate)
-                    build(kernel, dtype, dname, E, vname, kw, configs[0], "atomic")
-                tma = [c for c in configs if c[4:] == ("tma",)]
+                    build(kernel, dtype, dname, E, vname, kw, listed[0], "atomic")
+                tma = [c for c in listed if c[4:] == ("tma",)]
                 if tma:  # and the kernel's tensor-descriptor path, in its first TMA config
                     build(kernel, dtype, dname, E, vname, kw, tma[0])
     write(rows)
     if failed:
         raise SystemExit(f"{failed} compilations failed")
-
-
-def command_args() -> str:
-    """This run's arguments, without ``--out`` and its folder."""
-    argv, kept = sys.argv[1:], []
-    for i, a in enumerate(argv):
-        if a == "--out" or a.startswith("--out=") or (i and argv[i - 1] == "--out"):
-            continue
-        kept.append(a)
-    return " ".join(kept)
 
 
 HEADER = ["| kernel | variant | dtype | E | config | regs | spills (B) | shared (KiB) | wgmma / mma | compile s "
@@ -290,7 +306,7 @@ def table_row(r: dict) -> str:
 def write(rows: list[dict], keep: Optional[list[dict]] = None) -> None:
     """The report; for a sweep, the configs that qualify first, then every compilation."""
     lines = [f"# The fused kernels compiled for sm_{args.arch} (no GPU: registers, spills, shared memory)", "",
-             f"Command: `python benchmarks/gpu_compile.py {command_args()}`; triton "
+             f"Command: `{command_line()}`; triton "
              f"{triton.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}, on a machine without a GPU (Triton's bundled ptxas).", "",
              "What it shows: whether each kernel builds for the target; registers per thread (255 is the "
@@ -309,8 +325,7 @@ def write(rows: list[dict], keep: Optional[list[dict]] = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"gpu-compile-sm{args.arch}-triton-{triton.__version__}"
                         f"{'-sweep' if args.sweep else ''}{args.suffix}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     print("wrote", path)
 
 
