@@ -24,10 +24,17 @@ Kernels, one program per (block of rows, batch·head):
 - ``_weights``: the exact probabilities ``2^(s·log2 e - lse)`` from the saved log-sum-exp.
 - ``_key_totals``: per-key sums of the probabilities over the query rows.
 
+The rules come as two grouped arguments that every kernel and helper passes on whole
+(:func:`attend.backends.triton.plan.kernel_args` builds them from the plan): ``R``, the
+runtime values (``R.MASK``, ``R.LENS``, ``R.WL``, ``R.CHUNK``, ... pointers, strides and
+sizes), and ``F``, a constexpr tuple of flags (``F.IS_CAUSAL``, ``F.HAS_CHUNK``, ``F.MOD``,
+...), so each combination of rules compiles its own kernel with the others left out. A new
+rule adds its entries to both and its terms where they are read: ``_scores`` and the ranges.
+
 Every score follows one definition (``_scores``), the same as attend's contract: scale ·
 q·k, then the score_mod (ALiBi, soft-capping or a relative-position table), then the
 additive bias, then every mask rule (AND) as -inf. Key blocks that the rule masks
-(causal, sliding window, key lengths, sorted document ids, prefix-LM) rule out entirely
+(causal, sliding window, key lengths, sorted document ids, prefix-LM, chunks) rule out entirely
 are never loaded (``_key_range`` / ``_query_range``); inside the blocks that remain the
 rules are applied element by element, so the ranges only ever save work.
 
