@@ -1,7 +1,9 @@
-"""Score-function cases shared by the numerics tests: attend's argument and the reference's scores."""
+"""Cases shared by the tests: score functions (attend's argument and the reference's scores), the
+backend grid (``BACKENDS``, ``triton`` included where it can run) with what each backend runs,
+inputs and masks, and ``check_case``, the tolerance rule with gradients on one backend."""
 from __future__ import annotations
 
-import math
+import copy
 
 import torch
 
@@ -14,7 +16,7 @@ def make_score(name: str, E: int):
     if name == "dot":
         return "dot", R.dot
     if name == "scaled_dot":
-        return "scaled_dot", lambda q, k: R.dot(q, k) / math.sqrt(E)
+        return "scaled_dot", R.scaled_dot(E)
     if name == "cosine":
         return "cosine", R.cosine
     if name == "Cosine(0.25)":
@@ -35,20 +37,120 @@ def make_score(name: str, E: int):
 SCORES = ["dot", "scaled_dot", "cosine", "Cosine(0.25)", "General", "Additive", "callable"]
 DOT_LIKE = {"dot", "scaled_dot", "cosine", "Cosine(0.25)", "General"}
 
+CUDA = torch.cuda.is_available()
+
+
+def _triton_runs() -> bool:
+    """Triton is installed and has somewhere to run: a GPU, or its CPU interpreter
+    (TRITON_INTERPRET=1, which conftest.py sets on machines without CUDA)."""
+    from attend.backends.triton.plan import import_error
+
+    return import_error() is None and (CUDA or attend.backends.triton.interpreting())
+
+
 BACKENDS = ["eager", "sdpa", "chunked", "chunked16"]
+# "The same eager code in the test dtype" (RELIABILITY.md): no float32 upcast inside.
+BASELINE = attend.backends.Eager(upcast=False)
 
 
-def backend_arg(name: str):
-    # 16-key blocks and 8-query tiles: block and tile edges are crossed at the test sizes
-    return attend.backends.Chunked(block_size=16, query_block_size=8) if name == "chunked16" else name
+def backend_arg(name):
+    """attend's ``backend=`` argument for a grid name (a Backend instance passes through)."""
+    if name == "chunked16":  # 16-key blocks and 8-query tiles: block and tile edges are crossed at the test sizes
+        return attend.backends.Chunked(block_size=16, query_block_size=8)
+    if name == "triton":
+        return attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
+    return name
 
 
-def runnable(backend: str, score: str, **kw) -> bool:
+def _name(backend) -> str:
+    return backend if isinstance(backend, str) else backend.name
+
+
+def device(backend) -> str:
+    """Where a backend's inputs live: triton's on the GPU when there is one, all others on the CPU."""
+    return "cuda" if CUDA and _name(backend) == "triton" else "cpu"
+
+
+def interpreted(backend) -> bool:
+    """Whether a backend runs in Triton's CPU interpreter, one program at a time (slow: keep its cases small)."""
+    return _name(backend) == "triton" and not CUDA
+
+
+def wide(backend) -> torch.dtype:
+    """The widest dtype a backend runs: float64, but float32 for triton (its kernels take no float64).
+    Tests written in float64 run triton in float32 and say how they compare it."""
+    return torch.float32 if _name(backend) == "triton" else torch.float64
+
+
+TRITON_MODS = ("Alibi", "Softcap", "RelativeBias")  # the score_mods compiled into the kernels
+
+
+def runnable(backend, score: str, **kw) -> bool:
+    """Whether a backend runs a call (an independent statement of what each one refuses).
+    ``kw``: any of ``return_weights``, ``score_mod``, ``hard``, ``dropout_p``, ``sinks``, ``dtype``."""
+    backend = _name(backend)
     if backend == "sdpa":
-        return score in DOT_LIKE and not kw.get("return_weights") and kw.get("score_mod") is None and not kw.get("hard")
+        return (score in DOT_LIKE and not kw.get("return_weights") and kw.get("score_mod") is None
+                and not kw.get("hard") and not kw.get("sinks"))
     if backend.startswith("chunked"):
         return not kw.get("hard")
+    if backend == "triton":
+        mod = kw.get("score_mod")
+        return (score in DOT_LIKE and not kw.get("hard") and not kw.get("dropout_p")
+                and kw.get("dtype", torch.float32) != torch.float64
+                and (mod is None or type(mod).__name__ in TRITON_MODS))
     return True
+
+
+def _to(x, dev: str):
+    if isinstance(x, torch.Tensor):
+        return x.to(dev)
+    if isinstance(x, torch.nn.Module) and dev != "cpu":
+        return copy.deepcopy(x).to(dev)  # a score module: a copy, so the caller's stays on the CPU
+    return x
+
+
+def _back(x):
+    if isinstance(x, tuple):
+        return tuple(_back(t) for t in x)
+    return x.cpu() if isinstance(x, torch.Tensor) else x
+
+
+def attention(backend, *args, **kw):
+    """``attend.attention`` on a grid backend: tensors (inputs, masks, sinks) moved to the
+    backend's device, the results back on the CPU. Both moves are differentiable, so gradients
+    reach the caller's CPU tensors. On the CPU nothing is copied."""
+    dev = device(backend)
+    args = [_to(a, dev) for a in args]
+    kw = {k: _to(x, dev) for k, x in kw.items()}
+    return _back(attend.attention(*args, backend=backend_arg(backend), **kw))
+
+
+def check_case(backend, q, k, v, *, kw, ref_scores, allowed=None, bias=None, mod=None, dtype, what, grads=True,
+               dout=None):
+    """Forward and dq/dk/dv of ``backend`` against the float64 reference, by the tolerance rule
+    (output m=2, gradients m=3) with the eager baseline run on the same device. ``dout``: the
+    output's gradient (random if not given). Returns the output and the gradients, on the CPU."""
+    dev = device(backend)
+    q, k, v = (t.detach().to(dev).requires_grad_(grads) for t in (q, k, v))
+    kw = {key: _to(x, dev) for key, x in kw.items()}
+    qd, kd, vd = (t.detach().cpu().double().requires_grad_(grads) for t in (q, k, v))
+    ref, _ = R.reference(qd, kd, vd, ref_scores, allowed=allowed, bias=bias, mod=mod)
+    dout = torch.randn_like(ref) if dout is None else dout.cpu().double()
+
+    def run(b):
+        out = attend.attention(q, k, v, backend=b, **kw)
+        g = torch.autograd.grad(out, (q, k, v), dout.to(dev, dtype)) if grads else ()
+        return out.cpu(), [t.cpu() for t in g]
+
+    out, g = run(backend_arg(backend))
+    base, gb = run(BASELINE)
+    R.check(out, base, ref, dtype=dtype, m=2, what=f"output {what}")
+    if grads:
+        gr = torch.autograd.grad(ref, (qd, kd, vd), dout)
+        for name, a, b_, r in zip("qkv", g, gb, gr):
+            R.check(a, b_, r, dtype=dtype, m=3, what=f"d{name} {what}")
+    return out, g
 
 
 def inputs(B, Hq, Hkv, L, S, E, Ev, dtype, *, seed=0, grad=False):

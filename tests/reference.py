@@ -30,9 +30,20 @@ def window_mask(L: int, S: int, left: Optional[int], right: Optional[int]) -> Te
     return torch.tensor(rows, dtype=torch.bool).reshape(L, S)
 
 
+def loop_mask(B: int, L: int, S: int, fn: Callable[[int, int, int], bool]) -> Tensor:
+    """A dense (B, 1, L, S) mask from a Python predicate ``fn(b, i, j)``."""
+    return torch.tensor([[[fn(b, i, j) for j in range(S)] for i in range(L)] for b in range(B)],
+                        dtype=torch.bool).reshape(B, 1, L, S)
+
+
 # ---- scores, by einsum -----------------------------------------------------------------
 def dot(q: Tensor, k: Tensor) -> Tensor:
     return torch.einsum("bhle,bhse->bhls", q, k)
+
+
+def scaled_dot(E: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """The scores of ``score="scaled_dot"`` for head dim E: q·k / sqrt(E)."""
+    return lambda q, k: dot(q, k) / math.sqrt(E)
 
 
 def cosine(q: Tensor, k: Tensor, temperature: float = 1.0) -> Tensor:
