@@ -48,7 +48,9 @@ def _triton_runs() -> bool:
     return import_error() is None and (CUDA or attend.backends.triton.interpreting())
 
 
-BACKENDS = ["eager", "sdpa", "chunked", "chunked16"]
+# The one backend grid. "triton" runs its real kernels: on a GPU autotuned, on the CPU in
+# Triton's interpreter with fixed 16x16 blocks (block edges crossed at the test sizes).
+BACKENDS = ["eager", "sdpa", "chunked", "chunked16"] + (["triton"] if _triton_runs() else [])
 # "The same eager code in the test dtype" (RELIABILITY.md): no float32 upcast inside.
 BASELINE = attend.backends.Eager(upcast=False)
 

@@ -8,20 +8,15 @@ import torch
 
 import attend
 import reference as R
-from cases import inputs, mask_kwargs
+from cases import BACKENDS, BASELINE, attention, inputs, interpreted, mask_kwargs, runnable
 
-BASELINE = attend.backends.Eager(upcast=False)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (B, Hq, Hkv, L, S, E, mask kind): fully masked rows in "causal" L > S and "bool"
 SHAPES = [(2, 2, 2, 5, 17, 8, "causal"), (1, 4, 2, 17, 5, 16, "causal"), (2, 2, 1, 33, 40, 8, "window"),
           (1, 2, 2, 20, 37, 8, "bool"), (1, 2, 2, 9, 23, 8, "bias")]
 
 
-def _backends():
-    out = ["eager", "chunked", attend.backends.Chunked(block_size=16)]
-    if torch.cuda.is_available() or attend.backends.triton.interpreting():
-        out.append(attend.backends.Triton(block_m=16, block_n=16))
-    return out
+SINK_BACKENDS = [b for b in BACKENDS if runnable(b, "scaled_dot", sinks=True)]  # all but sdpa (test_sdpa_says_why_not)
 
 
 def _sinks(H, dtype, seed=5):
@@ -29,9 +24,9 @@ def _sinks(H, dtype, seed=5):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", _backends(), ids=lambda b: b if isinstance(b, str) else repr(b))
+@pytest.mark.parametrize("backend", SINK_BACKENDS)
 def test_tolerance_rule_with_sinks(backend, dtype):
-    if not isinstance(backend, str) and backend.name == "triton" and dtype != torch.float32:
+    if interpreted(backend) and dtype != torch.float32:
         shapes = SHAPES[:2]  # the interpreter is slow: fp16/bf16 on two shapes
     else:
         shapes = SHAPES
@@ -45,7 +40,7 @@ def test_tolerance_rule_with_sinks(backend, dtype):
         ref_grads = torch.autograd.grad(ref, (qd, kd, vd, sd), dout)
 
         def run(b):
-            out, w = attend.attention(q, k, v, sinks=sinks, return_weights=True, backend=b, **kw)
+            out, w = attention(b, q, k, v, sinks=sinks, return_weights=True, **kw)
             return out, w, torch.autograd.grad(out, (q, k, v, sinks), dout.to(dtype))
 
         out, w, grads = run(backend)
@@ -134,13 +129,13 @@ def test_module_learns_its_sinks():
         attend.nn.MultiHeadAttention(16, 4, sinks=1)
 
 
-@pytest.mark.parametrize("backend", _backends(), ids=lambda b: b if isinstance(b, str) else repr(b))
+@pytest.mark.parametrize("backend", SINK_BACKENDS)
 def test_an_infinite_sink_takes_all_attention_on_every_backend(backend):
     """The reviewer's case: sinks=+inf gave 0 on eager and NaN on chunked."""
     q, k, v = inputs(1, 2, 2, 5, 7, 16, 16, torch.float32)
     sinks = torch.tensor([float("inf"), 0.0])
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
-            out, w = attend.attention(q, k, v, sinks=sinks, return_weights=True, backend=backend)
+            out, w = attention(backend, q, k, v, sinks=sinks, return_weights=True)
         assert torch.equal(out[:, 0], torch.zeros(1, 5, 16)) and torch.equal(w[:, 0], torch.zeros(1, 5, 7))
         assert torch.isfinite(out[:, 1]).all() and (out[:, 1] != 0).any()
