@@ -1,4 +1,11 @@
-"""The ``triton`` backend against the float64 reference (RELIABILITY.md's tolerance rule).
+"""The ``triton`` backend's own tests: what its kernels compile in and how they run.
+
+What every backend promises (the tolerance rule over scores x masks x dtypes, fully masked
+rows, NaN and overflow handling, shift invariance, reruns, ...) is tested on ``triton`` by the
+shared backend grid (``cases.BACKENDS``: test_backends, test_numerics, test_masks,
+test_variants, test_properties, test_sinks). Here: head dims, strides, the compiled mask rules
+and score_mods, whole/boundary/skipped blocks, tensor descriptors (TMA), the autotuner, the
+atomic dQ, the weights kernels, refusals, torch.library/torch.compile, and full sizes on a GPU.
 
 Without CUDA these run the real kernels through Triton's interpreter (``TRITON_INTERPRET=1``,
 set in conftest.py before Triton is imported) at small shapes with 16x16 blocks, so block
@@ -7,91 +14,34 @@ run on the GPU with autotuned blocks, plus the full-size tests at the end.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 import attend
 import reference as R
-from cases import inputs, make_score, mask_kwargs
+from cases import BASELINE, backend_arg, check_case, device, inputs
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'attend[triton]')")
 
 CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
+DEV = device("triton")
 if not CUDA and not attend.backends.triton.interpreting():
     pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-TRITON = attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
+TRITON = backend_arg("triton")  # autotuned on a GPU, 16x16 blocks in the interpreter
 SMALL = attend.backends.Triton(block_m=16, block_n=16)  # fixed 16x16 blocks, also on a GPU
-BASELINE = attend.backends.Eager(upcast=False)
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def dev(*ts):
     return [t.to(DEV) for t in ts]
 
 
-def check_case(q, k, v, *, kw, ref_scores, allowed=None, bias=None, mod=None, dtype, what, grads=True, backend=None):
-    """Forward and dq/dk/dv of triton vs the float64 reference, against the eager baseline."""
-    q, k, v = (t.detach().to(DEV).requires_grad_(grads) for t in (q, k, v))
-    qd, kd, vd = (t.detach().cpu().double().requires_grad_(grads) for t in (q, k, v))
-    ref, _ = R.reference(qd, kd, vd, ref_scores, allowed=allowed, bias=bias, mod=mod)
-    dout = torch.randn_like(ref)
-
-    def run(b):
-        out = attend.attention(q, k, v, backend=b, **kw)
-        g = torch.autograd.grad(out, (q, k, v), dout.to(DEV, dtype)) if grads else ()
-        return out.cpu(), [t.cpu() for t in g]
-
-    out, g = run(backend or TRITON)
-    base, gb = run(BASELINE)
-    R.check(out, base, ref, dtype=dtype, m=2, what=f"output {what}")
-    if grads:
-        gr = torch.autograd.grad(ref, (qd, kd, vd), dout)
-        for name, a, b_, r in zip("qkv", g, gb, gr):
-            R.check(a, b_, r, dtype=dtype, m=3, what=f"d{name} {what}")
-    return out
-
-
-# (B, Hq, Hkv, L, S, E, Ev, mask kind): lengths cross the 16-blocks; GQA, MQA; E != Ev; odd dims
-SHAPES = [
-    (1, 1, 1, 1, 1, 16, 16, "none"),
-    (2, 2, 2, 5, 37, 16, 16, "causal"),  # L < S: bottom-right
-    (1, 4, 2, 37, 5, 16, 8, "causal"),  # L > S: first rows fully masked; GQA; Ev != E
-    (2, 4, 1, 33, 40, 40, 24, "window"),  # MQA, E = 40
-    (1, 2, 2, 20, 37, 111, 96, "bool"),  # non-power-of-two head dims
-    (1, 2, 2, 19, 23, 16, 16, "bias"),
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("score", ["scaled_dot", "dot", "cosine", "General"])
-def test_tolerance_rule_scores_masks_dtypes(score, dtype):
-    for B, Hq, Hkv, L, S, E, Ev, kind in SHAPES:
-        if score != "scaled_dot" and kind in ("bool", "bias"):
-            continue  # the score is what varies here; masks are covered with scaled_dot
-        torch.manual_seed(0)
-        arg, ref_scores = make_score(score, E)
-        if isinstance(arg, torch.nn.Module):
-            arg = arg.to(DEV)
-        kw, allowed, bias = mask_kwargs(kind, B, Hq, L, S, device=DEV)
-        q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype)
-        check_case(q, k, v, kw={"score": arg, **kw}, ref_scores=ref_scores, allowed=allowed, bias=bias, dtype=dtype,
-                   what=f"{score}/{dtype} {(B, Hq, Hkv, L, S, E, Ev)} {kind}")
-
-
-@pytest.mark.parametrize("E,Ev", [(80, 80), (96, 40), (256, 256), (8, 8)])
+@pytest.mark.parametrize("E,Ev", [(80, 80), (96, 40), (111, 96), (256, 256), (8, 8)])
 def test_head_dims(E, Ev):
-    """Head dims up to 256, powers of two or not (padded inside), value dim != key dim."""
+    """Head dims up to 256, powers of two or not (padded inside), value dim != key dim, with gradients."""
     q, k, v = inputs(1, 2, 1, 17, 33, E, Ev, torch.float16)
-    check_case(q, k, v, kw={"causal": True}, ref_scores=_scaled(E), allowed=R.causal_mask(17, 33),
+    check_case(TRITON, q, k, v, kw={"causal": True}, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(17, 33),
                dtype=torch.float16, what=f"E={E} Ev={Ev}")
-
-
-def _scaled(E):
-    return lambda a, b: R.dot(a, b) / math.sqrt(E)
 
 
 def test_noncontiguous_inputs_give_the_same_bits():
@@ -104,23 +54,11 @@ def test_noncontiguous_inputs_give_the_same_bits():
     a = attend.attention(*dev(q, k, v), causal=True, backend=TRITON)
     b = attend.attention(*dev(qt, kt, vt), causal=True, backend=TRITON)
     assert torch.equal(a, b)
-    check_case(qt, kt, vt, kw={"causal": True}, ref_scores=_scaled(16), allowed=R.causal_mask(21, 34),
+    check_case(TRITON, qt, kt, vt, kw={"causal": True}, ref_scores=R.scaled_dot(16), allowed=R.causal_mask(21, 34),
                dtype=torch.float32, what="non-contiguous")
 
 
-def test_reruns_are_bit_identical():
-    q, k, v = dev(*inputs(1, 2, 1, 40, 40, 16, 16, torch.bfloat16))
-    a = attend.attention(q, k, v, causal=True, backend=TRITON)
-    b = attend.attention(q, k, v, causal=True, backend=TRITON)
-    assert torch.equal(a, b)
-
-
 # ---- mask rules compiled into the kernel -----------------------------------------------------
-def _loops(B, L, S, fn):
-    """A dense (B, 1, L, S) mask from a Python predicate fn(b, i, j) (independent of attend)."""
-    return torch.tensor([[[fn(b, i, j) for j in range(S)] for i in range(L)] for b in range(B)]).reshape(B, 1, L, S)
-
-
 RULES = {
     "padding": (lambda: attend.masks.padding([20, 7]), lambda b, i, j, L, S: j < [20, 7][b]),
     "key_mask": (lambda: attend.masks.key_mask(torch.arange(40).remainder(3).ne(0).expand(2, 40).clone()),
@@ -150,10 +88,10 @@ def _doc(t):
 def test_mask_rules(rule, L):
     make, pred = RULES[rule]
     S = 40
-    allowed = _loops(2, L, S, lambda b, i, j: pred(b, i, j, L, S))
+    allowed = R.loop_mask(2, L, S, lambda b, i, j: pred(b, i, j, L, S))
     q, k, v = inputs(2, 2, 2, L, S, 16, 16, torch.float16)
-    out = check_case(q, k, v, kw={"mask": make()}, ref_scores=_scaled(16), allowed=allowed, dtype=torch.float16,
-                     what=f"{rule} L={L}")
+    out, _ = check_case(TRITON, q, k, v, kw={"mask": make()}, ref_scores=R.scaled_dot(16), allowed=allowed,
+                        dtype=torch.float16, what=f"{rule} L={L}")
     dead = ~allowed.any(-1)  # (B, 1, L)
     assert torch.equal(out[dead.expand(-1, 2, -1)], torch.zeros_like(out[dead.expand(-1, 2, -1)]))
 
@@ -180,9 +118,9 @@ SPLIT = {
 @pytest.mark.parametrize("case", list(SPLIT))
 def test_whole_and_boundary_blocks(case):
     L, S, make, pred = SPLIT[case]
-    allowed = _loops(2, L, S, lambda b, i, j: pred(b, i, j, L, S))
+    allowed = R.loop_mask(2, L, S, lambda b, i, j: pred(b, i, j, L, S))
     q, k, v = inputs(2, 4, 2, L, S, 16, 16, torch.float32)
-    check_case(q, k, v, kw=make(), ref_scores=_scaled(16), allowed=allowed, dtype=torch.float32, what=case)
+    check_case(TRITON, q, k, v, kw=make(), ref_scores=R.scaled_dot(16), allowed=allowed, dtype=torch.float32, what=case)
 
 
 def test_whole_blocks_with_a_score_mod():
@@ -190,11 +128,11 @@ def test_whole_blocks_with_a_score_mod():
     L, S, H = 64, 48, 2
     slopes = attend.mods.alibi_slopes(H)
     rel = _rel(L, S).abs().double()
-    allowed = _loops(1, L, S, lambda b, i, j: j <= i + S - L)
+    allowed = R.loop_mask(1, L, S, lambda b, i, j: j <= i + S - L)
     q, k, v = inputs(1, H, H, L, S, 16, 16, torch.float32)
-    check_case(q, k, v, kw={"causal": True, "score_mod": attend.mods.alibi(slopes)}, ref_scores=_scaled(16),
-               allowed=allowed, mod=lambda s: s - slopes.double().view(1, H, 1, 1) * rel, dtype=torch.float32,
-               what="alibi causal L > S")
+    check_case(TRITON, q, k, v, kw={"causal": True, "score_mod": attend.mods.alibi(slopes)},
+               ref_scores=R.scaled_dot(16), allowed=allowed, mod=lambda s: s - slopes.double().view(1, H, 1, 1) * rel,
+               dtype=torch.float32, what="alibi causal L > S")
 
 
 # ---- Hopper's tensor-memory accelerator and the autotuner ----------------------------------
@@ -230,23 +168,19 @@ def test_tma_loads(case, dtype, monkeypatch):
     gradients, and in the interpreter the same bits as the pointer loads."""
     B, Hq, Hkv, L, S, E, Ev, kw, pred = TMA_CASES[case]
     q, k, v = inputs(B, Hq, Hkv, L, S, E, Ev, dtype)
-    dout = torch.randn(B, Hq, L, Ev).to(DEV, dtype)
-
-    def run():
-        qq, kk, vv = (t.detach().to(DEV).requires_grad_() for t in (q, k, v))
-        out = attend.attention(qq, kk, vv, backend=SMALL, **kw)
-        return [out] + list(torch.autograd.grad(out, (qq, kk, vv), dout))
-
-    plain = run()
+    dout = torch.randn(B, Hq, L, Ev).to(dtype)
+    qq, kk, vv = (t.detach().to(DEV).requires_grad_() for t in (q, k, v))
+    out = attend.attention(qq, kk, vv, backend=SMALL, **kw)
+    plain = [out] + list(torch.autograd.grad(out, (qq, kk, vv), dout.to(DEV)))
     _force_tma(monkeypatch)
+    allowed = R.loop_mask(B, L, S, lambda b, i, j: pred(b, i, j, L, S))
+    out, grads = check_case(SMALL, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=allowed, dtype=dtype,
+                            what=f"TMA {case}", dout=dout)
     if not CUDA:
-        assert all(torch.equal(a, b) for a, b in zip(run(), plain))
-    allowed = _loops(B, L, S, lambda b, i, j: pred(b, i, j, L, S))
-    check_case(q, k, v, kw=kw, ref_scores=_scaled(E), allowed=allowed, dtype=dtype, what=f"TMA {case}",
-               backend=SMALL)
+        assert all(torch.equal(a, b.cpu()) for a, b in zip([out, *grads], plain))
     w = attend.attention(*dev(q, k, v), backend=SMALL, return_weights=True, **kw)[1].cpu()
     wb = attend.attention(q, k, v, backend=BASELINE, return_weights=True, **kw)[1]
-    wr = R.reference(q.double(), k.double(), v.double(), _scaled(E), allowed=allowed)[1]
+    wr = R.reference(q.double(), k.double(), v.double(), R.scaled_dot(E), allowed=allowed)[1]
     R.check(w, wb, wr, dtype=dtype, m=2, what=f"TMA weights {case}")
 
 
@@ -304,7 +238,7 @@ def test_autotuner_keys_on_length_buckets_and_tries_tma_only_where_it_can(monkey
             assert len(timed) == n_timed, f"L={L}"
             assert tuner.best_config.kwargs["TMA"]
             qd, kd, vd = (t.double() for t in (q, k, v))
-            ref = R.reference(qd, kd, vd, _scaled(64), allowed=R.causal_mask(L, L))[0]
+            ref = R.reference(qd, kd, vd, R.scaled_dot(64), allowed=R.causal_mask(L, L))[0]
             base = attend.attention(q, k, v, causal=True, backend=BASELINE)
             R.check(out, base, ref, dtype=torch.float16, m=2, what=f"autotuned L={L}")
         vt = v.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, strided last dim: no TMA
@@ -345,15 +279,15 @@ def test_atomic_dq(case, dtype, tma, monkeypatch):
         m[..., 4, :] = False  # a row that sees no key
         kw, allowed = {"mask": m.to(DEV)}, m
     else:
-        allowed = _loops(B, L, S, lambda b, i, j: pred(b, i, j, L, S))
+        allowed = R.loop_mask(B, L, S, lambda b, i, j: pred(b, i, j, L, S))
     if "score_mod" in kw:
         q = q * 3  # scores large enough for soft-capping to bite
         mod = lambda s: 2.0 * torch.tanh(s / 2.0)  # noqa: E731
     backward = launch.flash_backward
     monkeypatch.setattr(launch, "flash_backward", lambda *a, **k_: backward(*a, **k_, dq_mode="atomic", tma=tma))
     launched = _record_launches(monkeypatch)
-    check_case(q, k, v, kw=kw, ref_scores=_scaled(E), allowed=allowed, mod=mod, dtype=dtype,
-               what=f"atomic dQ {case}", backend=SMALL)
+    check_case(SMALL, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=allowed, mod=mod, dtype=dtype,
+               what=f"atomic dQ {case}")
     assert _dq_mode(launched) == "atomic"
 
 
@@ -430,9 +364,9 @@ def test_auto_times_both_dq_modes_once_per_bucket_and_keeps_the_faster(monkeypat
             q, k, v = inputs(1, 2, 2, L, L, 16, 16, torch.float16)
             bias = torch.randn(1, 2, L, L, requires_grad=True) if kw else None
             extra = {"mask": bias} if kw else {}
-            check_case(q, k, v, kw={"causal": True, **extra}, ref_scores=_scaled(16),
+            check_case(attend.backends.Triton(), q, k, v, kw={"causal": True, **extra}, ref_scores=R.scaled_dot(16),
                        allowed=R.causal_mask(L, L), bias=bias.detach().double() if kw else None,
-                       dtype=torch.float16, what=f"auto dQ L={L}", backend=attend.backends.Triton())
+                       dtype=torch.float16, what=f"auto dQ L={L}")
             assert len(timed) == n_timed, L
             assert _dq_mode(launched) == ("separate" if kw else "atomic"), L  # a bias gradient: separate
         assert [mode for mode, _ in launch.DQ_CHOICE.values()] == ["atomic", "atomic"]
@@ -525,14 +459,14 @@ def test_score_mods(mod, dtype):
             b = tab[idx] if tab.ndim == 1 else tab[torch.arange(H).view(H, 1, 1), idx]
             return s + b
     allowed = R.causal_mask(L, S)
-    check_case(q, k, v, kw={"score_mod": arg, "causal": True}, ref_scores=_scaled(E), allowed=allowed, mod=fn,
-               dtype=dtype, what=f"{mod} {dtype}")
+    check_case(TRITON, q, k, v, kw={"score_mod": arg, "causal": True}, ref_scores=R.scaled_dot(E), allowed=allowed,
+               mod=fn, dtype=dtype, what=f"{mod} {dtype}")
     if table is not None:  # the table learns: its gradient matches the reference's
         qd, kd, vd = (t.to(DEV) for t in (q, k, v))
         out = attend.attention(qd, kd, vd, score_mod=arg, causal=True, backend=TRITON)
         dout = torch.randn_like(out)
         (g,) = torch.autograd.grad(out, table, dout)
-        ref, _ = R.reference(q, k, v, _scaled(E), allowed=allowed, mod=fn)
+        ref, _ = R.reference(q, k, v, R.scaled_dot(E), allowed=allowed, mod=fn)
         (gr,) = torch.autograd.grad(ref, tab, dout.cpu().double())
         base_out = attend.attention(qd, kd, vd, score_mod=arg, causal=True, backend=BASELINE)
         (gb,) = torch.autograd.grad(base_out, table, dout)
@@ -547,58 +481,10 @@ def test_bias_that_requires_grad_gets_its_gradient():
     dout = torch.randn_like(out)
     (g,) = torch.autograd.grad(out, bias, dout)
     bd = bias.detach().cpu().double().requires_grad_()
-    ref, _ = R.reference(q.cpu(), k.cpu(), v.cpu(), _scaled(16), allowed=R.causal_mask(L, S), bias=bd)
+    ref, _ = R.reference(q.cpu(), k.cpu(), v.cpu(), R.scaled_dot(16), allowed=R.causal_mask(L, S), bias=bd)
     (gr,) = torch.autograd.grad(ref, bd, dout.cpu().double())
     assert g.shape == bias.shape
     torch.testing.assert_close(g.cpu().double(), gr, rtol=1e-4, atol=1e-5)
-
-
-# ---- edge cases -------------------------------------------------------------------------------
-def test_fully_masked_rows_are_exactly_zero_with_finite_gradients():
-    q, k, v = (t.to(DEV).requires_grad_() for t in inputs(1, 2, 2, 20, 20, 16, 16, torch.float32))
-    m = torch.ones(1, 1, 20, 20, dtype=torch.bool, device=DEV)
-    m[..., 3, :] = False
-    out, w = attend.attention(q, k, v, mask=m, backend=TRITON, return_weights=True)
-    assert torch.equal(out[..., 3, :], torch.zeros_like(out[..., 3, :]))
-    assert torch.equal(w[..., 3, :], torch.zeros_like(w[..., 3, :]))
-    out.sum().backward()
-    for t in (q, k, v):
-        assert torch.isfinite(t.grad).all()
-    assert torch.equal(q.grad[..., 3, :], torch.zeros_like(q.grad[..., 3, :]))
-
-
-def test_nan_in_a_query_row_propagates_and_masked_huge_keys_change_nothing():
-    q, k, v = inputs(1, 1, 1, 8, 24, 16, 16, torch.float32)
-    q[0, 0, 2, 5] = float("nan")
-    out = attend.attention(*dev(q, k, v), backend=TRITON).cpu()
-    assert out[0, 0, 2].isnan().all() and not out[0, 0, [0, 1, 3]].isnan().any()
-    q, k, v = inputs(1, 1, 1, 8, 24, 16, 16, torch.float32)
-    mask = torch.ones(1, 1, 8, 24, dtype=torch.bool)
-    mask[..., 20] = False
-    a = attend.attention(*dev(q, k, v), mask=mask.to(DEV), backend=TRITON)
-    k2, v2 = k.clone(), v.clone()
-    k2[..., 20, :] = 1e30
-    v2[..., 20, :] = 1e30
-    b = attend.attention(*dev(q, k2, v2), mask=mask.to(DEV), backend=TRITON)
-    assert torch.equal(a, b)
-
-
-def test_fp16_scores_beyond_65504_stay_finite():
-    q, k, v = inputs(1, 1, 1, 16, 16, 64, 64, torch.float16)
-    q, k = q * 40, k * 40  # q·k far above fp16's max; the kernel accumulates in fp32
-    check_case(q, k, v, kw={"scale": 1.0 / 64}, ref_scores=lambda a, b: R.dot(a, b) / 64, dtype=torch.float16,
-               what="fp16 overflow", grads=False)
-
-
-def test_shift_invariance():
-    """+1e4 on whole rows of scores changes nothing beyond what fp32 rounding of the shifted
-    scores costs the eager baseline too."""
-    q, k, v = inputs(1, 2, 2, 20, 20, 16, 16, torch.float32)
-    shift = torch.full((1, 2, 20, 1), 1e4)
-    ref, _ = R.reference(q, k, v, _scaled(16))
-    a = attend.attention(*dev(q, k, v), mask=shift.to(DEV), backend=TRITON).cpu()
-    base = attend.attention(q, k, v, mask=shift, backend=BASELINE)
-    R.check(a, base, ref, dtype=torch.float32, m=2, what="shifted rows")
 
 
 # ---- weights from the fused path ----------------------------------------------------------
@@ -722,7 +608,7 @@ def test_torch_compile_runs_a_module_using_attend():
 def test_full_size_on_gpu(dtype, E, causal):
     B, H, L = 2, 8, 2048
     q, k, v = inputs(B, H, H, L, L, E, E, dtype)
-    check_case(q, k, v, kw={"causal": causal}, ref_scores=_scaled(E),
+    check_case(TRITON, q, k, v, kw={"causal": causal}, ref_scores=R.scaled_dot(E),
                allowed=torch.ones(L, L, dtype=torch.bool).tril() if causal else None, dtype=dtype,
                what=f"full size E={E} causal={causal}")
 
