@@ -584,7 +584,7 @@ def test_opcheck_passes():
     bias = torch.randn(1, 2, 20, 24, device=DEV, requires_grad=True)
     p = tplan.Plan(scale=0.25, causal=True, bias=bias)
     args = (q, k, v, *attend.backends.triton.ops.plan_values(p), 16, 16)
-    torch.library.opcheck(torch.ops.attend.flash_attention.default, args)
+    torch.library.opcheck(torch.ops.attend.triton_attention.default, args)
 
 
 @pytest.mark.slow

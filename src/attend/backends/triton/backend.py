@@ -31,8 +31,8 @@ the probabilities from it. On top of that they keep what attend promises:
 It cannot do dropout, hard attention, additive (Bahdanau) or arbitrary callable scores,
 other score_mods, or float64; ``can_run`` says so and ``auto`` falls back.
 
-The kernels are registered as PyTorch custom ops (``torch.ops.attend.flash_attention``
-and ``flash_attention_backward``, with fake-tensor rules and autograd), so
+The kernels are registered as PyTorch custom ops (``torch.ops.attend.triton_attention``
+and ``triton_attention_backward``, with fake-tensor rules and autograd), so
 ``torch.compile`` keeps them whole. On a GPU they autotune their block sizes; on the
 CPU they run only under Triton's interpreter (``TRITON_INTERPRET=1``, set before the
 first call), which is how CPU CI tests them — ``auto`` never picks that path.
@@ -94,7 +94,7 @@ class Triton(Backend):
             out, lse = WithSinks.apply(q, k, call.value, call.sinks, p, self.block_m, self.block_n,
                                        *(getattr(p, n) for n in GRADS))
         else:
-            out, lse = torch.ops.attend.flash_attention(q, k, call.value, *plan_values(p), self.block_m, self.block_n)
+            out, lse = torch.ops.attend.triton_attention(q, k, call.value, *plan_values(p), self.block_m, self.block_n)
         weights = None
         if call.return_weights:
             weights = launch.flash_weights(q.detach(), k.detach(), lse, p, block_m=self.block_m, block_n=self.block_n)

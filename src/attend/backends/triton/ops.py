@@ -1,5 +1,5 @@
-"""The kernels as PyTorch custom ops (``torch.ops.attend.flash_attention`` and
-``flash_attention_backward``): ``torch.compile`` sees one opaque call with a fake-tensor rule
+"""The kernels as PyTorch custom ops (``torch.ops.attend.triton_attention`` and
+``triton_attention_backward``): ``torch.compile`` sees one opaque call with a fake-tensor rule
 and autograd. Attention sinks (:class:`WithSinks`) correct the op's output in PyTorch.
 
 Everything about the plan's arguments is derived from :class:`~.plan.Plan`'s fields: the ops'
@@ -52,12 +52,12 @@ def _forward(q, k, v, *rest):
     return launch.flash_forward(q, k, v, _plan(fields), block_m=block_m, block_n=block_n)
 
 
-flash_attention = torch.library.custom_op(
-    "attend::flash_attention", _forward, mutates_args=(),
+triton_attention = torch.library.custom_op(
+    "attend::triton_attention", _forward, mutates_args=(),
     schema=f"(Tensor q, Tensor k, Tensor v, {_PLAN}, int block_m, int block_n) -> (Tensor, Tensor)")
 
 
-@flash_attention.register_fake
+@triton_attention.register_fake
 def _(q, k, v, *rest):
     B, Hq, L, _ = q.shape
     return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, dtype=torch.float32)
@@ -74,14 +74,14 @@ def _backward_impl(do, q, k, v, out, lse, *rest):
     return (dq, dk, dv) + tuple(got[n] if got[n] is not None else empty.clone() for n in GRADS)
 
 
-flash_attention_backward = torch.library.custom_op(
-    "attend::flash_attention_backward", _backward_impl, mutates_args=(),
+triton_attention_backward = torch.library.custom_op(
+    "attend::triton_attention_backward", _backward_impl, mutates_args=(),
     schema=(f"(Tensor do, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_PLAN}, int block_m, int block_n, "
             + ", ".join(f"bool {n}_grad" for n in GRADS) + ") -> (Tensor, Tensor, Tensor"
             + ", Tensor" * len(GRADS) + ")"))
 
 
-@flash_attention_backward.register_fake
+@triton_attention_backward.register_fake
 def _(do, q, k, v, out, lse, *rest):
     B, Hq, L, _ = q.shape
     S = k.shape[2]
@@ -123,7 +123,7 @@ def backward_op(dout, q, k, v, out, lse, fields: tuple, blocks: tuple, needs) ->
     whether plan field ``name`` wants one."""
     named = dict(zip(NAMES, fields))
     wanted = tuple(named[n] is not None and needs(n) for n in GRADS)
-    dq, dk, dv, *raw = torch.ops.attend.flash_attention_backward(dout, q, k, v, out, lse, *fields, *blocks, *wanted)
+    dq, dk, dv, *raw = torch.ops.attend.triton_attention_backward(dout, q, k, v, out, lse, *fields, *blocks, *wanted)
     return dq, dk, dv, grads_of(named, raw, wanted)
 
 
@@ -135,7 +135,7 @@ def _backward(ctx, dout, dlse):
     return (dq, dk, dv) + tuple(g.get(n) for n in NAMES) + (None, None)
 
 
-torch.library.register_autograd("attend::flash_attention", _backward, setup_context=_setup_context)
+torch.library.register_autograd("attend::triton_attention", _backward, setup_context=_setup_context)
 
 
 def plan_values(p: Plan) -> tuple:
@@ -171,7 +171,7 @@ class WithSinks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, sinks, p, block_m, block_n, *grad_tensors):
         values = plan_values(p)
-        out, lse = torch.ops.attend.flash_attention(q, k, v, *values, block_m, block_n)
+        out, lse = torch.ops.attend.triton_attention(q, k, v, *values, block_m, block_n)
         lse_s = sink_lse(lse, sinks)  # (B, Hq, L), log2 units
         out = (out.float() * torch.exp2(lse - lse_s).unsqueeze(-1)).to(out.dtype)  # (B, Hq, L, Ev)
         _save(ctx, (q, k, v, out, lse_s, sinks), values)
