@@ -216,3 +216,17 @@ def test_chunked_backend_skips_the_key_blocks_of_other_chunks():
     assert kept(call, spans, 16, 24) == [2]
     wide, _ = _prepare(q[..., :8, :], k, v, mask=masks.chunked(16))  # L = 8 < S: rows at positions 56..63
     assert kept(wide, spans, 0, 8) == [6, 7]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_document_ids_beyond_int32_stay_apart(backend):
+    """Document ids are any integers: ids 2**32 apart (which wrap to equal int32 values) are
+    different documents on every backend, sorted (packed) or not."""
+    q, k, v = inputs(1, 2, 2, 6, 6, 8, 8, wide(backend))
+    for ids in ([0, 0, 2**32, 2**32, 2**33, 2**33], [2**32, 0, 2**32, 0, -2**40, -2**40]):
+        rule = masks.document(torch.tensor(ids))
+        dense = masks.to_dense(rule, 1, 2, 6, 6)
+        assert dense[0, 0, 0].tolist() == [a == ids[0] for a in ids]
+        got = attention(backend, q, k, v, mask=rule)
+        want = attention(backend, q, k, v, mask=dense)
+        torch.testing.assert_close(got, want)

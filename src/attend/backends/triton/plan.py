@@ -14,7 +14,6 @@ evaluation in :mod:`.kernels` (``_scores``, and the key/query ranges for block s
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -70,9 +69,6 @@ class Plan:
     window_right: int = -1
     softcap: float = 0.0  # 0: none
     chunk: int = 0  # chunked attention's chunk size (0: none)
-
-    def tensors(self) -> dict[str, Optional[Tensor]]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type == "Optional[Tensor]"}
 
 
 class Rules(NamedTuple):
@@ -222,7 +218,11 @@ def _document(p: Plan, rule: Document, B: int, S: int, dev) -> bool:
     if p.doc is not None or rule.ids.shape[-1] != S or (rule.ids.ndim == 2 and rule.ids.shape[0] != B):
         return False  # one document rule is compiled; a second is evaluated densely
     ids = rule.ids.to(dev)
-    p.doc = (ids if ids.ndim == 2 else ids.unsqueeze(0)).to(torch.int32).contiguous()  # (B|1, S)
+    ids = ids if ids.ndim == 2 else ids.unsqueeze(0)  # (B|1, S)
+    if ids.numel() and (int(ids.min()) < -2**31 or int(ids.max()) >= 2**31):
+        # the kernels read int32: renumber (order and equality kept, so sorted stays sorted)
+        ids = torch.unique(ids, return_inverse=True)[1]
+    p.doc = ids.to(torch.int32).contiguous()
     if bool((p.doc[:, 1:] >= p.doc[:, :-1]).all()):  # sorted (packed): each document is one run
         p.doc_lo = torch.searchsorted(p.doc, p.doc, right=False).to(torch.int32)
         p.doc_hi = torch.searchsorted(p.doc, p.doc, right=True).to(torch.int32)
