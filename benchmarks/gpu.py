@@ -136,12 +136,13 @@ def reference(q, k, v, **kw):
 def checks(dtype) -> list[dict]:
     B, H, L, E = (1, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)
     docs = torch.arange(L) * 3 // L  # three packed documents
+    chunk = 16 if args.tiny else 64
     cases = {
         "plain": {},
         "causal": {"causal": True},
         "window 64": {"window": (64, 0)},
         "document+causal": {"mask": attend.masks.and_masks(attend.masks.document(docs), attend.masks.causal())},
-        "chunked 64, causal": {"mask": attend.masks.chunked(64 if not args.tiny else 16), "causal": True},
+        f"chunked {chunk}, causal": {"mask": attend.masks.chunked(chunk), "causal": True},
         "alibi": {"score_mod": attend.mods.alibi(attend.mods.alibi_slopes(H)), "causal": True},
         "softcap 5": {"score_mod": attend.mods.softcap(5.0)},
     }

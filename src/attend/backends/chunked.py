@@ -94,8 +94,8 @@ class Chunked(Backend):
 
     @staticmethod
     def _kept(call: AttentionCall, spans, i0: int, i1: int) -> list[int]:
-        """The key blocks ``causal``/``window`` leave rows ``i0:i1`` (at least one, so the
-        output stays connected to the inputs)."""
+        """The key blocks ``causal``/``window`` and the mask rule's key span leave rows
+        ``i0:i1`` (at least one, so the output stays connected to the inputs)."""
         return [n for n, (j0, j1) in enumerate(spans) if not call.block_is_empty(i0, i1, j0, j1)] or [0]
 
     def _online(self, call: AttentionCall, q: Tensor, cdt: torch.dtype) -> Tensor:
