@@ -125,7 +125,9 @@ def document(ids) -> Rule:
     """Packed sequences: a query sees only keys of its own document. ``ids`` (S,) or (B, S).
 
     ``ids[..., t]`` is the document of position ``t`` (e.g. ``[0, 0, 0, 1, 1, 2]``). Combine
-    with :func:`causal` for packed causal language modelling.
+    with :func:`causal` for packed causal language modelling. Query ``i`` sits at key
+    position ``i + S - L``; with ``L > S`` the rows before position 0 count as position 0's
+    document (add :func:`causal` to give them no key).
     """
     ids = torch.as_tensor(ids)
     if ids.ndim not in (1, 2) or ids.dtype.is_floating_point:
