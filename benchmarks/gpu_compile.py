@@ -100,7 +100,7 @@ class Recorder(launch.Target):
         return configs.prec(dtype, torch.device("cuda"))
 
     def check_device(self, t):
-        pass
+        pass  # CPU tensors stand in for the GPU's: only their dtypes and strides are read
 
 
 RECORD = Recorder()

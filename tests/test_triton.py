@@ -636,3 +636,19 @@ def test_chunked_rule_is_compiled_and_skips_other_chunks_blocks():
     dq, dk, dv, _, _ = launch.flash_backward(torch.ones_like(out), q_bad, k, v, out, lse, p, block_m=16, block_n=16)
     assert torch.isfinite(dk[:, :, rows]).all() and torch.isfinite(dv[:, :, rows]).all()
     assert torch.isfinite(dq[:, :, rows]).all()
+
+
+def test_sorting_rules_without_building_agrees_with_the_plan():
+    """``auto_skip`` asks which rules would be evaluated densely without making a tensor
+    (``fold(build=False)``): the same answer as the real plan, for compiled and dense rules."""
+    from attend.functional import _prepare
+
+    q, k, v = inputs(2, 2, 2, 12, 12, 16, 16, torch.float32)
+    m = attend.masks
+    for rule in (m.causal(), m.padding([5, 12]), m.and_masks(m.document([0] * 6 + [1] * 6), m.causal()),
+                 m.and_masks(m.document([0] * 12), m.document([1] * 6 + [2] * 6)), m.prefix_lm(3),
+                 m.prefix_lm(torch.tensor([1, 2])), m.and_masks(m.chunked(4), m.chunked(3)),
+                 m.or_masks(m.causal(), m.chunked(4)), lambda b, h, i, j: i >= j):
+        call, _ = _prepare(q, k, v, mask=rule)
+        dense = tplan.fold(call)[1]
+        assert tplan.fold(call, build=False)[1] == dense, rule

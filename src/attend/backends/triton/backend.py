@@ -79,7 +79,7 @@ class Triton(Backend):
     def auto_skip(self, call: AttentionCall) -> list[str]:
         if call.query.device.type == "cpu":
             return ["on the CPU it runs through Triton's interpreter (for tests), far slower than the other backends"]
-        if fold(call)[1] and call.mask_planes() * call.L * call.S > self.dense_rule_limit:
+        if fold(call, build=False)[1] and call.mask_planes() * call.L * call.S > self.dense_rule_limit:
             need = call.mask_planes() * call.L * call.S
             return [f"would evaluate a mask rule it does not compile into a dense mask ({need / 2**20:.0f} MiB; "
                     f"auto limit {self.dense_rule_limit / 2**20:.0f} MiB), where a backend that evaluates it per "

@@ -201,6 +201,8 @@ def _causal(p: Plan, rule: Causal, B: int, S: int, dev) -> bool:
 def _padding(p: Plan, rule: Padding, B: int, S: int, dev) -> bool:
     if rule.lengths.shape != (B,):
         return False
+    if dev is None:
+        return True
     n = rule.lengths.to(dev).clamp(max=S).to(torch.int32)
     p.lens = n if p.lens is None else torch.minimum(p.lens, n)
     return True
@@ -209,6 +211,8 @@ def _padding(p: Plan, rule: Padding, B: int, S: int, dev) -> bool:
 def _key_mask(p: Plan, rule: KeyMask, B: int, S: int, dev) -> bool:
     if rule.valid.shape != (B, S):
         return False
+    if dev is None:
+        return True
     v = rule.valid.to(dev)
     p.kvalid = v if p.kvalid is None else p.kvalid & v
     return True
@@ -217,13 +221,20 @@ def _key_mask(p: Plan, rule: KeyMask, B: int, S: int, dev) -> bool:
 def _document(p: Plan, rule: Document, B: int, S: int, dev) -> bool:
     if p.doc is not None or rule.ids.shape[-1] != S or (rule.ids.ndim == 2 and rule.ids.shape[0] != B):
         return False  # one document rule is compiled; a second is evaluated densely
+    if dev is None:
+        p.doc = rule.ids  # (only that there is one)
+        return True
     ids = rule.ids.to(dev)
     ids = ids if ids.ndim == 2 else ids.unsqueeze(0)  # (B|1, S)
-    if ids.numel() and (int(ids.min()) < -2**31 or int(ids.max()) >= 2**31):
+    if not ids.numel():
+        p.doc = ids.to(torch.int32)
+        return True
+    lo, hi, ordered = torch.stack([ids.min(), ids.max(), (ids[:, 1:] >= ids[:, :-1]).all().to(ids.dtype)]).tolist()
+    if lo < -2**31 or hi >= 2**31:
         # the kernels read int32: renumber (order and equality kept, so sorted stays sorted)
         ids = torch.unique(ids, return_inverse=True)[1]
     p.doc = ids.to(torch.int32).contiguous()
-    if bool((p.doc[:, 1:] >= p.doc[:, :-1]).all()):  # sorted (packed): each document is one run
+    if ordered:  # sorted (packed): each document is one run
         p.doc_lo = torch.searchsorted(p.doc, p.doc, right=False).to(torch.int32)
         p.doc_hi = torch.searchsorted(p.doc, p.doc, right=True).to(torch.int32)
     return True
@@ -231,9 +242,12 @@ def _document(p: Plan, rule: Document, B: int, S: int, dev) -> bool:
 
 def _prefix_lm(p: Plan, rule: PrefixLM, B: int, S: int, dev) -> bool:
     n = rule.prefix_len
-    n = n.to(dev) if isinstance(n, Tensor) else torch.full((B,), int(n), device=dev)
-    if p.prefix is not None or n.shape != (B,):
+    if p.prefix is not None or (isinstance(n, Tensor) and n.shape != (B,)):
         return False
+    if dev is None:
+        p.prefix = n  # (only that there is one)
+        return True
+    n = n.to(dev) if isinstance(n, Tensor) else torch.full((B,), int(n), device=dev)
     p.prefix = n.clamp(max=S).to(torch.int32)
     return True
 
@@ -245,7 +259,8 @@ def _chunked(p: Plan, rule: Chunked, B: int, S: int, dev) -> bool:
     return True
 
 
-# how each compiled mask rule folds into the plan (False: evaluate it into a dense mask)
+# how each compiled mask rule folds into the plan (False: evaluate it into a dense mask);
+# ``dev=None``: only whether it would (no tensor made)
 _FOLD = {
     Causal: _causal,
     Window: lambda p, rule, B, S, dev: _window(p, rule.left, rule.right),
@@ -257,16 +272,17 @@ _FOLD = {
 }
 
 
-def fold(call: AttentionCall) -> tuple[Plan, list]:
+def fold(call: AttentionCall, build: bool = True) -> tuple[Plan, list]:
     """The plan of ``call``'s flags and compiled rules, and the mask rules left over (to be
-    evaluated into a dense mask)."""
+    evaluated into a dense mask). ``build=False`` only sorts the rules (no tensor is made or
+    read, so nothing waits for the GPU); its plan is not for the kernels."""
     p = Plan(causal=call.causal, mask=call.mask, bias=call.bias)
     if call.window is not None:
         _window(p, *call.window)
     dense = []
     for rule in and_terms(call.mask_mod):
         fn = _FOLD.get(type(rule))
-        if fn is None or not fn(p, rule, call.B, call.S, call.query.device):
+        if fn is None or not fn(p, rule, call.B, call.S, call.query.device if build else None):
             dense.append(rule)
     return p, dense
 
