@@ -178,6 +178,20 @@ class Document(Rule):
             return ids[pos] == ids[j]
         return ids[b, pos] == ids[b, j]
 
+    def keys(self, first, last, S):
+        """For ids that never decrease along the keys (packed documents): from the start of the
+        document at key position ``first`` to the end of the one at ``last`` (over every
+        sequence). Ids in any other order: all keys."""
+        ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
+        if last < 0 or ids.shape[-1] == 0:
+            return 0, S
+        if (ids[:, 1:] < ids[:, :-1]).any():
+            return 0, S
+        first, last = min(max(first, 0), ids.shape[-1] - 1), min(last, ids.shape[-1] - 1)
+        lo = torch.searchsorted(ids, ids[:, first:first + 1].contiguous(), right=False).min()
+        hi = torch.searchsorted(ids, ids[:, last:last + 1].contiguous(), right=True).max()
+        return int(lo), min(S, int(hi))
+
     def __repr__(self):
         return f"document(ids of shape {tuple(self.ids.shape)})"
 

@@ -161,6 +161,13 @@ class Additive(Score):
         h = torch.tanh(wq.unsqueeze(-2) + wk.unsqueeze(-3))  # (..., L, S, hidden)
         return F.linear(h, self.v.weight.to(h.dtype)).squeeze(-1)  # (..., L, S)
 
+    def as_additive(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(W_q q, W_k k + b, v)``: the score is ``v · tanh(a_i + b_j)``, so a blocked backend
+        can project once per call and fuse the tanh and the sum over ``hidden`` per block."""
+        wq = F.linear(q, self.query_proj.weight.to(q.dtype))  # (..., L, hidden)
+        wk = F.linear(k, self.key_proj.weight.to(k.dtype), self.key_proj.bias.to(k.dtype))  # (..., S, hidden)
+        return wq, wk, self.v.weight.view(-1).to(q.dtype)
+
     def check_dims(self, Eq, Ek):
         return _dims_message(self, Eq, Ek)
 

@@ -7,6 +7,9 @@ registry in priority order and takes the first backend whose ``can_run`` and
 does. Registered here, fastest first:
 
 ======== ==========================================================================
+inductor tiles of queries x the keys their rules allow, compiled by torch.compile (CPU): score
+         modifiers, additive/custom scores, sinks, block-sparse masks, the weights; taken by
+         auto only where SDPA cannot do as well and the call repays compiling
 sdpa     PyTorch's fused ``scaled_dot_product_attention`` (dot-like scores, no weights)
 triton   fused Triton kernels on a GPU: dot-like scores, compiled-in masks and score_mods,
          and the weights (the CPU runs them only under ``TRITON_INTERPRET=1``, for tests)
@@ -22,6 +25,7 @@ from __future__ import annotations
 from .base import AttentionCall, Backend, UnsupportedCall
 from .chunked import Chunked
 from .eager import Eager
+from .inductor import Inductor
 from .triton import Triton
 from .sdpa import SDPA
 
@@ -31,6 +35,7 @@ __all__ = [
     "UnsupportedCall",
     "Chunked",
     "Eager",
+    "Inductor",
     "SDPA",
     "Triton",
     "register",
@@ -100,6 +105,7 @@ def select(call: AttentionCall, backend: "str | Backend" = "auto") -> tuple[Back
     return chosen, reasons
 
 
+register(Inductor())
 register(SDPA())
 register(Triton())
 register(Eager())

@@ -1,0 +1,412 @@
+"""``inductor``: attention over blocks whose elementwise work PyTorch's compiler fuses (CPU).
+
+The call is cut into tiles of query rows; each tile reads only the span of keys its rules
+can allow (``causal``, ``window`` and a rule's :meth:`attend._rules.Rule.keys`: a
+window of 256 reads ~2·256 keys per row, a document its own keys), in chunks sized so one
+tile's scores stay in the cache. Each tile x chunk runs a program of
+:mod:`attend.backends._programs`, compiled once per process by ``torch.compile``: the two
+library matrix products with everything between them (score function, scale, score_mod,
+bias, masks, exponent, row sums) fused into one loop. Chunks of one tile are merged by
+their log-sum-exps.
+
+Training: the forward keeps only the output and each row's log-sum-exp. The backward
+recomputes each tile's probabilities once, in a compiled program whose gradient is
+``dS = P ∘ (dP - Δ)`` (``Δ = rowsum(dO ∘ O)``) taken through the score function and
+score_mod on that tile alone, and adds each tile's ``dQ``, ``dK``, ``dV`` (and the
+gradients of a score's parameters or a learned bias table) in place.
+
+The weights (``return_weights``, :func:`attend.attention_weights`) come from the saved
+log-sum-exp, tile by tile. Not here: dropout, hard attention, a dense ``bias`` that requires
+grad, gradients through returned weights, devices other than the CPU (the ``triton``
+backend fuses the same on a GPU), and a machine without a C++ compiler.
+
+``auto`` takes this backend only where it is the faster path (a score modifier, an
+additive or custom score, attention sinks, weights, or mask rules that rule out a quarter
+of the keys or more) and the call is large enough to repay compiling: the first call of a
+program pays tracing and code generation (a few seconds; ``explain()`` says so), later
+processes find the generated code in inductor's cache on disk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from functools import lru_cache
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _check
+from .._rules import Rule, and_terms
+from . import _programs as P
+from .base import AttentionCall, Backend, _block, compute_dtype, with_sinks
+
+
+class Inductor(Backend):
+    """Blocked attention with compiled tiles.
+
+    ``tile_bytes``: one tile's scores (B x H x rows x keys) stay within this;
+    ``key_chunk``: keys per chunk at most; ``max_rows``: query rows per tile at most;
+    ``min_work``: ``auto`` compiles a program only for calls of at least this many
+    multiply-adds (rows x kept keys x features, over batch and heads) until it is compiled.
+    """
+
+    name = "inductor"
+
+    def __init__(self, *, tile_bytes: int = 8 << 20, key_chunk: int = 2048, max_rows: int = 256,
+                 min_work: int = 1 << 28):
+        for arg, val in (("tile_bytes", tile_bytes), ("key_chunk", key_chunk), ("max_rows", max_rows),
+                         ("min_work", min_work)):
+            _check.integer(val, arg, low=1, expected="a positive int")
+        self.tile_bytes, self.key_chunk, self.max_rows, self.min_work = tile_bytes, key_chunk, max_rows, min_work
+
+    # ---- what it runs ----------------------------------------------------------------------
+    def can_run(self, call: AttentionCall) -> list[str]:
+        why = []
+        if call.query.device.type != "cpu":
+            why.append("runs on the CPU (on a GPU, the triton backend fuses the same work)")
+        if call.hard:
+            why.append("hard attention needs the argmax over all keys; use eager")
+        if call.dropout_p > 0:
+            why.append("no dropout inside compiled tiles (use chunked or eager)")
+        if call.bias is not None and call.bias.requires_grad:
+            why.append("a dense bias that requires grad (a learned bias: use mods.relative_bias, or chunked)")
+        if call.return_weights and call.needs_grad:
+            why.append("returns the weights without a gradient path through them (use chunked or eager)")
+        missing = _no_compiler()
+        if missing:
+            why.append(missing)
+        return why
+
+    def auto_skip(self, call: AttentionCall) -> list[str]:
+        plan = self.plan(call)
+        kept = plan.kept / max(call.L * call.S, 1)
+        structured = (call.score_mod is not None or plan.kind != "dot" or call.sinks is not None
+                      or call.return_weights or (kept <= 0.75 and not _only_causal(call)))
+        if not structured:
+            return ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
+        if not P.is_compiled(plan.key) and plan.work < self.min_work:
+            return [f"a call this small ({plan.work / 1e6:.0f} M multiply-adds < min_work "
+                    f"{self.min_work / 1e6:.0f} M) would not repay compiling its tile program (a few seconds, "
+                    f"once per process)"]
+        return []
+
+    def describe(self, call: AttentionCall) -> str:
+        """One line for :func:`attend.explain`: tiles, kept keys and whether the program is compiled."""
+        plan = self.plan(call)
+        state = "compiled in this process" if P.is_compiled(plan.key) else "compiles on first use (cached on disk)"
+        return (f"{len(plan.tiles)} tiles of <= {plan.rows} rows, {100 * plan.kept / max(call.L * call.S, 1):.0f}% "
+                f"of the (query, key) pairs computed; program {state}")
+
+    # ---- planning --------------------------------------------------------------------------
+    def plan(self, call: AttentionCall) -> "_Plan":
+        """Tiles of a fixed number of rows (the last one overlaps its neighbour rather than being
+        shorter, so every tile has one shape), each with its chunks of kept keys. The row count
+        is the one, of those whose scores fit ``tile_bytes``, with the least work plus per-tile
+        overhead (small tiles waste less of a window's or a document's span)."""
+        kind, extra = _kind(call)
+        item = torch.finfo(compute_dtype(call.query.dtype)).bits // 8
+        heads = call.B * call.Hq
+        best = None
+        for rows in _ROW_CHOICES:
+            if rows > self.max_rows and rows != _ROW_CHOICES[0]:
+                continue
+            rows = min(rows, call.L)
+            tiles, kept, widest = self._tiles(call, rows)
+            if rows > 16 and heads * rows * min(widest, self.key_chunk) * item > self.tile_bytes:
+                continue
+            cost = heads * kept + _TILE_COST * sum(max(1, len(c)) for _, _, _, c in tiles)
+            if best is None or cost < best[0]:
+                best = (cost, rows, tiles, kept)
+        _, rows, tiles, kept = best
+        feat = call.query.shape[-1] + call.Ev if kind != "additive" else extra + call.Ev
+        widths = {j1 - j0 for _, _, _, c in tiles for j0, j1 in c}
+        return _Plan(kind, tiles, rows, kept, heads * kept * feat, _key(call, kind), len(widths) > 1)
+
+    def _tiles(self, call: AttentionCall, rows: int):
+        tiles, kept, widest, done = [], 0, 0, 0
+        while done < call.L:
+            i0 = min(done, call.L - rows)  # the last tile overlaps: rows i0:done were done before
+            i1 = i0 + rows
+            lo, hi = _span(call, i0, i1)
+            n = max(1, -(-(hi - lo) // self.key_chunk))
+            size = -(-(hi - lo) // n) if hi > lo else 0
+            chunks = [(j, min(hi, j + size)) for j in range(lo, hi, size)] if size else []
+            tiles.append((i0, i1, done - i0, chunks))
+            kept += (i1 - done) * (hi - lo)
+            widest = max(widest, size)
+            done = i1
+        return tiles, kept, widest
+
+    # ---- running -----------------------------------------------------------------------------
+    def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
+        plan = self.plan(call)
+        dtype = call.query.dtype
+        cdt = compute_dtype(dtype)
+        a, b, v, w, spec, score = _operands(call, plan.kind, cdt)
+        job = _Job(call, plan, spec, score)
+        extras = _grad_tensors(call, plan.kind) if call.needs_grad else []
+        if call.needs_grad:
+            out, lse = _Attention.apply(job, a, b, v, w, *extras)
+        else:
+            with torch.no_grad():
+                out, lse = job.forward(a, b, v, w)
+        if call.sinks is not None:  # each head's sink joins every row's denominator
+            total = with_sinks(lse, call.sinks)
+            out = out * torch.exp(lse - torch.where(total == -math.inf, 0.0, total)).unsqueeze(-1)
+            lse = total
+        weights = None
+        if call.return_weights:
+            with torch.no_grad():
+                weights = job.weights(a, b, w, lse.detach()).to(dtype)
+        return out.to(dtype), weights
+
+
+_ROW_CHOICES = (16, 32, 64, 128, 256)
+_TILE_COST = 120_000  # one compiled call's overhead, in (query, key, head) scores (~150 µs here)
+
+
+@dataclasses.dataclass
+class _Plan:
+    kind: str
+    tiles: list  # [(i0, i1, overlap, [(j0, j1), ...])]: rows i0:i0+overlap belong to the tile before
+    rows: int
+    kept: int  # (query, key) pairs computed
+    work: int  # multiply-adds of the matrix products (or of the additive score)
+    key: tuple  # the program key
+    varied: bool  # chunks of more than one width: the key dimension is compiled as dynamic
+
+
+class _Job:
+    """One call's tiles, run through the compiled programs."""
+
+    def __init__(self, call: AttentionCall, plan: _Plan, spec: P.Spec, score):
+        self.call, self.plan, self.spec, self.score = call, plan, spec, score
+        dev = call.query.device
+        self.hb = torch.arange(call.Hq, device=dev).view(1, -1, 1, 1)
+        self.bb = torch.arange(call.B, device=dev).view(-1, 1, 1, 1)
+    def _keys(self, t: Tensor, j0: int, j1: int, dim: int = 2) -> Tensor:
+        """Keys j0:j1 of ``t``; where chunk widths vary, that dimension is compiled as dynamic."""
+        t = t[:, :, j0:j1] if dim == 2 else t
+        if self.plan.varied and t.shape[dim] > 1:
+            torch._dynamo.maybe_mark_dynamic(t, dim)
+        return t
+
+    def _ctx(self, i0, i1, j0, j1):
+        c = self.call
+        i = torch.arange(i0, i1, device=c.query.device).view(1, 1, -1, 1)
+        j = self._keys(torch.arange(j0, j1, device=c.query.device).view(1, 1, 1, -1), j0, j1, 3)
+        bias = _block(c.bias, i0, i1, j0, j1) if c.bias is not None else None
+        mask = _block(c.mask, i0, i1, j0, j1) if c.mask is not None else None
+        bias, mask = (self._keys(t, j0, j1, 3) if t is not None and t.shape[3] > 1 else t for t in (bias, mask))
+        return (i, j, self.hb, self.bb, self.score, c.score_mod, c.mask_mod, bias, mask)
+
+    def forward(self, a, b, v, w):
+        fwd = P.compiled("forward", self.plan.key)
+        B, H, L = a.shape[:3]
+        out = a.new_zeros(B, H, L, v.shape[-1])
+        lse = a.new_full((B, H, L), -math.inf)
+        for i0, i1, skip, chunks in self.plan.tiles:
+            o = l = None
+            for j0, j1 in chunks:
+                o2, l2 = fwd(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), self._keys(v, j0, j1), w,
+                             *self._ctx(i0, i1, j0, j1))
+                o, l = (o2, l2) if o is None else _merge(o, l, o2, l2)
+            if o is not None:
+                out[:, :, i0 + skip:i1], lse[:, :, i0 + skip:i1] = o[:, :, skip:], l[:, :, skip:]
+        return out, lse
+
+    def weights(self, a, b, w, lse):
+        prog = P.compiled("probs", self.plan.key)
+        B, H, L = a.shape[:3]
+        out = a.new_zeros(B, H, L, self.call.S)
+        for i0, i1, _, chunks in self.plan.tiles:
+            for j0, j1 in chunks:
+                out[:, :, i0:i1, j0:j1] = prog(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), w,
+                                               *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1])
+        return out
+
+    def backward(self, a, b, v, w, out, lse, dout, dlse, extras):
+        sur = P.compiled("surrogate", self.plan.key)
+        # saved outputs come back attached to this function's node: detach, or asking for the
+        # tables' gradients would walk back into this backward
+        out, lse, dout = out.detach(), lse.detach(), dout.detach().to(out.dtype).contiguous()
+        dlse = dlse.detach() if dlse is not None else None
+        delta = (dout * out).sum(-1)  # Δ = rowsum(dO ∘ O)
+        if dlse is not None:  # a gradient on the lse (sinks, merges) adds dlse·P to dS: fold it into Δ
+            delta = delta - dlse
+        da, db, dv = torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(v)
+        dw = torch.zeros_like(w) if w is not None else None
+        dx = [None] * len(extras)
+        for i0, i1, skip, chunks in self.plan.tiles:
+            do, dl = dout[:, :, i0:i1], delta[:, :, i0:i1]
+            if skip:  # rows the tile before has done: a zero dO and Δ give them a zero dS
+                do, dl = do.clone(), dl.clone()
+                do[:, :, :skip], dl[:, :, :skip] = 0, 0
+            for j0, j1 in chunks:
+                with torch.enable_grad():
+                    leaves = [a[:, :, i0:i1].detach().requires_grad_(),
+                              self._keys(b.detach(), j0, j1).requires_grad_(),
+                              self._keys(v.detach(), j0, j1).requires_grad_()]
+                    wl = w.detach().requires_grad_() if w is not None else None
+                    loss = sur(self.spec, *leaves, wl, *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1], do, dl)
+                    wrt = leaves + ([wl] if wl is not None else []) + list(extras)
+                    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+                da[:, :, i0:i1] += grads[0]
+                db[:, :, j0:j1] += grads[1]
+                dv[:, :, j0:j1] += grads[2]
+                rest = grads[3:]
+                if wl is not None:
+                    dw += rest[0]
+                    rest = rest[1:]
+                for n, g in enumerate(rest):
+                    if g is not None:
+                        dx[n] = g if dx[n] is None else dx[n] + g
+        return da, db, dv, dw, dx
+
+
+class _Attention(torch.autograd.Function):
+    """Forward keeps the output and the log-sum-exp; backward recomputes each tile once."""
+
+    @staticmethod
+    def forward(ctx, job: _Job, a, b, v, w, *extras):
+        out, lse = job.forward(a, b, v, w)
+        ctx.job, ctx.extras = job, extras
+        ctx.save_for_backward(a, b, v, w, out, lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        a, b, v, w, out, lse = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        da, db, dv, dw, dx = ctx.job.backward(a, b, v, w, out, lse, dout, dlse, ctx.extras)
+        return (None, da, db, dv, dw, *dx)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def _merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tensor]:
+    """Two chunks' (normalised output, lse) -> those of their union; rows empty in both stay
+    (0, -inf)."""
+    m = torch.maximum(l1, l2)
+    m = torch.where(m == -math.inf, 0.0, m)
+    e1, e2 = torch.exp(l1 - m), torch.exp(l2 - m)
+    t = e1 + e2
+    safe = torch.where(t == 0, 1.0, t)
+    out = (o1 * e1.unsqueeze(-1) + o2 * e2.unsqueeze(-1)) / safe.unsqueeze(-1)
+    return out, torch.where(t == 0, -math.inf, m + torch.log(safe))
+
+
+def _span(call: AttentionCall, i0: int, i1: int) -> tuple[int, int]:
+    """Keys ``[lo, hi)`` that ``causal``, ``window`` and the mask rule leave query rows ``i0:i1``."""
+    first, last = i0 + call.offset, i1 - 1 + call.offset
+    lo, hi = 0, call.S
+    if call.causal:
+        hi = min(hi, last + 1)
+    if call.window is not None:
+        left, right = call.window
+        if left is not None:
+            lo = max(lo, first - left)
+        if right is not None:
+            hi = min(hi, last + right + 1)
+    if isinstance(call.mask_mod, Rule):
+        a, z = call.mask_mod.keys(first, last, call.S)
+        lo, hi = max(lo, a), min(hi, z)
+    lo = max(0, lo)
+    return lo, max(lo, min(hi, call.S))
+
+
+def _only_causal(call: AttentionCall) -> bool:
+    """Plain causal self-attention, which SDPA's ``is_causal`` kernel computes at half the work."""
+    return call.causal and call.L == call.S and call.window is None and call.mask_mod is None and call.mask is None
+
+
+def _kind(call: AttentionCall) -> tuple[str, int]:
+    score = call.score
+    if getattr(score, "dot_like", False):
+        return "dot", 0
+    additive = getattr(score, "as_additive", None)
+    if additive is not None:
+        return "additive", int(getattr(score, "hidden_dim"))
+    return "score", 0
+
+
+def _operands(call: AttentionCall, kind: str, cdt: torch.dtype):
+    """(a, b, v, w, spec, score): what the tile programs multiply, in the compute dtype."""
+    q, k, v = call.query, call.key, call.value
+    score, w, scale = None, None, call.scale
+    if kind == "dot":
+        a, b, factor = call.score.as_dot(q, k)
+        scale = scale * factor
+    elif kind == "additive":
+        a, b, w = call.score.as_additive(q, k)
+        w = w.to(cdt)
+    else:
+        a, b, score = q, k, call.score
+    a = a.to(cdt).contiguous()
+    b = call.expand_kv(b).to(cdt).contiguous()
+    v = call.expand_kv(v).to(cdt).contiguous()
+    floor = math.log(torch.finfo(cdt).tiny)
+    window = tuple(call.window) if call.window is not None else None
+    spec = P.Spec(kind, float(scale), bool(call.causal), window, call.offset, floor)
+    return a, b, v, w, spec, score
+
+
+def _key(call: AttentionCall, kind: str) -> tuple:
+    """The program key: what makes one compiled program differ from another."""
+
+    def what(fn):
+        if fn is None:
+            return None
+        if isinstance(fn, Rule):
+            return tuple(type(r).__name__ for r in and_terms(fn)) if fn.role == "mask" else type(fn).__name__
+        return id(fn)
+
+    return (kind, str(call.query.dtype), call.causal, call.window is not None, what(call.score_mod),
+            what(call.mask_mod), call.bias is not None, call.mask is not None,
+            id(call.score) if kind == "score" else None)
+
+
+def _grad_tensors(call: AttentionCall, kind: str) -> list[Tensor]:
+    """Tensors the tile programs read that require grad, besides the operands: a custom
+    score's parameters and the tensors of score_mod/mask_mod (a learned relative-bias table)."""
+    found: list[Tensor] = []
+
+    def add(t):
+        if isinstance(t, Tensor) and t.requires_grad and not any(t is f for f in found):
+            found.append(t)
+
+    if kind == "score":
+        params = getattr(call.score, "parameters", None)
+        for p in (params() if params is not None else ()):
+            add(p)
+        _held(call.score, add)
+    for fn in (call.score_mod, call.mask_mod):
+        _held(fn, add)
+    return found
+
+
+def _held(fn, add) -> None:
+    if fn is None:
+        return
+    if isinstance(fn, Rule):
+        for r in ([fn] if fn.role == "score" else list(and_terms(fn))):
+            for f in dataclasses.fields(r):
+                add(getattr(r, f.name))
+        return
+    for t in getattr(fn, "__dict__", {}).values():
+        add(t)
+    for c in getattr(fn, "__closure__", None) or ():
+        try:
+            add(c.cell_contents)
+        except ValueError:
+            pass
+
+
+@lru_cache(maxsize=1)
+def _no_compiler() -> str:
+    """Why torch.compile cannot build CPU code here ('' when it can)."""
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "no C++ compiler (g++, c++ or clang++) on PATH for torch.compile's CPU code"
+    return ""
