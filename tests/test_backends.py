@@ -141,6 +141,10 @@ def test_auto_does_not_materialise_large_rule_masks(monkeypatch):
     (rows, keys) tile: no call ever asks for the whole (L, S) plane."""
     big = torch.randn(1, 1, 8192, 8)
     why = attend.explain(big, big, big, mask=attend.masks.document(torch.arange(8192) // 2048))
+    assert why.backend == "inductor"  # the compiled tiles read each document's keys only
+    # without it (a call too small to repay compiling, or no C++ compiler), chunked as before
+    monkeypatch.setattr(attend.backends.get("inductor"), "min_work", 1 << 62)
+    why = attend.explain(big, big, big, mask=attend.masks.document(torch.arange(8192) // 2048))
     assert why.backend == "chunked"
     assert "would materialise the mask rules as a dense mask (320 MiB; auto limit 256 MiB)" in str(why)
     L = 4096  # with the limit lowered to 64 MiB, to run the real call at a test-friendly size
@@ -164,12 +168,14 @@ def test_auto_does_not_materialise_large_rule_masks(monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_counts_every_sequence_a_rule_mask_spans():
+def test_auto_counts_every_sequence_a_rule_mask_spans(monkeypatch):
     """The reviewer's case: padding lengths differ per sequence, so the dense mask is (B, 1, L, S):
     64 sequences x 1024² x 5 bytes = 320 MiB, refused like one 8192² plane (limit 256 MiB)."""
     B, L = 64, 1024
     q = torch.randn(B, 1, L, 8)
     rule = attend.masks.and_masks(attend.masks.padding(torch.full((B,), L - 3)), attend.masks.causal())
+    assert attend.explain(q, q, q, mask=rule).backend == "inductor"  # compiled tiles: half the keys
+    monkeypatch.setattr(attend.backends.get("inductor"), "min_work", 1 << 62)  # sdpa against chunked, as before
     why = attend.explain(q, q, q, mask=rule)
     assert why.backend == "chunked" and "dense mask (320 MiB" in str(why)
     shared = attend.masks.document(torch.arange(L) // 256)  # one plane for all 64 sequences: 5 MiB

@@ -39,6 +39,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .._rules import Softcap
+
 
 class Spec(NamedTuple):
     """What a program computes (the static part; tensors are arguments)."""
@@ -57,12 +59,14 @@ def scores(sp: Spec, a, b, w, i, j, hb, bb, score, score_mod, mask_mod, bias, ma
         s = torch.matmul(a, b.transpose(-1, -2))
     elif sp.kind == "additive":  # vᵀ tanh(W_q q + W_k k + c), with tanh through exp (fused by inductor)
         x = a.unsqueeze(-2) + b.unsqueeze(-3)  # (B, H, l, s, hidden): never stored, a loop of the reduction
-        s = ((1.0 - 2.0 / (torch.exp(2.0 * x) + 1.0)) * w).sum(-1)
+        s = (_tanh(x) * w).sum(-1)
     else:
         s = score(a, b).to(a.dtype)
     if sp.scale != 1.0:
         s = s * sp.scale
-    if score_mod is not None:
+    if isinstance(score_mod, Softcap):  # cap·tanh(s/cap), its tanh through exp as below
+        s = score_mod.cap * _tanh(s / score_mod.cap)
+    elif score_mod is not None:
         s = score_mod(s, bb, hb, i, j).to(a.dtype)
     if bias is not None:
         s = s + bias.to(a.dtype)
@@ -82,6 +86,13 @@ def scores(sp: Spec, a, b, w, i, j, hb, bb, score, score_mod, mask_mod, bias, ma
     if keep is not None:
         s = torch.where(keep, s, -math.inf)
     return s
+
+
+def _tanh(x: Tensor) -> Tensor:
+    """tanh(x) = 1 - 2 / (exp(2x) + 1): inductor vectorises exp well and its own tanh less so
+    (measured here: ~4x fewer elements per second). Exact at ±inf; near 0 the absolute error is
+    a few units of the dtype's epsilon."""
+    return 1.0 - 2.0 / (torch.exp(2.0 * x) + 1.0)
 
 
 def _and(a, b):

@@ -87,9 +87,8 @@ class Inductor(Backend):
         if not structured:
             return ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
         if not P.is_compiled(plan.key) and plan.work < self.min_work:
-            return [f"a call this small ({plan.work / 1e6:.0f} M multiply-adds < min_work "
-                    f"{self.min_work / 1e6:.0f} M) would not repay compiling its tile program (a few seconds, "
-                    f"once per process)"]
+            return [f"a call this small ({_si(plan.work)} multiply-adds < min_work {_si(self.min_work)}) would not "
+                    f"repay compiling its tile program (a few seconds, once per process)"]
         return []
 
     def describe(self, call: AttentionCall) -> str:
@@ -296,6 +295,13 @@ def _merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tens
     safe = torch.where(t == 0, 1.0, t)
     out = (o1 * e1.unsqueeze(-1) + o2 * e2.unsqueeze(-1)) / safe.unsqueeze(-1)
     return out, torch.where(t == 0, -math.inf, m + torch.log(safe))
+
+
+def _si(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return str(n)
 
 
 def _span(call: AttentionCall, i0: int, i1: int) -> tuple[int, int]:

@@ -1,0 +1,162 @@
+"""The ``inductor`` backend (compiled tiles on the CPU) against the float64 reference: outputs and
+gradients by the tolerance rule, learned tables, sinks and score parameters, tile edges, chunk
+merges and the overlapping last tile, exact zeros, NaN, weights, and what ``auto`` and
+``explain`` say about it. Each distinct program compiles once (a few seconds; inductor's disk
+cache makes reruns fast), so the cases here are few and each covers several features."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from attend.backends import Inductor
+from attend._rules import Document
+from cases import check_case, inputs, make_score, mask_kwargs
+
+pytestmark = pytest.mark.skipif(bool(attend.backends.inductor._no_compiler()), reason="no C++ compiler")
+
+# 16-row tiles and 16-key chunks: at L = 37, S = 41 every tile crosses a chunk edge (merged by
+# log-sum-exp) and the last tile overlaps the one before it
+SMALL = Inductor(key_chunk=16, max_rows=16)
+B, H, L, S, E = 2, 4, 37, 41, 8
+
+
+def _alibi_ref(slopes):
+    pos = torch.arange(L).view(-1, 1) + (S - L)
+    j = torch.arange(S).view(1, -1)
+    return lambda s: s - slopes.double().view(1, -1, 1, 1) * (pos - j).abs()
+
+
+CASES = [  # (score, mask kind, score_mod)
+    ("scaled_dot", "none", None),
+    ("scaled_dot", "causal", "alibi"),
+    ("cosine", "window", "softcap"),
+    ("General", "bool", None),
+    ("Additive", "none", None),
+    ("callable", "bias", "softcap"),
+]
+
+
+@pytest.mark.parametrize("score,mask,mod", CASES)
+def test_matches_reference_with_gradients(score, mask, mod):
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float64)
+    arg, ref_scores = make_score(score, E)
+    kw, allowed, bias = mask_kwargs(mask, B, H, L, S)
+    ref_mod = None
+    if mod == "alibi":
+        slopes = attend.mods.alibi_slopes(H).double()
+        kw["score_mod"], ref_mod = attend.mods.alibi(slopes), _alibi_ref(slopes)
+    elif mod == "softcap":
+        kw["score_mod"], ref_mod = attend.mods.softcap(1.5), lambda s: 1.5 * torch.tanh(s / 1.5)
+    kw["score"] = arg
+    check_case(SMALL, q, k, v, kw=kw, ref_scores=ref_scores, allowed=allowed, bias=bias, mod=ref_mod,
+               dtype=torch.float64, what=f"{score}/{mask}/{mod}")
+
+
+def test_float32_softcap_causal_within_the_tolerance_rule():
+    q, k, v = inputs(B, H, H, L, L, E, E, torch.float32)
+    kw = {"score_mod": attend.mods.softcap(2.0), "causal": True}
+    check_case(SMALL, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, L),
+               mod=lambda s: 2.0 * torch.tanh(s / 2.0), dtype=torch.float32, what="float32 softcap causal")
+
+
+def _grads(backend, q, k, v, params, **kw):
+    out = attend.attention(q, k, v, backend=backend, **kw)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+    return [out] + list(torch.autograd.grad(out, [q, k, v] + params, dout))
+
+
+def test_learned_table_sinks_gqa_and_documents_match_eager_in_float64():
+    """Everything at once against eager in float64: a learned relative-bias table, learned sinks,
+    grouped kv heads, a packed-document rule (its keys() skips other documents' keys) and L < S."""
+    g = torch.Generator().manual_seed(0)
+    Lq = 29
+    q = torch.randn(B, H, Lq, E, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(B, 2, S, E, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    table = torch.randn(H, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    sinks = torch.randn(H, generator=g, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([0] * 9 + [1] * 20 + [2] * 12)
+    kw = dict(score_mod=attend.mods.relative_bias(table), sinks=sinks, mask=attend.masks.document(ids), causal=True)
+    got = _grads(SMALL, q, k, v, [table, sinks], **kw)
+    want = _grads("eager", q, k, v, [table, sinks], **kw)
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dtable", "dsinks"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_additive_parameters_get_the_eager_gradients():
+    q, k, v = inputs(1, 2, 2, 21, 19, E, E, torch.float64, grad=True)
+    score = attend.scores.Additive(E, E, 6).double()
+    params = list(score.parameters())
+    got = _grads(SMALL, q, k, v, params, score=score)
+    want = _grads("eager", q, k, v, params, score=score)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fully_masked_rows_are_exactly_zero_and_nan_shows():
+    q, k, v = inputs(1, 2, 2, L, S, E, E, torch.float64, grad=True)
+    mask = torch.ones(1, 1, L, S, dtype=torch.bool)
+    mask[..., 5, :] = False  # row 5 sees no key
+    out = attend.attention(q, k, v, mask=mask, score_mod=attend.mods.softcap(3.0), backend=SMALL)
+    assert torch.equal(out[:, :, 5], torch.zeros_like(out[:, :, 5]))
+    out.sum().backward()
+    assert torch.equal(q.grad[:, :, 5], torch.zeros_like(q.grad[:, :, 5]))
+    assert not torch.isnan(q.grad).any() and not torch.isnan(k.grad).any()
+    bad = q.detach().clone()
+    bad[0, 1, 7, 0] = math.nan
+    with torch.no_grad():
+        out = attend.attention(bad, k, v, score_mod=attend.mods.softcap(3.0), backend=SMALL)
+    assert torch.isnan(out[0, 1, 7]).all() and not torch.isnan(out[0, 0]).any()
+
+
+def test_weights_come_from_the_saved_lse():
+    q, k, v = inputs(2, 2, 2, L, S, E, E, torch.float64)
+    kw = dict(score_mod=attend.mods.alibi(2), window=(5, 2), return_weights=True)
+    out, w = attend.attention(q, k, v, backend=SMALL, **kw)
+    ref_out, ref_w = attend.attention(q, k, v, backend="eager", **kw)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(w, ref_w, rtol=1e-12, atol=1e-13)
+
+
+def test_auto_counts_the_compile_and_explain_says_why(monkeypatch):
+    q, k, v = inputs(1, 2, 2, 64, 64, 16, 16, torch.float32)
+    small = attend.explain(q, k, v, score_mod=attend.mods.softcap(5.0))
+    assert small.backend != "inductor"
+    assert "would not repay compiling" in str(small)
+    plain = attend.explain(q, k, v)
+    assert plain.backend == "sdpa" and "SDPA's fused kernel computes this call" in str(plain)
+    monkeypatch.setattr(attend.backends.get("inductor"), "min_work", 1)
+    assert attend.explain(q, k, v, score_mod=attend.mods.softcap(5.0)).backend == "inductor"
+    assert attend.explain(q, k, v, window=4).backend == "sdpa"  # one tile of 64 rows: nothing to skip
+    long = torch.randn(1, 2, 1024, 16)
+    assert attend.explain(long, long, long, window=16).backend == "inductor"  # ~33 of 1024 keys per row
+    assert attend.explain(long, long, long, causal=True).backend == "sdpa"  # SDPA's is_causal: half the work
+    why = str(attend.explain(q, k, v, score_mod=attend.mods.softcap(5.0), dropout_p=0.1))
+    assert "no dropout inside compiled tiles" in why
+    bias = torch.randn(64, 64, requires_grad=True)
+    assert "a dense bias that requires grad" in str(attend.explain(q, k, v, mask=bias, backend="auto"))
+    with pytest.raises(attend.backends.UnsupportedCall, match="no dropout inside compiled tiles"):
+        attend.attention(q, k, v, dropout_p=0.1, backend="inductor")
+
+
+def test_document_keys_span_sorted_ids_only():
+    d = Document(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2]))
+    assert d.keys(0, 2, 9) == (0, 3) and d.keys(2, 3, 9) == (0, 5) and d.keys(4, 4, 9) == (3, 5)
+    assert d.keys(5, 8, 9) == (5, 9)
+    both = Document(torch.tensor([[0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 2]]))
+    assert both.keys(1, 1, 6) == (0, 4) and both.keys(4, 5, 6) == (2, 6)  # the union over sequences
+    assert Document(torch.tensor([1, 0, 1])).keys(0, 0, 3) == (0, 3)  # not sorted: every key
+    assert d.keys(-3, -1, 9) == (0, 9)  # rows before key 0 (L > S) see document ids[0]: no narrowing
+
+
+def test_plan_skips_what_rules_rule_out():
+    q = torch.randn(1, 1, 1024, 8)
+    call, _ = attend.functional._prepare(q, q, q, window=(64, 0))
+    plan = Inductor().plan(call)
+    assert plan.kept <= 0.3 * 1024 * 1024  # 65 keys per row, plus a tile's width (256 rows for one head)
+    assert all(j0 >= max(0, i0 - 64) for i0, _, _, chunks in plan.tiles for j0, _ in chunks)
+    doc, _ = attend.functional._prepare(q, q, q, mask=attend.masks.document(torch.arange(1024) // 256))
+    assert Inductor().plan(doc).kept == 4 * 256 * 256
