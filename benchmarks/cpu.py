@@ -258,6 +258,11 @@ def measure(fn, grad, leaves, *, reps, budget):
     out = once()
     first = time.perf_counter() - t0
     peak = None if base is None else max(0, _status_kib("VmHWM") - base) / 1024
+    if first > budget and compiled_since(t0):  # the first call compiled (inductor): warm up once more
+        t1 = time.perf_counter()
+        out = once()
+        if time.perf_counter() - t1 <= budget:
+            first = time.perf_counter() - t1
     if first > budget:
         return {"ms": first * 1e3, "runs": 1, "first_ms": first * 1e3, "peak_mib": peak, "out": out.detach()}
     ts = []
@@ -267,6 +272,16 @@ def measure(fn, grad, leaves, *, reps, budget):
         ts.append(time.perf_counter() - t0)
     return {"ms": statistics.median(ts) * 1e3, "runs": reps, "first_ms": first * 1e3, "peak_mib": peak,
             "out": out.detach()}
+
+
+def compiled_since(t0):
+    """Whether attend's inductor backend compiled a tile program after ``t0`` (its first calls
+    are recorded in ``FIRST_CALL`` as they finish)."""
+    from attend.backends import _programs
+    return len(_programs.FIRST_CALL) > _COMPILED_SEEN[0] and not _COMPILED_SEEN.__setitem__(0, len(_programs.FIRST_CALL))
+
+
+_COMPILED_SEEN = [0]
 
 
 def maxdiff(a, b):
@@ -644,7 +659,7 @@ def fresh_flex(tag):
         return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
     code = call.__code__.replace(co_name=f"flex_{''.join(c if c.isalnum() else '_' for c in tag)}")
-    return torch.compile(types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__))
+    return torch.compile(types.FunctionType(code, call.__globals__, code.co_name, call.__defaults__, call.__closure__))
 
 
 def flex_attention_fn():

@@ -6,6 +6,7 @@ cache makes reruns fast), so the cases here are few and each covers several feat
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -129,7 +130,10 @@ def test_auto_counts_the_compile_and_explain_says_why(monkeypatch):
     plain = attend.explain(q, k, v)
     assert plain.backend == "sdpa" and "SDPA's fused kernel computes this call" in str(plain)
     monkeypatch.setattr(attend.backends.get("inductor"), "min_work", 1)
-    assert attend.explain(q, k, v, score_mod=attend.mods.softcap(5.0)).backend == "inductor"
+    picked = attend.explain(q, k, v, score_mod=attend.mods.softcap(7.0), causal=True)
+    assert picked.backend == "inductor"
+    assert re.search(r"auto picks: inductor \(\d+ tiles? of \d+ rows, \d+% of the \(query, key\) pairs computed; "
+                     r"(the first call compiles|its program is compiled in this process)", str(picked)), str(picked)
     assert attend.explain(q, k, v, window=4).backend == "sdpa"  # one tile of 64 rows: nothing to skip
     long = torch.randn(1, 2, 1024, 16)
     assert attend.explain(long, long, long, window=16).backend == "inductor"  # ~33 of 1024 keys per row

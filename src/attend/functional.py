@@ -189,9 +189,10 @@ class Explanation:
 
     backend: str
     reasons: dict[str, list[str]] = field(default_factory=dict)
+    detail: str = ""  # how the picked backend will run the call (e.g. inductor: tiles, compile state)
 
     def __str__(self) -> str:
-        lines = [f"auto picks: {self.backend}"]
+        lines = [f"auto picks: {self.backend}" + (f" ({self.detail})" if self.detail else "")]
         for name, why in self.reasons.items():
             lines.append(f"  {name}: not picked: {'; '.join(why)}")
         return "\n".join(lines)
@@ -207,7 +208,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, **kwargs) -> Explanation:
     if call.B == 0 or call.L == 0 or call.S == 0:
         return Explanation("none (empty input: the output is built directly, no backend runs)")
     chosen, reasons = _backends.select(call, backend)
-    return Explanation(chosen.name, reasons)
+    return Explanation(chosen.name, reasons, chosen.describe(call))
 
 
 # ---------------------------------------------------------------------------------------

@@ -342,6 +342,10 @@ class Backend(abc.ABC):
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         """Compute the call: ``(output (B, Hq, L, Ev), weights (B, Hq, L, S) or None)``."""
 
+    def describe(self, call: AttentionCall) -> str:
+        """How this backend would run ``call``, for :func:`attend.explain` ('' = nothing to add)."""
+        return ""
+
     def weights(self, call: AttentionCall, heads: Optional[Tensor], rows: Optional[Tensor]) -> Tensor:
         """Weights ``(B, h, r, S)`` of query heads ``heads`` (h,) and rows ``rows`` (r,) only
         (None = all). This default computes every weight and selects; a backend that can

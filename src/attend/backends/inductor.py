@@ -82,8 +82,10 @@ class Inductor(Backend):
     def auto_skip(self, call: AttentionCall) -> list[str]:
         plan = self.plan(call)
         kept = plan.kept / max(call.L * call.S, 1)
+        rules = call.mask_mod is not None or call.window is not None or (call.causal and call.L != call.S)
+        dense = rules and call.mask_planes() * call.L * call.S * 5 > _DENSE_RULES  # too big for sdpa's dense mask
         structured = (call.score_mod is not None or plan.kind != "dot" or call.sinks is not None
-                      or call.return_weights or (kept <= 0.75 and not _only_causal(call)))
+                      or call.return_weights or dense or (kept <= 0.75 and not _only_causal(call)))
         if not structured:
             return ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
         if not P.is_compiled(plan.key) and plan.work < self.min_work:
@@ -94,9 +96,11 @@ class Inductor(Backend):
     def describe(self, call: AttentionCall) -> str:
         """One line for :func:`attend.explain`: tiles, kept keys and whether the program is compiled."""
         plan = self.plan(call)
-        state = "compiled in this process" if P.is_compiled(plan.key) else "compiles on first use (cached on disk)"
-        return (f"{len(plan.tiles)} tiles of <= {plan.rows} rows, {100 * plan.kept / max(call.L * call.S, 1):.0f}% "
-                f"of the (query, key) pairs computed; program {state}")
+        state = ("its program is compiled in this process" if P.is_compiled(plan.key) else
+                 "the first call compiles its program: a few seconds, less when inductor's disk cache has it")
+        n = len(plan.tiles)
+        return (f"{n} tile{'s' if n != 1 else ''} of {plan.rows} rows, {100 * plan.kept / max(call.L * call.S, 1):.0f}% "
+                f"of the (query, key) pairs computed; {state}")
 
     # ---- planning --------------------------------------------------------------------------
     def plan(self, call: AttentionCall) -> "_Plan":
@@ -163,6 +167,7 @@ class Inductor(Backend):
 
 
 _ROW_CHOICES = (16, 32, 64, 128, 256)
+_DENSE_RULES = 1 << 28  # sdpa's default dense_rule_limit: past it, auto would not give sdpa the rules
 _TILE_COST = 120_000  # one compiled call's overhead, in (query, key, head) scores (~150 µs here)
 
 
@@ -230,18 +235,20 @@ class _Job:
         sur = P.compiled("surrogate", self.plan.key)
         # saved outputs come back attached to this function's node: detach, or asking for the
         # tables' gradients would walk back into this backward
-        out, lse, dout = out.detach(), lse.detach(), dout.detach().to(out.dtype).contiguous()
+        # (dO is not made contiguous, and Δ is computed tile by tile: either would be one more
+        # output-sized tensor at the peak; `out.sum().backward()` hands an expanded dO)
+        out, lse, dout = out.detach(), lse.detach(), dout.detach().to(out.dtype)
         dlse = dlse.detach() if dlse is not None else None
-        delta = (dout * out).sum(-1)  # Δ = rowsum(dO ∘ O)
-        if dlse is not None:  # a gradient on the lse (sinks, merges) adds dlse·P to dS: fold it into Δ
-            delta = delta - dlse
         da, db, dv = torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(v)
         dw = torch.zeros_like(w) if w is not None else None
         dx = [None] * len(extras)
         for i0, i1, skip, chunks in self.plan.tiles:
-            do, dl = dout[:, :, i0:i1], delta[:, :, i0:i1]
+            do = dout[:, :, i0:i1]
+            dl = (do * out[:, :, i0:i1]).sum(-1)  # Δ = rowsum(dO ∘ O)
+            if dlse is not None:  # a gradient on the lse (sinks) adds dlse·P to dS: fold it into Δ
+                dl = dl - dlse[:, :, i0:i1]
             if skip:  # rows the tile before has done: a zero dO and Δ give them a zero dS
-                do, dl = do.clone(), dl.clone()
+                do = do.clone()
                 do[:, :, :skip], dl[:, :, :skip] = 0, 0
             for j0, j1 in chunks:
                 with torch.enable_grad():
