@@ -37,7 +37,7 @@ CASES = [  # (score, mask kind, score_mod)
     ("cosine", "window", "softcap"),
     ("General", "bool", None),
     ("Additive", "none", None),
-    ("callable", "bias", "softcap"),
+    ("scaled_dot", "bias", "softcap"),
 ]
 
 
@@ -164,3 +164,36 @@ def test_plan_skips_what_rules_rule_out():
     assert all(j0 >= max(0, i0 - 64) for i0, _, _, chunks in plan.tiles for j0, _ in chunks)
     doc, _ = attend.functional._prepare(q, q, q, mask=attend.masks.document(torch.arange(1024) // 256))
     assert Inductor().plan(doc).kept == 4 * 256 * 256
+
+
+def test_own_functions_run_without_grad_and_are_refused_with_it():
+    """A score function or score_mod of one's own may hold tensors that need gradients and that no
+    backend can list for certain: inductor runs them under no_grad only (then it matches eager)."""
+    W = torch.randn(E, E, dtype=torch.float64, requires_grad=True)
+    q, k, v = inputs(1, 2, 2, 21, 19, E, E, torch.float64)
+    kw = dict(score=lambda a, b: a @ W @ b.transpose(-1, -2), score_mod=lambda s, b, h, i, j: s - 0.1 * (i - j).abs())
+    with pytest.raises(attend.backends.UnsupportedCall, match="of your own while autograd is on"):
+        attend.attention(q, k, v, backend=SMALL, **kw)
+    with torch.no_grad():
+        got = attend.attention(q, k, v, backend=SMALL, **kw)
+        want = attend.attention(q, k, v, backend="eager", **kw)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_softcap_gradients_stay_finite_past_the_overflow_of_exp():
+    """tanh through exp overflows at 44 in float32; a masked future key with a huge score must not
+    turn the gradients NaN."""
+    q, k, v = inputs(1, 1, 1, 20, 20, E, E, torch.float32, grad=True)
+    with torch.no_grad():
+        k[0, 0, -1] *= 400.0  # the last key: scores far past 44, visible only to the last query
+    out = attend.attention(q, k, v, score_mod=attend.mods.softcap(1.0), causal=True, backend=SMALL)
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_double_backward_raises_instead_of_dropping_terms():
+    q, k, v = inputs(1, 1, 1, 20, 20, E, E, torch.float64, grad=True)
+    out = attend.attention(q, k, v, score_mod=attend.mods.softcap(2.0), backend=SMALL)
+    (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()

@@ -185,7 +185,11 @@ class Document(Rule):
         ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
         if last < 0 or ids.shape[-1] == 0:
             return 0, S
-        if (ids[:, 1:] < ids[:, :-1]).any():
+        ordered = self.__dict__.get("_ordered")
+        if ordered is None:  # checked once per bound rule, not once per tile
+            ordered = not bool((ids[:, 1:] < ids[:, :-1]).any())
+            object.__setattr__(self, "_ordered", ordered)
+        if not ordered:
             return 0, S
         first, last = min(max(first, 0), ids.shape[-1] - 1), min(last, ids.shape[-1] - 1)
         lo = torch.searchsorted(ids, ids[:, first:first + 1].contiguous(), right=False).min()

@@ -94,7 +94,10 @@ def scores(sp: Spec, a, b, w, i, j, hb, bb, score, score_mod, mask_mod, bias, ma
 def _tanh(x: Tensor) -> Tensor:
     """tanh(x) = 1 - 2 / (exp(2x) + 1): inductor vectorises exp well and its own tanh less so
     (measured here: ~4x fewer elements per second). Exact at ±inf; near 0 the absolute error is
-    a few units of the dtype's epsilon."""
+    a few units of the dtype's epsilon. Clamped to [-20, 20] first (tanh(20) rounds to 1 in
+    float64): past ~44 exp(2x) overflows to inf and its backward gives 0·inf = NaN, even at
+    positions a mask removes later."""
+    x = x.clamp(-20.0, 20.0)
     return 1.0 - 2.0 / (torch.exp(2.0 * x) + 1.0)
 
 

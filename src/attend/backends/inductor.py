@@ -72,6 +72,9 @@ class Inductor(Backend):
             why.append("no dropout inside compiled tiles (use chunked or eager)")
         if call.bias is not None and call.bias.requires_grad:
             why.append("a dense bias that requires grad (a learned bias: use mods.relative_bias, or chunked)")
+        if torch.is_grad_enabled() and _user_functions(call):
+            why.append("a score function, score_mod or mask_mod of your own while autograd is on: the tensors "
+                       "it holds cannot all be found for their gradients (use chunked or eager, or torch.no_grad())")
         if call.return_weights and call.needs_grad:
             why.append("returns the weights without a gradient path through them (use chunked or eager)")
         missing = _no_compiler()
@@ -112,12 +115,10 @@ class Inductor(Backend):
         item = torch.finfo(compute_dtype(call.query.dtype)).bits // 8
         heads = call.B * call.Hq
         best = None
-        for rows in _ROW_CHOICES:
-            if rows > self.max_rows and rows != _ROW_CHOICES[0]:
-                continue
+        for rows in sorted({min(r, self.max_rows) for r in _ROW_CHOICES}):
             rows = min(rows, call.L)
             tiles, kept, widest = self._tiles(call, rows)
-            if rows > 16 and heads * rows * min(widest, self.key_chunk) * item > self.tile_bytes:
+            if rows > min(16, self.max_rows) and heads * rows * min(widest, self.key_chunk) * item > self.tile_bytes:
                 continue
             cost = heads * kept + _TILE_COST * sum(max(1, len(c)) for _, _, _, c in tiles)
             if best is None or cost < best[0]:
@@ -259,12 +260,13 @@ class _Job:
                     loss = sur(self.spec, *leaves, wl, *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1], do, dl)
                     wrt = leaves + ([wl] if wl is not None else []) + list(extras)
                     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-                da[:, :, i0:i1] += grads[0]
-                db[:, :, j0:j1] += grads[1]
-                dv[:, :, j0:j1] += grads[2]
+                for acc, g, sl in ((da, grads[0], (i0, i1)), (db, grads[1], (j0, j1)), (dv, grads[2], (j0, j1))):
+                    if g is not None:  # None: a score that does not read it
+                        acc[:, :, sl[0]:sl[1]] += g
                 rest = grads[3:]
                 if wl is not None:
-                    dw += rest[0]
+                    if rest[0] is not None:
+                        dw += rest[0]
                     rest = rest[1:]
                 for n, g in enumerate(rest):
                     if g is not None:
@@ -283,6 +285,7 @@ class _Attention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no graph of the gradient: double backward raises
     def backward(ctx, dout, dlse):
         a, b, v, w, out, lse = ctx.saved_tensors
         if dout is None:
@@ -374,11 +377,12 @@ def _key(call: AttentionCall, kind: str) -> tuple:
             return None
         if isinstance(fn, Rule):
             return tuple(type(r).__name__ for r in and_terms(fn)) if fn.role == "mask" else type(fn).__name__
-        return id(fn)
+        fn = getattr(fn, "fn", fn)  # a custom score's wrapper: the user's function
+        return getattr(fn, "__code__", None) or type(fn)  # not id(): a lambda remade per call is one program
 
     return (kind, str(call.query.dtype), call.causal, call.window is not None, what(call.score_mod),
             what(call.mask_mod), call.bias is not None, call.mask is not None,
-            id(call.score) if kind == "score" else None)
+            what(call.score) if kind == "score" else None)
 
 
 def _grad_tensors(call: AttentionCall, kind: str) -> list[Tensor]:
@@ -398,6 +402,12 @@ def _grad_tensors(call: AttentionCall, kind: str) -> list[Tensor]:
     for fn in (call.score_mod, call.mask_mod):
         _held(fn, add)
     return found
+
+
+def _user_functions(call: AttentionCall) -> bool:
+    """A score function (not dot-like or additive), score_mod or mask_mod that is not attend's own."""
+    user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not isinstance(f, Rule)]
+    return bool(user) or _kind(call)[0] == "score"
 
 
 def _held(fn, add) -> None:
