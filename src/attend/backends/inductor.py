@@ -48,8 +48,9 @@ class Inductor(Backend):
 
     ``tile_bytes``: one tile's scores (B x H x rows x keys) stay within this;
     ``key_chunk``: keys per chunk at most; ``max_rows``: query rows per tile at most;
-    ``min_work``: ``auto`` compiles a program only for calls of at least this many
-    multiply-adds (rows x kept keys x features, over batch and heads) until it is compiled.
+    ``min_work``: ``auto`` takes this backend only for calls of at least this many
+    multiply-adds (rows x kept keys x features, over batch and heads): smaller ones would not
+    repay compiling, and at that size a compiled call's overhead outweighs what it saves.
     """
 
     name = "inductor"
@@ -91,7 +92,7 @@ class Inductor(Backend):
                       or call.return_weights or dense or (kept <= 0.75 and not _only_causal(call)))
         if not structured:
             return ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
-        if not P.is_compiled(plan.key) and plan.work < self.min_work:
+        if plan.work < self.min_work:  # (also once compiled: at this size per-tile overhead dominates)
             return [f"a call this small ({_si(plan.work)} multiply-adds < min_work {_si(self.min_work)}) would not "
                     f"repay compiling its tile program (a few seconds, once per process)"]
         return []
