@@ -690,8 +690,8 @@ def intro(args, shapes, variants, mem_L):
         "",
         "What is compared, and how: for each shape and variant, one call of attention forward (inference, no graph) "
         "and forward+backward (`out.sum().backward()`, gradients of q, k, v and of the score's parameters), on "
-        "attend `backend=\"auto\"` and each attend backend that can run the call (`eager`, `sdpa`, `chunked`; "
-        "`triton` is GPU-only), torch `scaled_dot_product_attention` (SDPA) with the same mask given densely where "
+        "attend `backend=\"auto\"` and each attend backend that can run the call (`eager`, `sdpa`, `chunked`, "
+        "`inductor`; `triton` is GPU-only), torch `scaled_dot_product_attention` (SDPA) with the same mask given densely where "
         "it can (masks built before the timed call, as a model reuses them), FlexAttention under `torch.compile` "
         "(forward only: it refuses backward on the CPU; block masks from `create_block_mask` built before the "
         "call; its first call, compile included, in the \"first call\" column, then timed as the others; a "
@@ -761,6 +761,7 @@ def memory_intro(L):
     return ["", f"## Peak memory of one forward+backward at B = 1, H = 1, L = S = {L}, E = 64",
             "",
             "Each cell runs in a fresh subprocess (same threads): inputs built, one tiny call of the same method "
+            "(for `inductor` and `auto`, one call at the measured size, so that compiling is not in the peak) "
             "(one-time set-up is not the call's memory), then the high-water mark is reset to the current RSS "
             "(`/proc/self/clear_refs`; `ru_maxrss` cannot be reset, so its delta would hide a call whose peak is "
             "below the set-up's) and one forward+backward runs. peak MiB = VmHWM - VmRSS before the call. "
