@@ -197,3 +197,11 @@ def test_double_backward_raises_instead_of_dropping_terms():
     (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_computes_in_float32_within_the_tolerance_rule(dtype):
+    q, k, v = inputs(B, H, H, L, L, E, E, dtype)
+    kw = {"score_mod": attend.mods.softcap(2.0), "causal": True}
+    check_case(SMALL, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, L),
+               mod=lambda s: 2.0 * torch.tanh(s / 2.0), dtype=dtype, what=f"{dtype} softcap causal")
