@@ -205,3 +205,9 @@ def test_half_precision_computes_in_float32_within_the_tolerance_rule(dtype):
     kw = {"score_mod": attend.mods.softcap(2.0), "causal": True}
     check_case(SMALL, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, L),
                mod=lambda s: 2.0 * torch.tanh(s / 2.0), dtype=dtype, what=f"{dtype} softcap causal")
+
+
+@pytest.mark.parametrize("arg", ["tile_bytes", "key_chunk", "max_rows", "min_work"])
+def test_bad_settings_are_refused_by_name(arg):
+    with pytest.raises((TypeError, ValueError), match=f"{arg} must be a positive int"):
+        Inductor(**{arg: 0})

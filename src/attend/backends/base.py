@@ -29,7 +29,9 @@ from torch import Tensor
 
 from .._rules import Rule
 
-__all__ = ["AttentionCall", "Backend", "UnsupportedCall", "compute_dtype", "safe_lse", "safe_softmax"]
+DENSE_RULE_LIMIT = 1 << 28  # bytes: auto hands mask rules to a dense-mask path (sdpa) up to this
+
+__all__ = ["DENSE_RULE_LIMIT", "AttentionCall", "Backend", "UnsupportedCall", "compute_dtype", "safe_lse", "safe_softmax"]
 
 
 class UnsupportedCall(ValueError):
@@ -175,23 +177,35 @@ class AttentionCall:
                 widen(m.shape)
         return extent[0] * extent[1]
 
-    def block_is_empty(self, i0: int, i1: int, j0: int, j1: int) -> bool:
-        """True when ``causal``/``window`` or a rule's key span (:meth:`attend._rules.Rule.keys`)
-        rule out every (i, j) of the block (it can be skipped)."""
+    def key_span(self, i0: int, i1: int) -> tuple[int, int]:
+        """Keys ``[lo, hi)`` outside which ``causal``, ``window`` and a rule's key span
+        (:meth:`attend._rules.Rule.keys`) allow no key to query rows ``i0:i1`` (``lo == hi``: none)."""
         first, last = i0 + self.offset, i1 - 1 + self.offset  # key positions of the first/last query
-        if self.causal and j0 > last:
-            return True
-        if isinstance(self.mask_mod, Rule):
-            lo, hi = self.mask_mod.keys(first, last, self.S)
-            if j1 <= lo or j0 >= hi:
-                return True
+        lo, hi = 0, self.S
+        if self.causal:
+            hi = min(hi, last + 1)
         if self.window is not None:
             left, right = self.window
-            if left is not None and j1 - 1 < first - left:
-                return True
-            if right is not None and j0 > last + right:
-                return True
-        return False
+            if left is not None:
+                lo = max(lo, first - left)
+            if right is not None:
+                hi = min(hi, last + right + 1)
+        if isinstance(self.mask_mod, Rule):
+            a, z = self.mask_mod.keys(first, last, self.S)
+            lo, hi = max(lo, a), min(hi, z)
+        lo = min(max(0, lo), self.S)
+        return lo, max(lo, min(hi, self.S))
+
+    def block_is_empty(self, i0: int, i1: int, j0: int, j1: int) -> bool:
+        """True when rows ``i0:i1`` may attend no key of ``j0:j1`` by :meth:`key_span` (skip it)."""
+        lo, hi = self.key_span(i0, i1)
+        return hi <= lo or j1 <= lo or j0 >= hi
+
+    def dense_rule_bytes(self) -> int:
+        """Bytes of the boolean (B|1, H|1, L, S) mask the mask rules would give, plus its float
+        copy (what SDPA needs to be handed them); 0 when no rule needs one."""
+        rules = self.mask_mod is not None or self.window is not None or (self.causal and self.L != self.S)
+        return self.mask_planes() * self.L * self.S * 5 if rules else 0
 
     def indices(self, i0: int, i1: int, j0: int, j1: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Broadcastable index tensors b (B,1,1,1), h (1,H,1,1), i (1,1,l,1), j (1,1,1,s)."""

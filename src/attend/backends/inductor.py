@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import weakref
 from functools import lru_cache
 from typing import Optional
 
@@ -40,7 +41,7 @@ from torch import Tensor
 from .. import _check
 from .._rules import Rule, and_terms
 from . import _programs as P
-from .base import AttentionCall, Backend, _block, compute_dtype, with_sinks
+from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
 
 
 class Inductor(Backend):
@@ -61,6 +62,7 @@ class Inductor(Backend):
                          ("min_work", min_work)):
             _check.integer(val, arg, low=1, expected="a positive int")
         self.tile_bytes, self.key_chunk, self.max_rows, self.min_work = tile_bytes, key_chunk, max_rows, min_work
+        self._last = None  # (call, plan) of the latest call planned
 
     # ---- what it runs ----------------------------------------------------------------------
     def can_run(self, call: AttentionCall) -> list[str]:
@@ -86,8 +88,7 @@ class Inductor(Backend):
     def auto_skip(self, call: AttentionCall) -> list[str]:
         plan = self.plan(call)
         kept = plan.kept / max(call.L * call.S, 1)
-        rules = call.mask_mod is not None or call.window is not None or (call.causal and call.L != call.S)
-        dense = rules and call.mask_planes() * call.L * call.S * 5 > _DENSE_RULES  # too big for sdpa's dense mask
+        dense = call.dense_rule_bytes() > DENSE_RULE_LIMIT  # auto would not hand sdpa these rules as a dense mask
         structured = (call.score_mod is not None or plan.kind != "dot" or call.sinks is not None
                       or call.return_weights or dense or (kept <= 0.75 and not _only_causal(call)))
         if not structured:
@@ -108,6 +109,16 @@ class Inductor(Backend):
 
     # ---- planning --------------------------------------------------------------------------
     def plan(self, call: AttentionCall) -> "_Plan":
+        """The call's plan, made once per call object (``auto``'s choice, ``explain`` and the run
+        ask for the same call's)."""
+        last = self._last
+        if last is not None and last[0]() is call:
+            return last[1]
+        plan = self._plan(call)
+        self._last = (weakref.ref(call), plan)  # weak: the call's tensors are not kept alive
+        return plan
+
+    def _plan(self, call: AttentionCall) -> "_Plan":
         """Tiles of a fixed number of rows (the last one overlaps its neighbour rather than being
         shorter, so every tile has one shape), each with its chunks of kept keys. The row count
         is the one, of those whose scores fit ``tile_bytes``, with the least work plus per-tile
@@ -134,7 +145,7 @@ class Inductor(Backend):
         while done < call.L:
             i0 = min(done, call.L - rows)  # the last tile overlaps: rows i0:done were done before
             i1 = i0 + rows
-            lo, hi = _span(call, i0, i1)
+            lo, hi = call.key_span(i0, i1)
             n = max(1, -(-(hi - lo) // self.key_chunk))
             size = -(-(hi - lo) // n) if hi > lo else 0
             chunks = [(j, min(hi, j + size)) for j in range(lo, hi, size)] if size else []
@@ -151,7 +162,7 @@ class Inductor(Backend):
         cdt = compute_dtype(dtype)
         a, b, v, w, spec, score = _operands(call, plan.kind, cdt)
         job = _Job(call, plan, spec, score)
-        extras = _grad_tensors(call, plan.kind) if call.needs_grad else []
+        extras = _grad_tensors(call) if call.needs_grad else []
         if call.needs_grad:
             out, lse = _Attention.apply(job, a, b, v, w, *extras)
         else:
@@ -169,7 +180,6 @@ class Inductor(Backend):
 
 
 _ROW_CHOICES = (16, 32, 64, 128, 256)
-_DENSE_RULES = 1 << 28  # sdpa's default dense_rule_limit: past it, auto would not give sdpa the rules
 _TILE_COST = 120_000  # one compiled call's overhead, in (query, key, head) scores (~150 µs here)
 
 
@@ -315,25 +325,6 @@ def _si(n: int) -> str:
     return str(n)
 
 
-def _span(call: AttentionCall, i0: int, i1: int) -> tuple[int, int]:
-    """Keys ``[lo, hi)`` that ``causal``, ``window`` and the mask rule leave query rows ``i0:i1``."""
-    first, last = i0 + call.offset, i1 - 1 + call.offset
-    lo, hi = 0, call.S
-    if call.causal:
-        hi = min(hi, last + 1)
-    if call.window is not None:
-        left, right = call.window
-        if left is not None:
-            lo = max(lo, first - left)
-        if right is not None:
-            hi = min(hi, last + right + 1)
-    if isinstance(call.mask_mod, Rule):
-        a, z = call.mask_mod.keys(first, last, call.S)
-        lo, hi = max(lo, a), min(hi, z)
-    lo = max(0, lo)
-    return lo, max(lo, min(hi, call.S))
-
-
 def _only_causal(call: AttentionCall) -> bool:
     """Plain causal self-attention, which SDPA's ``is_causal`` kernel computes at half the work."""
     return call.causal and call.L == call.S and call.window is None and call.mask_mod is None and call.mask is None
@@ -386,22 +377,18 @@ def _key(call: AttentionCall, kind: str) -> tuple:
             what(call.score) if kind == "score" else None)
 
 
-def _grad_tensors(call: AttentionCall, kind: str) -> list[Tensor]:
-    """Tensors the tile programs read that require grad, besides the operands: a custom
-    score's parameters and the tensors of score_mod/mask_mod (a learned relative-bias table)."""
+def _grad_tensors(call: AttentionCall) -> list[Tensor]:
+    """Tensors the tile programs read that require grad, besides the operands: the fields of
+    attend's score_mod and mask rules (a learned relative-bias table). Functions of one's own
+    do not get here with autograd on (``can_run`` refuses them)."""
     found: list[Tensor] = []
-
-    def add(t):
-        if isinstance(t, Tensor) and t.requires_grad and not any(t is f for f in found):
-            found.append(t)
-
-    if kind == "score":
-        params = getattr(call.score, "parameters", None)
-        for p in (params() if params is not None else ()):
-            add(p)
-        _held(call.score, add)
     for fn in (call.score_mod, call.mask_mod):
-        _held(fn, add)
+        if isinstance(fn, Rule):
+            for r in ([fn] if fn.role == "score" else list(and_terms(fn))):
+                for f in dataclasses.fields(r):
+                    t = getattr(r, f.name)
+                    if isinstance(t, Tensor) and t.requires_grad and not any(t is x for x in found):
+                        found.append(t)
     return found
 
 
@@ -409,23 +396,6 @@ def _user_functions(call: AttentionCall) -> bool:
     """A score function (not dot-like or additive), score_mod or mask_mod that is not attend's own."""
     user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not isinstance(f, Rule)]
     return bool(user) or _kind(call)[0] == "score"
-
-
-def _held(fn, add) -> None:
-    if fn is None:
-        return
-    if isinstance(fn, Rule):
-        for r in ([fn] if fn.role == "score" else list(and_terms(fn))):
-            for f in dataclasses.fields(r):
-                add(getattr(r, f.name))
-        return
-    for t in getattr(fn, "__dict__", {}).values():
-        add(t)
-    for c in getattr(fn, "__closure__", None) or ():
-        try:
-            add(c.cell_contents)
-        except ValueError:
-            pass
 
 
 @lru_cache(maxsize=1)

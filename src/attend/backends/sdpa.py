@@ -21,7 +21,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionCall, Backend
+from .base import DENSE_RULE_LIMIT, AttentionCall, Backend
 
 
 class SDPA(Backend):
@@ -36,15 +36,11 @@ class SDPA(Backend):
 
     name = "sdpa"
 
-    def __init__(self, *, dense_rule_limit: int = 1 << 28):
+    def __init__(self, *, dense_rule_limit: int = DENSE_RULE_LIMIT):
         self.dense_rule_limit = dense_rule_limit
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
-        rules = call.mask_mod is not None or call.window is not None or (call.causal and call.L != call.S)
-        if not rules:
-            return []
-        # the boolean (B|1, H|1, L, S) mask the rules give, and SDPA's float copy of it
-        need = call.mask_planes() * call.L * call.S * 5
+        need = call.dense_rule_bytes()  # the boolean (B|1, H|1, L, S) mask the rules give, and SDPA's float copy
         if need > self.dense_rule_limit:
             return [f"would materialise the mask rules as a dense mask ({need / 2**20:.0f} MiB; auto limit "
                     f"{self.dense_rule_limit / 2**20:.0f} MiB), where a backend that evaluates them per block can run"]
