@@ -53,7 +53,7 @@ DESCRIBE = {
     "chunked256": "`masks.chunked(256)` (block-diagonal chunks of 256, not causal)",
     "additive": "`scores.Additive(E, E, 64)` (Bahdanau, hidden 64)",
 }
-ATTEND_BACKENDS = ["eager", "sdpa", "chunked", "inductor"]  # triton needs a GPU
+ATTEND_BACKENDS = ["eager", "sdpa", "chunked", "inductor", "flex"]  # triton needs a GPU
 HIDDEN = 64
 NAIVE_LIMIT = 4 << 30  # bytes of an (B, H, L, S, hidden) additive intermediate the naive/eager paths may build
 
@@ -452,7 +452,8 @@ def main() -> None:
                 if b == auto_b:
                     continue
                 try:
-                    attend.attention(q, k, v, backend=b, **var.kw)
+                    tq = [t.detach().requires_grad_(True) for t in (q, k, v)]  # (the memory cell is fwd+bwd)
+                    attend.attention(*tq, backend=b, **var.kw)
                 except attend.UnsupportedCall as e:
                     mem_rows.append(dict(variant=vname, method=b, peak="n/a", live=f"{live:.0f}", ratio="",
                                          s="", note="n/a: " + str(e).split(": ", 1)[-1][:120]))
@@ -691,7 +692,8 @@ def intro(args, shapes, variants, mem_L):
         "What is compared, and how: for each shape and variant, one call of attention forward (inference, no graph) "
         "and forward+backward (`out.sum().backward()`, gradients of q, k, v and of the score's parameters), on "
         "attend `backend=\"auto\"` and each attend backend that can run the call (`eager`, `sdpa`, `chunked`, "
-        "`inductor`; `triton` is GPU-only), torch `scaled_dot_product_attention` (SDPA) with the same mask given densely where "
+        "`inductor`, `flex` (attend's block masks built from its rules, then FlexAttention's compiled kernel; "
+        "inference only); `triton` is GPU-only), torch `scaled_dot_product_attention` (SDPA) with the same mask given densely where "
         "it can (masks built before the timed call, as a model reuses them), FlexAttention under `torch.compile` "
         "(forward only: it refuses backward on the CPU; block masks from `create_block_mask` built before the "
         "call; its first call, compile included, in the \"first call\" column, then timed as the others; a "

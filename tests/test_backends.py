@@ -141,9 +141,13 @@ def test_auto_does_not_materialise_large_rule_masks(monkeypatch):
     (rows, keys) tile: no call ever asks for the whole (L, S) plane."""
     big = torch.randn(1, 1, 8192, 8)
     why = attend.explain(big, big, big, mask=attend.masks.document(torch.arange(8192) // 2048))
-    assert why.backend == "inductor"  # the compiled tiles read each document's keys only
-    # without it (a call too small to repay compiling, or no C++ compiler), chunked as before
+    assert why.backend == "flex"  # inference: FlexAttention's kernel skips other documents' blocks
+    grad = big.clone().requires_grad_()
+    why = attend.explain(grad, big, big, mask=attend.masks.document(torch.arange(8192) // 2048))
+    assert why.backend == "inductor"  # training: the compiled tiles read each document's keys only
+    # without them (a call too small to repay compiling, or no C++ compiler), chunked as before
     monkeypatch.setattr(attend.backends.get("inductor"), "min_work", 1 << 62)
+    monkeypatch.setattr(attend.backends.get("flex"), "min_work", 1 << 62)
     why = attend.explain(big, big, big, mask=attend.masks.document(torch.arange(8192) // 2048))
     assert why.backend == "chunked"
     assert "would materialise the mask rules as a dense mask (320 MiB; auto limit 256 MiB)" in str(why)
@@ -174,6 +178,8 @@ def test_auto_counts_every_sequence_a_rule_mask_spans(monkeypatch):
     B, L = 64, 1024
     q = torch.randn(B, 1, L, 8)
     rule = attend.masks.and_masks(attend.masks.padding(torch.full((B,), L - 3)), attend.masks.causal())
+    assert attend.explain(q, q, q, mask=rule).backend == "flex"  # FlexAttention: half the blocks
+    monkeypatch.setattr(attend.backends.get("flex"), "min_work", 1 << 62)
     assert attend.explain(q, q, q, mask=rule).backend == "inductor"  # compiled tiles: half the keys
     monkeypatch.setattr(attend.backends.get("inductor"), "min_work", 1 << 62)  # sdpa against chunked, as before
     why = attend.explain(q, q, q, mask=rule)

@@ -122,6 +122,17 @@ def test_weights_come_from_the_saved_lse():
     torch.testing.assert_close(w, ref_w, rtol=1e-12, atol=1e-13)
 
 
+def test_key_totals_are_summed_tile_by_tile_from_the_lse():
+    """Per-key totals without the (L, S) weights: every tile's rows counted once (the last
+    tile overlaps the one before), sinks in the denominator, against eager's full weights."""
+    q, k, _ = inputs(2, 2, 2, L, S, E, E, torch.float64)
+    kw = dict(score_mod=attend.mods.alibi(2), causal=True, sinks=torch.tensor([0.5, -1.0], dtype=torch.float64))
+    got = attend.key_totals(q, k, backend=SMALL, **kw)
+    want = attend.attention_weights(q, k, backend="eager", **kw).sum(2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+
+
 def test_auto_counts_the_compile_and_explain_says_why(monkeypatch):
     q, k, v = inputs(1, 2, 2, 64, 64, 16, 16, torch.float32)
     small = attend.explain(q, k, v, score_mod=attend.mods.softcap(5.0))

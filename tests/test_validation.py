@@ -45,7 +45,7 @@ def call(**kw):
         ({"score": "softmax"}, ValueError, r"score must be one of \['cosine', 'dot', 'scaled_dot'\].*got 'softmax'"),
         ({"score": "additive"}, ValueError, r"has weights: pass a module, e.g. attend.scores.Additive"),
         ({"score": 3}, TypeError, r"score must be a name"),
-        ({"backend": "flash"}, ValueError, r"backend must be 'auto' or one of \['inductor', 'sdpa', 'triton', 'eager', 'chunked'\], got 'flash'"),
+        ({"backend": "flash"}, ValueError, r"backend must be 'auto' or one of \['flex', 'inductor', 'sdpa', 'triton', 'eager', 'chunked'\], got 'flash'"),
         ({"backend": 1}, TypeError, r"backend must be a name or an attend.backends.Backend, got int"),
         ({"window": -1}, ValueError, r"window size must be an int >= 0 or None, got -1"),
         ({"window": (2, -3)}, ValueError, r"window right must be an int >= 0 or None, got -3"),

@@ -31,6 +31,8 @@ def quarantine(call: AttentionCall) -> tuple[AttentionCall, Optional[Tensor]]:
     q, k, v = call.query, call.key, call.value
     if k.device.type != "cpu" or torch.compiler.is_compiling():
         return call, None
+    if _all_finite(q, k, v):  # the usual case, in one cheap read (a sum) of each tensor
+        return call, None
     bad_kv = ~(torch.isfinite(k).all(dim=-1) & torch.isfinite(v).all(dim=-1))  # (B, Hkv, S)
     bad_q = ~torch.isfinite(q).all(dim=-1)  # (B, Hq, L)
     any_kv, any_q = bool(bad_kv.any()), bool(bad_q.any())
@@ -56,6 +58,15 @@ def quarantine(call: AttentionCall) -> tuple[AttentionCall, Optional[Tensor]]:
                 live |= True if allowed is None else allowed.any(dim=-1)
             hit[:, :, i0:i1] |= bad_q[:, :, i0:i1] & live
     return dataclasses.replace(call, query=q, key=k, value=v), hit
+
+
+def _all_finite(*tensors: Tensor) -> bool:
+    """True only if every element is finite. A sum is finite only if every term is (inf and
+    NaN propagate; inf - inf is NaN); a finite sum is therefore proof, and the ~45x dearer
+    per-row ``isfinite`` test runs only when a sum is not finite (non-finite data, or a sum
+    that overflowed)."""
+    with torch.no_grad():
+        return all(bool(torch.isfinite(t.sum())) for t in tensors)
 
 
 _TILE = 1024  # rows/keys per tile when finding the rows non-finite inputs reach

@@ -7,6 +7,8 @@ registry in priority order and takes the first backend whose ``can_run`` and
 does. Registered here, fastest first:
 
 ======== ==========================================================================
+flex     PyTorch's FlexAttention compiled for the CPU, inference only: taken by auto for
+         mask rules that leave blocks out and for ALiBi, where its fused kernel is fastest
 inductor tiles of queries x the keys their rules allow, compiled by torch.compile (CPU): score
          modifiers, additive/custom scores, sinks, block-sparse masks, the weights; taken by
          auto only where SDPA cannot do as well and the call repays compiling
@@ -25,6 +27,7 @@ from __future__ import annotations
 from .base import AttentionCall, Backend, UnsupportedCall
 from .chunked import Chunked
 from .eager import Eager
+from .flex import Flex
 from .inductor import Inductor
 from .triton import Triton
 from .sdpa import SDPA
@@ -35,6 +38,7 @@ __all__ = [
     "UnsupportedCall",
     "Chunked",
     "Eager",
+    "Flex",
     "Inductor",
     "SDPA",
     "Triton",
@@ -105,6 +109,7 @@ def select(call: AttentionCall, backend: "str | Backend" = "auto") -> tuple[Back
     return chosen, reasons
 
 
+register(Flex())
 register(Inductor())
 register(SDPA())
 register(Triton())

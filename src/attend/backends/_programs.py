@@ -143,13 +143,14 @@ FIRST_CALL: dict[tuple, float] = {}
 _SOURCES = {"forward": forward, "probs": probs, "surrogate": surrogate}
 
 
-def compiled(name: str, key: tuple) -> Callable:
-    """The compiled program ``name`` for ``key``, made once per process (its own code object)."""
+def compiled(name: str, key: tuple, source: Optional[Callable] = None) -> Callable:
+    """The compiled program ``name`` (one of this module's, or ``source``) for ``key``, made
+    once per process as its own code object."""
     full = (name,) + key
     with _LOCK:
         fn = _COMPILED.get(full)
         if fn is None:
-            src = _SOURCES[name]
+            src = source or _SOURCES[name]
             code = src.__code__.replace(co_name=f"{src.__name__}_{len(_COMPILED)}")
             fresh = types.FunctionType(code, src.__globals__, code.co_name, src.__defaults__, src.__closure__)
             fn = _COMPILED[full] = _timed(full, torch.compile(fresh, dynamic=None))
@@ -175,6 +176,6 @@ def _timed(full: tuple, fn: Callable) -> Callable:
     return call
 
 
-def is_compiled(key: tuple) -> bool:
-    """Whether this process has already compiled (and run) the forward program for ``key``."""
-    return ("forward",) + key in FIRST_CALL
+def is_compiled(key: tuple, name: str = "forward") -> bool:
+    """Whether this process has already compiled (and run) program ``name`` for ``key``."""
+    return (name,) + key in FIRST_CALL

@@ -86,13 +86,14 @@ class Inductor(Backend):
         return why
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
+        sdpa_does_it = ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
+        modified = (call.score_mod is not None or _kind(call)[0] != "dot" or call.sinks is not None
+                    or call.return_weights or call.dense_rule_bytes() > DENSE_RULE_LIMIT)  # (sdpa: no dense mask that big)
+        if not modified and (_only_causal(call) or (call.mask_mod is None and call.window is None and not call.causal)):
+            return sdpa_does_it  # decided without planning the tiles (a plan costs ~0.5 ms of Python)
         plan = self.plan(call)
-        kept = plan.kept / max(call.L * call.S, 1)
-        dense = call.dense_rule_bytes() > DENSE_RULE_LIMIT  # auto would not hand sdpa these rules as a dense mask
-        structured = (call.score_mod is not None or plan.kind != "dot" or call.sinks is not None
-                      or call.return_weights or dense or (kept <= 0.75 and not _only_causal(call)))
-        if not structured:
-            return ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
+        if not modified and plan.kept > 0.75 * call.L * call.S:
+            return sdpa_does_it
         if plan.work < self.min_work:  # (also once compiled: at this size per-tile overhead dominates)
             return [f"a call this small ({_si(plan.work)} multiply-adds < min_work {_si(self.min_work)}) would not "
                     f"repay compiling its tile program (a few seconds, once per process)"]
@@ -179,6 +180,19 @@ class Inductor(Backend):
         return out.to(dtype), weights
 
 
+    def key_totals(self, call: AttentionCall) -> Tensor:
+        """Each key's weights summed over the query rows, tile by tile from the log-sum-exp: no
+        (L, S) tensor (memory O(tile + B·H·S))."""
+        plan = self.plan(call)
+        a, b, v, w, spec, score = _operands(call, plan.kind, compute_dtype(call.query.dtype))
+        job = _Job(call, plan, spec, score)
+        with torch.no_grad():
+            _, lse = job.forward(a, b, v, w)
+            if call.sinks is not None:
+                lse = with_sinks(lse, call.sinks)
+            return job.totals(a, b, w, lse)
+
+
 _ROW_CHOICES = (16, 32, 64, 128, 256)
 _TILE_COST = 120_000  # one compiled call's overhead, in (query, key, head) scores (~150 µs here)
 
@@ -241,6 +255,16 @@ class _Job:
             for j0, j1 in chunks:
                 out[:, :, i0:i1, j0:j1] = prog(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), w,
                                                *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1])
+        return out
+
+    def totals(self, a, b, w, lse):
+        prog = P.compiled("probs", self.plan.key)
+        B, H = a.shape[:2]
+        out = a.new_zeros(B, H, self.call.S, dtype=torch.float32)
+        for i0, i1, skip, chunks in self.plan.tiles:
+            for j0, j1 in chunks:
+                p = prog(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), w, *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1])
+                out[:, :, j0:j1] += p[:, :, skip:].float().sum(2)  # rows before skip: the tile before's
         return out
 
     def backward(self, a, b, v, w, out, lse, dout, dlse, extras):

@@ -1,0 +1,256 @@
+"""``flex``: PyTorch's FlexAttention compiled for the CPU, for the inference calls it runs fastest.
+
+On the CPU, ``torch.compile(flex_attention)`` generates one fused blocked kernel (inductor's
+C++ FlexAttention template): scores, score_mod, mask and an online softmax stay in the
+cache, blocks the block mask rules out are skipped and blocks it marks full are computed
+without evaluating the mask. Measured here (``benchmarks/results/cpu.md``) it is faster than
+attend's ``inductor`` tiles where the score_mod is cheap or absent (ALiBi) and a mask rule
+leaves blocks out (window, document, chunked, padding, prefix-LM), and slower where the
+score_mod costs a table gather or a tanh (relative bias, soft-capping), so ``auto`` takes it
+for the former only. PyTorch gives it no backward on the CPU and no log-sum-exp there, so it
+runs inference only: training, sinks and the weights go to ``inductor``.
+
+The block mask is built here from the call's rules rather than by ``create_block_mask``,
+which evaluates the rule at every (query, key) pair (14 ms at 2048 x 2048 on this machine):
+each row of blocks evaluates only the keys in its span (:meth:`AttentionCall.key_span`),
+and the result is kept for the next call with the same rules and sizes. Tensors inside
+attend's rules (document ids, lengths) are recognised by identity and version, so a tensor
+changed in place builds the mask anew; a rule function of one's own builds it every call.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .. import _check
+from .._rules import Alibi, And, Causal, Rule, Window
+from . import _programs as P
+from .base import AttentionCall, Backend
+from .inductor import _no_compiler, _only_causal, _si
+
+try:  # FlexAttention is in PyTorch since 2.5
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+except ImportError:  # pragma: no cover - older PyTorch
+    BlockMask = flex_attention = None
+
+#: score_mods for which ``auto`` takes this backend: measured faster than inductor's tiles
+#: (benchmarks/results/cpu.md); a score_mod of another kind runs here only when named
+FAST_SCORE_MODS = (Alibi,)
+
+
+def _program(q, k, v, score_mod, block_mask, scale, gqa):
+    """What is compiled (one code object per program key, see :mod:`._programs`)."""
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+
+
+class Flex(Backend):
+    """FlexAttention's compiled CPU kernel, inference only.
+
+    ``block_size``: rows and keys per block of the block mask; ``min_work``: ``auto`` takes
+    this backend only for calls of at least this many multiply-adds (kept query-key pairs x
+    features, over batch and heads), which repay compiling (a few seconds per variant, once
+    per process).
+    """
+
+    name = "flex"
+
+    def __init__(self, *, block_size: int = 128, min_work: int = 1 << 28, cached_masks: int = 16):
+        for arg, val in (("block_size", block_size), ("min_work", min_work), ("cached_masks", cached_masks)):
+            _check.integer(val, arg, low=1, expected="a positive int")
+        self.block_size, self.min_work, self.cached_masks = block_size, min_work, cached_masks
+        self._masks: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- what it runs ----------------------------------------------------------------------
+    def can_run(self, call: AttentionCall) -> list[str]:
+        why = []
+        if flex_attention is None:
+            why.append("this PyTorch has no FlexAttention (torch >= 2.5)")
+        if call.query.device.type != "cpu":
+            why.append("runs on the CPU (on a GPU, the triton backend fuses the same work)")
+        if call.needs_grad:
+            why.append("inference only: PyTorch's FlexAttention has no backward on the CPU (for training: inductor)")
+        if not getattr(call.score, "dot_like", False):
+            why.append("dot-like scores only (additive and custom scores: inductor)")
+        if call.hard:
+            why.append("hard attention needs the argmax over all keys; use eager")
+        if call.dropout_p > 0:
+            why.append("no dropout (use chunked or eager)")
+        if call.sinks is not None:
+            why.append("no sinks: FlexAttention gives no log-sum-exp on the CPU (use inductor)")
+        if call.return_weights:
+            why.append("no weights: FlexAttention gives no log-sum-exp on the CPU (use inductor)")
+        if call.mask is not None or call.bias is not None:
+            why.append("no dense mask or bias tensor (sdpa takes them; a mask given as a rule of attend.masks runs here)")
+        if call.query.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            why.append(f"float32, bfloat16 or float16 only (FlexAttention's CPU kernel), got {call.query.dtype}")
+        missing = _no_compiler()
+        if missing:
+            why.append(missing)
+        return why
+
+    def auto_skip(self, call: AttentionCall) -> list[str]:
+        mod = call.score_mod
+        if mod is not None and not isinstance(mod, FAST_SCORE_MODS):
+            return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)} "
+                    f"(benchmarks/results/cpu.md)"]
+        rules = call.mask_mod is not None or call.window is not None or (call.causal and not _only_causal(call))
+        if mod is None and not rules:
+            return ["SDPA's fused kernel computes this call as fast without compiling "
+                    "(no score_mod, and no mask rule beyond plain causal)"]
+        work = self._work(call)
+        if work < self.min_work:
+            return [f"a call this small ({_si(work)} multiply-adds < min_work {_si(self.min_work)}) would not "
+                    f"repay compiling FlexAttention's kernel (a few seconds, once per process)"]
+        return []
+
+    def describe(self, call: AttentionCall) -> str:
+        state = ("its kernel is compiled in this process" if P.is_compiled(_key(call), "flex") else
+                 "the first call compiles FlexAttention's kernel: a few seconds, less when inductor's disk cache has it")
+        blocks = self.block_mask(call)
+        if blocks is None:
+            return f"no mask rule: every block computed; {state}"
+        _, partial, full = blocks
+        n = -(-call.L // self.block_size) * -(-call.S // self.block_size)
+        return (f"blocks of {self.block_size}: {partial} masked and {full} full (computed without the mask) of "
+                f"{n} per sequence and head; {state}")
+
+    def _work(self, call: AttentionCall) -> int:
+        """Multiply-adds over the key spans of each row of blocks (an upper bound on the kernel's)."""
+        n, kept = self.block_size, 0
+        for i0 in range(0, call.L, n):
+            lo, hi = call.key_span(i0, min(call.L, i0 + n))
+            kept += (min(call.L, i0 + n) - i0) * (hi - lo)
+        return call.B * call.Hq * kept * (call.query.shape[-1] + call.Ev)
+
+    # ---- the block mask ---------------------------------------------------------------------
+    def block_mask(self, call: AttentionCall) -> Optional[tuple]:
+        """``(BlockMask, masked blocks, full blocks)`` for the call's rules, or None when it has
+        none; kept for later calls with the same rules and sizes."""
+        fn = _mask_fn(call)
+        if fn is None:
+            return None
+        fp = _fingerprint(fn)
+        key = None if fp is None else (fp, call.B, call.Hq, call.L, call.S, self.block_size)
+        with self._lock:
+            hit = self._masks.get(key) if key is not None else None
+            if hit is not None:
+                self._masks.move_to_end(key)
+                return hit[1]
+        made = self._build(call, fn)
+        if key is not None:
+            with self._lock:
+                self._masks[key] = (fn, made)  # fn holds the tensors its fingerprint names by id
+                while len(self._masks) > self.cached_masks:
+                    self._masks.popitem(last=False)
+        return made
+
+    def _build(self, call: AttentionCall, fn: Callable) -> tuple:
+        n = self.block_size
+        nq, nk = -(-call.L // n), -(-call.S // n)
+        any_rows, all_rows = [], []
+        for r in range(nq):
+            i0, i1 = r * n, min(call.L, (r + 1) * n)
+            lo, hi = call.key_span(i0, i1)
+            some = torch.zeros(1, 1, nk, dtype=torch.bool)
+            every = torch.zeros(1, 1, nk, dtype=torch.bool)
+            if hi > lo:
+                k0, k1 = lo // n, -(-hi // n)
+                j1 = min(call.S, k1 * n)
+                ok = call.allowed(i0, i1, k0 * n, j1)  # (B|1, H|1, rows, keys)
+                pad = k1 * n - j1
+                if pad:  # keys past S: never full (Flex masks them itself), nothing to attend
+                    ok = torch.nn.functional.pad(ok, (0, pad), value=False)
+                ok = ok.unflatten(-1, (k1 - k0, n))  # (B|1, H|1, rows, blocks, n)
+                some = some.expand(*ok.shape[:2], nk).clone()
+                every = every.expand(*ok.shape[:2], nk).clone()
+                some[..., k0:k1] = ok.any(-1).any(-2)
+                every[..., k0:k1] = ok.all(-1).all(-2)
+                if pad:  # the last block holds keys past S: Flex must mask it
+                    every[..., k1 - 1] = False
+            any_rows.append(some)
+            all_rows.append(every)
+        shape = torch.broadcast_shapes(*(t.shape for t in any_rows))
+        some = torch.stack([t.expand(shape) for t in any_rows], dim=2)  # (B|1, H|1, nq, nk)
+        full = torch.stack([t.expand(shape) for t in all_rows], dim=2)
+        partial = some & ~full
+        mask = BlockMask.from_kv_blocks(*_indices(partial), *_indices(full), BLOCK_SIZE=n, mask_mod=fn,
+                                        seq_lengths=(call.L, call.S))
+        per = shape[0] * shape[1]
+        return mask, int(partial.sum()) // per, int(full.sum()) // per
+
+    # ---- running -----------------------------------------------------------------------------
+    def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
+        a, b, factor = call.score.as_dot(call.query, call.key)
+        blocks = self.block_mask(call)
+        prog = P.compiled("flex", _key(call), _program)
+        with torch.no_grad():
+            out = prog(a.contiguous(), b.contiguous(), call.value.contiguous(), call.score_mod,
+                       blocks[0] if blocks is not None else None, float(call.scale * factor), call.Hq != call.Hkv)
+        return out, None
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def _mask_fn(call: AttentionCall) -> Optional[Callable]:
+    """The call's mask rules as one mask_mod (the ``causal`` and ``window`` flags as rules)."""
+    terms = []
+    if call.causal:
+        terms.append(Causal().bind(call.L, call.S))
+    if call.window is not None:
+        terms.append(Window(*call.window).bind(call.L, call.S))
+    if call.mask_mod is not None:
+        terms.append(call.mask_mod)
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else And(tuple(terms)).bind(call.L, call.S)
+
+
+def _fingerprint(fn) -> Optional[tuple]:
+    """What a mask rule is made of, with its tensors by (identity, version); None for a rule
+    function of one's own (its closure cannot be compared)."""
+    if not isinstance(fn, Rule):
+        return None
+    parts = [type(fn).__name__]
+    for f in dataclasses.fields(fn):
+        x = getattr(fn, f.name)
+        if isinstance(x, Tensor):
+            parts.append(("tensor", id(x), x._version, tuple(x.shape), str(x.dtype)))
+        elif isinstance(x, tuple):
+            inner = tuple(_fingerprint(m) for m in x)
+            if any(p is None for p in inner):
+                return None
+            parts.append(inner)
+        elif x is None or isinstance(x, (int, float, str, bool)):
+            parts.append(x)
+        else:
+            return None
+    return tuple(parts)
+
+
+def _indices(grid: Tensor) -> tuple[Tensor, Tensor]:
+    """(counts (..., nq), indices (..., nq, nk)) of the True blocks of each row, in order."""
+    counts = grid.sum(-1, dtype=torch.int32)
+    order = torch.argsort((~grid).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts.contiguous(), order.contiguous()
+
+
+def _key(call: AttentionCall) -> tuple:
+    fn = _mask_fn(call)
+
+    def what(f):
+        if f is None:
+            return None
+        if isinstance(f, Rule):
+            return type(f).__name__ if not hasattr(f, "mods") else tuple(what(m) for m in f.mods)
+        return getattr(getattr(f, "fn", f), "__code__", None) or type(f)
+
+    return (str(call.query.dtype), call.Hq != call.Hkv, what(call.score_mod), what(fn))
+
+
+def _name(fn) -> str:
+    return repr(fn) if isinstance(fn, Rule) else getattr(fn, "__name__", type(fn).__name__)

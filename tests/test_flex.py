@@ -1,0 +1,151 @@
+"""The ``flex`` backend (FlexAttention compiled for the CPU, inference only) against the float64
+reference by the tolerance rule: the block masks it builds from attend's rules (masked, full and
+skipped blocks, ragged edges, per-sequence rules, rows with no key), ALiBi, grouped heads,
+L != S, bfloat16; the block-mask cache and its invalidation; what it refuses, and what ``auto``
+and ``explain`` say. Each distinct variant compiles once (seconds), so the cases are few and
+each covers several features."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import attend
+import reference as R
+from attend.backends import Flex
+from cases import check_case, inputs
+
+pytestmark = pytest.mark.skipif(bool(attend.backends.inductor._no_compiler()), reason="no C++ compiler")
+
+# blocks of 16: at these lengths rows of blocks cross rule edges, and the last block of rows
+# and of keys is ragged
+SMALL = Flex(block_size=16)
+B, H, E = 2, 4, 8
+
+
+def _alibi_ref(slopes, L, S):
+    pos = torch.arange(L).view(-1, 1) + (S - L)
+    j = torch.arange(S).view(1, -1)
+    return lambda s: s - slopes.double().view(1, -1, 1, 1) * (pos - j).abs()
+
+
+def _call(q, k, v, **kw):
+    return attend.functional._prepare(q, k, v, **kw)[0]
+
+
+def _allowed(fn, L, S):
+    return R.loop_mask(B, L, S, fn).view(B, 1, L, S)
+
+
+@pytest.mark.parametrize("L,S", [(37, 29), (29, 45)])
+def test_alibi_causal_with_grouped_heads_and_rows_without_keys(L, S):
+    """L > S: the first L - S rows may attend no key and are exactly zero; L < S: the causal
+    diagonal is shifted by S - L. Two kv heads serve four query heads."""
+    q, k, v = inputs(B, H, 2, L, S, E, E, torch.float32)
+    slopes = attend.mods.alibi_slopes(H)
+    kw = dict(causal=True, score_mod=attend.mods.alibi(slopes))
+    out, _ = check_case(SMALL, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, S),
+                        mod=_alibi_ref(slopes, L, S), dtype=torch.float32, what=f"alibi causal {L}x{S}", grads=False)
+    if L > S:
+        assert torch.equal(out[:, :, : L - S], torch.zeros_like(out[:, :, : L - S]))
+
+
+def test_per_sequence_rules_combined_with_a_window():
+    """Documents (one id list per sequence) AND padding (one length per sequence) AND a window:
+    block masks differ per sequence; the cached mask is reused for fresh rule objects of the same
+    tensors, and a fresh lengths tensor neither recompiles nor reuses the old mask."""
+    L = S = 45
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float32)
+    ids = torch.tensor([[0] * 10 + [1] * 20 + [2] * 15, [0] * 30 + [1] * 15])
+    lengths = torch.tensor([45, 33])
+
+    def kw_for(lens):
+        mask = attend.masks.and_masks(attend.masks.document(ids), attend.masks.padding(lens))
+        return dict(mask=mask, window=(6, 3))
+
+    def allowed_for(lens):
+        return _allowed(lambda b, i, j: ids[b, i] == ids[b, j] and j < lens[b] and i - 6 <= j <= i + 3, L, S)
+
+    check_case(SMALL, q, k, v, kw=kw_for(lengths), ref_scores=R.scaled_dot(E), allowed=allowed_for(lengths),
+               dtype=torch.float32, what="documents, padding, window", grads=False)
+    graphs = counters["stats"]["unique_graphs"]
+    other = torch.tensor([20, 45])
+    check_case(SMALL, q, k, v, kw=kw_for(other), ref_scores=R.scaled_dot(E), allowed=allowed_for(other),
+               dtype=torch.float32, what="other lengths", grads=False)
+    assert counters["stats"]["unique_graphs"] == graphs  # same program, new block mask
+    first = SMALL.block_mask(_call(q, k, v, **kw_for(lengths)))
+    assert SMALL.block_mask(_call(q, k, v, **kw_for(lengths))) is first  # fresh rule objects, same tensors: cached
+    assert SMALL.block_mask(_call(q, k, v, **kw_for(lengths.clone()))) is not first  # another tensor: built
+
+
+def test_a_rule_tensor_changed_in_place_builds_its_mask_anew():
+    L = S = 40
+    q, k, v = inputs(1, H, H, L, S, E, E, torch.float32)
+    ids = torch.tensor([0] * 20 + [1] * 20)
+    rule = attend.masks.document(ids)
+    with torch.no_grad():
+        attend.attention(q, k, v, mask=rule, backend=SMALL)
+        ids[10:] = 1  # documents of 10 and 30 keys now
+        got = attend.attention(q, k, v, mask=rule, backend=SMALL)
+        want = attend.attention(q.double(), k.double(), v.double(), mask=rule, backend="eager")
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_mask_function_of_ones_own_and_bfloat16():
+    L, S = 33, 40
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.bfloat16)
+    stripes = lambda b, h, i, j: (j % 3 != 0) | (i == j)  # noqa: E731
+    check_case(SMALL, q, k, v, kw=dict(mask=stripes), ref_scores=R.scaled_dot(E),
+               allowed=_allowed(lambda b, i, j: j % 3 != 0 or i == j, L, S), dtype=torch.bfloat16,
+               what="own mask_mod, bfloat16", grads=False)
+
+
+def test_block_counts_of_a_causal_mask():
+    """Blocks of 16 over 64 x 64 causal: 4 diagonal blocks masked, 6 below full, 6 above skipped."""
+    q, k, v = inputs(1, 1, 1, 64, 64, E, E, torch.float32)
+    call = _call(q, k, v, causal=True)
+    mask, masked, full = SMALL.block_mask(call)
+    assert (masked, full) == (4, 6)
+    assert mask.kv_num_blocks.flatten().tolist() == [1, 1, 1, 1]
+    assert mask.full_kv_num_blocks.flatten().tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(sinks=torch.zeros(H)), "no sinks"),
+    (dict(return_weights=True), "no weights"),
+    (dict(mask=torch.ones(10, 10, dtype=torch.bool)), "no dense mask or bias"),
+    (dict(score=attend.scores.Additive(E, E, 4)), "dot-like scores only"),
+    (dict(dtype=torch.float64), "float32, bfloat16 or float16 only"),
+    (dict(grad=True), "inference only"),
+])
+def test_refusals_name_the_reason(kw, needle):
+    kw = dict(kw)
+    dtype = kw.pop("dtype", torch.float32)
+    q, k, v = inputs(1, H, H, 10, 10, E, E, dtype, grad=kw.pop("grad", False))
+    with pytest.raises(attend.backends.UnsupportedCall, match=needle):
+        attend.attention(q, k, v, backend="flex", **kw)
+
+
+def test_bad_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="block_size"):
+        Flex(block_size=0)
+    with pytest.raises((TypeError, ValueError), match="min_work"):
+        Flex(min_work=1.5)
+
+
+def test_what_auto_takes_and_explain_says():
+    q, k, v = inputs(1, 8, 8, 2048, 2048, 64, 64, torch.float32)
+    with torch.no_grad():
+        alibi = attend.explain(q, k, v, causal=True, score_mod=attend.mods.alibi(8))
+        window = attend.explain(q, k, v, window=256)
+        softcap = attend.explain(q, k, v, score_mod=attend.mods.softcap(20.0))
+        causal = attend.explain(q, k, v, causal=True)
+        small = attend.explain(q[:, :, :64], k[:, :, :64], v[:, :, :64], window=8)
+    assert alibi.backend == "flex" and "full (computed without the mask)" in alibi.detail
+    assert window.backend == "flex"
+    assert softcap.backend == "inductor" and "slower than inductor" in " ".join(softcap.reasons["flex"])
+    assert causal.backend == "sdpa" and "plain causal" in " ".join(causal.reasons["flex"])
+    assert "min_work" in " ".join(small.reasons["flex"])
+    qg = q.clone().requires_grad_()
+    training = attend.explain(qg, k, v, causal=True, score_mod=attend.mods.alibi(8))
+    assert training.backend == "inductor" and "inference only" in " ".join(training.reasons["flex"])
