@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .. import _check
-from .._rules import Rule, and_terms
+from .._rules import Rule, and_terms, is_own, rule_tensors
 from . import _programs as P
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
 
@@ -392,7 +392,11 @@ def _key(call: AttentionCall, kind: str) -> tuple:
         if fn is None:
             return None
         if isinstance(fn, Rule):
-            return tuple(type(r).__name__ for r in and_terms(fn)) if fn.role == "mask" else type(fn).__name__
+            def term(r):  # a wrapper (attend.distributed's) names itself and what it wraps
+                own = getattr(r, "program_key", None)
+                return own() if own is not None else type(r).__name__
+
+            return tuple(term(r) for r in and_terms(fn)) if fn.role == "mask" else term(fn)
         fn = getattr(fn, "fn", fn)  # a custom score's wrapper: the user's function
         return getattr(fn, "__code__", None) or type(fn)  # not id(): a lambda remade per call is one program
 
@@ -403,22 +407,19 @@ def _key(call: AttentionCall, kind: str) -> tuple:
 
 def _grad_tensors(call: AttentionCall) -> list[Tensor]:
     """Tensors the tile programs read that require grad, besides the operands: the fields of
-    attend's score_mod and mask rules (a learned relative-bias table). Functions of one's own
-    do not get here with autograd on (``can_run`` refuses them)."""
+    attend's score_mod and mask rules (a learned relative-bias table), through combinations and
+    wrappers. Functions of one's own do not get here with autograd on (``can_run`` refuses them)."""
     found: list[Tensor] = []
-    for fn in (call.score_mod, call.mask_mod):
-        if isinstance(fn, Rule):
-            for r in ([fn] if fn.role == "score" else list(and_terms(fn))):
-                for f in dataclasses.fields(r):
-                    t = getattr(r, f.name)
-                    if isinstance(t, Tensor) and t.requires_grad and not any(t is x for x in found):
-                        found.append(t)
+    for t in rule_tensors(call.score_mod) + rule_tensors(call.mask_mod):
+        if not any(t is x for x in found):
+            found.append(t)
     return found
 
 
 def _user_functions(call: AttentionCall) -> bool:
-    """A score function (not dot-like or additive), score_mod or mask_mod that is not attend's own."""
-    user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not isinstance(f, Rule)]
+    """A score function (not dot-like or additive), score_mod or mask_mod that is not attend's
+    own all the way down."""
+    user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not is_own(f)]
     return bool(user) or _kind(call)[0] == "score"
 
 

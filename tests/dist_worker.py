@@ -1,0 +1,162 @@
+"""One rank of the sequence-parallel checks (launched by tests/test_distributed.py, W processes, gloo).
+
+Every rank builds the same global inputs from one seed, computes single-process attention
+(eager, float64) and its gradients, then its own share through ``ring_attention`` /
+``ulysses_attention``, and writes the largest differences per case as JSON lines to
+``--out``. The test asserts on them. ``--die-at`` makes this rank exit abruptly at a case, to
+check that the others fail with an error instead of hanging.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import traceback
+import zlib
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+import attend  # noqa: E402
+import attend.distributed as D  # noqa: E402
+
+B, H, E = 2, 4, 8
+
+
+def cases():
+    """(name, global L, S, kv heads, attention kwargs builder, what is learned)."""
+    ids = lambda n: torch.tensor([0] * (n // 3) + [1] * (n - n // 3 - n // 4) + [2] * (n // 4))  # noqa: E731
+    return [
+        ("plain", 37, 37, H, lambda L, S: {}),
+        ("causal", 37, 37, H, lambda L, S: {"causal": True}),
+        ("causal_cross_L_gt_S", 41, 29, H, lambda L, S: {"causal": True}),  # rows 0..11 see no key: exactly 0
+        ("window_gqa", 37, 37, 2, lambda L, S: {"window": (5, 2)}),
+        ("document", 37, 37, H, lambda L, S: {"mask": attend.masks.document(ids(S)), "causal": True}),
+        ("padding", 37, 37, H, lambda L, S: {"mask": attend.masks.padding(torch.tensor([30, 0]))}),  # seq 1: no key
+        ("prefix_lm", 37, 37, H, lambda L, S: {"mask": attend.masks.prefix_lm(9)}),
+        ("chunked", 37, 37, 2, lambda L, S: {"mask": attend.masks.chunked(6)}),
+        ("alibi_causal", 37, 37, H, lambda L, S: {"score_mod": attend.mods.alibi(H), "causal": True}),
+        ("softcap_cosine", 37, 41, H, lambda L, S: {"score_mod": attend.mods.softcap(2.0), "score": "cosine"}),
+        ("relative_bias_learned", 37, 37, H, "relbias"),
+        ("general_score_learned", 37, 37, H, "general"),
+        ("dot_score", 37, 37, H, lambda L, S: {"score": "dot", "causal": True}),
+        ("own_mask_mod", 37, 37, H, lambda L, S: {"mask": lambda b, h, i, j: (i + j) % 3 != 1}),
+        # the blocks through attend's compiled CPU tiles (learned table and score weights included)
+        ("relative_bias_inductor", 37, 37, H, "relbias+inductor"),
+        ("general_inductor", 37, 37, 2, "general+inductor"),
+    ]
+
+
+def run_case(name, L, S, Hkv, build, method, layout, rank, world):
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))  # the same on every rank
+    q = torch.randn(B, H, L, E, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, S, E, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, S, E, generator=g, dtype=torch.float64)
+    dout = torch.randn(B, H, L, E, generator=g, dtype=torch.float64)
+    params = []
+    engine = None
+    if isinstance(build, str) and build.endswith("+inductor"):
+        build, engine = build.split("+")
+    if build == "relbias":
+        table = torch.randn(H, 11, generator=g, dtype=torch.float64, requires_grad=True)
+        kw = {"score_mod": attend.mods.relative_bias(table), "causal": True}
+        params = [table]
+    elif build == "general":
+        score = attend.scores.General(E, E).double()
+        with torch.no_grad():
+            score.weight.copy_(torch.randn(score.weight.shape, generator=g, dtype=torch.float64))
+        kw = {"score": score, "window": (4, 4)}
+        params = list(score.parameters())
+    else:
+        kw = build(L, S)
+    if engine is not None:
+        kw = dict(kw, backend=engine)
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = attend.attention(*ref_in, **dict(kw, backend="eager"))
+    ref_grads = torch.autograd.grad(ref, ref_in + params, dout)
+    for p in params:
+        p.grad = None
+    mine = [D.shard(t, layout=layout).detach().requires_grad_() for t in (q, k, v)]
+    fn = D.ring_attention if method == "ring" else D.ulysses_attention
+    out = fn(*mine, layout=layout, **kw)
+    out.backward(D.shard(dout, layout=layout))
+    D.all_reduce_grads(params)
+    errs = {"out": (out - D.shard(ref, layout=layout)).abs().max().item()}
+    for n, got, want in zip("qkv", mine, ref_grads[:3]):
+        errs["d" + n] = (got.grad - D.shard(want, layout=layout)).abs().max().item()
+    for i, (p, want) in enumerate(zip(params, ref_grads[3:])):
+        errs[f"dparam{i}"] = (p.grad - want).abs().max().item()
+    if name == "causal_cross_L_gt_S":  # rows with no key: exactly zero, on whichever rank holds them
+        full = D.unshard(out.detach(), L, layout=layout)
+        errs["dead_rows_exactly_zero"] = 0.0 if bool((full[:, :, : L - S] == 0).all()) else 1.0
+    if name == "padding":
+        errs["dead_rows_exactly_zero"] = 0.0 if bool((out[1] == 0).all()) else 1.0
+    return errs
+
+
+def extra_checks(rank, world):
+    """Weights from the merged log-sum-exp; a forward without gradients; refusals."""
+    out = {}
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, H, 23, E, generator=g, dtype=torch.float64) for _ in range(3))
+    kw = {"causal": True, "score_mod": attend.mods.alibi(H)}
+    _, ref_w = attend.attention(q, k, v, backend="eager", return_weights=True, **kw)
+    for method in ("ring", "ulysses"):
+        fn = D.ring_attention if method == "ring" else D.ulysses_attention
+        with torch.no_grad():
+            o, w = fn(*(D.shard(t, layout="zigzag") for t in (q, k, v)), layout="zigzag", return_weights=True, **kw)
+        out[f"weights_{method}"] = (w - D.shard(ref_w, layout="zigzag")).abs().max().item()
+    messages = {}
+    for label, call in [
+        ("heads", lambda: D.ulysses_attention(torch.zeros(1, 3, 4, E), torch.zeros(1, 3, 4, E), torch.zeros(1, 3, 4, E))),
+        ("dense", lambda: D.ring_attention(q, k, v, mask=torch.ones(23, 23, dtype=torch.bool))),
+        ("layout", lambda: D.ring_attention(q, k, v, layout="spiral")),
+        ("zigzag_lengths", lambda: D.ring_attention(q[:, :, : 4 + 3 * rank], k, v, layout="zigzag")),
+    ]:
+        try:
+            call()
+            messages[label] = "no error"
+        except Exception as e:  # noqa: BLE001 - the message is what is checked
+            messages[label] = f"{type(e).__name__}: {e}"
+    out["messages"] = messages
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--world", type=int, required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--die-at", default=None, help="exit abruptly (rank 1) when this case starts")
+    ap.add_argument("--timeout", type=float, default=60.0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
+                            world_size=args.world, timeout=datetime.timedelta(seconds=args.timeout))
+    with open(args.out, "w") as f:
+        for name, L, S, Hkv, build in cases():
+            for method in ("ring", "ulysses"):
+                if method == "ulysses" and Hkv % args.world:
+                    continue
+                for layout in ("contiguous", "zigzag"):
+                    case = f"{method}/{layout}/{name}"
+                    if args.die_at == name and args.rank == 1:
+                        os._exit(3)
+                    try:
+                        errs = run_case(name, L, S, Hkv, build, method, layout, args.rank, args.world)
+                        f.write(json.dumps({"case": case, "errors": errs}) + "\n")
+                    except Exception:  # noqa: BLE001 - reported to the test
+                        f.write(json.dumps({"case": case, "exception": traceback.format_exc()}) + "\n")
+                        raise
+                    f.flush()
+        f.write(json.dumps({"case": "extra", "errors": extra_checks(args.rank, args.world)}) + "\n")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""attend.distributed on 2 processes (gloo), launched here: ring and all-to-all attention equal
+single-process attention in float64 (<= 1e-12) for every feature, forward and gradients, both
+layouts, uneven shards; the weights; refusals; and a rank that dies makes the other fail with
+an error, not hang. Each launch is bounded in time (the workers' own gloo timeout, then a kill)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(__file__))
+import dist_worker  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
+
+WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
+WORLD = 2
+TOL = 1e-12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp, *extra, world=WORLD, limit=420, timeout=60):
+    """Run the worker on ``world`` processes; return [(returncode, stderr, records)] per rank."""
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs, outs = [], []
+    for r in range(world):
+        out = os.path.join(tmp, f"rank{r}.jsonl")
+        outs.append(out)
+        cmd = [sys.executable, WORKER, "--rank", str(r), "--world", str(world), "--port", str(port), "--out", out,
+               "--timeout", str(timeout), *extra]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    results = []
+    for p, out in zip(procs, outs):
+        try:
+            _, err = p.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"a rank did not finish within {limit} s (a hang)")
+        records = []
+        if os.path.exists(out):
+            with open(out) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+        results.append((p.returncode, err, records))
+    return results
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    results = launch(str(tmp_path_factory.mktemp("dist")))
+    for rc, err, _ in results:
+        assert rc == 0, err[-3000:]
+    return [{r["case"]: r for r in records} for _, _, records in results]
+
+
+NAMES = [f"{m}/{lay}/{name}" for name, _, _, hkv, _ in dist_worker.cases() for m in ("ring", "ulysses")
+         if not (m == "ulysses" and hkv % WORLD) for lay in ("contiguous", "zigzag")]
+
+
+@pytest.mark.parametrize("case", NAMES)
+def test_sequence_parallel_equals_single_process_attention(report, case):
+    for rank, records in enumerate(report):
+        rec = records[case]
+        assert "exception" not in rec, rec.get("exception")
+        for what, err in rec["errors"].items():
+            assert err <= TOL, f"rank {rank} {case}: {what} differs by {err:.3g}"
+
+
+def test_weights_from_the_merged_lse_and_refusals(report):
+    for records in report:
+        extra = records["extra"]["errors"]
+        assert extra["weights_ring"] <= TOL and extra["weights_ulysses"] <= TOL
+        m = extra["messages"]
+        assert "heads must divide by the group size; got 3 query heads" in m["heads"]
+        assert "mask: a dense mask tensor cannot be split over ranks" in m["dense"]
+        assert "layout must be one of ['contiguous', 'zigzag'], got 'spiral'" in m["layout"]
+        assert "the zigzag layout of" in m["zigzag_lengths"]
+
+
+def test_a_rank_that_dies_makes_the_other_fail_not_hang(tmp_path):
+    results = launch(str(tmp_path), "--die-at", "causal", limit=180, timeout=20)
+    (rc0, err0, _), (rc1, _, _) = results
+    assert rc1 == 3
+    assert rc0 != 0 and ("Error" in err0 or "error" in err0), err0[-2000:]
