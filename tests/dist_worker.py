@@ -126,6 +126,60 @@ def extra_checks(rank, world):
     return out
 
 
+def model_checks(rank, world):
+    """Transformer stacks with their sequence split over the ranks: outputs, every parameter's
+    gradient (summed over ranks) and three SGD steps equal the single-process model's (SGD:
+    Adam divides by the gradient's size, so where a gradient is 0 in exact arithmetic (the key
+    projection's bias) it turns rounding noise of 1e-16 into steps of the learning rate)."""
+    import copy
+
+    from attend.distributed import SequenceParallel
+    from attend.nn import Decoder, Encoder
+
+    out = {}
+    g = torch.Generator().manual_seed(11)
+    B, L, Dm = 2, 29, 16
+    x = torch.randn(B, L, Dm, generator=g, dtype=torch.float64)
+    w = torch.randn(B, L, Dm, generator=g, dtype=torch.float64)
+    key_mask = torch.ones(B, L, dtype=torch.bool)
+    key_mask[1, 20:] = False
+    torch.manual_seed(0)
+    stacks = {
+        "encoder_ring_sinusoidal": (Encoder(num_layers=2, d_model=Dm, num_heads=4, dropout=0.0).double(),
+                                    SequenceParallel(method="ring"), {"key_mask": key_mask}),
+        "decoder_ulysses_rope": (Decoder(num_layers=2, d_model=Dm, num_heads=4, cross_attention=False, dropout=0.0,
+                                         positional="rope").double(), SequenceParallel(method="ulysses"), {}),
+        "encoder_ring_contiguous_learned": (Encoder(num_layers=1, d_model=Dm, num_heads=2, dropout=0.0,
+                                                    positional="learned", max_len=64).double(),
+                                            SequenceParallel(method="ring", layout="contiguous"),
+                                            {"key_mask": key_mask}),
+    }
+    for name, (single, sp, kw) in stacks.items():
+        par = copy.deepcopy(single).set_sequence_parallel(sp)
+        opt_s = torch.optim.SGD(single.parameters(), lr=0.1, momentum=0.9)
+        opt_p = torch.optim.SGD(par.parameters(), lr=0.1, momentum=0.9)
+        errs = {}
+        for step in range(3):
+            ref = single(x, **kw).hidden
+            (ref * w).sum().backward()
+            local = {k: sp.shard(v, dim=1) for k, v in kw.items()}
+            got = par(sp.shard(x, dim=1), **local).hidden
+            (got * sp.shard(w, dim=1)).sum().backward()
+            D.all_reduce_grads(list(par.parameters()))
+            if step == 0:
+                errs["out"] = (got - sp.shard(ref.detach(), dim=1)).abs().max().item()
+                errs["grads"] = max((a.grad - b.grad).abs().max().item()
+                                    for a, b in zip(single.parameters(), par.parameters()))
+            opt_s.step()
+            opt_p.step()
+            opt_s.zero_grad()
+            opt_p.zero_grad()
+        errs["params_after_3_steps"] = max((a - b).abs().max().item()
+                                           for a, b in zip(single.parameters(), par.parameters()))
+        out[name] = errs
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, required=True)
@@ -155,6 +209,7 @@ def main():
                         raise
                     f.flush()
         f.write(json.dumps({"case": "extra", "errors": extra_checks(args.rank, args.world)}) + "\n")
+        f.write(json.dumps({"case": "models", "errors": model_checks(args.rank, args.world)}) + "\n")
     dist.destroy_process_group()
 
 

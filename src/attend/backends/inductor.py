@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from .. import _check
-from .._rules import Rule, and_terms, is_own, rule_tensors
+from .._rules import Rule, and_terms
+from .._ruletree import is_own, rule_tensors
 from . import _programs as P
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
 

@@ -13,7 +13,8 @@ holds a span of the queries, keys and values (:func:`shard`) and calls one of:
 Both give attend's semantics on global positions (rules of :mod:`attend.masks`, score
 modifiers, every dot-like score, grouped kv heads, rows with no key exactly zero) and the
 gradients of single-process attention; gloo (CPU) and NCCL (GPU) alike, as ``torch.distributed``
-provides. :func:`unshard` gathers a sequence back; :func:`all_reduce_grads` sums the
+provides. :class:`SequenceParallel` makes :class:`attend.nn.MultiHeadAttention` and the
+transformer stacks (``set_sequence_parallel``) run this way. :func:`unshard` gathers a sequence back; :func:`all_reduce_grads` sums the
 gradients of parameters every rank shares (each rank's hold its own rows' share).
 """
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import Iterable
 import torch
 
 from .layout import LAYOUTS, local_length, shard, spans, unshard
+from .parallel import SequenceParallel
 from .ring import ring_attention
 from .ulysses import ulysses_attention
 
-__all__ = ["ring_attention", "ulysses_attention", "shard", "unshard", "spans", "local_length", "LAYOUTS",
+__all__ = ["ring_attention", "ulysses_attention", "SequenceParallel", "shard", "unshard", "spans", "local_length", "LAYOUTS",
            "all_reduce_grads"]
 
 

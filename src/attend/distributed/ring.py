@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .._rules import And, Causal, Window, bind, check_rule, is_own, rule_tensors
+from .._rules import And, Causal, Window, bind, check_rule
+from .._ruletree import is_own, rule_tensors
 from ..backends.base import AttentionCall, _holds_grad_tensor, compute_dtype
 from ..functional import _prepare
 from . import _blocks

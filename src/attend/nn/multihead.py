@@ -49,6 +49,10 @@ class MultiHeadAttention(nn.Module):
             ``sinks``.
         backend: the :func:`attend.attention` backend, ``"auto"`` (default), a name
             (``"triton"``, ``"sdpa"``, ...) or a :class:`attend.backends.Backend`.
+        sequence_parallel: an :class:`attend.distributed.SequenceParallel`: inputs are this
+            rank's positions of each sequence, attention runs over the whole sequence across
+            the group (``key_mask`` and ``rotary`` at global positions; no cache or dropout).
+            Also settable later as the attribute of that name.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class MultiHeadAttention(nn.Module):
         batch_first: bool = True,
         sinks: bool = False,
         backend="auto",
+        sequence_parallel=None,
     ):
         super().__init__()
         # "a positive int": the wording users (and tests) know from this class
@@ -99,6 +104,7 @@ class MultiHeadAttention(nn.Module):
             raise TypeError(f"sinks must be a bool, got {type(sinks).__name__}")
         self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None  # (H,) sink logits
         self.backend = backend
+        self.sequence_parallel = sequence_parallel
 
     def forward(
         self,
@@ -151,6 +157,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"value: expected (B, S={key.shape[1]}, {self.vdim}), got shape {tuple(value.shape)}")
         if cache is not None and not isinstance(cache, LayerKV):
             raise TypeError(f"cache must be an attend.nn.LayerKV, got {type(cache).__name__}")
+        sp = self.sequence_parallel
+        if sp is not None:
+            return self._forward_parallel(sp, query, key, value, unbatched, mask=mask, key_mask=key_mask,
+                                          causal=causal, need_weights=need_weights, average_weights=average_weights,
+                                          score_mod=score_mod, rotary=rotary, cache=cache)
         B, L, _ = query.shape
         d, H, Hkv = self.head_dim, self.num_heads, self.kv_heads
         q = self.q_proj(query).view(B, L, H, d).transpose(1, 2)  # (B, H, L, d)
@@ -189,6 +200,48 @@ class MultiHeadAttention(nn.Module):
             weights = weights.squeeze(0) if weights is not None else None
         elif not self.batch_first:
             out = out.transpose(0, 1)  # (L, B, D)
+        return out, weights
+
+    def _forward_parallel(self, sp, query, key, value, unbatched, *, mask, key_mask, causal, need_weights,
+                          average_weights, score_mod, rotary, cache):
+        """Sequence-parallel attention: this rank's positions in, this rank's rows out."""
+        if cache is not None:
+            raise ValueError("cache: a key/value cache is not kept under sequence_parallel (decode on one rank)")
+        if self.training and self.dropout > 0:
+            raise ValueError("dropout: attention dropout is not applied under sequence_parallel; build the module "
+                             "with dropout=0 (or call .eval())")
+        if isinstance(mask, Tensor):
+            raise TypeError("mask: a dense mask cannot be split over ranks; give it as a rule of attend.masks")
+        if self.sinks is not None and sp.method == "ring":
+            raise ValueError("sinks: ring attention has no sinks; use SequenceParallel(method='ulysses')")
+        B, L, _ = query.shape
+        S = key.shape[1]
+        d, H, Hkv = self.head_dim, self.num_heads, self.kv_heads
+        q = self.q_proj(query).view(B, L, H, d).transpose(1, 2)
+        k = self.k_proj(key).view(B, S, Hkv, d).transpose(1, 2)
+        v = self.v_proj(value).view(B, S, Hkv, d).transpose(1, 2)
+        if rotary is not None:  # each span of positions rotated at its global offset
+            q = _by_span(q, sp.spans(L, q.device), rotary)
+            k = _by_span(k, sp.spans(S, k.device), rotary)
+        if key_mask is not None:
+            if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, S):
+                raise ValueError(f"key_mask: expected a boolean (B, S) = {(B, S)} tensor of this rank's key positions")
+            rule = _masks.key_mask(sp.gather_keys(key_mask))
+            mask = rule if mask is None else _masks.and_masks(mask, rule)
+        kw = {"sinks": self.sinks} if self.sinks is not None else {}
+        out = sp.attention(q, k, v, score=self.score, mask=mask, causal=causal, score_mod=score_mod,
+                           return_weights=need_weights, **kw)
+        weights = None
+        if need_weights:
+            out, weights = out
+            if average_weights:
+                weights = weights.mean(dim=1)
+        out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * d))
+        if unbatched:
+            out = out.squeeze(0)
+            weights = weights.squeeze(0) if weights is not None else None
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
         return out, weights
 
     @staticmethod
@@ -248,3 +301,12 @@ class MultiHeadAttention(nn.Module):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_heads={self.kv_heads}, "
                 f"head_dim={self.head_dim}, dropout={self.dropout}, batch_first={self.batch_first}"
                 + (", sinks=True" if self.sinks is not None else ""))
+
+
+def _by_span(x: Tensor, spans, rotary) -> Tensor:
+    """Rotate each span of positions (dim 2) of ``x`` at its global offset."""
+    parts, at = [], 0
+    for a, z in spans:
+        parts.append(rotary(x[:, :, at:at + z - a], offset=a))
+        at += z - a
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)

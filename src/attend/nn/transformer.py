@@ -198,8 +198,27 @@ class _Stack(nn.Module):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected embeddings (B, L, {self.d_model}), got {got}")
         if self.add_positions is not None:
-            x = self.add_positions(x, offset=offset)
+            sp = getattr(self, "sequence_parallel", None)
+            if sp is None:
+                x = self.add_positions(x, offset=offset)
+            else:  # this rank's spans of the sequence, each at its global position
+                parts, at = [], 0
+                for a, z in sp.spans(x.shape[1], x.device):
+                    parts.append(self.add_positions(x[:, at:at + z - a], offset=offset + a))
+                    at += z - a
+                x = torch.cat(parts, dim=1)
         return self.dropout(x)
+
+    def set_sequence_parallel(self, sequence_parallel) -> "_Stack":
+        """Run every attention of this stack sequence-parallel (an
+        :class:`attend.distributed.SequenceParallel`, or None to stop): inputs are then this
+        rank's positions of each sequence (``key_mask``/``memory_mask`` too), positions are
+        global. No cache or attention dropout then. Returns the stack."""
+        self.sequence_parallel = sequence_parallel
+        for m in self.modules():
+            if isinstance(m, MultiHeadAttention):
+                m.sequence_parallel = sequence_parallel
+        return self
 
     @property
     def score_mod(self) -> Optional[Callable]:
@@ -300,6 +319,12 @@ class EncoderDecoder(nn.Module):
         self.encoder = Encoder(num_layers=encoder_layers or num_layers, d_model=d_model, num_heads=num_heads, **kw)
         self.decoder = Decoder(num_layers=decoder_layers or num_layers, d_model=d_model, num_heads=num_heads,
                                cross_attention=True, **kw)
+
+    def set_sequence_parallel(self, sequence_parallel) -> "EncoderDecoder":
+        """Both stacks sequence-parallel (see :meth:`Encoder.set_sequence_parallel`)."""
+        self.encoder.set_sequence_parallel(sequence_parallel)
+        self.decoder.set_sequence_parallel(sequence_parallel)
+        return self
 
     def forward(self, src: Tensor, tgt: Tensor, *, src_key_mask: Optional[Tensor] = None,
                 need_weights: bool = False) -> DecoderOutput:
