@@ -178,9 +178,23 @@ def _job(args: argparse.Namespace):
 
 
 def _train(args) -> int:
-    from ..apps.translate import ResumeMismatch, RunFolderBusy, RunFolderRefused, TrainingInterrupted
+    from ..distributed.ranks import init_from_env
 
     job = _job(args)
+    ranks = init_from_env()  # launched by torchrun: data-parallel training (rank 0 writes and prints)
+    try:
+        return _train_job(job, args, ranks)
+    finally:
+        if ranks is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train_job(job, args, ranks) -> int:
+    from ..apps.translate import ResumeMismatch, RunFolderBusy, RunFolderRefused, TrainingInterrupted
+
+    main = ranks is None or ranks.main
 
     def started(s) -> None:
         where = "the split of the run" if s.test_file is None else f"test split: {s.test_file}"
@@ -196,8 +210,12 @@ def _train(args) -> int:
                          f"{_resume_differences(e.diffs, e.saved, e.data, args)}; resume with the same "
                          "settings and data") from None
     except TrainingInterrupted as e:
-        print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)", file=sys.stderr)
+        if main:
+            print(f"attend: interrupted; training state saved in {e.out_dir} (continue with --resume)",
+                  file=sys.stderr)
         return e.exit_code
+    if not main:
+        return 0
     best = min(hist, key=lambda h: h["valid_loss"])
     print(f"trained {hist[-1]['step']} steps in {hist[-1]['seconds']:.0f} s; best validation loss "
           f"{best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")

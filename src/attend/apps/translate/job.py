@@ -8,6 +8,7 @@ for the training (restored after).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple, Optional
@@ -80,20 +81,37 @@ class TrainJob:
         another training does, before any data is read), check it for this job
         (:class:`~attend.apps.translate.run.RunFolderRefused`), read the data, train. Returns
         the translator with the best validation loss and the history."""
+        from ...distributed.ranks import Ranks
+
+        ranks = Ranks.current()  # under torchrun: every rank runs this; rank 0 owns the folder
         run = RunFolder(self.out)
-        with run.lock():
-            saved = run.start(resume=self.resume, force=self.force)
+        with run.lock() if ranks.main else contextlib.nullcontext():
+            saved, failed = None, None
+            if ranks.main:
+                try:
+                    saved = run.start(resume=self.resume, force=self.force)
+                except Exception as e:  # told to the other ranks first, then raised here
+                    failed = e
+            ranks.agree(failed is None, f"start the run folder {self.out}")
+            if failed is not None:
+                raise failed
+            if self.resume and not ranks.main:
+                saved = run.read_config()
             split, note = self.source.read()
             tcfg = self.train_config
-            planned = planned_steps(len(split.train), tcfg)
-            if self.warmup_steps is None:
+            planned = planned_steps(len(split.train), tcfg)  # (in batches: the schedule does not change with
+            if self.warmup_steps is None:  # the number of processes, so a run resumes on another number)
                 tcfg = dataclasses.replace(tcfg, warmup_steps=scaled_warmup(PRESETS[self.kind].warmup_steps, planned))
+            steps = planned  # steps of this run: each takes one batch per process
+            if ranks.parallel:
+                steps = tcfg.epochs * -(-(-(-len(split.train) // tcfg.batch_size)) // ranks.world)
+                steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
             start = TrainStart(len(split.train), len(split.valid), len(split.test),
-                               None if self.resume else run.file(RunFolder.TEST), planned, tcfg.warmup_steps)
+                               None if self.resume else run.file(RunFolder.TEST), steps, tcfg.warmup_steps)
             told = []
 
             def announce(trainer) -> None:  # once the run's checks have passed and it trains
-                if not told and on_start is not None:
+                if not told and on_start is not None and ranks.main:
                     told.append(True)
                     on_start(start)
 
@@ -103,6 +121,7 @@ class TrainJob:
                 return fit_translator(run, saved, split.train, split.valid, template=self.template,
                                       given=self.template.to_dict(), train_config=tcfg, min_freq=self.min_freq,
                                       data=note, progress=self.progress, on_step=announce,
-                                      held_out={RunFolder.VALID: split.valid, RunFolder.TEST: split.test})
+                                      held_out={RunFolder.VALID: split.valid, RunFolder.TEST: split.test},
+                                      ranks=ranks)
             finally:
                 torch.set_num_threads(previous)

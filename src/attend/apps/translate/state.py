@@ -52,6 +52,7 @@ class TrainState:
     last_eval_step: int = -1
     seconds: float = 0.0  # training time (the loop's steps only)
     tokens: int = 0  # source and target tokens trained on
+    batches: int = 0  # batches of the epochs' orders taken (a data-parallel step takes one per process)
     losses: list[float] = field(default_factory=list)  # training loss of every step
     history: list[dict] = field(default_factory=list)  # one record per evaluation
 
@@ -158,8 +159,10 @@ def check_state_header(path: str, infos: Mapping[str, "_io.TensorInfo"], meta: M
     _check_evaluations(doc, state, config.patience)
     if state.epoch == config.epochs and state.position != 0:
         raise doc.error("position", f"is {state.position} after the last epoch")
-    if state.step != state.epoch * nb + state.position:
-        raise ValueError(f"{path}: step {state.step} does not match epoch {state.epoch} and position "
+    # (states written before data-parallel training have no "batches": one batch per step)
+    state.batches = doc.int("batches", lo=step) if "batches" in doc.raw else step
+    if state.batches != state.epoch * nb + state.position:
+        raise ValueError(f"{path}: {state.batches} batches taken do not match epoch {state.epoch} and position "
                          f"{state.position} with {nb} batches per epoch: the state belongs to other training data")
     if infos["history.loss"].shape != (state.step,):
         raise ValueError(f"{path}: tensor 'history.loss' has {infos['history.loss'].shape[0]} losses for "

@@ -34,6 +34,7 @@ is saved from it, so the run folder keeps its last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -46,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ...data import Batch, LengthGroupedBatches, Vocab
+from ...distributed.ranks import Ranks
 from .config import SEED_LIMIT, TrainConfig, planned_steps, scaled_warmup
 from .run import RunFolder
 from .state import TrainState, check_state_header, check_state_tensors, state_file
@@ -98,9 +100,17 @@ class Trainer:
     the training is, is :attr:`state` (a :class:`TrainState`)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_pairs, valid_pairs, out_dir: str | os.PathLike,
-                 *, progress: bool = True, metadata: Optional[dict] = None):
+                 *, progress: bool = True, metadata: Optional[dict] = None, ranks: Optional[Ranks] = None,
+                 accumulate: int = 1):
         """``metadata`` (str -> str) is stored with the weights and the state; a state whose
-        metadata disagrees on one of these keys is refused on resume (another run's state)."""
+        metadata disagrees on one of these keys is refused on resume (another run's state).
+
+        ``ranks``: the processes of a data-parallel training (:class:`attend.distributed.Ranks`;
+        default one process). Each step then takes ``world x accumulate`` consecutive batches of
+        the epoch's order, ``accumulate`` per rank, under DDP; the loss is the mean over all
+        their target tokens, so a step equals one process's step on the combined batch. Every
+        rank evaluates; rank 0 alone writes the run folder. ``accumulate``: batches per rank
+        per step (gradient accumulation)."""
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if not valid_pairs:
@@ -119,13 +129,24 @@ class Trainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.state = TrainState()  # all of it goes into state.safetensors
         self._stop: Optional[int] = None
+        self.ranks = ranks if ranks is not None else Ranks()
+        if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+            raise ValueError(f"accumulate must be a positive int (batches per rank per step), got {accumulate!r}")
+        self.accumulate = accumulate
+        self.net = model  # what the training step calls: the model, or DDP around it
+        if self.ranks.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = next(model.parameters()).device
+            self.net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
 
     def lr_at(self, step: int) -> float:
         return self.config.lr_at(step, self.state.decays)
 
     # -- files ---------------------------------------------------------------------------
     def save_state(self) -> None:
-        self.run.save_state(*state_file(self.model, self.optimizer, self.state, self.config, self.metadata))
+        if self.ranks.main:
+            self.run.save_state(*state_file(self.model, self.optimizer, self.state, self.config, self.metadata))
 
     def load_state(self) -> None:
         """Resume from ``state.safetensors``, after checking all of it."""
@@ -147,6 +168,8 @@ class Trainer:
         self.state = state
 
     def save_model(self, valid_loss: Optional[float]) -> None:
+        if not self.ranks.main:
+            return
         meta = dict(self.metadata, step=str(self.state.step),
                     valid_loss="none" if valid_loss is None else repr(valid_loss))
         self.run.save_weights(self.model.state_dict(), meta)
@@ -177,13 +200,14 @@ class Trainer:
         s.history.append({"step": s.step, "epoch": s.epoch, "train_loss": sum(recent) / max(len(recent), 1),
                           "valid_loss": valid, "lr": self.lr_at(s.step), "seconds": round(s.seconds, 2),
                           "tokens_per_s": round(s.tokens / max(s.seconds, 1e-9), 1)})
-        self.run.write_history(s.history)
+        if self.ranks.main:
+            self.run.write_history(s.history)
         return s.bad_evals >= self.config.patience > 0
 
     def fit(self, *, resume: bool = False, on_step: Optional[Callable[["Trainer"], None]] = None) -> list[dict]:
         """Train until the epochs, ``max_steps`` or ``max_minutes`` run out, or early stopping.
         Returns the history (one dict per evaluation)."""
-        with self.run.lock():  # one training per run folder
+        with self.run.lock() if self.ranks.main else contextlib.nullcontext():  # one training per run folder
             if resume:
                 self.load_state()
             else:
@@ -209,7 +233,7 @@ class Trainer:
         while s.epoch < cfg.epochs and not stop:
             order = self.batches.order(s.epoch)
             bar = tqdm(total=len(order), initial=s.position, desc=f"epoch {s.epoch + 1}/{cfg.epochs}",
-                       disable=not self.progress, leave=False, dynamic_ncols=True)
+                       disable=not (self.progress and self.ranks.main), leave=False, dynamic_ncols=True)
             while s.position < len(order):
                 if self._stop is not None:
                     bar.close()
@@ -218,16 +242,13 @@ class Trainer:
                     stop = True
                     break
                 t0 = time.perf_counter()
-                batch = self.batches.batch(order[s.position])
                 for g in self.optimizer.param_groups:
                     g["lr"] = self.lr_at(s.step)
-                loss, n_tok = sequence_loss(self.model, batch, cfg.label_smoothing)
-                value = float(loss.detach())
-                if not math.isfinite(value):
+                try:
+                    value, n_tok, n_src, used = self._backward(order, cfg)
+                except TrainingDiverged:
                     bar.close()
-                    raise self._diverged(f"the training loss is {value}", len(order))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                    raise
                 if cfg.clip_norm > 0:
                     norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm))
                     if not math.isfinite(norm):
@@ -235,15 +256,20 @@ class Trainer:
                         raise self._diverged(f"the gradient norm is {norm}", len(order))
                 self.optimizer.step()
                 s.step += 1
-                s.position += 1
+                s.position += used
+                s.batches += used
                 s.losses.append(value)
-                s.tokens += n_tok + batch.n_src_tokens
+                s.tokens += n_tok + n_src
                 s.seconds += time.perf_counter() - t0
-                bar.update(1)
+                bar.update(used)
                 bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{s.tokens / max(s.seconds, 1e-9):.0f}")
                 if on_step is not None:
                     on_step(self)
                 out_of_time = cfg.max_minutes > 0 and s.seconds >= cfg.max_minutes * 60
+                if self.ranks.parallel:  # every rank stops at the same step: a signal or a clock on any of them
+                    signalled, out_of_time = self.ranks.any([self._stop is not None, out_of_time])
+                    if signalled and self._stop is None:
+                        self._stop = signal.SIGTERM
                 out_of_steps = cfg.max_steps > 0 and s.step >= cfg.max_steps
                 if out_of_time or out_of_steps:
                     stop = True
@@ -261,6 +287,42 @@ class Trainer:
         self.save_state()
         return s.history
 
+    def _backward(self, order, cfg: TrainConfig) -> tuple[float, int, int, int]:
+        """One step's gradients: ``(loss, target tokens, source tokens, batches of the order used)``."""
+        s = self.state
+        if self.ranks.world * self.accumulate == 1:
+            batch = self.batches.batch(order[s.position])
+            loss, n_tok = sequence_loss(self.net, batch, cfg.label_smoothing)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise self._diverged(f"the training loss is {value}", len(order))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return value, n_tok, batch.n_src_tokens, 1
+        per = self.ranks.world * self.accumulate
+        used = min(per, len(order) - s.position)
+        mine = []
+        for a in range(self.accumulate):
+            i = s.position + self.ranks.rank * self.accumulate + a
+            # past the epoch's end: a batch weighted 0, so that DDP's all-reduce still meets every rank
+            mine.append((self.batches.batch(order[i]), 1.0) if i < len(order) else
+                        (self.batches.batch(order[s.position]), 0.0))
+        total_tok, total_src = self.ranks.sum([sum(b.n_tgt_tokens for b, w in mine if w),
+                                               sum(b.n_src_tokens for b, w in mine if w)])
+        scale = self.ranks.world / max(total_tok, 1.0)  # DDP averages over ranks: this makes it the token mean
+        self.optimizer.zero_grad(set_to_none=True)
+        local = 0.0
+        for a, (b, w) in enumerate(mine):
+            last = a == len(mine) - 1
+            with self.net.no_sync() if self.ranks.parallel and not last else contextlib.nullcontext():
+                loss, _ = sequence_loss(self.net, b, cfg.label_smoothing, reduction="sum")
+                (loss * (w * scale)).backward()
+            local += w * float(loss.detach())
+        value = self.ranks.sum([local])[0] / max(total_tok, 1.0)
+        if not math.isfinite(value):  # (the weights are not stepped: the gradients are thrown away)
+            raise self._diverged(f"the training loss is {value}", len(order))
+        return value, int(total_tok), int(total_src), used
+
     def _diverged(self, what: str, batches: int) -> TrainingDiverged:
         """The error for a non-finite loss or gradient at the step about to be taken; the
         weights are not updated, and nothing is saved (the run folder keeps its last save)."""
@@ -274,6 +336,6 @@ class Trainer:
     def _save_interrupted(self):
         signum, self._stop = self._stop, None
         self.save_state()
-        if not os.path.exists(self.run.model_path):
+        if self.ranks.main and not os.path.exists(self.run.model_path):
             self.save_model(None)
         raise TrainingInterrupted(signum, self.out_dir)

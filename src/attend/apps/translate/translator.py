@@ -155,10 +155,15 @@ def train_translator(train: Sequence[Pair], valid: Sequence[Pair], out_dir: str 
 def fit_translator(run: RunFolder, saved: Optional[RunConfig], train: Sequence[Pair], valid: Sequence[Pair], *,
                    template: ModelConfig, given: Optional[Mapping[str, Any]], train_config: TrainConfig,
                    min_freq: int = 1, data: Optional[dict] = None, progress: bool = True, on_step=None,
-                   held_out: Optional[dict[str, Sequence[Pair]]] = None) -> tuple[Translator, list[dict]]:
+                   held_out: Optional[dict[str, Sequence[Pair]]] = None, ranks=None) -> tuple[Translator, list[dict]]:
     """:func:`train_translator`'s work in a run folder this thread owns, whose
     :meth:`~attend.apps.translate.run.RunFolder.start` gave ``saved`` (the run's config on a
-    resume, None for a new run). ``given``: the model settings given, which a resume compares."""
+    resume, None for a new run). ``given``: the model settings given, which a resume compares.
+    ``ranks``: a data-parallel training's processes (:class:`attend.distributed.Ranks`):
+    every rank builds the same vocabularies and model; rank 0 alone writes the folder."""
+    from ...distributed.ranks import Ranks
+
+    ranks = ranks if ranks is not None else Ranks()
     digest_pairs = pairs_sha256(train, valid)
     if saved is not None:
         run.check_resume(saved, model=given, train_config=train_config, min_freq=min_freq, data=data,
@@ -181,11 +186,16 @@ def fit_translator(run: RunFolder, saved: Optional[RunConfig], train: Sequence[P
         return [(src_vocab.encode(s), tgt_vocab.encode(t)) for s, t in pairs]
 
     trainer = Trainer(net, train_config, ids(train), ids(valid), run.path, progress=progress,
-                      metadata={"run": run_digest(mcfg, src_vocab, tgt_vocab)})
+                      metadata={"run": run_digest(mcfg, src_vocab, tgt_vocab)}, ranks=ranks)
     resume = saved is not None
     if not resume:
-        run.write_splits(held_out or {})
-        saved = run.write_config(model=mcfg, train=train_config, src_vocab=src_vocab, tgt_vocab=tgt_vocab,
-                                 data=data or {}, min_freq=min_freq, pairs_sha256=digest_pairs)
+        if ranks.main:
+            run.write_splits(held_out or {})
+            saved = run.write_config(model=mcfg, train=train_config, src_vocab=src_vocab, tgt_vocab=tgt_vocab,
+                                     data=data or {}, min_freq=min_freq, pairs_sha256=digest_pairs)
+        ranks.barrier()  # rank 0's config is written: the others read it back (checked as any config)
+        if not ranks.main:
+            saved = run.read_config()
     history = trainer.fit(resume=resume, on_step=on_step)
+    ranks.barrier()  # rank 0 has written the best weights
     return Translator._with_weights(net, run.load_weights(saved), saved), history
