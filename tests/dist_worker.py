@@ -33,6 +33,7 @@ def cases():
     return [
         ("plain", 37, 37, H, lambda L, S: {}),
         ("causal", 37, 37, H, lambda L, S: {"causal": True}),
+        ("causal_gqa_sdpa_blocks", 37, 37, 2, lambda L, S: {"causal": True, "backend": "sdpa"}),
         ("causal_cross_L_gt_S", 41, 29, H, lambda L, S: {"causal": True}),  # rows 0..11 see no key: exactly 0
         ("window_gqa", 37, 37, 2, lambda L, S: {"window": (5, 2)}),
         ("document", 37, 37, H, lambda L, S: {"mask": attend.masks.document(ids(S)), "causal": True}),

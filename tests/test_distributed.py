@@ -103,3 +103,16 @@ def test_a_rank_that_dies_makes_the_other_fail_not_hang(tmp_path):
     (rc0, err0, _), (rc1, _, _) = results
     assert rc1 == 3
     assert rc0 != 0 and ("Error" in err0 or "error" in err0), err0[-2000:]
+
+
+def test_the_readme_example_runs_under_torchrun():
+    """examples/sequence_parallel.py, as the README runs it (torchrun, 2 processes)."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        os.path.join(root, "examples", "sequence_parallel.py")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    found = dict(line.rsplit(" ", 1) for line in p.stdout.splitlines() if line.count(" ") >= 1)
+    assert set(found) == {"ring: max difference from one process", "all-to-all:", "encoder gradients:"}, p.stdout
+    assert all(float(v) <= 1e-10 for v in found.values()), p.stdout
