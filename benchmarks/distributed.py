@@ -7,11 +7,14 @@ For each L (default 8192, 16384, 32768; 1 head, E 64, float32, causal) and each 
 - ``ulysses`` is not timed here: with one head there are no heads to split (it needs
   heads divisible by the group size).
 
-one forward+backward (``out.backward(dout)``) is timed (median of ``--reps`` after one
+One forward+backward (``out.backward(dout)``) is timed (median of ``--reps`` after one
 warm-up; for 2 processes the slower rank's time, all ranks starting together after a
 barrier), and the peak resident memory of each process during that call is read from
-``/proc/self/status`` (VmHWM reset just before the call, so the figure is the call's,
-above what the process held). Each configuration runs in fresh processes. The ratios the
+``/proc/self/status`` (VmHWM reset just before the call; the figure is that mark above what
+the process held just before, plus the bytes of the call's inputs q, k, v, dout: what the
+call needs, not the process's one-time set-up, which the warm-up call has paid; the children
+run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set). Each
+configuration runs in fresh processes. The ratios the
 issue asks for are printed: ring time / (single time / 2) at each L, and ring peak per rank
 / single peak.
 
@@ -67,6 +70,7 @@ def child(args):
     else:
         q, k, v, dout = full
     del full, g
+    inputs_kib = sum(t.numel() * t.element_size() for t in (q, k, v, dout)) / 1024  # held before the call
 
     def step():
         a, b, c = (t.detach().requires_grad_() for t in (q, k, v))
@@ -86,7 +90,7 @@ def child(args):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-        peaks.append(_status_kib("VmHWM") - base)
+        peaks.append(_status_kib("VmHWM") - base + inputs_kib)
     times.sort()
     res = {"rank": rank, "s": times[len(times) // 2], "peak_mib": max(peaks) / 1024,
            "live_mib": 8 * q.numel() * 4 / 2**20}  # q, k, v, dout, out, dq, dk, dv of this rank
@@ -99,7 +103,10 @@ def run(L, world, reps, timeout):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # every allocation of 64 KiB or more its own mapping, returned to the system when freed: without it
+    # glibc raises its mmap threshold as big blocks are freed and keeps later ones in its heap, where a
+    # call reuses what the warm-up freed and the high-water mark misses it
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
     procs = [subprocess.Popen([sys.executable, __file__, "--child", "--L", str(L), "--world", str(world),
                                "--rank", str(r), "--port", str(port), "--reps", str(reps)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -183,8 +190,10 @@ def main():
         "`attend.distributed.ring_attention` on 2 processes, zigzag layout, blocks through SDPA's CPU kernel "
         "with the merged log-sum-exp. Time: median of "
         f"{args.reps} after a warm-up, the slower rank. Peak: the process's resident-memory high-water mark "
-        "during the call above what it held before (the largest rank); live: this process's q, k, v, dout, out, "
-        "dq, dk, dv. Targets (issue 17): ring time <= 1.3x half the single-process time at 16k; ring peak per "
+        "during the call (VmHWM from /proc, reset just before it) above what it held just before, plus the bytes of "
+        "the call's inputs q, k, v, dout (the largest rank; glibc's mmap threshold fixed at 64 KiB so that freed "
+        "tensors leave the resident set); live: this process's q, k, v, dout, out, dq, dk, dv. "
+        "Targets (issue 17): ring time <= 1.3x half the single-process time at 16k; ring peak per "
         "rank <= 0.6x the single-process peak at 32k.",
         "",
         "| L | single time | ring time (2 ranks) | ring / (single / 2) | single peak (live) MiB | ring peak per rank "

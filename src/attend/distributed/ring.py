@@ -234,49 +234,61 @@ class _Ring:
 
     # ---- backward ---------------------------------------------------------------------------
     def backward(self, q, k, v, out, lse, dout):
+        """The ring again. The (dk, dv) shares of a span travel one rank behind it: a rank
+        receives what the ranks before it added for the span it now holds (sent as they
+        finished the step before, so it is there or nearly), adds its own in place and sends
+        the sum on; after the last step the sums are complete and one more hop takes each home.
+        Per rank: the span held, the span arriving, and one span's sums (those that left at the
+        step before are waited for before the blocks are computed)."""
         dq = q.new_zeros(q.shape, dtype=self.cdt)
         dparams = [torch.zeros_like(p, dtype=self.cdt if p.is_floating_point() else p.dtype) for p in self.params]
         owner, cur_k, cur_v = self.rank, k.contiguous(), v.contiguous()
-        travel = None  # (dk, dv) of the span held at the step before, all ranks' shares so far
+        leaving = []  # the send of the sums that left at the step before (its buffers kept until it is done)
         for step in range(self.world):
             last = step == self.world - 1
             nxt = (owner - 1) % self.world
-            send, recv = [], []
+            if step == 0:
+                acc = (cur_k.new_zeros(cur_k.shape, dtype=self.cdt), cur_v.new_zeros(cur_v.shape, dtype=self.cdt))
+            else:  # posted before this step's key/value exchange, in the order the previous rank sent them
+                acc = tuple(t.new_empty(t.shape, dtype=self.cdt) for t in (cur_k, cur_v))
+                arriving = self._p2p([], list(acc))
+            for r in leaving:  # every rank has posted its receive (above) before it waits here: the sums
+                r.wait()  # that left at the step before are gone before this step's blocks are computed
+            leaving = []
             bufs = self._kv_buffers(cur_k, cur_v, nxt) if not last else ()
-            if not last:
-                send += [cur_k, cur_v]
-                recv += list(bufs)
-            incoming = None
-            if travel is not None:  # the previous span's gradients go on; this span's arrive
-                incoming = tuple(t.new_empty(t.shape, dtype=self.cdt) for t in (cur_k, cur_v))
-                send += list(travel)
-                recv += list(incoming)
-            reqs = self._exchange(send, recv)
-            gk = cur_k.new_zeros(cur_k.shape, dtype=self.cdt)
-            gv = cur_v.new_zeros(cur_v.shape, dtype=self.cdt)
+            reqs = self._exchange([cur_k, cur_v], list(bufs)) if not last else []
+            if step > 0:
+                for r in arriving:
+                    r.wait()
             for lq, nq, lk, nk, block in self.blocks(q, cur_k, cur_v, owner):
                 rows = slice(lq, lq + nq)
                 a, b, c, ps = _blocks.backward(self._engine(block), block, out[:, :, rows], lse[:, :, rows],
                                                dout[:, :, rows], self.params)
                 dq[:, :, rows] += a
-                gk[:, :, lk:lk + nk] += b
-                gv[:, :, lk:lk + nk] += c
-                for acc, g in zip(dparams, ps):
-                    acc += g
+                acc[0][:, :, lk:lk + nk] += b
+                acc[1][:, :, lk:lk + nk] += c
+                for total, g in zip(dparams, ps):
+                    total += g
             for r in reqs:
                 r.wait()
-            if incoming is not None:
-                gk += incoming[0]
-                gv += incoming[1]
-            travel = (gk, gv)
+            if self.world == 1:
+                return dq, acc[0], acc[1], dparams
+            leaving = self._p2p(list(acc), [])
             if not last:
                 owner, (cur_k, cur_v) = nxt, bufs
-        if self.world > 1:  # the last span's gradients are complete: one step home
-            home = tuple(t.new_empty(t.shape, dtype=self.cdt) for t in (k, v))
-            for r in self._exchange(list(travel), list(home)):
-                r.wait()
-            travel = home
-        return dq, travel[0], travel[1], dparams
+            del acc
+        home = tuple(t.new_empty(t.shape, dtype=self.cdt) for t in (k, v))  # the complete sums of this rank's span
+        for r in self._p2p([], list(home)) + leaving:
+            r.wait()
+        return dq, home[0], home[1], dparams
+
+    def _p2p(self, send: list, recv: list):
+        """Sends to the next rank and receives from the previous one, each on its own (the sums'
+        stream), posted in list order."""
+        nxt, prv = _peer(self.group, (self.rank + 1) % self.world), _peer(self.group, (self.rank - 1) % self.world)
+        works = [dist.isend(t.contiguous(), nxt, group=self.group) for t in send]
+        works += [dist.irecv(t, prv, group=self.group) for t in recv]
+        return works
 
 
 class _RingFunction(torch.autograd.Function):
