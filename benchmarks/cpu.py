@@ -445,7 +445,7 @@ def main() -> None:
             q, k, v = _inputs(1, H, 256, E, False)
             ex = attend.explain(q, k, v, **var.kw)
             big = Variant(vname, B, H, L, E)
-            auto_b = attend.explain(*_inputs(1, H, L, E, False), **big.kw).backend
+            auto_b = attend.explain(*_inputs(1, H, L, E, True), **big.kw).backend  # (what fwd+bwd runs on)
             del big
             methods = [("auto", f"= {auto_b}")]
             for b in ATTEND_BACKENDS:

@@ -128,27 +128,36 @@ class Inductor(Backend):
         kind, extra = _kind(call)
         item = torch.finfo(compute_dtype(call.query.dtype)).bits // 8
         heads = call.B * call.Hq
+        rows, tiles, kept = self._choose(call, heads, item, self.key_chunk)
+        back = tiles
+        if kind == "additive":  # its backward holds tanh'(a_i + b_j) for every (row, key, hidden) of a tile
+            pair = item * extra  # (1 GiB at (1, 8, 2048, 64) with 2048-key chunks, measured): count it there
+            chunk = max(16, min(self.key_chunk, self.tile_bytes // max(1, heads * min(16, self.max_rows) * pair)))
+            back = self._choose(call, heads, pair, chunk)[1]
+        feat = call.query.shape[-1] + call.Ev if kind != "additive" else extra + call.Ev
+        return _Plan(kind, tiles, rows, kept, heads * kept * feat, _key(call, kind), _varied(tiles), back,
+                     _varied(back))
+
+    def _choose(self, call: AttentionCall, heads: int, item: int, chunk: int):
+        """(rows, tiles, kept pairs) of the row count with the least cost whose tiles fit."""
         best = None
         for rows in sorted({min(r, self.max_rows) for r in _ROW_CHOICES}):
             rows = min(rows, call.L)
-            tiles, kept, widest = self._tiles(call, rows)
-            if rows > min(16, self.max_rows) and heads * rows * min(widest, self.key_chunk) * item > self.tile_bytes:
+            tiles, kept, widest = self._tiles(call, rows, chunk)
+            if rows > min(16, self.max_rows) and heads * rows * min(widest, chunk) * item > self.tile_bytes:
                 continue
             cost = heads * kept + _TILE_COST * sum(max(1, len(c)) for _, _, _, c in tiles)
             if best is None or cost < best[0]:
                 best = (cost, rows, tiles, kept)
-        _, rows, tiles, kept = best
-        feat = call.query.shape[-1] + call.Ev if kind != "additive" else extra + call.Ev
-        widths = {j1 - j0 for _, _, _, c in tiles for j0, j1 in c}
-        return _Plan(kind, tiles, rows, kept, heads * kept * feat, _key(call, kind), len(widths) > 1)
+        return best[1:]
 
-    def _tiles(self, call: AttentionCall, rows: int):
+    def _tiles(self, call: AttentionCall, rows: int, chunk: int):
         tiles, kept, widest, done = [], 0, 0, 0
         while done < call.L:
             i0 = min(done, call.L - rows)  # the last tile overlaps: rows i0:done were done before
             i1 = i0 + rows
             lo, hi = call.key_span(i0, i1)
-            n = max(1, -(-(hi - lo) // self.key_chunk))
+            n = max(1, -(-(hi - lo) // chunk))
             size = -(-(hi - lo) // n) if hi > lo else 0
             chunks = [(j, min(hi, j + size)) for j in range(lo, hi, size)] if size else []
             tiles.append((i0, i1, done - i0, chunks))
@@ -207,6 +216,12 @@ class _Plan:
     work: int  # multiply-adds of the matrix products (or of the additive score)
     key: tuple  # the program key
     varied: bool  # chunks of more than one width: the key dimension is compiled as dynamic
+    back_tiles: list  # the backward's tiles (smaller for the additive score, whose backward holds more)
+    back_varied: bool
+
+
+def _varied(tiles) -> bool:
+    return len({j1 - j0 for _, _, _, c in tiles for j0, j1 in c}) > 1
 
 
 class _Job:
@@ -217,10 +232,12 @@ class _Job:
         dev = call.query.device
         self.hb = torch.arange(call.Hq, device=dev).view(1, -1, 1, 1)
         self.bb = torch.arange(call.B, device=dev).view(-1, 1, 1, 1)
+        self.varied = plan.varied  # of the tiles being run (the backward's may differ)
+
     def _keys(self, t: Tensor, j0: int, j1: int, dim: int = 2) -> Tensor:
         """Keys j0:j1 of ``t``; where chunk widths vary, that dimension is compiled as dynamic."""
         t = t[:, :, j0:j1] if dim == 2 else t
-        if self.plan.varied and t.shape[dim] > 1:
+        if self.varied and t.shape[dim] > 1:
             torch._dynamo.maybe_mark_dynamic(t, dim)
         return t
 
@@ -279,7 +296,8 @@ class _Job:
         da, db, dv = torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(v)
         dw = torch.zeros_like(w) if w is not None else None
         dx = [None] * len(extras)
-        for i0, i1, skip, chunks in self.plan.tiles:
+        self.varied = self.plan.back_varied
+        for i0, i1, skip, chunks in self.plan.back_tiles:
             do = dout[:, :, i0:i1]
             dl = (do * out[:, :, i0:i1]).sum(-1)  # Δ = rowsum(dO ∘ O)
             if dlse is not None:  # a gradient on the lse (sinks) adds dlse·P to dS: fold it into Δ
