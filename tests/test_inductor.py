@@ -87,6 +87,22 @@ def test_learned_table_sinks_gqa_and_documents_match_eager_in_float64():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("shape", [(), (H,)], ids=["shared table", "per-head table"])
+def test_a_learned_table_gets_its_gradient_from_diagonal_sums(shape):
+    """The table's gradient is summed along each tile's diagonals (not scattered): shared and
+    per-head tables, distances past the table's reach (clipped), L > S, a window, 16-row tiles."""
+    g = torch.Generator().manual_seed(4)
+    Lq, Sk = 41, 29
+    q = torch.randn(B, H, Lq, E, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(B, H, Sk, E, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    table = torch.randn(*shape, 7, generator=g, dtype=torch.float64, requires_grad=True)  # reach 3
+    kw = dict(score_mod=attend.mods.relative_bias(table), window=(9, 4))
+    got = _grads(SMALL, q, k, v, [table], **kw)
+    want = _grads("eager", q, k, v, [table], **kw)
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dtable"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_additive_parameters_get_the_eager_gradients():
     q, k, v = inputs(1, 2, 2, 21, 19, E, E, torch.float64, grad=True)
     score = attend.scores.Additive(E, E, 6).double()

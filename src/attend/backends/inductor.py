@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .. import _check
-from .._rules import Rule, and_terms
+from .._rules import RelativeBias, Rule, and_terms
 from .._ruletree import is_own, rule_tensors
 from . import _programs as P
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
@@ -287,6 +287,13 @@ class _Job:
 
     def backward(self, a, b, v, w, out, lse, dout, dlse, extras):
         sur = P.compiled("surrogate", self.plan.key)
+        table = _learned_table(self.call, extras)
+        if table is not None:  # see _diagonal_sums: the bias tile goes in as a tensor, its gradient comes out
+            k = self.plan.key
+            sur = P.compiled("surrogate", k[:4] + (None,) + k[5:6] + (True,) + k[7:])
+            t_at = next(n for n, x in enumerate(extras) if x is table.table)
+            dtable = torch.zeros_like(table.table, dtype=a.dtype)
+            extras = [x for n, x in enumerate(extras) if n != t_at]
         # saved outputs come back attached to this function's node: detach, or asking for the
         # tables' gradients would walk back into this backward
         # (dO is not made contiguous, and Δ is computed tile by tile: either would be one more
@@ -311,9 +318,16 @@ class _Job:
                               self._keys(b.detach(), j0, j1).requires_grad_(),
                               self._keys(v.detach(), j0, j1).requires_grad_()]
                     wl = w.detach().requires_grad_() if w is not None else None
-                    loss = sur(self.spec, *leaves, wl, *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1], do, dl)
-                    wrt = leaves + ([wl] if wl is not None else []) + list(extras)
+                    ctx = self._ctx(i0, i1, j0, j1)
+                    if table is not None:  # the table's values for this tile, as a dense bias
+                        tile = self._keys(_table_tile(table, i0, i1, j0, j1).to(a.dtype), j0, j1, 3).requires_grad_()
+                        ctx = ctx[:5] + (None, ctx[6], tile, ctx[8])
+                    loss = sur(self.spec, *leaves, wl, *ctx, lse[:, :, i0:i1], do, dl)
+                    wrt = leaves + ([wl] if wl is not None else []) + list(extras) + ([tile] if table is not None else [])
                     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+                if table is not None:
+                    dtable += _diagonal_sums(grads[-1], table, i0, j0)
+                    grads = grads[:-1]
                 for acc, g, sl in ((da, grads[0], (i0, i1)), (db, grads[1], (j0, j1)), (dv, grads[2], (j0, j1))):
                     if g is not None:  # None: a score that does not read it
                         acc[:, :, sl[0]:sl[1]] += g
@@ -325,6 +339,8 @@ class _Job:
                 for n, g in enumerate(rest):
                     if g is not None:
                         dx[n] = g if dx[n] is None else dx[n] + g
+        if table is not None:
+            dx.insert(t_at, dtable.to(table.table.dtype))
         return da, db, dv, dw, dx
 
 
@@ -359,6 +375,41 @@ def _merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tens
     safe = torch.where(t == 0, 1.0, t)
     out = (o1 * e1.unsqueeze(-1) + o2 * e2.unsqueeze(-1)) / safe.unsqueeze(-1)
     return out, torch.where(t == 0, -math.inf, m + torch.log(safe))
+
+
+def _learned_table(call: AttentionCall, extras) -> Optional[RelativeBias]:
+    """The call's relative-bias score_mod when its table is learned and nothing else adds a bias:
+    its gradient is then summed along the tiles' diagonals (below) rather than scattered in the
+    compiled backward, one atomic add per (row, key), which made its backward 2.3x SDPA's."""
+    mod = call.score_mod
+    if isinstance(mod, RelativeBias) and call.bias is None and any(x is mod.table for x in extras):
+        return mod
+    return None
+
+
+def _table_tile(mod: RelativeBias, i0: int, i1: int, j0: int, j1: int) -> Tensor:
+    """``table[h, clip(j - i - offset, -R, R) + R]`` for rows i0:i1, keys j0:j1: (1, H|1, rows, keys), no graph."""
+    R = mod.max_distance
+    dev = mod.table.device
+    rel = (torch.arange(j0, j1, device=dev).view(1, -1) - torch.arange(i0, i1, device=dev).view(-1, 1)
+           - mod.offset).clamp(-R, R) + R
+    t = mod.table.detach()
+    return (t[:, rel] if t.ndim == 2 else t[rel].unsqueeze(0)).unsqueeze(0)
+
+
+def _diagonal_sums(g: Tensor, mod: RelativeBias, i0: int, j0: int) -> Tensor:
+    """The table's gradient from a tile's bias gradient ``g`` (B|1, H|1, rows, keys): entries with
+    one ``j - i`` share a table entry, so each diagonal is summed (a skew: rows flipped, padded,
+    and read with a stride one longer), then the diagonals are added into their (clipped) entries."""
+    g = g.sum(0).flip(-2)  # (H|1, n, m), row n-1-i first
+    h, n, m = g.shape
+    skew = torch.nn.functional.pad(g, (0, n)).reshape(h, -1)[:, : n * (m + n - 1)].reshape(h, n, m + n - 1)
+    diag = skew.sum(1)  # (h, m + n - 1): column c holds j - i = c - (n - 1)
+    R = mod.max_distance
+    d = torch.arange(m + n - 1, device=g.device) - (n - 1) + (j0 - i0) - mod.offset
+    idx = d.clamp(-R, R) + R
+    out = torch.zeros(h, 2 * R + 1, dtype=g.dtype, device=g.device).index_add_(1, idx, diag)
+    return out if mod.table.ndim == 2 else out.sum(0)
 
 
 def _si(n: int) -> str:
