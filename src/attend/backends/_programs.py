@@ -34,9 +34,11 @@ code generation, for a program it has compiled before.
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 import time
 import types
+from functools import lru_cache
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -179,3 +181,23 @@ def _timed(full: tuple, fn: Callable) -> Callable:
 def is_compiled(key: tuple, name: str = "forward") -> bool:
     """Whether this process has already compiled (and run) program ``name`` for ``key``."""
     return (name,) + key in FIRST_CALL
+
+
+def merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tensor]:
+    """Two chunks' (normalised output, lse) -> those of their union; rows empty in both stay
+    (0, -inf)."""
+    m = torch.maximum(l1, l2)
+    m = torch.where(m == -math.inf, 0.0, m)
+    e1, e2 = torch.exp(l1 - m), torch.exp(l2 - m)
+    t = e1 + e2
+    safe = torch.where(t == 0, 1.0, t)
+    out = (o1 * e1.unsqueeze(-1) + o2 * e2.unsqueeze(-1)) / safe.unsqueeze(-1)
+    return out, torch.where(t == 0, -math.inf, m + torch.log(safe))
+
+
+@lru_cache(maxsize=1)
+def no_compiler() -> str:
+    """Why torch.compile cannot build CPU code here ('' when it can)."""
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "no C++ compiler (g++, c++ or clang++) on PATH for torch.compile's CPU code"
+    return ""

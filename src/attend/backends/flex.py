@@ -31,7 +31,8 @@ from .. import _check
 from .._rules import Alibi, And, Causal, Rule, Window
 from . import _programs as P
 from .base import AttentionCall, Backend
-from .inductor import _no_compiler, _only_causal, _si
+from ._programs import no_compiler as _no_compiler
+from .inductor import _only_causal, _si
 
 try:  # FlexAttention is in PyTorch since 2.5
     from torch.nn.attention.flex_attention import BlockMask, flex_attention

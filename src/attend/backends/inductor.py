@@ -30,18 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import weakref
-from functools import lru_cache
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _check
-from .._rules import RelativeBias, Rule, and_terms
+from .._rules import Rule, and_terms
 from .._ruletree import is_own, rule_tensors
 from . import _programs as P
+from ._programs import no_compiler as _no_compiler
+from ._relbias import diagonal_sums as _diagonal_sums, learned_table as _learned_table, table_tile as _table_tile
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
 
 
@@ -260,7 +260,7 @@ class _Job:
             for j0, j1 in chunks:
                 o2, l2 = fwd(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), self._keys(v, j0, j1), w,
                              *self._ctx(i0, i1, j0, j1))
-                o, l = (o2, l2) if o is None else _merge(o, l, o2, l2)
+                o, l = (o2, l2) if o is None else P.merge(o, l, o2, l2)
             if o is not None:
                 out[:, :, i0 + skip:i1], lse[:, :, i0 + skip:i1] = o[:, :, skip:], l[:, :, skip:]
         return out, lse
@@ -365,53 +365,6 @@ class _Attention(torch.autograd.Function):
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def _merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tensor]:
-    """Two chunks' (normalised output, lse) -> those of their union; rows empty in both stay
-    (0, -inf)."""
-    m = torch.maximum(l1, l2)
-    m = torch.where(m == -math.inf, 0.0, m)
-    e1, e2 = torch.exp(l1 - m), torch.exp(l2 - m)
-    t = e1 + e2
-    safe = torch.where(t == 0, 1.0, t)
-    out = (o1 * e1.unsqueeze(-1) + o2 * e2.unsqueeze(-1)) / safe.unsqueeze(-1)
-    return out, torch.where(t == 0, -math.inf, m + torch.log(safe))
-
-
-def _learned_table(call: AttentionCall, extras) -> Optional[RelativeBias]:
-    """The call's relative-bias score_mod when its table is learned and nothing else adds a bias:
-    its gradient is then summed along the tiles' diagonals (below) rather than scattered in the
-    compiled backward, one atomic add per (row, key), which made its backward 2.3x SDPA's."""
-    mod = call.score_mod
-    if isinstance(mod, RelativeBias) and call.bias is None and any(x is mod.table for x in extras):
-        return mod
-    return None
-
-
-def _table_tile(mod: RelativeBias, i0: int, i1: int, j0: int, j1: int) -> Tensor:
-    """``table[h, clip(j - i - offset, -R, R) + R]`` for rows i0:i1, keys j0:j1: (1, H|1, rows, keys), no graph."""
-    R = mod.max_distance
-    dev = mod.table.device
-    rel = (torch.arange(j0, j1, device=dev).view(1, -1) - torch.arange(i0, i1, device=dev).view(-1, 1)
-           - mod.offset).clamp(-R, R) + R
-    t = mod.table.detach()
-    return (t[:, rel] if t.ndim == 2 else t[rel].unsqueeze(0)).unsqueeze(0)
-
-
-def _diagonal_sums(g: Tensor, mod: RelativeBias, i0: int, j0: int) -> Tensor:
-    """The table's gradient from a tile's bias gradient ``g`` (B|1, H|1, rows, keys): entries with
-    one ``j - i`` share a table entry, so each diagonal is summed (a skew: rows flipped, padded,
-    and read with a stride one longer), then the diagonals are added into their (clipped) entries."""
-    g = g.sum(0).flip(-2)  # (H|1, n, m), row n-1-i first
-    h, n, m = g.shape
-    skew = torch.nn.functional.pad(g, (0, n)).reshape(h, -1)[:, : n * (m + n - 1)].reshape(h, n, m + n - 1)
-    diag = skew.sum(1)  # (h, m + n - 1): column c holds j - i = c - (n - 1)
-    R = mod.max_distance
-    d = torch.arange(m + n - 1, device=g.device) - (n - 1) + (j0 - i0) - mod.offset
-    idx = d.clamp(-R, R) + R
-    out = torch.zeros(h, 2 * R + 1, dtype=g.dtype, device=g.device).index_add_(1, idx, diag)
-    return out if mod.table.ndim == 2 else out.sum(0)
-
-
 def _si(n: int) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -491,11 +444,3 @@ def _user_functions(call: AttentionCall) -> bool:
     own all the way down."""
     user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not is_own(f)]
     return bool(user) or _kind(call)[0] == "score"
-
-
-@lru_cache(maxsize=1)
-def _no_compiler() -> str:
-    """Why torch.compile cannot build CPU code here ('' when it can)."""
-    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        return "no C++ compiler (g++, c++ or clang++) on PATH for torch.compile's CPU code"
-    return ""
