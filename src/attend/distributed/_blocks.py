@@ -23,6 +23,7 @@ backend can run the block and the block is worth compiling (its ``min_work``), e
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -134,8 +135,6 @@ def backward(engine: str, call: AttentionCall, out: Tensor, lse: Tensor, dout: T
     ``dout``; dk, dv at the block's kv heads (grouped heads summed)."""
     cdt = compute_dtype(call.query.dtype)
     q, k, v = (t.detach().to(cdt).requires_grad_() for t in (call.query, call.key, call.value))
-    import dataclasses
-
     leaf = dataclasses.replace(call, query=q, key=k, value=v)
     out, lse, dout = out.detach().to(cdt), lse.detach().to(cdt), dout.detach().to(cdt)
     with torch.enable_grad():

@@ -30,7 +30,6 @@ class Shifted(Rule):
     local_offset: int
     global_offset: int
     S_global: int
-    S_local: int
 
     def bind(self, L: int, S: int) -> "Shifted":
         return self  # already placed

@@ -164,7 +164,7 @@ class _Ring:
             for lk, gk, nk in self._pieces(self.k_spans[owner]):
                 if nq == 0 or nk == 0:
                     continue
-                mask_mod = (Shifted(self.rule, gq, gk, nk - nq, self.Sg - self.Lg, self.Sg, nk)
+                mask_mod = (Shifted(self.rule, gq, gk, nk - nq, self.Sg - self.Lg, self.Sg)
                             if self.rule is not None else None)
                 score_mod = ShiftedScore(self.mod, gq, gk) if self.mod is not None else None
                 block = dataclasses.replace(

@@ -73,14 +73,14 @@ def ulysses_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, 
         _F._check_sinks(sinks, Hq, query.device, False)
         sinks = sinks[h0:h1]
     ex = _Exchange(group, rank, world)
-    q = _SeqToHeads.apply(call.query, ex, q_spans, Lg)
-    k = _SeqToHeads.apply(call.key, ex, k_spans, Sg)
-    v = _SeqToHeads.apply(call.value, ex, k_spans, Sg)
+    q = _Exchanged.apply(call.query, ex, q_spans, Lg, True)
+    k = _Exchanged.apply(call.key, ex, k_spans, Sg, True)
+    v = _Exchanged.apply(call.value, ex, k_spans, Sg, True)
     got = _F.attention(q, k, v, mask=mask, score_mod=score_mod, sinks=sinks, return_weights=return_weights,
                        **{name: x for name, x in kwargs.items() if name != "scale"},
                        scale=call.scale)
     out, w = got if return_weights else (got, None)
-    out = _HeadsToSeq.apply(out, ex, q_spans, Lg).reshape(*shape.batch, *shape.heads, call.L, call.Ev)
+    out = _Exchanged.apply(out, ex, q_spans, Lg, False).reshape(*shape.batch, *shape.heads, call.L, call.Ev)
     if not return_weights:
         return out
     with torch.no_grad():
@@ -127,23 +127,16 @@ class _Exchange:
         return torch.cat(got, dim=1)
 
 
-class _SeqToHeads(torch.autograd.Function):
+class _Exchanged(torch.autograd.Function):
+    """One all-to-all (``to_heads``: sequence spans -> head slices, else back); its backward is
+    the other one."""
+
     @staticmethod
-    def forward(ctx, x, ex, spans_, n):
-        ctx.ex, ctx.spans, ctx.n = ex, spans_, n
-        return ex.seq_to_heads(x, spans_, n)
+    def forward(ctx, x, ex, spans_, n, to_heads: bool):
+        ctx.ex, ctx.spans, ctx.n, ctx.to_heads = ex, spans_, n, to_heads
+        return (ex.seq_to_heads if to_heads else ex.heads_to_seq)(x, spans_, n)
 
     @staticmethod
     def backward(ctx, g):
-        return ctx.ex.heads_to_seq(g.contiguous(), ctx.spans, ctx.n), None, None, None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, ex, spans_, n):
-        ctx.ex, ctx.spans, ctx.n = ex, spans_, n
-        return ex.heads_to_seq(y, spans_, n)
-
-    @staticmethod
-    def backward(ctx, g):
-        return ctx.ex.seq_to_heads(g.contiguous(), ctx.spans, ctx.n), None, None, None
+        back = ctx.ex.heads_to_seq if ctx.to_heads else ctx.ex.seq_to_heads
+        return back(g.contiguous(), ctx.spans, ctx.n), None, None, None, None

@@ -221,8 +221,9 @@ class MultiHeadAttention(nn.Module):
         k = self.k_proj(key).view(B, S, Hkv, d).transpose(1, 2)
         v = self.v_proj(value).view(B, S, Hkv, d).transpose(1, 2)
         if rotary is not None:  # each span of positions rotated at its global offset
-            q = _by_span(q, sp.spans(L, q.device), rotary)
-            k = _by_span(k, sp.spans(S, k.device), rotary)
+            q_spans = sp.spans(L, q.device)
+            q = _by_span(q, q_spans, rotary)
+            k = _by_span(k, q_spans if key is query else sp.spans(S, k.device), rotary)
         if key_mask is not None:
             if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, S):
                 raise ValueError(f"key_mask: expected a boolean (B, S) = {(B, S)} tensor of this rank's key positions")

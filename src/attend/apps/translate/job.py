@@ -104,7 +104,8 @@ class TrainJob:
                 tcfg = dataclasses.replace(tcfg, warmup_steps=scaled_warmup(PRESETS[self.kind].warmup_steps, planned))
             steps = planned  # steps of this run: each takes one batch per process
             if ranks.parallel:
-                steps = tcfg.epochs * -(-(-(-len(split.train) // tcfg.batch_size)) // ranks.world)
+                per_epoch = -(-len(split.train) // tcfg.batch_size)  # batches
+                steps = tcfg.epochs * -(-per_epoch // ranks.world)
                 steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
             start = TrainStart(len(split.train), len(split.valid), len(split.test),
                                None if self.resume else run.file(RunFolder.TEST), steps, tcfg.warmup_steps)
