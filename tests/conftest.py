@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -51,3 +52,21 @@ def _add_descriptor_reduce() -> None:
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     _add_descriptor_reduce()
+
+
+# A real headless browser for the HTML viewer and the concept guide's site: Debian's chromium
+# driven by Playwright (.ci/run installs chromium; the tests skip, saying why, without it).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (extra 'test')")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()

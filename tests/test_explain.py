@@ -34,6 +34,34 @@ def test_bank_senses_separate(encoder):
     assert len(r.heads) == 5 and all(0 <= f.layer < 6 and 0 <= f.head < 12 for f in r.heads)
     targets = {tok for f in r.heads for tok, _ in f.targets}
     assert "bank" not in targets and "[CLS]" not in targets
+    # the verdict, layer by layer: identical embeddings at layer 0, context enters after
+    assert r.separates is True and r.verdict.startswith('this model separates the senses of "bank"')
+    assert [s.layer for s in r.layers] == list(range(7)) and not r.layers[0].separated and r.layers[-1].separated
+    assert "from layer 1 on" in r.verdict
+    # heads ranked by separation, context heads only; the previous-token head (layer 1 head 3) is not among them
+    seps = [h.separation for h in r.heads]
+    assert seps == sorted(seps, reverse=True) and all(h.kind == "context" for h in r.heads)
+    assert (0, 2) not in {(h.layer, h.head) for h in r.heads}
+    assert {"river", "deposited"} <= targets
+    assert all(h.kind in ("positional", "special") and h.separation > seps[-1] for h in r.flagged)
+
+
+def test_says_plainly_when_the_senses_are_not_separated(encoder):
+    from attend.apps.wordsense import explain_word
+
+    # "same" is given a sentence of the other sense, and sentence 2 uses the same sense as
+    # sentence 1: the vectors follow the real senses, so the stated ones are not separated
+    r = explain_word(encoder, [RIVER, "We walked along the bank of the stream"], same=[MONEY])
+    assert r.separates is False
+    assert r.verdict.startswith('this model does NOT separate the senses of "bank" here')
+    assert "Verdict: this model does NOT separate" in r.format()
+    # "bat": MiniLM's vectors do not separate the built-in senses pair by pair (the issue's case)
+    bat = explain_word(encoder, ["A bat flew out of the attic window", "He hit the ball hard with his bat"])
+    assert bat.separates is False and "does NOT separate" in bat.verdict
+    # no senses known: no verdict, and how to get one
+    pitch = explain_word(encoder, ["The pitch was wet after the rain", "She sang at a high pitch"])
+    assert pitch.separates is None and pitch.verdict.startswith("none:") and "--same" in pitch.verdict
+    assert pitch.layers[0].within is None and len(pitch.layers) == 7
 
 
 def test_same_sentences_and_word_errors(encoder):
@@ -51,7 +79,8 @@ def test_cli_prints_report_and_writes_viewer(encoder, tmp_path, capsys):
     out = tmp_path / "bank.html"
     assert main(["word-sense", RIVER, MONEY, "--html", str(out), "--top", "3"]) == 0
     text = capsys.readouterr().out
-    assert 'Word "bank"' in text and "cos(1,2)" in text and "closest to the 'river' sense" in text
+    assert 'Word "bank"' in text and "cos(1,2)" in text and "reads as the 'river' sense" in text
+    assert "Verdict: this model separates" in text and "Layer by layer" in text
     assert text.count("layer ") >= 3
     page = out.read_text(encoding="utf-8")
     start = page.index('id="attend-data">') + len('id="attend-data">')
@@ -80,3 +109,53 @@ def test_the_old_name_explain_does_the_same(encoder, capsys):
         assert main([name, RIVER, MONEY, "--top", "2"]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and 'Word "bank"' in outputs[0]
+
+
+def _trace(state_rows, head_vecs, row, tokens=("[CLS]", "a", "w", "b", "c", "[SEP]"), pos=(2,)):
+    """A hand-made trace: the word at ``pos``; 2 layers of 2 heads; the same weights row everywhere."""
+    import torch
+
+    from attend.apps.wordsense import Trace
+
+    states = torch.tensor(state_rows, dtype=torch.float64)  # (3, D)
+    heads = torch.tensor(head_vecs, dtype=torch.float64).view(2, 2, -1)  # (layers, H, d)
+    rows = torch.tensor(row, dtype=torch.float64).expand(2, 2, len(tokens))
+    return Trace("", list(tokens), list(pos), states, heads, rows)
+
+
+def test_verdict_and_ranking_follow_the_numbers():
+    from attend.apps.wordsense import _verdict, analyse
+
+    context_row = [0.0, 0.1, 0.0, 0.0, 0.9, 0.0]  # mostly on "c": a context word
+    # senses A (traces 0, 1) and B (traces 2, 3). Layer 0: all equal; layers 1-2: A and B apart.
+    a1 = _trace([[1, 0], [1, 0.1], [1, 0.1]], [[1, 0], [0, 1], [1, 0], [1, 0]], context_row)
+    a2 = _trace([[1, 0], [1, 0.2], [1, 0.2]], [[1, 0.1], [0, 1], [1, 0], [1, 0]], context_row)
+    b1 = _trace([[1, 0], [0.1, 1], [0.1, 1]], [[0, 1], [0, 1], [1, 0], [1, 0]], context_row)
+    b2 = _trace([[1, 0], [0.2, 1], [0.2, 1]], [[0.1, 1], [0, 1], [1, 0], [1, 0]], context_row)
+    within, across = [(0, 1), (2, 3)], [(0, 2), (0, 3), (1, 2), (1, 3)]
+    layers, heads, flagged = analyse([a1, a2, b1, b2], within, across, given=2, top=4)
+    assert [s.separated for s in layers] == [False, True, True]
+    assert heads[0].layer == 0 and heads[0].head == 0  # the only head whose contribution differs by sense
+    assert heads[0].separation > 0.85 and all(abs(h.separation) < 1e-12 for h in heads[1:])
+    ok, text = _verdict("w", layers, [0.99], [0.2])
+    assert ok and "from layer 1 on" in text
+    # the same traces with the senses swapped for one pair: no longer separated at the last layer
+    layers, _, _ = analyse([a1, b1, a2, b2], within, across, given=2)
+    assert layers[-1].separated is False
+    ok, text = _verdict("w", layers, [0.2, 0.3], [0.9])
+    assert not ok and "does NOT separate" in text
+
+
+def test_positional_and_special_heads_are_flagged():
+    from attend.apps.wordsense import analyse
+
+    vec = [[1, 0], [0, 1], [1, 0], [1, 0]]
+    near = [0.0, 0.45, 0.3, 0.2, 0.05, 0.0]  # on "a", "w" itself and "b": the word and its neighbours
+    special = [0.5, 0.0, 0.0, 0.0, 0.1, 0.4]  # on [CLS] and [SEP]
+    for row, kind in ((near, "positional"), (special, "special")):
+        t = [_trace([[1, 0]] * 3, vec, row), _trace([[0, 1]] * 3, [[0, 1], [0, 1], [1, 0], [1, 0]], row)]
+        layers, heads, flagged = analyse(t, [], [], given=2)
+        assert heads == [] and flagged == []  # no context head; nothing ranked without senses
+        layers, heads, flagged = analyse(t + t, [(0, 2), (1, 3)], [(0, 1), (2, 3), (0, 3), (1, 2)], given=2)
+        assert heads == [] and {h.kind for h in flagged} == {kind}
+        assert flagged[0].share > 0.8

@@ -27,6 +27,9 @@ def add_parsers(sub) -> None:
     tour = sub.add_parser("tour", help="a terminal tour of the attention variants on one small sentence")
     tour.set_defaults(handler=_tour)
     tour.add_argument("--seed", type=seed, default=0, help="seed for the random parts (default 0)")
+    tour.add_argument("--lang", choices=("en", "id", "pl", "zh", "es"), default="en",
+                      help="language of the tour: en (English, default), id (Indonesian), pl (Polish), "
+                           "zh (Chinese), es (Spanish) — the languages of the five lecture notes")
 
 
 def _demo(args) -> int:
@@ -47,5 +50,5 @@ def _demo(args) -> int:
 def _tour(args) -> int:
     from ..apps import tour
 
-    tour.run(sys.stdout, seed=args.seed)
+    tour.run(sys.stdout, seed=args.seed, lang=args.lang)
     return 0
