@@ -85,8 +85,9 @@ def test_cli_prints_report_and_writes_viewer(encoder, tmp_path, capsys):
     page = out.read_text(encoding="utf-8")
     start = page.index('id="attend-data">') + len('id="attend-data">')
     doc = json.loads(page[start : page.index("</script>", start)])
-    assert [t["tokens"][:3] for t in doc["texts"]] == [["[CLS]", "i", "sat"], ["[CLS]", "i", "deposited"]]
-    assert doc["texts"][0]["layers"] == 6 and doc["texts"][0]["heads"] == 12
+    secs = [t["sections"][0] for t in doc["texts"]]
+    assert [s["rows"][:3] for s in secs] == [["[CLS]", "i", "sat"], ["[CLS]", "i", "deposited"]]
+    assert secs[0]["layers"] == 6 and secs[0]["heads"] == 12
     # never overwrites without --force
     assert main(["word-sense", RIVER, MONEY, "--html", str(out)]) == 2
     assert "--force" in capsys.readouterr().err

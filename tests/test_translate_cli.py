@@ -147,7 +147,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     except ImportError:
         assert "word sense and the attention viewer skipped" in text
     else:
-        assert 'Word "bank"' in text and "closest to the 'river' sense" in text
+        assert 'Word "bank"' in text and "reads as the 'river' sense" in text
         assert (out / "attention-viewer.html").read_text().startswith("<!DOCTYPE html>")
     # an existing, non-empty run folder is not overwritten without --force
     assert cli.main(["demo", "--quick", "--out", str(out)]) == 2

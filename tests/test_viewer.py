@@ -52,7 +52,7 @@ def test_hostile_tokens_add_no_markup():
     a, b = _structure(benign), _structure(hostile)
     assert a.elements == b.elements  # no new element or attribute anywhere
     doc = json.loads(b.data_json)
-    assert doc["texts"][0]["tokens"] == HOSTILE  # and the tokens arrive intact
+    assert doc["texts"][0]["sections"][0]["rows"] == HOSTILE  # and the tokens arrive intact
     assert doc["title"] == "<b>title</b>"
     block = b.data_json
     for bad in ("<", ">", "\u2028", "\u2029"):
@@ -64,7 +64,9 @@ def test_weights_round_trip_and_nan_marked():
     w[1, 0, 2, 3] = float("nan")
     w[0, 1, 0, 0] = float("inf")
     doc = json.loads(_structure(attention_page([list("abcd")], [w])).data_json)
-    q = torch.tensor(list(base64.b64decode(doc["texts"][0]["weights"])), dtype=torch.float32).view(2, 2, 4, 4)
+    sec = doc["texts"][0]["sections"][0]
+    assert sec["store"] == "full" and len(sec["maps"]) == 2 * 2
+    q = torch.tensor([list(base64.b64decode(m)) for m in sec["maps"]], dtype=torch.float32).view(2, 2, 4, 4)
     assert q[1, 0, 2, 3] == 255 and q[0, 1, 0, 0] == 255
     ok = torch.isfinite(w)
     assert torch.all((q[ok] / 254 - w[ok]).abs() <= 0.5 / 254 + 1e-6)
@@ -73,21 +75,26 @@ def test_weights_round_trip_and_nan_marked():
 def test_per_layer_lists_and_shape_errors():
     layers = [torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3)]  # what models return: (1, H, n, n) per layer
     doc = json.loads(_structure(attention_page([["a", "b", "c"]], [layers])).data_json)
-    assert (doc["texts"][0]["layers"], doc["texts"][0]["heads"]) == (2, 2)
-    with pytest.raises(ValueError, match=r"attentions\[0\]: weights over 3 tokens, but tokens\[0\] has 2"):
+    sec = doc["texts"][0]["sections"][0]
+    assert (sec["layers"], sec["heads"]) == (2, 2)
+    with pytest.raises(ValueError, match=r"attentions\[0\]: weights over 3 tokens, but the text has 2"):
         attention_page([["a", "b"]], [layers])
     with pytest.raises(ValueError, match="attentions: 1 entries for 2 texts"):
         attention_page([["a"], ["b"]], [torch.rand(1, 1, 1, 1)])
     with pytest.raises(TypeError, match=r"tokens\[0\]: expected a list of strings"):
         attention_page([[1, 2]], [torch.rand(1, 1, 2, 2)])
-    with pytest.raises(ValueError, match=r"expected shape \(layers, heads, n, n\)"):
+    with pytest.raises(ValueError, match=r"attentions\[0\]: weights over 3 tokens, but the text has 2"):
         attention_page([["a", "b"]], [torch.rand(2, 2, 2, 3)])
+    with pytest.raises(ValueError, match=r"attentions\[0\]: expected shape \(layers, heads, n, n\)"):
+        attention_page([["a", "b"]], [torch.rand(2, 2)])
 
 
 def test_long_inputs_are_refused_clearly_but_moderate_ones_fit():
     with pytest.raises(ValueError, match="600 tokens; the viewer shows at most max_tokens=512"):
-        attention_page([["w"] * 600], [torch.zeros(1, 1, 600, 600)])
-    page = attention_page([["w"] * 300], [torch.zeros(2, 4, 300, 300)])
+        attention_page([["w"] * 600], [torch.zeros(1, 1, 600, 600)], max_tokens=512)
+    with pytest.raises(ValueError, match="5000 tokens; the viewer shows at most max_tokens=4096"):
+        attention_page([["w"] * 5000], [torch.zeros(1, 1, 1, 1)])
+    page = attention_page([["w"] * 300], [torch.zeros(2, 4, 300, 300)], aggregates=())
     assert len(page) < 2_000_000  # 2 x 4 x 300^2 bytes, base64
 
 
@@ -136,9 +143,9 @@ def test_every_argument_is_checked_by_name():
 
 
 def test_a_text_without_tokens_is_refused():
-    with pytest.raises(ValueError, match=r"tokens\[1\]: text 1 has no tokens; the viewer needs at least one"):
+    with pytest.raises(ValueError, match=r"tokens\[1\]: no tokens; the viewer needs at least one per text"):
         AttentionView([["a"], []], [torch.rand(1, 1, 1, 1), torch.rand(1, 1, 0, 0)])
-    with pytest.raises(ValueError, match=r"tokens\[0\]: text 0 has no tokens"):
+    with pytest.raises(ValueError, match=r"tokens\[0\]: no tokens"):
         attention_page([[]], [torch.zeros(1, 1, 0, 0)])
 
 
@@ -178,7 +185,7 @@ def test_weights_within_rounding_of_0_and_1_and_non_finite_ones_are_drawn():
     w[0, 0, 0] = torch.tensor([1.0005, -0.0005, 0.0])  # rounding of 16-bit softmax
     w[0, 1, 1, 1], w[0, 1, 2, 2] = float("nan"), float("-inf")  # drawn red, as documented
     doc = json.loads(_structure(attention_page([["a", "b", "c"]], [w])).data_json)
-    q = list(base64.b64decode(doc["texts"][0]["weights"]))
+    q = [b for m in doc["texts"][0]["sections"][0]["maps"] for b in base64.b64decode(m)]
     assert q[:3] == [254, 0, 0] and q[9 + 4] == 255 and q[9 + 8] == 255
     attention_page([["a", "b"]], [torch.ones(1, 1, 2, 2, dtype=torch.bool)])  # real numbers in [0, 1]
 
@@ -261,9 +268,15 @@ def test_browser_loads_clicks_and_exports(browser, tmp_path):
     page.hover("#canvas", position={"x": 120, "y": 5 + 2 * 18 + 9})  # the token "bank"
     assert page.text_content("#status").startswith("bank attends to")
     page.click("button.tab[data-view='model']")
-    assert page.locator("canvas.thumb").count() == 3 * 4
+    assert page.locator("canvas.thumb").count() == 3 * 4 + 4  # every layer x head, and mean, max, rollout, flow
     page.click("canvas.thumb[data-layer='1'][data-head='3']")  # zoom into layer 2, head 4
-    assert page.evaluate("[attendView.state.view, attendView.state.layer, attendView.state.focus]") == ["heat", 1, 3]
+    assert page.evaluate("[attendView.state.view, attendView.state.sel, attendView.state.focus]") == ["heat", "layer:1", 3]
+    page.click("button.tab[data-view='model']")
+    page.click("canvas.thumb[data-agg='rollout']")
+    assert page.evaluate("attendView.state.sel") == "agg:rollout"
+    page.hover("#canvas", position={"x": 130 + 24 * 2 + 5, "y": 120 + 24 * 2 + 5})  # row "bank", column "bank"
+    assert page.text_content("#status").startswith("bank \u2192 bank: ")
+    assert "(attention rollout (Abnar & Zuidema 2020))" in page.text_content("#status")
     page.select_option("#text", "1")
     assert page.evaluate("attendView.state.text") == 1
     assert events["console"] == [] and events["dialogs"] == []

@@ -8,6 +8,8 @@ library's (:mod:`attend.apps`).
     attend translate "a sentence" --checkpoint DIR
     attend word-sense "sentence" ["sentence" ...] [--html out.html]   word sense + attention viewer
                                      (``attend explain`` is its first name, kept as an alias)
+    attend view "sentence" ... --html out.html [--checkpoint RUN | --model FOLDER]
+                                     the attention viewer for a translator, an HF folder or MiniLM
 
 Usage errors (bad flags, missing files, outputs that exist without ``--force``, a flag
 that does not apply to what was asked, a run folder another training owns) exit 2 with one
@@ -26,6 +28,7 @@ from typing import Optional, Sequence
 
 from . import demo as _demo_cmd
 from . import translate as _translate_cmd
+from . import view as _view_cmd
 from . import wordsense as _wordsense_cmd
 from ._common import Parser, UsageError, one_line
 from .translate import rewrite as _rewrite
@@ -40,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_cmd.add_parsers(sub)
     _translate_cmd.add_parser(sub)
     _wordsense_cmd.add_parser(sub)
+    _view_cmd.add_parser(sub)
     _debug_everywhere(p)
     return p
 

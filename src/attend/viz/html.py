@@ -12,9 +12,13 @@ tokens on screen only through canvas ``fillText`` and ``textContent``, never as 
 a Content-Security-Policy forbids every network request.
 
 Size: weights are quantised to 255 levels (1/254 steps; 255 marks a NaN or infinite
-weight, drawn red) and base64-encoded: layers x heads x n^2 bytes per text. Texts longer
-than ``max_tokens`` (default 512) are refused with a clear error instead of writing a page
-too large to open.
+weight, drawn red) and base64-encoded. Texts up to ``full_tokens`` (512) keep every weight;
+longer ones, up to ``max_tokens`` (4096), keep what a person can see — each row's ``top_k``
+strongest weights exactly and a block-max overview of at most 256 x 256 blocks
+(:mod:`attend.viz._store`); the page says what was dropped. Aggregations across heads and
+layers (mean, max, attention rollout, attention flow; :mod:`attend.viz.aggregate`) are
+computed here and shown as views. Encoder–decoder models get a section per attention
+(encoder, decoder, cross: :func:`seq2seq_page`).
 
 Shape legend::
 
@@ -23,7 +27,6 @@ Shape legend::
 """
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
@@ -34,8 +37,9 @@ import torch
 from torch import Tensor
 
 from .. import _check, _io
+from . import _store, aggregate
 
-__all__ = ["AttentionView", "attention_page"]
+__all__ = ["AttentionView", "attention_page", "seq2seq_page"]
 
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -48,8 +52,12 @@ button.tab.on{background:#333;color:#fff;border-color:#333}
 button.head{border-color:var(--c);color:var(--c);min-width:2.2em;background:#fff}
 button.head.on{background:var(--c);color:#fff}
 main{padding:12px 16px}
-#stage{overflow:auto;max-height:calc(100vh - 190px);background:#fff;border:1px solid #ddd;display:inline-block}
-#grid{display:grid;gap:4px;align-items:center;overflow:auto;max-height:calc(100vh - 190px)}
+#stage{overflow:auto;max-height:calc(100vh - 190px);background:#fff;border:1px solid #ddd;display:inline-flex;gap:12px;
+  align-items:flex-start}
+#grid{display:grid;gap:4px;align-items:center;justify-content:start;align-content:start;overflow:auto;
+  max-height:calc(100vh - 190px)}
+#info{margin-top:6px;font-size:12px;color:#555;max-width:1100px}
+#window{width:6em}
 #grid .axis{font-size:11px;color:#555;white-space:nowrap}
 canvas.thumb{cursor:zoom-in;border:1px solid #ddd}
 footer{position:fixed;bottom:0;left:0;right:0;background:#fff;border-top:1px solid #ddd;padding:6px 16px;
@@ -59,13 +67,17 @@ footer{position:fixed;bottom:0;left:0;right:0;background:#fff;border-top:1px sol
 
 _BODY = """<header><h1 id="title"></h1><div class="controls">
 <label id="text-box">Text <select id="text"></select></label>
+<label id="compare-box"><input type="checkbox" id="compare"> side by side with <select id="text2"></select></label>
+<label id="section-box">Attention <select id="section"></select></label>
 <label id="layer-box">Layer <select id="layer"></select></label>
 <span><button type="button" class="tab" data-view="head">Head view</button>
 <button type="button" class="tab" data-view="model">Model view</button>
 <button type="button" class="tab" data-view="heat">Heat map</button></span>
+<label id="window-box">tokens from <input type="number" id="window" min="0" step="50" value="0"></label>
+<button type="button" id="zoomout">Back to the whole map</button>
 <button type="button" id="export">Export PNG</button></div>
-<div id="heads"></div></header>
-<main><div id="stage"><canvas id="canvas"></canvas></div><div id="grid" hidden></div></main>
+<div id="heads"></div><div id="info"></div></header>
+<main><div id="stage"><canvas id="canvas"></canvas><canvas id="canvas2"></canvas></div><div id="grid" hidden></div></main>
 <footer id="status"></footer>"""
 
 # No network at all; inline style and script only (the page carries everything it needs).
@@ -84,59 +96,6 @@ def _json_for_html(obj) -> str:
     return text
 
 
-# Weights are probabilities; values this far outside [0, 1] are not attention weights (the
-# slack covers rounding in 16-bit weights).
-_TOLERANCE = 1e-3
-
-
-def _check_dtype(t: Tensor, what: str) -> None:
-    if t.is_complex():
-        raise TypeError(f"{what}: weights must be real numbers, got dtype {t.dtype}")
-
-
-def _as_layers(att, what: str) -> Tensor:
-    """(L, H, n, n) float tensor from a tensor or a sequence of per-layer tensors; every
-    layer with the same heads and tokens, at least one layer and one head, real numbers in
-    [0, 1] (NaN and infinities pass: the page draws them red)."""
-    if isinstance(att, Tensor):
-        _check_dtype(att, what)
-        t = att
-    elif isinstance(att, (list, tuple)) and att and all(isinstance(a, Tensor) for a in att):
-        layers = []
-        for i, a in enumerate(att):
-            _check_dtype(a, f"{what}[{i}]")
-            if not (a.ndim == 3 or (a.ndim == 4 and a.shape[0] == 1)):
-                raise ValueError(f"{what}: layer {i} has shape {tuple(a.shape)}; expected (heads, n, n) or "
-                                 "(1, heads, n, n)")
-            layers.append(a.squeeze(0) if a.ndim == 4 else a)
-            if layers[-1].shape != layers[0].shape:
-                raise ValueError(f"{what}: layer {i} has shape {tuple(layers[-1].shape)}, but layer 0 has "
-                                 f"{tuple(layers[0].shape)} (heads, n, n); every layer needs the same heads and tokens")
-        t = torch.stack(layers)
-    else:
-        raise TypeError(f"{what}: expected a tensor (layers, heads, n, n) or a list of per-layer tensors")
-    if t.ndim == 3:
-        t = t.unsqueeze(0)  # one layer
-    if t.ndim != 4 or t.shape[-1] != t.shape[-2]:
-        raise ValueError(f"{what}: expected shape (layers, heads, n, n), got {tuple(t.shape)}")
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{what}: {t.shape[0]} layers and {t.shape[1]} heads (shape {tuple(t.shape)}); the viewer "
-                         "needs at least one layer and one head")
-    t = t.detach().to("cpu", torch.float32)
-    bad = torch.isfinite(t) & ((t < -_TOLERANCE) | (t > 1 + _TOLERANCE))
-    if bool(bad.any()):
-        layer, head, row, col = (int(x) for x in bad.nonzero()[0])
-        value = float(t[layer, head, row, col])
-        raise ValueError(f"{what}: weights must be in [0, 1] (attention probabilities), got {value:.6g} at layer "
-                         f"{layer}, head {head}, row {row}, column {col}")
-    return t
-
-
-def _quantise(w: Tensor) -> str:
-    finite = torch.isfinite(w)
-    q = (w.clamp(0, 1).nan_to_num(0.0) * 254).round().to(torch.uint8)
-    q[~finite] = 255
-    return base64.b64encode(q.numpy().tobytes()).decode("ascii")
 
 
 def _title(title) -> str:
@@ -151,21 +110,163 @@ def _title(title) -> str:
 def _check_max_tokens(max_tokens) -> None:
     if not _check.is_int(max_tokens) or max_tokens < 1:  # the viewer's "name: expected ..." wording
         raise ValueError(f"max_tokens: expected an int >= 1, got {max_tokens!r}")
+    if max_tokens > _store.MAX_COLUMNS:
+        raise ValueError(f"max_tokens: at most {_store.MAX_COLUMNS}, got {max_tokens}")
 
 
 _EXTENSIONS = (".html", ".htm")
+AGGREGATIONS = ("mean", "max", "rollout", "flow")
+_AGG_TITLES = {"mean": "mean of all heads and layers", "max": "max over all heads and layers",
+               "rollout": "attention rollout (Abnar & Zuidema 2020)", "flow": "attention flow (Abnar & Zuidema 2020)"}
+ROLLOUT_AUTO, FLOW_AUTO = 1024, 20  # "auto" computes rollout (n^3 per layer) and flow (n^2 max-flows) up to these
+
+
+def _layers_of(att, what: str):
+    """The per-layer tensors of one text's weights (a tensor is split along its first axis)."""
+    if isinstance(att, Tensor):
+        _store.check_dtype(att, what)
+        if att.ndim == 3:
+            return [att]
+        if att.ndim != 4:
+            raise ValueError(f"{what}: expected shape (layers, heads, n, n), got {tuple(att.shape)}")
+        if att.shape[0] == 0 or att.shape[1] == 0:
+            raise ValueError(f"{what}: {att.shape[0]} layers and {att.shape[1]} heads (shape {tuple(att.shape)}); the "
+                             "viewer needs at least one layer and one head")
+        return att
+    if isinstance(att, (str, bytes)) or not isinstance(att, Sequence) or len(att) == 0:
+        raise TypeError(f"{what}: expected a tensor (layers, heads, n, n) or a list of per-layer tensors")
+    return att
+
+
+def _aggregates_wanted(aggregates, square: bool, n: int) -> tuple[list[str], list[str]]:
+    """(names to compute, notes on those left out)."""
+    if aggregates == "auto":
+        want, left = ["mean", "max"], []
+        if square:
+            for name, limit in (("rollout", ROLLOUT_AUTO), ("flow", FLOW_AUTO)):
+                if n <= limit:
+                    want.append(name)
+                else:
+                    left.append(f"{name}: not computed for texts over {limit} tokens (pass aggregates= to ask for it)")
+        return want, left
+    if isinstance(aggregates, str) or not isinstance(aggregates, Sequence) or \
+            any(a not in AGGREGATIONS for a in aggregates):
+        raise ValueError(f"aggregates: expected 'auto' or a list from {list(AGGREGATIONS)}, got {aggregates!r}")
+    want = [a for a in AGGREGATIONS if a in aggregates]
+    left = [f"{a}: only for self-attention" for a in want if a in ("rollout", "flow") and not square]
+    return [a for a in want if square or a not in ("rollout", "flow")], left
+
+
+def _section(name: str, rows: list[str], cols: list[str], att, what: str, *, full_tokens: int, top_k: int,
+             aggregates) -> dict:
+    layers = _layers_of(att, what)
+    square = rows == cols
+    store = "full" if max(len(rows), len(cols)) <= full_tokens else "summary"
+    want, left = _aggregates_wanted(aggregates, square, len(rows))
+    maps, kept, means = [], [], []
+    acc_mean = acc_max = roll = None
+    shape = None
+    finite = True
+    for l in range(len(layers)):
+        t = _store.check_layer(layers[l], what, l, shape)
+        if shape is None:
+            shape = tuple(t.shape)
+            if shape[1:] != (len(rows), len(cols)):
+                raise ValueError(f"{what}: weights over {shape[1]} x {shape[2]} tokens, but the text has "
+                                 f"{len(rows)} x {len(cols)}" if not square else
+                                 f"{what}: weights over {shape[-1]} tokens, but the text has {len(cols)}")
+        for h in range(t.shape[0]):
+            if store == "full":
+                maps.append(_store.full(t[h]))
+            else:
+                b64, share = _store.summary(t[h], top_k)
+                maps.append(b64)
+                kept.append(share)
+        if not want:
+            continue
+        finite = finite and bool(torch.isfinite(t.sum()))
+        if not finite:
+            continue
+        hm = t.sum(0) / t.shape[0]  # (rows, cols): this layer's head mean (float32: drawn to 1/254)
+        acc_mean = hm if acc_mean is None else acc_mean + hm
+        top = t.amax(0)
+        acc_max = top if acc_max is None else torch.maximum(acc_max, top)
+        if "rollout" in want:  # float64, as attend.viz.aggregate.rollout
+            hm = hm.to(torch.float64)
+            a = 0.5 * hm + 0.5 * torch.eye(hm.shape[0], dtype=hm.dtype)
+            a = a / a.sum(-1, keepdim=True).clamp_min(1e-300)
+            roll = a if roll is None else a @ roll
+        if "flow" in want:
+            means.append(hm.to(torch.float64))
+    out = {"name": name, "rows": rows, "cols": cols, "layers": len(layers), "heads": shape[0], "store": store,
+           "k": top_k, "ov": list(_store.overview_shape(len(rows), len(cols))), "maps": maps,
+           "kept": round(sum(kept) / len(kept), 4) if kept else None, "aggregates": [], "left_out": left}
+    if want and not finite:
+        out["left_out"].append("aggregates: not computed, the weights contain NaN or infinity")
+        want = []
+    found = {"mean": lambda: acc_mean / len(layers), "max": lambda: acc_max, "rollout": lambda: roll,
+             "flow": lambda: aggregate.flow(torch.stack(means)[:, None], max_tokens=max(len(rows), FLOW_AUTO))}
+    for a in want:
+        m = found[a]().to(torch.float32).clamp(0, 1)
+        b64 = _store.full(m) if store == "full" else _store.summary(m, top_k)[0]
+        out["aggregates"].append({"name": a, "title": _AGG_TITLES[a], "map": b64})
+    return out
+
+
+def _check_tokens(tokens, what: str) -> list[str]:
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not all(isinstance(t, str) for t in tokens):
+        raise TypeError(f"{what}: expected a list of strings")
+    if len(tokens) == 0:
+        raise ValueError(f"{what}: no tokens; the viewer needs at least one per text")
+    return list(tokens)
+
+
+def _doc_of(page: str) -> dict:
+    """The JSON document inside a page this module wrote."""
+    start = page.index('id="attend-data">') + len('id="attend-data">')
+    return json.loads(page[start : page.index("</script>", start)])
+
+
+def _page(doc: dict) -> str:
+    title = doc["title"]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
+            f"<title>{html.escape(str(title))}</title><style>{_CSS}</style></head><body>{_BODY}\n"
+            f"<script type=\"application/json\" id=\"attend-data\">{_json_for_html(doc)}</script>\n"
+            f"<script>{_script()}</script></body></html>\n")
+
+
+def _common(labels, n_texts: int, title, note, max_tokens, full_tokens, top_k) -> str:
+    if labels is not None:
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) \
+                or not all(isinstance(x, str) for x in labels):
+            raise TypeError(f"labels: expected None or a list of strings, got {type(labels).__name__}")
+        if len(labels) != n_texts:
+            raise ValueError(f"labels: {len(labels)} labels for {n_texts} texts")
+    if note is not None and not isinstance(note, str):
+        raise TypeError(f"note: expected None or a string, got {type(note).__name__}")
+    _check_max_tokens(max_tokens)
+    _check.integer(full_tokens, "full_tokens", low=1)
+    _check.integer(top_k, "top_k", low=1, high=254)
+    return _title(title)
 
 
 def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, labels: Optional[Sequence[str]] = None,
-                   title: str = "Attention", note: Optional[str] = None, max_tokens: int = 512) -> str:
-    """The HTML page (a string) for one or more texts.
+                   title: str = "Attention", note: Optional[str] = None, max_tokens: int = 4096,
+                   full_tokens: int = 512, top_k: int = 8, aggregates="auto") -> str:
+    """The HTML page (a string) for the self-attention of one or more texts.
 
     Args:
         tokens: per text, its token strings (n of them).
-        attentions: per text, weights (L, H, n, n) or a list of L tensors (H, n, n).
-        labels: names shown in the text selector (default: the first tokens).
+        attentions: per text, weights (L, H, n, n) or a list of L tensors (H, n, n) — any
+            sequence, read one layer at a time (a lazy one keeps memory to one layer).
+        labels: names shown in the text selectors (default: the first tokens).
         title: the page's heading (None: "Attention"); note: a line shown under it (or None).
-        max_tokens: longest text accepted.
+        max_tokens: longest text accepted (at most 32767).
+        full_tokens: texts up to this many tokens keep every weight; longer ones keep each
+            row's ``top_k`` strongest weights exactly plus a block-max overview (the page says so).
+        aggregates: ``"auto"`` (mean and max over all heads and layers; rollout up to 1024
+            tokens; flow up to 20) or a list from ``("mean", "max", "rollout", "flow")``.
 
     Every argument is checked (its name is in the error); a text with no tokens is refused,
     and so are weights with no layer or no head, layers with different shapes, complex
@@ -178,39 +279,51 @@ def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, lab
         raise TypeError(f"attentions: expected a list with the weights of each text, got {type(attentions).__name__}")
     if len(attentions) != len(tokens):
         raise ValueError(f"attentions: {len(attentions)} entries for {len(tokens)} texts")
-    if labels is not None:
-        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) \
-                or not all(isinstance(x, str) for x in labels):
-            raise TypeError(f"labels: expected None or a list of strings, got {type(labels).__name__}")
-        if len(labels) != len(tokens):
-            raise ValueError(f"labels: {len(labels)} labels for {len(tokens)} texts")
-    title = _title(title)
-    if note is not None and not isinstance(note, str):
-        raise TypeError(f"note: expected None or a string, got {type(note).__name__}")
-    _check_max_tokens(max_tokens)
-    for k, toks in enumerate(tokens):
-        if isinstance(toks, str) or not isinstance(toks, Sequence) or not all(isinstance(t, str) for t in toks):
-            raise TypeError(f"tokens[{k}]: expected a list of strings")
-        if len(toks) == 0:
-            raise ValueError(f"tokens[{k}]: text {k} has no tokens; the viewer needs at least one per text")
-    texts = []
-    for k, (toks, att) in enumerate(zip(tokens, attentions)):
-        w = _as_layers(att, f"attentions[{k}]")
-        n = len(toks)
-        if n > max_tokens:
-            raise ValueError(f"text {k} has {n} tokens; the viewer shows at most max_tokens={max_tokens} "
+    title = _common(labels, len(tokens), title, note, max_tokens, full_tokens, top_k)
+    toks = [_check_tokens(t, f"tokens[{k}]") for k, t in enumerate(tokens)]
+    for k, t in enumerate(toks):
+        if len(t) > max_tokens:
+            raise ValueError(f"text {k} has {len(t)} tokens; the viewer shows at most max_tokens={max_tokens} "
                              "(split the text or raise max_tokens)")
-        if w.shape[-1] != n:
-            raise ValueError(f"attentions[{k}]: weights over {w.shape[-1]} tokens, but tokens[{k}] has {n}")
-        label = labels[k] if labels is not None else " ".join(toks[:8]) + (" …" if n > 8 else "")
-        texts.append({"label": str(label), "tokens": list(toks), "layers": int(w.shape[0]), "heads": int(w.shape[1]),
-                      "n": n, "weights": _quantise(w)})
-    doc = {"title": str(title), "note": note, "texts": texts}
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
-            f"<title>{html.escape(str(title))}</title><style>{_CSS}</style></head><body>{_BODY}\n"
-            f"<script type=\"application/json\" id=\"attend-data\">{_json_for_html(doc)}</script>\n"
-            f"<script>{_script()}</script></body></html>\n")
+    texts = []
+    for k, (t, att) in enumerate(zip(toks, attentions)):
+        label = labels[k] if labels is not None else " ".join(t[:8]) + (" …" if len(t) > 8 else "")
+        texts.append({"label": str(label), "sections": [
+            _section("self-attention", t, t, att, f"attentions[{k}]", full_tokens=full_tokens, top_k=top_k,
+                     aggregates=aggregates)]})
+    return _page({"title": str(title), "note": note, "texts": texts})
+
+
+def seq2seq_page(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]], *, cross: Sequence,
+                 encoder: Optional[Sequence] = None, decoder: Optional[Sequence] = None,
+                 labels: Optional[Sequence[str]] = None, title: str = "Attention", note: Optional[str] = None,
+                 max_tokens: int = 4096, full_tokens: int = 512, top_k: int = 8, aggregates="auto") -> str:
+    """The page for encoder–decoder models: per pair of source and target tokens, the
+    cross-attention (weights (L, H, T, S) or per-layer (H, T, S)) and, when given, the
+    encoder's self-attention (S × S) and the decoder's (T × T), each a section of the page."""
+    for name, seq in (("sources", sources), ("targets", targets), ("cross", cross)):
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, (Sequence, Tensor)) or len(seq) == 0:
+            raise TypeError(f"{name}: expected a non-empty list, one entry per pair")
+    n = len(sources)
+    for name, seq in (("targets", targets), ("cross", cross), ("encoder", encoder), ("decoder", decoder)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name}: {len(seq)} entries for {n} sources")
+    title = _common(labels, n, title, note, max_tokens, full_tokens, top_k)
+    texts = []
+    for k in range(n):
+        src, tgt = _check_tokens(sources[k], f"sources[{k}]"), _check_tokens(targets[k], f"targets[{k}]")
+        if max(len(src), len(tgt)) > max_tokens:
+            raise ValueError(f"pair {k} has {max(len(src), len(tgt))} tokens; at most max_tokens={max_tokens}")
+        kw = dict(full_tokens=full_tokens, top_k=top_k, aggregates=aggregates)
+        sections = []
+        if encoder is not None:
+            sections.append(_section("encoder self-attention", src, src, encoder[k], f"encoder[{k}]", **kw))
+        if decoder is not None:
+            sections.append(_section("decoder self-attention", tgt, tgt, decoder[k], f"decoder[{k}]", **kw))
+        sections.append(_section("cross-attention", tgt, src, cross[k], f"cross[{k}]", **kw))
+        label = labels[k] if labels is not None else " ".join(src[:8]) + (" …" if len(src) > 8 else "")
+        texts.append({"label": str(label), "sections": sections})
+    return _page({"title": str(title), "note": note, "texts": texts})
 
 
 class AttentionView:
@@ -222,13 +335,22 @@ class AttentionView:
 
     def __init__(self, tokens: Sequence[Sequence[str]], attentions: Sequence, *,
                  labels: Optional[Sequence[str]] = None, title: Optional[str] = "Attention", note: Optional[str] = None,
-                 max_tokens: int = 512):
-        """``title=None`` gives the default title, as in :meth:`from_encoder`."""
-        self.html = attention_page(tokens, attentions, labels=labels, title=title, note=note, max_tokens=max_tokens)
+                 max_tokens: int = 4096, full_tokens: int = 512, top_k: int = 8, aggregates="auto"):
+        """``title=None`` gives the default title, as in :meth:`from_encoder`; the other
+        arguments are :func:`attention_page`'s."""
+        self.html = attention_page(tokens, attentions, labels=labels, title=title, note=note, max_tokens=max_tokens,
+                                   full_tokens=full_tokens, top_k=top_k, aggregates=aggregates)
+
+    @classmethod
+    def seq2seq(cls, sources, targets, *, cross, encoder=None, decoder=None, **kwargs) -> "AttentionView":
+        """An encoder–decoder model's attention: :func:`seq2seq_page`'s arguments."""
+        view = cls.__new__(cls)
+        view.html = seq2seq_page(sources, targets, cross=cross, encoder=encoder, decoder=decoder, **kwargs)
+        return view
 
     @classmethod
     def from_encoder(cls, encoder, texts: Sequence[str], *, title: Optional[str] = None,
-                     max_tokens: int = 512) -> "AttentionView":
+                     max_tokens: int = 4096, aggregates="auto") -> "AttentionView":
         """Run a :class:`~attend.models.bert.SentenceEncoder` on ``texts`` and show its attention."""
         if isinstance(texts, str):
             texts = [texts]
@@ -243,7 +365,7 @@ class AttentionView:
             batch, out = encoder.embed_tokens([text], need_weights=True)
             tokens.append(batch.tokens[0])
             atts.append([a[0] for a in out.attentions])
-        return cls(tokens, atts, labels=list(texts), title=title, max_tokens=max_tokens)
+        return cls(tokens, atts, labels=list(texts), title=title, max_tokens=max_tokens, aggregates=aggregates)
 
     def save(self, path: Union[str, os.PathLike], *, force: bool = False) -> str:
         if not isinstance(path, (str, os.PathLike)):
