@@ -212,3 +212,28 @@ def test_a_4096_token_12_layer_12_head_page_is_small_opens_fast_and_redraws_fast
     assert worst <= 100, f"hover redraw took {worst:.0f} ms"
     assert events == []
     page.close()
+
+
+HOSTILE = ["</script><img src=x onerror=alert(1)>", "<script>window.__pwned=1</script>", "\"'><svg onload=alert(2)>",
+           "a\u2028b", "\u202eevil\u202c", "{{x}}"]
+
+
+def test_browser_runs_no_hostile_token_in_sections_labels_or_side_by_side(browser, tmp_path):
+    view = AttentionView.seq2seq([HOSTILE, HOSTILE[:3]], [HOSTILE[::-1], HOSTILE[1:4]],
+                                 cross=[_weights(1, 2, 6, 6), _weights(1, 2, 3, 3)],
+                                 encoder=[_weights(1, 2, 6), _weights(1, 2, 3)],
+                                 labels=["<img src=y onerror=alert(4)>", "</option><script>window.__pwned=2</script>"],
+                                 title="<b>t</b>")
+    page, events, _ = _open(browser, tmp_path, view)
+    page.check("#compare")
+    for section in ("0", "1"):
+        page.select_option("#section", section)
+        for mode in ("head", "heat", "model"):
+            page.click(f"button.tab[data-view='{mode}']")
+            page.hover("#grid" if mode == "model" else "#canvas")
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.evaluate("document.querySelectorAll('img, svg, iframe, b').length") == 0
+    assert page.evaluate("document.scripts.length") == 2  # the data block and the viewer
+    assert page.evaluate("document.getElementById('text').options[0].textContent") == "<img src=y onerror=alert(4)>"
+    assert events == []
+    page.close()
