@@ -333,8 +333,13 @@ def _memory_child(spec):
     print(json.dumps({"peak_mib": (_status_kib("VmHWM") - base) / 1024, "rss0_mib": rss0 / 1024, "s": sec}))
 
 
+MMAP_THRESHOLD = 0  # --malloc-mmap-threshold: glibc's MALLOC_MMAP_THRESHOLD_ for the memory subprocesses (0: default)
+
+
 def memory_cell(spec, timeout):
     env = dict(os.environ)
+    if MMAP_THRESHOLD:  # every allocation above it is its own mapping, returned to the system when freed
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     try:
         r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
                            capture_output=True, text=True, env=env, timeout=timeout)
@@ -370,6 +375,11 @@ def main() -> None:
     ap.add_argument("--memory-L", type=int, default=16384, help="L = S of the memory section (0: none)")
     ap.add_argument("--memory-timeout", type=float, default=60.0, help="seconds per memory subprocess")
     ap.add_argument("--memory-first", action="store_true", help="run the memory section before the time tables")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory section (no time tables)")
+    ap.add_argument("--malloc-mmap-threshold", type=int, default=0,
+                    help="run the memory subprocesses with glibc's MALLOC_MMAP_THRESHOLD_ set to this many bytes "
+                         "(freed tensors then leave the resident set, so the peak is what was allocated at once, "
+                         "not what the allocator kept); default 0: glibc's own (dynamic) threshold")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu.md"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -377,6 +387,8 @@ def main() -> None:
         _memory_child(json.loads(args.child))
         return
     torch.set_num_threads(args.threads)
+    global MMAP_THRESHOLD
+    MMAP_THRESHOLD = args.malloc_mmap_threshold
 
     if args.quick:
         shapes = [(1, 4, 256, 64)]
@@ -488,8 +500,10 @@ def main() -> None:
                 print("memory", mem_rows[-1], flush=True)
                 render()
 
-    if mem_L and args.memory_first:
+    if mem_L and (args.memory_first or args.memory_only):
         run_memory()
+    if args.memory_only:
+        shapes = []
 
     for (B, H, L, E) in shapes:
         shape = f"{B}×{H}×{L}×{E}"
@@ -650,7 +664,7 @@ def main() -> None:
                         row("naive", {"skip": f"n/a: failed ({type(e).__name__}: {str(e)[:120]})"})
                 del ref
             del var
-        if mem_L and not args.memory_first and (B, H, L, E) == shapes[min(1, len(shapes) - 1)]:
+        if mem_L and not (args.memory_first or args.memory_only) and (B, H, L, E) == shapes[min(1, len(shapes) - 1)]:
             run_memory()  # after the second shape: the 4096 shape, the longest, last
     render(done=True)
     print(f"done in {(time.time() - t_start) / 60:.1f} min; wrote {out_path}", flush=True)
@@ -760,8 +774,13 @@ def summary(rows, shapes, variants):
 
 
 def memory_intro(L):
+    alloc = (f"Allocator: glibc with `MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}` in the memory subprocesses (every "
+             "allocation above it is its own mapping and leaves the resident set when freed: the peak is what was "
+             "allocated at once, not what the allocator kept)." if MMAP_THRESHOLD else
+             "Allocator: glibc's defaults (its dynamic mmap threshold keeps freed buffers of up to 32 MiB in the heap, "
+             "so the peak includes what the allocator kept; `--malloc-mmap-threshold` measures without that).")
     return ["", f"## Peak memory of one forward+backward at B = 1, H = 1, L = S = {L}, E = 64",
-            "",
+            "", alloc, "",
             "Each cell runs in a fresh subprocess (same threads): inputs built, one tiny call of the same method "
             "(for `inductor` and `auto`, one call at the measured size, so that compiling is not in the peak) "
             "(one-time set-up is not the call's memory), then the high-water mark is reset to the current RSS "
