@@ -263,12 +263,12 @@ def word_sense(out: str) -> None:
     axes[0].set_ylabel('cosine of "bank" vectors')
     axes[0].legend(fontsize=8)
     head = report.heads[0]
-    for ax, tokens, atts in zip(axes[1:], report.tokens, report.attentions):
-        pos = [k for k, t in enumerate(tokens) if t == "bank"]
+    for k, (ax, tokens, atts) in enumerate(zip(axes[1:], report.tokens, report.attentions)):
+        pos = [i for i, t in enumerate(tokens) if t == "bank"]
         row = atts[head.layer][head.head, pos].mean(0)
         ax.bar(range(len(tokens)), row.tolist(), color="tab:purple")
         ax.set_xticks(range(len(tokens)), tokens, rotation=60, ha="right", fontsize=8)
-        ax.set_title(f'from "bank": layer {head.layer + 1} head {head.head + 1}', fontsize=9)
+        ax.set_title(f'sentence {k + 1}, from "bank": layer {head.layer + 1} head {head.head + 1}', fontsize=9)
     _save(fig, out, "word-sense")
 
 
@@ -294,10 +294,11 @@ def attention_maps(out: str) -> None:
     _, a = attend.attention(torch.tensor([[1.0, 0.5]]), keys, values, score="dot", return_weights=True)
     c = (a[0, :, None] * values).norm(dim=-1)
     axes[2].bar([i - 0.2 for i in range(3)], a[0].tolist(), 0.4, label="weight aᵢ")
-    axes[2].bar([i + 0.2 for i in range(3)], (c / c.sum()).tolist(), 0.4, label="share of ‖aᵢ vᵢ‖")
+    axes[2].bar([i + 0.2 for i in range(3)], (c / c.sum()).tolist(), 0.4, label="share of ‖aᵢⱼ vⱼ‖")
     axes[2].set_xticks(range(3), ["elem 1", "elem 2", "elem 3"])
     axes[2].set_title("weights are not contributions", fontsize=9)
-    axes[2].legend(fontsize=8)
+    axes[2].legend(fontsize=8, loc="upper center")
+    axes[2].set_ylim(0, 1.15)
     _save(fig, out, "attention-maps")
 
 

@@ -69,7 +69,9 @@ def test_flow_equals_references_for_one_and_two_layers():
     # two layers: paths j -> k -> i are disjoint, each carries min(a1[k, j], a2[i, k])
     ref = torch.tensor([[sum(min(float(a[0, k, j]), float(a[1, i, k])) for k in range(5)) for j in range(5)]
                         for i in range(5)], dtype=torch.float64)
-    assert torch.allclose(agg.flow(two), ref, atol=1e-9)
+    assert torch.allclose(agg.flow(two, normalize=False), ref, atol=1e-9)
+    # by default each output's row is divided by its sum (as Abnar & Zuidema's code does)
+    assert torch.allclose(agg.flow(two), ref / ref.sum(-1, keepdim=True), atol=1e-9)
 
 
 def test_refusals_name_the_argument():

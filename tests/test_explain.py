@@ -35,7 +35,9 @@ def test_bank_senses_separate(encoder):
     targets = {tok for f in r.heads for tok, _ in f.targets}
     assert "bank" not in targets and "[CLS]" not in targets
     # the verdict, layer by layer: identical embeddings at layer 0, context enters after
-    assert r.separates is True and r.verdict.startswith('this model separates the senses of "bank"')
+    assert r.separates is True and 'this model separates the senses of "bank"' in r.verdict
+    assert r.verdict.startswith("(judged on attend's example sentences, two per sense)")
+    assert "Your two sentences read as different senses ('river', 'money'); their cosine, 0.786, is between" in r.verdict
     assert [s.layer for s in r.layers] == list(range(7)) and not r.layers[0].separated and r.layers[-1].separated
     assert "from layer 1 on" in r.verdict
     # heads ranked by separation, context heads only; the previous-token head (layer 1 head 3) is not among them
@@ -53,11 +55,13 @@ def test_says_plainly_when_the_senses_are_not_separated(encoder):
     # sentence 1: the vectors follow the real senses, so the stated ones are not separated
     r = explain_word(encoder, [RIVER, "We walked along the bank of the stream"], same=[MONEY])
     assert r.separates is False
-    assert r.verdict.startswith('this model does NOT separate the senses of "bank" here')
-    assert "Verdict: this model does NOT separate" in r.format()
+    assert 'this model does NOT separate the senses of "bank" here' in r.verdict
+    assert r.verdict.startswith("(judged on sentence 1 and the --same sentences against the other sentences)")
+    assert "this model does NOT separate" in " ".join(r.format().split())  # wrapped at 100 columns
     # "bat": MiniLM's vectors do not separate the built-in senses pair by pair (the case)
     bat = explain_word(encoder, ["A bat flew out of the attic window", "He hit the ball hard with his bat"])
-    assert bat.separates is False and "does NOT separate" in bat.verdict
+    assert bat.separates is False and "does NOT separate" in bat.verdict and "nearest its own sense" in bat.verdict
+    assert all(h.kind == "context" and h.share > 0.3 for h in bat.heads)  # a head is what most of its weight goes to
     # no senses known: no verdict, and how to get one
     pitch = explain_word(encoder, ["The pitch was wet after the rain", "She sang at a high pitch"])
     assert pitch.separates is None and pitch.verdict.startswith("none:") and "--same" in pitch.verdict
@@ -80,7 +84,7 @@ def test_cli_prints_report_and_writes_viewer(encoder, tmp_path, capsys):
     assert main(["word-sense", RIVER, MONEY, "--html", str(out), "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert 'Word "bank"' in text and "cos(1,2)" in text and "reads as the 'river' sense" in text
-    assert "Verdict: this model separates" in text and "Layer by layer" in text
+    assert "Verdict: (judged on attend's example sentences" in " ".join(text.split()) and "Layer by layer" in text
     assert text.count("layer ") >= 3
     page = out.read_text(encoding="utf-8")
     start = page.index('id="attend-data">') + len('id="attend-data">')

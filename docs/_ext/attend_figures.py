@@ -44,6 +44,18 @@ def generate(app) -> None:
         f.write(digest)
 
 
+LANGUAGES = {"en": "en", "id": "id", "pl": "pl", "zh": "zh-Hans", "es": "es"}
+
+
+def page_language(app, pagename, templatename, context, doctree) -> None:
+    """Each language's pages say their language (``<html lang=...>``), so browsers pick the right
+    fonts (Chinese glyphs in particular); Sphinx's own labels stay in English."""
+    first = pagename.split("/", 1)[0]
+    if first in LANGUAGES:
+        context["language"] = LANGUAGES[first]
+
+
 def setup(app):
     app.connect("builder-inited", generate)
+    app.connect("html-page-context", page_language)
     return {"version": "1", "parallel_read_safe": True}

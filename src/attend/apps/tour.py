@@ -110,7 +110,7 @@ def run(out: TextIO, *, seed: int = 0, lang: str = "en") -> None:
     with torch.no_grad():
         _, w_heads = mha(x.unsqueeze(0), need_weights=True, average_weights=False)  # (1, 2, L, S)
     _table(out, t["section4"],
-           [(t["row_head"].format(head=h), w_heads[0, h, WORDS.index('ate')].tolist()) for h in range(2)], WORDS)
+           [(t["row_head"].format(head=h + 1), w_heads[0, h, WORDS.index('ate')].tolist()) for h in range(2)], WORDS)
 
     _check_backends(out, seed, t)
     out.write("\n" + t["guide"].format(lang=lang) + "\n")

@@ -24,6 +24,7 @@ no verdict, and the report says how to get one.
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Optional, Sequence
@@ -126,11 +127,12 @@ class WordSenseReport:
             lines.append(f"Same sense ({self.source}):   " +
                          "   ".join(f"{label} {cos:.3f}" for label, cos in self.same_sense))
             if self.different:
-                lines.append(f"Different senses:   {min(self.different):.3f} to {max(self.different):.3f}")
+                lines.append(f"Different senses ({'the examples' if self.closest else 'sentence 1 against the others'}):"
+                             f"   {min(self.different):.3f} to {max(self.different):.3f}")
             for i, c in enumerate(self.closest):
                 if c is not None:
                     lines.append(f"  sentence {i + 1} reads as the {c[0]!r} sense: cos {c[1]:.3f} (other: {c[2]:.3f})")
-        lines.append("Verdict: " + self.verdict)
+        lines += textwrap.wrap("Verdict: " + self.verdict, width=100, subsequent_indent="  ")
         if self.layers:
             judged = self.layers[0].within is not None
             lines.append("Layer by layer (layer 0 = the word embeddings, before any attention):")
@@ -148,8 +150,8 @@ class WordSenseReport:
             for h in self.heads:
                 score = f"separation {h.separation:+.3f}   " if ranked else ""
                 kind = f"{h.share:.2f} on context words"
-                to = "   ".join(f"{i + 1}: {tok} {w:.2f}" for i, (tok, w) in enumerate(h.targets))
-                lines.append(f"  layer {h.layer + 1} head {h.head + 1:<3} {score}{kind}   looks at {to}")
+                to = "; ".join(f"sentence {i + 1} \u2192 {tok} {w:.2f}" for i, (tok, w) in enumerate(h.targets))
+                lines.append(f"  layer {h.layer + 1} head {h.head + 1:<3} {score}{kind}   looks at: {to}")
         if self.flagged:
             lines.append("Also high, but looking mostly at the word's neighbours or at special tokens and punctuation "
                          "(they pass on position or the sentence as a whole, not one word's meaning):")
@@ -245,11 +247,12 @@ def _kind(traces: Sequence[Trace], layer: int, head: int) -> tuple[str, float, l
         k = int(row.argmax())
         targets.append((t.tokens[k], float(row[k])) if row[k] >= 0 else ("-", 0.0))
     positional, special = positional / len(traces), special / len(traces)
-    if positional >= 0.5:
+    context = max(0.0, 1.0 - positional - special)
+    if positional >= max(special, context):  # a head is what most of its weight goes to
         return "positional", positional, targets
-    if special >= 0.5:
+    if special >= context:
         return "special", special, targets
-    return "context", 1.0 - positional - special, targets
+    return "context", context, targets
 
 
 def analyse(traces: Sequence[Trace], within, across, *, given: int, top: int = 5):
@@ -354,10 +357,26 @@ def explain_word(encoder, sentences: Sequence[str], *, word: Optional[str] = Non
         vecs = [t.states[-1] for t in traces]
         w, a = _cosines(vecs, within), _cosines(vecs, across)
         report.different = a
-        report.separates, report.verdict = _verdict(word, report.layers, w, a)
-        senses = {c[0] for c in report.closest if c is not None}
-        if n > 1 and len(senses) == 1:
-            report.verdict += f" All {n} sentences given read as the {senses.pop()!r} sense."
+        report.separates, text = _verdict(word, report.layers, w, a)
+        basis = ("judged on attend's example sentences, two per sense" if report.closest else
+                 "judged on sentence 1 and the --same sentences against the other sentences")
+        report.verdict = f"({basis}) {text}"
+        senses = [c[0] for c in report.closest]
+        if n > 1 and len(set(senses)) == 1:
+            report.verdict += f" All {n} sentences given read as the {senses[0]!r} sense."
+        elif n == 2 and senses:
+            c = float(sim[0, 1])
+            where = (f"as close as the examples' same-sense pairs (from {min(w):.3f}): here the model does not tell "
+                     "your two apart" if c >= min(w) else
+                     f"between the examples' different-sense pairs (up to {max(a):.3f}) and same-sense pairs (from "
+                     f"{min(w):.3f})" if c > max(a) else
+                     f"as far apart as the examples' different-sense pairs (up to {max(a):.3f}): the model tells your "
+                     "two apart")
+            report.verdict += (f" Your two sentences read as different senses ({senses[0]!r}, {senses[1]!r}); "
+                               f"their cosine, {c:.3f}, is {where}.")
+        if report.closest and not report.separates:
+            report.verdict += (" (A sentence can still be nearest its own sense's examples on average: separating "
+                               "means every same-sense pair is closer than every different-sense pair.)")
     else:
         report.verdict = (f'none: attend has no example sentences for "{word}"; give one or more --same sentences '
                           f"(same= in Python) that use it as sentence 1 does, and the other sentences are taken as "

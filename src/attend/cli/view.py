@@ -87,6 +87,11 @@ def _view(args) -> int:
         except ImportError as e:
             raise UsageError(str(e)) from None
         view = AttentionView.from_encoder(SentenceEncoder.from_pretrained(folder), args.texts, max_tokens=args.max_tokens,
-                                          title=f"Attention of {os.path.basename(os.path.normpath(folder))}")
+                                          title=f"Attention of {_model_name(folder, args.model)}")
     print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
     return 0
+
+
+def _model_name(folder: str, given) -> str:
+    """What the page's title calls the model: the folder's name, or the packaged MiniLM's."""
+    return os.path.basename(os.path.normpath(folder)) if given else "all-MiniLM-L6-v2"

@@ -67,10 +67,15 @@ def _word_sense(args) -> int:
     if args.html:
         from ..viz import AttentionView
 
-        title = f"Attention of {os.path.basename(os.path.normpath(folder))}"
+        title = f"Attention of {_model_name(folder, args.model)}"
         if report is not None:  # the encoder already ran on these texts: draw what it returned
             view = AttentionView(report.tokens, report.attentions, labels=args.texts, title=title)
         else:
             view = AttentionView.from_encoder(encoder, args.texts, title=title)
         print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
     return 0
+
+
+def _model_name(folder: str, given) -> str:
+    """What the page's title calls the model: the folder's name, or the packaged MiniLM's."""
+    return os.path.basename(os.path.normpath(folder)) if given else "all-MiniLM-L6-v2"

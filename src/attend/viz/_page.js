@@ -220,7 +220,7 @@
     g.fillStyle = "#222"; g.font = "12px sans-serif";
     g.textAlign = "center"; g.textBaseline = "bottom";
     g.fillText("keys (attended to) \u2192", G.left + G.w / 2, 14);
-    g.save(); g.translate(12, G.top + G.h / 2); g.rotate(-Math.PI / 2); g.fillText("queries (attending) \u2192", 0, 0); g.restore();
+    g.save(); g.translate(12, G.top + G.h / 2); g.rotate(-Math.PI / 2); g.fillText("\u2190 queries (attending)", 0, 0); g.restore();
     g.font = Math.min(12, G.cell) + "px sans-serif"; g.textBaseline = "middle";
     if (G.labels) {
       for (let i = 0; i < G.nr; i++) {
@@ -286,7 +286,12 @@
       for (let h = 0; h < sec.heads; h++) grid.appendChild(cell("layer " + (l + 1) + ", head " + (h + 1), l, h, "layer:" + l));
       for (let h = sec.heads; h < sec.aggregates.length; h++) grid.appendChild(document.createElement("span"));
     }
-    if (sec.aggregates.length) {
+    if (sec.aggregates.length) {  // a row naming the aggregations, then their thumbnails
+      grid.appendChild(document.createElement("span"));
+      for (let h = 0; h < Math.max(sec.heads, sec.aggregates.length); h++) {
+        const s = document.createElement("span"); s.className = "axis";
+        s.textContent = h < sec.aggregates.length ? sec.aggregates[h].name : ""; grid.appendChild(s);
+      }
       const s = document.createElement("span"); s.className = "axis"; s.textContent = "all layers"; grid.appendChild(s);
       sec.aggregates.forEach((a, k) => { const c = cell(a.title, -1, 0, "agg:" + a.name); c.dataset.agg = a.name; grid.appendChild(c); void k; });
     }
@@ -307,7 +312,10 @@
     $("window-box").hidden = !(state.view === "head" && n > 2 * WINDOW);
     $("window").max = String(Math.max(0, n - WINDOW));
     $("window").value = String(state.window);
-    $("canvas2").hidden = !(state.compare && state.view !== "model");
+    $("panel2").hidden = !(state.compare && state.view !== "model");
+    $("caption1").hidden = $("caption2").hidden = !state.compare;
+    $("caption1").textContent = texts[state.text].label;
+    $("caption2").textContent = texts[state.text2].label;
     const draw = state.view === "head" ? drawHead : drawHeat;
     if (state.view === "model") drawModel();
     else {
@@ -373,11 +381,12 @@
   $("text2").addEventListener("change", (e) => { state.text2 = Number(e.target.value); state.hover = null; info(); render(); });
   $("compare").addEventListener("change", (e) => { state.compare = e.target.checked; state.zoom = null; buildControls(); render(); });
   $("section").addEventListener("change", (e) => { state.section = Number(e.target.value); state.zoom = null; state.hover = null; buildControls(); render(); });
-  $("layer").addEventListener("change", (e) => { state.sel = e.target.value; render(); });
+  const HINT = data.note || "Hover a token to see what it attends to; click heads to select them.";
+  $("layer").addEventListener("change", (e) => { state.sel = e.target.value; setStatus(HINT); render(); });
   $("window").addEventListener("input", (e) => { state.window = Number(e.target.value) || 0; render(); });
   $("zoomout").addEventListener("click", () => { state.zoom = null; render(); });
   for (const b of document.querySelectorAll("button.tab")) {
-    b.addEventListener("click", () => { state.view = b.dataset.view; state.hover = null; state.zoom = null; render(); });
+    b.addEventListener("click", () => { state.view = b.dataset.view; state.hover = null; state.zoom = null; setStatus(HINT); render(); });
   }
   for (const [id, which] of [["canvas", "text"], ["canvas2", "text2"]]) {
     const c = $(id);
@@ -393,6 +402,6 @@
 
   buildControls();
   render();
-  setStatus(data.note || "Hover a token to see what it attends to; click heads to select them.");
+  setStatus(HINT);
   window.attendView = { state: state, render: render, exportPNG: exportPNG, buildControls: buildControls };
 })();

@@ -11,7 +11,9 @@ points at a mixture. These functions combine the weights of all heads and layers
   (``0.5 A + 0.5 I``, rows renormalised), multiplied through the layers. Row *i* of the
   result estimates how much output *i* draws from input token *j*; each row sums to 1;
 - :func:`flow` (the same paper): the layers as a graph whose edge capacities are those
-  weights; the value of the maximum flow from input *j* to output *i*. It costs one
+  weights; the value of the maximum flow from input *j* to output *i*, each output's row
+  divided by its sum so that it reads like attention (as the authors' published code does;
+  ``normalize=False`` for the raw flow values). It costs one
   max-flow per pair of tokens (networkx, which PyTorch already installs), so it is limited
   to short texts (``max_tokens``, default 20: about 5 s for 6 layers on one CPU core).
 
@@ -99,11 +101,12 @@ def rollout(attentions: Attentions, *, residual: bool = True, per_layer: bool = 
     return torch.stack(out) if per_layer else out[-1]
 
 
-def flow(attentions: Attentions, *, residual: bool = True, max_tokens: int = 20) -> Tensor:
+def flow(attentions: Attentions, *, residual: bool = True, normalize: bool = True, max_tokens: int = 20) -> Tensor:
     """Attention flow: (n, n), entry (i, j) the maximum flow from input token j to output
     position i through the layers, edge capacities the head-averaged weights (with the
-    residual identity, as in :func:`rollout`). Refused above ``max_tokens`` tokens: it runs
-    n² max-flow problems on a graph of L·n² edges."""
+    residual identity, as in :func:`rollout`); with ``normalize`` (default) each row is
+    divided by its sum, so rows sum to 1. Refused above ``max_tokens`` tokens: it runs n²
+    max-flow problems on a graph of L·n² edges."""
     import networkx as nx
 
     att = _layers(attentions)
@@ -127,6 +130,8 @@ def flow(attentions: Attentions, *, residual: bool = True, max_tokens: int = 20)
         for j in range(n):
             if (0, j) in g and (L, i) in g:
                 out[i, j] = nx.maximum_flow_value(g, (0, j), (L, i))
+    if normalize:
+        out = out / out.sum(-1, keepdim=True).clamp_min(1e-300)
     return out
 
 

@@ -56,6 +56,7 @@ main{padding:12px 16px}
   align-items:flex-start}
 #grid{display:grid;gap:4px;align-items:center;justify-content:start;align-content:start;overflow:auto;
   max-height:calc(100vh - 190px)}
+.caption{font-weight:600;padding:4px 6px;max-width:560px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 #info{margin-top:6px;font-size:12px;color:#555;max-width:1100px}
 #window{width:6em}
 #grid .axis{font-size:11px;color:#555;white-space:nowrap}
@@ -77,7 +78,9 @@ _BODY = """<header><h1 id="title"></h1><div class="controls">
 <button type="button" id="zoomout">Back to the whole map</button>
 <button type="button" id="export">Export PNG</button></div>
 <div id="heads"></div><div id="info"></div></header>
-<main><div id="stage"><canvas id="canvas"></canvas><canvas id="canvas2"></canvas></div><div id="grid" hidden></div></main>
+<main><div id="stage"><div class="panel"><div class="caption" id="caption1"></div><canvas id="canvas"></canvas></div>
+<div class="panel" id="panel2"><div class="caption" id="caption2"></div><canvas id="canvas2"></canvas></div></div>
+<div id="grid" hidden></div></main>
 <footer id="status"></footer>"""
 
 # No network at all; inline style and script only (the page carries everything it needs).
