@@ -149,6 +149,8 @@ def test_the_site_builds_with_every_page_and_figure(site):
     for lang in LANGS:
         for p in [DOCS / lang / "index.md", *EN]:
             assert (site / lang / (p.stem + ".html")).exists(), f"{lang}/{p.stem}.html"
+    for lang, code in (("zh", "zh-Hans"), ("pl", "pl"), ("en", "en")):  # browsers pick fonts by it
+        assert f'<html lang="{code}"' in (site / lang / "12-word-sense.html").read_text(encoding="utf-8")
     images = {p.name for p in (site / "_images").iterdir()}
     for p in EN:
         for f in figures(p.read_text(encoding="utf-8")):
