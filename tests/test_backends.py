@@ -116,20 +116,20 @@ def test_chunked_gives_freed_memory_back_when_the_process_grows(monkeypatch):
     """The measured break: chunked forward+backward at L = S = 16384 grew the process by 3.2 GB
     while under 100 MB was ever live (glibc keeps freed blocks; benchmarks/results). The guard
     trims when the process has grown past the call's allowance, and only then."""
-    from attend.backends import chunked
+    from attend.backends import _heap
 
-    if chunked._TRIM is None:
+    if _heap._TRIM is None:
         pytest.skip("no glibc malloc_trim on this platform")
     calls = []
-    monkeypatch.setattr(chunked, "_TRIM", lambda pad: calls.append(pad))
-    chunked._HeapGuard(1 << 40)()
+    monkeypatch.setattr(_heap, "_TRIM", lambda pad: calls.append(pad))
+    _heap.HeapGuard(1 << 40)()
     assert calls == []
-    chunked._HeapGuard(-1)()  # already past its allowance
+    _heap.HeapGuard(-1)()  # already past its allowance
     assert calls == [0]
     calls.clear()
-    monkeypatch.setattr(chunked, "_rss", lambda: 10 ** 12)  # a process far past any allowance
+    monkeypatch.setattr(_heap, "_rss", lambda: 10 ** 12)  # a process far past any allowance
     q, k, v = (torch.randn(1, 1, 40, 8, requires_grad=True) for _ in range(3))
-    monkeypatch.setattr(chunked._HeapGuard, "__init__", lambda self, allowance: setattr(self, "limit", 0))
+    monkeypatch.setattr(_heap.HeapGuard, "__init__", lambda self, allowance: setattr(self, "limit", 0))
     out = attend.attention(q, k, v, backend=attend.backends.Chunked(block_size=16, query_block_size=16))
     out.sum().backward()
     assert len(calls) >= 9  # every tile of both passes, forward and recomputed, checked the guard

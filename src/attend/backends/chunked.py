@@ -27,10 +27,7 @@ sees it in ``benchmarks/results/cpu-backends.md``).
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import sys
 from typing import Optional
 
 import torch
@@ -39,6 +36,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .. import _check
+from ._heap import HeapGuard as _HeapGuard
 from .base import AttentionCall, Backend, compute_dtype, safe_lse
 
 
@@ -192,42 +190,6 @@ class Chunked(Backend):
                     weights[:, :, i0:i1, spans[n][0]:spans[n][1]] = p
             outs.append(out)
         return torch.cat(outs, dim=2), weights  # (B, Hq, L, Ev)
-
-
-class _HeapGuard:
-    """Return memory the C allocator keeps after ``free`` to the system (glibc's
-    ``malloc_trim``) whenever the process's resident size has grown more than ``allowance``
-    bytes since the guard was made. Checking costs one read of ``/proc/self/statm``; where
-    that or ``malloc_trim`` does not exist (not Linux/glibc), it does nothing."""
-
-    def __init__(self, allowance: int):
-        self.limit = _rss() + allowance if _TRIM is not None and _rss() >= 0 else None
-
-    def __call__(self) -> None:
-        if self.limit is not None and _rss() > self.limit:
-            _TRIM(0)
-
-
-def _rss() -> int:
-    """Resident bytes of this process (-1 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return -1
-
-
-def _find_trim():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc; musl has no malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_TRIM = _find_trim()
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _combine_lse(lses: Tensor, sinks: Optional[Tensor] = None) -> Tensor:

@@ -40,6 +40,7 @@ from .. import _check
 from .._rules import Rule, and_terms
 from .._ruletree import is_own, rule_tensors
 from . import _programs as P
+from ._heap import tile_guard
 from ._programs import no_compiler as _no_compiler
 from ._relbias import diagonal_sums as _diagonal_sums, learned_table as _learned_table, table_tile as _table_tile
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
@@ -111,8 +112,7 @@ class Inductor(Backend):
 
     # ---- planning --------------------------------------------------------------------------
     def plan(self, call: AttentionCall) -> "_Plan":
-        """The call's plan, made once per call object (``auto``'s choice, ``explain`` and the run
-        ask for the same call's)."""
+        """The call's plan, made once per call object (auto, explain and the run ask for it)."""
         last = self._last
         if last is not None and last[0]() is call:
             return last[1]
@@ -255,9 +255,11 @@ class _Job:
         B, H, L = a.shape[:3]
         out = a.new_zeros(B, H, L, v.shape[-1])
         lse = a.new_full((B, H, L), -math.inf)
+        guard = tile_guard(self.plan.kind == "additive", out.nbytes)  # its tiles hold (rows, keys, hidden)
         for i0, i1, skip, chunks in self.plan.tiles:
             o = l = None
             for j0, j1 in chunks:
+                guard()
                 o2, l2 = fwd(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), self._keys(v, j0, j1), w,
                              *self._ctx(i0, i1, j0, j1))
                 o, l = (o2, l2) if o is None else P.merge(o, l, o2, l2)
@@ -304,6 +306,7 @@ class _Job:
         dw = torch.zeros_like(w) if w is not None else None
         dx = [None] * len(extras)
         self.varied = self.plan.back_varied
+        guard = tile_guard(self.plan.kind == "additive", da.nbytes + db.nbytes + dv.nbytes)
         for i0, i1, skip, chunks in self.plan.back_tiles:
             do = dout[:, :, i0:i1]
             dl = (do * out[:, :, i0:i1]).sum(-1)  # Δ = rowsum(dO ∘ O)
@@ -313,6 +316,7 @@ class _Job:
                 do = do.clone()
                 do[:, :, :skip], dl[:, :, :skip] = 0, 0
             for j0, j1 in chunks:
+                guard()
                 with torch.enable_grad():
                     leaves = [a[:, :, i0:i1].detach().requires_grad_(),
                               self._keys(b.detach(), j0, j1).requires_grad_(),
