@@ -293,9 +293,12 @@ def maxdiff(a, b):
 # ----------------------------------------------------------------------------------------------
 # the memory section: one forward+backward in a fresh subprocess
 
-def _live_bytes(spec):
+def _live_bytes(spec, variant=None):
     n = spec["B"] * spec["H"] * spec["L"] * spec["E"] * 4
-    return 7 * n  # q, k, v, out, dq, dk, dv
+    live = 7 * n  # q, k, v, out, dq, dk, dv
+    if variant == "additive":  # W_q q and W_k k, saved for the backward, and their gradients
+        live += 4 * spec["B"] * spec["H"] * spec["L"] * HIDDEN * 4
+    return live
 
 
 def _memory_child(spec):
@@ -451,8 +454,8 @@ def main() -> None:
 
     def run_memory():
         B, H, L, E = 1, 1, mem_L, 64
-        live = _live_bytes({"B": B, "H": H, "L": L, "E": E}) / 2**20
         for vname in variants:
+            live = _live_bytes({"B": B, "H": H, "L": L, "E": E}, vname) / 2**20
             var = Variant(vname, B, H, 256, E)
             q, k, v = _inputs(1, H, 256, E, False)
             ex = attend.explain(q, k, v, **var.kw)
@@ -786,7 +789,8 @@ def memory_intro(L):
             "(one-time set-up is not the call's memory), then the high-water mark is reset to the current RSS "
             "(`/proc/self/clear_refs`; `ru_maxrss` cannot be reset, so its delta would hide a call whose peak is "
             "below the set-up's) and one forward+backward runs. peak MiB = VmHWM - VmRSS before the call. "
-            "live MiB = q, k, v, out, dq, dk, dv (7 × L·E·4 bytes). ratio = (inputs + peak) / live: the process's "
+            "live MiB = q, k, v, out, dq, dk, dv (7 × L·E·4 bytes; for additive also W_q q and W_k k, which its "
+            "backward needs, and their gradients: 4 × L·64·4 bytes more). ratio = (inputs + peak) / live: the process's "
             "peak over the tensors a forward+backward must hold (≤ 2× is the issue's goal). eager is skipped "
             "(dense (L, S) scores); Flex is forward-only; naive only for plain (the same dense path for all).",
             "",
