@@ -1,6 +1,8 @@
 """Every backend x score function x dtype against the float64 reference (the tolerance rule)."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -127,9 +129,16 @@ def test_chunked_gives_freed_memory_back_when_the_process_grows(monkeypatch):
     _heap.HeapGuard(-1)()  # already past its allowance
     assert calls == [0]
     calls.clear()
-    monkeypatch.setattr(_heap, "_rss", lambda: 10 ** 12)  # a process far past any allowance
+    monkeypatch.setattr(_heap, "_rss", lambda: 10 ** 12)  # trimming gave nothing back: the memory is in use,
+    guard = _heap.HeapGuard(1 << 20)
+    guard.limit = 0
+    guard(), guard()  # so the guard trims once, then allows the same growth again from there
+    assert calls == [0] and guard.limit == 10 ** 12 + (1 << 20)
+    calls.clear()
+    ticks = itertools.count(10 ** 12, 10 ** 9)  # a process far past any allowance, and still growing
+    monkeypatch.setattr(_heap, "_rss", lambda: next(ticks))
     q, k, v = (torch.randn(1, 1, 40, 8, requires_grad=True) for _ in range(3))
-    monkeypatch.setattr(_heap.HeapGuard, "__init__", lambda self, allowance: setattr(self, "limit", 0))
+    monkeypatch.setattr(_heap.HeapGuard, "__init__", lambda self, allowance: self.__dict__.update(limit=0, allowance=0))
     out = attend.attention(q, k, v, backend=attend.backends.Chunked(block_size=16, query_block_size=16))
     out.sum().backward()
     assert len(calls) >= 9  # every tile of both passes, forward and recomputed, checked the guard

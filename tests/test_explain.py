@@ -164,3 +164,13 @@ def test_positional_and_special_heads_are_flagged():
         layers, heads, flagged = analyse(t + t, [(0, 2), (1, 3)], [(0, 1), (2, 3), (0, 3), (1, 2)], given=2)
         assert heads == [] and {h.kind for h in flagged} == {kind}
         assert flagged[0].share > 0.8
+
+
+def test_same_sentences_with_one_text_give_no_verdict_and_a_string_is_refused(encoder):
+    from attend.apps.wordsense import explain_word
+
+    r = explain_word(encoder, [RIVER], word="bank", same=["The river bank was muddy after the rain"])
+    assert r.separates is None and r.verdict.startswith("none: the --same sentences give same-sense pairs")
+    assert r.same_sense and r.same_sense[0][0] == "1 vs --same 1"
+    with pytest.raises(TypeError, match="same: expected a list of sentences"):
+        explain_word(encoder, [RIVER, MONEY], same="The river bank was muddy")

@@ -5,6 +5,7 @@ merges and the overlapping last tile, exact zeros, NaN, weights, and what ``auto
 cache makes reruns fast), so the cases here are few and each covers several features."""
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -121,8 +122,9 @@ def test_additive_tiles_give_freed_memory_back_and_other_kinds_never_look(monkey
 
     calls = []
     monkeypatch.setattr(_heap, "_TRIM", lambda pad: calls.append(pad))
-    monkeypatch.setattr(_heap, "_rss", lambda: 10 ** 12)  # a process far past any allowance
-    monkeypatch.setattr(_heap.HeapGuard, "__init__", lambda self, allowance: setattr(self, "limit", 0))
+    ticks = itertools.count(10 ** 12, 10 ** 9)  # a process far past any allowance, and still growing
+    monkeypatch.setattr(_heap, "_rss", lambda: next(ticks))
+    monkeypatch.setattr(_heap.HeapGuard, "__init__", lambda self, allowance: self.__dict__.update(limit=0, allowance=0))
     q, k, v = inputs(1, 2, 2, 21, 19, E, E, torch.float64, grad=True)
     out = attend.attention(q, k, v, score=attend.scores.Additive(E, E, 6).double(), backend=SMALL)
     out.sum().backward()

@@ -237,3 +237,46 @@ def test_browser_runs_no_hostile_token_in_sections_labels_or_side_by_side(browse
     assert page.evaluate("document.getElementById('text').options[0].textContent") == "<img src=y onerror=alert(4)>"
     assert events == []
     page.close()
+
+
+def test_review_cases_cross_attention_is_never_self_attention_and_bad_layers_are_named():
+    t = ["a", "b", "c"]
+    sec = _doc(seq2seq_page([t], [t], cross=[_weights(1, 1, 3)]))["texts"][0]["sections"][0]
+    assert [a["name"] for a in sec["aggregates"]] == ["mean", "max"]  # same tokens, still cross-attention
+    near = _weights(1, 1, 3)
+    near[0, 0, 0, 0] += 5e-4  # within the viewer's rounding slack: flow is still computed
+    assert "flow" in [a["name"] for a in _doc(attention_page([t], [near]))["texts"][0]["sections"][0]["aggregates"]]
+    with pytest.raises(ValueError, match=r"attentions\[0\]: layer 0 has 0 heads"):
+        attention_page([t], [[torch.zeros(0, 3, 3)]])
+    page = attention_page([["\ud800x", "b"]], [_weights(1, 1, 2)])
+    assert page.encode("utf-8")  # a lone surrogate in a token does not stop the page from being saved
+
+
+def test_browser_side_by_side_with_a_long_and_a_short_text(browser, tmp_path):
+    n = 700
+    view = AttentionView([["x", "y", "z"], [f"w{i}" for i in range(n)]], [_weights(1, 1, 3), _weights(1, 1, n, seed=2)],
+                         aggregates="auto")
+    page, events, _ = _open(browser, tmp_path, view)
+    page.click("button.tab[data-view='heat']")
+    page.check("#compare")
+    page.select_option("#text2", "1")
+    box = page.locator("#canvas2").bounding_box()
+    page.mouse.click(box["x"] + 60 + 320, box["y"] + 40 + 320)  # zoom the long text only
+    assert page.evaluate("attendView.state.zoom.text") == 1
+    page.hover("#canvas", position={"x": 130 + 24 + 5, "y": 120 + 24 + 5})  # the short text is not zoomed
+    assert page.text_content("#status").startswith("y \u2192 y: ")
+    page.select_option("#layer", "agg:flow")  # the short text has flow, the long one does not
+    page.hover("#canvas2", position={"x": 150, "y": 20})
+    page.click("button.tab[data-view='head']")
+    page.hover("#canvas2", position={"x": 100, "y": 20})
+    assert events == []
+    page.close()
+    cross = AttentionView.seq2seq([[f"s{i}" for i in range(1000)]], [[f"t{i}" for i in range(10)]],
+                                  cross=[_weights(1, 1, 10, 1000)], aggregates=())
+    page, events, _ = _open(browser, tmp_path, cross, "cross.html")
+    page.fill("#window", "500")
+    page.dispatch_event("#window", "input")
+    page.hover("#canvas", position={"x": 120, "y": 5 + 3 * 18 + 9})  # target t3: the rows stay in view
+    assert page.text_content("#status").startswith("t3 attends to")
+    assert events == []
+    page.close()

@@ -94,12 +94,15 @@ def hf_seq2seq_view(model, tokenizer, sources: Sequence[str], *, targets: Option
     if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         raise TypeError(f"model: expected a Hugging Face encoder-decoder model, got {type(model).__name__}")
     model.eval()
-    src_toks, tgt_toks, enc_att, dec_att, cross = [], [], [], [], []
+    start_id = model.config.decoder_start_token_id
+    if targets is not None and start_id is None:
+        raise ValueError("model.config.decoder_start_token_id is not set: the decoder's first input is unknown")
+    src_toks, tgt_toks, enc_att, dec_att, cross, inputs = [], [], [], [], [], []
     for k, text in enumerate(sources):
         enc = tokenizer(text, return_tensors="pt")
         if targets is not None:
             labels = tokenizer(text_target=targets[k], return_tensors="pt").input_ids
-            start = torch.full((1, 1), model.config.decoder_start_token_id, dtype=torch.long)
+            start = torch.full((1, 1), start_id, dtype=torch.long)
             dec_in = torch.cat([start, labels[:, :-1]], dim=1)
             shown = labels[0]
         else:
@@ -110,6 +113,7 @@ def hf_seq2seq_view(model, tokenizer, sources: Sequence[str], *, targets: Option
         if not res.cross_attentions or res.cross_attentions[0] is None:
             raise ValueError("the model returned no attention weights: load it with attn_implementation='eager' "
                              "(or 'attend')")
+        inputs.append(tokenizer.convert_ids_to_tokens(dec_in[0].tolist()))  # what the decoder read
         src_toks.append(tokenizer.convert_ids_to_tokens(enc.input_ids[0].tolist()))
         tgt_toks.append(tokenizer.convert_ids_to_tokens(shown.tolist()))
         enc_att.append([a[0] for a in res.encoder_attentions])
@@ -117,7 +121,4 @@ def hf_seq2seq_view(model, tokenizer, sources: Sequence[str], *, targets: Option
         cross.append([a[0] for a in res.cross_attentions])
     view = AttentionView.seq2seq(src_toks, tgt_toks, cross=cross, encoder=enc_att, labels=sources,
                                  title=title or f"Attention of {type(model).__name__}", max_tokens=max_tokens)
-    inputs = [tokenizer.convert_ids_to_tokens(ids) for ids in
-              ([model.config.decoder_start_token_id, *t[:-1]] for t in
-               (tokenizer.convert_tokens_to_ids(x) for x in tgt_toks))]
     return _merge(view, AttentionView(inputs, dec_att, labels=sources, max_tokens=max_tokens))

@@ -321,6 +321,8 @@ def explain_word(encoder, sentences: Sequence[str], *, word: Optional[str] = Non
     vectors in different senses, layer by layer, and which heads make the difference."""
     if isinstance(sentences, str) or not sentences:
         raise ValueError("sentences: give one or more sentences")
+    if same is not None and (isinstance(same, str) or not all(isinstance(x, str) for x in same)):
+        raise TypeError("same: expected a list of sentences (not one string)")
     word = (word or shared_word(sentences)).lower()
     n = len(sentences)
     traces = [_trace(encoder, t, word, f"sentence {i + 1}") for i, t in enumerate(sentences)]
@@ -352,6 +354,8 @@ def explain_word(encoder, sentences: Sequence[str], *, word: Optional[str] = Non
         for v in vecs[:n]:
             scored = sorted(((float(F.cosine_similarity(v, c, dim=-1)), s) for s, c in centres.items()), reverse=True)
             report.closest.append((scored[0][1], scored[0][0], scored[1][0]))
+    if within and not across:  # same-sense pairs only: nothing of another sense to compare them with
+        within = []
     report.layers, report.heads, report.flagged = analyse(traces, within, across, given=n, top=top)
     if within:
         vecs = [t.states[-1] for t in traces]
@@ -377,6 +381,9 @@ def explain_word(encoder, sentences: Sequence[str], *, word: Optional[str] = Non
         if report.closest and not report.separates:
             report.verdict += (" (A sentence can still be nearest its own sense's examples on average: separating "
                                "means every same-sense pair is closer than every different-sense pair.)")
+    elif same:
+        report.verdict = ("none: the --same sentences give same-sense pairs, but no sentence of another sense was "
+                          "given to compare them with (give one more TEXT using the word differently).")
     else:
         report.verdict = (f'none: attend has no example sentences for "{word}"; give one or more --same sentences '
                           f"(same= in Python) that use it as sentence 1 does, and the other sentences are taken as "

@@ -23,11 +23,15 @@ class HeapGuard:
     that or ``malloc_trim`` does not exist (not Linux/glibc), it does nothing."""
 
     def __init__(self, allowance: int):
+        self.allowance = allowance
         self.limit = _rss() + allowance if _TRIM is not None and _rss() >= 0 else None
 
     def __call__(self) -> None:
         if self.limit is not None and _rss() > self.limit:
             _TRIM(0)
+            after = _rss()  # what trimming could not give back is in use (a compile, say): do not trim
+            if after > self.limit:  # at every tile for it; allow the same growth again from here
+                self.limit = after + self.allowance
 
 
 def _rss() -> int:

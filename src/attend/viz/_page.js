@@ -139,38 +139,43 @@
 
   // -- head view: lines from each query token (left) to the key tokens (right) -------------
   const ROW = 18, LEFT = 170, RIGHT = 390, WIDTH = 560;
-  function headWindow(sec) {
-    const n = Math.max(sec.rows.length, sec.cols.length);
+  function span(n) {  // the window of one side: WINDOW tokens from state.window, kept inside the side
     if (n <= 2 * WINDOW) return [0, n];
     const start = Math.max(0, Math.min(state.window, n - WINDOW));
     return [start, start + WINDOW];
   }
+  function missing(c, t) {  // an aggregate another text has but this one does not
+    const g = sizeCanvas(c, WIDTH, 40);
+    g.fillStyle = "#fff"; g.fillRect(0, 0, WIDTH, 40); g.fillStyle = "#555"; g.font = "13px sans-serif";
+    g.fillText("not computed for this text (see the note above)", 10, 24);
+  }
   function drawHead(c, t) {
-    const sec = section(t), [a, b] = headWindow(sec), nr = sec.rows.length, nc = sec.cols.length;
-    const rows = Math.max(Math.min(b, nr) - a, Math.min(b, nc) - a, 1);
+    const sec = section(t), nr = sec.rows.length, nc = sec.cols.length, [a, b] = span(nr), [ca, cb] = span(nc);
+    if (!mapOf(sec, heads()[0])) return missing(c, t);
+    const rows = Math.max(b - a, cb - ca, 1);
     const g = sizeCanvas(c, WIDTH, rows * ROW + 10);
     g.fillStyle = "#fff"; g.fillRect(0, 0, WIDTH, rows * ROW + 10);
     g.font = "13px sans-serif"; g.textBaseline = "middle";
-    const y = (i) => 5 + (i - a) * ROW + ROW / 2;
+    const y = (i) => 5 + (i - a) * ROW + ROW / 2, yc = (j) => 5 + (j - ca) * ROW + ROW / 2;
     for (const h of heads()) {
       const m = mapOf(sec, h);
       g.strokeStyle = isAgg() ? "#333" : COLORS[h % COLORS.length];
-      for (let i = a; i < Math.min(b, nr); i++) {
+      for (let i = a; i < b; i++) {
         if (state.hover !== null && state.hover !== i) continue;
         for (const [v, j] of rowTop(sec, m, i, m.full ? nc : m.k)) {
-          if (!(v > 0.01) || j < a || j >= b) continue;
+          if (!(v > 0.01) || j < ca || j >= cb) continue;  // (keys outside the window: the status names them)
           g.globalAlpha = Math.min(1, v * (state.hover === null ? 0.8 : 1.0));
           g.lineWidth = state.hover === null ? 1.5 : 2.5;
-          g.beginPath(); g.moveTo(LEFT + 6, y(i)); g.lineTo(RIGHT - 6, y(j)); g.stroke();
+          g.beginPath(); g.moveTo(LEFT + 6, y(i)); g.lineTo(RIGHT - 6, yc(j)); g.stroke();
         }
       }
     }
     g.globalAlpha = 1;
-    for (let i = a; i < Math.min(b, nr); i++) {
+    for (let i = a; i < b; i++) {
       g.fillStyle = state.hover === i ? "#c00" : "#222"; g.textAlign = "right"; g.fillText(short(sec.rows[i]), LEFT, y(i));
     }
     g.fillStyle = "#222"; g.textAlign = "left";
-    for (let j = a; j < Math.min(b, nc); j++) g.fillText(short(sec.cols[j]), RIGHT, y(j));
+    for (let j = ca; j < cb; j++) g.fillText(short(sec.cols[j]), RIGHT, yc(j));
   }
 
   // -- heat map: queries (rows) x keys (columns), a colour scale, zoom -------------------
@@ -197,20 +202,22 @@
     off.getContext("2d").putImageData(img, 0, 0);
     return off;
   }
-  function heatGeometry(sec) {
-    const z = state.zoom, nr = z ? z.nr : sec.rows.length, nc = z ? z.nc : sec.cols.length;
+  function zoomOf(t) { return state.zoom && texts[state.zoom.text] === t ? state.zoom : null; }
+  function heatGeometry(sec, t) {
+    const z = zoomOf(t), nr = z ? z.nr : sec.rows.length, nc = z ? z.nc : sec.cols.length;
     const cell = Math.min(24, HEAT / Math.max(nr, nc)), labels = cell >= 8;
     const left = labels ? 130 : 60, top = labels ? 120 : 40;
     return { nr: nr, nc: nc, cell: cell, labels: labels, left: left, top: top, w: cell * nc, h: cell * nr,
              r0: z ? z.r0 : 0, c0: z ? z.c0 : 0 };
   }
   function drawHeat(c, t) {
-    const sec = section(t), m = mapOf(sec, state.focus), G = heatGeometry(sec);
+    const sec = section(t), m = mapOf(sec, state.focus), G = heatGeometry(sec, t);
+    if (!m) return missing(c, t);
     const width = G.left + G.w + 90, height = G.top + G.h + 30;
     const g = sizeCanvas(c, width, height);
     g.fillStyle = "#fff"; g.fillRect(0, 0, width, height);
     g.imageSmoothingEnabled = false;
-    const img = state.zoom ? zoomImage(sec, m, state.zoom) : matrixImage(sec, m, "all");
+    const img = zoomOf(t) ? zoomImage(sec, m, zoomOf(t)) : matrixImage(sec, m, "all");
     g.drawImage(img, G.left, G.top, G.w, G.h);
     g.strokeStyle = "#999"; g.lineWidth = 1; g.strokeRect(G.left - 0.5, G.top - 0.5, G.w + 1, G.h + 1);
     if (state.hover !== null && state.hover >= G.r0 && state.hover < G.r0 + G.nr) {
@@ -253,7 +260,7 @@
     g.fillStyle = "#222"; g.fillText("NaN", sx + 18, G.top + sh + 13);
   }
   function heatCell(c, t, ev) {  // [row, column] under the mouse, or null
-    const sec = section(t), G = heatGeometry(sec), r = c.getBoundingClientRect();
+    const sec = section(t), G = heatGeometry(sec, t), r = c.getBoundingClientRect();
     const i = Math.floor((ev.clientY - r.top - G.top) / G.cell), j = Math.floor((ev.clientX - r.left - G.left) / G.cell);
     if (i < 0 || i >= G.nr) return null;
     return [G.r0 + i, j >= 0 && j < G.nc ? G.c0 + j : null];
@@ -326,6 +333,7 @@
   }
 
   function describe(t, i, j) {
+    if (!mapOf(section(t), heads()[0])) return;
     const sec = section(t), hs = heads(), where = isAgg() ? sec.aggregates.find((a) => "agg:" + a.name === state.sel).title
       : "layer " + (Number(state.sel.slice(6)) + 1) + ", head" + (hs.length > 1 ? "s " : " ") + hs.map((h) => h + 1).join(" ");
     const m = mapOf(sec, state.view === "heat" ? state.focus : hs[0]);
@@ -341,9 +349,9 @@
   function hover(c, t, ev) {
     let i = null, j = null;
     if (state.view === "head") {
-      const sec = section(t), [a, b] = headWindow(sec), r = c.getBoundingClientRect();
+      const sec = section(t), [a, b] = span(sec.rows.length), r = c.getBoundingClientRect();
       const k = a + Math.floor((ev.clientY - r.top - 5) / ROW);
-      i = k >= a && k < Math.min(b, sec.rows.length) ? k : null;
+      i = k >= a && k < b ? k : null;
     } else {
       const cell = heatCell(c, t, ev);
       if (cell) [i, j] = cell;
@@ -352,12 +360,12 @@
     if (i !== null) describe(t, i, j);
   }
   function zoomAt(c, t, ev) {
-    if (state.view !== "heat" || state.zoom) return;
+    if (state.view !== "heat" || state.zoom || !mapOf(section(t), state.focus)) return;
     const sec = section(t), cell = heatCell(c, t, ev);
     if (!cell || Math.max(sec.rows.length, sec.cols.length) <= ZOOM) return;
     const nr = Math.min(ZOOM, sec.rows.length), nc = Math.min(ZOOM, sec.cols.length), j = cell[1] === null ? 0 : cell[1];
     state.zoom = { r0: Math.max(0, Math.min(cell[0] - nr / 2, sec.rows.length - nr)) | 0,
-                   c0: Math.max(0, Math.min(j - nc / 2, sec.cols.length - nc)) | 0, nr: nr, nc: nc };
+                   c0: Math.max(0, Math.min(j - nc / 2, sec.cols.length - nc)) | 0, nr: nr, nc: nc, text: texts.indexOf(t) };
     render();
   }
 

@@ -44,6 +44,8 @@ def check_layer(a, what: str, index: int, shape: Optional[tuple] = None) -> Tens
         raise ValueError(f"{what}: layer {index} has shape {tuple(a.shape)}; expected (heads, n, n) or "
                          "(1, heads, n, n)")
     t = (a.squeeze(0) if a.ndim == 4 else a).detach().to("cpu", torch.float32)
+    if t.shape[0] == 0:
+        raise ValueError(f"{what}: layer {index} has 0 heads (shape {tuple(a.shape)}); the viewer needs at least one")
     if shape is not None and tuple(t.shape) != shape:
         raise ValueError(f"{what}: layer {index} has shape {tuple(t.shape)}, but layer 0 has {shape} (heads, n, n); "
                          "every layer needs the same heads and tokens")

@@ -94,6 +94,7 @@ def _script() -> str:
 def _json_for_html(obj) -> str:
     """JSON that is inert inside a <script> element: no '<', '>', '&' or line separators."""
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate in a token becomes "?"
     for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(ch, esc)
     return text
@@ -161,9 +162,9 @@ def _aggregates_wanted(aggregates, square: bool, n: int) -> tuple[list[str], lis
 
 
 def _section(name: str, rows: list[str], cols: list[str], att, what: str, *, full_tokens: int, top_k: int,
-             aggregates) -> dict:
+             aggregates, square: bool = True) -> dict:
+    """One attention of one text (``square``: self-attention, rows and columns the same tokens)."""
     layers = _layers_of(att, what)
-    square = rows == cols
     store = "full" if max(len(rows), len(cols)) <= full_tokens else "summary"
     want, left = _aggregates_wanted(aggregates, square, len(rows))
     maps, kept, means = [], [], []
@@ -208,7 +209,8 @@ def _section(name: str, rows: list[str], cols: list[str], att, what: str, *, ful
         out["left_out"].append("aggregates: not computed, the weights contain NaN or infinity")
         want = []
     found = {"mean": lambda: acc_mean / len(layers), "max": lambda: acc_max, "rollout": lambda: roll,
-             "flow": lambda: aggregate.flow(torch.stack(means)[:, None], max_tokens=max(len(rows), FLOW_AUTO))}
+             "flow": lambda: aggregate.flow(torch.stack(means).clamp(0, 1)[:, None],  # (within the 1e-3 rounding)
+                                            max_tokens=max(len(rows), FLOW_AUTO))}
     for a in want:
         m = found[a]().to(torch.float32).clamp(0, 1)
         b64 = _store.full(m) if store == "full" else _store.summary(m, top_k)[0]
@@ -323,7 +325,7 @@ def seq2seq_page(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[st
             sections.append(_section("encoder self-attention", src, src, encoder[k], f"encoder[{k}]", **kw))
         if decoder is not None:
             sections.append(_section("decoder self-attention", tgt, tgt, decoder[k], f"decoder[{k}]", **kw))
-        sections.append(_section("cross-attention", tgt, src, cross[k], f"cross[{k}]", **kw))
+        sections.append(_section("cross-attention", tgt, src, cross[k], f"cross[{k}]", square=False, **kw))
         label = labels[k] if labels is not None else " ".join(src[:8]) + (" …" if len(src) > 8 else "")
         texts.append({"label": str(label), "sections": sections})
     return _page({"title": str(title), "note": note, "texts": texts})
@@ -364,11 +366,15 @@ class AttentionView:
         if not callable(getattr(encoder, "embed_tokens", None)):
             raise TypeError(f"encoder: expected a SentenceEncoder (attend.models.bert), got {type(encoder).__name__}")
         tokens, atts = [], []
+        labels = []
+        limit = getattr(encoder, "max_length", None)
         for text in texts:  # one at a time: no padding in the pictures
             batch, out = encoder.embed_tokens([text], need_weights=True)
             tokens.append(batch.tokens[0])
             atts.append([a[0] for a in out.attentions])
-        return cls(tokens, atts, labels=list(texts), title=title, max_tokens=max_tokens, aggregates=aggregates)
+            cut = limit is not None and len(batch.tokens[0]) >= limit
+            labels.append(text + (f" (its first {limit} tokens: the encoder's limit)" if cut else ""))
+        return cls(tokens, atts, labels=labels, title=title, max_tokens=max_tokens, aggregates=aggregates)
 
     def save(self, path: Union[str, os.PathLike], *, force: bool = False) -> str:
         if not isinstance(path, (str, os.PathLike)):
