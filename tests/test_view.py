@@ -135,6 +135,7 @@ def test_hf_encoder_decoder_shows_its_three_attentions(tiny_bart, tmp_path):
     doc = _doc(hf_seq2seq_view(model, tok, ["the black cat"], targets=["le chat noir"]).html)
     enc, dec, cross = doc["texts"][0]["sections"]
     assert enc["rows"] == ["the", "black", "cat"] and cross["rows"] == ["le", "chat", "noir"]
+    assert dec["rows"] == ["</s>", "le", "chat"]  # what the decoder read: its start token, then the target
     enc_ids = tok("the black cat", return_tensors="pt")
     dec_in = torch.tensor([[2, *tok.convert_tokens_to_ids(["le", "chat"])]])
     ref = model(**enc_ids, decoder_input_ids=dec_in, output_attentions=True)

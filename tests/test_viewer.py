@@ -223,6 +223,9 @@ def test_title_none_means_the_default_in_the_constructor_and_from_encoder():
     assert encoder.calls == calls  # refused before the encoder ran
     with pytest.raises(TypeError, match="encoder: expected a SentenceEncoder .*, got str"):
         AttentionView.from_encoder("enc", ["a"])
+    encoder.max_length = 3  # the encoder cut the text at its limit: the label says so
+    labels = [t["label"] for t in json.loads(_structure(AttentionView.from_encoder(encoder, ["a bank"]).html).data_json)["texts"]]
+    assert labels == ["a bank (its first 3 tokens: the encoder's limit)"]
 
 
 def test_save_names_the_path_given_and_writes_only_html(tmp_path):
