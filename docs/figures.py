@@ -17,14 +17,9 @@ import torch  # noqa: E402
 
 import attend  # noqa: E402
 
-WORDS = ["the", "black", "cat", "ate", "the", "mouse"]
-#              animal colour action function word
-X = torch.tensor([[0.0, 0.0, 0.0, 1.0],
-                  [0.1, 1.0, 0.0, 0.2],
-                  [1.0, 0.2, 0.3, 0.0],
-                  [0.6, 0.0, 1.0, 0.0],
-                  [0.0, 0.0, 0.0, 1.0],
-                  [0.9, 0.1, 0.1, 0.0]])
+from attend.apps.tour import FEATURES as _VECTORS, WORDS  # noqa: E402  (seed 002's sentence, hand-made vectors)
+
+X = torch.tensor([_VECTORS[w] for w in WORDS])  # (animal, colour, action, function word)
 FEATURES = ["animal", "colour", "action", "function"]
 
 

@@ -121,6 +121,11 @@ def test_encoder_decoder_pages_have_a_section_per_attention():
     assert [s["name"] for s in _doc(rnn)["texts"][0]["sections"]] == ["cross-attention"]
     with pytest.raises(ValueError, match=r"cross\[0\]: weights over 5 x 3 tokens, but the text has 5 x 4"):
         seq2seq_page([src], [tgt], cross=[_weights(1, 1, 5, 3)])
+    reads = seq2seq_page([src], [tgt], cross=[_weights(1, 1, 5, 4)], decoder=[_weights(1, 1, 5)],
+                         decoder_tokens=[["<bos>", *tgt[:-1]]])
+    assert _doc(reads)["texts"][0]["sections"][0]["rows"] == ["<bos>", *tgt[:-1]]
+    with pytest.raises(ValueError, match="decoder_tokens: 2 entries for 1 sources"):
+        seq2seq_page([src], [tgt], cross=[_weights(1, 1, 5, 4)], decoder=[_weights(1, 1, 5)], decoder_tokens=[tgt, tgt])
     with pytest.raises(ValueError, match="targets: 2 entries for 1 sources"):
         seq2seq_page([src], [tgt, tgt], cross=[_weights(1, 1, 5, 4)])
 

@@ -60,25 +60,10 @@ def translation_view(translator, sentences: Sequence[str], *, title: Optional[st
         dec_att.append([a[0] for a in dec.self_attentions])
         cross.append([a[0] for a in dec.cross_attentions])
         dec_rows.append(inputs)
-    view = AttentionView.seq2seq(sources, targets, cross=cross, encoder=enc_att, labels=sentences, title=title,
-                                 max_tokens=max_tokens,
+    return AttentionView.seq2seq(sources, targets, cross=cross, encoder=enc_att, decoder=dec_att, decoder_tokens=dec_rows,
+                                 labels=sentences, title=title, max_tokens=max_tokens,
                                  note="cross-attention rows are the words the translator wrote; its decoder "
                                       "self-attention is over the decoder's inputs (<bos> and the words written so far)")
-    return _merge(view, AttentionView(dec_rows, dec_att, labels=sentences, max_tokens=max_tokens))
-
-
-def _merge(view: AttentionView, decoder_view: AttentionView) -> AttentionView:
-    """Insert each text's decoder self-attention section (over its inputs) before its cross-attention."""
-    from ..viz.html import _doc_of, _page
-
-    doc, dec = _doc_of(view.html), _doc_of(decoder_view.html)
-    for text, extra in zip(doc["texts"], dec["texts"]):
-        section = extra["sections"][0]
-        section["name"] = "decoder self-attention"
-        text["sections"].insert(len(text["sections"]) - 1, section)
-    merged = AttentionView.__new__(AttentionView)
-    merged.html = _page(doc)
-    return merged
 
 
 @torch.no_grad()
@@ -119,6 +104,6 @@ def hf_seq2seq_view(model, tokenizer, sources: Sequence[str], *, targets: Option
         enc_att.append([a[0] for a in res.encoder_attentions])
         dec_att.append([a[0] for a in res.decoder_attentions])
         cross.append([a[0] for a in res.cross_attentions])
-    view = AttentionView.seq2seq(src_toks, tgt_toks, cross=cross, encoder=enc_att, labels=sources,
-                                 title=title or f"Attention of {type(model).__name__}", max_tokens=max_tokens)
-    return _merge(view, AttentionView(inputs, dec_att, labels=sources, max_tokens=max_tokens))
+    return AttentionView.seq2seq(src_toks, tgt_toks, cross=cross, encoder=enc_att, decoder=dec_att, decoder_tokens=inputs,
+                                 labels=sources, title=title or f"Attention of {type(model).__name__}",
+                                 max_tokens=max_tokens)

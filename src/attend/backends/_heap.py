@@ -64,4 +64,4 @@ def tile_guard(active: bool, outputs: int):
 
 
 def _nothing() -> None:
-    pass
+    """The guard of a call that needs none."""

@@ -226,12 +226,6 @@ def _check_tokens(tokens, what: str) -> list[str]:
     return list(tokens)
 
 
-def _doc_of(page: str) -> dict:
-    """The JSON document inside a page this module wrote."""
-    start = page.index('id="attend-data">') + len('id="attend-data">')
-    return json.loads(page[start : page.index("</script>", start)])
-
-
 def _page(doc: dict) -> str:
     title = doc["title"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -301,16 +295,20 @@ def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, lab
 
 def seq2seq_page(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]], *, cross: Sequence,
                  encoder: Optional[Sequence] = None, decoder: Optional[Sequence] = None,
+                 decoder_tokens: Optional[Sequence[Sequence[str]]] = None,
                  labels: Optional[Sequence[str]] = None, title: str = "Attention", note: Optional[str] = None,
                  max_tokens: int = 4096, full_tokens: int = 512, top_k: int = 8, aggregates="auto") -> str:
     """The page for encoder–decoder models: per pair of source and target tokens, the
     cross-attention (weights (L, H, T, S) or per-layer (H, T, S)) and, when given, the
-    encoder's self-attention (S × S) and the decoder's (T × T), each a section of the page."""
+    encoder's self-attention (S × S) and the decoder's (T × T), each a section of the page.
+    ``decoder_tokens``: what labels the decoder's self-attention (default the targets; a
+    generating decoder reads the start token and the words before each output word)."""
     for name, seq in (("sources", sources), ("targets", targets), ("cross", cross)):
         if isinstance(seq, (str, bytes)) or not isinstance(seq, (Sequence, Tensor)) or len(seq) == 0:
             raise TypeError(f"{name}: expected a non-empty list, one entry per pair")
     n = len(sources)
-    for name, seq in (("targets", targets), ("cross", cross), ("encoder", encoder), ("decoder", decoder)):
+    for name, seq in (("targets", targets), ("cross", cross), ("encoder", encoder), ("decoder", decoder),
+                      ("decoder_tokens", decoder_tokens)):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name}: {len(seq)} entries for {n} sources")
     title = _common(labels, n, title, note, max_tokens, full_tokens, top_k)
@@ -324,7 +322,8 @@ def seq2seq_page(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[st
         if encoder is not None:
             sections.append(_section("encoder self-attention", src, src, encoder[k], f"encoder[{k}]", **kw))
         if decoder is not None:
-            sections.append(_section("decoder self-attention", tgt, tgt, decoder[k], f"decoder[{k}]", **kw))
+            dec = tgt if decoder_tokens is None else _check_tokens(decoder_tokens[k], f"decoder_tokens[{k}]")
+            sections.append(_section("decoder self-attention", dec, dec, decoder[k], f"decoder[{k}]", **kw))
         sections.append(_section("cross-attention", tgt, src, cross[k], f"cross[{k}]", square=False, **kw))
         label = labels[k] if labels is not None else " ".join(src[:8]) + (" …" if len(src) > 8 else "")
         texts.append({"label": str(label), "sections": sections})
@@ -347,10 +346,10 @@ class AttentionView:
                                    full_tokens=full_tokens, top_k=top_k, aggregates=aggregates)
 
     @classmethod
-    def seq2seq(cls, sources, targets, *, cross, encoder=None, decoder=None, **kwargs) -> "AttentionView":
+    def seq2seq(cls, sources, targets, *, cross, **kwargs) -> "AttentionView":
         """An encoder–decoder model's attention: :func:`seq2seq_page`'s arguments."""
         view = cls.__new__(cls)
-        view.html = seq2seq_page(sources, targets, cross=cross, encoder=encoder, decoder=decoder, **kwargs)
+        view.html = seq2seq_page(sources, targets, cross=cross, **kwargs)
         return view
 
     @classmethod
