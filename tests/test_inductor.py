@@ -205,6 +205,27 @@ def test_document_keys_span_sorted_ids_only():
     assert d.keys(-3, -1, 9) == (0, 9)  # rows before key 0 (L > S) see document ids[0]: no narrowing
 
 
+@pytest.mark.parametrize("score,mask,mod", [CASES[1], CASES[2], CASES[3]])
+def test_backward_with_its_own_narrower_chunks_matches_reference(score, mask, mod):
+    """The backward's tiles (``back_key_chunk``) need not be the forward's: 16-key chunks forward,
+    7-key chunks backward, so the backward merges nothing and crosses different edges."""
+    be = Inductor(key_chunk=16, back_key_chunk=7, max_rows=16)
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float64)
+    plan = be.plan(attend.functional._prepare(q, k, v)[0])
+    assert {j1 - j0 for *_, c in plan.back_tiles for j0, j1 in c} != {j1 - j0 for *_, c in plan.tiles for j0, j1 in c}
+    arg, ref_scores = make_score(score, E)
+    kw, allowed, bias = mask_kwargs(mask, B, H, L, S)
+    ref_mod = None
+    if mod == "alibi":
+        slopes = attend.mods.alibi_slopes(H).double()
+        kw["score_mod"], ref_mod = attend.mods.alibi(slopes), _alibi_ref(slopes)
+    elif mod == "softcap":
+        kw["score_mod"], ref_mod = attend.mods.softcap(1.5), lambda s: 1.5 * torch.tanh(s / 1.5)
+    kw["score"] = arg
+    check_case(be, q, k, v, kw=kw, ref_scores=ref_scores, allowed=allowed, bias=bias, mod=ref_mod,
+               dtype=torch.float64, what=f"narrow backward {score}/{mask}/{mod}")
+
+
 def test_plan_skips_what_rules_rule_out():
     q = torch.randn(1, 1, 1024, 8)
     call, _ = attend.functional._prepare(q, q, q, window=(64, 0))
@@ -256,7 +277,7 @@ def test_half_precision_computes_in_float32_within_the_tolerance_rule(dtype):
                mod=lambda s: 2.0 * torch.tanh(s / 2.0), dtype=dtype, what=f"{dtype} softcap causal")
 
 
-@pytest.mark.parametrize("arg", ["tile_bytes", "key_chunk", "max_rows", "min_work"])
+@pytest.mark.parametrize("arg", ["tile_bytes", "key_chunk", "back_key_chunk", "max_rows", "min_work"])
 def test_bad_settings_are_refused_by_name(arg):
     with pytest.raises((TypeError, ValueError), match=f"{arg} must be a positive int"):
         Inductor(**{arg: 0})
