@@ -9,17 +9,19 @@ For each L (default 8192, 16384, 32768; 1 head, E 64, float32, causal) and each 
 
 One forward+backward (``out.backward(dout)``) is timed (median of ``--reps`` after one
 warm-up; for 2 processes the slower rank's time, all ranks starting together after a
-barrier), and the peak resident memory of each process during that call is read from
+barrier; in processes with glibc's own allocator), and, in other processes run the same way,
+the peak resident memory of each process during that call is read from
 ``/proc/self/status`` (VmHWM reset just before the call; the figure is that mark above what
 the process held just before, plus the bytes of the call's inputs q, k, v, dout: what the
-call needs, not the process's one-time set-up, which the warm-up call has paid; the children
-run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set). Each
+call needs, not the process's one-time set-up, which the warm-up call has paid; these processes
+run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set, and
+their times are reported too). Each
 configuration runs in fresh processes. The ratios the
 issue asks for are printed: ring time / (single time / 2) at each L, and ring peak per rank
 / single peak.
 
     python benchmarks/distributed.py                 # writes benchmarks/results/distributed.md
-    python benchmarks/distributed.py --tiny          # L = 1024, 2048: a check that it runs
+    python benchmarks/distributed.py --tiny          # L = 1024, 2048: a check that it runs (a temporary file)
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def child(args):
     def step():
         a, b, c = (t.detach().requires_grad_() for t in (q, k, v))
         if world > 1:
-            out = D.ring_attention(a, b, c, causal=True, layout="zigzag")
+            out = D.ring_attention(a, b, c, causal=True, layout="zigzag", piece=args.piece)
         else:
             out = attend.attention(a, b, c, causal=True)
         out.backward(dout)
@@ -88,16 +90,21 @@ def child(args):
         dist.destroy_process_group()
 
 
-def run(L, world, reps, timeout):
+def run(L, world, reps, timeout, piece=None, mmap=True):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # every allocation of 64 KiB or more its own mapping, returned to the system when freed: without it
     # glibc raises its mmap threshold as big blocks are freed and keeps later ones in its heap, where a
     # call reuses what the warm-up freed and the high-water mark misses it
-    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if mmap:
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    extra = ["--piece", str(piece)] if piece else []
     procs = [subprocess.Popen([sys.executable, __file__, "--child", "--L", str(L), "--world", str(world),
-                               "--rank", str(r), "--port", str(port), "--reps", str(reps)],
+                               "--rank", str(r), "--port", str(port), "--reps", str(reps), *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for r in range(world)]
     got = []
@@ -136,27 +143,38 @@ def main():
     ap.add_argument("--lengths", default="8192,16384,32768")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "distributed.md"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/distributed.md (--tiny: a temporary file)")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--L", type=int)
     ap.add_argument("--world", type=int)
     ap.add_argument("--rank", type=int)
     ap.add_argument("--port", type=int)
     ap.add_argument("--pairs", type=int, default=4000, help="synthetic pairs of the translator section (0: none)")
+    ap.add_argument("--piece", type=int, default=None, help="ring_attention's piece (default: the library's)")
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.out is None:
+        import tempfile
+
+        args.out = os.path.join(tempfile.gettempdir() if args.tiny else os.path.join(HERE, "results"),
+                                "distributed-tiny.md" if args.tiny else "distributed.md")
     lengths = [1024, 2048] if args.tiny else [int(x) for x in args.lengths.split(",")]
     rows = []
     t_start = time.time()
     for L in lengths:
-        single = run(L, 1, args.reps, args.timeout)[0]
-        ring = run(L, 2, args.reps, args.timeout)
-        slow = max(r["s"] for r in ring)
-        peak = max(r["peak_mib"] for r in ring)
-        rows.append(dict(L=L, single_s=single["s"], single_peak=single["peak_mib"], single_live=single["live_mib"],
+        # time from processes with glibc's own allocator (what a user runs); memory from processes
+        # with its mmap threshold fixed (see run()), whose times are reported beside, as a check
+        single, single_m = run(L, 1, args.reps, args.timeout, mmap=False)[0], run(L, 1, args.reps, args.timeout)[0]
+        ring = run(L, 2, args.reps, args.timeout, piece=args.piece, mmap=False)
+        ring_m = run(L, 2, args.reps, args.timeout, piece=args.piece)
+        slow, slow_m = max(r["s"] for r in ring), max(r["s"] for r in ring_m)
+        peak = max(r["peak_mib"] for r in ring_m)
+        rows.append(dict(L=L, single_s=single["s"], single_peak=single_m["peak_mib"], single_live=single["live_mib"],
                          ring_s=slow, ring_peak=peak, ring_live=ring[0]["live_mib"],
-                         time_ratio=slow / (single["s"] / 2), mem_ratio=peak / single["peak_mib"]))
+                         time_ratio=slow / (single["s"] / 2), mem_ratio=peak / single_m["peak_mib"],
+                         single_s_mmap=single_m["s"], ring_s_mmap=slow_m,
+                         time_ratio_mmap=slow_m / (single_m["s"] / 2)))
         print(json.dumps(rows[-1]), flush=True)
     trans = []
     if args.pairs:
@@ -171,28 +189,33 @@ def main():
         f"- Machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores visible, "
         f"torch {torch.__version__}, Python {platform.python_version()}",
         f"- Date: {datetime.date.today().isoformat()}",
-        f"- Command: `python benchmarks/distributed.py{' --tiny' if args.tiny else ''}` "
+        f"- Command: `python benchmarks/distributed.py{' --tiny' if args.tiny else ''}"
+        f"{f' --piece {args.piece}' if args.piece else ''}` "
         f"({(time.time() - t_start) / 60:.1f} min)",
         "",
         "One forward+backward of causal attention, 1 head, E = 64, float32, 1 thread per process. `single`: "
         "`attend.attention(q, k, v, causal=True)` in one process (auto: SDPA's fused kernel). `ring`: "
         "`attend.distributed.ring_attention` on 2 processes, zigzag layout, blocks through SDPA's CPU kernel "
-        "with the merged log-sum-exp. Time: median of "
-        f"{args.reps} after a warm-up, the slower rank. Peak: the process's resident-memory high-water mark "
-        "during the call (VmHWM from /proc, reset just before it) above what it held just before, plus the bytes of "
-        "the call's inputs q, k, v, dout (the largest rank; glibc's mmap threshold fixed at 64 KiB so that freed "
-        "tensors leave the resident set); live: this process's q, k, v, dout, out, dq, dk, dv. "
+        "with the merged log-sum-exp"
+        f"{f', pieces of {args.piece} keys' if args.piece else ' (its default pieces)'}. Time: median of "
+        f"{args.reps} after a warm-up, the slower rank, in processes with glibc's own allocator. Peak: the "
+        "process's resident-memory high-water mark during the call (VmHWM from /proc, reset just before it) above "
+        "what it held just before, plus the bytes of the call's inputs q, k, v, dout (the largest rank), in other "
+        "processes whose glibc mmap threshold is fixed at 64 KiB so that freed tensors leave the resident set "
+        "(every allocation is then fresh pages, which slows calls that allocate much: their times are in the last "
+        "columns); live: this process's q, k, v, dout, out, dq, dk, dv. "
         "Targets (issue 17): ring time <= 1.3x half the single-process time at 16k; ring peak per "
         "rank <= 0.6x the single-process peak at 32k.",
         "",
         "| L | single time | ring time (2 ranks) | ring / (single / 2) | single peak (live) MiB | ring peak per rank "
-        "(live) MiB | ring peak / single peak |",
-        "|---|---|---|---|---|---|---|",
+        "(live) MiB | ring peak / single peak | times with the mmap threshold: single, ring, ring / (single / 2) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['L']} | {r['single_s']:.2f} s | {r['ring_s']:.2f} s | {r['time_ratio']:.2f}x | "
                      f"{r['single_peak']:.0f} ({r['single_live']:.0f}) | {r['ring_peak']:.0f} ({r['ring_live']:.0f}) | "
-                     f"{r['mem_ratio']:.2f}x |")
+                     f"{r['mem_ratio']:.2f}x | {r['single_s_mmap']:.2f} s, {r['ring_s_mmap']:.2f} s, "
+                     f"{r['time_ratio_mmap']:.2f}x |")
     if trans:
         lines += [
             "",

@@ -82,7 +82,9 @@ def run_case(name, L, S, Hkv, build, method, layout, rank, world):
     for p in params:
         p.grad = None
     mine = [D.shard(t, layout=layout).detach().requires_grad_() for t in (q, k, v)]
-    fn = D.ring_attention if method == "ring" else D.ulysses_attention
+    if method.startswith("ring_p"):  # the ring in pieces of a few keys: many pieces and blocks per span
+        kw = dict(kw, piece=int(method[len("ring_p"):]))
+    fn = D.ring_attention if method.startswith("ring") else D.ulysses_attention
     out = fn(*mine, layout=layout, **kw)
     out.backward(D.shard(dout, layout=layout))
     D.all_reduce_grads(params)
@@ -117,6 +119,8 @@ def extra_checks(rank, world):
         ("dense", lambda: D.ring_attention(q, k, v, mask=torch.ones(23, 23, dtype=torch.bool))),
         ("layout", lambda: D.ring_attention(q, k, v, layout="spiral")),
         ("zigzag_lengths", lambda: D.ring_attention(q[:, :, : 4 + 3 * rank], k, v, layout="zigzag")),
+        ("piece_differs", lambda: D.ring_attention(q, k, v, piece=3 + rank)),
+        ("piece_zero", lambda: D.ring_attention(q, k, v, piece=0)),
     ]:
         try:
             call()
@@ -189,13 +193,18 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--die-at", default=None, help="exit abruptly (rank 1) when this case starts")
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--methods", default="ring,ring_p5,ulysses", help="ring, ring_pN (pieces of N keys), ulysses")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    ap.add_argument("--no-extra", action="store_true", help="skip the weights, refusals and model checks")
     args = ap.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
                             world_size=args.world, timeout=datetime.timedelta(seconds=args.timeout))
     with open(args.out, "w") as f:
         for name, L, S, Hkv, build in cases():
-            for method in ("ring", "ulysses"):
+            if args.cases and name not in args.cases.split(","):
+                continue
+            for method in args.methods.split(","):
                 if method == "ulysses" and Hkv % args.world:
                     continue
                 for layout in ("contiguous", "zigzag"):
@@ -209,8 +218,9 @@ def main():
                         f.write(json.dumps({"case": case, "exception": traceback.format_exc()}) + "\n")
                         raise
                     f.flush()
-        f.write(json.dumps({"case": "extra", "errors": extra_checks(args.rank, args.world)}) + "\n")
-        f.write(json.dumps({"case": "models", "errors": model_checks(args.rank, args.world)}) + "\n")
+        if not args.no_extra:
+            f.write(json.dumps({"case": "extra", "errors": extra_checks(args.rank, args.world)}) + "\n")
+            f.write(json.dumps({"case": "models", "errors": model_checks(args.rank, args.world)}) + "\n")
     dist.destroy_process_group()
 
 

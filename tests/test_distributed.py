@@ -64,7 +64,7 @@ def report(tmp_path_factory):
     return [{r["case"]: r for r in records} for _, _, records in results]
 
 
-NAMES = [f"{m}/{lay}/{name}" for name, _, _, hkv, _ in dist_worker.cases() for m in ("ring", "ulysses")
+NAMES = [f"{m}/{lay}/{name}" for name, _, _, hkv, _ in dist_worker.cases() for m in ("ring", "ring_p5", "ulysses")
          if not (m == "ulysses" and hkv % WORLD) for lay in ("contiguous", "zigzag")]
 
 
@@ -86,6 +86,25 @@ def test_weights_from_the_merged_lse_and_refusals(report):
         assert "mask: a dense mask tensor cannot be split over ranks" in m["dense"]
         assert "layout must be one of ['contiguous', 'zigzag'], got 'spiral'" in m["layout"]
         assert "the zigzag layout of" in m["zigzag_lengths"]
+        assert "piece must be the same on every rank, got [3, 4]" in m["piece_differs"]
+        assert "piece must be a positive int" in m["piece_zero"]
+
+
+THREE = ["causal", "window_gqa", "document", "padding", "relative_bias_learned", "causal_cross_L_gt_S"]
+
+
+def test_three_ranks_receive_from_one_and_send_to_another(tmp_path):
+    """With 3 ranks, at step s a rank receives from rank r - s and sends to r + s (two different
+    peers), and the (dk, dv) shares go home to a third: exact in float64 for pieces of 4 keys."""
+    results = launch(str(tmp_path), "--methods", "ring_p4,ring", "--cases", ",".join(THREE), "--no-extra", world=3)
+    for rank, (rc, err, records) in enumerate(results):
+        assert rc == 0, err[-3000:]
+        got = {r["case"]: r for r in records}
+        assert len(got) == 2 * 2 * len(THREE), sorted(got)
+        for case, rec in got.items():
+            assert "exception" not in rec, rec.get("exception")
+            for what, e in rec["errors"].items():
+                assert e <= TOL, f"rank {rank} {case}: {what} differs by {e:.3g}"
 
 
 @pytest.mark.parametrize("stack", ["encoder_ring_sinusoidal", "decoder_ulysses_rope", "encoder_ring_contiguous_learned"])

@@ -1,17 +1,25 @@
-"""Ring attention: queries stay, keys and values travel around the ranks.
+"""Ring attention: queries stay, keys and values travel between the ranks, piece by piece.
 
 Each rank holds a span of the queries and a span of the keys and values (a layout of
-:mod:`.layout`). In ``W`` steps every key/value span visits every rank: at each step a rank
-starts sending the span it holds to the next rank and receiving the previous rank's
-(``batch_isend_irecv``), computes its queries against the span it holds meanwhile, and
-merges the block into its running output by log-sum-exps. A block every rule rules out
-(``causal``, ``window``, a rule's key span) is not computed; the span still travels.
+:mod:`.layout`). In ``W`` steps every rank's keys and values reach every rank: at step ``s``
+rank ``r`` computes its queries against the keys of rank ``r - s`` while it sends its own to
+rank ``r + s`` (step 0: its own). Keys travel in *pieces* (``piece`` keys, ~512 KiB by
+default; ``batch`` of P2P ``isend``/``irecv``), the next piece on its way while one is
+computed, and each block of ``piece`` query rows x one key piece is merged into the rows'
+running output by log-sum-exps. A piece every rule rules out for all of a rank's queries
+(``causal``, ``window``, a rule's key span) is neither sent nor computed; a block, likewise.
 
-The backward runs the same ring once more: each rank recomputes its blocks from the global
-log-sum-exp and output it kept (``dS = P ∘ (dP − Δ)``), adds ``dq`` locally, and adds its
-share of ``dk``/``dv`` into buffers that travel with the spans, one step behind, and reach
-their owner after the last step. Nothing but the rank's own spans, output and log-sum-exp is
-kept between forward and backward.
+Sending straight to rank ``r + s``, rather than passing spans along the ring through the
+ranks between, is what keeps memory per rank at a few pieces: a rank only ever sends pieces
+of its own keys, so it never holds a span it must pass on (PyTorch's context parallel offers
+the same choice as its ``"alltoall"`` rotation). With 2 ranks the two are the same. Each
+rank sends and receives (W - 1) spans of keys and values per call either way.
+
+The backward runs the steps once more: each rank recomputes its blocks from the global
+log-sum-exp and output it kept (``dS = P ∘ (dP − Δ)``), adds ``dq`` locally, sums each
+piece's ``dk``/``dv`` shares over its query blocks and sends them home to the piece's owner,
+which adds them into its own as they arrive. Nothing but the rank's own spans, output and
+log-sum-exp is kept between forward and backward.
 """
 from __future__ import annotations
 
@@ -22,18 +30,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .. import _check
 from .._rules import And, Causal, Window, bind, check_rule
 from .._ruletree import is_own, rule_tensors
 from ..backends.base import AttentionCall, _holds_grad_tensor, compute_dtype
 from ..functional import _prepare
 from . import _blocks
+from ._pieces import Schedule
 from ._rules import Shifted, ShiftedScore
 from .layout import _group, check_layout, spans
 
 
 def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, layout: str = "contiguous",
                    score="scaled_dot", mask=None, causal: bool = False, window=None, score_mod=None,
-                   scale: Optional[float] = None, return_weights: bool = False, backend: str = "auto"):
+                   scale: Optional[float] = None, return_weights: bool = False, backend: str = "auto",
+                   piece: Optional[int] = None):
     """Attention over a sequence split across the ranks of ``group``; every rank calls it with
     its own spans.
 
@@ -53,11 +64,16 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
     them over the group (:func:`attend.distributed.all_reduce_grads`) for the whole gradient.
 
     ``backend``: how each block is computed, ``"auto"``, ``"sdpa"``, ``"inductor"`` or
-    ``"eager"`` (:mod:`attend.distributed._blocks`).
+    ``"eager"`` (:mod:`attend.distributed._blocks`). ``piece``: keys per piece sent, and query
+    rows per block (the same on every rank); default: what keeps one piece of keys and values
+    near 512 KiB, at least 256 keys (1024 keys at one head, E = 64, float32). Smaller pieces
+    hold less memory per rank and make more, smaller calls.
     """
     rank, world = _group(group)
     check_layout(layout)
     _blocks.check_engine(backend)
+    if piece is not None:
+        _check.integer(piece, "piece", low=1, expected="a positive int (keys per piece)")
     call, shape = _prepare(query, key, value, score=score, causal=causal, window=window, scale=scale)
     if not getattr(call.score, "dot_like", False):
         raise ValueError(f"score: ring attention runs dot-like scores (dot, scaled_dot, cosine, General), got "
@@ -67,7 +83,10 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
     if isinstance(mask, Tensor):
         raise TypeError("mask: a dense mask tensor cannot be split over ranks; give the mask as a rule "
                         "(attend.masks) or a mask_mod function of global (b, h, i, j)")
-    lengths = _all_lengths(call, group, world)  # (every rank gets here, or every rank has raised above)
+    if piece is None:
+        per_key = call.B * call.Hkv * (call.query.shape[-1] + call.Ev) * compute_dtype(call.query.dtype).itemsize
+        piece = max(256, _PIECE_BYTES // per_key)
+    lengths = _all_lengths(call, group, world, piece)  # (every rank gets here, or every rank has raised above)
     Lg, Sg = sum(l for l, _ in lengths), sum(s for _, s in lengths)
     q_spans = _rank_spans(lengths, 0, Lg, world, layout, "query")
     k_spans = _rank_spans(lengths, 1, Sg, world, layout, "key")
@@ -96,7 +115,7 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
             raise ValueError(f"{name}: a function of your own holding a tensor that requires grad cannot be trained "
                              f"through ring_attention (its gradient could not be found); use attend's rules "
                              f"(attend.masks, attend.mods) or torch.no_grad()")
-    plan = _Ring(group, rank, world, call, q_spans, k_spans, Lg, Sg, rule, mod, backend, params)
+    plan = _Ring(group, rank, world, call, q_spans, k_spans, Lg, Sg, rule, mod, backend, params, piece)
     q, k, v = call.query, call.key, call.value
     if torch.is_grad_enabled() and any(t.requires_grad for t in [q, k, v] + params):
         out = _RingFunction.apply(plan, q, k, v, *params)
@@ -111,10 +130,18 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
     return out, w.reshape(*shape.batch, *shape.heads, call.L, Sg)
 
 
-def _all_lengths(call: AttentionCall, group, world: int) -> list[tuple[int, int]]:
-    mine = torch.tensor([call.L, call.S], dtype=torch.int64, device=call.query.device)  # (NCCL: a GPU tensor)
+_PIECE_BYTES = 1 << 19  # one piece of keys and values, by default
+
+
+def _all_lengths(call: AttentionCall, group, world: int, piece: int = 0) -> list[tuple[int, int]]:
+    """Every rank's (L, S); the ring's piece size checked equal on every rank (else their pieces would not match)."""
+    mine = torch.tensor([call.L, call.S, piece], dtype=torch.int64, device=call.query.device)  # (NCCL: on the GPU)
     got = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(got, mine, group=group)
+    pieces = [int(t[2]) for t in got]
+    if len(set(pieces)) > 1:
+        raise ValueError(f"piece must be the same on every rank, got {pieces} (ranks 0..{world - 1}); give it "
+                         f"explicitly, or the same batch, kv heads, features and dtype on every rank")
     return [(int(t[0]), int(t[1])) for t in got]
 
 
@@ -140,155 +167,149 @@ def _peer(group, r: int) -> int:
 
 
 class _Ring:
-    """One call's ring: spans, rules and the steps of forward, backward and weights."""
+    """One call's ring: pieces, rules and the steps of forward, backward and weights."""
 
-    def __init__(self, group, rank, world, call, q_spans, k_spans, Lg, Sg, rule, mod, engine, params):
+    def __init__(self, group, rank, world, call, q_spans, k_spans, Lg, Sg, rule, mod, engine, params, piece):
         self.group, self.rank, self.world, self.call = group, rank, world, call
         self.q_spans, self.k_spans, self.Lg, self.Sg = q_spans, k_spans, Lg, Sg
         self.rule, self.mod, self.engine, self.params = rule, mod, engine, params
         self.cdt = compute_dtype(call.query.dtype)
+        self.piece = piece
+        self._rows, self._orders = {}, {}
+        self.rows = self.rows_of(rank)  # this rank's query blocks
 
-    # ---- blocks ----------------------------------------------------------------------------
-    def _pieces(self, spans_):
-        at, out = 0, []
+    # ---- pieces and blocks -------------------------------------------------------------------
+    def _cut(self, spans_):
+        """(local start, global start, length) of a rank's positions, cut at global multiples of
+        ``piece`` (queries and keys on one grid: a causal block is then whole, on the diagonal or
+        empty, which SDPA's kernel computes)."""
+        out, at, g = [], 0, self.piece
         for a, z in spans_:
-            out.append((at, a, z - a))  # (local start, global start, length)
+            x = a
+            while x < z:
+                e = min(z, (x // g + 1) * g)
+                out.append((at + x - a, x, e - x))
+                x = e
             at += z - a
         return out
 
-    def blocks(self, q, k, v, owner):
-        """(local query start, query length, local key start, key length, block call) of this
-        rank's queries against ``owner``'s keys, the blocks rules rule out left out."""
-        c = self.call
-        for lq, gq, nq in self._pieces(self.q_spans[self.rank]):
-            for lk, gk, nk in self._pieces(self.k_spans[owner]):
-                if nq == 0 or nk == 0:
-                    continue
-                mask_mod = (Shifted(self.rule, gq, gk, nk - nq, self.Sg - self.Lg, self.Sg)
-                            if self.rule is not None else None)
-                score_mod = ShiftedScore(self.mod, gq, gk) if self.mod is not None else None
-                block = dataclasses.replace(
-                    c, query=q[:, :, lq:lq + nq], key=k[:, :, lk:lk + nk], value=v[:, :, lk:lk + nk],
-                    mask_mod=mask_mod, score_mod=score_mod, causal=False, window=None)
-                lo, hi = block.key_span(0, nq)
-                if hi <= lo:
-                    continue
-                yield lq, nq, lk, nk, block
+    def _shifted(self, gq, nq, gk, nk):
+        return Shifted(self.rule, gq, gk, nk - nq, self.Sg - self.Lg, self.Sg) if self.rule is not None else None
+
+    def _allowed(self, gq, nq, gk, nk) -> bool:
+        """Whether the rules allow any key of global keys gk:gk+nk to global queries gq:gq+nq
+        (the block call's own key_span, without building it)."""
+        rule = self._shifted(gq, nq, gk, nk)
+        if rule is None:
+            return True
+        lo, hi = rule.keys(nk - nq, nk - 1, nk)  # first and last query at local keys (offset nk - nq)
+        lo = min(max(lo, 0), nk)
+        return min(hi, nk) > lo
+
+    def rows_of(self, x):
+        """Rank ``x``'s query blocks: (local start, global start, rows)."""
+        got = self._rows.get(x)
+        if got is None:
+            got = self._rows[x] = self._cut(self.q_spans[x])
+        return got
+
+    def order(self, x):
+        """The key pieces rank ``x`` computes, in its order: [(owner, (local start, global start,
+        keys), blocks)], its own first, then at step ``s`` those of rank ``x - s``; a piece every
+        rule rules out for all of ``x``'s queries is left out (neither sent nor computed)."""
+        got = self._orders.get(x)
+        if got is None:
+            rows, got = self.rows_of(x), []
+            for s in range(self.world):
+                owner = (x - s) % self.world
+                for p in self._cut(self.k_spans[owner]):
+                    w = sum(self._allowed(gq, nq, p[1], p[2]) for _, gq, nq in rows)
+                    if w:
+                        got.append((owner, p, w))
+            self._orders[x] = got
+        return got
+
+    def peer(self, x):
+        return _peer(self.group, x)
+
+    def blocks(self, q, kp, vp, gk):
+        """(local query start, query length, block call) of this rank's query blocks against the
+        key piece ``kp``, ``vp`` at global key ``gk``; blocks the rules rule out left out."""
+        nk = kp.shape[2]
+        for lq, gq, nq in self.rows:
+            if not self._allowed(gq, nq, gk, nk):
+                continue
+            score_mod = ShiftedScore(self.mod, gq, gk) if self.mod is not None else None
+            yield lq, nq, dataclasses.replace(
+                self.call, query=q[:, :, lq:lq + nq], key=kp, value=vp, mask_mod=self._shifted(gq, nq, gk, nk),
+                score_mod=score_mod, causal=False, window=None)
 
     def _engine(self, block):
         return _blocks.pick(self.engine, block)
 
-    # ---- communication ---------------------------------------------------------------------
-    def _exchange(self, send: list, recv: list):
-        """Start sending ``send`` to the next rank and receiving ``recv`` from the previous one."""
-        if self.world == 1 or not send:
-            return []
-        nxt, prv = _peer(self.group, (self.rank + 1) % self.world), _peer(self.group, (self.rank - 1) % self.world)
-        ops = [dist.P2POp(dist.isend, t.contiguous(), nxt, group=self.group) for t in send]
-        ops += [dist.P2POp(dist.irecv, t, prv, group=self.group) for t in recv]
-        return dist.batch_isend_irecv(ops)
+    # ---- forward, weights, backward ------------------------------------------------------------
+    def _run(self, q, local, shares, compute):
+        """Every piece of this rank's order, its blocks through ``compute(j, rows, nq, block)``;
+        messages as :mod:`._pieces` schedules them. Returns nothing; ``compute`` accumulates."""
+        sched = Schedule(self, local, shares)
+        for j in range(len(sched)):
+            gk, tensors = sched.piece(j)
+            kp, vp = tensors[0], tensors[-1]
+            acc = compute.start(kp, vp) if shares is not None else None
+            for lq, nq, block in self.blocks(q, kp, vp, gk):
+                sched.before_block()
+                compute(slice(lq, lq + nq), gk, block, acc)
+                sched.block_done()
+            del kp, vp, tensors
+            sched.done(j, acc)
+        sched.finish()
 
-    def _kv_buffers(self, k, v, owner):
-        n = sum(z - a for a, z in self.k_spans[owner])
-        return (k.new_empty(*k.shape[:2], n, k.shape[3]), v.new_empty(*v.shape[:2], n, v.shape[3]))
-
-    # ---- forward ----------------------------------------------------------------------------
     def forward(self, q, k, v):
         c = self.call
         out = q.new_zeros(c.B, c.Hq, c.L, c.Ev, dtype=self.cdt)
         lse = q.new_full((c.B, c.Hq, c.L), float("-inf"), dtype=self.cdt)
-        owner, cur_k, cur_v = self.rank, k.contiguous(), v.contiguous()
-        for step in range(self.world):
-            last = step == self.world - 1
-            nxt = (owner - 1) % self.world
-            bufs = self._kv_buffers(cur_k, cur_v, nxt) if not last else ()
-            reqs = self._exchange([cur_k, cur_v], list(bufs)) if not last else []
-            for lq, nq, lk, nk, block in self.blocks(q, cur_k, cur_v, owner):
-                o, l = _blocks.forward(self._engine(block), block)
-                o2, l2 = _blocks.merge(out[:, :, lq:lq + nq], lse[:, :, lq:lq + nq], o, l)
-                out[:, :, lq:lq + nq], lse[:, :, lq:lq + nq] = o2, l2
-            for r in reqs:
-                r.wait()
-            if not last:
-                owner, (cur_k, cur_v) = nxt, bufs
+
+        def compute(rows, gk, block, _):
+            o, l = _blocks.forward(self._engine(block), block)
+            _blocks.merge_into(out[:, :, rows], lse[:, :, rows], o, l)
+
+        self._run(q, [k, v], None, compute)
         return out, lse
 
     def weights(self, q, k, lse):
         c = self.call
         w = q.new_zeros(c.B, c.Hq, c.L, self.Sg, dtype=self.cdt)
-        owner, cur_k = self.rank, k.contiguous()
-        for step in range(self.world):
-            last = step == self.world - 1
-            nxt = (owner - 1) % self.world
-            buf = self._kv_buffers(cur_k, cur_k, nxt)[0] if not last else None
-            reqs = self._exchange([cur_k], [buf]) if not last else []
-            starts = {lk: gk for lk, gk, _ in self._pieces(self.k_spans[owner])}
-            for lq, nq, lk, nk, block in self.blocks(q, cur_k, cur_k, owner):
-                g = starts[lk]
-                w[:, :, lq:lq + nq, g:g + nk] = _blocks.weights(block, lse[:, :, lq:lq + nq])
-            for r in reqs:
-                r.wait()
-            if not last:
-                owner, cur_k = nxt, buf
+
+        def compute(rows, gk, block, _):
+            w[:, :, rows, gk:gk + block.S] = _blocks.weights(block, lse[:, :, rows])
+
+        self._run(q, [k], None, compute)
         return w
 
-    # ---- backward ---------------------------------------------------------------------------
     def backward(self, q, k, v, out, lse, dout):
-        """The ring again. The (dk, dv) shares of a span travel one rank behind it: a rank
-        receives what the ranks before it added for the span it now holds (sent as they
-        finished the step before, so it is there or nearly), adds its own in place and sends
-        the sum on; after the last step the sums are complete and one more hop takes each home.
-        Per rank: the span held, the span arriving, and one span's sums (those that left at the
-        step before are waited for before the blocks are computed)."""
+        """The pieces again: each block recomputed from the global log-sum-exp and output kept
+        (``dS = P ∘ (dP − Δ)``); dq added locally, each piece's (dk, dv) shares summed over this
+        rank's query blocks and sent to the piece's owner, which adds them into its own."""
         dq = q.new_zeros(q.shape, dtype=self.cdt)
+        dk, dv = (t.new_zeros(t.shape, dtype=self.cdt) for t in (k, v))
         dparams = [torch.zeros_like(p, dtype=self.cdt if p.is_floating_point() else p.dtype) for p in self.params]
-        owner, cur_k, cur_v = self.rank, k.contiguous(), v.contiguous()
-        leaving = []  # the send of the sums that left at the step before (its buffers kept until it is done)
-        for step in range(self.world):
-            last = step == self.world - 1
-            nxt = (owner - 1) % self.world
-            if step == 0:
-                acc = (cur_k.new_zeros(cur_k.shape, dtype=self.cdt), cur_v.new_zeros(cur_v.shape, dtype=self.cdt))
-            else:  # posted before this step's key/value exchange, in the order the previous rank sent them
-                acc = tuple(t.new_empty(t.shape, dtype=self.cdt) for t in (cur_k, cur_v))
-                arriving = self._p2p([], list(acc))
-            for r in leaving:  # every rank has posted its receive (above) before it waits here: the sums
-                r.wait()  # that left at the step before are gone before this step's blocks are computed
-            leaving = []
-            bufs = self._kv_buffers(cur_k, cur_v, nxt) if not last else ()
-            reqs = self._exchange([cur_k, cur_v], list(bufs)) if not last else []
-            if step > 0:
-                for r in arriving:
-                    r.wait()
-            for lq, nq, lk, nk, block in self.blocks(q, cur_k, cur_v, owner):
-                rows = slice(lq, lq + nq)
+
+        class Compute:
+            @staticmethod
+            def start(kp, vp):
+                return [t.new_zeros(t.shape, dtype=self.cdt) for t in (kp, vp)]
+
+            def __call__(_, rows, gk, block, acc):
                 a, b, c, ps = _blocks.backward(self._engine(block), block, out[:, :, rows], lse[:, :, rows],
                                                dout[:, :, rows], self.params)
                 dq[:, :, rows] += a
-                acc[0][:, :, lk:lk + nk] += b
-                acc[1][:, :, lk:lk + nk] += c
+                acc[0] += b
+                acc[1] += c
                 for total, g in zip(dparams, ps):
                     total += g
-            for r in reqs:
-                r.wait()
-            if self.world == 1:
-                return dq, acc[0], acc[1], dparams
-            leaving = self._p2p(list(acc), [])
-            if not last:
-                owner, (cur_k, cur_v) = nxt, bufs
-            del acc
-        home = tuple(t.new_empty(t.shape, dtype=self.cdt) for t in (k, v))  # the complete sums of this rank's span
-        for r in self._p2p([], list(home)) + leaving:
-            r.wait()
-        return dq, home[0], home[1], dparams
 
-    def _p2p(self, send: list, recv: list):
-        """Sends to the next rank and receives from the previous one, each on its own (the sums'
-        stream), posted in list order."""
-        nxt, prv = _peer(self.group, (self.rank + 1) % self.world), _peer(self.group, (self.rank - 1) % self.world)
-        works = [dist.isend(t.contiguous(), nxt, group=self.group) for t in send]
-        works += [dist.irecv(t, prv, group=self.group) for t in recv]
-        return works
+        self._run(q, [k, v], (dk, dv), Compute())
+        return dq, dk, dv, dparams
 
 
 class _RingFunction(torch.autograd.Function):
