@@ -3,10 +3,10 @@
 A sequence too long for one device is split over the ranks of a process group; each rank
 holds a span of the queries, keys and values (:func:`shard`) and calls one of:
 
-- :func:`ring_attention`: key/value spans travel around the ranks while each computes its
-  queries against the span it holds (P2P, overlapped), blocks merged by log-sum-exp; no
-  limit on heads; blocks every rule rules out are skipped; ``layout="zigzag"`` balances
-  causal work;
+- :func:`ring_attention`: keys and values travel between the ranks in pieces (P2P, the next
+  piece on its way while one is computed) and each rank computes its queries against every
+  piece, blocks merged by log-sum-exp; no limit on heads; pieces and blocks every rule rules
+  out are skipped; ``layout="zigzag"`` balances causal work;
 - :func:`ulysses_attention`: two all-to-alls turn sequence spans into head slices and back,
   around any attend backend; heads (and kv heads) must divide by the group size.
 
