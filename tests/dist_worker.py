@@ -52,7 +52,40 @@ def cases():
     ]
 
 
+def run_triton_case(name, L, S, Hkv, build, layout):
+    """The ring with its blocks through attend's Triton kernels (float32; under the interpreter
+    on the CPU): output and dq, dk, dv by the tolerance rule against float64, with single-process
+    eager float32 as the baseline. Returns {what: 0.0 (within) or 1.0}, with the message."""
+    from reference import check
+
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    full = [torch.randn(B, H, L, E, generator=g, dtype=torch.float64), torch.randn(B, Hkv, S, E, generator=g,
+            dtype=torch.float64), torch.randn(B, Hkv, S, E, generator=g, dtype=torch.float64)]
+    dout = torch.randn(B, H, L, E, generator=g, dtype=torch.float64)
+    kw = build(L, S)
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        ins = [t.to(dtype).requires_grad_() for t in full]
+        o = attend.attention(*ins, **dict(kw, backend="eager"))
+        results[dtype] = [o.detach()] + list(torch.autograd.grad(o, ins, dout.to(dtype)))
+    mine = [D.shard(t.float(), layout=layout).detach().requires_grad_() for t in full]
+    out = D.ring_attention(*mine, layout=layout, **dict(kw, backend="triton", piece=12))
+    out.backward(D.shard(dout.float(), layout=layout))
+    errs = {}
+    for n, (what, got) in enumerate(zip(["out", "dq", "dk", "dv"], [out.detach()] + [t.grad for t in mine])):
+        want, base = (D.shard(results[d][n], layout=layout) for d in (torch.float64, torch.float32))
+        try:
+            check(got, base, want, dtype=torch.float32, m=2 if what == "out" else 3, what=what)
+            errs[what] = 0.0
+        except AssertionError as e:
+            errs[what] = 1.0
+            errs[what + "_message"] = str(e)
+    return errs
+
+
 def run_case(name, L, S, Hkv, build, method, layout, rank, world):
+    if method == "ring_triton":
+        return run_triton_case(name, L, S, Hkv, build, layout)
     g = torch.Generator().manual_seed(zlib.crc32(name.encode()))  # the same on every rank
     q = torch.randn(B, H, L, E, generator=g, dtype=torch.float64)
     k = torch.randn(B, Hkv, S, E, generator=g, dtype=torch.float64)

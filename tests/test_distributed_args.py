@@ -39,8 +39,11 @@ def test_ring_refusals_name_the_argument(group_of_one):
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="score: ring attention runs dot-like scores"):
         D.ring_attention(q, k, v, score=attend.scores.Additive(8, 8, 4))
-    with pytest.raises(ValueError, match="backend must be one of \\['auto', 'eager', 'inductor', 'sdpa'\\]"):
+    with pytest.raises(ValueError, match="backend must be one of \\['auto', 'eager', 'inductor', 'sdpa', 'triton'\\]"):
         D.ring_attention(q, k, v, backend="flex")
+    with pytest.raises(attend.backends.UnsupportedCall, match="backend 'triton' cannot run this call's blocks: dtype "
+                                                               "torch.float64"):
+        D.ring_attention(q.double(), k.double(), v.double(), backend="triton")
     w = torch.ones(1, requires_grad=True)
     qg = q.clone().requires_grad_()
     with pytest.raises(ValueError, match="score_mod: a function of your own holding a tensor that requires grad"):

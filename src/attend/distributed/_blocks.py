@@ -18,8 +18,15 @@ per-block state kept from the forward). Two engines give them:
   that sit on the causal diagonal (the blocks of plain and causal attention in the zigzag
   layout). Memory O(tile), as fast as single-process SDPA.
 
-``auto`` takes ``sdpa`` for the blocks it fits (on the CPU), else ``inductor`` where that
-backend can run the block and the block is worth compiling (its ``min_work``), else ``eager``.
+- ``triton``: attend's fused kernels (:mod:`attend.backends.triton`), the same ones as the
+  ``triton`` backend: forward with its log-sum-exp, backward given the rows' global output and
+  log-sum-exp. A block a rule allows whole runs with no mask and a block on the causal diagonal
+  as causal; other blocks have their rules evaluated into a dense (rows x keys) mask. Dot-like
+  scores, float16/bfloat16/float32; on a GPU, or on the CPU under Triton's interpreter (tests).
+
+``auto`` takes ``sdpa`` for the blocks it fits (on the CPU), ``triton`` on a GPU where it can
+run the block, else ``inductor`` where that backend can run the block and the block is worth
+compiling (its ``min_work``), else ``eager``.
 """
 from __future__ import annotations
 
@@ -33,7 +40,8 @@ from torch import Tensor
 from .. import backends as _backends
 from ..backends.base import AttentionCall, compute_dtype, safe_lse
 
-ENGINES = ("auto", "eager", "inductor", "sdpa")
+ENGINES = ("auto", "eager", "inductor", "sdpa", "triton")
+_LN2 = math.log(2.0)
 
 
 def check_engine(engine: str) -> str:
@@ -44,8 +52,14 @@ def check_engine(engine: str) -> str:
 
 
 def pick(engine: str, call: AttentionCall) -> str:
-    """The engine for block ``call``: ``sdpa:full``, ``sdpa:causal``, ``inductor`` or ``eager``."""
+    """The engine for block ``call``: ``sdpa:full``, ``sdpa:causal``, ``triton``, ``inductor`` or ``eager``."""
     fused = _sdpa_kind(call)
+    if engine == "triton" or (engine == "auto" and call.query.device.type == "cuda"):
+        why = _triton_why(call)
+        if not why:
+            return "triton"
+        if engine == "triton":
+            raise _backends.UnsupportedCall(f"backend 'triton' cannot run this call's blocks: {'; '.join(why)}")
     if engine != "auto":
         if engine == "inductor":
             why = _inductor_why(call)
@@ -67,12 +81,17 @@ def pick(engine: str, call: AttentionCall) -> str:
 
 def _sdpa_kind(call: AttentionCall) -> Optional[str]:
     """``sdpa:full`` (no mask needed), ``sdpa:causal`` (the causal diagonal) or None."""
-    from .._rules import Causal
-    from ._rules import Shifted
-
     if (call.query.device.type != "cpu" or call.score_mod is not None or call.mask is not None or call.bias is not None
             or not getattr(call.score, "dot_like", False) or call.query.dtype not in _FLASH_DTYPES):
         return None
+    return _shape_of_rule(call)
+
+
+def _shape_of_rule(call: AttentionCall) -> Optional[str]:
+    """``sdpa:full`` when the block's rule allows it whole, ``sdpa:causal`` on the causal diagonal, else None."""
+    from .._rules import Causal
+    from ._rules import Shifted
+
     rule = call.mask_mod
     if rule is None:
         return "sdpa:full"
@@ -94,6 +113,24 @@ def _flash_operands(call: AttentionCall):
     return a, call.expand_kv(b), call.expand_kv(call.value), call.scale * factor
 
 
+def _triton_why(call: AttentionCall) -> list:
+    return _backends.get("triton").can_run(call)
+
+
+def _triton_block(call: AttentionCall):
+    """(the block as the kernels take it, its plan, a, b, scale): a rule that allows it whole
+    dropped, the causal diagonal as ``causal``; a, b from the score's ``as_dot`` (in the graph)."""
+    from ..backends.triton import plan as TP
+
+    shape = _shape_of_rule(call) if call.score_mod is None else None
+    if shape is not None:
+        call = dataclasses.replace(call, mask_mod=None, causal=shape == "sdpa:causal")
+    p = TP.plan(call)
+    a, b, factor = call.score.as_dot(call.query, call.key)
+    p.scale = call.scale * factor
+    return call, p, a, b
+
+
 def _inductor_why(call: AttentionCall) -> list:
     with torch.no_grad():  # the engine takes the gradients itself (see backward)
         return _backends.get("inductor").can_run(call)
@@ -108,6 +145,12 @@ def forward(engine: str, call: AttentionCall) -> tuple[Tensor, Tensor]:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 a.contiguous(), b.contiguous(), v.contiguous(), 0.0, engine == "sdpa:causal", scale=scale)
             return out.to(cdt), lse.to(cdt)
+        if engine == "triton":
+            from ..backends.triton import ops
+
+            _, p, a, b = _triton_block(call)
+            out, lse2 = torch.ops.attend.triton_attention(a, b, call.value, *ops.plan_values(p), 0, 0)
+            return out.to(cdt), (lse2 * _LN2).to(cdt)  # its log-sum-exp is in log2 units
         if engine == "inductor":
             from ..backends import inductor as I
 
@@ -140,6 +183,8 @@ def backward(engine: str, call: AttentionCall, out: Tensor, lse: Tensor, dout: T
     with torch.enable_grad():
         if engine.startswith("sdpa"):
             grads = _sdpa_backward(leaf, out, lse, dout, params, engine == "sdpa:causal")
+        elif engine == "triton":
+            grads = _triton_backward(leaf, out, lse, dout, params)
         elif engine == "inductor":
             grads = _inductor_backward(leaf, out, lse, dout, params, cdt)
         else:
@@ -164,6 +209,19 @@ def _sdpa_backward(call: AttentionCall, out, lse, dout, params, causal: bool):
         scale=scale)
     leaves = [call.query, call.key, call.value] + list(params)
     return list(torch.autograd.grad([a, b, v], leaves, [da, db, dv], allow_unused=True))
+
+
+def _triton_backward(call: AttentionCall, out, lse, dout, params):
+    """The kernels' backward given the rows' global output and log-sum-exp (in log2 units)."""
+    from ..backends.triton import ops
+
+    _, p, a, b = _triton_block(call)  # a, b in the graph of q, k (and a General score's weight)
+    dt = a.dtype
+    da, db, dv, _ = ops.backward_op(dout.to(dt).contiguous(), a.detach(), b.detach(), call.value.detach(),
+                                    out.to(dt).contiguous(), (lse.float() / _LN2).contiguous(),
+                                    ops.plan_values(p), (0, 0), lambda name: False)
+    leaves = [call.query, call.key, call.value] + list(params)
+    return list(torch.autograd.grad([a, b, call.value], leaves, [da, db, dv], allow_unused=True))
 
 
 def _inductor_backward(call: AttentionCall, out, lse, dout, params, cdt):

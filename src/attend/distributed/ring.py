@@ -63,8 +63,8 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
     learned relative-bias table) gets on each rank the gradient of *that rank's* rows: sum
     them over the group (:func:`attend.distributed.all_reduce_grads`) for the whole gradient.
 
-    ``backend``: how each block is computed, ``"auto"``, ``"sdpa"``, ``"inductor"`` or
-    ``"eager"`` (:mod:`attend.distributed._blocks`). ``piece``: keys per piece sent, and query
+    ``backend``: how each block is computed, ``"auto"``, ``"sdpa"`` (CPU), ``"triton"``
+    (attend's fused kernels: a GPU), ``"inductor"`` or ``"eager"`` (:mod:`attend.distributed._blocks`). ``piece``: keys per piece sent, and query
     rows per block (the same on every rank); default: what keeps one piece of keys and values
     near 512 KiB, at least 256 keys (1024 keys at one head, E = 64, float32). Smaller pieces
     hold less memory per rank and make more, smaller calls.
