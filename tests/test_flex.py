@@ -100,6 +100,18 @@ def test_a_mask_function_of_ones_own_and_bfloat16():
                what="own mask_mod, bfloat16", grads=False)
 
 
+def test_calls_with_another_head_count_in_one_process():
+    """ALiBi + causal at 4 heads, then 2, then 4 again with another length: FlexAttention's CPU
+    template recompiled with a dynamic head count made C++ that did not compile (torch 2.13);
+    each head count now has its own program, and every call equals the reference."""
+    for heads, L in ((4, 40), (2, 40), (4, 52)):
+        q, k, v = inputs(1, heads, heads, L, L, E, E, torch.float32)
+        slopes = attend.mods.alibi_slopes(heads)
+        check_case(SMALL, q, k, v, kw=dict(causal=True, score_mod=attend.mods.alibi(slopes)),
+                   ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, L), mod=_alibi_ref(slopes, L, L),
+                   dtype=torch.float32, what=f"alibi causal, {heads} heads, L={L}", grads=False)
+
+
 def test_block_counts_of_a_causal_mask():
     """Blocks of 16 over 64 x 64 causal: 4 diagonal blocks masked, 6 below full, 6 above skipped."""
     q, k, v = inputs(1, 1, 1, 64, 64, E, E, torch.float32)

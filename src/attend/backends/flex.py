@@ -250,7 +250,10 @@ def _key(call: AttentionCall) -> tuple:
             return type(f).__name__ if not hasattr(f, "mods") else tuple(what(m) for m in f.mods)
         return getattr(getattr(f, "fn", f), "__code__", None) or type(f)
 
-    return (str(call.query.dtype), call.Hq != call.Hkv, what(call.score_mod), what(fn))
+    # one program per head count: FlexAttention's CPU template, recompiled with the head count
+    # dynamic after a call with another, made C++ that does not compile (torch 2.13: an
+    # undeclared ``cur_qSplitSize1``); within one head count, lengths and batch may vary
+    return (str(call.query.dtype), call.Hq, call.Hkv, what(call.score_mod), what(fn))
 
 
 def _name(fn) -> str:
