@@ -52,7 +52,7 @@ def cases():
     ]
 
 
-def run_triton_case(name, L, S, Hkv, build, layout):
+def run_triton_case(name, L, S, Hkv, build, layout, dtype=torch.float32):
     """The ring with its blocks through attend's Triton kernels (float32; under the interpreter
     on the CPU): output and dq, dk, dv by the tolerance rule against float64, with single-process
     eager float32 as the baseline. Returns {what: 0.0 (within) or 1.0}, with the message."""
@@ -64,18 +64,18 @@ def run_triton_case(name, L, S, Hkv, build, layout):
     dout = torch.randn(B, H, L, E, generator=g, dtype=torch.float64)
     kw = build(L, S)
     results = {}
-    for dtype in (torch.float64, torch.float32):
-        ins = [t.to(dtype).requires_grad_() for t in full]
+    for dt in (torch.float64, dtype):
+        ins = [t.to(dt).requires_grad_() for t in full]
         o = attend.attention(*ins, **dict(kw, backend="eager"))
-        results[dtype] = [o.detach()] + list(torch.autograd.grad(o, ins, dout.to(dtype)))
-    mine = [D.shard(t.float(), layout=layout).detach().requires_grad_() for t in full]
+        results[dt] = [o.detach()] + list(torch.autograd.grad(o, ins, dout.to(dt)))
+    mine = [D.shard(t.to(dtype), layout=layout).detach().requires_grad_() for t in full]
     out = D.ring_attention(*mine, layout=layout, **dict(kw, backend="triton", piece=12))
-    out.backward(D.shard(dout.float(), layout=layout))
-    errs = {}
+    out.backward(D.shard(dout.to(dtype), layout=layout))
+    errs = {"dtypes": 0.0 if out.dtype == dtype and all(t.grad.dtype == dtype for t in mine) else 1.0}
     for n, (what, got) in enumerate(zip(["out", "dq", "dk", "dv"], [out.detach()] + [t.grad for t in mine])):
-        want, base = (D.shard(results[d][n], layout=layout) for d in (torch.float64, torch.float32))
+        want, base = (D.shard(results[d][n], layout=layout) for d in (torch.float64, dtype))
         try:
-            check(got, base, want, dtype=torch.float32, m=2 if what == "out" else 3, what=what)
+            check(got, base, want, dtype=dtype, m=2 if what == "out" else 3, what=what)
             errs[what] = 0.0
         except AssertionError as e:
             errs[what] = 1.0
@@ -84,8 +84,9 @@ def run_triton_case(name, L, S, Hkv, build, layout):
 
 
 def run_case(name, L, S, Hkv, build, method, layout, rank, world):
-    if method == "ring_triton":
-        return run_triton_case(name, L, S, Hkv, build, layout)
+    if method.startswith("ring_triton"):
+        return run_triton_case(name, L, S, Hkv, build, layout, torch.bfloat16 if method.endswith("bf16") else
+                               torch.float32)
     g = torch.Generator().manual_seed(zlib.crc32(name.encode()))  # the same on every rank
     q = torch.randn(B, H, L, E, generator=g, dtype=torch.float64)
     k = torch.randn(B, Hkv, S, E, generator=g, dtype=torch.float64)
@@ -146,6 +147,7 @@ def extra_checks(rank, world):
         with torch.no_grad():
             o, w = fn(*(D.shard(t, layout="zigzag") for t in (q, k, v)), layout="zigzag", return_weights=True, **kw)
         out[f"weights_{method}"] = (w - D.shard(ref_w, layout="zigzag")).abs().max().item()
+    q30, k12 = torch.randn(1, H, 30, E, generator=g), torch.randn(1, H, 12, E, generator=g)
     messages = {}
     for label, call in [
         ("heads", lambda: D.ulysses_attention(torch.zeros(1, 3, 4, E), torch.zeros(1, 3, 4, E), torch.zeros(1, 3, 4, E))),
@@ -154,6 +156,9 @@ def extra_checks(rank, world):
         ("zigzag_lengths", lambda: D.ring_attention(q[:, :, : 4 + 3 * rank], k, v, layout="zigzag")),
         ("piece_differs", lambda: D.ring_attention(q, k, v, piece=3 + rank)),
         ("piece_zero", lambda: D.ring_attention(q, k, v, piece=0)),
+        # rank 0's queries see no key (causal, L - S = 18): only rank 1 has blocks sdpa cannot run
+        ("sdpa_one_rank", lambda: D.ring_attention(*(D.shard(t) for t in (q30, k12, k12)), causal=True,
+                                                   backend="sdpa", piece=4)),
     ]:
         try:
             call()
@@ -161,6 +166,53 @@ def extra_checks(rank, world):
         except Exception as e:  # noqa: BLE001 - the message is what is checked
             messages[label] = f"{type(e).__name__}: {e}"
     out["messages"] = messages
+    return out
+
+
+def inflight_checks(rank, world):
+    """The largest number of bytes the ring holds in message buffers at once (receives, copies
+    made to send, gradient shares), in units of one piece of k, forward+backward, for layouts
+    and masks where a rank runs out of its own work early or reads few blocks per piece.
+    Views of this rank's own k and v sent as they are cost nothing and are not counted."""
+    import weakref
+
+    live, peak = [0], [0]
+    real_isend, real_irecv = dist.isend, dist.irecv
+    own = set()
+
+    def track(t):
+        if t.untyped_storage().data_ptr() in own:
+            return
+        live[0] += t.nbytes
+        peak[0] = max(peak[0], live[0])
+        weakref.finalize(t, lambda n=t.nbytes: live.__setitem__(0, live[0] - n))
+
+    def isend(t, *a, **k):
+        track(t)
+        return real_isend(t, *a, **k)
+
+    def irecv(t, *a, **k):
+        track(t)
+        return real_irecv(t, *a, **k)
+
+    S, piece, Bx, Hx = 512, 8, 2, 2
+    ids = torch.tensor([0] * 200 + [1] * 312)  # a document across the ranks' boundary
+    out = {}
+    dist.isend, dist.irecv = isend, irecv
+    try:
+        for name, layout, kw in [("contiguous_causal", "contiguous", {"causal": True}),
+                                 ("zigzag_causal", "zigzag", {"causal": True}),
+                                 ("documents", "contiguous", {"causal": True, "mask": attend.masks.document(ids)})]:
+            g = torch.Generator().manual_seed(3)
+            q, k, v, do = (D.shard(torch.randn(Bx, Hx, S, E, generator=g), layout=layout) for _ in range(4))
+            q, k, v = (t.requires_grad_() for t in (q, k, v))
+            own.clear()
+            own.update(t.untyped_storage().data_ptr() for t in (k, v))
+            live[0] = peak[0] = 0
+            D.ring_attention(q, k, v, layout=layout, piece=piece, **kw).backward(do)
+            out[f"inflight_units_{name}"] = peak[0] / (Bx * Hx * piece * E * 4)
+    finally:
+        dist.isend, dist.irecv = real_isend, real_irecv
     return out
 
 
@@ -254,6 +306,7 @@ def main():
         if not args.no_extra:
             f.write(json.dumps({"case": "extra", "errors": extra_checks(args.rank, args.world)}) + "\n")
             f.write(json.dumps({"case": "models", "errors": model_checks(args.rank, args.world)}) + "\n")
+            f.write(json.dumps({"case": "inflight", "errors": inflight_checks(args.rank, args.world)}) + "\n")
     dist.destroy_process_group()
 
 

@@ -88,6 +88,9 @@ def test_weights_from_the_merged_lse_and_refusals(report):
         assert "the zigzag layout of" in m["zigzag_lengths"]
         assert "piece must be the same on every rank, got [3, 4]" in m["piece_differs"]
         assert "piece must be a positive int" in m["piece_zero"]
+    refused = [records["extra"]["errors"]["messages"]["sdpa_one_rank"] for records in report]
+    assert "UnsupportedCall: backend 'sdpa' computes blocks" in refused[1], refused
+    assert "UnsupportedCall: backend 'sdpa' cannot run the blocks of another rank" in refused[0], refused
 
 
 TRITON = ["causal", "window_gqa", "document", "causal_cross_L_gt_S"]
@@ -95,15 +98,16 @@ TRITON = ["causal", "window_gqa", "document", "causal_cross_L_gt_S"]
 
 def test_ring_blocks_through_the_triton_kernels(tmp_path):
     """backend="triton": the blocks run on attend's fused kernels (the GPU path), here under
-    Triton's interpreter on the CPU: float32 within the tolerance rule against float64, every
-    kind of block (whole, causal diagonal, a rule evaluated into a dense mask)."""
+    Triton's interpreter on the CPU: float32 and bfloat16 (the kernels take it as it is) within
+    the tolerance rule against float64, every kind of block (whole, causal diagonal, a rule
+    evaluated into a dense mask)."""
     pytest.importorskip("triton")
-    results = launch(str(tmp_path), "--methods", "ring_triton", "--cases", ",".join(TRITON), "--no-extra",
-                     env={"TRITON_INTERPRET": "1"})
+    results = launch(str(tmp_path), "--methods", "ring_triton,ring_triton_bf16", "--cases", ",".join(TRITON),
+                     "--no-extra", env={"TRITON_INTERPRET": "1"})
     for rank, (rc, err, records) in enumerate(results):
         assert rc == 0, err[-3000:]
         got = {r["case"]: r for r in records}
-        assert len(got) == 2 * len(TRITON), sorted(got)
+        assert len(got) == 2 * 2 * len(TRITON), sorted(got)
         for case, rec in got.items():
             assert "exception" not in rec, rec.get("exception")
             bad = {k: v for k, v in rec["errors"].items() if v != 0.0}
@@ -135,6 +139,18 @@ def test_a_transformer_trains_with_its_sequence_split_across_ranks(report, stack
         errs = records["models"]["errors"][stack]
         assert errs["out"] <= TOL and errs["grads"] <= 1e-11, (rank, errs)
         assert errs["params_after_3_steps"] <= 1e-12, (rank, errs)
+
+
+def test_the_ring_holds_a_few_pieces_in_flight_not_a_span(report):
+    """Message buffers held at once (receives, send copies, gradient shares), forward+backward,
+    in pieces of k: a few, where a rank's whole k and v span would be 64 (contiguous causal:
+    rank 0 runs out of its own work early; documents: each piece is read by one query block)."""
+    for rank, records in enumerate(report):
+        got = records["inflight"]["errors"]
+        assert set(got) == {"inflight_units_contiguous_causal", "inflight_units_zigzag_causal",
+                            "inflight_units_documents"}
+        for case, units in got.items():
+            assert units <= 32, (rank, case, units)  # measured 12-22 (2026-11-29); a span would be 64
 
 
 def test_a_rank_that_dies_makes_the_other_fail_not_hang(tmp_path):

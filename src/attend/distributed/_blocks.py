@@ -177,7 +177,8 @@ def backward(engine: str, call: AttentionCall, out: Tensor, lse: Tensor, dout: T
     """The block's share of (dq, dk, dv, d params) given the rows' global ``out``, ``lse`` and
     ``dout``; dk, dv at the block's kv heads (grouped heads summed)."""
     cdt = compute_dtype(call.query.dtype)
-    q, k, v = (t.detach().to(cdt).requires_grad_() for t in (call.query, call.key, call.value))
+    dt = call.query.dtype if engine == "triton" else cdt  # (the kernels take half precision as it is)
+    q, k, v = (t.detach().to(dt).requires_grad_() for t in (call.query, call.key, call.value))
     leaf = dataclasses.replace(call, query=q, key=k, value=v)
     out, lse, dout = out.detach().to(cdt), lse.detach().to(cdt), dout.detach().to(cdt)
     with torch.enable_grad():

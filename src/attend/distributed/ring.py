@@ -33,6 +33,7 @@ from torch import Tensor
 from .. import _check
 from .._rules import And, Causal, Window, bind, check_rule
 from .._ruletree import is_own, rule_tensors
+from ..backends import UnsupportedCall
 from ..backends.base import AttentionCall, _holds_grad_tensor, compute_dtype
 from ..functional import _prepare
 from . import _blocks
@@ -117,6 +118,7 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
                              f"(attend.masks, attend.mods) or torch.no_grad()")
     plan = _Ring(group, rank, world, call, q_spans, k_spans, Lg, Sg, rule, mod, backend, params, piece)
     q, k, v = call.query, call.key, call.value
+    plan.check_engines(q, k, v)
     if torch.is_grad_enabled() and any(t.requires_grad for t in [q, k, v] + params):
         out = _RingFunction.apply(plan, q, k, v, *params)
     else:
@@ -247,6 +249,29 @@ class _Ring:
     def _engine(self, block):
         return _blocks.pick(self.engine, block)
 
+    def check_engines(self, q, k, v):
+        """Before any message: every block of this rank runs on the engine asked for, or every
+        rank raises (a block refused on one rank alone would leave the others waiting for it)."""
+        if self.engine in ("auto", "eager"):  # (these take every block)
+            return
+        why = ""
+        with torch.no_grad():
+            try:
+                for _, (_, gk, nk), _ in self.order(self.rank):
+                    kp, vp = (t.new_zeros(()).expand(*t.shape[:2], nk, t.shape[3]) for t in (k, v))  # no memory
+                    for _, _, block in self.blocks(q, kp, vp, gk):
+                        _blocks.pick(self.engine, block)
+            except UnsupportedCall as e:
+                why = str(e)
+        if self.world > 1:
+            flag = torch.tensor([1 if why else 0], device=q.device)  # (NCCL: on the GPU)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            if not why and int(flag.item()):
+                why = (f"backend {self.engine!r} cannot run the blocks of another rank of the group (its error "
+                       f"names why); use backend='auto'")
+        if why:
+            raise UnsupportedCall(why)
+
     # ---- forward, weights, backward ------------------------------------------------------------
     def _run(self, q, local, shares, compute):
         """Every piece of this rank's order, its blocks through ``compute(j, rows, nq, block)``;
@@ -256,11 +281,12 @@ class _Ring:
             gk, tensors = sched.piece(j)
             kp, vp = tensors[0], tensors[-1]
             acc = compute.start(kp, vp) if shares is not None else None
+            block = None
             for lq, nq, block in self.blocks(q, kp, vp, gk):
                 sched.before_block()
                 compute(slice(lq, lq + nq), gk, block, acc)
                 sched.block_done()
-            del kp, vp, tensors
+            del kp, vp, tensors, block  # (the block holds the piece too)
             sched.done(j, acc)
         sched.finish()
 
