@@ -574,7 +574,8 @@ def main() -> None:
                              "ms": cell["ms"], "ratio_value": ratio, "runs": cell["runs"]})
 
                 # attend: auto, then each backend that can run it
-                auto_b = attend.explain(q, k, v, **var.kw).backend
+                with torch.set_grad_enabled(grad):  # as the timed call runs (a learned table: inference differs)
+                    auto_b = attend.explain(q, k, v, **var.kw).backend
                 fwd_first = passes.get("fwd_first", {})
                 for method in ["auto"] + ATTEND_BACKENDS:
                     b = auto_b if method == "auto" else method

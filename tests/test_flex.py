@@ -100,6 +100,19 @@ def test_a_mask_function_of_ones_own_and_bfloat16():
                what="own mask_mod, bfloat16", grads=False)
 
 
+def test_a_relative_bias_table():
+    """``auto`` takes flex for a relative-bias table up to 2048 x 2048: its values at clipped
+    distances (max_distance 5, so most pairs are clipped), L < S, against a reference written here."""
+    L, S, M = 30, 41, 5
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float32)
+    table = torch.randn(H, 2 * M + 1)
+    rel = (torch.arange(S).view(1, -1) - torch.arange(L).view(-1, 1) - (S - L)).clamp(-M, M) + M
+    bias = table.double()[:, rel]  # (H, L, S)
+    check_case(SMALL, q, k, v, kw=dict(score_mod=attend.mods.relative_bias(table)),
+               ref_scores=R.scaled_dot(E), mod=lambda s: s + bias.unsqueeze(0), dtype=torch.float32,
+               what="relative bias table", grads=False)
+
+
 def test_calls_with_another_head_count_in_one_process():
     """ALiBi + causal at 4 heads, then 2, then 4 again with another length: FlexAttention's CPU
     template recompiled with a dynamic head count made C++ that did not compile (torch 2.13);
@@ -156,6 +169,13 @@ def test_what_auto_takes_and_explain_says():
     assert alibi.backend == "flex" and "full (computed without the mask)" in alibi.detail
     assert window.backend == "flex"
     assert softcap.backend == "inductor" and "slower than inductor" in " ".join(softcap.reasons["flex"])
+    with torch.no_grad():
+        table = torch.randn(8, 257)
+        rel = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))
+        q2 = torch.cat([q, q], dim=2)
+        rel_long = attend.explain(q2, q2, q2, score_mod=attend.mods.relative_bias(table))
+    assert rel.backend == "flex"  # measured faster there up to 2048 x 2048
+    assert rel_long.backend == "inductor" and "past 2048 x 2048" in " ".join(rel_long.reasons["flex"])
     assert causal.backend == "sdpa" and "plain causal" in " ".join(causal.reasons["flex"])
     assert "min_work" in " ".join(small.reasons["flex"])
     qg = q.clone().requires_grad_()

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import _check
-from .._rules import Alibi, And, Causal, Rule, Window
+from .._rules import Alibi, And, Causal, RelativeBias, Rule, Window
 from . import _programs as P
 from .base import AttentionCall, Backend
 from ._programs import no_compiler as _no_compiler
@@ -42,6 +42,11 @@ except ImportError:  # pragma: no cover - older PyTorch
 #: score_mods for which ``auto`` takes this backend: measured faster than inductor's tiles
 #: (benchmarks/results/cpu.md); a score_mod of another kind runs here only when named
 FAST_SCORE_MODS = (Alibi,)
+#: a learned relative-bias table too, up to this many (query, key) pairs per sequence and head:
+#: at (1, 8, 2048, 64) and (4, 8, 512, 64) FlexAttention's kernel ran it at 1.33-1.38x SDPA
+#: plain against inductor's 1.50-1.60x, at (1, 8, 4096, 64) at 1.93-2.2x against 1.48-1.64x
+#: (benchmarks/results/cpu.md, cpu-back-chunk.md)
+RELATIVE_BIAS_PAIRS = 2048 * 2048
 
 
 def _program(q, k, v, score_mod, block_mask, scale, gqa):
@@ -97,9 +102,10 @@ class Flex(Backend):
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
         mod = call.score_mod
-        if mod is not None and not isinstance(mod, FAST_SCORE_MODS):
-            return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)} "
-                    f"(benchmarks/results/cpu.md)"]
+        table = isinstance(mod, RelativeBias) and call.L * call.S <= RELATIVE_BIAS_PAIRS
+        if mod is not None and not isinstance(mod, FAST_SCORE_MODS) and not table:
+            return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)}"
+                    f"{' past 2048 x 2048' if isinstance(mod, RelativeBias) else ''} (benchmarks/results/cpu.md)"]
         rules = call.mask_mod is not None or call.window is not None or (call.causal and not _only_causal(call))
         if mod is None and not rules:
             return ["SDPA's fused kernel computes this call as fast without compiling "
