@@ -274,8 +274,10 @@ class _Ring:
 
     # ---- forward, weights, backward ------------------------------------------------------------
     def _run(self, q, local, shares, compute):
-        """Every piece of this rank's order, its blocks through ``compute(j, rows, nq, block)``;
-        messages as :mod:`._pieces` schedules them. Returns nothing; ``compute`` accumulates."""
+        """Every piece of this rank's order, its blocks through ``compute(rows, global key start,
+        block, shares)`` (``shares``: the piece's (dk, dv) accumulators from ``compute.start``
+        in the backward, else None); messages as :mod:`._pieces` schedules them. ``compute``
+        accumulates; nothing is returned."""
         sched = Schedule(self, local, shares)
         for j in range(len(sched)):
             gk, tensors = sched.piece(j)
