@@ -97,3 +97,29 @@ def test_training_settings_refused_by_message(monkeypatch, tmp_path):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2 but RANK is not set: launch with torchrun"):
         init_from_env()
+
+
+def test_the_schedule_counts_blocks_in_closed_form_as_the_rules_do():
+    """The order of pieces counts each piece's allowed query blocks; for plain causal it does so
+    by bisection: the same counts as checking the rule block by block (both layouts, L != S,
+    3-4 ranks, ragged pieces)."""
+    from attend._rules import Causal, bind
+    from attend.distributed.layout import spans
+    from attend.distributed.ring import _Ring
+
+    q = torch.zeros(1, 1, 1, 4)
+    call = attend.functional._prepare(q, q, q)[0]
+    checked = 0
+    for Lg, Sg, W, piece, layout in [(37, 37, 2, 5, "zigzag"), (41, 29, 3, 4, "contiguous"),
+                                     (29, 45, 2, 3, "zigzag"), (100, 100, 4, 7, "zigzag")]:
+        qs = [spans(Lg, r, W, layout) for r in range(W)]
+        ks = [spans(Sg, r, W, layout) for r in range(W)]
+        ring = _Ring(None, 0, W, call, qs, ks, Lg, Sg, bind(Causal(), Lg, Sg), None, "auto", [], piece)
+        for x in range(W):
+            rows = ring.rows_of(x)
+            fast = ring._counter(rows)
+            for owner in range(W):
+                for _, gk, nk in ring._cut(ks[owner]):
+                    assert fast(gk, nk) == sum(ring._allowed(gq, nq, gk, nk) for _, gq, nq in rows)
+                    checked += 1
+    assert checked > 100

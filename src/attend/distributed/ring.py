@@ -23,6 +23,7 @@ log-sum-exp is kept between forward and backward.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Optional
 
@@ -222,14 +223,26 @@ class _Ring:
         got = self._orders.get(x)
         if got is None:
             rows, got = self.rows_of(x), []
+            blocks = self._counter(rows)
             for s in range(self.world):
                 owner = (x - s) % self.world
                 for p in self._cut(self.k_spans[owner]):
-                    w = sum(self._allowed(gq, nq, p[1], p[2]) for _, gq, nq in rows)
+                    w = blocks(p[1], p[2])
                     if w:
                         got.append((owner, p, w))
             self._orders[x] = got
         return got
+
+    def _counter(self, rows):
+        """``(gk, nk) -> how many of rows' blocks the rules allow against keys gk:gk+nk``: in
+        closed form for no rule (all) and plain causal (rows whose last query reaches gk, by
+        bisection), else one rule check per block (Python work in pieces x blocks)."""
+        if self.rule is None:
+            return lambda gk, nk: len(rows)
+        if type(self.rule) is Causal:  # query i sees key j <= i + offset
+            last = sorted(gq + nq - 1 + self.rule.offset for _, gq, nq in rows)
+            return lambda gk, nk: len(last) - bisect.bisect_left(last, gk)
+        return lambda gk, nk: sum(self._allowed(gq, nq, gk, nk) for _, gq, nq in rows)
 
     def peer(self, x):
         return _peer(self.group, x)
