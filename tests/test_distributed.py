@@ -93,6 +93,19 @@ def test_weights_from_the_merged_lse_and_refusals(report):
     assert "UnsupportedCall: backend 'sdpa' cannot run the blocks of another rank" in refused[0], refused
 
 
+def _records(results, n):
+    """Per rank, {case: errors} of a launch that ran ``n`` cases on every rank without an exception."""
+    out = []
+    for rc, err, records in results:
+        assert rc == 0, err[-3000:]
+        got = {r["case"]: r for r in records}
+        assert len(got) == n, sorted(got)
+        for rec in got.values():
+            assert "exception" not in rec, rec.get("exception")
+        out.append({case: rec["errors"] for case, rec in got.items()})
+    return out
+
+
 TRITON = ["causal", "window_gqa", "document", "causal_cross_L_gt_S"]
 
 
@@ -104,13 +117,9 @@ def test_ring_blocks_through_the_triton_kernels(tmp_path):
     pytest.importorskip("triton")
     results = launch(str(tmp_path), "--methods", "ring_triton,ring_triton_bf16", "--cases", ",".join(TRITON),
                      "--no-extra", env={"TRITON_INTERPRET": "1"})
-    for rank, (rc, err, records) in enumerate(results):
-        assert rc == 0, err[-3000:]
-        got = {r["case"]: r for r in records}
-        assert len(got) == 2 * 2 * len(TRITON), sorted(got)
-        for case, rec in got.items():
-            assert "exception" not in rec, rec.get("exception")
-            bad = {k: v for k, v in rec["errors"].items() if v != 0.0}
+    for rank, cases in enumerate(_records(results, 2 * 2 * len(TRITON))):
+        for case, errors in cases.items():
+            bad = {k: v for k, v in errors.items() if v != 0.0}  # 1.0 and the message where out of tolerance
             assert not bad, f"rank {rank} {case}: {bad}"
 
 
@@ -121,13 +130,9 @@ def test_three_ranks_receive_from_one_and_send_to_another(tmp_path):
     """With 3 ranks, at step s a rank receives from rank r - s and sends to r + s (two different
     peers), and the (dk, dv) shares go home to a third: exact in float64 for pieces of 4 keys."""
     results = launch(str(tmp_path), "--methods", "ring_p4,ring", "--cases", ",".join(THREE), "--no-extra", world=3)
-    for rank, (rc, err, records) in enumerate(results):
-        assert rc == 0, err[-3000:]
-        got = {r["case"]: r for r in records}
-        assert len(got) == 2 * 2 * len(THREE), sorted(got)
-        for case, rec in got.items():
-            assert "exception" not in rec, rec.get("exception")
-            for what, e in rec["errors"].items():
+    for rank, cases in enumerate(_records(results, 2 * 2 * len(THREE))):
+        for case, errors in cases.items():
+            for what, e in errors.items():
                 assert e <= TOL, f"rank {rank} {case}: {what} differs by {e:.3g}"
 
 

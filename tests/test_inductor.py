@@ -42,8 +42,8 @@ CASES = [  # (score, mask kind, score_mod)
 ]
 
 
-@pytest.mark.parametrize("score,mask,mod", CASES)
-def test_matches_reference_with_gradients(score, mask, mod):
+def _check(backend, score, mask, mod, what):
+    """One CASES entry on ``backend`` against the float64 reference, gradients included."""
     q, k, v = inputs(B, H, H, L, S, E, E, torch.float64)
     arg, ref_scores = make_score(score, E)
     kw, allowed, bias = mask_kwargs(mask, B, H, L, S)
@@ -54,8 +54,13 @@ def test_matches_reference_with_gradients(score, mask, mod):
     elif mod == "softcap":
         kw["score_mod"], ref_mod = attend.mods.softcap(1.5), lambda s: 1.5 * torch.tanh(s / 1.5)
     kw["score"] = arg
-    check_case(SMALL, q, k, v, kw=kw, ref_scores=ref_scores, allowed=allowed, bias=bias, mod=ref_mod,
-               dtype=torch.float64, what=f"{score}/{mask}/{mod}")
+    check_case(backend, q, k, v, kw=kw, ref_scores=ref_scores, allowed=allowed, bias=bias, mod=ref_mod,
+               dtype=torch.float64, what=f"{what}{score}/{mask}/{mod}")
+
+
+@pytest.mark.parametrize("score,mask,mod", CASES)
+def test_matches_reference_with_gradients(score, mask, mod):
+    _check(SMALL, score, mask, mod, "")
 
 
 def test_float32_softcap_causal_within_the_tolerance_rule():
@@ -213,17 +218,7 @@ def test_backward_with_its_own_narrower_chunks_matches_reference(score, mask, mo
     q, k, v = inputs(B, H, H, L, S, E, E, torch.float64)
     plan = be.plan(attend.functional._prepare(q, k, v)[0])
     assert {j1 - j0 for *_, c in plan.back_tiles for j0, j1 in c} != {j1 - j0 for *_, c in plan.tiles for j0, j1 in c}
-    arg, ref_scores = make_score(score, E)
-    kw, allowed, bias = mask_kwargs(mask, B, H, L, S)
-    ref_mod = None
-    if mod == "alibi":
-        slopes = attend.mods.alibi_slopes(H).double()
-        kw["score_mod"], ref_mod = attend.mods.alibi(slopes), _alibi_ref(slopes)
-    elif mod == "softcap":
-        kw["score_mod"], ref_mod = attend.mods.softcap(1.5), lambda s: 1.5 * torch.tanh(s / 1.5)
-    kw["score"] = arg
-    check_case(be, q, k, v, kw=kw, ref_scores=ref_scores, allowed=allowed, bias=bias, mod=ref_mod,
-               dtype=torch.float64, what=f"narrow backward {score}/{mask}/{mod}")
+    _check(be, score, mask, mod, "narrow backward ")
 
 
 def test_plan_skips_what_rules_rule_out():

@@ -66,7 +66,7 @@ class Schedule:
                         events.append((t[j + 1], SHARES, x, j))
         events.sort()
         self.events, self.next = events, 0
-        self.inbox, self.outgoing, self.ready = {}, {}, {}
+        self.inbox, self.ready = {}, {}  # received pieces by index; computed shares waiting to go home
         self.later = []  # (clock, seq, works, what): waits of this rank's own, in clock order
         self.seq = 0
         self._post_due()

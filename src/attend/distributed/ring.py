@@ -288,14 +288,14 @@ class _Ring:
     # ---- forward, weights, backward ------------------------------------------------------------
     def _run(self, q, local, shares, compute):
         """Every piece of this rank's order, its blocks through ``compute(rows, global key start,
-        block, shares)`` (``shares``: the piece's (dk, dv) accumulators from ``compute.start``
-        in the backward, else None); messages as :mod:`._pieces` schedules them. ``compute``
-        accumulates; nothing is returned."""
+        block, acc)`` (``acc``: with ``shares``, the piece's (dk, dv) accumulators, handed to the
+        schedule once its blocks are done; else None); messages as :mod:`._pieces` schedules
+        them. ``compute`` accumulates; nothing is returned."""
         sched = Schedule(self, local, shares)
         for j in range(len(sched)):
             gk, tensors = sched.piece(j)
             kp, vp = tensors[0], tensors[-1]
-            acc = compute.start(kp, vp) if shares is not None else None
+            acc = [t.new_zeros(t.shape, dtype=self.cdt) for t in (kp, vp)] if shares is not None else None
             block = None
             for lq, nq, block in self.blocks(q, kp, vp, gk):
                 sched.before_block()
@@ -335,21 +335,16 @@ class _Ring:
         dk, dv = (t.new_zeros(t.shape, dtype=self.cdt) for t in (k, v))
         dparams = [torch.zeros_like(p, dtype=self.cdt if p.is_floating_point() else p.dtype) for p in self.params]
 
-        class Compute:
-            @staticmethod
-            def start(kp, vp):
-                return [t.new_zeros(t.shape, dtype=self.cdt) for t in (kp, vp)]
+        def compute(rows, gk, block, acc):
+            a, b, c, ps = _blocks.backward(self._engine(block), block, out[:, :, rows], lse[:, :, rows],
+                                           dout[:, :, rows], self.params)
+            dq[:, :, rows] += a
+            acc[0] += b
+            acc[1] += c
+            for total, g in zip(dparams, ps):
+                total += g
 
-            def __call__(_, rows, gk, block, acc):
-                a, b, c, ps = _blocks.backward(self._engine(block), block, out[:, :, rows], lse[:, :, rows],
-                                               dout[:, :, rows], self.params)
-                dq[:, :, rows] += a
-                acc[0] += b
-                acc[1] += c
-                for total, g in zip(dparams, ps):
-                    total += g
-
-        self._run(q, [k, v], (dk, dv), Compute())
+        self._run(q, [k, v], (dk, dv), compute)
         return dq, dk, dv, dparams
 
 
