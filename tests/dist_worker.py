@@ -151,6 +151,7 @@ def extra_checks(rank, world):
     messages = {}
     for label, call in [
         ("heads", lambda: D.ulysses_attention(torch.zeros(1, 3, 4, E), torch.zeros(1, 3, 4, E), torch.zeros(1, 3, 4, E))),
+        ("kv_heads", lambda: D.ulysses_attention(torch.zeros(1, 4, 4, E), torch.zeros(1, 1, 4, E), torch.zeros(1, 1, 4, E))),
         ("dense", lambda: D.ring_attention(q, k, v, mask=torch.ones(23, 23, dtype=torch.bool))),
         ("layout", lambda: D.ring_attention(q, k, v, layout="spiral")),
         ("zigzag_lengths", lambda: D.ring_attention(q[:, :, : 4 + 3 * rank], k, v, layout="zigzag")),

@@ -83,6 +83,7 @@ def test_weights_from_the_merged_lse_and_refusals(report):
         assert extra["weights_ring"] <= TOL and extra["weights_ulysses"] <= TOL
         m = extra["messages"]
         assert "heads must divide by the group size; got 3 query heads" in m["heads"]
+        assert "heads must divide by the group size; got 4 query heads and 1 kv heads" in m["kv_heads"]
         assert "mask: a dense mask tensor cannot be split over ranks" in m["dense"]
         assert "layout must be one of ['contiguous', 'zigzag'], got 'spiral'" in m["layout"]
         assert "the zigzag layout of" in m["zigzag_lengths"]
