@@ -195,6 +195,20 @@ def merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tenso
     return out, torch.where(t == 0, -math.inf, m + torch.log(safe))
 
 
+def merge_into(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> None:
+    """Two blocks' (normalised output, lse) merged in place: ``o1``, ``l1`` (views of the
+    running output and log-sum-exp) become their union's (rows empty in both stay (0, -inf));
+    ``o2`` is overwritten. Only row-sized temporaries: a block's merge
+    allocates no (rows, features) tensor."""
+    m = torch.maximum(l1, l2)
+    m = torch.where(m == -math.inf, torch.zeros_like(m), m)
+    e1, e2 = torch.exp(l1 - m), torch.exp(l2 - m)
+    t = e1 + e2
+    safe = torch.where(t == 0, torch.ones_like(t), t)
+    o1.mul_((e1 / safe).unsqueeze(-1)).add_(o2.mul_((e2 / safe).unsqueeze(-1)))
+    l1.copy_(torch.where(t == 0, torch.full_like(t, -math.inf), m + torch.log(safe)))
+
+
 @lru_cache(maxsize=1)
 def no_compiler() -> str:
     """Why torch.compile cannot build CPU code here ('' when it can)."""

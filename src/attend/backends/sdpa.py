@@ -11,6 +11,9 @@ or GPU kernels. attend's semantics are kept at the boundary:
   is set to exactly zero afterwards, so neither the output nor the gradients see NaN;
 - a query row containing NaN gives NaN (SDPA's CPU kernel would return zeros for it).
 
+Plain causal attention from 512 to 1024 keys on the CPU runs the same kernel on blocks of
+256 (:mod:`._causal_blocks`), since the kernel computes its 512-key diagonal block whole.
+
 SDPA cannot return the weights, run score_mod or hard attention; ``can_run`` says so.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _causal_blocks
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend
 
 
@@ -60,12 +64,20 @@ class SDPA(Backend):
             why.append("SDPA has no attention sinks (no extra term in its softmax denominator)")
         return why
 
+    def describe(self, call: AttentionCall) -> str:
+        if _use_is_causal(call) and _causal_blocks.applies(call.query, call.key, call.value, call.dropout_p):
+            return (f"causal in blocks of {_causal_blocks.BLOCK} keys (SDPA's kernel would compute its 512-key "
+                    f"diagonal block whole): the diagonal blocks as one causal call, the keys before them as full calls")
+        return ""
+
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         q, k, factor = call.score.as_dot(call.query, call.key)  # (B, Hq, L, D), (B, Hkv, S, D)
         scale = call.scale * factor
         L, S = call.L, call.S
-        only_causal = call.causal and call.window is None and call.mask is None and call.mask_mod is None and call.bias is None
-        use_is_causal = only_causal and L == S  # SDPA's (top-left) is_causal is our rule only when L == S
+        use_is_causal = _use_is_causal(call)
+        if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
+            out = _causal_blocks.attention(q, k, call.value, scale)
+            return _fill_rows(out, q.sum(dim=-1, keepdim=True).isnan(), math.nan), None
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
         if not use_is_causal and (call.has_rule_mask or call.mask is not None or call.bias is not None):
@@ -99,6 +111,12 @@ class SDPA(Backend):
         if dead is not None:
             nan_rows = nan_rows & ~dead
         return _fill_rows(out, nan_rows, math.nan), None
+
+
+def _use_is_causal(call: AttentionCall) -> bool:
+    """SDPA's (top-left) ``is_causal`` is attend's rule only when L == S and nothing else masks."""
+    return (call.causal and call.L == call.S and call.window is None and call.mask is None and call.mask_mod is None
+            and call.bias is None)
 
 
 def _fill_rows(out: Tensor, rows: Tensor, value: float) -> Tensor:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .. import backends as _backends
+from ..backends._programs import merge_into  # noqa: F401 (the ring merges its blocks with it)
 from ..backends.base import AttentionCall, compute_dtype, safe_lse
 
 ENGINES = ("auto", "eager", "inductor", "sdpa", "triton")
@@ -249,17 +250,3 @@ def _inductor_backward(call: AttentionCall, out, lse, dout, params, cdt):
 
 def _finite(lse: Tensor) -> Tensor:
     return torch.where(lse == -math.inf, torch.zeros_like(lse), lse)
-
-
-def merge_into(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> None:
-    """Two blocks' (normalised output, lse) merged in place: ``o1``, ``l1`` (views of the
-    running output and log-sum-exp) become their union's (rows empty in both stay (0, -inf));
-    ``o2`` is overwritten. Only row-sized temporaries: a block's merge
-    allocates no (rows, features) tensor."""
-    m = torch.maximum(l1, l2)
-    m = torch.where(m == -math.inf, torch.zeros_like(m), m)
-    e1, e2 = torch.exp(l1 - m), torch.exp(l2 - m)
-    t = e1 + e2
-    safe = torch.where(t == 0, torch.ones_like(t), t)
-    o1.mul_((e1 / safe).unsqueeze(-1)).add_(o2.mul_((e2 / safe).unsqueeze(-1)))
-    l1.copy_(torch.where(t == 0, torch.full_like(t, -math.inf), m + torch.log(safe)))

@@ -1,0 +1,110 @@
+"""Plain causal attention at short lengths: SDPA's CPU kernel on blocks it can leave out.
+
+PyTorch's fused CPU kernel (``_scaled_dot_product_flash_attention_for_cpu``) walks the keys
+in blocks of 512. With ``is_causal`` it stops at the block that holds the diagonal, but it
+computes that block whole and masks it afterwards. Up to about 1024 keys, that block is
+most of the sequence, so causal attention costs almost what full attention costs. At
+(4, 8, 512, 64), SDPA causal took 1.0x SDPA plain in ``benchmarks/results/cpu.md``.
+
+Here rows and keys are cut into blocks of ``T``. The T x T blocks on the diagonal run as
+one causal call, with the blocks stacked as extra heads. The keys before each row block's
+diagonal run as one full call. The two results are merged by their log-sum-exp. That is
+about L²/2 + L·T/2 multiply-adds instead of L². The backward runs the same kernel's
+backward on each block, given the merged output and log-sum-exp. ``P = exp(S − lse)`` and
+``Δ = rowsum(dO ∘ O)`` then belong to the whole row, so each block's gradients are its share
+of the exact ones.
+
+Measured with ``T = 256`` against SDPA causal, in ``benchmarks/results/cpu.md``: 0.82x
+forward and 0.81x forward+backward at (4, 8, 512, 64); 0.91x forward+backward at
+(2, 8, 1024, 64); no gain from 2048 keys on, where SDPA's own key blocks already skip
+most of the upper triangle.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._programs import merge_into
+
+#: rows and keys per block
+BLOCK = 256
+#: the longest sequence that takes this path (at 2048 it was 1.12x slower than SDPA causal)
+MAX_LENGTH = 1024
+_DTYPES = (torch.float32, torch.float64)
+
+_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
+    """Whether a plain causal call (L == S, no other mask) is worth cutting into blocks here."""
+    L = q.shape[-2]
+    return (q.device.type == "cpu" and q.dim() == 4 and 2 * BLOCK <= L <= MAX_LENGTH
+            and k.shape[-2] == L and q.shape[1] == k.shape[1] == v.shape[1]
+            and q.shape[-1] == k.shape[-1] == v.shape[-1]  # (the fused kernel's own condition)
+            and q.dtype in _DTYPES and k.dtype == v.dtype == q.dtype and dropout_p == 0.0)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Causal attention (top-left = bottom-right, since L == S) of ``(B, H, L, E)`` tensors,
+    differentiable in ``q``, ``k`` and ``v``."""
+    return _Blocks.apply(q, k, v, float(scale))
+
+
+def _rows(L: int) -> list[tuple[int, int]]:
+    return [(i, min(i + BLOCK, L)) for i in range(0, L, BLOCK)]
+
+
+class _Blocks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, H, L, E = q.shape
+        Ev = v.shape[-1]
+        n = L // BLOCK  # whole diagonal blocks, run as one call: (B, H * n, BLOCK, E)
+        out = torch.empty(B, H, L, Ev, dtype=q.dtype)
+        lse = torch.empty(B, H, L, dtype=torch.float32 if q.dtype != torch.float64 else q.dtype)
+        cut = n * BLOCK
+        stack = lambda t, w: t[:, :, :cut].reshape(B, H * n, BLOCK, w)
+        o, l = _FWD(stack(q, E), stack(k, E), stack(v, Ev), 0.0, True, scale=scale)
+        out[:, :, :cut] = o.reshape(B, H, cut, Ev)
+        lse[:, :, :cut] = l.reshape(B, H, cut)
+        if cut < L:  # the last, shorter, diagonal block
+            o, l = _FWD(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], 0.0, True, scale=scale)
+            out[:, :, cut:], lse[:, :, cut:] = o, l
+        for i0, i1 in _rows(L)[1:]:  # the keys before each row block's diagonal: allowed whole
+            o, l = _FWD(q[:, :, i0:i1], k[:, :, :i0], v[:, :, :i0], 0.0, False, scale=scale)
+            merge_into(out[:, :, i0:i1], lse[:, :, i0:i1], o, l)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        dout = dout.contiguous()
+        B, H, L, E = q.shape
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        blocks = _rows(L)
+        n = L // BLOCK
+        cut = n * BLOCK
+        stack = lambda t: t[:, :, :cut].reshape(B, H * n, BLOCK, t.shape[-1])
+        ga, gb, gc = _BWD(stack(dout), stack(q), stack(k), stack(v), stack(out),
+                          lse[:, :, :cut].reshape(B, H * n, BLOCK), 0.0, True, scale=scale)
+        dq[:, :, :cut] = ga.reshape(B, H, cut, E)
+        dk[:, :, :cut] = gb.reshape(B, H, cut, E)
+        dv[:, :, :cut] = gc.reshape(B, H, cut, v.shape[-1])
+        if cut < L:
+            s = slice(cut, L)
+            ga, gb, gc = _BWD(dout[:, :, s], q[:, :, s], k[:, :, s], v[:, :, s], out[:, :, s], lse[:, :, s],
+                              0.0, True, scale=scale)
+            dq[:, :, s], dk[:, :, s], dv[:, :, s] = ga, gb, gc
+        for i0, i1 in blocks[1:]:
+            r = slice(i0, i1)
+            ga, gb, gc = _BWD(dout[:, :, r], q[:, :, r], k[:, :, :i0], v[:, :, :i0], out[:, :, r], lse[:, :, r],
+                              0.0, False, scale=scale)
+            dq[:, :, r] += ga
+            dk[:, :, :i0] += gb
+            dv[:, :, :i0] += gc
+        return dq, dk, dv, None

@@ -1,0 +1,98 @@
+"""Plain causal attention from 512 to 1024 keys: ``sdpa`` cuts it into blocks of 256 keys
+(:mod:`attend.backends._causal_blocks`). Outputs and gradients against the float64
+reference by the tolerance rule, the calls actually made, where the path is not taken, and
+non-finite input kept in the rows that use it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from attend.backends import _causal_blocks as CB
+from cases import check_case, inputs, make_score
+
+
+@pytest.mark.parametrize("L", [512, 600, 1024])  # 600: a shorter last diagonal block
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference_with_gradients(L, dtype):
+    q, k, v = inputs(1, 2, 2, L, L, 16, 16, dtype)
+    check_case("sdpa", q, k, v, kw={"causal": True}, ref_scores=R.scaled_dot(16), allowed=R.causal_mask(L, L),
+               dtype=dtype, what=f"causal blocks L={L}")
+
+
+def test_cosine_score_gradients_flow_through_the_blocks():
+    q, k, v = inputs(2, 1, 1, 512, 512, 8, 8, torch.float64)
+    arg, ref_scores = make_score("cosine", 8)
+    check_case("sdpa", q, k, v, kw={"causal": True, "score": arg}, ref_scores=ref_scores,
+               allowed=R.causal_mask(512, 512), dtype=torch.float64, what="cosine causal blocks")
+
+
+def _count_kernel_calls(monkeypatch):
+    calls = []
+    real = CB._FWD
+
+    def counted(*args, **kw):
+        calls.append(bool(args[4]))  # is_causal
+        return real(*args, **kw)
+
+    monkeypatch.setattr(CB, "_FWD", counted)
+    return calls
+
+
+@pytest.mark.parametrize("L,expect", [(512, [True, False]), (600, [True, True, False, False]),
+                                      (1024, [True, False, False, False])])
+def test_one_causal_call_for_the_diagonal_and_one_full_call_per_row_block(monkeypatch, L, expect):
+    calls = _count_kernel_calls(monkeypatch)
+    q, k, v = inputs(1, 2, 2, L, L, 8, 8, torch.float32)
+    attend.attention(q, k, v, causal=True, backend="sdpa")
+    assert calls == expect
+    assert "blocks of 256" in attend.explain(q, k, v, causal=True).detail
+
+
+@pytest.mark.parametrize("case", ["long", "short", "gqa", "half", "not square", "window", "values wider", "dropout"])
+def test_other_calls_keep_sdpas_own_kernel(monkeypatch, case):
+    calls = _count_kernel_calls(monkeypatch)
+    L, S, Hkv, Ev, dtype, kw = 512, 512, 2, 8, torch.float32, {"causal": True}
+    if case == "long":
+        L = S = 2048
+    elif case == "short":
+        L = S = 256
+    elif case == "gqa":
+        Hkv = 1
+    elif case == "half":
+        dtype = torch.bfloat16
+    elif case == "not square":
+        S = 520
+    elif case == "window":
+        kw["window"] = (100, 0)
+    elif case == "values wider":
+        Ev = 12
+    else:
+        kw["dropout_p"] = 0.1
+    q, k, v = inputs(1, 2, Hkv, L, S, 8, Ev, dtype)
+    out = attend.attention(q, k, v, backend="sdpa", **kw)
+    assert calls == [] and out.shape == (1, 2, L, Ev)
+    assert "blocks of 256" not in str(attend.explain(q, k, v, **kw))
+
+
+def test_a_nan_query_row_is_nan_and_the_others_are_untouched():
+    q, k, v = inputs(1, 2, 2, 512, 512, 8, 8, torch.float64)
+    clean = attend.attention(q, k, v, causal=True, backend="sdpa")
+    q[0, 1, 300, 3] = math.nan
+    out = attend.attention(q, k, v, causal=True, backend="sdpa")
+    assert out[0, 1, 300].isnan().all()
+    keep = torch.ones(1, 2, 512, dtype=torch.bool)
+    keep[0, 1, 300] = False
+    assert torch.equal(out[keep], clean[keep])
+
+
+def test_an_inf_key_reaches_only_the_rows_at_or_after_it():
+    q, k, v = inputs(1, 1, 1, 512, 512, 8, 8, torch.float64)
+    clean = attend.attention(q, k, v, causal=True, backend="sdpa")
+    k[0, 0, 400, 0] = math.inf
+    out = attend.attention(q, k, v, causal=True, backend="sdpa")
+    assert out[0, 0, 400:].isnan().all()
+    assert torch.equal(out[0, 0, :400], clean[0, 0, :400])
