@@ -46,7 +46,7 @@ def main() -> None:
             for causal in (True, False):
                 spec = P.Spec("dot", E ** -0.5, causal, None, 0, floor)
                 prog = P.compiled("forward", ("full-tile benchmark", name, causal))
-                progs[causal] = (lambda prog=prog, spec=spec: prog(spec, a, b, v, None, i, j, hb, bb, None, mod,
+                progs[causal] = (lambda prog=prog, spec=spec, mod=mod: prog(spec, a, b, v, None, i, j, hb, bb, None, mod,
                                                                   None, None, None))
             diff = (progs[True]()[0] - progs[False]()[0]).abs().max().item()
             times = {True: [], False: []}

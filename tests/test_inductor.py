@@ -276,3 +276,17 @@ def test_half_precision_computes_in_float32_within_the_tolerance_rule(dtype):
 def test_bad_settings_are_refused_by_name(arg):
     with pytest.raises((TypeError, ValueError), match=f"{arg} must be a positive int"):
         Inductor(**{arg: 0})
+
+
+@pytest.mark.parametrize("L,mask,expect", [
+    (512, attend.masks.chunked(256), "sdpa"),  # half the pairs kept: SDPA with a dense mask is faster there
+    (512, attend.masks.document(torch.arange(512) // 128), "inductor"),  # a quarter kept
+    (1536, attend.masks.chunked(768), "inductor"),  # half kept, past 1024 x 1024: the tiles are faster
+])
+def test_training_with_mask_rules_goes_where_the_benchmark_measured_it_faster(monkeypatch, L, mask, expect):
+    monkeypatch.setattr(attend.backends.get("inductor"), "min_work", 1)
+    q = torch.randn(4, 8, L, 16, requires_grad=True)  # the benchmark's batch and heads: the tiles' plan depends on them
+    got = attend.explain(q, q, q, mask=mask)
+    assert got.backend == expect, str(got)
+    if expect == "sdpa":
+        assert "SDPA's fused kernel computes this call" in " ".join(got.reasons["inductor"])

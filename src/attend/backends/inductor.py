@@ -21,8 +21,8 @@ grad, gradients through returned weights, devices other than the CPU (the ``trit
 backend fuses the same on a GPU), and a machine without a C++ compiler.
 
 ``auto`` takes this backend only where it is the faster path (a score modifier, an
-additive or custom score, attention sinks, weights, or mask rules that rule out a quarter
-of the keys or more) and the call is large enough to repay compiling: the first call of a
+additive or custom score, attention sinks, weights, or mask rules that rule out enough of the
+keys: see ``_inductor_calls.sdpa_share``) and the call is large enough to repay compiling: the first call of a
 program pays tracing and code generation (a few seconds; ``explain()`` says so), later
 processes find the generated code in inductor's cache on disk.
 """
@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 
 from .. import _check
-from .._rules import Rule, and_terms
-from .._ruletree import is_own, rule_tensors
 from . import _programs as P
 from ._heap import tile_guard
+from ._inductor_calls import grad_tensors as _grad_tensors, program_key as _key, sdpa_share as _sdpa_share
+from ._inductor_calls import score_kind as _kind, user_functions as _user_functions
 from ._programs import no_compiler as _no_compiler
 from ._relbias import diagonal_sums as _diagonal_sums, learned_table as _learned_table, table_tile as _table_tile
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
@@ -96,7 +96,7 @@ class Inductor(Backend):
         if not modified and (_only_causal(call) or (call.mask_mod is None and call.window is None and not call.causal)):
             return sdpa_does_it  # decided without planning the tiles (a plan costs ~0.5 ms of Python)
         plan = self.plan(call)
-        if not modified and plan.kept > 0.75 * call.L * call.S:
+        if not modified and plan.kept > _sdpa_share(call) * call.L * call.S:
             return sdpa_does_it
         if plan.work < self.min_work:  # (also once compiled: at this size per-tile overhead dominates)
             return [f"a call this small ({_si(plan.work)} multiply-adds < min_work {_si(self.min_work)}) would not "
@@ -380,16 +380,6 @@ def _only_causal(call: AttentionCall) -> bool:
     return call.causal and call.L == call.S and call.window is None and call.mask_mod is None and call.mask is None
 
 
-def _kind(call: AttentionCall) -> tuple[str, int]:
-    score = call.score
-    if getattr(score, "dot_like", False):
-        return "dot", 0
-    additive = getattr(score, "as_additive", None)
-    if additive is not None:
-        return "additive", int(getattr(score, "hidden_dim"))
-    return "score", 0
-
-
 def _operands(call: AttentionCall, kind: str, cdt: torch.dtype):
     """(a, b, v, w, spec, score): what the tile programs multiply, in the compute dtype."""
     q, k, v = call.query, call.key, call.value
@@ -409,41 +399,3 @@ def _operands(call: AttentionCall, kind: str, cdt: torch.dtype):
     window = tuple(call.window) if call.window is not None else None
     spec = P.Spec(kind, float(scale), bool(call.causal), window, call.offset, floor)
     return a, b, v, w, spec, score
-
-
-def _key(call: AttentionCall, kind: str) -> tuple:
-    """The program key: what makes one compiled program differ from another."""
-
-    def what(fn):
-        if fn is None:
-            return None
-        if isinstance(fn, Rule):
-            def term(r):  # a wrapper (attend.distributed's) names itself and what it wraps
-                own = getattr(r, "program_key", None)
-                return own() if own is not None else type(r).__name__
-
-            return tuple(term(r) for r in and_terms(fn)) if fn.role == "mask" else term(fn)
-        fn = getattr(fn, "fn", fn)  # a custom score's wrapper: the user's function
-        return getattr(fn, "__code__", None) or type(fn)  # not id(): a lambda remade per call is one program
-
-    return (kind, str(call.query.dtype), call.causal, call.window is not None, what(call.score_mod),
-            what(call.mask_mod), call.bias is not None, call.mask is not None,
-            what(call.score) if kind == "score" else None)
-
-
-def _grad_tensors(call: AttentionCall) -> list[Tensor]:
-    """Tensors the tile programs read that require grad, besides the operands: the fields of
-    attend's score_mod and mask rules (a learned relative-bias table), through combinations and
-    wrappers. Functions of one's own do not get here with autograd on (``can_run`` refuses them)."""
-    found: list[Tensor] = []
-    for t in rule_tensors(call.score_mod) + rule_tensors(call.mask_mod):
-        if not any(t is x for x in found):
-            found.append(t)
-    return found
-
-
-def _user_functions(call: AttentionCall) -> bool:
-    """A score function (not dot-like or additive), score_mod or mask_mod that is not attend's
-    own all the way down."""
-    user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not is_own(f)]
-    return bool(user) or _kind(call)[0] == "score"

@@ -1,0 +1,65 @@
+"""What the ``inductor`` backend reads off a call: its program key, the tensors whose gradients its
+tiles must return, whether it holds functions of one's own, and when SDPA with a dense mask is faster."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .._rules import Rule, and_terms
+from .._ruletree import is_own, rule_tensors
+from .base import AttentionCall
+
+
+def score_kind(call: AttentionCall) -> tuple[str, int]:
+    score = call.score
+    if getattr(score, "dot_like", False):
+        return "dot", 0
+    additive = getattr(score, "as_additive", None)
+    if additive is not None:
+        return "additive", int(getattr(score, "hidden_dim"))
+    return "score", 0
+
+
+def sdpa_share(call: AttentionCall) -> float:
+    """Above this share of (query, key) pairs kept, SDPA with the rules as a dense mask beats the
+    tiles (benchmarks/results/cpu.md, fwd+bwd, where inductor cost 1.5-2.4x SDPA per kept pair):
+    at 512 x 512, 0.5 kept (chunks of 256) ran 1.32x against SDPA's 1.09x; at 2048 and 4096, where
+    SDPA also reads a larger dense mask, 0.53 kept (prefix-LM) ran 0.91x and 0.82x of SDPA's time."""
+    return 0.4 if call.L * call.S <= 1024 * 1024 else 0.75
+
+
+def program_key(call: AttentionCall, kind: str) -> tuple:
+    """The program key: what makes one compiled program differ from another."""
+
+    def what(fn):
+        if fn is None:
+            return None
+        if isinstance(fn, Rule):
+            def term(r):  # a wrapper (attend.distributed's) names itself and what it wraps
+                own = getattr(r, "program_key", None)
+                return own() if own is not None else type(r).__name__
+
+            return tuple(term(r) for r in and_terms(fn)) if fn.role == "mask" else term(fn)
+        fn = getattr(fn, "fn", fn)  # a custom score's wrapper: the user's function
+        return getattr(fn, "__code__", None) or type(fn)  # not id(): a lambda remade per call is one program
+
+    return (kind, str(call.query.dtype), call.causal, call.window is not None, what(call.score_mod),
+            what(call.mask_mod), call.bias is not None, call.mask is not None,
+            what(call.score) if kind == "score" else None)
+
+
+def grad_tensors(call: AttentionCall) -> list[Tensor]:
+    """Tensors the tile programs read that require grad, besides the operands: the fields of
+    attend's score_mod and mask rules (a learned relative-bias table), through combinations and
+    wrappers. Functions of one's own do not get here with autograd on (``can_run`` refuses them)."""
+    found: list[Tensor] = []
+    for t in rule_tensors(call.score_mod) + rule_tensors(call.mask_mod):
+        if not any(t is x for x in found):
+            found.append(t)
+    return found
+
+
+def user_functions(call: AttentionCall) -> bool:
+    """A score function (not dot-like or additive), score_mod or mask_mod that is not attend's
+    own all the way down."""
+    user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not is_own(f)]
+    return bool(user) or score_kind(call)[0] == "score"
