@@ -242,16 +242,23 @@ def _inputs(B, H, L, E, grad, dtype=torch.float32):
     return [torch.randn(B, H, L, E, generator=g, dtype=dtype).requires_grad_(grad) for _ in range(3)]
 
 
-def measure(fn, grad, leaves, *, reps, budget):
-    """Warm-up (timed, peak memory measured) then ``reps`` timed calls. Returns a dict."""
-    def once():
-        for t in leaves:
+def measure(fn, grad, leaves, *, reps, budget, side=None):
+    """Warm-up (timed, peak memory measured) then ``reps`` timed calls. Returns a dict.
+
+    ``side``: ``(fn, leaves)`` of the ratio's reference (SDPA plain or causal at this shape),
+    timed once before each of the ``reps`` calls: the ratio then compares calls made side by side,
+    and a machine that slows down or speeds up during the run (other tenants, clocks) moves both."""
+    def run(f, ls):
+        for t in ls:
             t.grad = None
         with torch.set_grad_enabled(grad):
-            out = fn()
+            out = f()
         if grad:
             out.sum().backward()
         return out
+
+    def once():
+        return run(fn, leaves)
 
     base = _reset_peak()
     t0 = time.perf_counter()
@@ -265,13 +272,17 @@ def measure(fn, grad, leaves, *, reps, budget):
             first = time.perf_counter() - t1
     if first > budget:
         return {"ms": first * 1e3, "runs": 1, "first_ms": first * 1e3, "peak_mib": peak, "out": out.detach()}
-    ts = []
+    ts, bs = [], []
     for _ in range(reps):
+        if side is not None:
+            t0 = time.perf_counter()
+            run(*side)
+            bs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         out = once()
         ts.append(time.perf_counter() - t0)
     return {"ms": statistics.median(ts) * 1e3, "runs": reps, "first_ms": first * 1e3, "peak_mib": peak,
-            "out": out.detach()}
+            "out": out.detach(), "base_ms": statistics.median(bs) * 1e3 if bs else None}
 
 
 def compiled_since(t0):
@@ -526,6 +537,9 @@ def main() -> None:
                 bms = base[(shape, grad, vname in CAUSAL_BASE)]
                 q, k, v = _inputs(B, H, L, E, grad)
                 leaves = [q, k, v]
+                bq, bk, bv = _inputs(B, H, L, E, grad)  # the side-by-side reference's own inputs
+                side = (lambda c=vname in CAUSAL_BASE: F.scaled_dot_product_attention(bq, bk, bv, is_causal=c),
+                        [bq, bk, bv])
                 # the float64 naive reference, once per variant/shape/pass
                 ref, ref_rows = None, L
                 lim = 1 << 30
@@ -566,7 +580,7 @@ def main() -> None:
                                  "time": cell["skip"], "ratio": "", "peak": "", "diff": "", "first": "",
                                  "note": note, "ms": None})
                         return
-                    ratio = cell["ms"] / bms
+                    ratio = cell["ms"] / (cell.get("base_ms") or bms)  # side by side; one-call cells: the shape's
                     r = f"{ratio:.2f}×" if cell["runs"] > 1 else f"~{ratio:.2f}×"
                     peak = "" if cell.get("peak_mib") is None else f"{cell['peak_mib']:.0f}"
                     add_row({"shape": shape, "variant": vname, "pass": pname, "method": method, "time": fmt_ms(cell),
@@ -594,7 +608,7 @@ def main() -> None:
                         continue
                     try:
                         cell = measure(lambda: attend.attention(q, k, v, backend=b, **var.kw), grad, leaves,
-                                       reps=args.reps, budget=budget)
+                                       reps=args.reps, budget=budget, side=side)
                     except attend.UnsupportedCall as e:
                         row(method, {"skip": "n/a: " + str(e).split(": ", 1)[-1][:150]})
                         continue
@@ -612,7 +626,7 @@ def main() -> None:
                     row("SDPA", {"skip": var.sdpa_reason})
                 else:
                     try:
-                        cell = measure(lambda: var.sdpa(q, k, v), grad, leaves, reps=args.reps, budget=budget)
+                        cell = measure(lambda: var.sdpa(q, k, v), grad, leaves, reps=args.reps, budget=budget, side=side)
                         row("SDPA", cell, diff=check(cell["out"], "SDPA"), first=f"{cell['first_ms'] / 1e3:.2f}",
                             note=var.sdpa_note())
                     except Exception as e:  # noqa: BLE001
@@ -640,7 +654,7 @@ def main() -> None:
                         with torch.no_grad():
                             var.flex(fa, q, k, v)  # the first call compiles (or finds its compiled graph)
                         compile_s = time.perf_counter() - t0
-                        cell = measure(lambda: var.flex(fa, q, k, v), False, leaves, reps=args.reps, budget=budget)
+                        cell = measure(lambda: var.flex(fa, q, k, v), False, leaves, reps=args.reps, budget=budget, side=side)
                         cell["first_ms"] = compile_s * 1e3
                         note = ("block mask built once before the call" +
                                 (f" ({bm_s:.2f} s)" if var.block_mask is not None else "")
@@ -659,7 +673,7 @@ def main() -> None:
                     row("naive", {"skip": f"skipped: its forward alone took {fwd_first['naive']:.0f} s"})
                 else:
                     try:
-                        cell = measure(lambda: var.naive(q, k, v), grad, leaves, reps=args.reps, budget=budget)
+                        cell = measure(lambda: var.naive(q, k, v), grad, leaves, reps=args.reps, budget=budget, side=side)
                         if not grad:
                             fwd_first["naive"] = cell["first_ms"] / 1e3
                         row("naive", cell, diff=check(cell["out"], "naive"), first=f"{cell['first_ms'] / 1e3:.2f}",
@@ -723,6 +737,9 @@ def intro(args, shapes, variants, mem_L):
         f"forward's first call took over {args.skip_seconds / 3:g} s is skipped (`--skip-seconds`). "
         "Ratio = time / SDPA plain at the same shape and pass (SDPA `is_causal=True` for causal, ALiBi + causal "
         "and prefix-LM); for variants SDPA cannot express (soft-capping, additive) SDPA plain is the reference. "
+        "The reference is timed side by side with each cell: once before each of its timed calls, on inputs of "
+        "its own, and the ratio is the two medians' (a cell reported from one call uses the reference timed at "
+        "the start of its shape). "
         "Every attend, SDPA and Flex row is checked against the naive path in float64 (max abs difference).",
         "",
         "Variants:",

@@ -39,6 +39,8 @@ _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 def applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
     """Whether a plain causal call (L == S, no other mask) is worth cutting into blocks here."""
     L = q.shape[-2]
+    if torch.compiler.is_compiling():  # under torch.compile, SDPA's own op (one node in its graph)
+        return False
     return (q.device.type == "cpu" and q.dim() == 4 and 2 * BLOCK <= L <= MAX_LENGTH
             and k.shape[-2] == L and q.shape[1] == k.shape[1] == v.shape[1]
             and q.shape[-1] == k.shape[-1] == v.shape[-1]  # (the fused kernel's own condition)
