@@ -95,6 +95,19 @@ def test_nan_propagates_to_affected_rows_only(backend):
     assert torch.isfinite(out[0, 0, [0, 2, 3]]).all()
 
 
+@pytest.mark.parametrize("L", [4, 512])  # 512: plain causal through sdpa's blocks of 256
+def test_a_nan_in_a_general_scores_weight_shows_on_sdpa(L):
+    """attend's input check finds q, k and v finite and sdpa then skips its own NaN-row pass,
+    but only when the score hands q to SDPA unchanged: q W with a NaN in W must still give NaN
+    (SDPA's CPU kernel returns zeros for a row whose scores are all NaN)."""
+    q, k, v = inputs(1, 1, 1, L, L, 8, 8, torch.float32)
+    score = attend.scores.General(8, 8)
+    with torch.no_grad():
+        score.weight[2, 5] = math.nan
+    out = attend.attention(q, k, v, score=score, causal=True, backend="sdpa")
+    assert out.isnan().all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_values_reach_only_the_rows_that_may_attend_them(backend):
     """One behaviour on every backend (README, Semantics): a fully masked row is exactly 0

@@ -32,12 +32,12 @@ def quarantine(call: AttentionCall) -> tuple[AttentionCall, Optional[Tensor]]:
     if k.device.type != "cpu" or torch.compiler.is_compiling():
         return call, None
     if _all_finite(q, k, v):  # the usual case, in one cheap read (a sum) of each tensor
-        return call, None
+        return dataclasses.replace(call, finite=True), None
     bad_kv = ~(torch.isfinite(k).all(dim=-1) & torch.isfinite(v).all(dim=-1))  # (B, Hkv, S)
     bad_q = ~torch.isfinite(q).all(dim=-1)  # (B, Hq, L)
     any_kv, any_q = bool(bad_kv.any()), bool(bad_q.any())
     if not (any_kv or any_q):
-        return call, None
+        return dataclasses.replace(call, finite=True), None
     hit = torch.zeros(call.B, call.Hq, call.L, dtype=torch.bool)
     if any_kv:
         cell = bad_kv.unsqueeze(-1)
@@ -57,7 +57,7 @@ def quarantine(call: AttentionCall) -> tuple[AttentionCall, Optional[Tensor]]:
                 allowed = _open(call, i0, i1, j0, min(j0 + _TILE, call.S))
                 live |= True if allowed is None else allowed.any(dim=-1)
             hit[:, :, i0:i1] |= bad_q[:, :, i0:i1] & live
-    return dataclasses.replace(call, query=q, key=k, value=v), hit
+    return dataclasses.replace(call, query=q, key=k, value=v, finite=True), hit  # (the bad numbers zeroed)
 
 
 def _all_finite(*tensors: Tensor) -> bool:

@@ -62,6 +62,7 @@ class AttentionCall:
     hard: bool | str = False
     sinks: Optional[Tensor] = None  # (Hq,) one extra logit per query head in the softmax denominator
     return_weights: bool = False
+    finite: bool = False  # q, k and v were checked to hold only finite numbers (attend's quarantine, CPU)
 
     # ---- sizes -------------------------------------------------------------------------
     @property
