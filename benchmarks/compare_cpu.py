@@ -6,7 +6,9 @@ as *fast before* when its earlier ratio was at most ``--fast`` (default 1.5x). I
 *slower* when its ratio grew by more than ``--tolerance`` (default 15%). That is about the
 spread of one cell between two runs of the same code on this machine:
 ``benchmarks/results/cpu.md`` names the spreads measured. Cells missing from either run are
-listed apart.
+listed apart. Runs before commit 035c1fd timed the reference once per shape; later runs time it
+side by side with each cell. A comparison across that change mixes the two ways, and the
+results file says so.
 
     python benchmarks/compare_cpu.py OLD NEW [--out FILE]
 
@@ -74,7 +76,9 @@ def main() -> None:
         f"new: `{args.new}` ({new_run.get('date', '?')}, `{new_run.get('command', '?')}`).",
         "",
         f"attend `auto` over SDPA, each in its own run. Fast before: an old ratio of at most {args.fast}x. "
-        f"Slower: more than {args.tolerance:.0%} above the old ratio.",
+        f"Slower: more than {args.tolerance:.0%} above the old ratio." + " Runs before commit 035c1fd timed "
+        "SDPA once per shape, later ones side by side with each cell: across that change, part of a "
+        "difference can be the timing's.",
         "",
         f"**{len(slower)} of {sum(d['fast_before'] for d in data)} cells that were fast got slower**"
         + (": " + "; ".join(slower) if slower else "."),

@@ -96,3 +96,36 @@ def test_an_inf_key_reaches_only_the_rows_at_or_after_it():
     out = attend.attention(q, k, v, causal=True, backend="sdpa")
     assert out[0, 0, 400:].isnan().all()
     assert torch.equal(out[0, 0, :400], clean[0, 0, :400])
+
+
+def test_non_contiguous_inputs_and_gradients_for_some_inputs_only():
+    """A model's usual layout, (B, L, H, E) viewed as (B, H, L, E), and k, v without gradients."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 600, 2, 8, generator=g, dtype=torch.float64).transpose(1, 2) for _ in range(3))
+    q.requires_grad_(True)
+    out = attend.attention(q, k, v, causal=True, backend="sdpa")
+    ref = attend.attention(q, k, v, causal=True, backend="eager")
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    dout = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, q, dout)
+    (want,) = torch.autograd.grad(ref, q, dout)
+    torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
+
+
+def test_autocast_keeps_sdpas_own_kernel_and_its_dtype(monkeypatch):
+    calls = _count_kernel_calls(monkeypatch)
+    q, k, v = inputs(1, 2, 2, 512, 512, 8, 8, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attend.attention(q, k, v, causal=True, backend="sdpa")
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert calls == [] and out.dtype == want.dtype == torch.bfloat16
+
+
+def test_torch_func_transforms_keep_sdpas_own_kernel(monkeypatch):
+    calls = _count_kernel_calls(monkeypatch)
+    q, k, v = inputs(1, 1, 1, 512, 512, 8, 8, torch.float64)
+    got = torch.func.grad(lambda x: attend.attention(x, k, v, causal=True, backend="sdpa").sum())(q)
+    qq = q.clone().requires_grad_(True)
+    attend.attention(qq, k, v, causal=True, backend="eager").sum().backward()
+    assert calls == []
+    torch.testing.assert_close(got, qq.grad, rtol=1e-10, atol=1e-10)

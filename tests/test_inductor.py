@@ -290,3 +290,15 @@ def test_training_with_mask_rules_goes_where_the_benchmark_measured_it_faster(mo
     assert got.backend == expect, str(got)
     if expect == "sdpa":
         assert "SDPA's fused kernel computes this call" in " ".join(got.reasons["inductor"])
+
+
+def test_auto_plans_the_tiles_once_per_call(monkeypatch):
+    """auto's choice plans the tiles; the run must reuse that plan (it is Python work, ~0.5 ms)."""
+    ind = attend.backends.get("inductor")
+    monkeypatch.setattr(ind, "min_work", 1)
+    made = []
+    real = ind._plan
+    monkeypatch.setattr(ind, "_plan", lambda call: made.append(1) or real(call))
+    q = torch.randn(1, 2, 64, 8, requires_grad=True)
+    attend.attention(q, q, q, score_mod=attend.mods.softcap(5.0), causal=True)
+    assert len(made) == 1

@@ -66,7 +66,16 @@ def _all_finite(*tensors: Tensor) -> bool:
     per-row ``isfinite`` test runs only when a sum is not finite (non-finite data, or a sum
     that overflowed)."""
     with torch.no_grad():
-        return all(bool(torch.isfinite(t.sum())) for t in tensors)
+        return all(bool(torch.isfinite(_dense(t).sum())) for t in tensors)
+
+
+def _dense(t: Tensor) -> Tensor:
+    """``t`` with its dimensions in memory order when that makes it contiguous (a model's
+    (B, L, H, E) tensor seen as (B, H, L, E)): the sum then reads memory in order."""
+    if t.is_contiguous():
+        return t
+    p = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    return p if p.is_contiguous() else t
 
 
 _TILE = 1024  # rows/keys per tile when finding the rows non-finite inputs reach

@@ -104,8 +104,8 @@ def attention(
     if call.B == 0 or call.L == 0 or call.S == 0:
         out, weights = _degenerate(call)
     else:
+        call, poisoned = _quarantine(call)  # first: select and run then see one call object (inductor plans once)
         chosen, _ = _backends.select(call, backend)
-        call, poisoned = _quarantine(call)
         out, weights = chosen.run(call)
         if poisoned is not None:  # rows that may attend a non-finite key or value: NaN, as the data says
             out = out.masked_fill(poisoned.unsqueeze(-1), math.nan)

@@ -65,7 +65,8 @@ class SDPA(Backend):
         return why
 
     def describe(self, call: AttentionCall) -> str:
-        if _use_is_causal(call) and _causal_blocks.applies(call.query, call.key, call.value, call.dropout_p):
+        if _use_is_causal(call) and _causal_blocks.applies(call.query, call.key, call.value, call.dropout_p,
+                                                           q_features=call.key.shape[-1]):  # (as_dot's q: the keys' width)
             return (f"causal in blocks of {_causal_blocks.BLOCK} keys (SDPA's kernel would compute its 512-key "
                     f"diagonal block whole): the diagonal blocks as one causal call, the keys before them as full calls")
         return ""
