@@ -72,20 +72,28 @@ def _rows(L: int) -> list[tuple[int, int]]:
     return [(i, min(i + BLOCK, L)) for i in range(0, L, BLOCK)]
 
 
+def _stacked(t: Tensor, n: int) -> Tensor:
+    """The first ``n`` whole diagonal blocks of a contiguous ``(B, H, L, w)`` tensor as extra heads:
+    ``(B, H * n, BLOCK, w)`` (``(B, H * n, BLOCK)`` for a log-sum-exp)."""
+    return t[:, :, : n * BLOCK].reshape(t.shape[0], t.shape[1] * n, BLOCK, *t.shape[3:])
+
+
+def _put(dst: Tensor, src: Tensor, n: int) -> None:
+    """Write a stacked kernel result ``src`` back into the first ``n`` blocks of ``dst``, in one copy."""
+    dst[:, :, : n * BLOCK].unflatten(2, (n, BLOCK)).copy_(src.unflatten(1, (dst.shape[1], n)))
+
+
 class _Blocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        B, H, L, E = q.shape
-        Ev = v.shape[-1]
-        n = L // BLOCK  # whole diagonal blocks, run as one call: (B, H * n, BLOCK, E)
-        out = q.new_empty(B, H, L, Ev)
+        B, H, L, _ = q.shape
+        n, cut = L // BLOCK, L // BLOCK * BLOCK  # whole diagonal blocks, run as one call
+        out = q.new_empty(B, H, L, v.shape[-1])
         lse = q.new_empty(B, H, L, dtype=torch.float32 if q.dtype != torch.float64 else q.dtype)
-        cut = n * BLOCK
-        stack = lambda t, w: t[:, :, :cut].reshape(B, H * n, BLOCK, w)
-        o, l = _FWD(stack(q, E), stack(k, E), stack(v, Ev), 0.0, True, scale=scale)
-        out[:, :, :cut] = o.reshape(B, H, cut, Ev)
-        lse[:, :, :cut] = l.reshape(B, H, cut)
+        o, l = _FWD(_stacked(q, n), _stacked(k, n), _stacked(v, n), 0.0, True, scale=scale)
+        _put(out, o, n)
+        _put(lse, l, n)
         if cut < L:  # the last, shorter, diagonal block
             o, l = _FWD(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], 0.0, True, scale=scale)
             out[:, :, cut:], lse[:, :, cut:] = o, l
@@ -101,23 +109,19 @@ class _Blocks(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         scale = ctx.scale
         dout = dout.contiguous()
-        B, H, L, E = q.shape
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        blocks = _rows(L)
-        n = L // BLOCK
-        cut = n * BLOCK
-        stack = lambda t: t[:, :, :cut].reshape(B, H * n, BLOCK, t.shape[-1])
-        ga, gb, gc = _BWD(stack(dout), stack(q), stack(k), stack(v), stack(out),
-                          lse[:, :, :cut].reshape(B, H * n, BLOCK), 0.0, True, scale=scale)
-        dq[:, :, :cut] = ga.reshape(B, H, cut, E)
-        dk[:, :, :cut] = gb.reshape(B, H, cut, E)
-        dv[:, :, :cut] = gc.reshape(B, H, cut, v.shape[-1])
+        L = q.shape[2]
+        n, cut = L // BLOCK, L // BLOCK * BLOCK
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # the diagonal writes every row
+        grads = _BWD(*(_stacked(t, n) for t in (dout, q, k, v, out, lse)), 0.0, True, scale=scale)
+        for dst, src in zip((dq, dk, dv), grads):
+            _put(dst, src, n)
         if cut < L:
             s = slice(cut, L)
-            ga, gb, gc = _BWD(dout[:, :, s], q[:, :, s], k[:, :, s], v[:, :, s], out[:, :, s], lse[:, :, s],
-                              0.0, True, scale=scale)
-            dq[:, :, s], dk[:, :, s], dv[:, :, s] = ga, gb, gc
-        for i0, i1 in blocks[1:]:
+            grads = _BWD(dout[:, :, s], q[:, :, s], k[:, :, s], v[:, :, s], out[:, :, s], lse[:, :, s],
+                         0.0, True, scale=scale)
+            for dst, src in zip((dq, dk, dv), grads):
+                dst[:, :, s] = src
+        for i0, i1 in _rows(L)[1:]:
             r = slice(i0, i1)
             ga, gb, gc = _BWD(dout[:, :, r], q[:, :, r], k[:, :, :i0], v[:, :, :i0], out[:, :, r], lse[:, :, r],
                               0.0, False, scale=scale)

@@ -107,11 +107,12 @@ class Flex(Backend):
             return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)}"
                     f"{' past 2048 x 2048' if isinstance(mod, RelativeBias) else ''} (benchmarks/results/cpu.md)"]
         rules = call.mask_mod is not None or call.window is not None or (call.causal and not _only_causal(call))
+        if mod is None and not rules and not call.causal:
+            return ["SDPA's fused kernel computes this call faster, without compiling (no score_mod or mask rule)"]
         if mod is None and not rules:
-            return ["SDPA's fused kernel computes this call without compiling (no score_mod, and no mask rule "
-                    "beyond plain causal; FlexAttention's kernel is faster on plain causal, 0.6-0.98x, but a "
-                    "compile repays itself only over many calls)" if call.causal else
-                    "SDPA's fused kernel computes this call faster, without compiling (no score_mod or mask rule)"]
+            return ["SDPA's fused kernel computes this call without compiling (no score_mod, and no mask rule beyond "
+                    "plain causal; FlexAttention's kernel is faster on plain causal, 0.6-0.98x, but a compile repays "
+                    "itself only over many calls)"]
         work = self._work(call)
         if work < self.min_work:
             return [f"a call this small ({_si(work)} multiply-adds < min_work {_si(self.min_work)}) would not "

@@ -76,12 +76,11 @@ class SDPA(Backend):
         scale = call.scale * factor
         L, S = call.L, call.S
         use_is_causal = _use_is_causal(call)
-        if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
-            out = _causal_blocks.attention(q, k, call.value, scale)
-            nan_rows = None if call.finite and q is call.query else q.sum(dim=-1, keepdim=True).isnan()
-            return (out if nan_rows is None else _fill_rows(out, nan_rows, math.nan)), None
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
+        if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
+            out = _causal_blocks.attention(q, k, call.value, scale)
+            return self._nan_rows(call, q, out, dead), None
         if not use_is_causal and (call.has_rule_mask or call.mask is not None or call.bias is not None):
             allowed = call.allowed(0, L, 0, S)  # bool or None
             if call.bias is not None:
@@ -105,18 +104,22 @@ class SDPA(Backend):
         )  # (B, Hq, L, Ev)
         if dead is not None:
             out = _fill_rows(out, dead, 0.0)
-        # SDPA's CPU kernel treats a row whose scores are all NaN like a fully masked row
-        # and returns zeros; corrupt input must show, so such rows become NaN again. One
-        # reduction finds them (a NaN anywhere in a row makes its sum NaN). A row that is
-        # fully masked stays exactly zero: it reads no key, so its query is never used.
-        # Queries attend has already found finite (on the CPU) need no such pass, when the
-        # score handed them to SDPA unchanged (a General score's weight could still be NaN).
+        return self._nan_rows(call, q, out, dead), None
+
+    @staticmethod
+    def _nan_rows(call: AttentionCall, q: Tensor, out: Tensor, dead: Optional[Tensor]) -> Tensor:
+        """SDPA's CPU kernel treats a row whose scores are all NaN like a fully masked row and
+        returns zeros; corrupt input must show, so such rows become NaN again. One reduction
+        finds them (a NaN anywhere in a row makes its sum NaN). A row that is fully masked stays
+        exactly zero: it reads no key, so its query is never used. Queries attend has already
+        found finite (on the CPU) need no such pass, when the score handed them to SDPA
+        unchanged (a General score's weight could still be NaN)."""
         if call.finite and q is call.query:
-            return out, None
+            return out
         nan_rows = q.sum(dim=-1, keepdim=True).isnan()  # (B, Hq, L, 1)
         if dead is not None:
             nan_rows = nan_rows & ~dead
-        return _fill_rows(out, nan_rows, math.nan), None
+        return _fill_rows(out, nan_rows, math.nan)
 
 
 def _use_is_causal(call: AttentionCall) -> bool:

@@ -38,7 +38,6 @@ import torch
 from torch import Tensor
 
 from .. import backends as _backends
-from ..backends._programs import merge_into  # noqa: F401 (the ring merges its blocks with it)
 from ..backends.base import AttentionCall, compute_dtype, safe_lse
 
 ENGINES = ("auto", "eager", "inductor", "sdpa", "triton")

@@ -35,6 +35,7 @@ from .. import _check
 from .._rules import And, Causal, Window, bind, check_rule
 from .._ruletree import is_own, rule_tensors
 from ..backends import UnsupportedCall
+from ..backends._programs import merge_into
 from ..backends.base import AttentionCall, _holds_grad_tensor, compute_dtype
 from ..functional import _prepare
 from . import _blocks
@@ -312,7 +313,7 @@ class _Ring:
 
         def compute(rows, gk, block, _):
             o, l = _blocks.forward(self._engine(block), block)
-            _blocks.merge_into(out[:, :, rows], lse[:, :, rows], o, l)
+            merge_into(out[:, :, rows], lse[:, :, rows], o, l)
 
         self._run(q, [k, v], None, compute)
         return out, lse
