@@ -172,10 +172,15 @@ def test_what_auto_takes_and_explain_says():
     with torch.no_grad():
         table = torch.randn(8, 257)
         rel = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))
+        half = q[:, :, :1024]
+        rel_short = attend.explain(half, half, half, score_mod=attend.mods.relative_bias(table))
+        wide = torch.randn(8, 2 * 1024 + 1)  # reach 1024: the bands are most of the pairs
         q2 = torch.cat([q, q], dim=2)
-        rel_long = attend.explain(q2, q2, q2, score_mod=attend.mods.relative_bias(table))
-    assert rel.backend == "flex"  # measured faster there up to 2048 x 2048
-    assert rel_long.backend == "inductor" and "past 2048 x 2048" in " ".join(rel_long.reasons["flex"])
+        rel_wide = attend.explain(q2, q2, q2, score_mod=attend.mods.relative_bias(wide))
+    # at 2048 keys with reach 128 the bands are 23% of the pairs: sdpa's kernel beyond them
+    assert rel.backend == "sdpa" and "sdpa runs this relative-bias table faster" in " ".join(rel.reasons["flex"])
+    assert rel_short.backend == "flex"  # at 1024 the bands are half the pairs: flex measured faster
+    assert rel_wide.backend == "inductor" and "past 2048 x 2048" in " ".join(rel_wide.reasons["flex"])
     assert causal.backend == "sdpa" and "plain causal" in " ".join(causal.reasons["flex"])
     assert "min_work" in " ".join(small.reasons["flex"])
     qg = q.clone().requires_grad_()

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import _check
 from .._rules import Alibi, And, Causal, RelativeBias, Rule, Window
-from . import _programs as P
+from . import _programs as P, _relbias_regions
 from .base import AttentionCall, Backend
 from ._programs import no_compiler as _no_compiler
 from .inductor import _only_causal, _si
@@ -102,6 +102,8 @@ class Flex(Backend):
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
         mod = call.score_mod
+        if isinstance(mod, RelativeBias) and _relbias_regions.preferred(call):
+            return [_relbias_regions.SDPA_REASON]
         table = isinstance(mod, RelativeBias) and call.L * call.S <= RELATIVE_BIAS_PAIRS
         if mod is not None and not isinstance(mod, FAST_SCORE_MODS) and not table:
             return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)}"

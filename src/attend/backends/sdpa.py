@@ -24,7 +24,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _causal_blocks
+from . import _causal_blocks, _relbias_regions
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend
 
 
@@ -43,7 +43,7 @@ class SDPA(Backend):
     def __init__(self, *, dense_rule_limit: int = DENSE_RULE_LIMIT):
         self.dense_rule_limit = dense_rule_limit
 
-    def auto_skip(self, call: AttentionCall) -> list[str]:
+    def _dense_skip(self, call: AttentionCall) -> list[str]:
         need = call.dense_rule_bytes()  # the boolean (B|1, H|1, L, S) mask the rules give, and SDPA's float copy
         if need > self.dense_rule_limit:
             return [f"would materialise the mask rules as a dense mask ({need / 2**20:.0f} MiB; auto limit "
@@ -54,8 +54,9 @@ class SDPA(Backend):
         why = []
         if not getattr(call.score, "dot_like", False):
             why.append(f"score {_score_name(call.score)} is not dot-like")
-        if call.score_mod is not None:
-            why.append("score_mod needs the scores, which SDPA does not expose")
+        if call.score_mod is not None and _relbias_regions.reasons(call):
+            why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
+                       "for inference with no other mask or bias)")
         if call.hard:
             why.append("SDPA has no hard attention")
         if call.return_weights:
@@ -64,7 +65,15 @@ class SDPA(Backend):
             why.append("SDPA has no attention sinks (no extra term in its softmax denominator)")
         return why
 
+    def auto_skip(self, call: AttentionCall) -> list[str]:
+        if call.score_mod is not None and not _relbias_regions.preferred(call):
+            return [f"the bands a relative-bias table needs are {100 * _relbias_regions.band_share(call):.0f}% of the "
+                    f"pairs (over {100 * _relbias_regions.BAND_SHARE:.0f}%): its dense float mask costs more there"]
+        return self._dense_skip(call)
+
     def describe(self, call: AttentionCall) -> str:
+        if call.score_mod is not None:
+            return _relbias_regions.describe(call) or ""
         if _use_is_causal(call) and _causal_blocks.applies(call.query, call.key, call.value, call.dropout_p,
                                                            q_features=call.key.shape[-1]):  # (as_dot's q: the keys' width)
             return (f"causal in blocks of {_causal_blocks.BLOCK} keys (SDPA's kernel would compute its 512-key "
@@ -78,6 +87,9 @@ class SDPA(Backend):
         use_is_causal = _use_is_causal(call)
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
+        if call.score_mod is not None:  # a relative-bias table (can_run has checked)
+            out = _relbias_regions.attention(q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod)
+            return self._nan_rows(call, q, out, None), None
         if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
             out = _causal_blocks.attention(q, k, call.value, scale)
             return self._nan_rows(call, q, out, dead), None

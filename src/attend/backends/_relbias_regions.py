@@ -1,0 +1,152 @@
+"""A clipped relative-position bias on SDPA's CPU kernel: constant beyond the table's reach.
+
+``mods.relative_bias(table)`` adds ``table[h, clip(j - p, -R, R) + R]`` to the score of query
+``i`` (at key position ``p = i + offset``) and key ``j``. Past ``R`` positions the entry is
+clipped, so the bias is the same for every key farther than ``R`` to the left of ``p``
+(``table[h, 0]``) and for every key farther than ``R`` to the right (``table[h, 2R]``).
+A constant ``c`` added to every score of a set of keys leaves that set's softmax unchanged
+and adds ``c`` to its log-sum-exp.
+
+So the rows are cut into blocks of ``ROWS``. For each block, the keys that are far to the
+left of every row in it run as one plain call of SDPA's fused CPU kernel, and so do the keys
+far to the right; each call's log-sum-exp is raised by its head's edge entry. Only the band
+between them, ``ROWS + 2R - 2`` keys wide, needs the table's entries: it runs as one call of
+the same kernel with those entries as a dense float mask of ``(H, ROWS, band)``, built once
+per call (interior blocks share it). The three results are merged by their log-sum-exps.
+Exact in real arithmetic: nothing is approximated.
+
+Inference only (the ``inductor`` backend trains with a learned table), on the CPU, for a dot-
+like score and no other mask, bias or modifier. ``auto`` takes it where the band is at most
+``BAND_SHARE`` of the (query, key) pairs: at (1, 8, 2048, 64) and (1, 8, 4096, 64) with
+R = 128 (see ``benchmarks/results/cpu.md``). Shorter sequences are mostly band, where the
+dense float mask costs more than FlexAttention's kernel.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._rules import RelativeBias
+from ._programs import merge_into
+from .base import AttentionCall
+
+#: query rows per block: the band is ROWS + 2R - 2 keys wide
+ROWS = 256
+#: auto takes this path when the band holds at most this share of the (query, key) pairs
+BAND_SHARE = 0.3
+#: why flex and inductor leave such a call to sdpa, in ``explain``
+SDPA_REASON = ("sdpa runs this relative-bias table faster: plain kernel calls beyond the table's reach, "
+               "the table's entries only on the band near the diagonal")
+_DTYPES = (torch.float32, torch.float64)
+_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def reasons(call: AttentionCall) -> list[str]:
+    """Why this path cannot run ``call`` (empty: it can)."""
+    why = []
+    if not isinstance(call.score_mod, RelativeBias):
+        return ["score_mod is not a relative-bias table"]
+    if not bool(torch.isfinite(call.score_mod.table.detach()).all()):
+        why.append("the table holds a non-finite entry")
+    if call.needs_grad:
+        why.append("inference only (training with a relative-bias table runs on inductor)")
+    if call.query.device.type != "cpu":
+        why.append("SDPA's CPU kernel returns the log-sum-exp the blocks are merged by")
+    if call.query.dtype not in _DTYPES:
+        why.append(f"float32 or float64 only, got {call.query.dtype}")
+    if call.key.shape[-1] != call.Ev:
+        why.append("SDPA's CPU kernel takes keys and values of one width")
+    if call.has_rule_mask or call.mask is not None or call.bias is not None:
+        why.append("no other mask or bias")
+    if call.dropout_p > 0 or call.hard or call.sinks is not None or call.return_weights:
+        why.append("no dropout, hard attention, sinks or weights")
+    return why
+
+
+def band_share(call: AttentionCall) -> float:
+    """The share of the (query, key) pairs that fall in the bands (the part that reads the table)."""
+    R = call.score_mod.max_distance
+    band = 0
+    for i0 in range(0, call.L, ROWS):
+        i1 = min(call.L, i0 + ROWS)
+        jl, jr = _edges(call.score_mod.offset, i0, i1, R, call.S)
+        band += (i1 - i0) * (jr - jl)
+    return band / max(1, call.L * call.S)
+
+
+def preferred(call: AttentionCall) -> bool:
+    """Whether ``auto`` should run ``call`` here (it can, and the bands are a small share)."""
+    return not reasons(call) and band_share(call) <= BAND_SHARE
+
+
+def _edges(offset: int, i0: int, i1: int, R: int, S: int) -> tuple[int, int]:
+    """Keys ``[0, jl)`` lie at least R to the left of every row of ``i0:i1``, keys ``[jr, S)``
+    at least R to the right: the band is ``[jl, jr)``."""
+    p0, p1 = i0 + offset, i1 - 1 + offset  # key positions of the first and last row
+    jl = min(S, max(0, p0 - R + 1))
+    jr = max(jl, min(S, p1 + R))
+    return jl, jr
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias) -> Tensor:
+    """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
+    ``mod`` (bound to the call's lengths); no autograd."""
+    B, H, L, _ = q.shape
+    S = k.shape[2]
+    R = mod.max_distance
+    table = mod.table.detach().to(q.device)
+    table = table if table.ndim == 2 else table.unsqueeze(0).expand(H, -1)
+    out = q.new_empty(B, H, L, v.shape[-1])
+    lse = q.new_empty(B, H, L, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+    left, right = (table[:, e].to(lse.dtype).view(1, H, 1) for e in (0, 2 * R))
+    masks: dict[tuple, Tensor] = {}  # interior blocks share one band mask
+    with torch.no_grad():
+        for i0 in range(0, L, ROWS):
+            i1 = min(L, i0 + ROWS)
+            jl, jr = _edges(mod.offset, i0, i1, R, S)
+            rows, o_blk, l_blk = q[:, :, i0:i1], out[:, :, i0:i1], lse[:, :, i0:i1]
+            first = True
+            if jr > jl:
+                o, l = _FWD(rows, k[:, :, jl:jr], v[:, :, jl:jr], 0.0, False,
+                            attn_mask=_band(masks, table, mod.offset, i0, i1, jl, jr, R, q.dtype), scale=scale)
+                o_blk.copy_(o)
+                l_blk.copy_(l)
+                first = False
+            for j0, j1, edge in ((0, jl, left), (jr, S, right)):
+                if j1 <= j0:
+                    continue
+                o, l = _FWD(rows, k[:, :, j0:j1], v[:, :, j0:j1], 0.0, False, scale=scale)
+                l = l + edge  # the same entry for every key here: the softmax is the kernel's, its total scaled
+                if first:
+                    o_blk.copy_(o)
+                    l_blk.copy_(l)
+                    first = False
+                else:
+                    merge_into(o_blk, l_blk, o, l)
+    return out
+
+
+def _band(masks: dict, table: Tensor, offset: int, i0: int, i1: int, jl: int, jr: int, R: int,
+          dtype: torch.dtype) -> Tensor:
+    """The table's entries for rows ``i0:i1`` and keys ``jl:jr``, ``(1, H, rows, keys)``: made
+    once per distinct (first key - first row position, keys, rows)."""
+    key = (jl - i0 - offset, jr - jl, i1 - i0)
+    mask = masks.get(key)
+    if mask is None:
+        dev = table.device
+        rel = (torch.arange(jl, jr, device=dev).view(1, -1) - torch.arange(i0, i1, device=dev).view(-1, 1)
+               - offset).clamp(-R, R) + R
+        mask = masks[key] = table[:, rel].to(dtype).unsqueeze(0)
+    return mask
+
+
+def describe(call: AttentionCall) -> Optional[str]:
+    """One line for :func:`attend.explain` when this path runs ``call``."""
+    if reasons(call):
+        return None
+    R = call.score_mod.max_distance
+    return (f"relative bias in blocks of {ROWS} rows: the keys beyond the table's reach ({R} "
+            f"position{'s' if R != 1 else ''}) as plain kernel calls with the edge entries added to their log-sum-exp, the band "
+            f"({100 * band_share(call):.0f}% of the pairs) with the table's entries as a float mask")

@@ -1,0 +1,169 @@
+"""A relative-bias table on SDPA's kernel (:mod:`attend.backends._relbias_regions`): the keys
+beyond the table's reach as plain kernel calls with the edge entry added to their log-sum-exp,
+the band near the diagonal with the table's entries as a float mask. Against a float64
+reference written here by the tolerance rule, the kernel calls made, where the path is not
+taken, what ``auto`` and ``explain`` say, and non-finite input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from attend.backends import _relbias_regions as RR
+from attend.functional import _prepare
+from cases import check_case, inputs, make_score
+
+
+def _bias(table: torch.Tensor, Hq: int, L: int, S: int) -> torch.Tensor:
+    """The reference's dense (1, Hq, L, S) bias: entry clip(j - i - (S - L), -R, R) + R, in float64."""
+    M = (table.shape[-1] - 1) // 2
+    rel = (torch.arange(S).view(1, -1) - torch.arange(L).view(-1, 1) - (S - L)).clamp(-M, M) + M
+    t = table.double() if table.ndim == 2 else table.double().expand(Hq, -1)
+    return t[:, rel].unsqueeze(0)
+
+
+def _check(q, k, v, table, *, score="scaled_dot", dtype, what):
+    E, L, S = q.shape[-1], q.shape[-2], k.shape[-2]
+    arg, ref_scores = make_score(score, E)
+    if isinstance(arg, torch.nn.Module):  # (a learned score trains elsewhere: this path is inference only)
+        arg.requires_grad_(False)
+    bias = _bias(table, q.shape[1], L, S)
+    return check_case("sdpa", q, k, v, kw=dict(score=arg, score_mod=attend.mods.relative_bias(table)),
+                      ref_scores=ref_scores, mod=lambda s: s + bias, dtype=dtype, what=what, grads=False)
+
+
+@pytest.mark.parametrize("L,S,M", [(1100, 1100, 128), (700, 1500, 50), (1500, 600, 20), (300, 300, 128),
+                                   (600, 600, 1), (520, 520, 700)])  # (L > S; R = 1; reach past the sequence)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference(L, S, M, dtype):
+    q, k, v = inputs(1, 2, 2, L, S, 16, 16, dtype)
+    table = torch.randn(2, 2 * M + 1, generator=torch.Generator().manual_seed(3))
+    _check(q, k, v, table, dtype=dtype, what=f"relative bias L={L} S={S} R={M}")
+
+
+@pytest.mark.parametrize("score", ["cosine", "General", "dot"])
+def test_dot_like_scores_and_a_shared_table(score):
+    q, k, v = inputs(2, 2, 2, 600, 640, 8, 8, torch.float32)
+    table = torch.randn(2 * 40 + 1, generator=torch.Generator().manual_seed(4))  # one table for every head
+    _check(q, k, v, table, score=score, dtype=torch.float32, what=f"relative bias, {score} score")
+
+
+def test_grouped_query_heads_and_a_models_layout():
+    """Two query heads per key/value head; q, k, v as (B, H, L, E) views of a model's (B, L, H, E)."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 700, 4, 16, generator=g).transpose(1, 2)
+    k, v = (torch.randn(1, 700, 2, 16, generator=g).transpose(1, 2) for _ in range(2))
+    table = torch.randn(4, 2 * 30 + 1, generator=g)
+    _check(q, k, v, table, dtype=torch.float32, what="relative bias, GQA, strided")
+
+
+def _kernel_calls(monkeypatch):
+    calls = []
+    real = RR._FWD
+
+    def counted(q, k, *args, attn_mask=None, **kw):
+        calls.append((k.shape[2], attn_mask is not None))  # (keys, with the band's mask)
+        return real(q, k, *args, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(RR, "_FWD", counted)
+    return calls
+
+
+def test_keys_beyond_the_reach_run_without_a_mask(monkeypatch):
+    """Rows in blocks of 256; reach 10: the band of the block of rows 256:512 is keys 247:521."""
+    calls = _kernel_calls(monkeypatch)
+    q, k, v = inputs(1, 1, 1, 768, 768, 8, 8, torch.float32)
+    with torch.no_grad():
+        attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(21)), backend="sdpa")
+    assert calls == [(265, True), (503, False),  # rows 0:256: band 0:265, then keys 265:768
+                     (274, True), (247, False), (247, False),  # rows 256:512: band 247:521, keys :247, 521:
+                     (265, True), (503, False)]  # rows 512:768: band 503:768, keys :503
+
+
+def test_the_band_mask_is_built_once_for_interior_blocks(monkeypatch):
+    built = []
+    real = RR._band
+
+    def counting(masks, *args):
+        before = len(masks)
+        out = real(masks, *args)
+        built.append(len(masks) > before)
+        return out
+
+    monkeypatch.setattr(RR, "_band", counting)
+    q, k, v = inputs(1, 1, 1, 2048, 2048, 8, 8, torch.float32)
+    with torch.no_grad():
+        attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(21)), backend="sdpa")
+    assert len(built) == 8 and sum(built) == 3  # first, interior (shared by 6), last
+
+
+def _call(q, k, v, **kw):
+    return _prepare(q, k, v, **kw)[0]
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("grad", "inference only"), ("causal", "no other mask"), ("window", "no other mask"),
+    ("bias", "no other mask"), ("values wider", "one width"), ("float16", "float32 or float64"),
+    ("nan table", "non-finite entry"), ("alibi", "not a relative-bias table"),
+])
+def test_calls_that_do_not_take_the_path(case, needle):
+    q, k, v = inputs(1, 2, 2, 512, 512, 8, 8, torch.float32)
+    table = torch.randn(2, 21)
+    kw = {}
+    if case == "grad":
+        q.requires_grad_(True)
+    elif case == "causal":
+        kw["causal"] = True
+    elif case == "window":
+        kw["window"] = (8, 8)
+    elif case == "bias":
+        kw["mask"] = torch.zeros(512, 512)  # a float mask: an additive bias
+    elif case == "values wider":
+        v = torch.randn(1, 2, 512, 16)
+    elif case == "float16":
+        q, k, v = (t.half() for t in (q, k, v))
+    elif case == "nan table":
+        table[1, 3] = math.nan
+    mod = attend.mods.alibi(2) if case == "alibi" else attend.mods.relative_bias(table)
+    call = _call(q, k, v, score_mod=mod, **kw)
+    assert any(needle in r for r in RR.reasons(call))
+    if case != "alibi":  # (the tensors and rules are sound: another backend runs the call)
+        with pytest.raises(attend.backends.UnsupportedCall, match="score_mod needs the scores"):
+            attend.attention(q, k, v, score_mod=mod, backend="sdpa", **kw)
+
+
+def test_auto_takes_it_where_the_bands_are_a_small_share():
+    table = torch.randn(2, 257)
+    with torch.no_grad():
+        for L, expect in ((2048, True), (1024, False)):
+            q, k, v = inputs(1, 2, 2, L, L, 8, 8, torch.float32)
+            call = _call(q, k, v, score_mod=attend.mods.relative_bias(table))
+            share = RR.band_share(call)
+            assert RR.preferred(call) is expect and (share <= RR.BAND_SHARE) is expect
+            skip = attend.backends.get("sdpa").auto_skip(call)
+            assert (skip == []) is expect
+            if not expect:
+                assert f"needs are {100 * share:.0f}% of the pairs" in skip[0]
+        q, k, v = inputs(1, 2, 2, 2048, 2048, 8, 8, torch.float32)
+        why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))
+    assert why.backend == "sdpa" and "band (23% of the pairs)" in why.detail
+    assert "sdpa runs this relative-bias table faster" in " ".join(why.reasons["flex"])
+
+
+def test_non_finite_input_stays_in_the_rows_that_use_it():
+    """A NaN query row gives NaN in that row only; an inf key reaches every row (no mask here)."""
+    q, k, v = inputs(1, 1, 1, 600, 600, 8, 8, torch.float32)
+    table = torch.randn(21)
+    q[0, 0, 300, 2] = math.nan
+    with torch.no_grad():
+        out = attend.attention(q, k, v, score_mod=attend.mods.relative_bias(table), backend="sdpa")
+    nan_rows = out.isnan().any(-1)[0, 0]
+    assert nan_rows.nonzero().flatten().tolist() == [300]
+    q[0, 0, 300, 2] = 0.0
+    v[0, 0, 17, 0] = math.inf
+    with torch.no_grad():
+        out = attend.attention(q, k, v, score_mod=attend.mods.relative_bias(table), backend="sdpa")
+    assert out.isnan().any(-1).all()
