@@ -25,14 +25,15 @@ def _bias(table: torch.Tensor, Hq: int, L: int, S: int) -> torch.Tensor:
     return t[:, rel].unsqueeze(0)
 
 
-def _check(q, k, v, table, *, score="scaled_dot", dtype, what):
+def _check(q, k, v, table, *, score="scaled_dot", causal=False, dtype, what):
     E, L, S = q.shape[-1], q.shape[-2], k.shape[-2]
     arg, ref_scores = make_score(score, E)
     if isinstance(arg, torch.nn.Module):  # (a learned score trains elsewhere: this path is inference only)
         arg.requires_grad_(False)
     bias = _bias(table, q.shape[1], L, S)
-    return check_case("sdpa", q, k, v, kw=dict(score=arg, score_mod=attend.mods.relative_bias(table)),
-                      ref_scores=ref_scores, mod=lambda s: s + bias, dtype=dtype, what=what, grads=False)
+    return check_case("sdpa", q, k, v, kw=dict(score=arg, score_mod=attend.mods.relative_bias(table), causal=causal),
+                      ref_scores=ref_scores, mod=lambda s: s + bias, allowed=R.causal_mask(L, S) if causal else None,
+                      dtype=dtype, what=what, grads=False)
 
 
 @pytest.mark.parametrize("L,S,M", [(1100, 1100, 128), (700, 1500, 50), (1500, 600, 20), (300, 300, 128),
@@ -42,6 +43,14 @@ def test_matches_reference(L, S, M, dtype):
     q, k, v = inputs(1, 2, 2, L, S, 16, 16, dtype)
     table = torch.randn(2, 2 * M + 1, generator=torch.Generator().manual_seed(3))
     _check(q, k, v, table, dtype=dtype, what=f"relative bias L={L} S={S} R={M}")
+
+
+@pytest.mark.parametrize("L,S,M", [(1100, 1100, 128), (700, 1500, 50), (600, 600, 1), (520, 600, 700)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_causal_matches_reference(L, S, M, dtype):
+    q, k, v = inputs(1, 2, 2, L, S, 16, 16, dtype)
+    table = torch.randn(2, 2 * M + 1, generator=torch.Generator().manual_seed(6))
+    _check(q, k, v, table, causal=True, dtype=dtype, what=f"causal relative bias L={L} S={S} R={M}")
 
 
 @pytest.mark.parametrize("score", ["cosine", "General", "dot"])
@@ -81,6 +90,12 @@ def test_keys_beyond_the_reach_run_without_a_mask(monkeypatch):
     assert calls == [(265, True), (503, False),  # rows 0:256: band 0:265, then keys 265:768
                      (274, True), (247, False), (247, False),  # rows 256:512: band 247:521, keys :247, 521:
                      (265, True), (503, False)]  # rows 512:768: band 503:768, keys :503
+    calls.clear()
+    with torch.no_grad():
+        attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(21)), causal=True, backend="sdpa")
+    assert calls == [(256, True),  # rows 0:256: band 0:256, no key after it is seen
+                     (265, True), (247, False),  # rows 256:512: band 247:512, keys :247
+                     (265, True), (503, False)]
 
 
 def test_the_band_mask_is_built_once_for_interior_blocks(monkeypatch):
@@ -105,8 +120,8 @@ def _call(q, k, v, **kw):
 
 
 @pytest.mark.parametrize("case,needle", [
-    ("grad", "inference only"), ("causal", "no other mask"), ("window", "no other mask"),
-    ("bias", "no other mask"), ("values wider", "one width"), ("float16", "float32 or float64"),
+    ("grad", "inference only"), ("causal L > S", "rows that see no key"), ("window", "other than causal"),
+    ("bias", "other than causal"), ("values wider", "one width"), ("float16", "float32 or float64"),
     ("nan table", "non-finite entry"), ("alibi", "not a relative-bias table"),
 ])
 def test_calls_that_do_not_take_the_path(case, needle):
@@ -115,8 +130,9 @@ def test_calls_that_do_not_take_the_path(case, needle):
     kw = {}
     if case == "grad":
         q.requires_grad_(True)
-    elif case == "causal":
+    elif case == "causal L > S":
         kw["causal"] = True
+        k, v = k[:, :, :500], v[:, :, :500]
     elif case == "window":
         kw["window"] = (8, 8)
     elif case == "bias":
@@ -136,20 +152,18 @@ def test_calls_that_do_not_take_the_path(case, needle):
 
 
 def test_auto_takes_it_where_the_bands_are_a_small_share():
-    table = torch.randn(2, 257)
+    table = torch.randn(8, 257)
     with torch.no_grad():
         for L, expect in ((2048, True), (1024, False)):
-            q, k, v = inputs(1, 2, 2, L, L, 8, 8, torch.float32)
+            q, k, v = inputs(1, 8, 8, L, L, 64, 64, torch.float32)
             call = _call(q, k, v, score_mod=attend.mods.relative_bias(table))
-            share = RR.band_share(call)
-            assert RR.preferred(call) is expect and (share <= RR.BAND_SHARE) is expect
-            skip = attend.backends.get("sdpa").auto_skip(call)
-            assert (skip == []) is expect
-            if not expect:
-                assert f"needs are {100 * share:.0f}% of the pairs" in skip[0]
-        q, k, v = inputs(1, 2, 2, 2048, 2048, 8, 8, torch.float32)
+            assert RR.preferred(call) is expect and (RR.band_share(call) <= RR.BAND_SHARE) is expect
+            why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))
+            assert why.backend == ("sdpa" if expect else "flex")
+    q, k, v = inputs(1, 8, 8, 2048, 2048, 64, 64, torch.float32)
+    with torch.no_grad():
         why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))
-    assert why.backend == "sdpa" and "band (23% of the pairs)" in why.detail
+    assert "band (23% of the pairs)" in why.detail
     assert "sdpa runs this relative-bias table faster" in " ".join(why.reasons["flex"])
 
 
@@ -167,3 +181,24 @@ def test_non_finite_input_stays_in_the_rows_that_use_it():
     with torch.no_grad():
         out = attend.attention(q, k, v, score_mod=attend.mods.relative_bias(table), backend="sdpa")
     assert out.isnan().any(-1).all()
+
+
+def test_auto_leaves_causal_to_flex_and_takes_it_where_nothing_compiled_would():
+    """With causal, FlexAttention's kernel measured faster (at 4096 too); below flex's and
+    inductor's min_work, or without a C++ compiler, the call runs here rather than on chunked."""
+    table = torch.randn(8, 257)
+    small = inputs(1, 2, 2, 2048, 2048, 8, 8, torch.float32)
+    q, k, v = inputs(1, 8, 8, 4096, 4096, 64, 64, torch.float32)
+    with torch.no_grad():
+        assert attend.explain(*small, score_mod=attend.mods.relative_bias(table[:2]), causal=True).backend == "sdpa"
+        call = _call(q, k, v, score_mod=attend.mods.relative_bias(table), causal=True)
+        assert not RR.reasons(call) and not RR.preferred(call)
+        assert attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), causal=True).backend == "flex"
+        import attend.backends.flex as flex_mod
+        import attend.backends.inductor as inductor_mod
+        monkeypatch = pytest.MonkeyPatch()
+        with monkeypatch.context() as m:
+            m.setattr(flex_mod, "_no_compiler", lambda: "no C++ compiler (test)")
+            m.setattr(inductor_mod, "_no_compiler", lambda: "no C++ compiler (test)")
+            why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), causal=True)
+    assert why.backend == "sdpa" and why.detail.startswith("causal relative bias in blocks of 256 rows")

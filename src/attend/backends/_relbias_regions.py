@@ -15,14 +15,22 @@ the same kernel with those entries as a dense float mask of ``(H, ROWS, band)``,
 per call (interior blocks share it). The three results are merged by their log-sum-exps.
 Exact in real arithmetic: nothing is approximated.
 
-Inference only (the ``inductor`` backend trains with a learned table), on the CPU, for a dot-
-like score and no other mask, bias or modifier. ``auto`` takes it where the band is at most
-``BAND_SHARE`` of the (query, key) pairs: at (1, 8, 2048, 64) and (1, 8, 4096, 64) with
-R = 128 (see ``benchmarks/results/cpu.md``). Shorter sequences are mostly band, where the
-dense float mask costs more than FlexAttention's kernel.
+With ``causal`` (bottom-right, at least as many keys as queries) the keys after a block's
+last row are not read, and the band's mask is ``-inf`` after each row's position.
+
+Inference only (the ``inductor`` backend trains with a learned table), on the CPU, for a
+dot-like score and no mask, bias or modifier other than ``causal``. ``auto`` takes it where
+the band is at most ``BAND_SHARE`` of the (query, key) pairs and there is no ``causal``:
+measured in ``benchmarks/results/cpu-relbias-sdpa.md``, forward 1.13x SDPA plain at
+(1, 8, 2048, 64) and 1.29x at (1, 8, 4096, 64) with R = 128, where FlexAttention's kernel took
+1.39x and 1.96x. Shorter sequences are mostly band, where the dense float mask costs more
+than FlexAttention's kernel; with ``causal``, FlexAttention's kernel skips the blocks after
+the diagonal and was faster at every length measured (see :func:`preferred`). Without a C++
+compiler (no ``flex`` or ``inductor``), ``auto`` still falls back to this path.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -58,41 +66,51 @@ def reasons(call: AttentionCall) -> list[str]:
         why.append(f"float32 or float64 only, got {call.query.dtype}")
     if call.key.shape[-1] != call.Ev:
         why.append("SDPA's CPU kernel takes keys and values of one width")
-    if call.has_rule_mask or call.mask is not None or call.bias is not None:
-        why.append("no other mask or bias")
+    if call.window is not None or call.mask_mod is not None or call.mask is not None or call.bias is not None:
+        why.append("no mask or bias other than causal")
+    if call.causal and call.offset < 0:
+        why.append("causal with more queries than keys (rows that see no key)")
     if call.dropout_p > 0 or call.hard or call.sinks is not None or call.return_weights:
         why.append("no dropout, hard attention, sinks or weights")
     return why
 
 
 def band_share(call: AttentionCall) -> float:
-    """The share of the (query, key) pairs that fall in the bands (the part that reads the table)."""
-    R = call.score_mod.max_distance
+    """The share of the (query, key) pairs computed that fall in the bands (the part that reads
+    the table); with ``causal``, of the pairs the rule allows."""
+    R, off, S = call.score_mod.max_distance, call.score_mod.offset, call.S
     band = 0
     for i0 in range(0, call.L, ROWS):
         i1 = min(call.L, i0 + ROWS)
-        jl, jr = _edges(call.score_mod.offset, i0, i1, R, call.S)
+        jl, jr = _edges(off, i0, i1, R, S, call.causal)
         band += (i1 - i0) * (jr - jl)
-    return band / max(1, call.L * call.S)
+    if call.causal:  # row i sees keys 0..i + offset
+        pairs = sum(min(S, i + off + 1) for i in range(call.L))
+    else:
+        pairs = call.L * S
+    return band / max(1, pairs)
 
 
 def preferred(call: AttentionCall) -> bool:
-    """Whether ``auto`` should run ``call`` here (it can, and the bands are a small share)."""
-    return not reasons(call) and band_share(call) <= BAND_SHARE
+    """Whether ``auto`` should run ``call`` here: it can, it is not causal (FlexAttention's kernel,
+    which skips the blocks after the diagonal, measured faster: 1.18x against 1.28x SDPA causal
+    at (1, 8, 4096, 64), 1.11x against 1.38x at 2048), and the bands are a small share."""
+    return not reasons(call) and not call.causal and band_share(call) <= BAND_SHARE
 
 
-def _edges(offset: int, i0: int, i1: int, R: int, S: int) -> tuple[int, int]:
+def _edges(offset: int, i0: int, i1: int, R: int, S: int, causal: bool) -> tuple[int, int]:
     """Keys ``[0, jl)`` lie at least R to the left of every row of ``i0:i1``, keys ``[jr, S)``
-    at least R to the right: the band is ``[jl, jr)``."""
+    at least R to the right (with ``causal``: after every row, so none of them is seen): the
+    band is ``[jl, jr)``."""
     p0, p1 = i0 + offset, i1 - 1 + offset  # key positions of the first and last row
     jl = min(S, max(0, p0 - R + 1))
-    jr = max(jl, min(S, p1 + R))
+    jr = max(jl, min(S, p1 + 1 if causal else p1 + R))
     return jl, jr
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool) -> Tensor:
     """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
-    ``mod`` (bound to the call's lengths); no autograd."""
+    ``mod`` (bound to the call's lengths), causal (bottom-right, S >= L) or not; no autograd."""
     B, H, L, _ = q.shape
     S = k.shape[2]
     R = mod.max_distance
@@ -105,16 +123,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias) 
     with torch.no_grad():
         for i0 in range(0, L, ROWS):
             i1 = min(L, i0 + ROWS)
-            jl, jr = _edges(mod.offset, i0, i1, R, S)
+            jl, jr = _edges(mod.offset, i0, i1, R, S, causal)
             rows, o_blk, l_blk = q[:, :, i0:i1], out[:, :, i0:i1], lse[:, :, i0:i1]
             first = True
             if jr > jl:
                 o, l = _FWD(rows, k[:, :, jl:jr], v[:, :, jl:jr], 0.0, False,
-                            attn_mask=_band(masks, table, mod.offset, i0, i1, jl, jr, R, q.dtype), scale=scale)
+                            attn_mask=_band(masks, table, mod.offset, i0, i1, jl, jr, R, q.dtype, causal),
+                            scale=scale)
                 o_blk.copy_(o)
                 l_blk.copy_(l)
                 first = False
-            for j0, j1, edge in ((0, jl, left), (jr, S, right)):
+            for j0, j1, edge in ((0, jl, left), (jr, jr if causal else S, right)):  # (causal: none seen after)
                 if j1 <= j0:
                     continue
                 o, l = _FWD(rows, k[:, :, j0:j1], v[:, :, j0:j1], 0.0, False, scale=scale)
@@ -129,16 +148,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias) 
 
 
 def _band(masks: dict, table: Tensor, offset: int, i0: int, i1: int, jl: int, jr: int, R: int,
-          dtype: torch.dtype) -> Tensor:
-    """The table's entries for rows ``i0:i1`` and keys ``jl:jr``, ``(1, H, rows, keys)``: made
-    once per distinct (first key - first row position, keys, rows)."""
+          dtype: torch.dtype, causal: bool) -> Tensor:
+    """The table's entries for rows ``i0:i1`` and keys ``jl:jr``, ``(1, H, rows, keys)``, -inf
+    after each row's position with ``causal``: made once per distinct (first key - first row
+    position, keys, rows). Every row keeps a finite entry: the band starts at or before it."""
     key = (jl - i0 - offset, jr - jl, i1 - i0)
     mask = masks.get(key)
     if mask is None:
         dev = table.device
-        rel = (torch.arange(jl, jr, device=dev).view(1, -1) - torch.arange(i0, i1, device=dev).view(-1, 1)
-               - offset).clamp(-R, R) + R
-        mask = masks[key] = table[:, rel].to(dtype).unsqueeze(0)
+        d = torch.arange(jl, jr, device=dev).view(1, -1) - torch.arange(i0, i1, device=dev).view(-1, 1) - offset
+        mask = table[:, d.clamp(-R, R) + R].to(dtype)
+        if causal:
+            mask = mask.masked_fill(d > 0, -math.inf)
+        mask = masks[key] = mask.unsqueeze(0)
     return mask
 
 
@@ -147,6 +169,6 @@ def describe(call: AttentionCall) -> Optional[str]:
     if reasons(call):
         return None
     R = call.score_mod.max_distance
-    return (f"relative bias in blocks of {ROWS} rows: the keys beyond the table's reach ({R} "
+    return (f"{'causal ' if call.causal else ''}relative bias in blocks of {ROWS} rows: the keys beyond the table's reach ({R} "
             f"position{'s' if R != 1 else ''}) as plain kernel calls with the edge entries added to their log-sum-exp, the band "
             f"({100 * band_share(call):.0f}% of the pairs) with the table's entries as a float mask")

@@ -43,7 +43,7 @@ class SDPA(Backend):
     def __init__(self, *, dense_rule_limit: int = DENSE_RULE_LIMIT):
         self.dense_rule_limit = dense_rule_limit
 
-    def _dense_skip(self, call: AttentionCall) -> list[str]:
+    def auto_skip(self, call: AttentionCall) -> list[str]:
         need = call.dense_rule_bytes()  # the boolean (B|1, H|1, L, S) mask the rules give, and SDPA's float copy
         if need > self.dense_rule_limit:
             return [f"would materialise the mask rules as a dense mask ({need / 2**20:.0f} MiB; auto limit "
@@ -56,7 +56,7 @@ class SDPA(Backend):
             why.append(f"score {_score_name(call.score)} is not dot-like")
         if call.score_mod is not None and _relbias_regions.reasons(call):
             why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
-                       "for inference with no other mask or bias)")
+                       "for inference with no mask or bias other than causal)")
         if call.hard:
             why.append("SDPA has no hard attention")
         if call.return_weights:
@@ -64,12 +64,6 @@ class SDPA(Backend):
         if call.sinks is not None:
             why.append("SDPA has no attention sinks (no extra term in its softmax denominator)")
         return why
-
-    def auto_skip(self, call: AttentionCall) -> list[str]:
-        if call.score_mod is not None and not _relbias_regions.preferred(call):
-            return [f"the bands a relative-bias table needs are {100 * _relbias_regions.band_share(call):.0f}% of the "
-                    f"pairs (over {100 * _relbias_regions.BAND_SHARE:.0f}%): its dense float mask costs more there"]
-        return self._dense_skip(call)
 
     def describe(self, call: AttentionCall) -> str:
         if call.score_mod is not None:
@@ -88,7 +82,8 @@ class SDPA(Backend):
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
         if call.score_mod is not None:  # a relative-bias table (can_run has checked)
-            out = _relbias_regions.attention(q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod)
+            out = _relbias_regions.attention(q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod,
+                                            call.causal)
             return self._nan_rows(call, q, out, None), None
         if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
             out = _causal_blocks.attention(q, k, call.value, scale)
