@@ -37,7 +37,8 @@ def _check(q, k, v, table, *, score="scaled_dot", causal=False, dtype, what):
 
 
 @pytest.mark.parametrize("L,S,M", [(1100, 1100, 128), (700, 1500, 50), (1500, 600, 20), (300, 300, 128),
-                                   (600, 600, 1), (520, 520, 700)])  # (L > S; R = 1; reach past the sequence)
+                                   (600, 600, 1), (520, 520, 700), (300, 300, 0)])  # (L > S; R = 1; reach past
+# the sequence; R = 0)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_reference(L, S, M, dtype):
     q, k, v = inputs(1, 2, 2, L, S, 16, 16, dtype)
@@ -45,7 +46,8 @@ def test_matches_reference(L, S, M, dtype):
     _check(q, k, v, table, dtype=dtype, what=f"relative bias L={L} S={S} R={M}")
 
 
-@pytest.mark.parametrize("L,S,M", [(1100, 1100, 128), (700, 1500, 50), (600, 600, 1), (520, 600, 700)])
+@pytest.mark.parametrize("L,S,M", [(1100, 1100, 128), (700, 1500, 50), (600, 600, 1), (520, 600, 700),
+                                   (300, 300, 0)])  # (R = 0: a one-entry table; the band keeps each row's own key)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_causal_matches_reference(L, S, M, dtype):
     q, k, v = inputs(1, 2, 2, L, S, 16, 16, dtype)
@@ -67,6 +69,17 @@ def test_grouped_query_heads_and_a_models_layout():
     k, v = (torch.randn(1, 700, 2, 16, generator=g).transpose(1, 2) for _ in range(2))
     table = torch.randn(4, 2 * 30 + 1, generator=g)
     _check(q, k, v, table, dtype=torch.float32, what="relative bias, GQA, strided")
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_features_not_contiguous(which):
+    """A tensor whose features are not contiguous (``.mT`` of a (.., E, L) tensor): SDPA's raw
+    kernel reads the features with stride 1, so such tensors are copied first."""
+    q, k, v = inputs(1, 2, 2, 600, 600, 8, 8, torch.float32)
+    q, k, v = ((t.mT.contiguous().mT if name == which else t) for name, t in zip("qkv", (q, k, v)))
+    assert {"q": q, "k": k, "v": v}[which].stride(-1) != 1
+    _check(q, k, v, torch.randn(2, 41, generator=torch.Generator().manual_seed(7)), dtype=torch.float32,
+           what=f"relative bias, {which} transposed")
 
 
 def _kernel_calls(monkeypatch):
@@ -100,19 +113,17 @@ def test_keys_beyond_the_reach_run_without_a_mask(monkeypatch):
 
 def test_the_band_mask_is_built_once_for_interior_blocks(monkeypatch):
     built = []
-    real = RR._band
+    real = RR.table_tile
 
-    def counting(masks, *args):
-        before = len(masks)
-        out = real(masks, *args)
-        built.append(len(masks) > before)
-        return out
+    def counting(mod, i0, i1, j0, j1):
+        built.append(i0)
+        return real(mod, i0, i1, j0, j1)
 
-    monkeypatch.setattr(RR, "_band", counting)
+    monkeypatch.setattr(RR, "table_tile", counting)
     q, k, v = inputs(1, 1, 1, 2048, 2048, 8, 8, torch.float32)
     with torch.no_grad():
         attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(21)), backend="sdpa")
-    assert len(built) == 8 and sum(built) == 3  # first, interior (shared by 6), last
+    assert built == [0, 256, 1792]  # first, interior (shared by the 6 after it), last
 
 
 def _call(q, k, v, **kw):
@@ -202,3 +213,34 @@ def test_auto_leaves_causal_to_flex_and_takes_it_where_nothing_compiled_would():
             m.setattr(inductor_mod, "_no_compiler", lambda: "no C++ compiler (test)")
             why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), causal=True)
     assert why.backend == "sdpa" and why.detail.startswith("causal relative bias in blocks of 256 rows")
+
+
+def test_a_score_sdpa_cannot_run_is_not_deferred_to_it():
+    """An additive score with a relative-bias table: flex and inductor must not stand aside for
+    sdpa, which cannot run it (it went to chunked's tiles before this was checked)."""
+    table = torch.randn(8, 257)
+    q, k, v = inputs(1, 8, 8, 2048, 2048, 64, 64, torch.float32)
+    score = attend.scores.Additive(64, 64, 16).requires_grad_(False)
+    with torch.no_grad():
+        call = _call(q, k, v, score=score, score_mod=attend.mods.relative_bias(table))
+        assert any("not dot-like" in r for r in RR.reasons(call)) and not RR.preferred(call)
+        assert attend.explain(q, k, v, score=score, score_mod=attend.mods.relative_bias(table)).backend == "inductor"
+
+
+def test_sdpas_refusal_names_what_stands_in_the_way():
+    q, k, v = inputs(1, 2, 2, 64, 64, 8, 8, torch.float16)
+    with torch.no_grad(), pytest.raises(attend.backends.UnsupportedCall, match="here: float32 or float64 only"):
+        attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(5)), backend="sdpa")
+
+
+@pytest.mark.parametrize("L,S,M", [(2048, 2048, 128), (700, 1500, 50), (300, 300, 0), (600, 600, 700)])
+def test_the_causal_band_share_counts_the_pairs_one_by_one(L, S, M):
+    q, k, v = inputs(1, 1, 1, L, S, 4, 4, torch.float32)
+    call = _call(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(2 * M + 1)), causal=True)
+    band = allowed = 0
+    for i0 in range(0, L, RR.ROWS):
+        jl, jr = RR._edges(S - L, i0, min(L, i0 + RR.ROWS), M, S, True)
+        for i in range(i0, min(L, i0 + RR.ROWS)):
+            band += sum(1 for j in range(jl, jr) if j <= i + S - L)
+    allowed = sum(i + S - L + 1 for i in range(L))
+    assert RR.band_share(call) == pytest.approx(band / allowed)

@@ -38,9 +38,10 @@ from torch import Tensor
 
 from .._rules import RelativeBias
 from ._programs import merge_into
+from ._relbias import table_tile
 from .base import AttentionCall
 
-#: query rows per block: the band is ROWS + 2R - 2 keys wide
+#: query rows per block: the band is ROWS + 2R - 2 keys wide (ROWS + R - 1 with causal)
 ROWS = 256
 #: auto takes this path when the band holds at most this share of the (query, key) pairs
 BAND_SHARE = 0.3
@@ -56,6 +57,8 @@ def reasons(call: AttentionCall) -> list[str]:
     why = []
     if not isinstance(call.score_mod, RelativeBias):
         return ["score_mod is not a relative-bias table"]
+    if not getattr(call.score, "dot_like", False):
+        why.append("the score is not dot-like (SDPA's kernel multiplies q and k)")
     if not bool(torch.isfinite(call.score_mod.table.detach()).all()):
         why.append("the table holds a non-finite entry")
     if call.needs_grad:
@@ -78,16 +81,16 @@ def reasons(call: AttentionCall) -> list[str]:
 def band_share(call: AttentionCall) -> float:
     """The share of the (query, key) pairs computed that fall in the bands (the part that reads
     the table); with ``causal``, of the pairs the rule allows."""
-    R, off, S = call.score_mod.max_distance, call.score_mod.offset, call.S
+    R, off, S, L = call.score_mod.max_distance, call.score_mod.offset, call.S, call.L
     band = 0
-    for i0 in range(0, call.L, ROWS):
-        i1 = min(call.L, i0 + ROWS)
-        jl, jr = _edges(off, i0, i1, R, S, call.causal)
-        band += (i1 - i0) * (jr - jl)
-    if call.causal:  # row i sees keys 0..i + offset
-        pairs = sum(min(S, i + off + 1) for i in range(call.L))
-    else:
-        pairs = call.L * S
+    for i0 in range(0, L, ROWS):
+        n = min(L, i0 + ROWS) - i0
+        jl, jr = _edges(off, i0, i0 + n, R, S, call.causal)
+        if call.causal:  # row p of the block sees band keys jl..p
+            band += n * (i0 + off - jl + 1) + n * (n - 1) // 2
+        else:
+            band += n * (jr - jl)
+    pairs = L * (off + 1) + L * (L - 1) // 2 if call.causal else L * S  # (causal: row i sees i + off + 1 keys)
     return band / max(1, pairs)
 
 
@@ -103,7 +106,7 @@ def _edges(offset: int, i0: int, i1: int, R: int, S: int, causal: bool) -> tuple
     at least R to the right (with ``causal``: after every row, so none of them is seen): the
     band is ``[jl, jr)``."""
     p0, p1 = i0 + offset, i1 - 1 + offset  # key positions of the first and last row
-    jl = min(S, max(0, p0 - R + 1))
+    jl = min(S, max(0, p0 - max(R, 1) + 1))  # (R = 0: the band still holds each row's own key)
     jr = max(jl, min(S, p1 + 1 if causal else p1 + R))
     return jl, jr
 
@@ -111,6 +114,8 @@ def _edges(offset: int, i0: int, i1: int, R: int, S: int, causal: bool) -> tuple
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool) -> Tensor:
     """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
     ``mod`` (bound to the call's lengths), causal (bottom-right, S >= L) or not; no autograd."""
+    # the kernel reads the features with stride 1 (a (B, L, H, E) view is fine, a transposed one is not)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, L, _ = q.shape
     S = k.shape[2]
     R = mod.max_distance
@@ -119,7 +124,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, 
     out = q.new_empty(B, H, L, v.shape[-1])
     lse = q.new_empty(B, H, L, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
     left, right = (table[:, e].to(lse.dtype).view(1, H, 1) for e in (0, 2 * R))
-    masks: dict[tuple, Tensor] = {}  # interior blocks share one band mask
+    last: list = [None, None]  # the latest band mask and its key: interior blocks, one after another, share it
     with torch.no_grad():
         for i0 in range(0, L, ROWS):
             i1 = min(L, i0 + ROWS)
@@ -128,7 +133,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, 
             first = True
             if jr > jl:
                 o, l = _FWD(rows, k[:, :, jl:jr], v[:, :, jl:jr], 0.0, False,
-                            attn_mask=_band(masks, table, mod.offset, i0, i1, jl, jr, R, q.dtype, causal),
+                            attn_mask=_band(last, mod, i0, i1, jl, jr, q.dtype, causal),
                             scale=scale)
                 o_blk.copy_(o)
                 l_blk.copy_(l)
@@ -147,21 +152,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, 
     return out
 
 
-def _band(masks: dict, table: Tensor, offset: int, i0: int, i1: int, jl: int, jr: int, R: int,
-          dtype: torch.dtype, causal: bool) -> Tensor:
-    """The table's entries for rows ``i0:i1`` and keys ``jl:jr``, ``(1, H, rows, keys)``, -inf
-    after each row's position with ``causal``: made once per distinct (first key - first row
-    position, keys, rows). Every row keeps a finite entry: the band starts at or before it."""
-    key = (jl - i0 - offset, jr - jl, i1 - i0)
-    mask = masks.get(key)
-    if mask is None:
-        dev = table.device
-        d = torch.arange(jl, jr, device=dev).view(1, -1) - torch.arange(i0, i1, device=dev).view(-1, 1) - offset
-        mask = table[:, d.clamp(-R, R) + R].to(dtype)
+def _band(last: list, mod: RelativeBias, i0: int, i1: int, jl: int, jr: int, dtype: torch.dtype,
+          causal: bool) -> Tensor:
+    """The table's entries for rows ``i0:i1`` and keys ``jl:jr``, ``(1, H|1, rows, keys)``, -inf
+    after each row's position with ``causal`` (every row keeps its own key: the band starts at or
+    before it). Made again only when (first key - first row's position, keys, rows) changes:
+    ``last`` holds the latest, so at most one block's mask is alive."""
+    key = (jl - i0 - mod.offset, jr - jl, i1 - i0)
+    if last[0] != key:
+        mask = table_tile(mod, i0, i1, jl, jr).to(dtype)
         if causal:
-            mask = mask.masked_fill(d > 0, -math.inf)
-        mask = masks[key] = mask.unsqueeze(0)
-    return mask
+            dev = mask.device
+            after = torch.arange(jl, jr, device=dev).view(1, -1) > torch.arange(i0, i1, device=dev).view(-1, 1) + mod.offset
+            mask = mask.masked_fill(after, -math.inf)
+        last[0], last[1] = key, mask
+    return last[1]
 
 
 def describe(call: AttentionCall) -> Optional[str]:

@@ -54,9 +54,11 @@ class SDPA(Backend):
         why = []
         if not getattr(call.score, "dot_like", False):
             why.append(f"score {_score_name(call.score)} is not dot-like")
-        if call.score_mod is not None and _relbias_regions.reasons(call):
+        table = _relbias_regions.reasons(call) if call.score_mod is not None else []
+        if table:
             why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
-                       "for inference with no mask or bias other than causal)")
+                       "for inference with no mask or bias other than causal"
+                       + ("" if table[0].startswith("score_mod is not") else f"; here: {', '.join(table)}") + ")")
         if call.hard:
             why.append("SDPA has no hard attention")
         if call.return_weights:
