@@ -244,3 +244,45 @@ def test_the_causal_band_share_counts_the_pairs_one_by_one(L, S, M):
             band += sum(1 for j in range(jl, jr) if j <= i + S - L)
     allowed = sum(i + S - L + 1 for i in range(L))
     assert RR.band_share(call) == pytest.approx(band / allowed)
+
+
+@pytest.mark.parametrize("causal,shared", [(False, False), (True, True)])
+def test_inductor_training_takes_its_forward_from_here(monkeypatch, causal, shared):
+    """With gradients, inductor takes the output and log-sum-exp from this path where the bands are
+    a small share, and recomputes its tiles in the backward: q, k, v and the learned table's
+    gradients against eager in float64 (the backward uses the forward's log-sum-exp, so an error
+    in it would show in every gradient)."""
+    from attend.backends import inductor as IND
+
+    ran = []
+    real = RR.attention
+    monkeypatch.setattr(RR, "attention", lambda *a: ran.append(1) or real(*a))
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, 1100, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    table = torch.randn(*(() if shared else (2,)), 2 * 20 + 1, generator=g, dtype=torch.float64, requires_grad=True)
+    kw = dict(score_mod=attend.mods.relative_bias(table), causal=causal)
+    small = attend.backends.Inductor(key_chunk=512, max_rows=128)
+
+    def grads(backend):
+        out = attend.attention(q, k, v, backend=backend, **kw)
+        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+        return [out] + list(torch.autograd.grad(out, [q, k, v, table], dout))
+
+    got = grads(small)
+    assert ran
+    want = grads("eager")
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dtable"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    monkeypatch.setattr(IND, "REGIONS_FORWARD", False)
+    ran.clear()
+    grads(small)
+    assert not ran
+
+
+def test_explain_says_where_a_training_forward_comes_from():
+    q, k, v = inputs(1, 8, 8, 2048, 2048, 64, 64, torch.float32, grad=True)
+    table = torch.randn(8, 257, requires_grad=True)
+    why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))
+    assert why.backend == "inductor" and "the forward from SDPA's kernel beyond the relative-bias table's reach" in why.detail
+    half = [t[:, :, :1024] for t in (q, k, v)]
+    assert "SDPA's kernel" not in attend.explain(*half, score_mod=attend.mods.relative_bias(table)).detail

@@ -52,8 +52,9 @@ _DTYPES = (torch.float32, torch.float64)
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
-def reasons(call: AttentionCall) -> list[str]:
-    """Why this path cannot run ``call`` (empty: it can)."""
+def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
+    """Why this path cannot run ``call`` (empty: it can). ``forward_only``: the forward of a
+    training call, whose backward another backend computes (gradients are then no reason)."""
     why = []
     if not isinstance(call.score_mod, RelativeBias):
         return ["score_mod is not a relative-bias table"]
@@ -61,7 +62,7 @@ def reasons(call: AttentionCall) -> list[str]:
         why.append("the score is not dot-like (SDPA's kernel multiplies q and k)")
     if not bool(torch.isfinite(call.score_mod.table.detach()).all()):
         why.append("the table holds a non-finite entry")
-    if call.needs_grad:
+    if call.needs_grad and not forward_only:
         why.append("inference only (training with a relative-bias table runs on inductor)")
     if call.query.device.type != "cpu":
         why.append("SDPA's CPU kernel returns the log-sum-exp the blocks are merged by")
@@ -111,9 +112,10 @@ def _edges(offset: int, i0: int, i1: int, R: int, S: int, causal: bool) -> tuple
     return jl, jr
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool) -> tuple[Tensor, Tensor]:
     """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
-    ``mod`` (bound to the call's lengths), causal (bottom-right, S >= L) or not; no autograd."""
+    ``mod`` (bound to the call's lengths), causal (bottom-right, S >= L) or not: ``(out, lse)``,
+    the log-sum-exp (B, H, L) in float32 (float64 for float64 inputs); no autograd."""
     # the kernel reads the features with stride 1 (a (B, L, H, E) view is fine, a transposed one is not)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, L, _ = q.shape
@@ -149,7 +151,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, 
                     first = False
                 else:
                     merge_into(o_blk, l_blk, o, l)
-    return out
+    return out, lse
 
 
 def _band(last: list, mod: RelativeBias, i0: int, i1: int, jl: int, jr: int, dtype: torch.dtype,

@@ -111,8 +111,10 @@ class Inductor(Backend):
         state = ("its program is compiled in this process" if P.is_compiled(plan.key) else
                  "the first call compiles its program: a few seconds, less when inductor's disk cache has it")
         n = len(plan.tiles)
+        regions = ("; the forward from SDPA's kernel beyond the relative-bias table's reach, the tiles in the backward"
+                   if _regions_forward(call, plan.kind) else "")
         return (f"{n} tile{'s' if n != 1 else ''} of {plan.rows} rows, {100 * plan.kept / max(call.L * call.S, 1):.0f}% "
-                f"of the (query, key) pairs computed; {state}")
+                f"of the (query, key) pairs computed; {state}{regions}")
 
     # ---- planning --------------------------------------------------------------------------
     def plan(self, call: AttentionCall) -> "_Plan":
@@ -208,6 +210,9 @@ class Inductor(Backend):
 
 
 _ROW_CHOICES = (16, 32, 64, 128, 256)
+#: take a relative-bias table's forward (output and log-sum-exp) from SDPA's kernel where its bands
+#: are a small share of the pairs (the backward recomputes the tiles as for any score_mod)
+REGIONS_FORWARD = True
 _TILE_COST = 120_000  # one compiled call's overhead, in (query, key, head) scores (~150 µs here)
 
 
@@ -237,6 +242,7 @@ class _Job:
         self.hb = torch.arange(call.Hq, device=dev).view(1, -1, 1, 1)
         self.bb = torch.arange(call.B, device=dev).view(-1, 1, 1, 1)
         self.varied = plan.varied  # of the tiles being run (the backward's may differ)
+        self.regions = _regions_forward(call, plan.kind)
 
     def _keys(self, t: Tensor, j0: int, j1: int, dim: int = 2) -> Tensor:
         """Keys j0:j1 of ``t``; where chunk widths vary, that dimension is compiled as dynamic."""
@@ -255,6 +261,8 @@ class _Job:
         return (i, j, self.hb, self.bb, self.score, c.score_mod, c.mask_mod, bias, mask)
 
     def forward(self, a, b, v, w):
+        if self.regions:
+            return _relbias_regions.attention(a, b, v, self.spec.scale, self.call.score_mod, self.call.causal)
         fwd = P.compiled("forward", self.plan.key)
         B, H, L = a.shape[:3]
         out = a.new_zeros(B, H, L, v.shape[-1])
@@ -375,6 +383,14 @@ class _Attention(torch.autograd.Function):
 # ---- helpers -----------------------------------------------------------------------------------
 def _si(n: int) -> str:
     return next((f"{n / size:.3g} {u}" for u, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)) if n >= size), str(n))
+
+
+def _regions_forward(call: AttentionCall, kind: str) -> bool:
+    """A relative-bias table whose far keys SDPA's kernel can run (:mod:`._relbias_regions`): the
+    forward's output and log-sum-exp come from there, faster than the tiles (fwd+bwd 1.84x
+    against 1.94x SDPA's at (1, 8, 4096, 64), 1.86x against 1.90x at 2048); the backward stays here."""
+    return (REGIONS_FORWARD and kind == "dot" and not _relbias_regions.reasons(call, forward_only=True)
+            and _relbias_regions.band_share(call) <= _relbias_regions.BAND_SHARE)
 
 
 def _only_causal(call: AttentionCall) -> bool:

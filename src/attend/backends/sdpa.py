@@ -84,8 +84,8 @@ class SDPA(Backend):
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
         if call.score_mod is not None:  # a relative-bias table (can_run has checked)
-            out = _relbias_regions.attention(q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod,
-                                            call.causal)
+            out, _ = _relbias_regions.attention(q, call.expand_kv(k), call.expand_kv(call.value), scale,
+                                               call.score_mod, call.causal)
             return self._nan_rows(call, q, out, None), None
         if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
             out = _causal_blocks.attention(q, k, call.value, scale)
