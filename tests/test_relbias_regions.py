@@ -286,3 +286,24 @@ def test_explain_says_where_a_training_forward_comes_from():
     assert why.backend == "inductor" and "the forward from SDPA's kernel beyond the relative-bias table's reach" in why.detail
     half = [t[:, :, :1024] for t in (q, k, v)]
     assert "SDPA's kernel" not in attend.explain(*half, score_mod=attend.mods.relative_bias(table)).detail
+
+
+def test_a_tile_reads_one_edge_entry_exactly_when_every_distance_is_clipped():
+    """inductor's backward gives such a tile's bias as one value per head (its gradient: the
+    tile's summed dS); checked against the clipped indices of every (row, key), at the boundary."""
+    from attend.backends._relbias import edge_entry
+
+    for M, offset in ((3, 0), (3, 5), (1, -2), (0, 0)):
+        mod = attend.mods.relative_bias(torch.randn(2 * M + 1)).bind(10, 10 + offset)
+        for i0 in range(0, 12, 2):
+            for j0 in range(0, 20, 3):
+                for rows, keys in ((1, 1), (2, 3), (4, 2)):
+                    i1, j1 = i0 + rows, j0 + keys
+                    d = torch.arange(j0, j1).view(1, -1) - torch.arange(i0, i1).view(-1, 1) - offset
+                    entries = set((d.clamp(-M, M) + M).flatten().tolist())
+                    want = next(iter(entries)) if len(entries) == 1 and entries <= {0, 2 * M} else None
+                    got = edge_entry(mod, i0, i1, j0, j1)
+                    if M == 0:  # one entry: the dense tile (None) is right too
+                        assert got in (None, 0), (offset, i0, j0, got)
+                    else:
+                        assert got == want, (M, offset, i0, i1, j0, j1, got, want)

@@ -37,6 +37,19 @@ def table_tile(mod: RelativeBias, i0: int, i1: int, j0: int, j1: int) -> Tensor:
     return (t[:, rel] if t.ndim == 2 else t[rel].unsqueeze(0)).unsqueeze(0)
 
 
+def edge_entry(mod: RelativeBias, i0: int, i1: int, j0: int, j1: int) -> Optional[int]:
+    """The one table entry every (row, key) of the tile reads, when all its distances are clipped
+    (``0``: every key at least R before every row, ``2R``: at least R after), else None. Such a
+    tile's bias goes in as one value per head, and its gradient is the tile's summed dS: no
+    dense tile and no diagonal sums."""
+    R = mod.max_distance
+    if j1 - 1 - (i0 + mod.offset) <= -R:
+        return 0
+    if j0 - (i1 - 1 + mod.offset) >= R:
+        return 2 * R
+    return None
+
+
 def diagonal_sums(g: Tensor, mod: RelativeBias, i0: int, j0: int) -> Tensor:
     """The table's gradient from a tile's bias gradient ``g`` (B|1, H|1, rows, keys): entries with
     one ``j - i`` share a table entry, so each diagonal is summed (a skew: rows flipped, padded,

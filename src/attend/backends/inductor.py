@@ -42,7 +42,8 @@ from ._heap import tile_guard
 from ._inductor_calls import grad_tensors as _grad_tensors, program_key as _key, sdpa_share as _sdpa_share
 from ._inductor_calls import score_kind as _kind, user_functions as _user_functions
 from ._programs import no_compiler as _no_compiler
-from ._relbias import diagonal_sums as _diagonal_sums, learned_table as _learned_table, table_tile as _table_tile
+from ._relbias import diagonal_sums as _diagonal_sums, edge_entry as _edge_entry, learned_table as _learned_table
+from ._relbias import table_tile as _table_tile
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
 
 
@@ -336,13 +337,24 @@ class _Job:
                     wl = w.detach().requires_grad_() if w is not None else None
                     ctx = self._ctx(i0, i1, j0, j1)
                     if table is not None:  # the table's values for this tile, as a dense bias
-                        tile = self._keys(_table_tile(table, i0, i1, j0, j1).to(a.dtype), j0, j1, 3).requires_grad_()
+                        edge = _edge_entry(table, i0, i1, j0, j1)  # (all clipped: one entry per head)
+                        if edge is not None:
+                            t = table.table.detach()
+                            tile = (t[:, edge] if t.ndim == 2 else t[edge]).to(a.dtype).reshape(1, -1, 1, 1)
+                        else:
+                            tile = self._keys(_table_tile(table, i0, i1, j0, j1).to(a.dtype), j0, j1, 3)
+                        tile.requires_grad_()
                         ctx = ctx[:5] + (None, ctx[6], tile, ctx[8])
                     loss = sur(self.spec, *leaves, wl, *ctx, lse[:, :, i0:i1], do, dl)
                     wrt = leaves + ([wl] if wl is not None else []) + list(extras) + ([tile] if table is not None else [])
                     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
                 if table is not None:
-                    dtable += _diagonal_sums(grads[-1], table, i0, j0)
+                    if edge is None:
+                        dtable += _diagonal_sums(grads[-1], table, i0, j0)
+                    elif dtable.ndim == 2:
+                        dtable[:, edge] += grads[-1].reshape(-1)
+                    else:
+                        dtable[edge] += grads[-1].sum()
                     grads = grads[:-1]
                 for acc, g, sl in ((da, grads[0], (i0, i1)), (db, grads[1], (j0, j1)), (dv, grads[2], (j0, j1))):
                     if g is not None:  # None: a score that does not read it
