@@ -13,6 +13,7 @@ import torch
 import attend
 import reference as R
 from attend.backends import _relbias_regions as RR
+from attend.backends._relbias import bias_tile, clipped_span
 from attend.functional import _prepare
 from cases import check_case, inputs, make_score
 
@@ -239,7 +240,7 @@ def test_the_causal_band_share_counts_the_pairs_one_by_one(L, S, M):
     call = _call(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(2 * M + 1)), causal=True)
     band = allowed = 0
     for i0 in range(0, L, RR.ROWS):
-        jl, jr = RR._edges(S - L, i0, min(L, i0 + RR.ROWS), M, S, True)
+        jl, jr = clipped_span(S - L, i0, min(L, i0 + RR.ROWS), M, S, True)
         for i in range(i0, min(L, i0 + RR.ROWS)):
             band += sum(1 for j in range(jl, jr) if j <= i + S - L)
     allowed = sum(i + S - L + 1 for i in range(L))
@@ -291,8 +292,6 @@ def test_explain_says_where_a_training_forward_comes_from():
 def test_a_tile_reads_one_edge_entry_exactly_when_every_distance_is_clipped():
     """inductor's backward gives such a tile's bias as one value per head (its gradient: the
     tile's summed dS); checked against the clipped indices of every (row, key), at the boundary."""
-    from attend.backends._relbias import edge_entry
-
     for M, offset in ((3, 0), (3, 5), (1, -2), (0, 0)):
         mod = attend.mods.relative_bias(torch.randn(2 * M + 1)).bind(10, 10 + offset)
         for i0 in range(0, 12, 2):
@@ -302,8 +301,21 @@ def test_a_tile_reads_one_edge_entry_exactly_when_every_distance_is_clipped():
                     d = torch.arange(j0, j1).view(1, -1) - torch.arange(i0, i1).view(-1, 1) - offset
                     entries = set((d.clamp(-M, M) + M).flatten().tolist())
                     want = next(iter(entries)) if len(entries) == 1 and entries <= {0, 2 * M} else None
-                    got = edge_entry(mod, i0, i1, j0, j1)
+                    bias, got = bias_tile(mod, i0, i1, j0, j1, torch.float64)
+                    t = mod.table.double()
+                    assert torch.equal(bias.expand(1, 1, rows, keys)[0, 0], t[(d.clamp(-M, M) + M)])
                     if M == 0:  # one entry: the dense tile (None) is right too
                         assert got in (None, 0), (offset, i0, j0, got)
                     else:
                         assert got == want, (M, offset, i0, i1, j0, j1, got, want)
+
+
+def test_the_table_is_read_only_when_nothing_else_refuses():
+    """The finiteness check reads the table (on a GPU that would wait for the stream): it runs
+    last, only for a call the path could otherwise take."""
+    q, k, v = inputs(1, 2, 2, 64, 64, 8, 8, torch.float32)
+    table = torch.randn(2, 21)
+    table[0, 0] = math.nan
+    call = _call(q, k, v, score_mod=attend.mods.relative_bias(table), window=(4, 4))
+    assert RR.reasons(call) == ["no mask or bias other than causal"]
+    assert RR.reasons(_call(q, k, v, score_mod=attend.mods.relative_bias(table))) == ["the table holds a non-finite entry"]

@@ -37,17 +37,37 @@ def table_tile(mod: RelativeBias, i0: int, i1: int, j0: int, j1: int) -> Tensor:
     return (t[:, rel] if t.ndim == 2 else t[rel].unsqueeze(0)).unsqueeze(0)
 
 
-def edge_entry(mod: RelativeBias, i0: int, i1: int, j0: int, j1: int) -> Optional[int]:
-    """The one table entry every (row, key) of the tile reads, when all its distances are clipped
-    (``0``: every key at least R before every row, ``2R``: at least R after), else None. Such a
-    tile's bias goes in as one value per head, and its gradient is the tile's summed dS: no
-    dense tile and no diagonal sums."""
-    R = mod.max_distance
-    if j1 - 1 - (i0 + mod.offset) <= -R:
-        return 0
-    if j0 - (i1 - 1 + mod.offset) >= R:
-        return 2 * R
-    return None
+def clipped_span(offset: int, i0: int, i1: int, R: int, S: int, causal: bool = False) -> tuple[int, int]:
+    """``(jl, jr)``: keys ``[0, jl)`` lie at least R before every row of ``i0:i1`` (rows sit at key
+    positions ``i + offset``), keys ``[jr, S)`` at least R after every row (with ``causal``: after
+    every row, so none is seen). Every distance there is clipped: one table entry per side."""
+    p0, p1 = i0 + offset, i1 - 1 + offset  # key positions of the first and last row
+    jl = min(S, max(0, p0 - max(R, 1) + 1))  # (R = 0: the span between keeps each row's own key)
+    jr = max(jl, min(S, p1 + 1 if causal else p1 + R))
+    return jl, jr
+
+
+def bias_tile(mod: RelativeBias, i0: int, i1: int, j0: int, j1: int, dtype: torch.dtype) -> tuple[Tensor, Optional[int]]:
+    """``(bias, edge)`` for a tile of the backward. When every distance of the tile is clipped it
+    reads one entry (``edge``: 0 or 2R): the bias is that entry per head, ``(1, H|1, 1, 1)``, and
+    its gradient is the tile's summed dS, with no dense tile and no diagonal sums. Else ``edge``
+    is None and the bias is :func:`table_tile`."""
+    jl, jr = clipped_span(mod.offset, i0, i1, mod.max_distance, j1)
+    edge = 0 if j1 <= jl else 2 * mod.max_distance if j0 >= jr else None
+    if edge is None:
+        return table_tile(mod, i0, i1, j0, j1).to(dtype), None
+    t = mod.table.detach()
+    return (t[:, edge] if t.ndim == 2 else t[edge]).to(dtype).reshape(1, -1, 1, 1), edge
+
+
+def add_tile_grad(dtable: Tensor, g: Tensor, mod: RelativeBias, edge: Optional[int], i0: int, j0: int) -> None:
+    """Add the gradient ``g`` of a tile's bias from :func:`bias_tile` into the table's, in place."""
+    if edge is None:
+        dtable += diagonal_sums(g, mod, i0, j0)
+    elif dtable.ndim == 2:
+        dtable[:, edge] += g.reshape(-1)
+    else:
+        dtable[edge] += g.sum()
 
 
 def diagonal_sums(g: Tensor, mod: RelativeBias, i0: int, j0: int) -> Tensor:

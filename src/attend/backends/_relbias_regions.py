@@ -11,8 +11,8 @@ So the rows are cut into blocks of ``ROWS``. For each block, the keys that are f
 left of every row in it run as one plain call of SDPA's fused CPU kernel, and so do the keys
 far to the right; each call's log-sum-exp is raised by its head's edge entry. Only the band
 between them, ``ROWS + 2R - 2`` keys wide, needs the table's entries: it runs as one call of
-the same kernel with those entries as a dense float mask of ``(H, ROWS, band)``, built once
-per call (interior blocks share it). The three results are merged by their log-sum-exps.
+the same kernel with those entries as a dense float mask of ``(H, ROWS, band)`` (one block's
+at a time; the interior blocks share it). The three results are merged by their log-sum-exps.
 Exact in real arithmetic: nothing is approximated.
 
 With ``causal`` (bottom-right, at least as many keys as queries) the keys after a block's
@@ -21,9 +21,9 @@ last row are not read, and the band's mask is ``-inf`` after each row's position
 Inference only (the ``inductor`` backend trains with a learned table), on the CPU, for a
 dot-like score and no mask, bias or modifier other than ``causal``. ``auto`` takes it where
 the band is at most ``BAND_SHARE`` of the (query, key) pairs and there is no ``causal``:
-measured in ``benchmarks/results/cpu-relbias-sdpa.md``, forward 1.13x SDPA plain at
-(1, 8, 2048, 64) and 1.29x at (1, 8, 4096, 64) with R = 128, where FlexAttention's kernel took
-1.39x and 1.96x. Shorter sequences are mostly band, where the dense float mask costs more
+measured in ``benchmarks/results/cpu-relbias-sdpa*.md`` (six runs), forward 1.13-1.44x SDPA
+plain at (1, 8, 2048, 64) and 1.12-1.29x at (1, 8, 4096, 64) with R = 128, where FlexAttention's
+kernel took 1.38-1.79x and 1.96-2.19x. Shorter sequences are mostly band, where the dense float mask costs more
 than FlexAttention's kernel; with ``causal``, FlexAttention's kernel skips the blocks after
 the diagonal and was faster at every length measured (see :func:`preferred`). Without a C++
 compiler (no ``flex`` or ``inductor``), ``auto`` still falls back to this path.
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .._rules import RelativeBias
 from ._programs import merge_into
-from ._relbias import table_tile
+from ._relbias import clipped_span, table_tile
 from .base import AttentionCall
 
 #: query rows per block: the band is ROWS + 2R - 2 keys wide (ROWS + R - 1 with causal)
@@ -55,13 +55,11 @@ _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
     """Why this path cannot run ``call`` (empty: it can). ``forward_only``: the forward of a
     training call, whose backward another backend computes (gradients are then no reason)."""
-    why = []
     if not isinstance(call.score_mod, RelativeBias):
         return ["score_mod is not a relative-bias table"]
+    why = []
     if not getattr(call.score, "dot_like", False):
         why.append("the score is not dot-like (SDPA's kernel multiplies q and k)")
-    if not bool(torch.isfinite(call.score_mod.table.detach()).all()):
-        why.append("the table holds a non-finite entry")
     if call.needs_grad and not forward_only:
         why.append("inference only (training with a relative-bias table runs on inductor)")
     if call.query.device.type != "cpu":
@@ -76,6 +74,8 @@ def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
         why.append("causal with more queries than keys (rows that see no key)")
     if call.dropout_p > 0 or call.hard or call.sinks is not None or call.return_weights:
         why.append("no dropout, hard attention, sinks or weights")
+    if not why and not bool(torch.isfinite(call.score_mod.table.detach()).all()):  # (last: it reads the table)
+        why.append("the table holds a non-finite entry")
     return why
 
 
@@ -86,7 +86,7 @@ def band_share(call: AttentionCall) -> float:
     band = 0
     for i0 in range(0, L, ROWS):
         n = min(L, i0 + ROWS) - i0
-        jl, jr = _edges(off, i0, i0 + n, R, S, call.causal)
+        jl, jr = clipped_span(off, i0, i0 + n, R, S, call.causal)
         if call.causal:  # row p of the block sees band keys jl..p
             band += n * (i0 + off - jl + 1) + n * (n - 1) // 2
         else:
@@ -102,16 +102,6 @@ def preferred(call: AttentionCall) -> bool:
     return not reasons(call) and not call.causal and band_share(call) <= BAND_SHARE
 
 
-def _edges(offset: int, i0: int, i1: int, R: int, S: int, causal: bool) -> tuple[int, int]:
-    """Keys ``[0, jl)`` lie at least R to the left of every row of ``i0:i1``, keys ``[jr, S)``
-    at least R to the right (with ``causal``: after every row, so none of them is seen): the
-    band is ``[jl, jr)``."""
-    p0, p1 = i0 + offset, i1 - 1 + offset  # key positions of the first and last row
-    jl = min(S, max(0, p0 - max(R, 1) + 1))  # (R = 0: the band still holds each row's own key)
-    jr = max(jl, min(S, p1 + 1 if causal else p1 + R))
-    return jl, jr
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool) -> tuple[Tensor, Tensor]:
     """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
     ``mod`` (bound to the call's lengths), causal (bottom-right, S >= L) or not: ``(out, lse)``,
@@ -123,34 +113,23 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, 
     R = mod.max_distance
     table = mod.table.detach().to(q.device)
     table = table if table.ndim == 2 else table.unsqueeze(0).expand(H, -1)
-    out = q.new_empty(B, H, L, v.shape[-1])
-    lse = q.new_empty(B, H, L, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+    out = q.new_zeros(B, H, L, v.shape[-1])  # (0, -inf): nothing seen yet; each piece merges in
+    lse = q.new_full((B, H, L), -math.inf, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
     left, right = (table[:, e].to(lse.dtype).view(1, H, 1) for e in (0, 2 * R))
     last: list = [None, None]  # the latest band mask and its key: interior blocks, one after another, share it
     with torch.no_grad():
         for i0 in range(0, L, ROWS):
             i1 = min(L, i0 + ROWS)
-            jl, jr = _edges(mod.offset, i0, i1, R, S, causal)
+            jl, jr = clipped_span(mod.offset, i0, i1, R, S, causal)
             rows, o_blk, l_blk = q[:, :, i0:i1], out[:, :, i0:i1], lse[:, :, i0:i1]
-            first = True
             if jr > jl:
                 o, l = _FWD(rows, k[:, :, jl:jr], v[:, :, jl:jr], 0.0, False,
-                            attn_mask=_band(last, mod, i0, i1, jl, jr, q.dtype, causal),
-                            scale=scale)
-                o_blk.copy_(o)
-                l_blk.copy_(l)
-                first = False
+                            attn_mask=_band(last, mod, i0, i1, jl, jr, q.dtype, causal), scale=scale)
+                merge_into(o_blk, l_blk, o, l)
             for j0, j1, edge in ((0, jl, left), (jr, jr if causal else S, right)):  # (causal: none seen after)
-                if j1 <= j0:
-                    continue
-                o, l = _FWD(rows, k[:, :, j0:j1], v[:, :, j0:j1], 0.0, False, scale=scale)
-                l = l + edge  # the same entry for every key here: the softmax is the kernel's, its total scaled
-                if first:
-                    o_blk.copy_(o)
-                    l_blk.copy_(l)
-                    first = False
-                else:
-                    merge_into(o_blk, l_blk, o, l)
+                if j1 > j0:  # the same entry for every key here: the kernel's softmax, its total scaled
+                    o, l = _FWD(rows, k[:, :, j0:j1], v[:, :, j0:j1], 0.0, False, scale=scale)
+                    merge_into(o_blk, l_blk, o, l + edge)
     return out, lse
 
 

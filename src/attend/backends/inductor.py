@@ -42,8 +42,7 @@ from ._heap import tile_guard
 from ._inductor_calls import grad_tensors as _grad_tensors, program_key as _key, sdpa_share as _sdpa_share
 from ._inductor_calls import score_kind as _kind, user_functions as _user_functions
 from ._programs import no_compiler as _no_compiler
-from ._relbias import diagonal_sums as _diagonal_sums, edge_entry as _edge_entry, learned_table as _learned_table
-from ._relbias import table_tile as _table_tile
+from ._relbias import add_tile_grad as _add_tile_grad, bias_tile as _bias_tile, learned_table as _learned_table
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
 
 
@@ -336,25 +335,15 @@ class _Job:
                               self._keys(v.detach(), j0, j1).requires_grad_()]
                     wl = w.detach().requires_grad_() if w is not None else None
                     ctx = self._ctx(i0, i1, j0, j1)
-                    if table is not None:  # the table's values for this tile, as a dense bias
-                        edge = _edge_entry(table, i0, i1, j0, j1)  # (all clipped: one entry per head)
-                        if edge is not None:
-                            t = table.table.detach()
-                            tile = (t[:, edge] if t.ndim == 2 else t[edge]).to(a.dtype).reshape(1, -1, 1, 1)
-                        else:
-                            tile = self._keys(_table_tile(table, i0, i1, j0, j1).to(a.dtype), j0, j1, 3)
-                        tile.requires_grad_()
+                    if table is not None:  # the table's values for this tile, as a bias (one per head if all clipped)
+                        tile, edge = _bias_tile(table, i0, i1, j0, j1, a.dtype)
+                        tile = self._keys(tile, j0, j1, 3).requires_grad_()
                         ctx = ctx[:5] + (None, ctx[6], tile, ctx[8])
                     loss = sur(self.spec, *leaves, wl, *ctx, lse[:, :, i0:i1], do, dl)
                     wrt = leaves + ([wl] if wl is not None else []) + list(extras) + ([tile] if table is not None else [])
                     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
                 if table is not None:
-                    if edge is None:
-                        dtable += _diagonal_sums(grads[-1], table, i0, j0)
-                    elif dtable.ndim == 2:
-                        dtable[:, edge] += grads[-1].reshape(-1)
-                    else:
-                        dtable[edge] += grads[-1].sum()
+                    _add_tile_grad(dtable, grads[-1], table, edge, i0, j0)
                     grads = grads[:-1]
                 for acc, g, sl in ((da, grads[0], (i0, i1)), (db, grads[1], (j0, j1)), (dv, grads[2], (j0, j1))):
                     if g is not None:  # None: a score that does not read it

@@ -24,6 +24,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._rules import RelativeBias
 from . import _causal_blocks, _relbias_regions
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend
 
@@ -54,11 +55,12 @@ class SDPA(Backend):
         why = []
         if not getattr(call.score, "dot_like", False):
             why.append(f"score {_score_name(call.score)} is not dot-like")
-        table = _relbias_regions.reasons(call) if call.score_mod is not None else []
-        if table:
-            why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
-                       "for inference with no mask or bias other than causal"
-                       + ("" if table[0].startswith("score_mod is not") else f"; here: {', '.join(table)}") + ")")
+        if call.score_mod is not None:
+            table = _relbias_regions.reasons(call)
+            here = f"; here: {', '.join(table)}" if isinstance(call.score_mod, RelativeBias) else ""
+            if table:
+                why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
+                           f"for inference with no mask or bias other than causal{here})")
         if call.hard:
             why.append("SDPA has no hard attention")
         if call.return_weights:
