@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import _check
 from .._rules import Alibi, And, Causal, RelativeBias, Rule, Window
-from . import _programs as P, _relbias_regions
+from . import _alibi_reach, _programs as P, _relbias_regions
 from .base import AttentionCall, Backend
 from ._programs import no_compiler as _no_compiler
 from .inductor import _only_causal, _si
@@ -126,13 +126,21 @@ class Flex(Backend):
     def describe(self, call: AttentionCall) -> str:
         state = ("its kernel is compiled in this process" if P.is_compiled(_key(call), "flex") else
                  "the first call compiles FlexAttention's kernel: a few seconds, less when inductor's disk cache has it")
-        blocks = self.block_mask(call)
+        reach, far = None, ""
+        if _alibi_reach.applies(call):
+            with torch.no_grad():
+                finite = all(bool(torch.isfinite(t.sum())) for t in (call.query, call.key, call.value))
+            reach = _alibi_reach.reach(dataclasses.replace(call, finite=finite), *call.score.as_dot(call.query, call.key))
+            far = (" (ALiBi: blocks whose keys are all farther from their rows than a reach per head are left out; "
+                   f"|q|·|k| bounds their weight below 2^-{_alibi_reach.BITS} of the row's; reach for these inputs: "
+                   f"{', '.join(f'{w:.0f}' for w in reach.tolist()) if reach is not None else 'none'})")
+        blocks = self.block_mask(call, reach)
         if blocks is None:
             return f"no mask rule: every block computed; {state}"
         _, partial, full = blocks
         n = -(-call.L // self.block_size) * -(-call.S // self.block_size)
         return (f"blocks of {self.block_size}: {partial} masked and {full} full (computed without the mask) of "
-                f"{n} per sequence and head; {state}")
+                f"{n} per sequence and head{far}; {state}")
 
     def _work(self, call: AttentionCall) -> int:
         """Multiply-adds over the key spans of each row of blocks (an upper bound on the kernel's)."""
@@ -143,30 +151,52 @@ class Flex(Backend):
         return call.B * call.Hq * kept * (call.query.shape[-1] + call.Ev)
 
     # ---- the block mask ---------------------------------------------------------------------
-    def block_mask(self, call: AttentionCall) -> Optional[tuple]:
+    def block_mask(self, call: AttentionCall, reach: Optional[Tensor] = None) -> Optional[tuple]:
         """``(BlockMask, masked blocks, full blocks)`` for the call's rules, or None when it has
-        none; kept for later calls with the same rules and sizes."""
+        none; kept for later calls with the same rules and sizes. With ``reach`` (ALiBi's
+        per-head distances of :mod:`._alibi_reach`), blocks farther than the reach are left out too."""
         fn = _mask_fn(call)
         if fn is None:
             return None
         fp = _fingerprint(fn)
         key = None if fp is None else (fp, call.B, call.Hq, call.L, call.S, self.block_size)
+        grids = self._cached(key, lambda: self._grids(call, fn))
+        if reach is None:
+            return grids[0]
+        w = _alibi_reach.rounded(reach, self.block_size, call.L + call.S)
+        sub = None if key is None else key + (w,)
+        return self._cached(sub, lambda: (_made(self._near(call, grids[1:], w), fn, call, self.block_size),))[0]
+
+    def _cached(self, key, make: Callable) -> tuple:
         with self._lock:
             hit = self._masks.get(key) if key is not None else None
             if hit is not None:
                 self._masks.move_to_end(key)
-                return hit[1]
-        made = self._build(call, fn)
+                return hit
+        made = make()
         if key is not None:
             with self._lock:
-                self._masks[key] = (fn, made)  # fn holds the tensors its fingerprint names by id
+                self._masks[key] = made  # made holds the rule, whose tensors its fingerprint names by id
                 while len(self._masks) > self.cached_masks:
                     self._masks.popitem(last=False)
         return made
 
-    def _build(self, call: AttentionCall, fn: Callable) -> tuple:
+    def _near(self, call: AttentionCall, grids: tuple, w: tuple) -> tuple:
+        near = _alibi_reach.band(call, torch.tensor(w, dtype=torch.float64), self.block_size)
+        some, full = grids
+        return some & near, full & near
+
+    def _grids(self, call: AttentionCall, fn: Callable) -> tuple:
+        """(made, some, full): the block mask made, and the (B|1, H|1, nq, nk) grids of blocks
+        with some key allowed and with every key allowed."""
         n = self.block_size
         nq, nk = -(-call.L // n), -(-call.S // n)
+        if not call.has_rule_mask:  # fn allows everything: every block full but a last one past S
+            some = torch.ones(1, 1, nq, nk, dtype=torch.bool)
+            full = some.clone()
+            if call.S % n:
+                full[..., -1] = False
+            return _made((some, full), fn, call, n), some, full
         any_rows, all_rows = [], []
         for r in range(nq):
             i0, i1 = r * n, min(call.L, (r + 1) * n)
@@ -192,20 +222,27 @@ class Flex(Backend):
         shape = torch.broadcast_shapes(*(t.shape for t in any_rows))
         some = torch.stack([t.expand(shape) for t in any_rows], dim=2)  # (B|1, H|1, nq, nk)
         full = torch.stack([t.expand(shape) for t in all_rows], dim=2)
-        partial = some & ~full
-        mask = BlockMask.from_kv_blocks(*_indices(partial), *_indices(full), BLOCK_SIZE=n, mask_mod=fn,
-                                        seq_lengths=(call.L, call.S))
-        per = shape[0] * shape[1]
-        return mask, int(partial.sum()) // per, int(full.sum()) // per
+        return _made((some, full), fn, call, n), some, full
 
     # ---- running -----------------------------------------------------------------------------
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         a, b, factor = call.score.as_dot(call.query, call.key)
-        blocks = self.block_mask(call)
+        v, mod, heads = call.value, call.score_mod, None
+        reach = _alibi_reach.reach(call, a, b, factor)
+        blocks = self.block_mask(call, reach)
+        if reach is not None:  # steep heads keep few blocks: spread the heads evenly over the threads
+            kept = blocks[0].kv_num_blocks.sum((0, 2)) + blocks[0].full_kv_num_blocks.sum((0, 2))
+            heads = _alibi_reach.balanced(call, kept.to(torch.float64), torch.get_num_threads())
+        if heads is not None:
+            kv = heads[:: call.groups] // call.groups
+            a, b, v, mod = a[:, heads], b[:, kv], v[:, kv], _alibi_reach.permuted(mod, heads)
+            blocks = self.block_mask(call, reach[heads])
         prog = P.compiled("flex", _key(call), _program)
         with torch.no_grad():
-            out = prog(a.contiguous(), b.contiguous(), call.value.contiguous(), call.score_mod,
+            out = prog(a.contiguous(), b.contiguous(), v.contiguous(), mod,
                        blocks[0] if blocks is not None else None, float(call.scale * factor), call.Hq != call.Hkv)
+        if heads is not None:
+            out = out[:, torch.argsort(heads)]
         return out, None
 
 
@@ -219,6 +256,8 @@ def _mask_fn(call: AttentionCall) -> Optional[Callable]:
         terms.append(Window(*call.window).bind(call.L, call.S))
     if call.mask_mod is not None:
         terms.append(call.mask_mod)
+    if not terms and _alibi_reach.applies(call):
+        terms.append(Window(None, None).bind(call.L, call.S))  # allows every key; ALiBi's reach leaves blocks out
     if not terms:
         return None
     return terms[0] if len(terms) == 1 else And(tuple(terms)).bind(call.L, call.S)
@@ -244,6 +283,16 @@ def _fingerprint(fn) -> Optional[tuple]:
         else:
             return None
     return tuple(parts)
+
+
+def _made(grids: tuple, fn: Callable, call: AttentionCall, n: int) -> tuple:
+    """``(BlockMask, masked blocks, full blocks per sequence and head)`` from the grids."""
+    some, full = grids
+    partial = some & ~full
+    mask = BlockMask.from_kv_blocks(*_indices(partial), *_indices(full), BLOCK_SIZE=n, mask_mod=fn,
+                                    seq_lengths=(call.L, call.S))
+    per = some.shape[0] * some.shape[1]
+    return mask, int(partial.sum()) // per, int(full.sum()) // per
 
 
 def _indices(grid: Tensor) -> tuple[Tensor, Tensor]:
