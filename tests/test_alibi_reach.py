@@ -163,3 +163,16 @@ def test_explain_names_the_reach():
     q, k, v = inputs(1, H, H, 160, 160, E, E, torch.float32)
     text = str(attend.explain(q, k, v, causal=True, score_mod=attend.mods.alibi(SLOPES), backend=SMALL))
     assert "reach for these inputs" in text and "2^-40" in text
+
+
+def test_a_reach_that_leaves_out_little_is_not_used():
+    """Gentle slopes at this length: even scores of 0 would keep over 90% of the blocks, so the
+    norms are not read and every head shares the rules' block mask."""
+    q, k, v = inputs(1, H, H, 160, 160, E, E, torch.float32)
+    gentle = attend.mods.alibi(torch.tensor([0.05, 0.04, 0.03, 0.02]))
+    call, _ = quarantine(_prepare(q, k, v, causal=True, score_mod=gentle)[0])
+    assert _alibi_reach.applies(call) and SMALL._reach(call, q, k, 1.0) is None
+    steep, _ = quarantine(_prepare(q, k, v, causal=True, score_mod=attend.mods.alibi(SLOPES))[0])
+    assert SMALL._reach(steep, q, k, 1.0) is not None
+    text = str(attend.explain(q, k, v, causal=True, score_mod=gentle, backend=SMALL))
+    assert "not used for these inputs: it would leave out less than 10% of the blocks" in text

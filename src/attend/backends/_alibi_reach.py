@@ -60,10 +60,18 @@ def reach(call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[
         amax = float(torch.linalg.vector_norm(a, dim=-1, dtype=torch.float32).max())
         bmax = float(torch.linalg.vector_norm(b, dim=-1, dtype=torch.float32).max())
     # margins: the norms' float32 sums (relative error < E * 2^-24) and the kernel's float32 scores
-    bound = abs(call.scale * factor) * amax * bmax * (1 + 1e-3) + 1.0
-    if not math.isfinite(bound):
-        return None
-    need = 2 * bound + math.log(max(call.S, 1)) + BITS * math.log(2)
+    bound = abs(call.scale * factor) * amax * bmax * (1 + 1e-3)
+    return _reach(call, bound) if math.isfinite(bound) else None
+
+
+def floor(call: AttentionCall) -> Tensor:
+    """The shortest reach any data can give (scores bounded by 0): where even it leaves out few
+    blocks, the norms need not be read."""
+    return _reach(call, 0.0)
+
+
+def _reach(call: AttentionCall, bound: float) -> Tensor:
+    need = 2 * (bound + 1.0) + math.log(max(call.S, 1)) + BITS * math.log(2)  # +1: the kernel's float32 scores
     return need / call.score_mod.slopes.detach().to("cpu", torch.float64)
 
 
