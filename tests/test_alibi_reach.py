@@ -86,7 +86,7 @@ def test_the_reach_follows_the_bound():
     """W_h = (2A + ln S + 40 ln 2) / slope_h with A = scale · max|q| · max|k| (and margins)."""
     q, k, v = inputs(1, H, H, 64, 64, E, E, torch.float32)
     call, _ = quarantine(_prepare(q, k, v, causal=True, score_mod=attend.mods.alibi(SLOPES))[0])
-    W = _alibi_reach.reach(call, q, k, 1.0)
+    W = torch.tensor(_alibi_reach.reach(call, q, k, 1.0), dtype=torch.float64)
     A = q.norm(dim=-1).max() * k.norm(dim=-1).max() / math.sqrt(E)
     need = 2 * A + math.log(64) + 40 * math.log(2)
     assert torch.all(W >= need / SLOPES.double())

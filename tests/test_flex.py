@@ -129,8 +129,8 @@ def test_block_counts_of_a_causal_mask():
     """Blocks of 16 over 64 x 64 causal: 4 diagonal blocks masked, 6 below full, 6 above skipped."""
     q, k, v = inputs(1, 1, 1, 64, 64, E, E, torch.float32)
     call = _call(q, k, v, causal=True)
-    mask, masked, full = SMALL.block_mask(call)
-    assert (masked, full) == (4, 6)
+    mask, masked, full, per_head = SMALL.block_mask(call)
+    assert (masked, full, per_head) == (4, 6, (10.0,))
     assert mask.kv_num_blocks.flatten().tolist() == [1, 1, 1, 1]
     assert mask.full_kv_num_blocks.flatten().tolist() == [0, 1, 2, 3]
 

@@ -47,13 +47,25 @@ def applies(call: AttentionCall) -> bool:
         return False  # first rows' nearest key is not at distance 0
     if call.window is not None and any(w is not None and w < 0 for w in call.window):
         return False
-    slopes = mod.slopes
-    return bool(torch.isfinite(slopes).all()) and bool((slopes > 0).all())
+    return _slopes(mod.slopes) is not None
 
 
-def reach(call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[Tensor]:
-    """(Hq,) float64 distances ``W_h`` at and past which keys weigh < 2^-BITS of a row, for scores
-    ``call.scale * factor * a @ b^T``; None where the bound does not apply."""
+_SEEN: list = [None, -1, None]  # the last slopes tensor read, its version, and what it held
+
+
+def _slopes(t: Tensor) -> Optional[tuple[float, ...]]:
+    """The slopes as floats if all are finite and > 0, else None; kept for the last tensor seen
+    (by identity and version), so that a model's calls read it once."""
+    if _SEEN[0] is not t or _SEEN[1] != t._version:
+        vals = tuple(float(x) for x in t.detach().cpu().tolist())
+        ok = all(math.isfinite(x) and x > 0 for x in vals)
+        _SEEN[:] = [t, t._version, vals if ok else None]
+    return _SEEN[2]
+
+
+def reach(call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[tuple[float, ...]]:
+    """Per query head, the distance ``W_h`` at and past which keys weigh < 2^-BITS of a row, for
+    scores ``call.scale * factor * a @ b^T``; None where the bound does not apply."""
     if not call.finite or not applies(call):  # finite: attend's quarantine zeroed any NaN or inf
         return None
     with torch.no_grad():
@@ -64,19 +76,19 @@ def reach(call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[
     return _reach(call, bound) if math.isfinite(bound) else None
 
 
-def floor(call: AttentionCall) -> Tensor:
+def floor(call: AttentionCall) -> tuple[float, ...]:
     """The shortest reach any data can give (scores bounded by 0): where even it leaves out few
-    blocks, the norms need not be read."""
+    blocks, the norms need not be read. For a call :func:`applies` to."""
     return _reach(call, 0.0)
 
 
-def _reach(call: AttentionCall, bound: float) -> Tensor:
+def _reach(call: AttentionCall, bound: float) -> tuple[float, ...]:
     need = 2 * (bound + 1.0) + math.log(max(call.S, 1)) + BITS * math.log(2)  # +1: the kernel's float32 scores
-    return need / call.score_mod.slopes.detach().to("cpu", torch.float64)
+    return tuple(need / s for s in _slopes(call.score_mod.slopes))
 
 
-def band(call: AttentionCall, W: Tensor, n: int) -> Tensor:
-    """(1, Hq, nq, nk) bool: the blocks of ``n`` with a key nearer than ``W_h`` to one of their rows."""
+def band(call: AttentionCall, W, n: int) -> Tensor:
+    """(1, Hq, nq, nk) bool: the blocks of ``n`` with a key nearer than ``W[h]`` to one of their rows."""
     nq, nk = -(-call.L // n), -(-call.S // n)
     first_i = torch.arange(nq) * n + call.offset
     last_i = torch.clamp(torch.arange(nq) * n + n, max=call.L) - 1 + call.offset
@@ -85,13 +97,13 @@ def band(call: AttentionCall, W: Tensor, n: int) -> Tensor:
     lo = first_i[:, None] - last_j[None, :]  # the least i - j in the block
     hi = last_i[:, None] - first_j[None, :]  # the greatest
     near = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
-    return near.view(1, 1, nq, nk).to(torch.float64) < W.view(1, -1, 1, 1)
+    return near.view(1, 1, nq, nk).to(torch.float64) < torch.tensor(W, dtype=torch.float64).view(1, -1, 1, 1)
 
 
-def rounded(W: Tensor, n: int, cap: int) -> tuple[int, ...]:
+def rounded(W, n: int, cap: int) -> tuple[int, ...]:
     """``W`` rounded up to whole blocks and capped past any distance in the call (a cache key:
     a longer reach keeps more blocks, so rounding up keeps the bound)."""
-    return tuple(min(cap, int(math.ceil(w / n)) * n) for w in W.tolist())
+    return tuple(min(cap, int(math.ceil(w / n)) * n) for w in W)
 
 
 def balanced(call: AttentionCall, work: Tensor, threads: int) -> Optional[Tensor]:

@@ -135,12 +135,12 @@ class Flex(Backend):
             reach = self._reach(dataclasses.replace(call, finite=finite), *call.score.as_dot(call.query, call.key))
             far = (" (ALiBi: blocks whose keys are all farther from their rows than a reach per head are left out; "
                    f"|q|·|k| bounds their weight below 2^-{_alibi_reach.BITS} of the row's; "
-                   + (f"reach for these inputs: {', '.join(f'{w:.0f}' for w in reach.tolist())})" if reach is not None
+                   + (f"reach for these inputs: {', '.join(f'{w:.0f}' for w in reach)})" if reach is not None
                       else f"not used for these inputs: it would leave out less than {MIN_SAVING:.0%} of the blocks)"))
         blocks = self.block_mask(call, reach)
         if blocks is None:
             return f"no mask rule: every block computed; {state}"
-        _, partial, full = blocks
+        _, partial, full, _ = blocks
         n = -(-call.L // self.block_size) * -(-call.S // self.block_size)
         return (f"blocks of {self.block_size}: {partial} masked and {full} full (computed without the mask) of "
                 f"{n} per sequence and head{far}; {state}")
@@ -154,10 +154,11 @@ class Flex(Backend):
         return call.B * call.Hq * kept * (call.query.shape[-1] + call.Ev)
 
     # ---- the block mask ---------------------------------------------------------------------
-    def block_mask(self, call: AttentionCall, reach: Optional[Tensor] = None) -> Optional[tuple]:
-        """``(BlockMask, masked blocks, full blocks)`` for the call's rules, or None when it has
-        none; kept for later calls with the same rules and sizes. With ``reach`` (ALiBi's
-        per-head distances of :mod:`._alibi_reach`), blocks farther than the reach are left out too."""
+    def block_mask(self, call: AttentionCall, reach: Optional[tuple] = None) -> Optional[tuple]:
+        """``(BlockMask, masked blocks, full blocks, blocks computed per query head)`` for the
+        call's rules, or None when it has none; kept for later calls with the same rules and
+        sizes. With ``reach`` (ALiBi's per-head distances of :mod:`._alibi_reach`), blocks
+        farther than the reach are left out too."""
         fn = _mask_fn(call)
         if fn is None:
             return None
@@ -176,11 +177,11 @@ class Flex(Backend):
         left out 1 block in 80 cost 0.5 ms of 9, the norms and a per-head block mask)."""
         if not call.finite or not _alibi_reach.applies(call):
             return None
-        base = _kept(self.block_mask(call)[0], call.Hq)
-        if _kept(self.block_mask(call, _alibi_reach.floor(call))[0], call.Hq) > (1 - MIN_SAVING) * base:
+        base = sum(self.block_mask(call)[3])
+        if sum(self.block_mask(call, _alibi_reach.floor(call))[3]) > (1 - MIN_SAVING) * base:
             return None  # not even scores of 0 would leave enough out: the norms need not be read
         reach = _alibi_reach.reach(call, a, b, factor)
-        if reach is None or _kept(self.block_mask(call, reach)[0], call.Hq) > (1 - MIN_SAVING) * base:
+        if reach is None or sum(self.block_mask(call, reach)[3]) > (1 - MIN_SAVING) * base:
             return None
         return reach
 
@@ -199,7 +200,7 @@ class Flex(Backend):
         return made
 
     def _near(self, call: AttentionCall, grids: tuple, w: tuple) -> tuple:
-        near = _alibi_reach.band(call, torch.tensor(w, dtype=torch.float64), self.block_size)
+        near = _alibi_reach.band(call, w, self.block_size)
         some, full = grids
         return some & near, full & near
 
@@ -248,11 +249,11 @@ class Flex(Backend):
         reach = self._reach(call, a, b, factor)
         blocks = self.block_mask(call, reach)
         if reach is not None:  # steep heads keep few blocks: spread the heads evenly over the threads
-            heads = _alibi_reach.balanced(call, _kept(blocks[0], call.Hq, per_head=True), torch.get_num_threads())
+            heads = _alibi_reach.balanced(call, torch.tensor(blocks[3]), torch.get_num_threads())
         if heads is not None:
             kv = heads[:: call.groups] // call.groups
             a, b, v, mod = a[:, heads], b[:, kv], v[:, kv], _alibi_reach.permuted(mod, heads)
-            blocks = self.block_mask(call, reach[heads])
+            blocks = self.block_mask(call, tuple(reach[h] for h in heads.tolist()))
         prog = P.compiled("flex", _key(call), _program)
         with torch.no_grad():
             out = prog(a.contiguous(), b.contiguous(), v.contiguous(), mod,
@@ -301,21 +302,16 @@ def _fingerprint(fn) -> Optional[tuple]:
     return tuple(parts)
 
 
-def _kept(mask: "BlockMask", heads: int, per_head: bool = False):
-    """Blocks a block mask has the kernel compute: in all (int), or per head ((heads,) float64)."""
-    n = (mask.kv_num_blocks.sum((0, 2)) + mask.full_kv_num_blocks.sum((0, 2))).to(torch.float64)
-    n = n.expand(heads)  # a mask shared by every head counts once for each
-    return n if per_head else int(n.sum())
-
-
 def _made(grids: tuple, fn: Callable, call: AttentionCall, n: int) -> tuple:
-    """``(BlockMask, masked blocks, full blocks per sequence and head)`` from the grids."""
+    """``(BlockMask, masked blocks, full blocks per sequence and head, blocks computed per query
+    head over the sequences)`` from the grids."""
     some, full = grids
     partial = some & ~full
     mask = BlockMask.from_kv_blocks(*_indices(partial), *_indices(full), BLOCK_SIZE=n, mask_mod=fn,
                                     seq_lengths=(call.L, call.S))
     per = some.shape[0] * some.shape[1]
-    return mask, int(partial.sum()) // per, int(full.sum()) // per
+    heads = some.sum((2, 3)).expand(call.B, call.Hq).sum(0)  # a grid shared by sequences or heads counts for each
+    return mask, int(partial.sum()) // per, int(full.sum()) // per, tuple(float(x) for x in heads.tolist())
 
 
 def _indices(grid: Tensor) -> tuple[Tensor, Tensor]:
