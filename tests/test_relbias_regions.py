@@ -15,7 +15,7 @@ import reference as R
 from attend.backends import _relbias_regions as RR
 from attend.backends._relbias import bias_tile, clipped_span
 from attend.functional import _prepare
-from cases import check_case, inputs, make_score
+from cases import BASELINE, check_case, inputs, make_score
 
 
 def _bias(table: torch.Tensor, Hq: int, L: int, S: int) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _bias(table: torch.Tensor, Hq: int, L: int, S: int) -> torch.Tensor:
 def _check(q, k, v, table, *, score="scaled_dot", causal=False, dtype, what):
     E, L, S = q.shape[-1], q.shape[-2], k.shape[-2]
     arg, ref_scores = make_score(score, E)
-    if isinstance(arg, torch.nn.Module):  # (a learned score trains elsewhere: this path is inference only)
+    if isinstance(arg, torch.nn.Module):  # (inference here: training is checked below)
         arg.requires_grad_(False)
     bias = _bias(table, q.shape[1], L, S)
     return check_case("sdpa", q, k, v, kw=dict(score=arg, score_mod=attend.mods.relative_bias(table), causal=causal),
@@ -132,7 +132,7 @@ def _call(q, k, v, **kw):
 
 
 @pytest.mark.parametrize("case,needle", [
-    ("grad", "inference only"), ("causal L > S", "rows that see no key"), ("window", "other than causal"),
+    ("autocast", "training under torch.compile, autocast or torch.func"), ("causal L > S", "rows that see no key"), ("window", "other than causal"),
     ("bias", "other than causal"), ("values wider", "one width"), ("float16", "float32 or float64"),
     ("nan table", "non-finite entry"), ("alibi", "not a relative-bias table"),
 ])
@@ -140,7 +140,7 @@ def test_calls_that_do_not_take_the_path(case, needle):
     q, k, v = inputs(1, 2, 2, 512, 512, 8, 8, torch.float32)
     table = torch.randn(2, 21)
     kw = {}
-    if case == "grad":
+    if case == "autocast":
         q.requires_grad_(True)
     elif case == "causal L > S":
         kw["causal"] = True
@@ -156,11 +156,12 @@ def test_calls_that_do_not_take_the_path(case, needle):
     elif case == "nan table":
         table[1, 3] = math.nan
     mod = attend.mods.alibi(2) if case == "alibi" else attend.mods.relative_bias(table)
-    call = _call(q, k, v, score_mod=mod, **kw)
-    assert any(needle in r for r in RR.reasons(call))
-    if case != "alibi":  # (the tensors and rules are sound: another backend runs the call)
-        with pytest.raises(attend.backends.UnsupportedCall, match="score_mod needs the scores"):
-            attend.attention(q, k, v, score_mod=mod, backend="sdpa", **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        call = _call(q, k, v, score_mod=mod, **kw)
+        assert any(needle in r for r in RR.reasons(call))
+        if case != "alibi":  # (the tensors and rules are sound: another backend runs the call)
+            with pytest.raises(attend.backends.UnsupportedCall, match="score_mod needs the scores"):
+                attend.attention(q, k, v, score_mod=mod, backend="sdpa", **kw)
 
 
 def test_auto_takes_it_where_the_bands_are_a_small_share():
@@ -283,10 +284,11 @@ def test_inductor_training_takes_its_forward_from_here(monkeypatch, causal, shar
 def test_explain_says_where_a_training_forward_comes_from():
     q, k, v = inputs(1, 8, 8, 2048, 2048, 64, 64, torch.float32, grad=True)
     table = torch.randn(8, 257, requires_grad=True)
-    why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))
+    why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), backend="inductor")
     assert why.backend == "inductor" and "the forward from SDPA's kernel beyond the relative-bias table's reach" in why.detail
     half = [t[:, :, :1024] for t in (q, k, v)]
-    assert "SDPA's kernel" not in attend.explain(*half, score_mod=attend.mods.relative_bias(table)).detail
+    detail = attend.explain(*half, score_mod=attend.mods.relative_bias(table), backend="inductor").detail
+    assert "SDPA's kernel" not in detail
 
 
 def test_a_tile_reads_one_edge_entry_exactly_when_every_distance_is_clipped():
@@ -319,3 +321,77 @@ def test_the_table_is_read_only_when_nothing_else_refuses():
     call = _call(q, k, v, score_mod=attend.mods.relative_bias(table), window=(4, 4))
     assert RR.reasons(call) == ["no mask or bias other than causal"]
     assert RR.reasons(_call(q, k, v, score_mod=attend.mods.relative_bias(table))) == ["the table holds a non-finite entry"]
+
+
+# ---- training on this path -------------------------------------------------------------------
+TRAIN_CASES = [  # (L, S, R, causal, shared table, Hq, Hkv)
+    (1100, 1100, 128, False, False, 2, 2),
+    (700, 1500, 50, False, True, 4, 2),  # L < S, grouped heads, one table for every head
+    (1500, 600, 20, False, False, 2, 2),  # L > S: no key at distance 0 for the first rows
+    (600, 900, 30, True, True, 2, 2),  # causal, queries at S - L + i
+    (520, 520, 700, False, False, 2, 2),  # the reach past the sequence: all band
+    (600, 600, 0, True, False, 2, 2),  # R = 0: the band is each row's own key
+]
+
+
+@pytest.mark.parametrize("L,S,M,causal,shared,Hq,Hkv", TRAIN_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_matches_reference(L, S, M, causal, shared, Hq, Hkv, dtype):
+    """Output and the gradients of q, k, v and the learned table, by the tolerance rule against the
+    float64 reference (m = 2 for the output, 3 for gradients), the eager baseline in the test dtype."""
+    g = torch.Generator().manual_seed(L + S + M)
+    q, k, v = inputs(1, Hq, Hkv, L, S, 16, 16, dtype, seed=L + M)
+    table = torch.randn(*(() if shared else (Hq,)), 2 * M + 1, generator=g).to(dtype)
+    dout = torch.randn(1, Hq, L, 16, generator=g).double()
+
+    def run(backend, qq, kk, vv, tt):
+        qq, kk, vv, tt = (t.detach().clone().requires_grad_(True) for t in (qq, kk, vv, tt))
+        if backend is None:  # the float64 reference (tests/reference.py), the bias written here
+            bias = _bias(tt, Hq, L, S)
+            out, _ = R.reference(qq, kk, vv, R.scaled_dot(16), mod=lambda s: s + bias,
+                                 allowed=R.causal_mask(L, S) if causal else None)
+        else:
+            out = attend.attention(qq, kk, vv, score_mod=attend.mods.relative_bias(tt), causal=causal, backend=backend)
+        return [out] + list(torch.autograd.grad(out, (qq, kk, vv, tt), dout.to(out.dtype)))
+
+    learned = attend.mods.relative_bias(table.clone().requires_grad_(True))
+    call = _call(q.clone().requires_grad_(True), k, v, score_mod=learned, causal=causal)
+    assert call.needs_grad and not RR.reasons(call)  # (the path runs it: sdpa would refuse otherwise)
+    got = run("sdpa", q, k, v, table)
+    base = run(BASELINE, q, k, v, table)
+    ref = run(None, q.double(), k.double(), v.double(), table.double())
+    for name, a, b, r, m in zip(["out", "dq", "dk", "dv", "dtable"], got, base, ref, [2, 3, 3, 3, 3]):
+        R.check(a, b, r, dtype=dtype, m=m, what=f"{name} {L}x{S} R={M} causal={causal}")
+
+
+def test_training_with_a_learned_general_score_and_a_model_layout():
+    """A General score's weight learns through ``q W`` ahead of the kernel; q, k, v are (B, L, H, E)
+    views. Gradients against eager in float64."""
+    g = torch.Generator().manual_seed(5)
+    base = [torch.randn(2, 900, 2, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    table = torch.randn(2, 2 * 40 + 1, generator=g, dtype=torch.float64)
+    score = attend.scores.General(8, 8).double()
+    dout = torch.randn(2, 2, 900, 8, generator=g, dtype=torch.float64)
+
+    def grads(backend):
+        score.zero_grad()
+        leaves = [t.clone().requires_grad_(True) for t in base + [table]]
+        q, k, v = (t.transpose(1, 2) for t in leaves[:3])  # (B, H, L, E) views, features contiguous
+        out = attend.attention(q, k, v, score=score, score_mod=attend.mods.relative_bias(leaves[3]), backend=backend)
+        out.backward(dout)
+        return [out.detach()] + [t.grad for t in leaves] + [score.weight.grad.clone()]
+
+    got, want = grads("sdpa"), grads("eager")
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dtable", "dW"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_auto_trains_here_and_explain_says_so():
+    table = torch.randn(8, 257, requires_grad=True)
+    for L, B, causal, expect in ((2048, 1, False, True), (512, 4, False, True), (1024, 2, True, True),
+                                 (512, 4, True, False)):
+        q, k, v = inputs(B, 8, 8, L, L, 64, 64, torch.float32, grad=True)
+        why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), causal=causal)
+        assert (why.backend == "sdpa") is expect, (L, causal, why)
+        if expect:
+            assert "the backward: the far keys through the kernel's backward" in why.detail

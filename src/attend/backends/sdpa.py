@@ -60,7 +60,7 @@ class SDPA(Backend):
             here = f"; here: {', '.join(table)}" if isinstance(call.score_mod, RelativeBias) else ""
             if table:
                 why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
-                           f"for inference with no mask or bias other than causal{here})")
+                           f"with no mask or bias other than causal{here})")
         if call.hard:
             why.append("SDPA has no hard attention")
         if call.return_weights:
@@ -86,8 +86,8 @@ class SDPA(Backend):
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
         if call.score_mod is not None:  # a relative-bias table (can_run has checked)
-            out, _ = _relbias_regions.attention(q, call.expand_kv(k), call.expand_kv(call.value), scale,
-                                               call.score_mod, call.causal)
+            args = (q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod, call.causal)
+            out = _relbias_regions.trained(*args) if call.needs_grad else _relbias_regions.attention(*args)[0]
             return self._nan_rows(call, q, out, None), None
         if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
             out = _causal_blocks.attention(q, k, call.value, scale)
