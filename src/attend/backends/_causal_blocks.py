@@ -49,7 +49,7 @@ def applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, *, q_features: Op
     has no autocast rule: SDPA's result would be bfloat16, this one float32) or ``torch.func``
     transforms (this autograd function has no vmap or forward-mode rule)."""
     L = q.shape[-2]
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or _transforms_active():
+    if untraceable():
         return False
     return (q.device.type == "cpu" and q.dim() == 4 and 2 * BLOCK <= L <= MAX_LENGTH
             and k.shape[-2] == L and q.shape[1] == k.shape[1] == v.shape[1]
@@ -57,9 +57,12 @@ def applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, *, q_features: Op
             and q.dtype in _DTYPES and k.dtype == v.dtype == q.dtype and dropout_p == 0.0)
 
 
-def _transforms_active() -> bool:
+def untraceable() -> bool:
+    """torch.compile tracing, CPU autocast or a torch.func transform: an autograd function of
+    SDPA's CPU kernel calls (here and in :mod:`._relbias_regions`) has no rule for them."""
     level = getattr(torch._C._functorch, "maybe_current_level", None)  # None outside torch.func transforms
-    return level is not None and level() is not None
+    return (torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+            or (level is not None and level() is not None))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:

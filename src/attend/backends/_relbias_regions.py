@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .._rules import RelativeBias
+from ._causal_blocks import untraceable
 from ._programs import merge_into
 from ._relbias import clipped_span, diagonal_sums, table_tile
 from .base import AttentionCall
@@ -65,7 +66,7 @@ def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
     why = []
     if not getattr(call.score, "dot_like", False):
         why.append("the score is not dot-like (SDPA's kernel multiplies q and k)")
-    if call.needs_grad and not forward_only and _untraceable():
+    if call.needs_grad and not forward_only and untraceable():
         why.append("training under torch.compile, autocast or torch.func (this path's backward is an "
                    "autograd function of kernel calls)")
     if call.query.device.type != "cpu":
@@ -238,14 +239,6 @@ class _Regions(torch.autograd.Function):
         if want_table:
             dtable = (dtable if mod.table.ndim == 2 else dtable.sum(0)).to(mod.table.dtype)
         return dq, dk, dv, dtable, None, None, None
-
-
-def _untraceable() -> bool:
-    """torch.compile tracing, autocast or a torch.func transform: this path's autograd function of
-    kernel calls has no rule for them."""
-    level = getattr(torch._C._functorch, "maybe_current_level", None)
-    return (torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
-            or (level is not None and level() is not None))
 
 
 def _band(last: list, mod: RelativeBias, i0: int, i1: int, jl: int, jr: int, dtype: torch.dtype,
