@@ -98,7 +98,7 @@ def test_the_reach_follows_the_bound():
     ("no causal, more queries than keys", dict(), 80, 64),
     ("a zero slope", dict(slopes=torch.tensor([1.0, 0.0, 1.0, 1.0])), 64, 64),
 ])
-def test_calls_the_bound_does_not_cover_keep_every_block(what, kw, L, S):
+def test_calls_the_bound_does_not_cover_get_no_reach(what, kw, L, S):
     slopes = kw.pop("slopes", SLOPES)
     q, k, v = inputs(1, H, H, L, S, E, E, torch.float32)
     call, _ = quarantine(_prepare(q, k, v, score_mod=attend.mods.alibi(slopes), **kw)[0])
@@ -176,3 +176,62 @@ def test_a_reach_that_leaves_out_little_is_not_used():
     assert SMALL._reach(steep, q, k, 1.0) is not None
     text = str(attend.explain(q, k, v, causal=True, score_mod=gentle, backend=SMALL))
     assert "not used for these inputs: it would leave out less than 10% of the blocks" in text
+
+
+def test_slopes_changed_in_place_are_read_again():
+    """The slopes are read once per tensor version: a slope set to 0 in place turns the bound
+    off, and a new value changes the reach."""
+    slopes = SLOPES.clone()
+    q, k, v = inputs(1, H, H, 64, 64, E, E, torch.float32)
+    call, _ = quarantine(_prepare(q, k, v, causal=True, score_mod=attend.mods.alibi(slopes))[0])
+    first = _alibi_reach.reach(call, q, k, 1.0)
+    slopes[1] = 0.0
+    assert not _alibi_reach.applies(call) and _alibi_reach.reach(call, q, k, 1.0) is None
+    slopes[1] = 4.0
+    again = _alibi_reach.reach(call, q, k, 1.0)
+    assert again[1] == pytest.approx(first[1] / 2) and again[0] == first[0]
+
+
+def test_grouped_heads_reordered_give_the_same_numbers(monkeypatch):
+    """One sequence, 8 query heads on 4 key/value heads, 2 threads: the heads move in groups, and
+    the output equals the unreordered one bit for bit, and the reference by the tolerance rule."""
+    L = S = 256
+    q, k, v = inputs(1, 8, 4, L, S, E, E, torch.float32, seed=4)
+    slopes = torch.tensor([0.25, 0.3, 0.5, 0.6, 4.0, 5.0, 8.0, 9.0])  # gentle groups first: unbalanced in head order
+    kw = dict(causal=True, score_mod=attend.mods.alibi(slopes))
+    call, _ = quarantine(_prepare(q, k, v, **kw)[0])
+    mask = SMALL.block_mask(call, _alibi_reach.reach(call, q, k, 1.0))
+    assert _alibi_reach.balanced(call, torch.tensor(mask[3]), 2) is not None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    out, _ = check_case(SMALL, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, S),
+                        mod=_alibi_ref(slopes, L, S), dtype=torch.float32, what="grouped, reordered", grads=False)
+    monkeypatch.setattr(_alibi_reach, "balanced", lambda *a: None)
+    assert torch.equal(out, attend.attention(q, k, v, backend=SMALL, **kw))
+
+
+def test_inference_mode_slopes_and_rule_tensors():
+    """Tensors made under torch.inference_mode have no version counter: the slopes are read on
+    every call and a rule's tensors are not cached by version, rather than raising."""
+    L = S = 160
+    q, k, v = inputs(1, H, H, L, S, E, E, torch.float32)
+    with torch.inference_mode():
+        mod = attend.mods.alibi(SLOPES.clone())
+        ids = torch.tensor([0] * 80 + [1] * 80)
+        out = attend.attention(q, k, v, causal=True, score_mod=mod, backend=SMALL)
+        doc = attend.attention(q, k, v, mask=attend.masks.document(ids), backend=SMALL)
+    ref = attend.attention(q, k, v, causal=True, score_mod=attend.mods.alibi(SLOPES), backend="eager")
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    doc_ref = attend.attention(q, k, v, mask=attend.masks.document(torch.tensor([0] * 80 + [1] * 80)), backend="eager")
+    torch.testing.assert_close(doc, doc_ref, rtol=0, atol=1e-5)
+
+
+def test_half_precision_gets_no_reach():
+    """The margins are for the kernel's float32 scores: bfloat16 keeps every block."""
+    q, k, v = (t.bfloat16() for t in inputs(1, H, H, 64, 64, E, E, torch.float32))
+    call, _ = quarantine(_prepare(q, k, v, causal=True, score_mod=attend.mods.alibi(SLOPES))[0])
+    assert not _alibi_reach.applies(call) and _alibi_reach.reach(call, q, k, 1.0) is None
+
+
+def test_an_unbounded_reach_keeps_every_block():
+    """A slope so small that the reach overflows to inf rounds to the cap, not an error."""
+    assert _alibi_reach.rounded((math.inf, 5.0, 1e300), 16, 100) == (100, 16, 100)

@@ -330,7 +330,7 @@ TRAIN_CASES = [  # (L, S, R, causal, shared table, Hq, Hkv)
     (1500, 600, 20, False, False, 2, 2),  # L > S: no key at distance 0 for the first rows
     (600, 900, 30, True, True, 2, 2),  # causal, queries at S - L + i
     (520, 520, 700, False, False, 2, 2),  # the reach past the sequence: all band
-    (600, 600, 0, True, False, 2, 2),  # R = 0: the band is each row's own key
+    (600, 600, 0, True, False, 2, 2),  # R = 0 with causal: the band is each block's causally masked square
 ]
 
 
@@ -395,3 +395,32 @@ def test_auto_trains_here_and_explain_says_so():
         assert (why.backend == "sdpa") is expect, (L, causal, why)
         if expect:
             assert "the backward: the far keys through the kernel's backward" in why.detail
+
+
+def test_double_backward_raises_and_a_table_changed_in_place_is_caught():
+    """No graph of the gradient (a second backward would drop terms without a word); a table
+    changed in place between forward and backward raises autograd's version error."""
+    q, k, v = inputs(1, 2, 2, 200, 200, 8, 8, torch.float64, grad=True)
+    table = torch.randn(2, 2 * 128 + 1, dtype=torch.float64, requires_grad=True)  # all band: no kernel backward
+    mod = attend.mods.relative_bias(table)
+    out = attend.attention(q, k, v, score_mod=mod, backend="sdpa")
+    (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+    out = attend.attention(q, k, v, score_mod=mod, backend="sdpa")
+    with torch.no_grad():
+        table.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_training_with_large_bands_stays_off_auto():
+    """One block's band scores over TRAIN_BAND_BYTES (here 4 x 16 x 256 x 8190 floats, 512 MiB): auto
+    trains elsewhere; the call itself fits this path."""
+    q = torch.randn(1, 1, 1, 64).expand(4, 16, 8192, 64).requires_grad_(True)
+    table = torch.randn(16, 2 * 4096 + 1, requires_grad=True)
+    call = _call(q, q, q, score_mod=attend.mods.relative_bias(table))
+    assert not RR.reasons(call) and RR.band_bytes(call) > RR.TRAIN_BAND_BYTES and not RR.preferred(call)
+    small = _call(q[:1, :8, :2048], q[:1, :8, :2048], q[:1, :8, :2048],
+                  score_mod=attend.mods.relative_bias(torch.randn(8, 257, requires_grad=True)))
+    assert RR.band_bytes(small) == 8 * 256 * 510 * 4 and RR.preferred(small)

@@ -15,7 +15,10 @@ L <= S), whose weight is at least ``e^-A`` in the softmax's numerator; every key
     W_h = (2A + ln S + 40 ln 2) / slope[h]
 
 the keys left out hold less than 2^-40 of the row's weight, and the output moves by less than
-2^-39 max|v|: below float32's rounding of the same sum (2^-24 per term). Only blocks whose
+2^-39 max|v|: below float32's rounding of the same sum (2^-24 per term). (The code adds margins:
+A is raised by 0.1% for the norms' float32 sums, and by 1 for the kernel's float32 scores.)
+float32 only: with bfloat16 or float16 inputs the kernel's own rounding of the distance penalty
+could exceed those margins. Only blocks whose
 every key is at least W_h from every row of the block are left out; the result is otherwise
 the same kernel's. Data with large norms gets a long reach, up to every block: the bound never
 guesses. Non-finite inputs never reach it: attend's quarantine zeroes them first (``call.finite``).
@@ -39,7 +42,7 @@ def applies(call: AttentionCall) -> bool:
     """Whether the bound holds for this call's rules: ALiBi with positive slopes, each row's
     key at distance 0 kept, no rule that could drop it (the data is checked by :func:`reach`)."""
     mod = call.score_mod
-    if not isinstance(mod, Alibi):
+    if not isinstance(mod, Alibi) or call.query.dtype != torch.float32:
         return False
     if call.mask is not None or call.bias is not None or call.mask_mod is not None or call.sinks is not None:
         return False  # another rule or bias could leave a row only far keys
@@ -50,17 +53,25 @@ def applies(call: AttentionCall) -> bool:
     return _slopes(mod.slopes) is not None
 
 
-_SEEN: list = [None, -1, None]  # the last slopes tensor read, its version, and what it held
+_SEEN: tuple = (None, -1, None)  # the last slopes tensor read, its version, and what it held
 
 
 def _slopes(t: Tensor) -> Optional[tuple[float, ...]]:
     """The slopes as floats if all are finite and > 0, else None; kept for the last tensor seen
-    (by identity and version), so that a model's calls read it once."""
-    if _SEEN[0] is not t or _SEEN[1] != t._version:
+    (by identity and version), so that a model's calls read it once. (One tuple, read and
+    replaced whole: threads never see one tensor's version with another's values.) A tensor
+    made under ``torch.inference_mode`` has no version: it is read on every call."""
+    global _SEEN
+    if t.is_inference():
+        vals = tuple(float(x) for x in t.detach().cpu().tolist())
+        return vals if all(math.isfinite(x) and x > 0 for x in vals) else None
+    seen = _SEEN
+    version = t._version  # (read first: a change while reading makes the next call read again)
+    if seen[0] is not t or seen[1] != version:
         vals = tuple(float(x) for x in t.detach().cpu().tolist())
         ok = all(math.isfinite(x) and x > 0 for x in vals)
-        _SEEN[:] = [t, t._version, vals if ok else None]
-    return _SEEN[2]
+        seen = _SEEN = (t, version, vals if ok else None)
+    return seen[2]
 
 
 def reach(call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[tuple[float, ...]]:
@@ -103,7 +114,7 @@ def band(call: AttentionCall, W, n: int) -> Tensor:
 def rounded(W, n: int, cap: int) -> tuple[int, ...]:
     """``W`` rounded up to whole blocks and capped past any distance in the call (a cache key:
     a longer reach keeps more blocks, so rounding up keeps the bound)."""
-    return tuple(min(cap, int(math.ceil(w / n)) * n) for w in W)
+    return tuple(int(min(cap, math.ceil(w / n) * n)) if w < cap else cap for w in W)  # (w may be inf)
 
 
 def balanced(call: AttentionCall, work: Tensor, threads: int) -> Optional[Tensor]:

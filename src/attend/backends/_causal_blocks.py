@@ -108,6 +108,7 @@ class _Blocks(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no graph of the gradient: double backward raises
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         scale = ctx.scale

@@ -32,6 +32,7 @@ Without a C++ compiler (no ``flex`` or ``inductor``), ``auto`` still falls back 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -50,6 +51,8 @@ ROWS = 256
 BAND_SHARE = 0.3
 #: ... and trains a causal table here where the band holds at most this share
 TRAIN_CAUSAL_BAND_SHARE = 0.5
+#: ... and trains here only where one block's band scores take at most this many bytes
+TRAIN_BAND_BYTES = 64 * 2**20
 #: why flex and inductor leave such a call to sdpa, in ``explain``
 SDPA_REASON = ("sdpa runs this relative-bias table faster: plain kernel calls beyond the table's reach, "
                "the table's entries only on the band near the diagonal")
@@ -102,6 +105,13 @@ def band_share(call: AttentionCall) -> float:
     return band / max(1, pairs)
 
 
+def band_bytes(call: AttentionCall) -> int:
+    """Bytes of one block's (B, H, rows, band) scores: the backward holds a few such at once."""
+    R = call.score_mod.max_distance
+    width = min(call.S, ROWS + 2 * max(R, 1) - 2)
+    return call.B * call.Hq * min(ROWS, call.L) * width * call.query.element_size()
+
+
 def preferred(call: AttentionCall) -> bool:
     """Whether ``auto`` should run ``call`` here, where it can. Inference: without causal and with
     the bands a small share (FlexAttention's kernel, which skips the blocks after the diagonal,
@@ -114,7 +124,9 @@ def preferred(call: AttentionCall) -> bool:
     1.53x at 1024, but 1.27x against 1.14x at 512, where the bands are 75% of the pairs."""
     if reasons(call):
         return False
-    if call.needs_grad:
+    if call.needs_grad:  # (the backward holds a few (B, H, rows, band) tensors at once: kept under a limit)
+        if band_bytes(call) > TRAIN_BAND_BYTES:
+            return False
         return not call.causal or band_share(call) <= TRAIN_CAUSAL_BAND_SHARE
     return not call.causal and band_share(call) <= BAND_SHARE
 
@@ -187,14 +199,16 @@ class _Regions(torch.autograd.Function):
     def forward(ctx, q, k, v, table, scale, mod, causal):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out, lse, *far = _forward(q, k, v, scale, mod, causal, keep=True)
-        ctx.save_for_backward(q, k, v, out, lse, *far)
+        ctx.save_for_backward(q, k, v, table, out, lse, *far)  # (the table too: changed in place, autograd says so)
         ctx.scale, ctx.mod, ctx.causal = scale, mod, causal
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no graph of the gradient: double backward raises
     def backward(ctx, dout):
-        q, k, v, out, lse, o_left, l_left, o_right, l_right = ctx.saved_tensors
-        scale, mod, causal = ctx.scale, ctx.mod, ctx.causal
+        q, k, v, table, out, lse, o_left, l_left, o_right, l_right = ctx.saved_tensors
+        scale, causal = ctx.scale, ctx.causal
+        mod = dataclasses.replace(ctx.mod, table=table)  # the table as saved
         B, H, L, _ = q.shape
         S, R = k.shape[2], mod.max_distance
         dout = dout.contiguous()

@@ -8,7 +8,8 @@ attend's ``inductor`` tiles where the score_mod is cheap or absent (ALiBi) and a
 leaves blocks out (window, document, chunked, padding, prefix-LM), and slower where the
 score_mod costs a table gather or a tanh (relative bias, soft-capping), so ``auto`` takes it
 for the former only. PyTorch gives it no backward on the CPU and no log-sum-exp there, so it
-runs inference only: training, sinks and the weights go to ``inductor``.
+runs inference only: training, sinks and the weights go to ``inductor`` (a relative-bias table's
+training to ``sdpa``, where its bands are a small share).
 
 The block mask is built here from the call's rules rather than by ``create_block_mask``,
 which evaluates the rule at every (query, key) pair (14 ms at 2048 x 2048 on this machine):
@@ -136,7 +137,8 @@ class Flex(Backend):
             far = (" (ALiBi: blocks whose keys are all farther from their rows than a reach per head are left out; "
                    f"|q|·|k| bounds their weight below 2^-{_alibi_reach.BITS} of the row's; "
                    + (f"reach for these inputs: {', '.join(f'{w:.0f}' for w in reach)})" if reach is not None
-                      else f"not used for these inputs: it would leave out less than {MIN_SAVING:.0%} of the blocks)"))
+                      else f"not used for these inputs: it would leave out less than {MIN_SAVING:.0%} of the "
+                           "blocks, or they hold a non-finite number)"))
         blocks = self.block_mask(call, reach)
         if blocks is None:
             return f"no mask rule: every block computed; {state}"
@@ -171,7 +173,7 @@ class Flex(Backend):
         sub = None if key is None else key + (w,)
         return self._cached(sub, lambda: (_made(self._near(call, grids[1:], w), fn, call, self.block_size),))[0]
 
-    def _reach(self, call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[Tensor]:
+    def _reach(self, call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[tuple]:
         """ALiBi's reach for scores ``a @ b^T`` (:mod:`._alibi_reach`), or None where it would leave
         out less than ``MIN_SAVING`` of the blocks (measured at (4, 8, 512, 64): a reach that
         left out 1 block in 80 cost 0.5 ms of 9, the norms and a per-head block mask)."""
@@ -289,6 +291,8 @@ def _fingerprint(fn) -> Optional[tuple]:
     for f in dataclasses.fields(fn):
         x = getattr(fn, f.name)
         if isinstance(x, Tensor):
+            if x.is_inference():  # no version to tell a change in place by: build the mask anew
+                return None
             parts.append(("tensor", id(x), x._version, tuple(x.shape), str(x.dtype)))
         elif isinstance(x, tuple):
             inner = tuple(_fingerprint(m) for m in x)
