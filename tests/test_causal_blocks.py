@@ -129,3 +129,12 @@ def test_torch_func_transforms_keep_sdpas_own_kernel(monkeypatch):
     attend.attention(qq, k, v, causal=True, backend="eager").sum().backward()
     assert calls == []
     torch.testing.assert_close(got, qq.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_double_backward_raises():
+    """With create_graph, even for a loss linear in the output."""
+    q, k, v = (torch.randn(1, 2, 512, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert CB.applies(q, k, v, 0.0)
+    out = attend.attention(q, k, v, causal=True, backend="sdpa")
+    with pytest.raises(RuntimeError, match="causal blocks on SDPA's kernel has no double backward"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)

@@ -186,3 +186,15 @@ def test_what_auto_takes_and_explain_says():
     qg = q.clone().requires_grad_()
     training = attend.explain(qg, k, v, causal=True, score_mod=attend.mods.alibi(8))
     assert training.backend == "inductor" and "inference only" in " ".join(training.reasons["flex"])
+
+
+def test_inputs_that_require_grad_under_no_grad_and_inference_mode():
+    """Leaf tensors that require grad, in a no_grad or inference_mode block (a model's eval loop):
+    flex runs them (FlexAttention itself refuses inputs that require grad on the CPU)."""
+    L = S = 45
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float32, grad=True)
+    want = attend.attention(q.detach(), k.detach(), v.detach(), window=(8, 0), backend="eager")
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            out = attend.attention(q, k, v, window=(8, 0), backend=SMALL)
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-5)

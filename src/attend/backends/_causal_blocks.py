@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._programs import merge_into
+from ._programs import merge_into, no_double_backward
 
 #: rows and keys per block
 BLOCK = 256
@@ -108,8 +108,8 @@ class _Blocks(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # no graph of the gradient: double backward raises
     def backward(ctx, dout):
+        no_double_backward("attend's causal blocks on SDPA's kernel")
         q, k, v, out, lse = ctx.saved_tensors
         scale = ctx.scale
         dout = dout.contiguous()

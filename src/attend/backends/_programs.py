@@ -183,6 +183,15 @@ def _timed(full: tuple, fn: Callable) -> Callable:
     return call
 
 
+def no_double_backward(what: str) -> None:
+    """Raise in an autograd function's backward run with ``create_graph=True``. (``once_differentiable``
+    raises only when the incoming gradient itself needs grad: for a loss linear in the output it
+    returns gradients with no graph, and a penalty built on them silently loses its terms.)"""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{what} has no double backward (create_graph=True): its backward builds no graph "
+                           f"of the gradients; use backend='eager' for higher derivatives")
+
+
 def is_compiled(key: tuple, name: str = "forward") -> bool:
     """Whether this process has already compiled (and run) program ``name`` for ``key``."""
     return (name,) + key in FIRST_CALL

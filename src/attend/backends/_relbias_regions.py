@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .._rules import RelativeBias
 from ._causal_blocks import untraceable
-from ._programs import merge_into
+from ._programs import merge_into, no_double_backward
 from ._relbias import clipped_span, diagonal_sums, table_tile
 from .base import AttentionCall
 
@@ -204,8 +204,8 @@ class _Regions(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # no graph of the gradient: double backward raises
     def backward(ctx, dout):
+        no_double_backward("attend's relative-bias path on SDPA's kernel")
         q, k, v, table, out, lse, o_left, l_left, o_right, l_right = ctx.saved_tensors
         scale, causal = ctx.scale, ctx.causal
         mod = dataclasses.replace(ctx.mod, table=table)  # the table as saved

@@ -144,8 +144,9 @@ class Flex(Backend):
             return f"no mask rule: every block computed; {state}"
         _, partial, full, _ = blocks
         n = -(-call.L // self.block_size) * -(-call.S // self.block_size)
+        mean = " (means over heads: the reach differs by head)" if reach is not None else ""
         return (f"blocks of {self.block_size}: {partial} masked and {full} full (computed without the mask) of "
-                f"{n} per sequence and head{far}; {state}")
+                f"{n} per sequence and head{mean}{far}; {state}")
 
     def _work(self, call: AttentionCall) -> int:
         """Multiply-adds over the key spans of each row of blocks (an upper bound on the kernel's)."""
@@ -258,7 +259,8 @@ class Flex(Backend):
             blocks = self.block_mask(call, tuple(reach[h] for h in heads.tolist()))
         prog = P.compiled("flex", _key(call), _program)
         with torch.no_grad():
-            out = prog(a.contiguous(), b.contiguous(), v.contiguous(), mod,
+            # (detached: inputs that require grad, under no_grad or inference_mode, make FlexAttention refuse)
+            out = prog(a.detach().contiguous(), b.detach().contiguous(), v.detach().contiguous(), mod,
                        blocks[0] if blocks is not None else None, float(call.scale * factor), call.Hq != call.Hkv)
         if heads is not None:
             out = out[:, torch.argsort(heads)]
