@@ -207,6 +207,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, **kwargs) -> Explanation:
     call, _ = _prepare(query, key, value, **kwargs)
     if call.B == 0 or call.L == 0 or call.S == 0:
         return Explanation("none (empty input: the output is built directly, no backend runs)")
+    call, _ = _quarantine(call)  # the call ``attention`` hands the backends (its inputs checked finite)
     chosen, reasons = _backends.select(call, backend)
     return Explanation(chosen.name, reasons, chosen.describe(call))
 

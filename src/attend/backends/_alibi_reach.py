@@ -25,6 +25,7 @@ guesses. Non-finite inputs never reach it: attend's quarantine zeroes them first
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -154,5 +155,4 @@ def _loads(per: list, chunks: int) -> list:
 
 def permuted(mod: Alibi, heads: Tensor) -> Alibi:
     """The same ALiBi with its slopes in the order ``heads``."""
-    import dataclasses
     return dataclasses.replace(mod, slopes=mod.slopes[heads.to(mod.slopes.device)])

@@ -92,11 +92,10 @@ def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
 def band_share(call: AttentionCall) -> float:
     """The share of the (query, key) pairs computed that fall in the bands (the part that reads
     the table); with ``causal``, of the pairs the rule allows."""
-    R, off, S, L = call.score_mod.max_distance, call.score_mod.offset, call.S, call.L
+    off, S, L = call.score_mod.offset, call.S, call.L
     band = 0
-    for i0 in range(0, L, ROWS):
-        n = min(L, i0 + ROWS) - i0
-        jl, jr = clipped_span(off, i0, i0 + n, R, S, call.causal)
+    for i0, i1, jl, jr, _ in _blocks(L, S, call.score_mod, call.causal):
+        n = i1 - i0
         if call.causal:  # row p of the block sees band keys jl..p
             band += n * (i0 + off - jl + 1) + n * (n - 1) // 2
         else:
@@ -156,27 +155,33 @@ def _edges(mod: RelativeBias, H: int, dtype: torch.dtype) -> tuple[Tensor, Tenso
     return tuple(table[:, e].to(dtype).view(1, H, 1) for e in (0, 2 * mod.max_distance))
 
 
+def _blocks(L: int, S: int, mod: RelativeBias, causal: bool):
+    """Per block of rows: ``(i0, i1, jl, jr, far)``: keys ``jl:jr`` are the band, ``far`` the key
+    ranges of the far pieces, left (entry 0) then right (entry 2R; none seen after with causal)."""
+    for i0 in range(0, L, ROWS):
+        i1 = min(L, i0 + ROWS)
+        jl, jr = clipped_span(mod.offset, i0, i1, mod.max_distance, S, causal)
+        yield i0, i1, jl, jr, ((0, jl), (jr, jr if causal else S))
+
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool,
              keep: bool = False) -> tuple:
     """``(out, lse)``, and with ``keep`` the far pieces' own ``(out, lse)`` per row, left then right
     (what the edge entries' gradients need)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
-    R = mod.max_distance
     out = q.new_zeros(B, H, L, v.shape[-1])  # (0, -inf): nothing seen yet; each piece merges in
     lse = q.new_full((B, H, L), -math.inf, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
     far = [(torch.zeros_like(out), torch.full_like(lse, -math.inf)) for _ in range(2)] if keep else None
     left, right = _edges(mod, H, lse.dtype)
     last: list = [None, None]  # the latest band mask and its key: interior blocks, one after another, share it
-    for i0 in range(0, L, ROWS):
-        i1 = min(L, i0 + ROWS)
-        jl, jr = clipped_span(mod.offset, i0, i1, R, S, causal)
+    for i0, i1, jl, jr, pieces in _blocks(L, S, mod, causal):
         rows, o_blk, l_blk = q[:, :, i0:i1], out[:, :, i0:i1], lse[:, :, i0:i1]
         if jr > jl:
             o, l = _FWD(rows, k[:, :, jl:jr], v[:, :, jl:jr], 0.0, False,
                         attn_mask=_band(last, mod, i0, i1, jl, jr, q.dtype, causal), scale=scale)
             merge_into(o_blk, l_blk, o, l)
-        for side, (j0, j1, edge) in enumerate(((0, jl, left), (jr, jr if causal else S, right))):  # (causal: none after)
+        for side, ((j0, j1), edge) in enumerate(zip(pieces, (left, right))):
             if j1 > j0:  # the same entry for every key here: the kernel's softmax, its total scaled
                 o, l = _FWD(rows, k[:, :, j0:j1], v[:, :, j0:j1], 0.0, False, scale=scale)
                 l = l + edge
@@ -219,9 +224,7 @@ class _Regions(torch.autograd.Function):
         dtable = torch.zeros(H, 2 * R + 1, dtype=acc, device=q.device) if want_table else None
         edges = _edges(mod, H, acc)
         last: list = [None, None]
-        for i0 in range(0, L, ROWS):
-            i1 = min(L, i0 + ROWS)
-            jl, jr = clipped_span(mod.offset, i0, i1, R, S, causal)
+        for i0, i1, jl, jr, pieces in _blocks(L, S, mod, causal):
             r = slice(i0, i1)
             do, qr, o, l = dout[:, :, r], q[:, :, r], out[:, :, r], lse[:, :, r]
             if jr > jl:  # the band: P and dS by hand
@@ -238,7 +241,7 @@ class _Regions(torch.autograd.Function):
                         dtable += g
                     else:
                         dtable[0] += g
-            for side, (j0, j1, o_far, l_far) in enumerate(((0, jl, o_left, l_left), (jr, jr if causal else S, o_right, l_right))):
+            for side, ((j0, j1), o_far, l_far) in enumerate(zip(pieces, (o_left, o_right), (l_left, l_right))):
                 if j1 <= j0:
                     continue
                 lowered = (l - edges[side]).contiguous()

@@ -130,10 +130,9 @@ class Flex(Backend):
         state = ("its kernel is compiled in this process" if P.is_compiled(_key(call), "flex") else
                  "the first call compiles FlexAttention's kernel: a few seconds, less when inductor's disk cache has it")
         reach, far = None, ""
-        if _alibi_reach.applies(call):
+        if _alibi_reach.applies(call):  # (explain hands over the call attention would run: checked finite)
             with torch.no_grad():
-                finite = all(bool(torch.isfinite(t.sum())) for t in (call.query, call.key, call.value))
-            reach = self._reach(dataclasses.replace(call, finite=finite), *call.score.as_dot(call.query, call.key))
+                reach = self._reach(call, *call.score.as_dot(call.query, call.key))
             far = (" (ALiBi: blocks whose keys are all farther from their rows than a reach per head are left out; "
                    f"|q|·|k| bounds their weight below 2^-{_alibi_reach.BITS} of the row's; "
                    + (f"reach for these inputs: {', '.join(f'{w:.0f}' for w in reach)})" if reach is not None
