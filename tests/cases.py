@@ -4,6 +4,7 @@ inputs and masks, and ``check_case``, the tolerance rule with gradients on one b
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 
@@ -60,8 +61,22 @@ def backend_arg(name):
     if name == "chunked16":  # 16-key blocks and 8-query tiles: block and tile edges are crossed at the test sizes
         return attend.backends.Chunked(block_size=16, query_block_size=8)
     if name == "triton":
-        return attend.backends.Triton() if CUDA else attend.backends.Triton(block_m=16, block_n=16)
+        return attend.backends.Triton(**_triton_blocks()) if CUDA else attend.backends.Triton(block_m=16, block_n=16)
     return name
+
+
+def _triton_blocks() -> dict:
+    """On a GPU the grid's ``triton`` is autotuned, unless ``ATTEND_TEST_TRITON_BLOCKS=MxN`` fixes
+    its blocks (one compile per variant instead of one per block shape tried: how
+    ``benchmarks/gpu_lease.sh`` runs the grid inside a short GPU lease)."""
+    text = os.environ.get("ATTEND_TEST_TRITON_BLOCKS", "")
+    if not text:
+        return {}
+    try:
+        m, n = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"ATTEND_TEST_TRITON_BLOCKS must be like 64x32, got {text!r}") from None
+    return {"block_m": m, "block_n": n}
 
 
 def _name(backend) -> str:
