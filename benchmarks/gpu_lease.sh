@@ -26,6 +26,7 @@ t0=$(date +%s)
     $PY -c "import attend; print('attend imports')"
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
+grep -q "attend imports" "$OUT/environment.txt" || { echo "attend does not import here: stopping"; exit 1; }
 
 echo "phase A: tests (fixed 32x32 blocks) and prewarm, at once"
 ( ATTEND_TEST_TRITON_BLOCKS=32x32 OMP_NUM_THREADS=2 timeout "$PHASE_A" \
