@@ -110,12 +110,21 @@ def _records(results, n):
 TRITON = ["causal", "window_gqa", "document", "causal_cross_L_gt_S"]
 
 
+def _version(text: str) -> tuple:
+    return tuple(int(x) for x in text.split("+")[0].split(".")[:2])
+
+
 def test_ring_blocks_through_the_triton_kernels(tmp_path):
     """backend="triton": the blocks run on attend's fused kernels (the GPU path), here under
     Triton's interpreter on the CPU: float32 and bfloat16 (the kernels take it as it is) within
     the tolerance rule against float64, every kind of block (whole, causal diagonal, a rule
     evaluated into a dense mask)."""
-    pytest.importorskip("triton")
+    triton = pytest.importorskip("triton")
+    np = pytest.importorskip("numpy")
+    if _version(triton.__version__) < (3, 9) and _version(np.__version__) >= (2, 3):
+        # seen on the GPU machine (triton 3.6.0, numpy 2.5.2): the interpreter calls int() on
+        # 1-element arrays, which numpy >= 2.3 refuses; the pinned triton 3.9 does not
+        pytest.skip(f"Triton {triton.__version__}'s interpreter does not run with numpy {np.__version__}")
     results = launch(str(tmp_path), "--methods", "ring_triton,ring_triton_bf16", "--cases", ",".join(TRITON),
                      "--no-extra", env={"TRITON_INTERPRET": "1"})
     for rank, cases in enumerate(_records(results, 2 * 2 * len(TRITON))):

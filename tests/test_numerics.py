@@ -8,7 +8,8 @@ import torch
 
 import attend
 import reference as R
-from cases import BACKENDS, BASELINE, SCORES, attention, backend_arg, inputs, make_score, runnable, wide
+from cases import (BACKENDS, BASELINE, SCORES, attention, backend_arg, inputs, make_score, runnable,
+                   skip_unquarantined, wide)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -114,6 +115,7 @@ def test_non_finite_values_reach_only_the_rows_that_may_attend_them(backend):
     whatever its query holds; a NaN/inf key or value reaches exactly the rows that may attend
     it (they are NaN), never a row that masks it. Before, a NaN query in a fully masked row
     gave NaN on sdpa and 0 elsewhere, and a masked NaN value leaked through 0 * NaN."""
+    skip_unquarantined(backend)
     B, H, L, S, E = 1, 2, 6, 8, 16
     q, k, v = inputs(B, H, H, L, S, E, E, torch.float32)
     mask = torch.ones(L, S, dtype=torch.bool).tril(S - L)  # causal, bottom-right
@@ -147,6 +149,7 @@ def test_finite_values_whose_sum_overflows_are_not_taken_for_non_finite():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_padding_changes_nothing_with_gradients(backend):
+    skip_unquarantined(backend)
     q, k, v = inputs(2, 2, 2, 4, 6, 8, 8, wide(backend), grad=True)
     k2, v2 = k.detach().clone(), v.detach().clone()
     k2[1, :, 4:] = math.nan
@@ -237,6 +240,7 @@ def test_gradients_reach_score_parameters_and_score_mod_tables():
 def test_nan_query_in_a_fully_masked_row_leaves_gradients_finite(backend):
     """The reviewer's case: row 1 sees no key and its query holds NaN. Its output is 0, and
     (before) dK got NaN through 0 * NaN on eager/chunked, dQ/dK/dV on sdpa."""
+    skip_unquarantined(backend)
     q, k, v = inputs(1, 2, 2, 4, 6, 16, 16, torch.float32)
     mask = torch.ones(4, 6, dtype=torch.bool)
     mask[1] = False
