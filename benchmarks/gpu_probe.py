@@ -56,7 +56,7 @@ def bench(fn, **kw) -> float:
 
 def sync():
     if CUDA:
-        sync()
+        torch.cuda.synchronize()
 
 
 def rel(x, r):
