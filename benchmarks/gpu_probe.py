@@ -70,6 +70,19 @@ def only(table: dict, bucket: int, cfg) -> None:
     launch.DQ_CHOICE.clear()
 
 
+def restore(table: dict, bucket: int, original: list) -> None:
+    only(table, bucket, None)
+    table[bucket] = original
+
+
+def record(section: str, rows: list, row: dict) -> None:
+    """Keep a probe's row: printed, and ``probe.json`` rewritten (a cut-off call keeps it)."""
+    rows.append(row)
+    print(section, row, flush=True)
+    RESULTS[section] = rows
+    save()
+
+
 def chunk_probe():
     B, H, L, E = (1, 1, 100, 128) if TINY else (2, 4, 1000, 128)
     torch.manual_seed(0)
@@ -90,8 +103,7 @@ def chunk_probe():
         row = {"dkdv": "autotuned", "rep": rep, "dq_choice": str(list(launch.DQ_CHOICE.values())[-1:]),
                "dkdv_config": str(getattr(configs.kernel("_bwd_dkdv", 128, True), "best_config", None)),
                "dq": rel(dq, g[0]), "dk": rel(dk, g[1]), "dv": rel(dv, g[2])}
-        rows.append(row)
-        print("chunk", row, flush=True)
+        record("chunk", rows, row)
     original = list(configs.DKDV_CONFIGS[128])
     for cfg in original[:2] if TINY else original:
         only(configs.DKDV_CONFIGS, 128, cfg)
@@ -108,13 +120,8 @@ def chunk_probe():
                 row["worst_keys"] = err.topk(5).indices.tolist()
             except Exception as e:  # noqa: BLE001
                 row = {"dkdv": str(cfg), "dq_mode": mode, "error": f"{type(e).__name__}: {str(e)[:200]}"}
-            rows.append(row)
-            print("chunk", row, flush=True)
-            RESULTS["chunk"] = rows
-            save()
-    configs.DKDV_CONFIGS[128] = original
-    configs.kernel.cache_clear()
-    launch.DQ_CHOICE.clear()
+            record("chunk", rows, row)
+    restore(configs.DKDV_CONFIGS, 128, original)
 
 
 def overhead_probe():
@@ -150,10 +157,7 @@ def overhead_probe():
         sync()
         row = {"B": B, "L": L, "E": E, "causal": True, **{f"{k} ms": v for k, v in t.items()},
                "host ms per attend.attention call (no sync)": host, "host ms per direct launch": host_direct}
-        rows.append(row)
-        print("overhead", row, flush=True)
-        RESULTS["overhead"] = rows
-        save()
+        record("overhead", rows, row)
 
 
 def causal_config_probe():
@@ -173,12 +177,8 @@ def causal_config_probe():
                 row = {"causal": causal, "fwd": str(cfg), "ms": ms, "tflops": flops / ms / 1e9}
             except Exception as e:  # noqa: BLE001
                 row = {"causal": causal, "fwd": str(cfg), "error": f"{type(e).__name__}: {str(e)[:200]}"}
-            rows.append(row)
-            print("fwd config", row, flush=True)
-            RESULTS["fwd_configs"] = rows
-            save()
-    configs.FWD_CONFIGS[128] = original
-    configs.kernel.cache_clear()
+            record("fwd_configs", rows, row)
+    restore(configs.FWD_CONFIGS, 128, original)
 
 
 if __name__ == "__main__":
