@@ -83,7 +83,7 @@ FP32_CONFIGS = {
 }
 # What the autotuner's choice depends on (names a kernel lacks are skipped; Triton adds the dtypes).
 # ``F`` is the rules' flags (one tuple).
-TUNE_KEY = ["TUNE_L", "TUNE_S", "TUNE_G", "E", "EV", "F", "HAS_ROWS", "HAS_HEADS", "COMPUTE_OUT", "BIAS_GRAD", "TABLE_GRAD",
+TUNE_KEY = ["TUNE_L", "TUNE_S", "E", "EV", "F", "HAS_ROWS", "HAS_HEADS", "COMPUTE_OUT", "BIAS_GRAD", "TABLE_GRAD",
             "EXACT_DELTA", "ATOMIC_DQ", "TMA_OK"]
 
 

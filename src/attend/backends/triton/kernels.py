@@ -41,9 +41,8 @@ rules are applied element by element, so the ranges only ever save work.
 ``TMA=True`` (a constexpr the autotuner sets per config) loads the inner loop's tiles
 through per-head 2-D tensor descriptors made in the kernel (Hopper's tensor-memory
 accelerator; zeros past the ends, so no masks), and dK/dV its own K/V block too.
-``TUNE_L``, ``TUNE_S``, ``TUNE_G`` and ``TMA_OK`` are never read by the kernels: they are there
-for the autotuner's key (lengths and the number of (batch, head) pairs rounded up to a power of
-two; whether TMA can read the inputs).
+``TUNE_L``, ``TUNE_S`` and ``TMA_OK`` are never read by the kernels: they are there for the
+autotuner's key (lengths rounded up to a power of two; whether TMA can read the inputs).
 """
 from __future__ import annotations
 
@@ -322,7 +321,7 @@ def _fwd_step(acc, m_i, l_i, start_n, q, k_base, v_base, k_desc, v_desc, skn, sk
 
 @triton.jit
 def _fwd(Q, K, V, O, LSE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, ROWS, HEADS,
-         n_rows, n_heads, L, S, OFF, GROUPS, sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, TUNE_G, TMA_OK, E: tl.constexpr,
+         n_rows, n_heads, L, S, OFF, GROUPS, sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, TMA_OK, E: tl.constexpr,
          EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr,
          HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, COMPUTE_OUT: tl.constexpr, BLOCK_M: tl.constexpr,
          BLOCK_N: tl.constexpr, TMA: tl.constexpr):
@@ -431,7 +430,7 @@ def _dkdv_step(dk, dv, start_m, k, v, q_base, do_base, q_desc, do_desc, dq_desc,
 @triton.jit
 def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
               sdob, sdoh, sdom, sdod, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd, Hq, Hkv, L, S, OFF, GROUPS,
-              sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, TUNE_G, TMA_OK, E: tl.constexpr, EV: tl.constexpr,
+              sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, TMA_OK, E: tl.constexpr, EV: tl.constexpr,
               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PREC: tl.constexpr, ATOMIC_DQ: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -527,7 +526,7 @@ def _dq_step(dq, start_n, q, do, lse, delta, k_base, v_base, k_desc, v_desc, skn
 @triton.jit
 def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
             sdob, sdoh, sdom, sdod, sdqb, sdqh, sdqm, sdqd, Hq, L, S, OFF, GROUPS, sm_scale, R, F: tl.constexpr,
-            TUNE_L, TUNE_S, TUNE_G, TMA_OK, E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+            TUNE_L, TUNE_S, TMA_OK, E: tl.constexpr, EV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
             DOT_PREC: tl.constexpr, BIAS_GRAD: tl.constexpr, TABLE_GRAD: tl.constexpr, EXACT_DELTA: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -592,7 +591,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE, sqb, sqh, sqm, sqd, skb,
 
 @triton.jit
 def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm, swn, ROWS, HEADS, n_rows, n_heads, L,
-             S, OFF, GROUPS, sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, TUNE_G, E: tl.constexpr, BLOCK_D: tl.constexpr,
+             S, OFF, GROUPS, sm_scale, R, F: tl.constexpr, TUNE_L, TUNE_S, E: tl.constexpr, BLOCK_D: tl.constexpr,
              DOT_PREC: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_HEADS: tl.constexpr, BLOCK_M: tl.constexpr,
              BLOCK_N: tl.constexpr):
     """W[b, hh, r, j] = 2^(s·log2 e - lse): the probabilities the forward used (zeros where masked)."""
@@ -622,7 +621,7 @@ def _weights(Q, K, LSE, W, sqb, sqh, sqm, sqd, skb, skh, skn, skd, swb, swh, swm
 
 @triton.jit
 def _key_totals(Q, K, LSE, T, sqb, sqh, sqm, sqd, skb, skh, skn, skd, Hq, L, S, OFF, GROUPS, sm_scale, R,
-                F: tl.constexpr, TUNE_L, TUNE_S, TUNE_G, E: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                F: tl.constexpr, TUNE_L, TUNE_S, E: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """T[b, h, j] = sum_i p_ij (fp32): how much attention key j receives from all queries of head h."""
     pid_n = tl.program_id(0)

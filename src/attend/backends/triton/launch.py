@@ -75,7 +75,7 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, p: Plan, *, rows: Optional[Te
     grid = _grid(n_rows, "BLOCK_M", B * n_heads)
     fn[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
              rows if rows is not None else dummy, heads if heads is not None else dummy, n_rows, n_heads,
-             L, S, S - L, Hq // Hkv, p.scale, **kernel_args(p, dummy, L, S, B * n_heads),
+             L, S, S - L, Hq // Hkv, p.scale, **kernel_args(p, dummy, L, S),
              E=E, EV=Ev, BLOCK_D=pow2(E), BLOCK_DV=pow2(Ev), DOT_PREC=target.prec(q.dtype, q.device),
              HAS_ROWS=rows is not None, HAS_HEADS=heads is not None, COMPUTE_OUT=compute_out, TMA_OK=int(tma_ok), **kw)
     return out, lse
@@ -119,7 +119,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         bm = 64 if Ev <= 128 else 32
         target.kernel("_delta", bucket, False)[((L + bm - 1) // bm, B * Hq)](
             out, do, delta, *out.stride(), *do.stride(), Hq, L, EV=Ev, BLOCK_DV=pow2(Ev), BLOCK_M=bm)
-    shared = kernel_args(p, dummy, L, S, B * Hq)
+    shared = kernel_args(p, dummy, L, S)
     common = dict(L=L, S=S, OFF=S - L, GROUPS=Hq // Hkv, sm_scale=p.scale, E=E, EV=Ev, BLOCK_D=pow2(E),
                   BLOCK_DV=pow2(Ev), DOT_PREC=target.prec(q.dtype, q.device), **shared)
     fp32 = q.dtype == torch.float32
@@ -187,7 +187,7 @@ def flash_weights(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, rows: Optional[
     fn[_grid(n_rows, "BLOCK_M", B * n_heads)](
         q, k, lse, w, *q.stride(), *k.stride(), *w.stride(),
         rows if rows is not None else dummy, heads if heads is not None else dummy, n_rows, n_heads,
-        L, S, S - L, Hq // Hkv, p.scale, **kernel_args(p, dummy, L, S, B * n_heads), E=E, BLOCK_D=pow2(E),
+        L, S, S - L, Hq // Hkv, p.scale, **kernel_args(p, dummy, L, S), E=E, BLOCK_D=pow2(E),
         DOT_PREC=target.prec(q.dtype, q.device), HAS_ROWS=rows is not None, HAS_HEADS=heads is not None, **kw)
     return w
 
@@ -205,7 +205,7 @@ def flash_key_totals(q: Tensor, k: Tensor, lse: Tensor, p: Plan, *, block_m: int
     fn = target.kernel("_key_totals", configs.bucket(E), tuned, q.dtype == torch.float32)
     fn[_grid(S, "BLOCK_N", B * Hq)](
         q, k, lse, t, *q.stride(), *k.stride(), Hq, L, S, S - L, Hq // Hkv, p.scale,
-        **kernel_args(p, dummy, L, S, B * Hq), E=E, BLOCK_D=pow2(E), DOT_PREC=target.prec(q.dtype, q.device), **kw)
+        **kernel_args(p, dummy, L, S), E=E, BLOCK_D=pow2(E), DOT_PREC=target.prec(q.dtype, q.device), **kw)
     return t
 
 

@@ -130,7 +130,7 @@ def pow2(n: int) -> int:
     return max(16, 1 << (max(n, 1) - 1).bit_length())
 
 
-def kernel_args(p: Plan, dummy: Tensor, L: int, S: int, G: int = 1) -> dict:
+def kernel_args(p: Plan, dummy: Tensor, L: int, S: int) -> dict:
     """The arguments every kernel takes from the plan: ``R``, ``F`` and the tuning lengths."""
     m = p.mask.view(torch.uint8) if p.mask is not None else None
     kv = p.kvalid.view(torch.uint8) if p.kvalid is not None else None
@@ -150,11 +150,8 @@ def kernel_args(p: Plan, dummy: Tensor, L: int, S: int, G: int = 1) -> dict:
               p.bias is not None, 1 if p.slopes is not None else 2 if p.softcap > 0 else 3 if p.table is not None else 0,
               p.chunk > 0)
     # the autotuner's key sees lengths rounded up to a power of two: a new length reuses the
-    # blocks tuned for its bucket instead of benchmarking every config again. ``G``, the
-    # (batch, head) pairs a launch covers, likewise (``pow2``: at least 16, one specialization): the
-    # best blocks for a grid of 8 programs are not those for 2048 (seen on an H200: blocks tuned
-    # at (2, 4, 1000, 128) reused at (16, 16, 1024, 128) ran at 0.2-0.5x SDPA's flash)
-    return dict(R=R, F=F, TUNE_L=pow2(L), TUNE_S=pow2(S), TUNE_G=pow2(G))
+    # blocks tuned for its bucket instead of benchmarking every config again
+    return dict(R=R, F=F, TUNE_L=pow2(L), TUNE_S=pow2(S))
 
 
 # ---- capability ------------------------------------------------------------------------------
