@@ -9,8 +9,10 @@ What it does, in order (one call builds, checks and times everything):
 1. Environment: device, driver, torch and triton versions; the GPU's measured bf16 matmul
    rate (8192^3, median) as the ceiling the ratios are read against.
 2. Checks: attend ``triton`` forward and gradients vs a float64 reference at a moderate
-   shape, for plain, causal, window, document, ALiBi, softcap (relative error printed;
-   a failed check stops the run before any timing).
+   shape, for every feature the kernels compile in, by the tolerance rule (``--plan lease``
+   and the default alike). Every case runs and is reported; a failed one is listed first in
+   the results, the timings still run (a short lease is better spent measuring too), and a
+   rerun that resumes checks again until every case passes.
 3. Main table: forward, backward and both, in TFLOP/s, bf16 and fp16, head dim 64 and
    128, L = S in {512, 1k, 2k, 4k, 8k, 16k} with batch x L = 16k and hidden 2048
    (heads = 2048 / E), causal and not; side by side: attend ``triton``, SDPA's flash,
@@ -57,7 +59,7 @@ import torch  # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)  # (--prew would escape prewarm()'s argv filter)
     ap.add_argument("--tiny", action="store_true", help="toy sizes; on a CPU runs the kernels in Triton's interpreter")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--quick", action="store_true", help="fewer shapes (first look on a GPU)")
@@ -103,6 +105,7 @@ def setup(argv=None) -> None:
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(ROOT, ".triton-cache"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(ROOT, ".inductor-cache"))
     sys.path.insert(0, os.path.join(ROOT, "src"))  # the GPU machine runs from a checkout, no install
+    sys.path.insert(0, os.path.join(ROOT, "tests"))  # reference.py: the tests' tolerance rule
     import triton as triton_
     import triton.testing  # noqa: F401
 
@@ -126,26 +129,27 @@ def mine() -> bool:
     return (_ITEMS[0] - 1) % n == i
 
 
-def _compile_only_autotune() -> None:
-    """In a prewarm worker: Triton's autotuner compiles and runs each block shape once instead
-    of timing it, and keeps no choice on disk (the timed run makes its own)."""
+def _autotune_with(**overrides) -> None:
+    """Triton's autotuner, with these keywords forced on every kernel attend builds from here on."""
     real = triton.autotune
 
     def autotune(*a, **kw):
-        kw.update(do_bench=lambda fn, quantiles=None: [(fn(), 1.0)[1]] * 3, cache_results=False)
+        kw.update(overrides)
         return real(*a, **kw)
     triton.autotune = autotune
+
+
+def _compile_only_autotune() -> None:
+    """In a prewarm worker: the autotuner compiles and runs each block shape once instead of
+    timing it, and keeps no choice on disk (the timed run makes its own)."""
+    _autotune_with(do_bench=lambda fn, quantiles=None: [(fn(), 1.0)[1]] * 3, cache_results=False)
 
 
 def _short_autotune() -> None:
-    """``--plan lease``: Triton's autotuner times each block shape for 5 ms of warm-up and 25 ms
-    of repeats (its default: 25 and 100), so the timed run's tuning fits the lease."""
-    real = triton.autotune
-
-    def autotune(*a, **kw):
-        kw["do_bench"] = lambda fn, quantiles=None: triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
-        return real(*a, **kw)
-    triton.autotune = autotune
+    """``--plan lease``: the autotuner times each block shape for 5 ms of warm-up and 25 ms of
+    repeats (its default: 25 and 100), so the timed run's tuning fits the lease."""
+    _autotune_with(do_bench=lambda fn, quantiles=None: triton.testing.do_bench(fn, warmup=5, rep=25,
+                                                                                 quantiles=quantiles))
 
 
 def prewarm(argv) -> None:
@@ -162,12 +166,12 @@ def prewarm(argv) -> None:
             rest.append(a)
     n = args.prewarm
     t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *rest, "--worker", f"{i}/{n}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(n)]
+    # the workers write to this process's output as they go (no pipes to fill and block on;
+    # a time limit that stops this process leaves what they printed)
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *rest, "--worker", f"{i}/{n}"])
+             for i in range(n)]
     for i, p in enumerate(procs):
-        out = p.communicate()[0]
-        tail = "\n".join(out.strip().splitlines()[-4:])
-        print(f"worker {i}/{n}: exit {p.returncode}\n{tail}", flush=True)
+        print(f"worker {i}/{n}: exit {p.wait()}", flush=True)
     print(f"prewarm: {n} workers, {time.monotonic() - t0:.0f} s", flush=True)
 
 
@@ -202,21 +206,28 @@ def environment() -> dict:
 
 
 # ---- checks ------------------------------------------------------------------------------
-def reference(q, k, v, **kw):
-    """The package's reference: attend's ``eager`` backend on float64 CPU tensors, same keywords."""
-    return attend.attention(q, k, v, backend="eager", **kw)
-
-
 def _rule(x, ref, base, m: float, dtype) -> float:
-    """RELIABILITY.md's tolerance rule as a ratio (<= 1 passes): max|x - ref| over
-    m * max|x_eager - ref| + floor, floor = max(1e-5, 2 * max|(ref + 0.3 - 0.3) - ref| in dtype);
-    NaN in x fails."""
-    x, base = x.detach().cpu().double(), base.detach().cpu().double()
-    if torch.isnan(x).any():
-        return math.inf
-    r = ref.to(dtype)
-    floor = max(1e-5, 2 * ((r + 0.3) - 0.3).double().sub(ref).abs().max().item())
-    return (x - ref).abs().max().item() / (m * (base - ref).abs().max().item() + floor)
+    """The tests' tolerance rule (``tests/reference.py``, after RELIABILITY.md in the project's
+    shared docs) as a ratio, <= 1 passing: max|x - ref| over m * max|base - ref| + floor, and
+    against the absolute cap; inf for NaN."""
+    import reference as rules  # tests/reference.py (setup() puts tests/ on the path)
+
+    return rules.rule_ratio(x, base, ref, dtype=dtype, m=m)
+
+
+def float64_run(kw: dict, tensors, dout, weights: bool = False):
+    """attend's ``eager`` backend on float64 CPU copies of ``tensors`` (q, k, v and any leaves
+    after them that ``kw`` refers to): (output, weights or None, gradients of every tensor)."""
+    import attend as package  # (also for gpu_probe.py, which imports this without setup())
+
+    cpu = [t.detach().cpu().double().requires_grad_() for t in tensors]
+    kwd = {key: (val.cpu() if isinstance(val, torch.Tensor) else val) for key, val in kw.items()}
+    if len(cpu) > 3:  # a learned relative-bias table: the float64 copy goes in its place
+        kwd["score_mod"] = package.mods.relative_bias(cpu[3])
+    got = package.attention(*cpu[:3], backend="eager", **kwd)
+    out, w = got if weights else (got, None)
+    grads = torch.autograd.grad(out, cpu, dout.cpu().double())
+    return out.detach(), (w.detach() if w is not None else None), grads
 
 
 def _rel(x, ref) -> float:
@@ -251,11 +262,28 @@ def check_cases(B: int, H: int, L: int, E: int) -> dict:
     }
 
 
+def _row(name: str, dtype, results, refs, bases) -> dict:
+    """A check's row: relative L2 error of each result and the worst tolerance-rule ratio
+    (m = 2 for outputs and weights, 3 for gradients). ``results``/``refs``/``bases``: dicts
+    by result name (out, dq, dk, dv, dtable, weights)."""
+    row = {"case": name, "dtype": str(dtype).replace("torch.", "")}
+    row["rule"] = 0.0
+    for key, x in results.items():
+        row[key] = _rel(x, refs[key])
+        row["rule"] = max(row["rule"], _rule(x, refs[key], bases[key], 3 if key.startswith("d") else 2, dtype))
+    return row
+
+
+def _report(row: dict, rows: list) -> None:
+    row["ok"] = row["rule"] <= 1.0 and row.get("dead rows exactly 0") is not False
+    rows.append(row)
+    print(f"  check {'ok' if row['ok'] else 'FAILED'}: {row}", flush=True)
+
+
 def checks(dtype, names=None) -> list[dict]:
     """attend ``triton`` (autotuned, as a user gets it) against float64, by the tolerance rule
-    (m = 2 for outputs and weights, 3 for gradients; baseline: attend's eager in ``dtype`` on
-    the same device); stops the run at the first failure."""
-    B, H, L, E = (1, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)
+    (baseline: attend's eager in ``dtype`` on the same device). Every case is run and reported."""
+    B, H, L, E = (2, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)  # B = 2: one sequence empty
     rows = []
     base_backend = attend.backends.Eager(upcast=False)
     for name, (kw, (b, hq, hkv, l, s_, e, ev), extra) in check_cases(B, H, L, E).items():
@@ -269,51 +297,41 @@ def checks(dtype, names=None) -> list[dict]:
         table = kw["score_mod"].table if "table" in extra else None
         leaves = (q, k, v) + ((table,) if table is not None else ())
         weights = kw.get("return_weights", False)
+        names_g = ["dq", "dk", "dv"] + (["dtable"] if table is not None else [])
 
-        def run(backend, tensors, kw=kw):
-            got = attend.attention(*tensors[:3], backend=backend, **kw)
-            return got if weights else (got, None)
-        out, w = run(TRITON, (q, k, v))
+        def run(backend):
+            got = attend.attention(q, k, v, backend=backend, **kw)
+            o, w = got if weights else (got, None)
+            return o, w
+        out, w = run(TRITON)
         dout = torch.randn_like(out)
         grads = torch.autograd.grad(out, leaves, dout)
-        bo, bw = run(base_backend, (q, k, v))
+        bo, bw = run(base_backend)
         bgrads = torch.autograd.grad(bo, leaves, dout)
-        cpu = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
-        kwd = dict(kw)
-        if table is not None:
-            tcpu = table.detach().cpu().double().requires_grad_()
-            kwd["score_mod"] = attend.mods.relative_bias(tcpu)
-            cpu.append(tcpu)
-        kwd = {key: (val.cpu() if isinstance(val, torch.Tensor) else val) for key, val in kwd.items()}
-        ref, rw = run("eager", cpu, kwd)
-        ref_grads = torch.autograd.grad(ref, cpu, dout.cpu().double())
-        ref, rw = ref.detach(), (rw.detach() if rw is not None else None)
-        row = {"case": name, "dtype": str(dtype).replace("torch.", ""), "out": _rel(out, ref),
-               "rule": _rule(out, ref, bo, 2, dtype)}
-        names_g = ["dq", "dk", "dv"] + (["dtable"] if table is not None else [])
-        for n, g, bg, r in zip(names_g, grads, bgrads, ref_grads):
-            row[n] = _rel(g, r)
-            row["rule"] = max(row["rule"], _rule(g, r, bg, 3, dtype))
+        ref, rw, ref_grads = float64_run(kw, leaves, dout, weights)
+        results, refs, bases = {"out": out}, {"out": ref}, {"out": bo}
+        for n, g, r, bg in zip(names_g, grads, ref_grads, bgrads):
+            results[n], refs[n], bases[n] = g, r, bg
         if w is not None:
-            row["weights"] = _rel(w, rw)
-            row["rule"] = max(row["rule"], _rule(w, rw, bw, 2, dtype))
+            results["weights"], refs["weights"], bases["weights"] = w, rw, bw
+        row = _row(name, dtype, results, refs, bases)
         if "dead rows" in extra:  # rows with no key: exactly zero, and so are their gradients
             row["dead rows exactly 0"] = bool((out[1:] == 0).all() and (grads[0][1:] == 0).all()
                                               and (grads[1][1:] == 0).all() and (grads[2][1:] == 0).all())
-        row["ok"] = row["rule"] <= 1.0 and row.get("dead rows exactly 0") is not False
-        rows.append(row)
-        print(f"  check {'ok' if row['ok'] else 'FAILED'}: {row}", flush=True)
+        _report(row, rows)
     return rows
 
 
 def path_checks(dtype) -> list[dict]:
     """The kernels' own paths with fixed 64x64 blocks, whatever the autotuner would pick:
     K/V tiles by pointers and through tensor descriptors (TMA, Hopper only), dQ by its own
-    kernel and by atomics, forward and backward launched directly, vs float64 (relative L2
-    under 2e-2). In the interpreter (``--tiny``) with 16x16 blocks."""
+    kernel and by atomics, forward and backward launched directly, vs float64 by the
+    tolerance rule (baseline: attend's eager in ``dtype``). In the interpreter (``--tiny``)
+    with 16x16 blocks."""
     configs, launch = attend.backends.triton.configs, attend.backends.triton.launch
     B, H, L, E = (1, 2, 40, 32) if args.tiny else (2, 4, 1000, 128)
     block = 16 if args.tiny else 64
+    base_backend = attend.backends.Eager(upcast=False)
     rows = []
     for tma in (False, True):
         for dq_mode in ("separate", "atomic"):
@@ -332,14 +350,14 @@ def path_checks(dtype) -> list[dict]:
             dout = torch.randn_like(out)
             grads = launch.flash_backward(dout, q, k, v, out, lse, p, block_m=block, block_n=block, tma=tma,
                                           dq_mode=dq_mode)[:3]
-            qd, kd, vd = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
-            ref = reference(qd, kd, vd, causal=True)
-            ref_grads = torch.autograd.grad(ref, (qd, kd, vd), dout.cpu().double())
-            row = {"case": name, "dtype": str(dtype).replace("torch.", ""), "out": _rel(out, ref.detach())}
-            row.update({f"d{n}": _rel(g, r) for n, g, r in zip("qkv", grads, ref_grads)})
-            row["ok"] = all(row[key] < 2e-2 for key in ("out", "dq", "dk", "dv"))
-            rows.append(row)
-            print(f"  check {'ok' if row['ok'] else 'FAILED'}: {row}", flush=True)
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            bo = attend.attention(*leaves, causal=True, backend=base_backend)
+            bgrads = torch.autograd.grad(bo, leaves, dout)
+            ref, _, ref_grads = float64_run({"causal": True}, (q, k, v), dout)
+            names_ = ("out", "dq", "dk", "dv")
+            row = _row(name, dtype, dict(zip(names_, (out, *grads))), dict(zip(names_, (ref, *ref_grads))),
+                       dict(zip(names_, (bo, *bgrads))))
+            _report(row, rows)
     return rows
 
 
@@ -409,7 +427,7 @@ def chosen_configs(E: int, dtype) -> dict:
     if not CUDA:
         return {}
     configs, launch = attend.backends.triton.configs, attend.backends.triton.launch
-    mode, ms = list(launch.DQ_CHOICE.values())[-1] if launch.DQ_CHOICE else (None, None)  # the newest key's
+    mode, ms = launch.DQ_CHOICE.get(launch.DQ_USED[0], (None, None))  # the last auto backward's
     got = {"dq_mode": mode, "dq_ms": ms}
     for name in ("_fwd", "_bwd_dkdv") if mode == "atomic" else ("_fwd", "_bwd_dq", "_bwd_dkdv"):
         tuner = configs.kernel(name, configs.bucket(E), True, dtype == torch.float32)
@@ -633,9 +651,9 @@ def report(state: dict, names: list[str], complete: bool) -> str:
               "## Targets (the issue's \"must reach\")", ""]
     lines += [f"- {t}" for t in targets(table, var, checked)] or ["- nothing measured yet"]
     lines += ["", "## Checks against float64", "",
-              "Relative L2 error of each result; *rule*: RELIABILITY.md's tolerance rule as a ratio, "
-              "max|x - ref| / (m·max|eager in the dtype - ref| + floor), m = 2 for outputs and weights, 3 for "
-              "gradients, the worst of the row (passes at <= 1; the fixed-block path rows pass at relative L2 < 2e-2).",
+              "Relative L2 error of each result; *rule*: the tests' tolerance rule (tests/reference.py) as a "
+              "ratio, max|x - ref| / (m·max|eager in the dtype - ref| + floor), m = 2 for outputs and weights, 3 for "
+              "gradients, and the absolute cap, the worst of the row (passes at <= 1).",
               "", "| case | dtype | out | dq | dk | dv | also | rule | passed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in checked:
         also = ", ".join(f"{key} {r[key]:.1e}" for key in ("dtable", "weights") if key in r)
@@ -703,7 +721,7 @@ def main(argv=None):
     unknown = parts - {"checks", "main", "variants"}
     if unknown:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from checks, main, variants")
-    if args.prewarm:
+    if args.prewarm and not args.worker:
         return prewarm(argv)
     if args.worker:
         _compile_only_autotune()
@@ -744,7 +762,7 @@ def main(argv=None):
             f.write(report(state, names, complete[0]))
         os.replace(path + ".tmp", path)
 
-    if "checks" in parts and not state["checks"]:
+    if "checks" in parts and not (state["checks"] and all(r.get("ok", True) for r in state["checks"])):
         checked = []
         for dtype in (torch.bfloat16, torch.float16):
             # every feature in bf16; in fp16 the plain and causal kernels (the grid of tests covers the rest)
@@ -763,7 +781,8 @@ def main(argv=None):
     if args.worker:
         print(f"worker {args.worker}: done, {time.monotonic() - START:.0f} s", flush=True)
         return
-    complete[0] = done and bool(state["checks"]) and "variants" in state
+    complete[0] = done and bool(state["checks"]) and all(r.get("ok", True) for r in state["checks"]) \
+        and "variants" in state
     save()
     print(report(state, names, complete[0]))
     print("wrote", path, "(complete)" if complete[0] else "(partial: rerun the same command to continue)")

@@ -36,6 +36,7 @@ import triton.testing  # noqa: E402
 import attend  # noqa: E402
 from attend.backends.triton import configs, launch, plan as tplan  # noqa: E402
 from attend.functional import _prepare  # noqa: E402
+from gpu import _rel as rel, float64_run  # noqa: E402  (benchmarks/gpu.py: the same float64 reference)
 
 OUT = os.environ.get("OUT", ".")
 RESULTS: dict = {}
@@ -57,10 +58,6 @@ def bench(fn, **kw) -> float:
 def sync():
     if CUDA:
         torch.cuda.synchronize()
-
-
-def rel(x, r):
-    return ((x.detach().cpu().double() - r).norm() / r.norm()).item()
 
 
 def only(table: dict, bucket: int, cfg) -> None:
@@ -93,15 +90,13 @@ def chunk_probe():
     p.scale = E ** -0.5
     out, lse = launch.flash_forward(q, k, v, p)
     dout = torch.randn_like(out)
-    qd, kd, vd = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
-    ref = attend.attention(qd, kd, vd, backend="eager", **rule)
-    g = torch.autograd.grad(ref, (qd, kd, vd), dout.cpu().double())
+    _, _, g = float64_run(rule, (q, k, v), dout)
     rows = []
     for rep in range(2):  # first as a user gets it (every kernel autotuned), twice: does the error move?
         dq, dk, dv = launch.flash_backward(dout, q, k, v, out, lse, p)[:3]
         sync()
         row = {"dkdv": "autotuned", "rep": rep, "dq_choice": str(list(launch.DQ_CHOICE.values())[-1:]),
-               "dkdv_config": str(getattr(configs.kernel("_bwd_dkdv", 128, True), "best_config", None)),
+               "dkdv_config": str(getattr(configs.kernel("_bwd_dkdv", 128, True, False), "best_config", None)),
                "dq": rel(dq, g[0]), "dk": rel(dk, g[1]), "dv": rel(dv, g[2])}
         record("chunk", rows, row)
     original = list(configs.DKDV_CONFIGS[128])
@@ -155,7 +150,9 @@ def overhead_probe():
             fl()
         host_direct = (time.perf_counter() - t0) / (2 if TINY else 50) * 1e3
         sync()
+        tuned = configs.kernel("_fwd", configs.bucket(E), True, False)
         row = {"B": B, "L": L, "E": E, "causal": True, **{f"{k} ms": v for k, v in t.items()},
+               "fwd config (autotuned)": str(getattr(tuned, "best_config", None)),
                "host ms per attend.attention call (no sync)": host, "host ms per direct launch": host_direct}
         record("overhead", rows, row)
 

@@ -101,6 +101,28 @@ def reference(
 
 
 # ---- the tolerance rule ------------------------------------------------------------------
+def _terms(x: Tensor, baseline: Tensor, ref: Tensor, dtype: torch.dtype) -> tuple[float, float, float, float]:
+    """(error, baseline error, floor, scale) of the tolerance rule, all max-abs in float64."""
+    err = (x.double() - ref).abs().max().item()
+    base = (baseline.double() - ref).abs().max().item()
+    rd = ref.to(dtype)
+    rounding = ((rd + 0.3 - 0.3) - rd).abs().max().double().item()
+    return err, base, max(DEFAULT_ATOL[dtype], 2 * rounding), max(1.0, ref.abs().max().item())
+
+
+def rule_ratio(x: Tensor, baseline: Tensor, ref: Tensor, *, dtype: torch.dtype, m: float) -> float:
+    """:func:`check` as a number (passes at <= 1): the larger of error / (m * baseline error +
+    floor) and error / the absolute cap; inf for NaN in ``x`` or a non-finite reference.
+    For reports that list every case (``benchmarks/gpu.py``) rather than stop at the first."""
+    x, baseline, ref = (t.detach().cpu().double() for t in (x, baseline, ref))
+    if torch.isnan(x).any() or not torch.isfinite(ref).all():
+        return math.inf
+    if ref.numel() == 0:
+        return 0.0
+    err, base, floor, scale = _terms(x, baseline, ref, dtype)
+    return max(err / (m * base + floor), err / (CAP[dtype] * scale))
+
+
 def check(x: Tensor, baseline: Tensor, ref: Tensor, *, dtype: torch.dtype, m: float, what: str = "output") -> None:
     """``max|x - ref| <= m * max|baseline - ref| + floor`` (RELIABILITY.md), with guard rails."""
     ref = ref.double()
@@ -108,12 +130,7 @@ def check(x: Tensor, baseline: Tensor, ref: Tensor, *, dtype: torch.dtype, m: fl
     assert not torch.isnan(x).any(), f"{what}: NaN in the result"
     if ref.numel() == 0:
         return
-    err = (x.double() - ref).abs().max().item()
-    base = (baseline.double() - ref).abs().max().item()
-    rd = ref.to(dtype)
-    rounding = ((rd + 0.3 - 0.3) - rd).abs().max().double().item()
-    floor = max(DEFAULT_ATOL[dtype], 2 * rounding)
-    scale = max(1.0, ref.abs().max().item())
+    err, base, floor, scale = _terms(x, baseline, ref, dtype)
     assert err <= CAP[dtype] * scale, f"{what}: error {err:.3g} above the absolute cap {CAP[dtype] * scale:.3g}"
     assert err <= m * base + floor, (
         f"{what}: error {err:.3g} > {m} x baseline {base:.3g} + floor {floor:.3g} ({dtype})"

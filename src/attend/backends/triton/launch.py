@@ -149,6 +149,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
             common[n] for n in configs.TUNE_KEY if n in common)
         if key not in DQ_CHOICE:
             _time_dq(key, launch)
+        DQ_USED[0] = key
         dq_mode = DQ_CHOICE.get(key, ("separate", None))[0]
     return launch(dq_mode == "atomic")
 
@@ -157,6 +158,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
 # choices are kept on disk): ("separate" or "atomic", {mode: ms}), whichever ran the whole
 # backward faster.
 DQ_CHOICE: dict = {}
+DQ_USED: list = [None]  # the key of the last backward that chose (benchmarks/gpu.py reports its choice)
 
 
 def _time_dq(key: tuple, launch) -> None:
