@@ -50,8 +50,11 @@ class Inductor(Backend):
     """Blocked attention with compiled tiles.
 
     ``tile_bytes``: one tile's scores (B x H x rows x keys) stay within this;
-    ``key_chunk``: keys per chunk at most (``back_key_chunk`` in the backward, whose tiles hold
-    P, dP and dS: 1024 took 0.9x the time of 2048 there); ``max_rows``: rows per tile at most;
+    ``key_chunk``: keys per chunk at most (1024: soft-capping's forward took 0.95-0.97x the
+    time of 2048-key chunks at (1, 8, 2048/4096, 64), three interleaved comparisons; the scores a
+    chunk's second product reads stay nearer the core), ``back_key_chunk`` in the backward, whose
+    tiles hold P, dP and dS (1024 took 0.9x the time of 2048 there); ``max_rows``: rows per tile
+    at most;
     ``min_work``: ``auto`` takes this backend only for calls of at least this many
     multiply-adds (rows x kept keys x features, over batch and heads): smaller ones would not
     repay compiling, and at that size a compiled call's overhead outweighs what it saves.
@@ -59,7 +62,7 @@ class Inductor(Backend):
 
     name = "inductor"
 
-    def __init__(self, *, tile_bytes: int = 8 << 20, key_chunk: int = 2048, back_key_chunk: int = 1024,
+    def __init__(self, *, tile_bytes: int = 8 << 20, key_chunk: int = 1024, back_key_chunk: int = 1024,
                  max_rows: int = 256, min_work: int = 1 << 28):
         for arg, val in (("tile_bytes", tile_bytes), ("key_chunk", key_chunk), ("back_key_chunk", back_key_chunk),
                          ("max_rows", max_rows), ("min_work", min_work)):
