@@ -1,5 +1,6 @@
-"""The tolerance rule as a number (``reference.rule_ratio``, used by benchmarks/gpu.py's report)
-says what ``reference.check`` says: <= 1 exactly where check passes."""
+"""The test helpers the GPU lease uses: the tolerance rule as a number (``reference.rule_ratio``,
+in benchmarks/gpu.py's report) says what ``reference.check`` says, <= 1 exactly where check
+passes; and the fixed triton blocks of ``ATTEND_TEST_TRITON_BLOCKS``."""
 from __future__ import annotations
 
 import math
@@ -38,3 +39,17 @@ def test_rule_ratio_is_infinite_for_nan():
     x = ref.float().clone()
     x[3] = math.nan
     assert R.rule_ratio(x, ref.float(), ref, dtype=torch.float32, m=2) == math.inf
+
+
+def test_fixed_triton_blocks_for_a_gpu_run_are_read_and_checked(monkeypatch):
+    """``ATTEND_TEST_TRITON_BLOCKS`` (benchmarks/gpu_lease.sh) fixes the grid's triton blocks on a
+    GPU; a malformed value is refused, naming the variable."""
+    import cases
+
+    monkeypatch.setenv("ATTEND_TEST_TRITON_BLOCKS", "64x32")
+    assert cases._triton_blocks() == {"block_m": 64, "block_n": 32}
+    monkeypatch.delenv("ATTEND_TEST_TRITON_BLOCKS")
+    assert cases._triton_blocks() == {}
+    monkeypatch.setenv("ATTEND_TEST_TRITON_BLOCKS", "64")
+    with pytest.raises(ValueError, match="ATTEND_TEST_TRITON_BLOCKS must be like 64x32, got '64'"):
+        cases._triton_blocks()
