@@ -33,12 +33,20 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  #
 
 
 def describe() -> str:
-    """The machine: CPU name, cores visible, torch version (threads now), Python version."""
+    """The machine: CPU name (family, model, clock), cores visible, torch version (threads now), Python version."""
     cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):  # Linux: the CPU's name
+    if os.path.exists("/proc/cpuinfo"):  # Linux: the CPU's name, and which chip it is
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+            first = f.read().split("\n\n", 1)[0]
+        info = dict((k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in first.splitlines()) if v)
+        cpu = info.get("model name", cpu)
+        # "AMD EPYC" names several chips: machines lent under one name have differed by 1.5x on
+        # compiled kernels (FlexAttention), so family, model and clock are recorded too
+        chip = [f"{k} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info]
+        if "cpu MHz" in info:
+            chip.append(f"{float(info['cpu MHz']):.0f} MHz")
+        if chip:
+            cpu = f"{cpu} ({', '.join(chip)})"
     return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
