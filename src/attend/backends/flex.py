@@ -9,7 +9,10 @@ leaves blocks out (window, document, chunked, padding, prefix-LM), and slower wh
 score_mod costs a table gather or a tanh (relative bias, soft-capping), so ``auto`` takes it
 for the former only. PyTorch gives it no backward on the CPU and no log-sum-exp there, so it
 runs inference only: training, sinks and the weights go to ``inductor`` (a relative-bias table's
-training to ``sdpa``, where its bands are a small share).
+training to ``sdpa``, where its bands are a small share). Key padding alone goes to ``sdpa``,
+which cuts each sequence's keys to its length (:mod:`._padding`) and so skips the same work
+without compiling: 0.76-0.84x SDPA plain at 2048 and 4096 keys on a machine where this kernel
+ran padding at 1.11-1.16x (``benchmarks/results/cpu-run5.md``).
 
 The block mask is built here from the call's rules rather than by ``create_block_mask``,
 which evaluates the rule at every (query, key) pair (14 ms at 2048 x 2048 on this machine):
@@ -30,7 +33,7 @@ from torch import Tensor
 
 from .. import _check
 from .._rules import Alibi, And, Causal, RelativeBias, Rule, Window
-from . import _alibi_reach, _programs as P, _relbias_regions
+from . import _alibi_reach, _padding, _programs as P, _relbias_regions
 from .base import AttentionCall, Backend
 from ._programs import no_compiler as _no_compiler
 from .inductor import _only_causal, _si
@@ -113,6 +116,8 @@ class Flex(Backend):
             return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)}"
                     f"{' past 2048 x 2048 without causal' if isinstance(mod, RelativeBias) else ''} "
                     f"(benchmarks/results/cpu.md)"]
+        if mod is None and _padding.lengths(call) is not None:
+            return [_padding.AUTO_REASON]
         rules = call.mask_mod is not None or call.window is not None or (call.causal and not _only_causal(call))
         if mod is None and not rules and not call.causal:
             return ["SDPA's fused kernel computes this call faster, without compiling (no score_mod or mask rule)"]

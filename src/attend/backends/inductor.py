@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import _check
-from . import _programs as P, _relbias_regions
+from . import _padding, _programs as P, _relbias_regions
 from ._heap import tile_guard
 from ._inductor_calls import grad_tensors as _grad_tensors, program_key as _key, sdpa_share as _sdpa_share
 from ._inductor_calls import score_kind as _kind, user_functions as _user_functions
@@ -98,6 +98,8 @@ class Inductor(Backend):
         sdpa_does_it = ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
         modified = (call.score_mod is not None or _kind(call)[0] != "dot" or call.sinks is not None
                     or call.return_weights or call.dense_rule_bytes() > DENSE_RULE_LIMIT)  # (sdpa: no dense mask that big)
+        if not modified and _padding.lengths(call) is not None:
+            return [_padding.AUTO_REASON]
         if not modified and (_only_causal(call) or (call.mask_mod is None and call.window is None and not call.causal)):
             return sdpa_does_it  # decided without planning the tiles (a plan costs ~0.5 ms of Python)
         plan = self.plan(call)

@@ -13,6 +13,8 @@ or GPU kernels. attend's semantics are kept at the boundary:
 
 Plain causal attention from 512 to 1024 keys on the CPU runs the same kernel on blocks of
 256 (:mod:`._causal_blocks`), since the kernel computes its 512-key diagonal block whole.
+Key padding (``masks.padding``) on the CPU cuts each sequence's keys to its length instead
+of masking them (:mod:`._padding`).
 
 SDPA cannot return the weights, run score_mod or hard attention; ``can_run`` says so.
 """
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._rules import RelativeBias
-from . import _causal_blocks, _relbias_regions
+from . import _causal_blocks, _padding, _relbias_regions
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend
 
 
@@ -45,6 +47,8 @@ class SDPA(Backend):
         self.dense_rule_limit = dense_rule_limit
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
+        if _padding.lengths(call) is not None:
+            return []  # (no dense mask: each sequence's keys are cut to its length)
         need = call.dense_rule_bytes()  # the boolean (B|1, H|1, L, S) mask the rules give, and SDPA's float copy
         if need > self.dense_rule_limit:
             return [f"would materialise the mask rules as a dense mask ({need / 2**20:.0f} MiB; auto limit "
@@ -72,6 +76,9 @@ class SDPA(Backend):
     def describe(self, call: AttentionCall) -> str:
         if call.score_mod is not None:
             return _relbias_regions.describe(call) or ""
+        n = _padding.lengths(call)
+        if n is not None:
+            return _padding.describe(n, call.S)
         if _use_is_causal(call) and _causal_blocks.applies(call.query, call.key, call.value, call.dropout_p,
                                                            q_features=call.key.shape[-1]):  # (as_dot's q: the keys' width)
             return (f"causal in blocks of {_causal_blocks.BLOCK} keys (SDPA's kernel would compute its 512-key "
@@ -89,6 +96,10 @@ class SDPA(Backend):
             args = (q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod, call.causal)
             out = _relbias_regions.trained(*args) if call.needs_grad else _relbias_regions.attention(*args)[0]
             return self._nan_rows(call, q, out, None), None
+        n = _padding.lengths(call)
+        if n is not None:  # key padding: each sequence's keys cut to its length, no mask
+            out = _padding.attention(q, k, call.value, n, scale, call.causal, call.groups > 1)
+            return self._nan_rows(call, q, out, _padding.dead(n)), None
         if use_is_causal and _causal_blocks.applies(q, k, call.value, call.dropout_p):
             out = _causal_blocks.attention(q, k, call.value, scale)
             return self._nan_rows(call, q, out, dead), None
