@@ -78,6 +78,13 @@ def test_auto_takes_it_and_explain_says_so():
     assert _padding.AUTO_REASON in str(e)
 
 
+def test_auto_takes_it_with_gradients_where_a_dense_mask_would_be_too_big():
+    """At L = S = 16384 SDPA's dense mask would take 1.25 GiB: the cut needs none."""
+    q, k, v = inputs(1, 1, 1, 16384, 16384, 8, 8, torch.float32, grad=True)
+    e = attend.explain(q, k, v, mask=attend.masks.padding(torch.tensor([12288])))
+    assert e.backend == "sdpa" and "75% of the keys" in e.detail
+
+
 @pytest.mark.parametrize("case", ["no key cut", "window", "dense mask too", "many lengths", "dropout",
                                   "causal, L != S", "another rule"])
 def test_other_calls_keep_the_dense_mask(monkeypatch, case):

@@ -96,10 +96,10 @@ class Inductor(Backend):
         if call.score_mod is not None and _relbias_regions.preferred(call):
             return [_relbias_regions.SDPA_REASON]
         sdpa_does_it = ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]
-        modified = (call.score_mod is not None or _kind(call)[0] != "dot" or call.sinks is not None
-                    or call.return_weights or call.dense_rule_bytes() > DENSE_RULE_LIMIT)  # (sdpa: no dense mask that big)
-        if not modified and _padding.lengths(call) is not None:
+        plain = call.score_mod is None and _kind(call)[0] == "dot" and call.sinks is None and not call.return_weights
+        if plain and _padding.lengths(call) is not None:  # (before the dense mask's size: the cut needs none)
             return [_padding.AUTO_REASON]
+        modified = not plain or call.dense_rule_bytes() > DENSE_RULE_LIMIT  # (sdpa: no dense mask that big)
         if not modified and (_only_causal(call) or (call.mask_mod is None and call.window is None and not call.causal)):
             return sdpa_does_it  # decided without planning the tiles (a plan costs ~0.5 ms of Python)
         plan = self.plan(call)
