@@ -78,6 +78,25 @@ def test_auto_takes_it_and_explain_says_so():
     assert _padding.AUTO_REASON in str(e)
 
 
+@pytest.mark.parametrize("lengths", [[0], [0, 0]])
+def test_no_sequence_with_a_key_gives_zeros_and_zero_gradients(lengths):
+    """All sequences empty: one 'call' that makes none; the zeros stay attached to the inputs
+    (a review found them detached: backward raised)."""
+    q, k, v = inputs(len(lengths), 2, 2, 8, 8, 4, 4, torch.float32, grad=True)
+    kw = {"mask": attend.masks.padding(torch.tensor(lengths))}
+    out = attend.attention(q, k, v, backend="sdpa", **kw)
+    assert torch.equal(out, torch.zeros_like(out)) and out.requires_grad
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    assert "0 kernel calls" in attend.explain(q, k, v, **kw).detail
+
+
+def test_explain_counts_the_calls_made():
+    q, k, v = inputs(3, 2, 2, 8, 8, 4, 4, torch.float32)
+    assert "1 kernel call without" in attend.explain(q, k, v, mask=attend.masks.padding(torch.tensor([8, 0, 0]))).detail
+    assert "2 kernel calls" in attend.explain(q, k, v, mask=attend.masks.padding(torch.tensor([5, 0, 3]))).detail
+
+
 def test_auto_takes_it_with_gradients_where_a_dense_mask_would_be_too_big():
     """At L = S = 16384 SDPA's dense mask would take 1.25 GiB: the cut needs none."""
     q, k, v = inputs(1, 1, 1, 16384, 16384, 8, 8, torch.float32, grad=True)

@@ -50,8 +50,9 @@ def lengths(call: AttentionCall) -> Optional[list[int]]:
 def attention(q: Tensor, k: Tensor, v: Tensor, n: list[int], scale: float, causal: bool, gqa: bool) -> Tensor:
     """``(B, Hq, L, Ev)``: sequence ``b`` attends its first ``n[b]`` keys (``k``, ``v`` as SDPA takes them)."""
     def one(qb: Tensor, kb: Tensor, vb: Tensor, m: int) -> Tensor:
-        if m == 0:
-            return qb.new_zeros(*qb.shape[:-1], vb.shape[-1])
+        if m == 0:  # no key: exactly zero, still attached to the inputs (zero gradients, not none)
+            return qb.new_zeros(*qb.shape[:-1], vb.shape[-1]) + (qb[..., :0].sum() + kb[..., :0].sum()
+                                                                 + vb[..., :0].sum())
         return F.scaled_dot_product_attention(qb, kb[..., :m, :], vb[..., :m, :], is_causal=causal, scale=scale,
                                               enable_gqa=gqa)
     if len(set(n)) == 1:
@@ -66,6 +67,6 @@ def dead(n: list[int]) -> Tensor:
 
 def describe(n: list[int], S: int) -> str:
     kept = sum(n) / (len(n) * S)
-    calls = 1 if len(set(n)) == 1 else len(n)
+    calls = int(n[0] > 0) if len(set(n)) == 1 else sum(m > 0 for m in n)  # (a sequence with no key: none)
     return (f"key padding: each sequence's keys cut to its length ({kept:.0%} of the keys), "
-            f"{calls} kernel call{'s' if calls > 1 else ''} without a mask")
+            f"{calls} kernel call{'' if calls == 1 else 's'} without a mask")
