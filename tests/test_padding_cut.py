@@ -114,8 +114,6 @@ def test_other_calls_keep_the_dense_mask(monkeypatch, case):
         lengths = [16, 20]  # (lengths past S cut nothing)
     elif case == "window":
         kw["window"] = (3, 3)
-    elif case == "dense mask too":
-        pass
     elif case == "many lengths":
         B = _padding.MAX_SEQUENCES + 1
         lengths = [1 + b % 16 for b in range(B)]
@@ -125,7 +123,7 @@ def test_other_calls_keep_the_dense_mask(monkeypatch, case):
         kw["causal"], L = True, 12
     q, k, v = inputs(B, 2, 2, L, S, 8, 8, torch.float32)
     rule = attend.masks.padding(torch.tensor(lengths))
-    if case == "dense mask too":
+    if case == "dense mask too":  # (a rule on top of padding: no longer key padding alone)
         rule = attend.masks.and_masks(rule, attend.masks.causal())
     if case == "another rule":
         rule = attend.masks.key_mask(torch.arange(S)[None].expand(B, S) < torch.tensor(lengths)[:, None])
