@@ -151,9 +151,61 @@ def test_refusals_name_the_reason(kw, needle):
         attend.attention(q, k, v, backend="flex", **kw)
 
 
+@pytest.mark.parametrize("L,kw,size,pairs", [
+    # a window's band edges cut blocks of 128: 640 keys a row of blocks against 576 with blocks of 64
+    (2048, dict(window=256), 64, (16 * 128 * 640 - 2 * 128 * (256 + 128), 32 * 64 * 576 - 2 * 64 * (256 + 192 + 128 + 64))),
+    (2048, dict(window=(256, 0)), 64, None),
+    # causal at 2048: the diagonal blocks' waste is 3% of the pairs, under FINE_SAVING
+    (2048, dict(causal=True), 128, (128 * 128 * 136, 64 * 64 * 528)),
+    # ... and 10% at 512
+    (512, dict(causal=True), 64, (128 * 128 * 10, 64 * 64 * 36)),
+    # ALiBi's reach per head ends inside blocks: blocks of 64 whatever the rules
+    (2048, dict(causal=True, score_mod=attend.mods.alibi(2)), 64, None),
+    # documents of 512: their edges fall on block edges, so blocks of 64 compute the same pairs
+    (2048, dict(mask=attend.masks.document(torch.arange(2048).div(512, rounding_mode="floor")[None])), 128,
+     (4 * 512 * 512, 4 * 512 * 512)),
+    (2048, dict(mask=attend.masks.chunked(256)), 128, None),
+    (2048, dict(score_mod=attend.mods.alibi(2)), 64, None),
+    (2048, dict(score_mod=attend.mods.softcap(20.0)), 128, None),  # no mask rule: every pair
+])
+def test_the_block_size_chosen_per_call(L, kw, size, pairs):
+    """``Flex()`` takes blocks of 64 where they compute at least FINE_SAVING fewer pairs than
+    blocks of 128, counted over whole blocks of each row of blocks' key span, or where ALiBi's
+    reach applies; explain says so. A block size given is kept whatever the call."""
+    q = torch.zeros(1, 2, L, 8)
+    call = _call(q, q, q, **kw)
+    chosen = Flex()
+    assert chosen.size(call) == size
+    if pairs is not None:
+        assert (chosen._pairs(call, 128)[1], chosen._pairs(call, 64)[1]) == pairs
+        assert chosen._pairs(call, 128) == chosen._pairs(call, 128)  # (a second time from the cache)
+    assert Flex(block_size=128).size(call) == 128 and Flex(block_size=32).size(call) == 32
+    with torch.no_grad():
+        detail = attend.explain(q, q, q, backend=chosen, **kw).detail
+    mask = chosen.block_mask(call)
+    assert detail.startswith(f"blocks of {size}" if mask is not None else "no mask rule: every block computed")
+    alibi = isinstance(kw.get("score_mod"), type(attend.mods.alibi(2)))
+    assert ("fewer pairs than blocks of 128" in detail) == (size == 64 and not alibi)
+    assert ("ALiBi's reach per head ends inside blocks" in detail) == alibi
+    if mask is not None:
+        assert mask[0].BLOCK_SIZE == (size, size)
+
+
+def test_blocks_of_64_chosen_for_a_window_are_exact():
+    """The window the choice gives blocks of 64, on ragged lengths and L != S, against float64."""
+    for L, S in ((150, 131), (131, 200)):
+        q, k, v = inputs(B, H, H, L, S, E, E, torch.float32)
+        call = _call(q, k, v, window=(40, 20))
+        assert Flex().size(call) == 64
+        check_case(Flex(), q, k, v, kw=dict(window=(40, 20)), ref_scores=R.scaled_dot(E),
+                   allowed=R.window_mask(L, S, 40, 20), dtype=torch.float32, what=f"window {L}x{S}", grads=False)
+
+
 def test_bad_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="block_size"):
         Flex(block_size=0)
+    with pytest.raises((TypeError, ValueError), match="block_size"):
+        Flex(block_size=64.0)
     with pytest.raises((TypeError, ValueError), match="min_work"):
         Flex(min_work=1.5)
 

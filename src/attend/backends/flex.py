@@ -14,6 +14,10 @@ which cuts each sequence's keys to its length (:mod:`._padding`) and so skips th
 without compiling: 0.76-0.84x SDPA plain at 2048 and 4096 keys on a machine where this kernel
 ran padding at 1.11-1.16x (``benchmarks/results/cpu-run5.md``).
 
+Blocks are 128 rows by 128 keys, or 64 by 64 where that computes at least 5% fewer (query, key)
+pairs (a sliding window's band edges cut through blocks, and blocks of 64 waste less of them) or
+where ALiBi's reach applies (``BLOCK_SIZES``; ``explain`` says which was taken and why).
+
 The block mask is built here from the call's rules rather than by ``create_block_mask``,
 which evaluates the rule at every (query, key) pair (14 ms at 2048 x 2048 on this machine):
 each row of blocks evaluates only the keys in its span (:meth:`AttentionCall.key_span`),
@@ -54,6 +58,16 @@ FAST_SCORE_MODS = (Alibi,)
 RELATIVE_BIAS_PAIRS = 2048 * 2048
 #: ALiBi's reach is used only where it leaves out at least this share of the blocks
 MIN_SAVING = 0.1
+#: the block sizes chosen between when ``block_size`` is None: the coarse one, and the fine one
+#: where it computes at least ``FINE_SAVING`` fewer (query, key) pairs, or where ALiBi's reach
+#: applies. A window's band edges cut through blocks: with 256 keys either side, blocks of 64
+#: compute 576 keys per row against 640. Measured (benchmarks/results/cpu-flex-blocks.md, time with
+#: blocks of 64 / time with 128): window 0.85-0.95, causal window 0.86, ALiBi + causal 0.94-0.99,
+#: prefix-LM at 512 0.95; where the rules' spans fall on block edges (documents, chunks of 256,
+#: prefix-LM at 2048 and 4096) 0.97-1.06, and there the saving is under 5%, so 128 is kept. Two
+#: columns of that file that ran the same blocks differ by up to 12%: single ratios are that noisy
+BLOCK_SIZES = (128, 64)
+FINE_SAVING = 0.05
 
 
 def _program(q, k, v, score_mod, block_mask, scale, gqa):
@@ -64,7 +78,8 @@ def _program(q, k, v, score_mod, block_mask, scale, gqa):
 class Flex(Backend):
     """FlexAttention's compiled CPU kernel, inference only.
 
-    ``block_size``: rows and keys per block of the block mask; ``min_work``: ``auto`` takes
+    ``block_size``: rows and keys per block of the block mask, or None to choose per call between
+    128 and 64 (see ``BLOCK_SIZES``; :func:`attend.explain` says which); ``min_work``: ``auto`` takes
     this backend only for calls of at least this many multiply-adds (kept query-key pairs x
     features, over batch and heads), which repay compiling (a few seconds per variant, once
     per process).
@@ -72,11 +87,14 @@ class Flex(Backend):
 
     name = "flex"
 
-    def __init__(self, *, block_size: int = 128, min_work: int = 1 << 28, cached_masks: int = 16):
-        for arg, val in (("block_size", block_size), ("min_work", min_work), ("cached_masks", cached_masks)):
+    def __init__(self, *, block_size: Optional[int] = None, min_work: int = 1 << 28, cached_masks: int = 16):
+        if block_size is not None:
+            _check.integer(block_size, "block_size", low=1, expected="a positive int or None")
+        for arg, val in (("min_work", min_work), ("cached_masks", cached_masks)):
             _check.integer(val, arg, low=1, expected="a positive int")
         self.block_size, self.min_work, self.cached_masks = block_size, min_work, cached_masks
         self._masks: collections.OrderedDict = collections.OrderedDict()
+        self._spans: collections.OrderedDict = collections.OrderedDict()  # see _pairs
         self._lock = threading.Lock()
 
     # ---- what it runs ----------------------------------------------------------------------
@@ -147,18 +165,62 @@ class Flex(Backend):
         if blocks is None:
             return f"no mask rule: every block computed; {state}"
         _, partial, full, _ = blocks
-        n = -(-call.L // self.block_size) * -(-call.S // self.block_size)
+        size = self.size(call)
+        n = -(-call.L // size) * -(-call.S // size)
         mean = " (means over heads: the reach differs by head)" if reach is not None else ""
-        return (f"blocks of {self.block_size}: {partial} masked and {full} full (computed without the mask) of "
+        why = ""
+        if self.block_size is None:
+            coarse, fine = BLOCK_SIZES
+            if size == fine and _alibi_reach.applies(call):
+                why = " (ALiBi's reach per head ends inside blocks: finer blocks leave out more)"
+            elif size == fine:
+                saved = 1 - self._pairs(call, fine)[1] / max(1, self._pairs(call, coarse)[1])
+                why = f" (they compute {saved:.0%} fewer pairs than blocks of {coarse})"
+        return (f"blocks of {size}{why}: {partial} masked and {full} full (computed without the mask) of "
                 f"{n} per sequence and head{mean}{far}; {state}")
 
     def _work(self, call: AttentionCall) -> int:
         """Multiply-adds over the key spans of each row of blocks (an upper bound on the kernel's)."""
-        n, kept = self.block_size, 0
-        for i0 in range(0, call.L, n):
-            lo, hi = call.key_span(i0, min(call.L, i0 + n))
-            kept += (min(call.L, i0 + n) - i0) * (hi - lo)
+        kept = self._pairs(call, self.size(call))[0]
         return call.B * call.Hq * kept * (call.query.shape[-1] + call.Ev)
+
+    def size(self, call: AttentionCall) -> int:
+        """Rows and keys per block for this call: ``block_size``, or when it is None the finer of
+        ``BLOCK_SIZES`` where it computes at least ``FINE_SAVING`` fewer pairs, or where ALiBi's
+        reach applies."""
+        if self.block_size is not None:
+            return self.block_size
+        coarse, fine = BLOCK_SIZES
+        if _alibi_reach.applies(call):  # a reach per head ends inside blocks too
+            return fine
+        if not call.has_rule_mask:
+            return coarse
+        saved = 1 - self._pairs(call, fine)[1] / max(1, self._pairs(call, coarse)[1])
+        return fine if saved >= FINE_SAVING else coarse
+
+    def _pairs(self, call: AttentionCall, n: int) -> tuple[int, int]:
+        """(query, key) pairs per sequence and head over each row of blocks of ``n``'s key span:
+        (exactly, in whole blocks). Kept for later calls with the same rules and lengths (a loop
+        over the rows of blocks in Python: 0.1-0.3 ms at 4096)."""
+        fp = _fingerprint(_mask_fn(call))
+        key = None if fp is None else ("pairs", fp, call.L, call.S, n)
+        with self._lock:
+            hit = self._spans.get(key) if key is not None else None
+        if hit is not None:
+            return hit
+        exact = blocks = 0
+        for i0 in range(0, call.L, n):
+            i1 = min(call.L, i0 + n)
+            lo, hi = call.key_span(i0, i1)
+            if hi > lo:
+                exact += (i1 - i0) * (hi - lo)
+                blocks += n * (min(call.S, -(-hi // n) * n) - lo // n * n)
+        if key is not None:
+            with self._lock:
+                self._spans[key] = (exact, blocks)
+                while len(self._spans) > 4 * self.cached_masks:
+                    self._spans.popitem(last=False)
+        return exact, blocks
 
     # ---- the block mask ---------------------------------------------------------------------
     def block_mask(self, call: AttentionCall, reach: Optional[tuple] = None) -> Optional[tuple]:
@@ -170,13 +232,14 @@ class Flex(Backend):
         if fn is None:
             return None
         fp = _fingerprint(fn)
-        key = None if fp is None else (fp, call.B, call.Hq, call.L, call.S, self.block_size)
-        grids = self._cached(key, lambda: self._grids(call, fn))
+        size = self.size(call)
+        key = None if fp is None else (fp, call.B, call.Hq, call.L, call.S, size)
+        grids = self._cached(key, lambda: self._grids(call, fn, size))
         if reach is None:
             return grids[0]
-        w = _alibi_reach.rounded(reach, self.block_size, call.L + call.S)
+        w = _alibi_reach.rounded(reach, size, call.L + call.S)
         sub = None if key is None else key + (w,)
-        return self._cached(sub, lambda: (_made(self._near(call, grids[1:], w), fn, call, self.block_size),))[0]
+        return self._cached(sub, lambda: (_made(self._near(call, grids[1:], w, size), fn, call, size),))[0]
 
     def _reach(self, call: AttentionCall, a: Tensor, b: Tensor, factor: float) -> Optional[tuple]:
         """ALiBi's reach for scores ``a @ b^T`` (:mod:`._alibi_reach`), or None where it would leave
@@ -206,15 +269,14 @@ class Flex(Backend):
                     self._masks.popitem(last=False)
         return made
 
-    def _near(self, call: AttentionCall, grids: tuple, w: tuple) -> tuple:
-        near = _alibi_reach.band(call, w, self.block_size)
+    def _near(self, call: AttentionCall, grids: tuple, w: tuple, size: int) -> tuple:
+        near = _alibi_reach.band(call, w, size)
         some, full = grids
         return some & near, full & near
 
-    def _grids(self, call: AttentionCall, fn: Callable) -> tuple:
-        """(made, some, full): the block mask made, and the (B|1, H|1, nq, nk) grids of blocks
-        with some key allowed and with every key allowed."""
-        n = self.block_size
+    def _grids(self, call: AttentionCall, fn: Callable, n: int) -> tuple:
+        """(made, some, full): the block mask made with blocks of ``n``, and the (B|1, H|1, nq, nk)
+        grids of blocks with some key allowed and with every key allowed."""
         nq, nk = -(-call.L // n), -(-call.S // n)
         if not call.has_rule_mask:  # fn allows everything: every block full but a last one past S
             some = torch.ones(1, 1, nq, nk, dtype=torch.bool)
