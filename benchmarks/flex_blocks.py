@@ -17,6 +17,7 @@ import argparse
 import os
 import random
 import statistics
+import sys
 import time
 
 import torch
@@ -27,6 +28,8 @@ from _machine import RESULTS, results_path, write_results
 from attend.backends.flex import Flex
 
 SHAPES = "1x8x2048x64,4x8x512x64,1x8x4096x64"
+#: the largest difference from the eager path in float64 accepted (float32 results: ~1e-6 here)
+TOLERANCE = 1e-4
 
 
 def variants(B: int, H: int, L: int) -> dict:
@@ -52,6 +55,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.reps < 1:
         ap.error(f"--reps must be at least 1, got {args.reps}")
+    if args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     shapes = []
     for s in args.shapes.split(","):
         try:
@@ -75,6 +80,9 @@ def main() -> None:
                 for tag in backends:
                     fns[tag]()  # compiles
                     worst = max(worst, (fns[tag]().double() - ref).abs().max().item())
+                if not worst <= TOLERANCE:  # (NaN too) nothing is written for a wrong result
+                    sys.exit(f"{B}x{H}x{L}x{E} {name}: flex differs from eager float64 by {worst:.1e} "
+                             f"(more than {TOLERANCE:.0e}); no results written")
                 fns["SDPA"]()
                 times = {t: [] for t in fns}
                 order = list(fns)

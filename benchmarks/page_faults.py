@@ -103,6 +103,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.reps < 1:
         ap.error(f"--reps must be at least 1, got {args.reps}")
+    if args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     try:
         B, H, L, E = (int(x) for x in args.shape.split("x"))
     except ValueError:

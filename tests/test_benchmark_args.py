@@ -16,6 +16,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("page_faults.py", ["--reps", "-1"], "--reps must be at least 1, got -1"),
     ("page_faults.py", ["--shape", "big"], "--shape: 'big' is not BxHxLxE"),
     ("page_faults.py", ["--rep", "3"], "unrecognized arguments: --rep"),  # no abbreviations
+    ("flex_blocks.py", ["--threads", "0"], "--threads must be at least 1, got 0"),
+    ("page_faults.py", ["--threads", "0"], "--threads must be at least 1, got 0"),
 ])
 def test_bad_arguments_are_refused_by_name(script, args, needle, tmp_path):
     out = tmp_path / "never.md"

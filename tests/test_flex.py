@@ -178,17 +178,57 @@ def test_the_block_size_chosen_per_call(L, kw, size, pairs):
     assert chosen.size(call) == size
     if pairs is not None:
         assert (chosen._pairs(call, 128)[1], chosen._pairs(call, 64)[1]) == pairs
-        assert chosen._pairs(call, 128) == chosen._pairs(call, 128)  # (a second time from the cache)
+    alibi = isinstance(kw.get("score_mod"), type(attend.mods.alibi(2)))
+    if not alibi and (kw.get("mask") is not None or "window" in kw or kw.get("causal")):  # counted once, cached
+        assert sorted(v[1:] for v in chosen._spans.values()) == sorted([chosen._pairs(call, 128), chosen._pairs(call, 64)])
     assert Flex(block_size=128).size(call) == 128 and Flex(block_size=32).size(call) == 32
     with torch.no_grad():
         detail = attend.explain(q, q, q, backend=chosen, **kw).detail
     mask = chosen.block_mask(call)
     assert detail.startswith(f"blocks of {size}" if mask is not None else "no mask rule: every block computed")
-    alibi = isinstance(kw.get("score_mod"), type(attend.mods.alibi(2)))
     assert ("fewer pairs than blocks of 128" in detail) == (size == 64 and not alibi)
     assert ("ALiBi's reach per head ends inside blocks" in detail) == alibi
     if mask is not None:
         assert mask[0].BLOCK_SIZE == (size, size)
+
+
+@pytest.mark.parametrize("L,S,kw", [
+    (1, 300, dict(causal=True)),  # one decoding step: one row, whatever the block
+    (160, 160, dict(mask=attend.masks.chunked(256))),  # a ragged last row of blocks
+    (300, 1, dict(window=256)),
+])
+def test_short_and_ragged_lengths_keep_blocks_of_128(L, S, kw):
+    """The last row of blocks counts the rows it has: where blocks of 64 compute the same pairs,
+    128 is kept (a count of whole blocks of rows once made a one-row call claim 50% fewer)."""
+    q, k = torch.zeros(1, 2, L, 8), torch.zeros(1, 2, S, 8)
+    call = _call(q, k, k, **kw)
+    chosen = Flex()
+    assert chosen._pairs(call, 128) == chosen._pairs(call, 64)
+    assert chosen.size(call) == 128
+
+
+def test_counts_are_not_reused_for_a_new_rule_tensor():
+    """The cached pair counts name a rule's tensors by id and version: a tensor changed in place, or a
+    new tensor (which may take a freed tensor's id), is counted afresh."""
+    import gc
+    L = 1024
+    chosen = Flex()
+    q = torch.zeros(1, 2, L, 8)
+    ids = torch.arange(L).div(512, rounding_mode="floor")[None]
+    call = _call(q, q, q, mask=attend.masks.document(ids))
+    assert chosen.size(call) == 128  # documents of 512 fall on block edges
+    ids.copy_(torch.arange(L).div(96, rounding_mode="floor")[None])  # in place: documents of 96
+    call = _call(q, q, q, mask=attend.masks.document(ids))
+    assert chosen._pairs(call, 64) == Flex()._pairs(call, 64) and chosen.size(call) == Flex().size(call) == 64
+    for _ in range(5):  # new tensors of the same shape, after the old one is freed
+        del ids, call
+        gc.collect()
+        ids = torch.arange(L).div(512, rounding_mode="floor")[None]
+        call = _call(q, q, q, mask=attend.masks.document(ids))
+        assert chosen._pairs(call, 64) == Flex()._pairs(call, 64) and chosen.size(call) == 128
+        ids = torch.arange(L).div(96, rounding_mode="floor")[None]
+        call = _call(q, q, q, mask=attend.masks.document(ids))
+        assert chosen._pairs(call, 64) == Flex()._pairs(call, 64) and chosen.size(call) == 64
 
 
 def test_blocks_of_64_chosen_for_a_window_are_exact():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -62,8 +63,9 @@ MIN_SAVING = 0.1
 #: where it computes at least ``FINE_SAVING`` fewer (query, key) pairs, or where ALiBi's reach
 #: applies. A window's band edges cut through blocks: with 256 keys either side, blocks of 64
 #: compute 576 keys per row against 640. Measured (benchmarks/results/cpu-flex-blocks.md, time with
-#: blocks of 64 / time with 128): window 0.85-0.95, causal window 0.86, ALiBi + causal 0.94-0.99,
-#: prefix-LM at 512 0.95; where the rules' spans fall on block edges (documents, chunks of 256,
+#: blocks of 64 / time with 128): window 0.85-0.95, causal window 0.86, ALiBi + causal 0.94-0.99
+#: (an earlier run: 0.91, 0.60, 1.06), ALiBi alone 0.96-1.03, prefix-LM at 512 0.95; where the
+#: rules' spans fall on block edges (documents, chunks of 256,
 #: prefix-LM at 2048 and 4096) 0.97-1.06, and there the saving is under 5%, so 128 is kept. Two
 #: columns of that file that ran the same blocks differ by up to 12%: single ratios are that noisy
 BLOCK_SIZES = (128, 64)
@@ -95,6 +97,7 @@ class Flex(Backend):
         self.block_size, self.min_work, self.cached_masks = block_size, min_work, cached_masks
         self._masks: collections.OrderedDict = collections.OrderedDict()
         self._spans: collections.OrderedDict = collections.OrderedDict()  # see _pairs
+        self._sized = None  # (call, block size) of the latest call sized
         self._lock = threading.Lock()
 
     # ---- what it runs ----------------------------------------------------------------------
@@ -150,7 +153,7 @@ class Flex(Backend):
         return []
 
     def describe(self, call: AttentionCall) -> str:
-        state = ("its kernel is compiled in this process" if P.is_compiled(_key(call), "flex") else
+        state = ("its kernel is compiled in this process" if P.is_compiled(_key(call, self.size(call)), "flex") else
                  "the first call compiles FlexAttention's kernel: a few seconds, less when inductor's disk cache has it")
         reach, far = None, ""
         if _alibi_reach.applies(call):  # (explain hands over the call attention would run: checked finite)
@@ -187,37 +190,47 @@ class Flex(Backend):
     def size(self, call: AttentionCall) -> int:
         """Rows and keys per block for this call: ``block_size``, or when it is None the finer of
         ``BLOCK_SIZES`` where it computes at least ``FINE_SAVING`` fewer pairs, or where ALiBi's
-        reach applies."""
+        reach applies. Decided once per call object (auto, explain and the run ask for it)."""
         if self.block_size is not None:
             return self.block_size
+        last = self._sized
+        if last is not None and last[0]() is call:
+            return last[1]
         coarse, fine = BLOCK_SIZES
         if _alibi_reach.applies(call):  # a reach per head ends inside blocks too
-            return fine
-        if not call.has_rule_mask:
-            return coarse
-        saved = 1 - self._pairs(call, fine)[1] / max(1, self._pairs(call, coarse)[1])
-        return fine if saved >= FINE_SAVING else coarse
+            size = fine
+        elif not call.has_rule_mask:
+            size = coarse
+        else:
+            saved = 1 - self._pairs(call, fine)[1] / max(1, self._pairs(call, coarse)[1])
+            size = fine if saved >= FINE_SAVING else coarse
+        self._sized = (weakref.ref(call), size)  # weak: the call's tensors are not kept alive
+        return size
 
     def _pairs(self, call: AttentionCall, n: int) -> tuple[int, int]:
         """(query, key) pairs per sequence and head over each row of blocks of ``n``'s key span:
         (exactly, in whole blocks). Kept for later calls with the same rules and lengths (a loop
         over the rows of blocks in Python: 0.1-0.3 ms at 4096)."""
-        fp = _fingerprint(_mask_fn(call))
-        key = None if fp is None else ("pairs", fp, call.L, call.S, n)
+        fn = _mask_fn(call)
+        fp = _fingerprint(fn)
+        key = None if fp is None else (fp, call.L, call.S, n)
         with self._lock:
             hit = self._spans.get(key) if key is not None else None
-        if hit is not None:
-            return hit
+            if hit is not None:
+                self._spans.move_to_end(key)
+                return hit[1:]
         exact = blocks = 0
         for i0 in range(0, call.L, n):
             i1 = min(call.L, i0 + n)
             lo, hi = call.key_span(i0, i1)
-            if hi > lo:
+            if hi > lo:  # the kernel computes the rows there are, and whole blocks of keys
                 exact += (i1 - i0) * (hi - lo)
-                blocks += n * (min(call.S, -(-hi // n) * n) - lo // n * n)
+                blocks += (i1 - i0) * (min(call.S, -(-hi // n) * n) - lo // n * n)
         if key is not None:
             with self._lock:
-                self._spans[key] = (exact, blocks)
+                # the rule is kept with the counts: its tensors, which the fingerprint names by id,
+                # stay alive, so a new tensor cannot take the id of one counted here
+                self._spans[key] = (fn, exact, blocks)
                 while len(self._spans) > 4 * self.cached_masks:
                     self._spans.popitem(last=False)
         return exact, blocks
@@ -323,7 +336,7 @@ class Flex(Backend):
             kv = heads[:: call.groups] // call.groups
             a, b, v, mod = a[:, heads], b[:, kv], v[:, kv], _alibi_reach.permuted(mod, heads)
             blocks = self.block_mask(call, tuple(reach[h] for h in heads.tolist()))
-        prog = P.compiled("flex", _key(call), _program)
+        prog = P.compiled("flex", _key(call, self.size(call)), _program)
         with torch.no_grad():
             # (detached: inputs that require grad, under no_grad or inference_mode, make FlexAttention refuse)
             out = prog(a.detach().contiguous(), b.detach().contiguous(), v.detach().contiguous(), mod,
@@ -393,7 +406,7 @@ def _indices(grid: Tensor) -> tuple[Tensor, Tensor]:
     return counts.contiguous(), order.contiguous()
 
 
-def _key(call: AttentionCall) -> tuple:
+def _key(call: AttentionCall, size: int) -> tuple:
     fn = _mask_fn(call)
 
     def what(f):
@@ -406,7 +419,8 @@ def _key(call: AttentionCall) -> tuple:
     # one program per head count: FlexAttention's CPU template, recompiled with the head count
     # dynamic after a call with another, made C++ that does not compile (torch 2.13: an
     # undeclared ``cur_qSplitSize1``); within one head count, lengths and batch may vary
-    return (str(call.query.dtype), call.Hq, call.Hkv, what(call.score_mod), what(fn))
+    # and one per block size, which the compiled kernel fixes (BlockMask holds it as a constant)
+    return (str(call.query.dtype), call.Hq, call.Hkv, what(call.score_mod), what(fn), size)
 
 
 def _name(fn) -> str:
