@@ -132,3 +132,19 @@ def write_results(path: str, title: str, body: Union[str, Iterable[str]], *, dat
     print(md)
     print("wrote", path, flush=True)
     return path
+
+
+def check_args(ap, args, *, at_least_one: Iterable[str] = ("reps", "threads")) -> None:
+    """Refuse, through ``ap.error``, an option of ``at_least_one`` below 1 (named as given)."""
+    for name in at_least_one:
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def parse_shape(ap, text: str, option: str) -> tuple:
+    """``BxHxLxE`` as four ints, or ``ap.error`` naming ``option``."""
+    try:
+        B, H, L, E = (int(x) for x in text.split("x"))
+    except ValueError:
+        ap.error(f"{option}: {text!r} is not BxHxLxE")
+    return B, H, L, E

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import attend
-from _machine import RESULTS, results_path, write_results
+from _machine import RESULTS, check_args, parse_shape, results_path, write_results
 from attend.backends.flex import Flex
 
 SHAPES = "1x8x2048x64,4x8x512x64,1x8x4096x64"
@@ -53,16 +53,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(RESULTS, "cpu-flex-blocks.md"))
     args = ap.parse_args()
-    if args.reps < 1:
-        ap.error(f"--reps must be at least 1, got {args.reps}")
-    if args.threads < 1:
-        ap.error(f"--threads must be at least 1, got {args.threads}")
+    check_args(ap, args)
     shapes = []
     for s in args.shapes.split(","):
-        try:
-            B, H, L, E = (int(x) for x in s.split("x"))
-        except ValueError:
-            ap.error(f"--shapes: {s!r} is not BxHxLxE")
+        B, H, L, E = parse_shape(ap, s, "--shapes")
         shapes.append((B, H, L, E))
     torch.set_num_threads(args.threads)
     backends = {"128": Flex(block_size=128), "64": Flex(block_size=64), "chosen": Flex()}

@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 
-from _machine import RESULTS, results_path, write_results
+from _machine import RESULTS, check_args, parse_shape, results_path, write_results
 
 #: the environment of each configuration. Setting any of glibc's thresholds turns off its dynamic
 #: mmap threshold, which otherwise rises to the largest block freed (up to 32 MiB): with only
@@ -101,14 +101,8 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=os.path.join(RESULTS, "cpu-page-faults.md"))
     args = ap.parse_args()
-    if args.reps < 1:
-        ap.error(f"--reps must be at least 1, got {args.reps}")
-    if args.threads < 1:
-        ap.error(f"--threads must be at least 1, got {args.threads}")
-    try:
-        B, H, L, E = (int(x) for x in args.shape.split("x"))
-    except ValueError:
-        ap.error(f"--shape: {args.shape!r} is not BxHxLxE")
+    check_args(ap, args)
+    parse_shape(ap, args.shape, "--shape")
     if args.child:
         child(args.shape, args.reps, args.threads)
         return

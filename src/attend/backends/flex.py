@@ -97,7 +97,7 @@ class Flex(Backend):
         self.block_size, self.min_work, self.cached_masks = block_size, min_work, cached_masks
         self._masks: collections.OrderedDict = collections.OrderedDict()
         self._spans: collections.OrderedDict = collections.OrderedDict()  # see _pairs
-        self._sized = None  # (call, block size) of the latest call sized
+        self._sized = None  # (call, (block size, why)) of the latest call sized
         self._lock = threading.Lock()
 
     # ---- what it runs ----------------------------------------------------------------------
@@ -171,14 +171,7 @@ class Flex(Backend):
         size = self.size(call)
         n = -(-call.L // size) * -(-call.S // size)
         mean = " (means over heads: the reach differs by head)" if reach is not None else ""
-        why = ""
-        if self.block_size is None:
-            coarse, fine = BLOCK_SIZES
-            if size == fine and _alibi_reach.applies(call):
-                why = " (ALiBi's reach per head ends inside blocks: finer blocks leave out more)"
-            elif size == fine:
-                saved = 1 - self._pairs(call, fine)[1] / max(1, self._pairs(call, coarse)[1])
-                why = f" (they compute {saved:.0%} fewer pairs than blocks of {coarse})"
+        why = self._choice(call)[1]
         return (f"blocks of {size}{why}: {partial} masked and {full} full (computed without the mask) of "
                 f"{n} per sequence and head{mean}{far}; {state}")
 
@@ -191,21 +184,25 @@ class Flex(Backend):
         """Rows and keys per block for this call: ``block_size``, or when it is None the finer of
         ``BLOCK_SIZES`` where it computes at least ``FINE_SAVING`` fewer pairs, or where ALiBi's
         reach applies. Decided once per call object (auto, explain and the run ask for it)."""
+        return self._choice(call)[0]
+
+    def _choice(self, call: AttentionCall) -> tuple[int, str]:
+        """(block size, why, for explain: empty unless blocks of 64 were chosen), decided once per call."""
         if self.block_size is not None:
-            return self.block_size
+            return self.block_size, ""
         last = self._sized
         if last is not None and last[0]() is call:
             return last[1]
         coarse, fine = BLOCK_SIZES
+        choice = coarse, ""
         if _alibi_reach.applies(call):  # a reach per head ends inside blocks too
-            size = fine
-        elif not call.has_rule_mask:
-            size = coarse
-        else:
+            choice = fine, " (ALiBi's reach per head ends inside blocks: finer blocks leave out more)"
+        elif call.has_rule_mask:
             saved = 1 - self._pairs(call, fine)[1] / max(1, self._pairs(call, coarse)[1])
-            size = fine if saved >= FINE_SAVING else coarse
-        self._sized = (weakref.ref(call), size)  # weak: the call's tensors are not kept alive
-        return size
+            if saved >= FINE_SAVING:
+                choice = fine, f" (they compute {saved:.0%} fewer pairs than blocks of {coarse})"
+        self._sized = (weakref.ref(call), choice)  # weak: the call's tensors are not kept alive
+        return choice
 
     def _pairs(self, call: AttentionCall, n: int) -> tuple[int, int]:
         """(query, key) pairs per sequence and head over each row of blocks of ``n``'s key span:
@@ -213,27 +210,19 @@ class Flex(Backend):
         over the rows of blocks in Python: 0.1-0.3 ms at 4096)."""
         fn = _mask_fn(call)
         fp = _fingerprint(fn)
+
+        def count() -> tuple:
+            exact = blocks = 0
+            for i0 in range(0, call.L, n):
+                i1 = min(call.L, i0 + n)
+                lo, hi = call.key_span(i0, i1)
+                if hi > lo:  # the kernel computes the rows there are, and whole blocks of keys
+                    exact += (i1 - i0) * (hi - lo)
+                    blocks += (i1 - i0) * (min(call.S, -(-hi // n) * n) - lo // n * n)
+            return fn, exact, blocks  # (the rule kept with its counts: see _cached)
+
         key = None if fp is None else (fp, call.L, call.S, n)
-        with self._lock:
-            hit = self._spans.get(key) if key is not None else None
-            if hit is not None:
-                self._spans.move_to_end(key)
-                return hit[1:]
-        exact = blocks = 0
-        for i0 in range(0, call.L, n):
-            i1 = min(call.L, i0 + n)
-            lo, hi = call.key_span(i0, i1)
-            if hi > lo:  # the kernel computes the rows there are, and whole blocks of keys
-                exact += (i1 - i0) * (hi - lo)
-                blocks += (i1 - i0) * (min(call.S, -(-hi // n) * n) - lo // n * n)
-        if key is not None:
-            with self._lock:
-                # the rule is kept with the counts: its tensors, which the fingerprint names by id,
-                # stay alive, so a new tensor cannot take the id of one counted here
-                self._spans[key] = (fn, exact, blocks)
-                while len(self._spans) > 4 * self.cached_masks:
-                    self._spans.popitem(last=False)
-        return exact, blocks
+        return self._cached(key, count, self._spans, 4 * self.cached_masks)[1:]
 
     # ---- the block mask ---------------------------------------------------------------------
     def block_mask(self, call: AttentionCall, reach: Optional[tuple] = None) -> Optional[tuple]:
@@ -268,18 +257,24 @@ class Flex(Backend):
             return None
         return reach
 
-    def _cached(self, key, make: Callable) -> tuple:
+    def _cached(self, key, make: Callable, store: Optional[collections.OrderedDict] = None,
+                limit: Optional[int] = None) -> tuple:
+        """``make()``, kept under ``key`` (None: not kept) in ``store`` (the block masks unless
+        given), the least recently used dropped past ``limit`` (``cached_masks`` unless given).
+        What is kept must hold the rule, whose tensors its fingerprint names by id: alive, their
+        ids cannot be taken by new tensors."""
+        store = self._masks if store is None else store
         with self._lock:
-            hit = self._masks.get(key) if key is not None else None
+            hit = store.get(key) if key is not None else None
             if hit is not None:
-                self._masks.move_to_end(key)
+                store.move_to_end(key)
                 return hit
         made = make()
         if key is not None:
             with self._lock:
-                self._masks[key] = made  # made holds the rule, whose tensors its fingerprint names by id
-                while len(self._masks) > self.cached_masks:
-                    self._masks.popitem(last=False)
+                store[key] = made
+                while len(store) > (self.cached_masks if limit is None else limit):
+                    store.popitem(last=False)
         return made
 
     def _near(self, call: AttentionCall, grids: tuple, w: tuple, size: int) -> tuple:
