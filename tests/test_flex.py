@@ -269,10 +269,10 @@ def test_what_auto_takes_and_explain_says():
         wide = torch.randn(8, 2 * 1024 + 1)  # reach 1024: the bands are most of the pairs
         q2 = torch.cat([q, q], dim=2)
         rel_wide = attend.explain(q2, q2, q2, score_mod=attend.mods.relative_bias(wide))
-    # at 2048 keys with reach 128 the bands are 23% of the pairs: sdpa's kernel beyond them
-    assert rel.backend == "sdpa" and "sdpa runs this relative-bias table faster" in " ".join(rel.reasons["flex"])
-    assert rel_short.backend == "flex"  # at 1024 the bands are half the pairs: flex measured faster
-    assert rel_wide.backend == "inductor" and "past 2048 x 2048" in " ".join(rel_wide.reasons["flex"])
+    # a relative-bias table: one call of SDPA's kernel, the biases a strided view, at any length and reach
+    for why in (rel, rel_short, rel_wide):
+        assert why.backend == "sdpa" and "strided view" in why.detail
+        assert "sdpa runs this relative-bias table faster" in " ".join(why.reasons["flex"])
     assert causal.backend == "sdpa" and "plain causal" in " ".join(causal.reasons["flex"])
     assert "min_work" in " ".join(small.reasons["flex"])
     qg = q.clone().requires_grad_()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._rules import RelativeBias
-from . import _causal_blocks, _padding, _relbias_regions
+from . import _causal_blocks, _padding, _relbias_regions, _relbias_strided
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend
 
 
@@ -62,7 +62,7 @@ class SDPA(Backend):
         if call.score_mod is not None:
             table = _relbias_regions.reasons(call)
             here = f"; here: {', '.join(table)}" if isinstance(call.score_mod, RelativeBias) else ""
-            if table:
+            if table and _relbias_strided.reasons(call):
                 why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
                            f"with no mask or bias other than causal{here})")
         if call.hard:
@@ -75,7 +75,7 @@ class SDPA(Backend):
 
     def describe(self, call: AttentionCall) -> str:
         if call.score_mod is not None:
-            return _relbias_regions.describe(call) or ""
+            return _relbias_strided.describe(call) or _relbias_regions.describe(call) or ""
         n = _padding.lengths(call)
         if n is not None:
             return _padding.describe(n, call.S)
@@ -94,7 +94,10 @@ class SDPA(Backend):
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
         if call.score_mod is not None:  # a relative-bias table (can_run has checked)
             args = (q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod, call.causal)
-            out = _relbias_regions.trained(*args) if call.needs_grad else _relbias_regions.attention(*args)[0]
+            if not _relbias_strided.reasons(call):  # one kernel call, the biases a strided view
+                out = _relbias_strided.attention(*args)
+            else:
+                out = _relbias_regions.trained(*args) if call.needs_grad else _relbias_regions.attention(*args)[0]
             return self._nan_rows(call, q, out, None), None
         n = _padding.lengths(call)
         if n is not None:  # key padding: each sequence's keys cut to its length, no mask

@@ -1,0 +1,194 @@
+"""A relative-position bias as one call of SDPA's CPU kernel, its (L, S) bias a strided view.
+
+``mods.relative_bias(table)`` adds ``b(j - p)`` to the score of query ``i`` (at key position
+``p = i + offset``) and key ``j``: the bias depends on ``j - i`` only, so the (L, S) matrix of
+biases is a Toeplitz matrix and all of it lives in one vector of ``L + S - 1`` entries per head.
+A Toeplitz matrix's rows step *back* one entry per row, which a tensor's (non-negative) strides
+cannot say; its rows read in reverse order step forward one entry per row. So the queries are
+reversed, the mask handed to the kernel is ``vec.as_strided((1, H, L, S), (0, L + S - 1, 1, 1))``
+(row ``r``, key ``j`` reads ``vec[r + j]``), and the output is reversed back. SDPA's CPU kernel
+reads a float mask through its strides, a block at a time, so the matrix is never materialised:
+a few kilobytes of mask for any length, where a dense float mask is 4·H·L·S bytes.
+
+With ``causal`` (bottom-right, ``S >= L``) the vector holds ``-inf`` past each row's position,
+and the rows run in blocks of :data:`ROWS`, each call over the keys the block's last row may see
+(the keys after it are never read), so about half the pairs are skipped.
+
+Measured (``benchmarks/results/cpu-relbias-strided.md``), inference, R = 128, forward over SDPA
+plain at the same shape: 1.03-1.10x at (1, 8, 2048, 64), (4, 8, 512, 64) and (1, 8, 4096, 64),
+against 1.29-1.75x for the regions path (:mod:`._relbias_regions`) or FlexAttention's kernel
+that ``auto`` took before. The kernel's backward takes the same mask, so training runs here too
+when the table is fixed; a learned table needs the scores' gradient summed along its diagonals,
+which the kernel does not give: that stays on the regions path or ``inductor``.
+
+Before its first use in a process, :func:`reads_strides` checks on a small call that the kernel
+of this PyTorch build reads the view as the view (against the same mask made contiguous); where
+it does not, this path declines and the regions path runs.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._rules import RelativeBias
+from ._causal_blocks import untraceable
+from ._programs import no_double_backward
+from ._relbias_regions import reasons as _regions_reasons
+from .base import AttentionCall
+
+#: query rows per kernel call with ``causal`` (each call reads the keys its rows may see)
+ROWS = 256
+_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+#: why flex and inductor leave such a call to sdpa, in ``explain``
+SDPA_REASON = ("sdpa runs this relative-bias table faster: one call of SDPA's kernel with the biases as a strided "
+               "view (benchmarks/results/cpu-relbias-strided.md)")
+
+
+def preferred(call: AttentionCall) -> bool:
+    """Whether ``auto`` should run ``call`` here: wherever it can (measured faster than the regions
+    path, FlexAttention's kernel and ``inductor``'s tiles at every shape, causal or not, forward and
+    forward+backward with a fixed table; see the module's docstring)."""
+    return isinstance(call.score_mod, RelativeBias) and not reasons(call)
+
+
+def reasons(call: AttentionCall) -> list[str]:
+    """Why this path cannot run ``call`` (empty: it can)."""
+    why = list(_regions_reasons(call, forward_only=True))
+    if why:
+        return why
+    if untraceable():
+        why.append("under torch.compile, autocast or torch.func (a strided view handed to the kernel directly)")
+    if call.needs_grad and call.score_mod.table.requires_grad:
+        why.append("a learned table's gradient is the scores' gradient summed along its diagonals, which the "
+                   "kernel's backward does not give")
+    if not why and not reads_strides():
+        why.append("this PyTorch's SDPA CPU kernel does not read a strided mask as its strides say")
+    return why
+
+
+def vector(mod: RelativeBias, L: int, S: int, H: int, dtype: torch.dtype, causal: bool) -> Tensor:
+    """``(H|1, L + S - 1)``: entry ``r + j`` is the bias of key ``j`` for the query ``L - 1 - r``
+    (``-inf`` past its position with ``causal``). ``mod`` is bound to ``(L, S)``."""
+    R = mod.max_distance
+    table = mod.table.detach()
+    d = torch.arange(L + S - 1, device=table.device) - (L - 1) - mod.offset  # j - p
+    vec = table[:, d.clamp(-R, R) + R] if table.ndim == 2 else table[d.clamp(-R, R) + R].unsqueeze(0)
+    vec = vec.to(dtype)
+    if causal:
+        vec = vec.masked_fill(d > 0, -math.inf)
+    return vec.contiguous()
+
+
+def _view(vec: Tensor, r0: int, rows: int, keys: int) -> Tensor:
+    """The mask of reversed rows ``r0:r0+rows`` over keys ``0:keys``: ``(1, H|1, rows, keys)``, no copy."""
+    n = vec.shape[-1]
+    return vec.as_strided((1, vec.shape[0], rows, keys), (0, n, 1, 1), vec.storage_offset() + r0)
+
+
+def _blocks(L: int, S: int, causal: bool) -> list[tuple[int, int, int]]:
+    """``(r0, r1, keys)`` per kernel call, in reversed rows: reversed row ``r`` is the query at
+    position ``S - 1 - r``, which sees keys ``0 : S - r`` with ``causal``."""
+    if not causal:
+        return [(0, L, S)]
+    return [(r0, min(L, r0 + ROWS), S - r0) for r0 in range(0, L, ROWS)]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool) -> Tensor:
+    """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
+    ``mod`` (bound to the call's lengths), causal (bottom-right, ``S >= L``) or not; differentiable
+    in ``q``, ``k`` and ``v`` (the table is taken as fixed: :func:`reasons` says so)."""
+    vec = vector(mod, q.shape[2], k.shape[2], mod.table.shape[0] if mod.table.ndim == 2 else 1, q.dtype, causal)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _Strided.apply(q, k, v, vec, float(scale), causal)
+    with torch.no_grad():
+        return _forward(q.flip(2), *_strided(k, v), vec, scale, causal)[0].flip(2)
+
+
+def _strided(*ts: Tensor) -> tuple:
+    """The kernel reads the features with stride 1."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in ts)
+
+
+def _forward(qr: Tensor, k: Tensor, v: Tensor, vec: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of the reversed queries ``qr``, in reversed order."""
+    L, S = qr.shape[2], k.shape[2]
+    blocks = _blocks(L, S, causal)
+    if len(blocks) == 1:
+        return _FWD(qr, k, v, 0.0, False, attn_mask=_view(vec, 0, L, S), scale=scale)
+    B, H = qr.shape[:2]
+    out = qr.new_empty(B, H, L, v.shape[-1])
+    lse = qr.new_empty(B, H, L, dtype=torch.float64 if qr.dtype == torch.float64 else torch.float32)
+    for r0, r1, keys in blocks:
+        o, l = _FWD(qr[:, :, r0:r1], k[:, :, :keys], v[:, :, :keys], 0.0, False,
+                    attn_mask=_view(vec, r0, r1 - r0, keys), scale=scale)
+        out[:, :, r0:r1], lse[:, :, r0:r1] = o, l
+    return out, lse
+
+
+class _Strided(torch.autograd.Function):
+    """The forward and the backward each as the kernel's own calls with the same strided mask."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, vec, scale, causal):
+        qr = q.flip(2)  # (a copy: contiguous)
+        k, v = k.contiguous(), v.contiguous()
+        out, lse = _forward(qr, k, v, vec, scale, causal)
+        ctx.save_for_backward(qr, k, v, vec, out, lse)
+        ctx.scale, ctx.causal = scale, causal
+        return out.flip(2)
+
+    @staticmethod
+    def backward(ctx, dout):
+        no_double_backward("attend's relative-bias path on SDPA's kernel")
+        qr, k, v, vec, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        dr = dout.flip(2)  # (contiguous)
+        L, S = qr.shape[2], k.shape[2]
+        blocks = _blocks(L, S, ctx.causal)
+        if len(blocks) == 1:
+            dqr, dk, dv = _BWD(dr, qr, k, v, out, lse, 0.0, False, attn_mask=_view(vec, 0, L, S), scale=scale)
+        else:
+            dqr, dk, dv = torch.empty_like(qr), torch.zeros_like(k), torch.zeros_like(v)
+            for r0, r1, keys in blocks:
+                a, b, c = _BWD(dr[:, :, r0:r1], qr[:, :, r0:r1], k[:, :, :keys], v[:, :, :keys], out[:, :, r0:r1],
+                               lse[:, :, r0:r1], 0.0, False, attn_mask=_view(vec, r0, r1 - r0, keys), scale=scale)
+                dqr[:, :, r0:r1] = a
+                dk[:, :, :keys] += b
+                dv[:, :, :keys] += c
+        return dqr.flip(2), dk, dv, None, None, None
+
+
+@functools.lru_cache(maxsize=None)
+def reads_strides() -> bool:
+    """Whether this PyTorch's SDPA CPU kernel, forward and backward, reads a mask whose rows
+    overlap (row stride 1) as its strides say: a small call against the same mask made contiguous."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(1, 2, n, 8, generator=g) for n in (37, 45, 45, 37))
+    vec = torch.randn(2, 37 + 45 - 1, generator=g)
+    view = _view(vec, 0, 37, 45)
+    with torch.no_grad():
+        got = _FWD(q, k, v, 0.0, False, attn_mask=view, scale=0.3)
+        want = _FWD(q, k, v, 0.0, False, attn_mask=view.contiguous(), scale=0.3)
+        if not torch.equal(got[0], want[0]):
+            return False
+        grads = [_BWD(dout, q, k, v, *want[:2], 0.0, False, attn_mask=m, scale=0.3) for m in (view, view.contiguous())]
+    return all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def describe(call: AttentionCall) -> Optional[str]:
+    """One line for :func:`attend.explain` when this path runs ``call``."""
+    if reasons(call):
+        return None
+    L, S = call.L, call.S
+    how = (f"in blocks of {ROWS} rows, each over the keys its rows may see" if call.causal and L > ROWS
+           else "as one call")
+    return (f"{'causal ' if call.causal else ''}relative bias on SDPA's kernel {how}: the (L, S) biases as a strided "
+            f"view of {L + S - 1} entries per head (queries reversed, so each row starts one entry further)"
+            + ("; the backward is the kernel's, with the same view (the table is fixed)" if call.needs_grad else ""))

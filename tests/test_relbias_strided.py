@@ -1,0 +1,185 @@
+"""A relative-bias table as one call of SDPA's CPU kernel with its biases a strided view
+(:mod:`attend.backends._relbias_strided`): against the float64 reference by the tolerance rule,
+forward and q/k/v gradients; that the kernel is handed a view of L + S - 1 entries per head, not
+a dense mask; the calls made with ``causal``; where the path declines; what ``auto`` and
+``explain`` say; the check that the kernel reads the view's strides."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from attend.backends import _relbias_strided as RS
+from attend.functional import _prepare
+from cases import BASELINE, inputs
+from test_relbias_regions import _bias, _check
+
+
+def _kernel_masks(monkeypatch):
+    """Record, for every forward and backward kernel call, the mask's shape and its storage's size."""
+    RS.reads_strides()  # (its own small calls, made once per process, before recording)
+    seen = []
+
+    def wrap(real, kind):
+        def counted(*args, attn_mask=None, **kw):
+            seen.append((kind, tuple(attn_mask.shape), attn_mask.untyped_storage().nbytes() // attn_mask.element_size()))
+            return real(*args, attn_mask=attn_mask, **kw)
+        return counted
+
+    monkeypatch.setattr(RS, "_FWD", wrap(RS._FWD, "fwd"))
+    monkeypatch.setattr(RS, "_BWD", wrap(RS._BWD, "bwd"))
+    return seen
+
+
+@pytest.mark.parametrize("L,S,M,causal", [
+    (1100, 1100, 128, False), (700, 1500, 50, False), (1500, 600, 20, False), (300, 300, 0, False),
+    (520, 520, 700, False),  # (the reach past the sequence)
+    (1100, 1100, 128, True), (700, 1500, 50, True), (600, 600, 1, True), (1, 300, 8, True),  # (one query: decoding)
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference_and_hands_the_kernel_a_view(monkeypatch, L, S, M, causal, dtype):
+    seen = _kernel_masks(monkeypatch)
+    q, k, v = inputs(1, 2, 2, L, S, 16, 16, dtype)
+    table = torch.randn(2, 2 * M + 1, generator=torch.Generator().manual_seed(L + M))
+    _check(q, k, v, table, causal=causal, dtype=dtype, what=f"relative bias L={L} S={S} R={M} causal={causal}")
+    assert seen, "the strided path did not run"
+    rows = [(r0, min(L, r0 + RS.ROWS)) for r0 in range(0, L, RS.ROWS)] if causal else [(0, L)]
+    # each call: its rows over the keys they may see (reversed row r is the query at key position S - 1 - r)
+    want = [(1, 2, r1 - r0, S - r0 if causal else S) for r0, r1 in rows]
+    assert [shape for _, shape, _ in seen] == want * (len(seen) // len(want))
+    assert all(n == 2 * (L + S - 1) for _, _, n in seen)  # the storage: L + S - 1 entries per head
+
+
+@pytest.mark.parametrize("L,S,M,causal,shared,Hq,Hkv", [
+    (1100, 1100, 128, False, False, 2, 2),
+    (700, 1500, 50, False, True, 4, 2),  # L < S, grouped heads, one table for every head
+    (1500, 600, 20, False, False, 2, 2),  # L > S
+    (600, 900, 30, True, True, 2, 2),  # causal, queries at S - L + i, rows in 3 blocks
+    (600, 600, 0, True, False, 2, 2),  # R = 0
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_with_a_fixed_table_matches_reference(monkeypatch, L, S, M, causal, shared, Hq, Hkv, dtype):
+    """Output and the q, k, v gradients by the tolerance rule (m = 2 output, 3 gradients), the
+    backward being the kernel's own with the same view."""
+    seen = _kernel_masks(monkeypatch)
+    g = torch.Generator().manual_seed(L + S + M)
+    q, k, v = inputs(1, Hq, Hkv, L, S, 16, 16, dtype, seed=L + M)
+    table = torch.randn(*(() if shared else (Hq,)), 2 * M + 1, generator=g).to(dtype)
+    dout = torch.randn(1, Hq, L, 16, generator=g).double()
+
+    def run(backend, qq, kk, vv, tt):
+        qq, kk, vv = (t.detach().clone().requires_grad_(True) for t in (qq, kk, vv))
+        if backend is None:
+            bias = _bias(tt, Hq, L, S)
+            out, _ = R.reference(qq, kk, vv, R.scaled_dot(16), mod=lambda s: s + bias,
+                                 allowed=R.causal_mask(L, S) if causal else None)
+        else:
+            out = attend.attention(qq, kk, vv, score_mod=attend.mods.relative_bias(tt), causal=causal, backend=backend)
+        return [out] + list(torch.autograd.grad(out, (qq, kk, vv), dout.to(out.dtype)))
+
+    got = run("sdpa", q, k, v, table)
+    assert any(kind == "bwd" for kind, _, _ in seen), "the kernel's backward did not run"
+    base = run(BASELINE, q, k, v, table)
+    ref = run(None, q.double(), k.double(), v.double(), table.double())
+    for name, a, b, r, m in zip(["out", "dq", "dk", "dv"], got, base, ref, [2, 3, 3, 3]):
+        R.check(a, b, r, dtype=dtype, m=m, what=f"{name} {L}x{S} R={M} causal={causal}")
+
+
+def test_the_view_reads_each_rows_entries():
+    """Reversed row r, key j reads entry r + j: the view equals the dense biases with rows reversed."""
+    for L, S, M, causal in ((5, 9, 2, False), (9, 5, 1, False), (6, 8, 3, True)):
+        table = torch.randn(3, 2 * M + 1)
+        mod = attend.mods.relative_bias(table).bind(L, S)
+        vec = RS.vector(mod, L, S, 3, torch.float32, causal)
+        dense = _bias(table, 3, L, S).float()
+        if causal:
+            dense = dense.masked_fill(~R.causal_mask(L, S), -math.inf)
+        assert torch.equal(RS._view(vec, 0, L, S), dense.flip(2))
+
+
+def _call(q, k, v, **kw):
+    return _prepare(q, k, v, **kw)[0]
+
+
+def test_auto_takes_it_and_explain_says_so():
+    table = torch.randn(8, 257)
+    for B, L, causal in ((1, 2048, False), (4, 512, False), (1, 4096, True), (4, 512, True)):
+        q, k, v = inputs(B, 8, 8, L, L, 64, 64, torch.float32)
+        with torch.no_grad():
+            why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), causal=causal)
+        assert why.backend == "sdpa" and f"strided view of {2 * L - 1} entries per head" in why.detail, (B, L, causal)
+        assert RS.SDPA_REASON in why.reasons["flex"]
+        assert ("in blocks of 256 rows" in why.detail) is causal
+    q, k, v = inputs(1, 8, 8, 1024, 1024, 64, 64, torch.float32, grad=True)
+    why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))  # training, a fixed table
+    assert why.backend == "sdpa" and "the backward is the kernel's, with the same view" in why.detail
+    assert RS.SDPA_REASON in why.reasons["inductor"]
+    learned = attend.mods.relative_bias(table.clone().requires_grad_(True))
+    why = attend.explain(q, k, v, score_mod=learned)
+    assert "strided view" not in why.detail  # (regions or inductor: the table's gradient)
+    assert any("summed along its diagonals" in r for r in RS.reasons(_call(q, k, v, score_mod=learned)))
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("learned", "a learned table's gradient"), ("autocast", "under torch.compile, autocast or torch.func"),
+    ("window", "other than causal"), ("float16", "float32 or float64"), ("nan table", "non-finite entry"),
+    ("kernel", "does not read a strided mask"),
+])
+def test_calls_that_do_not_take_the_path(monkeypatch, case, needle):
+    q, k, v = inputs(1, 2, 2, 300, 300, 8, 8, torch.float32)
+    table = torch.randn(2, 21)
+    kw = {}
+    if case == "learned":
+        q.requires_grad_(True)
+        table.requires_grad_(True)
+    elif case == "window":
+        kw["window"] = (8, 8)
+    elif case == "float16":
+        q, k, v = (t.half() for t in (q, k, v))
+    elif case == "nan table":
+        table[1, 3] = math.nan
+    elif case == "kernel":
+        monkeypatch.setattr(RS, "reads_strides", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        call = _call(q, k, v, score_mod=attend.mods.relative_bias(table), **kw)
+        assert any(needle in r for r in RS.reasons(call)), RS.reasons(call)
+        assert not RS.preferred(call)
+    if case == "kernel":  # the regions path runs it instead, and explain says so
+        with torch.no_grad():
+            why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), backend="sdpa")
+        assert why.detail.startswith("relative bias in blocks of 256 rows")
+
+
+def test_the_stride_check_finds_a_kernel_that_misreads_the_view(monkeypatch):
+    assert RS.reads_strides() is True  # this PyTorch's kernel reads the strides
+
+    def contiguous_reader(real):
+        def kernel(*args, attn_mask=None, **kw):  # one that misreads a mask whose rows overlap (as row 0)
+            bad = attn_mask if attn_mask.is_contiguous() else attn_mask[:, :, :1].expand(attn_mask.shape)
+            return real(*args, attn_mask=bad, **kw)
+        return kernel
+
+    for name in ("_FWD", "_BWD"):
+        with monkeypatch.context() as m:
+            m.setattr(RS, name, contiguous_reader(getattr(RS, name)))
+            assert RS.reads_strides.__wrapped__() is False, name
+
+
+def test_a_nan_query_row_stays_in_its_row():
+    q, k, v = inputs(1, 1, 1, 600, 600, 8, 8, torch.float32)
+    q[0, 0, 300, 2] = math.nan
+    with torch.no_grad():
+        out = attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(21)), backend="sdpa")
+        assert "strided view" in attend.explain(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(21))).detail
+    assert out.isnan().any(-1)[0, 0].nonzero().flatten().tolist() == [300]
+
+
+def test_double_backward_raises():
+    q, k, v = inputs(1, 2, 2, 64, 64, 8, 8, torch.float64, grad=True)
+    out = attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(2, 9, dtype=torch.float64)),
+                           backend="sdpa")
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
