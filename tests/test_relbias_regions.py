@@ -12,7 +12,7 @@ import torch
 
 import attend
 import reference as R
-from attend.backends import _relbias_regions as RR, _relbias_strided as RS
+from attend.backends import _relbias_regions as RR, _distance_bias as RS
 from attend.backends._relbias import bias_tile, clipped_span
 from attend.functional import _prepare
 from cases import BASELINE, check_case, inputs, make_score
@@ -21,7 +21,7 @@ from cases import BASELINE, check_case, inputs, make_score
 @pytest.fixture(autouse=True)
 def _regions_path(monkeypatch):
     """``sdpa`` runs a relative-bias table as one strided kernel call wherever that path can
-    (:mod:`attend.backends._relbias_strided`, tested in ``test_relbias_strided.py``); the regions
+    (:mod:`attend.backends._distance_bias`, tested in ``test_distance_bias.py``); the regions
     path runs where it cannot, e.g. a PyTorch whose kernel does not read the strided view. These
     tests are about the regions path, so the strided one is declined here as that PyTorch would."""
     monkeypatch.setattr(RS, "reads_strides", lambda: False)

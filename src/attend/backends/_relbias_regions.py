@@ -66,6 +66,16 @@ def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
     training call, whose backward another backend computes (gradients are then no reason)."""
     if not isinstance(call.score_mod, RelativeBias):
         return ["score_mod is not a relative-bias table"]
+    why = kernel_reasons(call, forward_only=forward_only)
+    if not why and not bool(torch.isfinite(call.score_mod.table.detach()).all()):  # (last: it reads the table)
+        why.append("the table holds a non-finite entry")
+    return why
+
+
+def kernel_reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
+    """Why SDPA's CPU kernel, called directly with a float mask and merged or split by its
+    log-sum-exp, cannot run ``call`` with a bias of the distance (the score modifier's own
+    parameters aside): the checks this path and :mod:`._distance_bias` share."""
     why = []
     if not getattr(call.score, "dot_like", False):
         why.append("the score is not dot-like (SDPA's kernel multiplies q and k)")
@@ -84,8 +94,6 @@ def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
         why.append("causal with more queries than keys (rows that see no key)")
     if call.dropout_p > 0 or call.hard or call.sinks is not None or call.return_weights:
         why.append("no dropout, hard attention, sinks or weights")
-    if not why and not bool(torch.isfinite(call.score_mod.table.detach()).all()):  # (last: it reads the table)
-        why.append("the table holds a non-finite entry")
     return why
 
 

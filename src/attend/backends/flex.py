@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .. import _check
 from .._rules import Alibi, And, Causal, RelativeBias, Rule, Window
-from . import _alibi_reach, _padding, _programs as P, _relbias_regions, _relbias_strided
+from . import _alibi_reach, _distance_bias, _padding, _programs as P, _relbias_regions
 from .base import AttentionCall, Backend
 from ._programs import no_compiler as _no_compiler
 from .inductor import _only_causal, _si
@@ -130,8 +130,8 @@ class Flex(Backend):
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
         mod = call.score_mod
-        if isinstance(mod, RelativeBias) and _relbias_strided.preferred(call):
-            return [_relbias_strided.SDPA_REASON]
+        if _distance_bias.preferred(call, over="flex"):
+            return [_distance_bias.sdpa_reason(call)]
         if isinstance(mod, RelativeBias) and _relbias_regions.preferred(call):
             return [_relbias_regions.SDPA_REASON]
         table = isinstance(mod, RelativeBias) and (call.L * call.S <= RELATIVE_BIAS_PAIRS or call.causal)

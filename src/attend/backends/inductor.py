@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import _check
-from . import _padding, _programs as P, _relbias_regions, _relbias_strided
+from . import _distance_bias, _padding, _programs as P, _relbias_regions
 from ._heap import tile_guard
 from ._inductor_calls import grad_tensors as _grad_tensors, program_key as _key, sdpa_share as _sdpa_share
 from ._inductor_calls import score_kind as _kind, user_functions as _user_functions
@@ -93,8 +93,8 @@ class Inductor(Backend):
         return why
 
     def auto_skip(self, call: AttentionCall) -> list[str]:
-        if call.score_mod is not None and _relbias_strided.preferred(call):
-            return [_relbias_strided.SDPA_REASON]
+        if call.score_mod is not None and _distance_bias.preferred(call, over="inductor"):
+            return [_distance_bias.sdpa_reason(call)]
         if call.score_mod is not None and _relbias_regions.preferred(call):
             return [_relbias_regions.SDPA_REASON]
         sdpa_does_it = ["SDPA's fused kernel computes this call (no score modifier, custom score or blocks to skip)"]

@@ -26,8 +26,8 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._rules import RelativeBias
-from . import _causal_blocks, _padding, _relbias_regions, _relbias_strided
+from .._rules import Alibi, RelativeBias
+from . import _causal_blocks, _distance_bias, _padding, _relbias_regions
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend
 
 
@@ -60,11 +60,12 @@ class SDPA(Backend):
         if not getattr(call.score, "dot_like", False):
             why.append(f"score {_score_name(call.score)} is not dot-like")
         if call.score_mod is not None:
-            table = _relbias_regions.reasons(call)
-            here = f"; here: {', '.join(table)}" if isinstance(call.score_mod, RelativeBias) else ""
-            if table and _relbias_strided.reasons(call):
-                why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table runs here "
-                           f"with no mask or bias other than causal{here})")
+            table, dist = _relbias_regions.reasons(call), _distance_bias.reasons(call)
+            if table and dist:
+                here = table if isinstance(call.score_mod, RelativeBias) else dist if isinstance(call.score_mod, Alibi) else []
+                here = f"; here: {', '.join(here)}" if here else ""
+                why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table or ALiBi runs "
+                           f"here with no mask or bias other than causal{here})")
         if call.hard:
             why.append("SDPA has no hard attention")
         if call.return_weights:
@@ -75,7 +76,7 @@ class SDPA(Backend):
 
     def describe(self, call: AttentionCall) -> str:
         if call.score_mod is not None:
-            return _relbias_strided.describe(call) or _relbias_regions.describe(call) or ""
+            return _distance_bias.describe(call) or _relbias_regions.describe(call) or ""
         n = _padding.lengths(call)
         if n is not None:
             return _padding.describe(n, call.S)
@@ -92,10 +93,10 @@ class SDPA(Backend):
         use_is_causal = _use_is_causal(call)
         attn_mask: Optional[Tensor] = None
         dead: Optional[Tensor] = None  # (B|1, H|1, L, 1): rows with no key
-        if call.score_mod is not None:  # a relative-bias table (can_run has checked)
+        if call.score_mod is not None:  # a relative-bias table or ALiBi (can_run has checked)
             args = (q, call.expand_kv(k), call.expand_kv(call.value), scale, call.score_mod, call.causal)
-            if not _relbias_strided.reasons(call):  # one kernel call, the biases a strided view
-                out = _relbias_strided.attention(*args)
+            if not _distance_bias.reasons(call):  # one kernel call, the biases a strided view
+                out = _distance_bias.attention(*args)
             else:
                 out = _relbias_regions.trained(*args) if call.needs_grad else _relbias_regions.attention(*args)[0]
             return self._nan_rows(call, q, out, None), None

@@ -1,10 +1,12 @@
-"""A relative-position bias as one call of SDPA's CPU kernel, its (L, S) bias a strided view.
+"""A bias of the distance (relative-bias table, ALiBi) as one call of SDPA's CPU kernel, the
+(L, S) biases a strided view.
 
-``mods.relative_bias(table)`` adds ``b(j - p)`` to the score of query ``i`` (at key position
-``p = i + offset``) and key ``j``: the bias depends on ``j - i`` only, so the (L, S) matrix of
-biases is a Toeplitz matrix and all of it lives in one vector of ``L + S - 1`` entries per head.
-A Toeplitz matrix's rows step *back* one entry per row, which a tensor's (non-negative) strides
-cannot say; its rows read in reverse order step forward one entry per row. So the queries are
+``mods.relative_bias(table)`` adds ``table[h, clip(j - p, -R, R) + R]`` to the score of query
+``i`` (at key position ``p = i + offset``) and key ``j``; ``mods.alibi(slopes)`` adds
+``-slopes[h] * |j - p|``. Either depends on ``j - i`` only, so the (L, S) matrix of biases is a
+Toeplitz matrix and all of it lives in one vector of ``L + S - 1`` entries per head. A Toeplitz
+matrix's rows step *back* one entry per row, which a tensor's (non-negative) strides cannot
+say; its rows read in reverse order step forward one entry per row. So the queries are
 reversed, the mask handed to the kernel is ``vec.as_strided((1, H, L, S), (0, L + S - 1, 1, 1))``
 (row ``r``, key ``j`` reads ``vec[r + j]``), and the output is reversed back. SDPA's CPU kernel
 reads a float mask through its strides, a block at a time, so the matrix is never materialised:
@@ -14,16 +16,14 @@ With ``causal`` (bottom-right, ``S >= L``) the vector holds ``-inf`` past each r
 and the rows run in blocks of :data:`ROWS`, each call over the keys the block's last row may see
 (the keys after it are never read), so about half the pairs are skipped.
 
-Measured (``benchmarks/results/cpu-relbias-strided.md``), inference, R = 128, forward over SDPA
-plain at the same shape: 1.03-1.10x at (1, 8, 2048, 64), (4, 8, 512, 64) and (1, 8, 4096, 64),
-against 1.29-1.75x for the regions path (:mod:`._relbias_regions`) or FlexAttention's kernel
-that ``auto`` took before. The kernel's backward takes the same mask, so training runs here too
-when the table is fixed; a learned table needs the scores' gradient summed along its diagonals,
-which the kernel does not give: that stays on the regions path or ``inductor``.
+The kernel's backward takes the same mask, so training runs here too when the table or slopes
+are fixed; a learned table's gradient is the scores' gradient summed along its diagonals, which
+the kernel does not give: that stays on :mod:`._relbias_regions` or ``inductor``.
+Measured in ``benchmarks/results/cpu-distance-bias.md`` (see :func:`preferred`).
 
 Before its first use in a process, :func:`reads_strides` checks on a small call that the kernel
-of this PyTorch build reads the view as the view (against the same mask made contiguous); where
-it does not, this path declines and the regions path runs.
+of this PyTorch build reads the view as the view (against the same mask made contiguous), forward
+and backward; where it does not, this path declines.
 """
 from __future__ import annotations
 
@@ -34,52 +34,89 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._rules import RelativeBias
+from .._rules import Alibi, RelativeBias
 from ._causal_blocks import untraceable
 from ._programs import no_double_backward
-from ._relbias_regions import reasons as _regions_reasons
+from ._relbias_regions import kernel_reasons
 from .base import AttentionCall
 
 #: query rows per kernel call with ``causal`` (each call reads the keys its rows may see)
 ROWS = 256
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+_MODS = (RelativeBias, Alibi)
 
 
-#: why flex and inductor leave such a call to sdpa, in ``explain``
-SDPA_REASON = ("sdpa runs this relative-bias table faster: one call of SDPA's kernel with the biases as a strided "
-               "view (benchmarks/results/cpu-relbias-strided.md)")
+def _what(mod) -> str:
+    return "relative-bias table" if isinstance(mod, RelativeBias) else "ALiBi"
 
 
-def preferred(call: AttentionCall) -> bool:
-    """Whether ``auto`` should run ``call`` here: wherever it can (measured faster than the regions
-    path, FlexAttention's kernel and ``inductor``'s tiles at every shape, causal or not, forward and
-    forward+backward with a fixed table; see the module's docstring)."""
-    return isinstance(call.score_mod, RelativeBias) and not reasons(call)
+def _param(mod) -> Tensor:
+    """The modifier's one tensor: the table, or the slopes."""
+    return mod.table if isinstance(mod, RelativeBias) else mod.slopes
+
+
+def sdpa_reason(call: AttentionCall) -> str:
+    """Why flex and inductor leave ``call`` to sdpa, in ``explain``."""
+    return (f"sdpa runs this {_what(call.score_mod)} faster: one call of SDPA's kernel with the biases as a strided "
+            f"view (benchmarks/results/cpu-distance-bias.md)")
+
+
+#: ``flex`` keeps ALiBi's inference without causal past this many keys (its proven reach leaves
+#: out more blocks the longer the sequence; see :func:`preferred`)
+ALIBI_FLEX_KEYS = 2048
+
+
+def preferred(call: AttentionCall, *, over: str) -> bool:
+    """Whether ``auto`` should run ``call`` here rather than on ``over`` ("flex" or "inductor"),
+    where this path can run it. Measured in ``benchmarks/results/cpu-distance-bias.md`` (forward,
+    and forward+backward with fixed biases, at (4, 8, 512, 64), (2, 8, 1024, 64), (1, 8, 2048, 64)
+    and (1, 8, 4096, 64), over SDPA with no bias): a relative-bias table, causal or not, ran faster
+    here than on FlexAttention's kernel, the regions path and ``inductor``'s tiles at every shape
+    (forward 1.05-1.29x against 1.29-1.72x for the next best); so did every training call. ALiBi's
+    inference on FlexAttention's kernel leaves out the blocks past its proven reach
+    (:mod:`._alibi_reach`), more of them the longer the sequence: without causal this path was
+    faster up to 2048 keys (1.07-1.16x against 1.31-1.62x) and FlexAttention's at 4096 (0.99x
+    against 1.07x); with causal FlexAttention's was as fast or faster (1.08x against 1.27x SDPA
+    causal at 2048). So ``flex`` keeps ALiBi's inference with causal or past
+    :data:`ALIBI_FLEX_KEYS` keys, and this path takes it over ``inductor`` only."""
+    mod = call.score_mod
+    if not isinstance(mod, _MODS):
+        return False
+    if (over == "flex" and isinstance(mod, Alibi) and not call.needs_grad
+            and (call.causal or call.S > ALIBI_FLEX_KEYS)):
+        return False
+    return not reasons(call)
 
 
 def reasons(call: AttentionCall) -> list[str]:
     """Why this path cannot run ``call`` (empty: it can)."""
-    why = list(_regions_reasons(call, forward_only=True))
-    if why:
-        return why
+    mod = call.score_mod
+    if not isinstance(mod, _MODS):
+        return ["score_mod is not a bias of the distance (a relative-bias table or ALiBi)"]
+    why = kernel_reasons(call, forward_only=True)
     if untraceable():
         why.append("under torch.compile, autocast or torch.func (a strided view handed to the kernel directly)")
-    if call.needs_grad and call.score_mod.table.requires_grad:
-        why.append("a learned table's gradient is the scores' gradient summed along its diagonals, which the "
-                   "kernel's backward does not give")
+    if call.needs_grad and _param(mod).requires_grad:
+        why.append(f"a learned {'table' if isinstance(mod, RelativeBias) else 'slope'}'s gradient sums the scores' "
+                   f"gradient along the diagonals, which the kernel's backward does not give")
+    if not why and not bool(torch.isfinite(_param(mod).detach()).all()):  # (last: it reads the tensor)
+        why.append(f"the {'table holds' if isinstance(mod, RelativeBias) else 'slopes hold'} a non-finite entry")
     if not why and not reads_strides():
         why.append("this PyTorch's SDPA CPU kernel does not read a strided mask as its strides say")
     return why
 
 
-def vector(mod: RelativeBias, L: int, S: int, H: int, dtype: torch.dtype, causal: bool) -> Tensor:
+def vector(mod, L: int, S: int, dtype: torch.dtype, causal: bool) -> Tensor:
     """``(H|1, L + S - 1)``: entry ``r + j`` is the bias of key ``j`` for the query ``L - 1 - r``
     (``-inf`` past its position with ``causal``). ``mod`` is bound to ``(L, S)``."""
-    R = mod.max_distance
-    table = mod.table.detach()
-    d = torch.arange(L + S - 1, device=table.device) - (L - 1) - mod.offset  # j - p
-    vec = table[:, d.clamp(-R, R) + R] if table.ndim == 2 else table[d.clamp(-R, R) + R].unsqueeze(0)
+    p = _param(mod).detach()
+    d = torch.arange(L + S - 1, device=p.device) - (L - 1) - mod.offset  # j - p
+    if isinstance(mod, RelativeBias):
+        idx = d.clamp(-mod.max_distance, mod.max_distance) + mod.max_distance
+        vec = p[:, idx] if p.ndim == 2 else p[idx].unsqueeze(0)
+    else:
+        vec = -p.reshape(-1, 1).to(dtype) * d.abs().to(dtype)
     vec = vec.to(dtype)
     if causal:
         vec = vec.masked_fill(d > 0, -math.inf)
@@ -100,11 +137,11 @@ def _blocks(L: int, S: int, causal: bool) -> list[tuple[int, int, int]]:
     return [(r0, min(L, r0 + ROWS), S - r0) for r0 in range(0, L, ROWS)]
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod: RelativeBias, causal: bool) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod, causal: bool) -> Tensor:
     """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
-    ``mod`` (bound to the call's lengths), causal (bottom-right, ``S >= L``) or not; differentiable
-    in ``q``, ``k`` and ``v`` (the table is taken as fixed: :func:`reasons` says so)."""
-    vec = vector(mod, q.shape[2], k.shape[2], mod.table.shape[0] if mod.table.ndim == 2 else 1, q.dtype, causal)
+    ``mod`` (a relative-bias table or ALiBi, bound to the call's lengths), causal (bottom-right, ``S >= L``) or not; differentiable
+    in ``q``, ``k`` and ``v`` (the table or slopes taken as fixed: :func:`reasons` says so)."""
+    vec = vector(mod, q.shape[2], k.shape[2], q.dtype, causal)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _Strided.apply(q, k, v, vec, float(scale), causal)
     with torch.no_grad():
@@ -146,7 +183,7 @@ class _Strided(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        no_double_backward("attend's relative-bias path on SDPA's kernel")
+        no_double_backward("attend's distance-bias path on SDPA's kernel")
         qr, k, v, vec, out, lse = ctx.saved_tensors
         scale = ctx.scale
         dr = dout.flip(2)  # (contiguous)
@@ -189,6 +226,7 @@ def describe(call: AttentionCall) -> Optional[str]:
     L, S = call.L, call.S
     how = (f"in blocks of {ROWS} rows, each over the keys its rows may see" if call.causal and L > ROWS
            else "as one call")
-    return (f"{'causal ' if call.causal else ''}relative bias on SDPA's kernel {how}: the (L, S) biases as a strided "
+    what = "relative bias" if isinstance(call.score_mod, RelativeBias) else "ALiBi"
+    return (f"{'causal ' if call.causal else ''}{what} on SDPA's kernel {how}: the (L, S) biases as a strided "
             f"view of {L + S - 1} entries per head (queries reversed, so each row starts one entry further)"
-            + ("; the backward is the kernel's, with the same view (the table is fixed)" if call.needs_grad else ""))
+            + ("; the backward is the kernel's, with the same view (the biases are fixed)" if call.needs_grad else ""))

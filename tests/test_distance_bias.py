@@ -1,5 +1,5 @@
-"""A relative-bias table as one call of SDPA's CPU kernel with its biases a strided view
-(:mod:`attend.backends._relbias_strided`): against the float64 reference by the tolerance rule,
+"""A bias of the distance (a relative-bias table, ALiBi) as one call of SDPA's CPU kernel with its
+biases a strided view (:mod:`attend.backends._distance_bias`): against the float64 reference by the tolerance rule,
 forward and q/k/v gradients; that the kernel is handed a view of L + S - 1 entries per head, not
 a dense mask; the calls made with ``causal``; where the path declines; what ``auto`` and
 ``explain`` say; the check that the kernel reads the view's strides."""
@@ -12,7 +12,7 @@ import torch
 
 import attend
 import reference as R
-from attend.backends import _relbias_strided as RS
+from attend.backends import _distance_bias as RS
 from attend.functional import _prepare
 from cases import BASELINE, inputs
 from test_relbias_regions import _bias, _check
@@ -93,11 +93,56 @@ def test_the_view_reads_each_rows_entries():
     for L, S, M, causal in ((5, 9, 2, False), (9, 5, 1, False), (6, 8, 3, True)):
         table = torch.randn(3, 2 * M + 1)
         mod = attend.mods.relative_bias(table).bind(L, S)
-        vec = RS.vector(mod, L, S, 3, torch.float32, causal)
+        vec = RS.vector(mod, L, S, torch.float32, causal)
         dense = _bias(table, 3, L, S).float()
         if causal:
             dense = dense.masked_fill(~R.causal_mask(L, S), -math.inf)
         assert torch.equal(RS._view(vec, 0, L, S), dense.flip(2))
+        slopes = torch.rand(3) + 0.1
+        mod = attend.mods.alibi(slopes).bind(L, S)
+        dense = _alibi_bias(slopes, L, S).float()
+        if causal:
+            dense = dense.masked_fill(~R.causal_mask(L, S), -math.inf)
+        assert torch.equal(RS._view(RS.vector(mod, L, S, torch.float32, causal), 0, L, S), dense.flip(2))
+
+
+def _alibi_bias(slopes: torch.Tensor, L: int, S: int) -> torch.Tensor:
+    """The reference's dense (1, H, L, S) ALiBi bias, -slope * |j - i - (S - L)|, in float64."""
+    d = (torch.arange(S).view(1, -1) - torch.arange(L).view(-1, 1) - (S - L)).abs().double()
+    return (-slopes.double().view(-1, 1, 1) * d).unsqueeze(0)
+
+
+@pytest.mark.parametrize("L,S,causal,grad", [
+    (1100, 1100, False, False), (700, 1500, True, False), (1500, 600, False, True), (600, 900, True, True),
+    (1, 300, True, False), (600, 600, True, True),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_alibi_matches_reference(monkeypatch, L, S, causal, grad, dtype):
+    """ALiBi (fixed slopes) here: output, and q, k, v gradients when ``grad``, by the tolerance rule."""
+    seen = _kernel_masks(monkeypatch)
+    H = 4
+    q, k, v = inputs(1, H, H, L, S, 16, 16, dtype, seed=L + S)
+    slopes = attend.mods.alibi_slopes(H)
+    dout = torch.randn(1, H, L, 16, generator=torch.Generator().manual_seed(2)).double()
+
+    def run(backend, qq, kk, vv):
+        qq, kk, vv = (t.detach().clone().requires_grad_(grad) for t in (qq, kk, vv))
+        with torch.set_grad_enabled(grad):
+            if backend is None:
+                bias = _alibi_bias(slopes, L, S)
+                out, _ = R.reference(qq, kk, vv, R.scaled_dot(16), mod=lambda s: s + bias,
+                                     allowed=R.causal_mask(L, S) if causal else None)
+            else:
+                out = attend.attention(qq, kk, vv, score_mod=attend.mods.alibi(slopes.to(dtype)), causal=causal,
+                                       backend=backend)
+            return [out] + (list(torch.autograd.grad(out, (qq, kk, vv), dout.to(out.dtype))) if grad else [])
+
+    got = run("sdpa", q, k, v)
+    assert seen and all(n == H * (L + S - 1) for _, _, n in seen)
+    base = run(BASELINE, q, k, v)
+    ref = run(None, q.double(), k.double(), v.double())
+    for name, a, b, r, m in zip(["out", "dq", "dk", "dv"], got, base, ref, [2, 3, 3, 3]):
+        R.check(a, b, r, dtype=dtype, m=m, what=f"ALiBi {name} {L}x{S} causal={causal}")
 
 
 def _call(q, k, v, **kw):
@@ -111,22 +156,45 @@ def test_auto_takes_it_and_explain_says_so():
         with torch.no_grad():
             why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), causal=causal)
         assert why.backend == "sdpa" and f"strided view of {2 * L - 1} entries per head" in why.detail, (B, L, causal)
-        assert RS.SDPA_REASON in why.reasons["flex"]
+        assert RS.sdpa_reason(_call(q, k, v, score_mod=attend.mods.relative_bias(table))) in why.reasons["flex"]
         assert ("in blocks of 256 rows" in why.detail) is causal
     q, k, v = inputs(1, 8, 8, 1024, 1024, 64, 64, torch.float32, grad=True)
     why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table))  # training, a fixed table
     assert why.backend == "sdpa" and "the backward is the kernel's, with the same view" in why.detail
-    assert RS.SDPA_REASON in why.reasons["inductor"]
+    assert RS.sdpa_reason(_call(q, k, v, score_mod=attend.mods.relative_bias(table))) in why.reasons["inductor"]
+    assert RS.sdpa_reason(_call(q, k, v, score_mod=attend.mods.relative_bias(table))).startswith(
+        "sdpa runs this relative-bias table faster")
     learned = attend.mods.relative_bias(table.clone().requires_grad_(True))
     why = attend.explain(q, k, v, score_mod=learned)
     assert "strided view" not in why.detail  # (regions or inductor: the table's gradient)
-    assert any("summed along its diagonals" in r for r in RS.reasons(_call(q, k, v, score_mod=learned)))
+    assert any("along the diagonals" in r for r in RS.reasons(_call(q, k, v, score_mod=learned)))
+
+
+def test_auto_leaves_alibis_inference_to_flex_with_causal_or_past_2048_keys():
+    """ALiBi: here for training (fixed slopes) and for inference without causal up to
+    ALIBI_FLEX_KEYS keys; flex (its proven reach) for inference with causal or longer."""
+    for B, L, causal, grad, want in ((1, 2048, False, False, "sdpa"), (4, 512, False, False, "sdpa"),
+                                     (1, 4096, False, False, "flex"), (1, 2048, True, False, "flex"),
+                                     (4, 512, True, False, "flex"), (1, 2048, True, True, "sdpa"),
+                                     (1, 4096, False, True, "sdpa")):
+        q, k, v = inputs(B, 8, 8, L, L, 64, 64, torch.float32, grad=grad)
+        with torch.set_grad_enabled(grad):
+            why = attend.explain(q, k, v, score_mod=attend.mods.alibi(8), causal=causal)
+        assert why.backend == want, (B, L, causal, grad, why)
+        if want == "sdpa":
+            assert why.detail.startswith(f"{'causal ' if causal else ''}ALiBi on SDPA's kernel")
+            assert "sdpa runs this ALiBi faster" in " ".join(why.reasons["flex" if not grad else "inductor"])
+    q, k, v = inputs(1, 8, 8, 2048, 2048, 64, 64, torch.float32, grad=True)
+    learned = attend.mods.alibi(attend.mods.alibi_slopes(8).requires_grad_(True))
+    assert attend.explain(q, k, v, score_mod=learned, causal=True).backend == "inductor"
+    assert any("a learned slope's gradient" in r for r in RS.reasons(_call(q, k, v, score_mod=learned)))
 
 
 @pytest.mark.parametrize("case,needle", [
     ("learned", "a learned table's gradient"), ("autocast", "under torch.compile, autocast or torch.func"),
     ("window", "other than causal"), ("float16", "float32 or float64"), ("nan table", "non-finite entry"),
-    ("kernel", "does not read a strided mask"),
+    ("kernel", "does not read a strided mask"), ("nan slopes", "the slopes hold a non-finite entry"),
+    ("softcap", "not a bias of the distance"),
 ])
 def test_calls_that_do_not_take_the_path(monkeypatch, case, needle):
     q, k, v = inputs(1, 2, 2, 300, 300, 8, 8, torch.float32)
@@ -143,10 +211,15 @@ def test_calls_that_do_not_take_the_path(monkeypatch, case, needle):
         table[1, 3] = math.nan
     elif case == "kernel":
         monkeypatch.setattr(RS, "reads_strides", lambda: False)
+    mod = attend.mods.relative_bias(table)
+    if case == "nan slopes":
+        mod = attend.mods.alibi(torch.tensor([0.5, math.nan]))
+    elif case == "softcap":
+        mod = attend.mods.softcap(20.0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
-        call = _call(q, k, v, score_mod=attend.mods.relative_bias(table), **kw)
+        call = _call(q, k, v, score_mod=mod, **kw)
         assert any(needle in r for r in RS.reasons(call)), RS.reasons(call)
-        assert not RS.preferred(call)
+        assert not RS.preferred(call, over="flex") and not RS.preferred(call, over="inductor")
     if case == "kernel":  # the regions path runs it instead, and explain says so
         with torch.no_grad():
             why = attend.explain(q, k, v, score_mod=attend.mods.relative_bias(table), backend="sdpa")
