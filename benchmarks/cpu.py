@@ -387,7 +387,7 @@ def main() -> None:
     ap.add_argument("--max-seconds-per-cell", type=float, default=3.0,
                     help="a cell whose first (warm-up) call takes longer is reported from that one call")
     ap.add_argument("--skip-seconds", type=float, default=60.0,
-                    help="forward+backward is skipped when its forward's first call took over a third of this")
+                    help="forward+backward is skipped when its forward's warm call took over a third of this")
     ap.add_argument("--memory-L", type=int, default=16384, help="L = S of the memory section (0: none)")
     ap.add_argument("--memory-timeout", type=float, default=60.0, help="seconds per memory subprocess")
     ap.add_argument("--memory-first", action="store_true", help="run the memory section before the time tables")
@@ -737,7 +737,9 @@ def intro(args, shapes, variants, mem_L):
         f"{args.reps} calls after 1 warm-up (2 where the first compiled); a cell whose warm-up took over "
         f"{args.max_seconds_per_cell:g} s (`--max-seconds-per-cell`) is reported from that one call (marked ~; where "
         "the first call compiled, from the second, the first staying in the \"first call\" column), and a forward+backward whose "
-        f"forward's first call took over {args.skip_seconds / 3:g} s is skipped (`--skip-seconds`). "
+        f"forward's warm call took over {args.skip_seconds / 3:g} s is skipped (`--skip-seconds`). The \"first call\" "
+        "column holds the first call, compile included (before 2026-11-30 it held the second call where the "
+        "first compiled and the second fitted the budget). "
         "Ratio = time / SDPA plain at the same shape and pass (SDPA `is_causal=True` for causal, ALiBi + causal "
         "and prefix-LM); for variants SDPA cannot express (soft-capping, additive) SDPA plain is the reference. "
         "The reference is timed side by side with each cell: once before each of its timed calls, on inputs of "

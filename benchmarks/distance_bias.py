@@ -5,7 +5,7 @@ Times, side by side in one process, forward (no gradients) and forward+backward 
 learn; the table or slopes are fixed): attend's ``sdpa`` backend, which runs these on
 :mod:`attend.backends._distance_bias`; ``flex`` (FlexAttention's compiled kernel, with ALiBi's
 proven reach, inference only); ``inductor``'s compiled tiles (training); for a relative-bias
-table's forward also the regions path (``sdpa`` with the strided path declined); ``auto``;
+table also the regions path (``sdpa`` with the strided path declined); ``auto``;
 and SDPA with no bias (causal where the variant is). Every path is checked against the eager
 path in float64 before it is timed; nothing is written if one differs by more than
 :data:`TOLERANCE`. Median of ``--reps`` rounds, each round in a random order.
@@ -59,13 +59,9 @@ def _strided_declined():
 
 def contestants(kw: dict, training: bool, relbias: bool) -> dict:
     """tag -> backend (or a callable run around the call)"""
-    out = {"strided (sdpa)": "sdpa"}
-    if training:
-        out["inductor"] = "inductor"
-    else:
-        out["flex"] = "flex"
-        if relbias and not kw.get("causal"):
-            out["regions (sdpa)"] = ("sdpa", _strided_declined)
+    out = {"strided (sdpa)": "sdpa", ("inductor" if training else "flex"): "inductor" if training else "flex"}
+    if relbias:
+        out["regions (sdpa)"] = ("sdpa", _strided_declined)
     out["auto"] = "auto"
     return out
 

@@ -49,4 +49,9 @@ def test_a_compiled_cell_too_slow_to_repeat_reports_its_warm_call(monkeypatch):
     clock = iter([0.0, 9.0, 10.0, 11.0] + [float(t) for t in range(20, 40)])  # a 1 s warm call: then 5 timed ones
     monkeypatch.setattr(cpu, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     cell = cpu.measure(lambda: torch.zeros(2), False, [], reps=5, budget=3.0)
-    assert (cell["runs"], cell["first_ms"], cell["warm_ms"]) == (5, 9000.0, 1000.0)
+    assert (cell["runs"], cell["ms"], cell["first_ms"], cell["warm_ms"]) == (5, 1000.0, 9000.0, 1000.0)
+    clock = iter([0.0, 4.0])  # nothing compiled: a slow first call is the cell, and its warm call
+    monkeypatch.setattr(cpu, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(cpu, "compiled_since", lambda t0: False)
+    cell = cpu.measure(lambda: torch.zeros(2), False, [], reps=5, budget=3.0)
+    assert (cell["runs"], cell["ms"], cell["first_ms"], cell["warm_ms"]) == (1, 4000.0, 4000.0, 4000.0)

@@ -69,19 +69,24 @@ ALIBI_FLEX_KEYS = 2048
 
 def preferred(call: AttentionCall, *, over: str) -> bool:
     """Whether ``auto`` should run ``call`` here rather than on ``over`` ("flex" or "inductor"),
-    where this path can run it. Measured in ``benchmarks/results/cpu-distance-bias.md`` (forward,
-    and forward+backward with fixed biases, at (4, 8, 512, 64), (2, 8, 1024, 64), (1, 8, 2048, 64)
-    and (1, 8, 4096, 64), over SDPA with no bias): a relative-bias table, causal or not, ran faster
-    here than on FlexAttention's kernel, the regions path and ``inductor``'s tiles at every shape
-    (forward 1.05-1.29x against 1.29-1.72x for the next best); so did every training call. ALiBi's
-    inference on FlexAttention's kernel leaves out the blocks past its proven reach
-    (:mod:`._alibi_reach`), more of them the longer the sequence: without causal this path was
-    faster up to 2048 keys (1.07-1.16x against 1.31-1.62x) and FlexAttention's at 4096 (0.99x
-    against 1.07x); with causal FlexAttention's was as fast or faster (1.08x against 1.27x SDPA
-    causal at 2048). So ``flex`` keeps ALiBi's inference with causal or past
-    :data:`ALIBI_FLEX_KEYS` keys, and this path takes it over ``inductor`` only."""
+    where this path can run it. Measured in ``benchmarks/results/cpu-distance-bias.md``, over SDPA
+    with no bias (causal where the call is), at (1, 8, 2048, 64), (4, 8, 512, 64), (2, 8, 1024, 64)
+    and (1, 8, 4096, 64):
+
+    - a relative-bias table's forward: 1.07-1.15x here against 1.45-1.66x on the regions path and
+      1.73-2.45x on FlexAttention's kernel; with causal 0.97-1.16x against 1.03-1.67x on
+      FlexAttention's;
+    - training (q, k, v learn, the table or slopes fixed): 0.88-1.23x here against 1.15-2.07x on
+      ``inductor``'s tiles, every variant and shape;
+    - ALiBi's forward on FlexAttention's kernel leaves out the blocks past ALiBi's proven reach
+      (:mod:`._alibi_reach`), more of them the longer the sequence: without causal 1.07-1.15x here
+      against 1.30-1.60x up to 2048 keys, but 1.03x against 0.99x at 4096; with causal
+      FlexAttention's was as fast or faster at every shape (0.93-1.12x against 0.96-1.22x).
+
+    So ``flex`` keeps ALiBi's inference with causal or past :data:`ALIBI_FLEX_KEYS` keys, and
+    this path takes that only over ``inductor`` (where FlexAttention's kernel cannot run)."""
     mod = call.score_mod
-    if not isinstance(mod, _MODS):
+    if type(mod) not in _MODS:
         return False
     if (over == "flex" and isinstance(mod, Alibi) and not call.needs_grad
             and (call.causal or call.S > ALIBI_FLEX_KEYS)):
@@ -92,25 +97,26 @@ def preferred(call: AttentionCall, *, over: str) -> bool:
 def reasons(call: AttentionCall) -> list[str]:
     """Why this path cannot run ``call`` (empty: it can)."""
     mod = call.score_mod
-    if not isinstance(mod, _MODS):
-        return ["score_mod is not a bias of the distance (a relative-bias table or ALiBi)"]
+    if type(mod) not in _MODS:  # (exactly: a subclass may score differently)
+        return ["score_mod is not a bias of the distance (a relative-bias table or ALiBi, not a subclass)"]
     why = kernel_reasons(call, forward_only=True)
     if untraceable():
         why.append("under torch.compile, autocast or torch.func (a strided view handed to the kernel directly)")
     if call.needs_grad and _param(mod).requires_grad:
         why.append(f"a learned {'table' if isinstance(mod, RelativeBias) else 'slope'}'s gradient sums the scores' "
                    f"gradient along the diagonals, which the kernel's backward does not give")
-    if not why and not bool(torch.isfinite(_param(mod).detach()).all()):  # (last: it reads the tensor)
+    if not why and not bool(torch.isfinite(_param(mod).detach().to(call.query.dtype)).all()):  # (last: it reads
+        # the tensor; in the inputs' dtype, which a float64 entry past float32's range overflows)
         why.append(f"the {'table holds' if isinstance(mod, RelativeBias) else 'slopes hold'} a non-finite entry")
     if not why and not reads_strides():
         why.append("this PyTorch's SDPA CPU kernel does not read a strided mask as its strides say")
     return why
 
 
-def vector(mod, L: int, S: int, dtype: torch.dtype, causal: bool) -> Tensor:
-    """``(H|1, L + S - 1)``: entry ``r + j`` is the bias of key ``j`` for the query ``L - 1 - r``
-    (``-inf`` past its position with ``causal``). ``mod`` is bound to ``(L, S)``."""
-    p = _param(mod).detach()
+def vector(mod, L: int, S: int, dtype: torch.dtype, causal: bool, device: torch.device | str = "cpu") -> Tensor:
+    """``(H|1, L + S - 1)`` on ``device``: entry ``r + j`` is the bias of key ``j`` for the query
+    ``L - 1 - r`` (``-inf`` past its position with ``causal``). ``mod`` is bound to ``(L, S)``."""
+    p = _param(mod).detach().to(device)
     d = torch.arange(L + S - 1, device=p.device) - (L - 1) - mod.offset  # j - p
     if isinstance(mod, RelativeBias):
         idx = d.clamp(-mod.max_distance, mod.max_distance) + mod.max_distance
@@ -141,7 +147,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod, causal: bool) 
     """Attention of ``(B, H, L, E)`` queries over ``(B, H, S, E)`` keys and values with the bias
     ``mod`` (a relative-bias table or ALiBi, bound to the call's lengths), causal (bottom-right, ``S >= L``) or not; differentiable
     in ``q``, ``k`` and ``v`` (the table or slopes taken as fixed: :func:`reasons` says so)."""
-    vec = vector(mod, q.shape[2], k.shape[2], q.dtype, causal)
+    vec = vector(mod, q.shape[2], k.shape[2], q.dtype, causal, q.device)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _Strided.apply(q, k, v, vec, float(scale), causal)
     with torch.no_grad():
@@ -207,9 +213,10 @@ def reads_strides() -> bool:
     """Whether this PyTorch's SDPA CPU kernel, forward and backward, reads a mask whose rows
     overlap (row stride 1) as its strides say: a small call against the same mask made contiguous."""
     g = torch.Generator().manual_seed(0)
-    q, k, v, dout = (torch.randn(1, 2, n, 8, generator=g) for n in (37, 45, 45, 37))
-    vec = torch.randn(2, 37 + 45 - 1, generator=g)
-    view = _view(vec, 0, 37, 45)
+    L, S = 300, 600  # (several of the kernel's row and key blocks)
+    q, k, v, dout = (torch.randn(1, 2, n, 8, generator=g, dtype=torch.float32, device="cpu") for n in (L, S, S, L))
+    vec = torch.randn(2, L + S - 1, generator=g, dtype=torch.float32, device="cpu")
+    view = _view(vec, 0, L, S)
     with torch.no_grad():
         got = _FWD(q, k, v, 0.0, False, attn_mask=view, scale=0.3)
         want = _FWD(q, k, v, 0.0, False, attn_mask=view.contiguous(), scale=0.3)

@@ -70,8 +70,8 @@ _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 def reasons(call: AttentionCall, *, forward_only: bool = False) -> list[str]:
     """Why this path cannot run ``call`` (empty: it can). ``forward_only``: the forward of a
     training call, whose backward another backend computes (gradients are then no reason)."""
-    if not isinstance(call.score_mod, RelativeBias):
-        return ["score_mod is not a relative-bias table"]
+    if type(call.score_mod) is not RelativeBias:  # (exactly: a subclass may score differently)
+        return ["score_mod is not a relative-bias table (not a subclass)"]
     why = kernel_reasons(call, forward_only=forward_only)
     if not why and not bool(torch.isfinite(call.score_mod.table.detach()).all()):  # (last: it reads the table)
         why.append("the table holds a non-finite entry")
