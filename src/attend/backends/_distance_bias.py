@@ -73,15 +73,16 @@ def preferred(call: AttentionCall, *, over: str) -> bool:
     with no bias (causal where the call is), at (1, 8, 2048, 64), (4, 8, 512, 64), (2, 8, 1024, 64)
     and (1, 8, 4096, 64):
 
-    - a relative-bias table's forward: 1.07-1.15x here against 1.45-1.66x on the regions path and
-      1.73-2.45x on FlexAttention's kernel; with causal 0.97-1.16x against 1.03-1.67x on
-      FlexAttention's;
-    - training (q, k, v learn, the table or slopes fixed): 0.88-1.23x here against 1.15-2.07x on
-      ``inductor``'s tiles, every variant and shape;
+    - a relative-bias table's forward: 1.01-1.13x here against 1.42-1.92x on the regions path and
+      1.53-2.45x on FlexAttention's kernel; with causal 0.94-1.26x against 0.93-1.57x on
+      FlexAttention's (a tie at 512 keys);
+    - training (q, k, v learn, the table or slopes fixed): 0.87-1.21x here against 1.11-2.11x on
+      ``inductor``'s tiles and, for a table, 1.15-1.59x on the regions path, every variant and shape;
     - ALiBi's forward on FlexAttention's kernel leaves out the blocks past ALiBi's proven reach
-      (:mod:`._alibi_reach`), more of them the longer the sequence: without causal 1.07-1.15x here
-      against 1.30-1.60x up to 2048 keys, but 1.03x against 0.99x at 4096; with causal
-      FlexAttention's was as fast or faster at every shape (0.93-1.12x against 0.96-1.22x).
+      (:mod:`._alibi_reach`), more of them the longer the sequence: without causal 1.08-1.13x here
+      against 1.26-1.45x up to 2048 keys, and at 4096 a tie (1.02x against 1.07x, and 1.03x against
+      0.99x in the run before); with causal FlexAttention's was faster at every shape (0.80-1.13x
+      against 0.92-1.40x).
 
     So ``flex`` keeps ALiBi's inference with causal or past :data:`ALIBI_FLEX_KEYS` keys, and
     this path takes that only over ``inductor`` (where FlexAttention's kernel cannot run)."""

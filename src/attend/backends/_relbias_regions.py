@@ -32,8 +32,8 @@ Without a C++ compiler (no ``flex`` or ``inductor``), ``auto`` still falls back 
 
 Where :mod:`._distance_bias` can run a call (one kernel call, the biases a strided view: the
 table fixed, outside ``torch.compile``, autocast and ``torch.func``), ``sdpa`` runs it there, faster
-at every shape measured (``benchmarks/results/cpu-distance-bias.md``: forward 1.07-1.15x SDPA
-plain where this path took 1.45-1.66x). So this path runs a learned table's training, inference
+at every shape measured (``benchmarks/results/cpu-distance-bias.md``: forward 1.01-1.13x SDPA
+plain where this path took 1.42-1.92x; training with a fixed table 0.87-1.20x against 1.15-1.59x). So this path runs a learned table's training, inference
 under those transforms, and any call on a PyTorch whose kernel misreads the strided view.
 """
 from __future__ import annotations
