@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -148,3 +150,18 @@ def parse_shape(ap, text: str, option: str) -> tuple:
     except ValueError:
         ap.error(f"{option}: {text!r} is not BxHxLxE")
     return B, H, L, E
+
+
+def time_rounds(fns: dict, reps: int) -> dict:
+    """Median milliseconds of each callable of ``fns`` over ``reps`` rounds, each round calling
+    every one once in a random order (so a drift of the machine's speed moves them all)."""
+    times = {t: [] for t in fns}
+    order = list(fns)
+    for _ in range(reps):
+        random.shuffle(order)
+        for t in order:
+            t0 = time.perf_counter()
+            fns[t]()
+            times[t].append(time.perf_counter() - t0)
+    return {t: statistics.median(x) * 1e3 for t, x in times.items()}
+

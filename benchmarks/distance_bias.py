@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import attend
-from _machine import RESULTS, check_args, parse_shape, results_path, write_results
+from _machine import RESULTS, check_args, parse_shape, results_path, time_rounds, write_results
 from attend.backends import _distance_bias
 
 SHAPES = "1x8x2048x64,4x8x512x64,2x8x1024x64,1x8x4096x64"
@@ -115,15 +112,7 @@ def main() -> None:
                                  f"(more than {TOLERANCE:.0e}); no results written")
                 chosen = attend.explain(q, k, v, **kw)
                 fns["SDPA"]()
-                times = {t: [] for t in fns}
-                order = list(fns)
-                for _ in range(args.reps):
-                    random.shuffle(order)
-                    for t in order:
-                        t0 = time.perf_counter()
-                        fns[t]()
-                        times[t].append(time.perf_counter() - t0)
-                med = {t: statistics.median(x) * 1e3 for t, x in times.items()}
+                med = time_rounds(fns, args.reps)
                 ratio = {t: med[t] / med["SDPA"] for t in fns if t != "SDPA"}
                 shape = f"{B}x{H}x{L}x{E}"
                 mode = "fwd+bwd" if training else "fwd"

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import attend
-from _machine import RESULTS, check_args, parse_shape, results_path, write_results
+from _machine import RESULTS, check_args, parse_shape, results_path, time_rounds, write_results
 from attend.backends.flex import Flex
 
 SHAPES = "1x8x2048x64,4x8x512x64,1x8x4096x64"
@@ -78,15 +75,7 @@ def main() -> None:
                     sys.exit(f"{B}x{H}x{L}x{E} {name}: flex differs from eager float64 by {worst:.1e} "
                              f"(more than {TOLERANCE:.0e}); no results written")
                 fns["SDPA"]()
-                times = {t: [] for t in fns}
-                order = list(fns)
-                for _ in range(args.reps):
-                    random.shuffle(order)
-                    for t in order:
-                        t0 = time.perf_counter()
-                        fns[t]()
-                        times[t].append(time.perf_counter() - t0)
-            med = {t: statistics.median(x) * 1e3 for t, x in times.items()}
+                med = time_rounds(fns, args.reps)
             chosen = _chosen(q, k, v, kw)
             ratio = {t: med[t] / med["SDPA"] for t in backends}
             shape = f"{B}x{H}x{L}x{E}"

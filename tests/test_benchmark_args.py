@@ -19,6 +19,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("page_faults.py", ["--rep", "3"], "unrecognized arguments: --rep"),  # no abbreviations
     ("flex_blocks.py", ["--threads", "0"], "--threads must be at least 1, got 0"),
     ("page_faults.py", ["--threads", "0"], "--threads must be at least 1, got 0"),
+    ("distance_bias.py", ["--reps", "0"], "--reps must be at least 1, got 0"),
+    ("distance_bias.py", ["--shapes", "1x8x2048x64,1x8"], "--shapes: '1x8' is not BxHxLxE"),
 ])
 def test_bad_arguments_are_refused_by_name(script, args, needle, tmp_path):
     out = tmp_path / "never.md"
