@@ -8,11 +8,13 @@ does. Registered here, fastest first:
 
 ======== ==========================================================================
 flex     PyTorch's FlexAttention compiled for the CPU, inference only: taken by auto for
-         mask rules that leave blocks out and for ALiBi, where its fused kernel is fastest
+         mask rules that leave blocks out and for ALiBi with causal or past 2048 keys, where
+         its fused kernel is fastest
 inductor tiles of queries x the keys their rules allow, compiled by torch.compile (CPU): score
          modifiers, additive/custom scores, sinks, block-sparse masks, the weights; taken by
          auto only where SDPA cannot do as well and the call repays compiling
-sdpa     PyTorch's fused ``scaled_dot_product_attention`` (dot-like scores, no weights)
+sdpa     PyTorch's fused ``scaled_dot_product_attention`` (dot-like scores, no weights); on the
+         CPU also a relative-bias table or ALiBi, as one kernel call with the biases a strided view
 triton   fused Triton kernels on a GPU: dot-like scores, compiled-in masks and score_mods,
          and the weights (the CPU runs them only under ``TRITON_INTERPRET=1``, for tests)
 eager    the readable reference; materialises the (L, S) scores; everything
