@@ -18,6 +18,7 @@ renamed over the target, so a run that is cut off leaves the previous file whole
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -141,6 +142,21 @@ def check_args(ap, args, *, at_least_one: Iterable[str] = ("reps", "threads")) -
     for name in at_least_one:
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def shapes_args(description: str, *, reps: int, shapes: str, out: str) -> tuple:
+    """The small benchmarks' options, ``--reps``, ``--shapes``, ``--threads`` (set for torch here)
+    and ``--out`` (default ``out`` in :data:`RESULTS`), checked: ``(args, [(B, H, L, E), ...])``."""
+    ap = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--shapes", default=shapes, help="comma-separated BxHxLxE")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(RESULTS, out))
+    args = ap.parse_args()
+    check_args(ap, args)
+    parsed = [parse_shape(ap, s, "--shapes") for s in args.shapes.split(",")]
+    torch.set_num_threads(args.threads)
+    return args, parsed
 
 
 def parse_shape(ap, text: str, option: str) -> tuple:

@@ -14,16 +14,14 @@ path in float64 before it is timed; nothing is written if one differs by more th
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import attend
-from _machine import RESULTS, check_args, parse_shape, results_path, time_rounds, write_results
+from _machine import results_path, shapes_args, time_rounds, write_results
 from attend.backends import _distance_bias
 
 SHAPES = "1x8x2048x64,4x8x512x64,2x8x1024x64,1x8x4096x64"
@@ -64,15 +62,7 @@ def contestants(kw: dict, training: bool, relbias: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--shapes", default=SHAPES, help="comma-separated BxHxLxE")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "cpu-distance-bias.md"))
-    args = ap.parse_args()
-    check_args(ap, args)
-    shapes = [parse_shape(ap, s, "--shapes") for s in args.shapes.split(",")]
-    torch.set_num_threads(args.threads)
+    args, shapes = shapes_args(__doc__.split("\n\n")[0], reps=7, shapes=SHAPES, out="cpu-distance-bias.md")
     rows, data = [], {}
     for B, H, L, E in shapes:
         g = torch.Generator().manual_seed(0)

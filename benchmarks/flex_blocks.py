@@ -13,15 +13,13 @@ in float64. Median of ``--reps`` rounds; each round runs the four in a random or
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import attend
-from _machine import RESULTS, check_args, parse_shape, results_path, time_rounds, write_results
+from _machine import results_path, shapes_args, time_rounds, write_results
 from attend.backends.flex import Flex
 
 SHAPES = "1x8x2048x64,4x8x512x64,1x8x4096x64"
@@ -44,18 +42,7 @@ def variants(B: int, H: int, L: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    ap.add_argument("--reps", type=int, default=9)
-    ap.add_argument("--shapes", default=SHAPES, help="comma-separated BxHxLxE")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "cpu-flex-blocks.md"))
-    args = ap.parse_args()
-    check_args(ap, args)
-    shapes = []
-    for s in args.shapes.split(","):
-        B, H, L, E = parse_shape(ap, s, "--shapes")
-        shapes.append((B, H, L, E))
-    torch.set_num_threads(args.threads)
+    args, shapes = shapes_args(__doc__.split("\n\n")[0], reps=9, shapes=SHAPES, out="cpu-flex-blocks.md")
     backends = {"128": Flex(block_size=128), "64": Flex(block_size=64), "chosen": Flex()}
     rows, data = [], {}
     for B, H, L, E in shapes:

@@ -310,3 +310,15 @@ def test_double_backward_raises():
                            backend="sdpa")
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(out.sum(), q, create_graph=True)
+
+
+def test_reasons_are_worked_out_once_per_call_and_never_reused_for_another():
+    q, k, v = inputs(1, 2, 2, 64, 64, 8, 8, torch.float32)
+    bad = torch.randn(2, 9)
+    bad[0, 0] = math.nan
+    good_call = _call(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(2, 9)))
+    bad_call = _call(q, k, v, score_mod=attend.mods.relative_bias(bad))
+    assert RS.reasons(good_call) == []
+    assert RS.reasons(bad_call) == ["the table holds a non-finite entry"]
+    assert RS.reasons(good_call) == []  # (worked out again: the latest call asked about was the other)
+    assert RS.reasons(bad_call) == RS.reasons(bad_call)

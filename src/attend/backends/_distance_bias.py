@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from typing import Optional
 
 import torch
@@ -37,7 +38,7 @@ from torch import Tensor
 from .._rules import Alibi, RelativeBias
 from ._causal_blocks import untraceable
 from ._programs import no_double_backward
-from ._relbias_regions import kernel_reasons
+from ._relbias_regions import _strided, kernel_reasons
 from .base import AttentionCall
 
 #: query rows per kernel call with ``causal`` (each call reads the keys its rows may see)
@@ -48,7 +49,7 @@ _MODS = (RelativeBias, Alibi)
 
 
 def _what(mod) -> str:
-    return "relative-bias table" if isinstance(mod, RelativeBias) else "ALiBi"
+    return "relative bias" if isinstance(mod, RelativeBias) else "ALiBi"
 
 
 def _param(mod) -> Tensor:
@@ -58,8 +59,9 @@ def _param(mod) -> Tensor:
 
 def sdpa_reason(call: AttentionCall) -> str:
     """Why flex and inductor leave ``call`` to sdpa, in ``explain``."""
-    return (f"sdpa runs this {_what(call.score_mod)} faster: one call of SDPA's kernel with the biases as a strided "
-            f"view (benchmarks/results/cpu-distance-bias.md)")
+    what = "relative-bias table" if isinstance(call.score_mod, RelativeBias) else "ALiBi"
+    return (f"sdpa runs this {what} faster: one call of SDPA's kernel with the biases as a strided view "
+            f"(benchmarks/results/cpu-distance-bias.md)")
 
 
 #: ``flex`` keeps ALiBi's inference without causal past this many keys (its proven reach leaves
@@ -95,8 +97,23 @@ def preferred(call: AttentionCall, *, over: str) -> bool:
     return not reasons(call)
 
 
+_LAST: tuple = (None, ())  # (a weak reference to the latest call asked about, its reasons)
+
+
 def reasons(call: AttentionCall) -> list[str]:
-    """Why this path cannot run ``call`` (empty: it can)."""
+    """Why this path cannot run ``call`` (empty: it can). Worked out once per call object: ``auto``'s
+    choice asks from flex, inductor and sdpa, then sdpa's run and explain ask again. (One tuple,
+    read and replaced whole; weak, so the call's tensors are not kept alive.)"""
+    global _LAST
+    last = _LAST
+    if last[0] is not None and last[0]() is call:
+        return list(last[1])
+    why = _reasons(call)
+    _LAST = (weakref.ref(call), tuple(why))
+    return why
+
+
+def _reasons(call: AttentionCall) -> list[str]:
     mod = call.score_mod
     if type(mod) not in _MODS:  # (exactly: a subclass may score differently)
         return ["score_mod is not a bias of the distance (a relative-bias table or ALiBi, not a subclass)"]
@@ -153,11 +170,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod, causal: bool) 
         return _Strided.apply(q, k, v, vec, float(scale), causal)
     with torch.no_grad():
         return _forward(q.flip(2), *_strided(k, v), vec, scale, causal)[0].flip(2)
-
-
-def _strided(*ts: Tensor) -> tuple:
-    """The kernel reads the features with stride 1."""
-    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in ts)
 
 
 def _forward(qr: Tensor, k: Tensor, v: Tensor, vec: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
@@ -234,7 +246,6 @@ def describe(call: AttentionCall) -> Optional[str]:
     L, S = call.L, call.S
     how = (f"in blocks of {ROWS} rows, each over the keys its rows may see" if call.causal and L > ROWS
            else "as one call")
-    what = "relative bias" if isinstance(call.score_mod, RelativeBias) else "ALiBi"
-    return (f"{'causal ' if call.causal else ''}{what} on SDPA's kernel {how}: the (L, S) biases as a strided "
+    return (f"{'causal ' if call.causal else ''}{_what(call.score_mod)} on SDPA's kernel {how}: the (L, S) biases as a strided "
             f"view of {L + S - 1} entries per head (queries reversed, so each row starts one entry further)"
             + ("; the backward is the kernel's, with the same view (the biases are fixed)" if call.needs_grad else ""))

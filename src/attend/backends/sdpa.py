@@ -60,7 +60,8 @@ class SDPA(Backend):
         if not getattr(call.score, "dot_like", False):
             why.append(f"score {_score_name(call.score)} is not dot-like")
         if call.score_mod is not None:
-            table, dist = _relbias_regions.reasons(call), _distance_bias.reasons(call)
+            dist = _distance_bias.reasons(call)
+            table = _relbias_regions.reasons(call) if dist else []  # (the regions path only where that one cannot)
             if table and dist:
                 here = table if isinstance(call.score_mod, RelativeBias) else dist if isinstance(call.score_mod, Alibi) else []
                 here = f"; here: {', '.join(here)}" if here else ""
