@@ -217,7 +217,7 @@ def test_backward_with_its_own_narrower_chunks_matches_reference(score, mask, mo
     be = Inductor(key_chunk=16, back_key_chunk=7, max_rows=16)
     q, k, v = inputs(B, H, H, L, S, E, E, torch.float64)
     plan = be.plan(attend.functional._prepare(q, k, v)[0])
-    assert {j1 - j0 for *_, c in plan.back_tiles for j0, j1 in c} != {j1 - j0 for *_, c in plan.tiles for j0, j1 in c}
+    assert {j1 - j0 for *_, c in plan.back_tiles for j0, j1, _ in c} != {j1 - j0 for *_, c in plan.tiles for j0, j1, _ in c}
     _check(be, score, mask, mod, "narrow backward ")
 
 
@@ -226,7 +226,7 @@ def test_plan_skips_what_rules_rule_out():
     call, _ = attend.functional._prepare(q, q, q, window=(64, 0))
     plan = Inductor().plan(call)
     assert plan.kept <= 0.3 * 1024 * 1024  # 65 keys per row, plus a tile's width (256 rows for one head)
-    assert all(j0 >= max(0, i0 - 64) for i0, _, _, chunks in plan.tiles for j0, _ in chunks)
+    assert all(j0 >= max(0, i0 - 64) for i0, _, _, chunks in plan.tiles for j0, _, _ in chunks)
     doc, _ = attend.functional._prepare(q, q, q, mask=attend.masks.document(torch.arange(1024) // 256))
     assert Inductor().plan(doc).kept == 4 * 256 * 256
 

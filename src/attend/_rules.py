@@ -39,8 +39,10 @@ class Rule:
     fields), so a backend can recognise each by its type and read its fields; ``offset`` is
     ``S - L`` once bound, and ``bind`` is :func:`dataclasses.replace`. ``check`` refuses a
     call whose sizes the rule's own tensors do not fit (before any backend runs); ``keys``
-    tells a blocked backend which keys the rule can allow at all, so it skips the others.
-    A rule of your own: subclass as a frozen dataclass and define ``__call__``.
+    tells a blocked backend which keys the rule can allow at all, so it skips the others;
+    ``full`` which keys it allows to every query of a block, so it computes them unmasked.
+    A rule of your own: subclass as a frozen dataclass and define ``__call__`` (and ``keys``
+    or ``full`` where you can say; the defaults only cost speed).
     """
 
     offset: int = field(default=0, kw_only=True)
@@ -61,6 +63,12 @@ class Rule:
         positions ``first..last`` (a mask rule; for every sequence and head). Default: all."""
         return 0, S
 
+    def full(self, first: int, last: int, S: int) -> tuple[int, int]:
+        """Keys ``[lo, hi)`` that this rule allows to *every* query at key positions
+        ``first..last`` (a mask rule; for every sequence and head), so a block within them needs
+        no mask. It may say less than is true, never more. Default: none (``(0, 0)``)."""
+        return 0, 0
+
 
 # ---- mask rules -----------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
@@ -72,6 +80,9 @@ class Causal(Rule):
 
     def keys(self, first, last, S):
         return 0, max(0, min(S, last + 1))
+
+    def full(self, first, last, S):
+        return 0, max(0, min(S, first + 1))
 
     def __repr__(self):
         return "causal()"
@@ -98,6 +109,11 @@ class Window(Rule):
         hi = S if self.right is None else max(0, min(S, last + self.right + 1))
         return lo, hi
 
+    def full(self, first, last, S):
+        lo = 0 if self.left is None else min(S, max(0, last - self.left))
+        hi = S if self.right is None else max(0, min(S, first + self.right + 1))
+        return lo, max(lo, hi)
+
     def __repr__(self):
         return f"sliding_window(({self.left}, {self.right}))"
 
@@ -119,6 +135,12 @@ class Chunked(Rule):
             return 0, 0
         return min(S, max(first, 0) // self.size * self.size), min(S, (last // self.size + 1) * self.size)
 
+    def full(self, first, last, S):
+        if first < 0 or first // self.size != last // self.size:  # rows of more than one chunk share no key
+            return 0, 0
+        lo = min(S, first // self.size * self.size)
+        return lo, min(S, lo + self.size)
+
     def __repr__(self):
         return f"chunked({self.size})"
 
@@ -136,6 +158,10 @@ class Padding(Rule):
 
     def __call__(self, b, h, i, j):
         return j < self.lengths.to(j.device)[b]
+
+    def full(self, first, last, S):
+        shortest = int(self.lengths.min()) if self.lengths.numel() else 0
+        return 0, max(0, min(S, shortest))
 
     def __repr__(self):
         return f"padding(lengths={self.lengths.tolist()})"
@@ -185,16 +211,35 @@ class Document(Rule):
         ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
         if last < 0 or ids.shape[-1] == 0:
             return 0, S
-        ordered = self.__dict__.get("_ordered")
-        if ordered is None:  # checked once per bound rule, not once per tile
-            ordered = not bool((ids[:, 1:] < ids[:, :-1]).any())
-            object.__setattr__(self, "_ordered", ordered)
-        if not ordered:
+        if not self._ordered_ids(ids):
             return 0, S
         first, last = min(max(first, 0), ids.shape[-1] - 1), min(last, ids.shape[-1] - 1)
         lo = torch.searchsorted(ids, ids[:, first:first + 1].contiguous(), right=False).min()
         hi = torch.searchsorted(ids, ids[:, last:last + 1].contiguous(), right=True).max()
         return int(lo), min(S, int(hi))
+
+    def _ordered_ids(self, ids: Tensor) -> bool:
+        ordered = self.__dict__.get("_ordered")
+        if ordered is None:  # checked once per bound rule, not once per tile
+            ordered = not bool((ids[:, 1:] < ids[:, :-1]).any())
+            object.__setattr__(self, "_ordered", ordered)
+        return ordered
+
+    def full(self, first, last, S):
+        """For ids that never decrease along the keys, where the queries at ``first..last`` are
+        in one document in every sequence: the keys every sequence's document holds."""
+        ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
+        n = ids.shape[-1]
+        if n == 0 or last < first or not self._ordered_ids(ids):
+            return 0, 0
+        first, last = min(max(first, 0), n - 1), min(max(last, 0), n - 1)  # (a query before key 0 reads id 0's)
+        own = ids[:, first:first + 1].contiguous()
+        if not bool((ids[:, last:last + 1] == own).all()):
+            return 0, 0
+        lo = torch.searchsorted(ids, own, right=False).max()
+        hi = torch.searchsorted(ids, own, right=True).min()
+        lo, hi = int(lo), min(S, int(hi))
+        return (lo, hi) if hi > lo else (0, 0)
 
     def __repr__(self):
         return f"document(ids of shape {tuple(self.ids.shape)})"
@@ -221,6 +266,12 @@ class PrefixLM(Rule):
         if isinstance(self.prefix_len, Tensor):
             return 0, S
         return 0, max(0, min(S, max(self.prefix_len, last + 1)))
+
+    def full(self, first, last, S):
+        p = self.prefix_len
+        if isinstance(p, Tensor):
+            p = int(p.min()) if p.numel() else 0
+        return 0, max(0, min(S, max(p, first + 1)))
 
     def __repr__(self):
         p = self.prefix_len.tolist() if isinstance(self.prefix_len, Tensor) else self.prefix_len
@@ -264,9 +315,18 @@ class And(_Combine):
         lo, hi = 0, S
         for m in self.mods:
             if isinstance(m, Rule):
-                a, z = m.keys(first, last, S)
+                a, z = keys_of(m, first, last, S)
                 lo, hi = max(lo, a), min(hi, z)
         return lo, max(lo, hi)
+
+    def full(self, first, last, S):
+        if not all(isinstance(m, Rule) for m in self.mods):
+            return 0, 0
+        lo, hi = 0, S
+        for m in self.mods:
+            a, z = full_of(m, first, last, S)
+            lo, hi = max(lo, a), min(hi, z)
+        return (lo, hi) if hi > lo else (0, 0)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -282,8 +342,33 @@ class Or(_Combine):
     def keys(self, first, last, S):
         if not all(isinstance(m, Rule) for m in self.mods):
             return 0, S
-        spans = [m.keys(first, last, S) for m in self.mods]
+        spans = [keys_of(m, first, last, S) for m in self.mods]
         return min(a for a, _ in spans), max(z for _, z in spans)
+
+    def full(self, first, last, S):
+        """The widest of the terms' spans (keys any one term allows to every query)."""
+        spans = [full_of(m, first, last, S) for m in self.mods if isinstance(m, Rule)]
+        return max(spans, key=lambda t: t[1] - t[0], default=(0, 0))
+
+
+def _written_with_call(rule: Rule, name: str) -> bool:
+    """Whether ``rule``'s method ``name`` was written for its ``__call__``: a subclass that changes
+    ``__call__`` but inherits ``keys`` or ``full`` would get its parent's answer, which may skip or
+    leave unmasked keys its own rule treats otherwise (a silently wrong result)."""
+    mro = type(rule).__mro__
+    defined = next(c for c in mro if name in c.__dict__)
+    called = next(c for c in mro if "__call__" in c.__dict__)
+    return issubclass(defined, called)
+
+
+def keys_of(rule: Rule, first: int, last: int, S: int) -> tuple[int, int]:
+    """``rule.keys(...)`` where it answers for the rule's own ``__call__``; else all keys."""
+    return rule.keys(first, last, S) if _written_with_call(rule, "keys") else (0, S)
+
+
+def full_of(rule: Rule, first: int, last: int, S: int) -> tuple[int, int]:
+    """``rule.full(...)`` where it answers for the rule's own ``__call__``; else none."""
+    return rule.full(first, last, S) if _written_with_call(rule, "full") else (0, 0)
 
 
 def _check_terms(mods, B, H, L, S) -> Optional[str]:

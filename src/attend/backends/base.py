@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._rules import Rule
+from .._rules import Rule, full_of, keys_of
 
 DENSE_RULE_LIMIT = 1 << 28  # bytes: auto hands mask rules to a dense-mask path (sdpa) up to this
 
@@ -192,10 +192,32 @@ class AttentionCall:
             if right is not None:
                 hi = min(hi, last + right + 1)
         if isinstance(self.mask_mod, Rule):
-            a, z = self.mask_mod.keys(first, last, self.S)
+            a, z = keys_of(self.mask_mod, first, last, self.S)
             lo, hi = max(lo, a), min(hi, z)
         lo = min(max(0, lo), self.S)
         return lo, max(lo, min(hi, self.S))
+
+    def full_span(self, i0: int, i1: int) -> tuple[int, int]:
+        """Keys ``[lo, hi)`` that ``causal``, ``window`` and the mask rule allow to *every* query
+        row of ``i0:i1`` (:meth:`attend._rules.Rule.full`), so a block of them needs no mask;
+        ``(0, 0)`` where none is known (a dense ``mask``, a mask function of one's own)."""
+        if self.mask is not None or (self.mask_mod is not None and not isinstance(self.mask_mod, Rule)):
+            return 0, 0
+        first, last = i0 + self.offset, i1 - 1 + self.offset
+        lo, hi = 0, self.S
+        if self.causal:
+            hi = min(hi, first + 1)
+        if self.window is not None:
+            left, right = self.window
+            if left is not None:
+                lo = max(lo, last - left)
+            if right is not None:
+                hi = min(hi, first + right + 1)
+        if self.mask_mod is not None:
+            a, z = full_of(self.mask_mod, first, last, self.S)
+            lo, hi = max(lo, a), min(hi, z)
+        lo, hi = min(max(0, lo), self.S), min(hi, self.S)
+        return (lo, hi) if hi > lo else (0, 0)
 
     def block_is_empty(self, i0: int, i1: int, j0: int, j1: int) -> bool:
         """True when rows ``i0:i1`` may attend no key of ``j0:j1`` by :meth:`key_span` (skip it)."""

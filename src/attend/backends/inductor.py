@@ -3,7 +3,10 @@
 The call is cut into tiles of query rows; each tile reads only the span of keys its rules
 can allow (``causal``, ``window`` and a rule's :meth:`attend._rules.Rule.keys`: a
 window of 256 reads ~2·256 keys per row, a document its own keys), in chunks sized so one
-tile's scores stay in the cache. Each tile x chunk runs a program of
+tile's scores stay in the cache. A chunk whose keys every rule allows to every row of its tile
+(:meth:`attend._rules.Rule.full`: below the causal diagonal, inside one document) runs a
+program compiled without the rules, so no mask is evaluated there; where it costs no extra
+chunk, the chunks are cut at the edge of those keys. Each tile x chunk runs a program of
 :mod:`attend.backends._programs`, compiled once per process by ``torch.compile``: the two
 library matrix products with everything between them (score function, scale, score_mod,
 bias, masks, exponent, row sums) fused into one loop. Chunks of one tile are merged by
@@ -115,13 +118,15 @@ class Inductor(Backend):
     def describe(self, call: AttentionCall) -> str:
         """One line for :func:`attend.explain`: tiles, kept keys and whether the program is compiled."""
         plan = self.plan(call)
-        state = ("its program is compiled in this process" if P.is_compiled(plan.key) else
+        keys = [plan.key] + ([_full_key(plan.key)] if plan.full else [])
+        state = ("its program is compiled in this process" if all(P.is_compiled(k) for k in keys) else
                  "the first call compiles its program: a few seconds, less when inductor's disk cache has it")
         n = len(plan.tiles)
         regions = ("; the forward from SDPA's kernel beyond the relative-bias table's reach, the tiles in the backward"
                    if _regions_forward(call, plan.kind) else "")
+        full = f", {plan.full} of {plan.chunks} chunks without the mask (every key allowed)" if plan.full else ""
         return (f"{n} tile{'s' if n != 1 else ''} of {plan.rows} rows, {100 * plan.kept / max(call.L * call.S, 1):.0f}% "
-                f"of the (query, key) pairs computed; {state}{regions}")
+                f"of the (query, key) pairs computed{full}; {state}{regions}")
 
     # ---- planning --------------------------------------------------------------------------
     def plan(self, call: AttentionCall) -> "_Plan":
@@ -148,8 +153,9 @@ class Inductor(Backend):
             chunk = max(16, min(self.key_chunk, self.tile_bytes // max(1, heads * min(16, self.max_rows) * pair)))
         back = tiles if chunk >= self.key_chunk and pair == item else self._choose(call, heads, pair, chunk)[1]
         feat = call.query.shape[-1] + call.Ev if kind != "additive" else extra + call.Ev
+        count = [sum(len(c) for *_, c in tiles), sum(f for *_, c in tiles for *_, f in c)]
         return _Plan(kind, tiles, rows, kept, heads * kept * feat, _key(call, kind), _varied(tiles), back,
-                     _varied(back))
+                     _varied(back), *count)
 
     def _choose(self, call: AttentionCall, heads: int, item: int, chunk: int):
         """(rows, tiles, kept pairs) of the row count with the least cost whose tiles fit."""
@@ -170,12 +176,10 @@ class Inductor(Backend):
             i0 = min(done, call.L - rows)  # the last tile overlaps: rows i0:done were done before
             i1 = i0 + rows
             lo, hi = call.key_span(i0, i1)
-            n = max(1, -(-(hi - lo) // chunk))
-            size = -(-(hi - lo) // n) if hi > lo else 0
-            chunks = [(j, min(hi, j + size)) for j in range(lo, hi, size)] if size else []
+            chunks = _cut(lo, hi, *(call.full_span(i0, i1) if FULL_CHUNKS else (0, 0)), chunk)
             tiles.append((i0, i1, done - i0, chunks))
             kept += (i1 - done) * (hi - lo)
-            widest = max(widest, size)
+            widest = max([widest] + [j1 - j0 for j0, j1, _ in chunks])
             done = i1
         return tiles, kept, widest
 
@@ -220,6 +224,8 @@ _ROW_CHOICES = (16, 32, 64, 128, 256)
 #: take a relative-bias table's forward (output and log-sum-exp) from SDPA's kernel where its bands
 #: are a small share of the pairs (the backward recomputes the tiles as for any score_mod)
 REGIONS_FORWARD = True
+#: run the chunks every rule allows whole without the rules (``benchmarks/full_chunks.py`` turns it off to compare)
+FULL_CHUNKS = True
 _TILE_COST = 120_000  # one compiled call's overhead, in (query, key, head) scores (~150 µs here)
 
 
@@ -234,10 +240,47 @@ class _Plan:
     varied: bool  # chunks of more than one width: the key dimension is compiled as dynamic
     back_tiles: list  # the backward's tiles (smaller for the additive score, whose backward holds more)
     back_varied: bool
+    chunks: int = 0  # of the forward's tiles
+    full: int = 0  # of those, chunks every rule allows whole (run without the rules)
 
 
 def _varied(tiles) -> bool:
-    return len({j1 - j0 for _, _, _, c in tiles for j0, j1 in c}) > 1
+    return len({j1 - j0 for _, _, _, c in tiles for j0, j1, _ in c}) > 1
+
+
+def _cut(lo: int, hi: int, flo: int, fhi: int, chunk: int) -> list:
+    """Keys ``[lo, hi)`` as ``[(j0, j1, full)]``: as few chunks of at most ``chunk`` keys as an even
+    cut needs, and where that many suffice, the keys ``[flo, fhi)`` (allowed to every row) in
+    chunks of their own, marked full: the rest go to the chunks beside them where those have room.
+    Otherwise the even cut, its chunks marked full where they fall inside ``[flo, fhi)``."""
+    if hi <= lo:
+        return []
+    n = -(-(hi - lo) // chunk)
+    flo, fhi = max(flo, lo), min(fhi, hi)
+    if fhi > flo:
+        a, b = flo - lo, hi - fhi
+        na, nb = -(-a // chunk), -(-b // chunk)
+        extra = (fhi - flo) - (n - na - nb) * chunk  # full keys that do not fit the chunks left for them
+        if n - na - nb >= 1 and extra <= (na * chunk - a) + (nb * chunk - b):
+            right = min(max(extra, 0), nb * chunk - b)
+            flo, fhi = flo + max(extra, 0) - right, fhi - right
+            return [c for j0, j1, full in ((lo, flo, False), (flo, fhi, True), (fhi, hi, False))
+                    for c in _even(j0, j1, chunk, full)]
+    full = fhi > flo
+    return [(j0, j1, full and flo <= j0 and j1 <= fhi) for j0, j1, _ in _even(lo, hi, chunk, False)]
+
+
+def _even(lo: int, hi: int, chunk: int, full: bool) -> list:
+    """``[lo, hi)`` in the fewest chunks of at most ``chunk`` keys, of (nearly) equal widths."""
+    if hi <= lo:
+        return []
+    size = -(-(hi - lo) // -(-(hi - lo) // chunk))
+    return [(j, min(hi, j + size), full) for j in range(lo, hi, size)]
+
+
+def _full_key(key: tuple) -> tuple:
+    """The program key of a chunk every rule allows whole: no causal, window or mask rule."""
+    return key[:2] + (False, False) + key[4:5] + (None,) + key[6:]
 
 
 class _Job:
@@ -245,6 +288,7 @@ class _Job:
 
     def __init__(self, call: AttentionCall, plan: _Plan, spec: P.Spec, score):
         self.call, self.plan, self.spec, self.score = call, plan, spec, score
+        self.spec_full = spec._replace(causal=False, window=None)
         dev = call.query.device
         self.hb = torch.arange(call.Hq, device=dev).view(1, -1, 1, 1)
         self.bb = torch.arange(call.B, device=dev).view(-1, 1, 1, 1)
@@ -258,60 +302,65 @@ class _Job:
             torch._dynamo.maybe_mark_dynamic(t, dim)
         return t
 
-    def _ctx(self, i0, i1, j0, j1):
+    def _prog(self, name: str, full: bool, key: Optional[tuple] = None):
+        """The compiled program ``name`` for a chunk, and its spec (``full``: without the rules)."""
+        key = key or self.plan.key
+        return (P.compiled(name, _full_key(key)), self.spec_full) if full else (P.compiled(name, key), self.spec)
+
+    def _ctx(self, i0, i1, j0, j1, full=False):
         c = self.call
         i = torch.arange(i0, i1, device=c.query.device).view(1, 1, -1, 1)
         j = self._keys(torch.arange(j0, j1, device=c.query.device).view(1, 1, 1, -1), j0, j1, 3)
         bias = _block(c.bias, i0, i1, j0, j1) if c.bias is not None else None
         mask = _block(c.mask, i0, i1, j0, j1) if c.mask is not None else None
         bias, mask = (self._keys(t, j0, j1, 3) if t is not None and t.shape[3] > 1 else t for t in (bias, mask))
-        return (i, j, self.hb, self.bb, self.score, c.score_mod, c.mask_mod, bias, mask)
+        return (i, j, self.hb, self.bb, self.score, c.score_mod, None if full else c.mask_mod, bias, mask)
 
     def forward(self, a, b, v, w):
         if self.regions:
             return _relbias_regions.attention(a, b, v, self.spec.scale, self.call.score_mod, self.call.causal)
-        fwd = P.compiled("forward", self.plan.key)
         B, H, L = a.shape[:3]
         out = a.new_zeros(B, H, L, v.shape[-1])
         lse = a.new_full((B, H, L), -math.inf)
         guard = tile_guard(self.plan.kind == "additive", out.nbytes)  # its tiles hold (rows, keys, hidden)
         for i0, i1, skip, chunks in self.plan.tiles:
             o = l = None
-            for j0, j1 in chunks:
+            for j0, j1, full in chunks:
                 guard()
-                o2, l2 = fwd(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), self._keys(v, j0, j1), w,
-                             *self._ctx(i0, i1, j0, j1))
+                fwd, spec = self._prog("forward", full)
+                o2, l2 = fwd(spec, a[:, :, i0:i1], self._keys(b, j0, j1), self._keys(v, j0, j1), w,
+                             *self._ctx(i0, i1, j0, j1, full))
                 o, l = (o2, l2) if o is None else P.merge(o, l, o2, l2)
             if o is not None:
                 out[:, :, i0 + skip:i1], lse[:, :, i0 + skip:i1] = o[:, :, skip:], l[:, :, skip:]
         return out, lse
 
     def weights(self, a, b, w, lse):
-        prog = P.compiled("probs", self.plan.key)
         B, H, L = a.shape[:3]
         out = a.new_zeros(B, H, L, self.call.S)
         for i0, i1, _, chunks in self.plan.tiles:
-            for j0, j1 in chunks:
-                out[:, :, i0:i1, j0:j1] = prog(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), w,
-                                               *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1])
+            for j0, j1, full in chunks:
+                prog, spec = self._prog("probs", full)
+                out[:, :, i0:i1, j0:j1] = prog(spec, a[:, :, i0:i1], self._keys(b, j0, j1), w,
+                                               *self._ctx(i0, i1, j0, j1, full), lse[:, :, i0:i1])
         return out
 
     def totals(self, a, b, w, lse):
-        prog = P.compiled("probs", self.plan.key)
         B, H = a.shape[:2]
         out = a.new_zeros(B, H, self.call.S, dtype=torch.float32)
         for i0, i1, skip, chunks in self.plan.tiles:
-            for j0, j1 in chunks:
-                p = prog(self.spec, a[:, :, i0:i1], self._keys(b, j0, j1), w, *self._ctx(i0, i1, j0, j1), lse[:, :, i0:i1])
+            for j0, j1, full in chunks:
+                prog, spec = self._prog("probs", full)
+                p = prog(spec, a[:, :, i0:i1], self._keys(b, j0, j1), w, *self._ctx(i0, i1, j0, j1, full),
+                         lse[:, :, i0:i1])
                 out[:, :, j0:j1] += p[:, :, skip:].float().sum(2)  # rows before skip: the tile before's
         return out
 
     def backward(self, a, b, v, w, out, lse, dout, dlse, extras):
-        sur = P.compiled("surrogate", self.plan.key)
+        key = self.plan.key
         table = _learned_table(self.call, extras)
         if table is not None:  # see _diagonal_sums: the bias tile goes in as a tensor, its gradient comes out
-            k = self.plan.key
-            sur = P.compiled("surrogate", k[:4] + (None,) + k[5:6] + (True,) + k[7:])
+            key = key[:4] + (None,) + key[5:6] + (True,) + key[7:]
             t_at = next(n for n, x in enumerate(extras) if x is table.table)
             dtable = torch.zeros_like(table.table, dtype=a.dtype)
             extras = [x for n, x in enumerate(extras) if n != t_at]
@@ -334,19 +383,20 @@ class _Job:
             if skip:  # rows the tile before has done: a zero dO and Δ give them a zero dS
                 do = do.clone()
                 do[:, :, :skip], dl[:, :, :skip] = 0, 0
-            for j0, j1 in chunks:
+            for j0, j1, full in chunks:
                 guard()
+                sur, spec = self._prog("surrogate", full, key)
                 with torch.enable_grad():
                     leaves = [a[:, :, i0:i1].detach().requires_grad_(),
                               self._keys(b.detach(), j0, j1).requires_grad_(),
                               self._keys(v.detach(), j0, j1).requires_grad_()]
                     wl = w.detach().requires_grad_() if w is not None else None
-                    ctx = self._ctx(i0, i1, j0, j1)
+                    ctx = self._ctx(i0, i1, j0, j1, full)
                     if table is not None:  # the table's values for this tile, as a bias (one per head if all clipped)
                         tile, edge = _bias_tile(table, i0, i1, j0, j1, a.dtype)
                         tile = self._keys(tile, j0, j1, 3).requires_grad_()
                         ctx = ctx[:5] + (None, ctx[6], tile, ctx[8])
-                    loss = sur(self.spec, *leaves, wl, *ctx, lse[:, :, i0:i1], do, dl)
+                    loss = sur(spec, *leaves, wl, *ctx, lse[:, :, i0:i1], do, dl)
                     wrt = leaves + ([wl] if wl is not None else []) + list(extras) + ([tile] if table is not None else [])
                     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
                 if table is not None:

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from .._rules import Alibi, And, Or, RelativeBias, Rule
+from .._rules import Alibi, And, Or, RelativeBias, Rule, full_of, keys_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,10 +41,18 @@ class Shifted(Rule):
         if not isinstance(self.inner, Rule):
             return 0, S
         shift = self.q0 + self.global_offset - self.local_offset  # local key position -> global
-        lo, hi = self.inner.keys(first + shift, last + shift, self.S_global)
+        lo, hi = keys_of(self.inner, first + shift, last + shift, self.S_global)
         lo, hi = lo - self.k0, hi - self.k0
         lo = min(max(lo, 0), S)
         return lo, max(lo, min(hi, S))
+
+    def full(self, first, last, S):
+        if not isinstance(self.inner, Rule):
+            return 0, 0
+        shift = self.q0 + self.global_offset - self.local_offset
+        lo, hi = full_of(self.inner, first + shift, last + shift, self.S_global)
+        lo, hi = min(max(lo - self.k0, 0), S), min(hi - self.k0, S)
+        return (lo, hi) if hi > lo else (0, 0)
 
     def program_key(self):
         return ("Shifted", _key(self.inner))
@@ -95,7 +103,10 @@ class HeadShifted(Rule):
         return self.inner(*head, h + self.h0, i, j)
 
     def keys(self, first, last, S):
-        return self.inner.keys(first, last, S) if isinstance(self.inner, Rule) and not self.score else (0, S)
+        return keys_of(self.inner, first, last, S) if isinstance(self.inner, Rule) and not self.score else (0, S)
+
+    def full(self, first, last, S):
+        return full_of(self.inner, first, last, S) if isinstance(self.inner, Rule) and not self.score else (0, 0)
 
     def program_key(self):
         return ("HeadShifted", _key(self.inner))
