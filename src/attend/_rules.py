@@ -208,38 +208,40 @@ class Document(Rule):
         """For ids that never decrease along the keys (packed documents): from the start of the
         document at key position ``first`` to the end of the one at ``last`` (over every
         sequence). Ids in any other order: all keys."""
-        ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
-        if last < 0 or ids.shape[-1] == 0:
+        runs = self._runs()
+        if last < 0 or runs is None:
             return 0, S
-        if not self._ordered_ids(ids):
-            return 0, S
-        first, last = min(max(first, 0), ids.shape[-1] - 1), min(last, ids.shape[-1] - 1)
-        lo = torch.searchsorted(ids, ids[:, first:first + 1].contiguous(), right=False).min()
-        hi = torch.searchsorted(ids, ids[:, last:last + 1].contiguous(), right=True).max()
-        return int(lo), min(S, int(hi))
-
-    def _ordered_ids(self, ids: Tensor) -> bool:
-        ordered = self.__dict__.get("_ordered")
-        if ordered is None:  # checked once per bound rule, not once per tile
-            ordered = not bool((ids[:, 1:] < ids[:, :-1]).any())
-            object.__setattr__(self, "_ordered", ordered)
-        return ordered
+        n = len(runs[0])
+        first, last = min(max(first, 0), n - 1), min(last, n - 1)
+        return runs[0][first], min(S, runs[3][last])
 
     def full(self, first, last, S):
         """For ids that never decrease along the keys, where the queries at ``first..last`` are
         in one document in every sequence: the keys every sequence's document holds."""
-        ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
-        n = ids.shape[-1]
-        if n == 0 or last < first or not self._ordered_ids(ids):
+        runs = self._runs()
+        if runs is None or last < first:
             return 0, 0
+        n = len(runs[0])
         first, last = min(max(first, 0), n - 1), min(max(last, 0), n - 1)  # (a query before key 0 reads id 0's)
-        own = ids[:, first:first + 1].contiguous()
-        if not bool((ids[:, last:last + 1] == own).all()):
-            return 0, 0
-        lo = torch.searchsorted(ids, own, right=False).max()
-        hi = torch.searchsorted(ids, own, right=True).min()
-        lo, hi = int(lo), min(S, int(hi))
-        return (lo, hi) if hi > lo else (0, 0)
+        lo, hi = runs[1][first], min(S, runs[2][first])
+        return (lo, hi) if hi > max(lo, last) else (0, 0)  # (last's document ends past it in every sequence)
+
+    def _runs(self) -> Optional[tuple]:
+        """Per key position p, over the sequences: the first and the last start of p's document,
+        and the first and the last end (``(min start, max start, min end, max end)``, lists of S);
+        None for ids in any other order than never decreasing, or none. Made once per bound rule
+        (a call binds its own), so the tiles read it rather than search the ids each."""
+        runs = self.__dict__.get("_runs_made", False)
+        if runs is False:
+            ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
+            runs = None
+            if ids.shape[-1] and not bool((ids[:, 1:] < ids[:, :-1]).any()):
+                ids = ids.contiguous()
+                start = torch.searchsorted(ids, ids, right=False)
+                end = torch.searchsorted(ids, ids, right=True)
+                runs = tuple(t.tolist() for t in (start.amin(0), start.amax(0), end.amin(0), end.amax(0)))
+            object.__setattr__(self, "_runs_made", runs)
+        return runs
 
     def __repr__(self):
         return f"document(ids of shape {tuple(self.ids.shape)})"

@@ -152,6 +152,9 @@ class Inductor(Backend):
             pair = item * extra  # (1 GiB at (1, 8, 2048, 64) with 2048-key chunks, measured): count it there
             chunk = max(16, min(self.key_chunk, self.tile_bytes // max(1, heads * min(16, self.max_rows) * pair)))
         back = tiles if chunk >= self.key_chunk and pair == item else self._choose(call, heads, pair, chunk)[1]
+        if FULL_CHUNKS:  # cut again at the edges of the keys every row may see (same rows, same chunk count)
+            tiles, back = (self._full_cut(call, t, heads * (t[0][1] - t[0][0]) * p, c) if t else t
+                           for t, p, c in ((tiles, item, self.key_chunk), (back, pair, chunk)))
         feat = call.query.shape[-1] + call.Ev if kind != "additive" else extra + call.Ev
         count = [sum(len(c) for *_, c in tiles), sum(f for *_, c in tiles for *_, f in c)]
         return _Plan(kind, tiles, rows, kept, heads * kept * feat, _key(call, kind), _varied(tiles), back,
@@ -170,13 +173,22 @@ class Inductor(Backend):
                 best = (cost, rows, tiles, kept)
         return best[1:]
 
+    def _full_cut(self, call: AttentionCall, tiles: list, key_bytes: int, chunk: int) -> list:
+        """``tiles`` with each one's keys cut by :func:`_cut` at the edges of the keys every rule
+        allows to all its rows (:meth:`AttentionCall.full_span`), in chunks no wider than the widest
+        already chosen or than ``tile_bytes`` allows (``key_bytes``: a tile's bytes per key)."""
+        widest = max((j1 - j0 for *_, c in tiles for j0, j1, _ in c), default=1)
+        cap = max(widest, min(chunk, self.tile_bytes // max(1, key_bytes)))
+        return [(i0, i1, skip, _cut(c[0][0], c[-1][1], *call.full_span(i0, i1), cap) if c else c)
+                for i0, i1, skip, c in tiles]
+
     def _tiles(self, call: AttentionCall, rows: int, chunk: int):
         tiles, kept, widest, done = [], 0, 0, 0
         while done < call.L:
             i0 = min(done, call.L - rows)  # the last tile overlaps: rows i0:done were done before
             i1 = i0 + rows
             lo, hi = call.key_span(i0, i1)
-            chunks = _cut(lo, hi, *(call.full_span(i0, i1) if FULL_CHUNKS else (0, 0)), chunk)
+            chunks = _cut(lo, hi, 0, 0, chunk)
             tiles.append((i0, i1, done - i0, chunks))
             kept += (i1 - done) * (hi - lo)
             widest = max([widest] + [j1 - j0 for j0, j1, _ in chunks])
