@@ -103,7 +103,8 @@ def test_the_schedule_counts_blocks_in_closed_form_as_the_rules_do():
     """The order of pieces counts each piece's allowed query blocks; for plain causal it does so
     by bisection: the same counts as checking the rule block by block (both layouts, L != S,
     3-4 ranks, ragged pieces)."""
-    from attend._rules import Causal, bind
+    from attend._rule_prep import bind
+    from attend._rules import Causal
     from attend.distributed.layout import spans
     from attend.distributed.ring import _Ring
 

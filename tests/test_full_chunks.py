@@ -14,9 +14,9 @@ import torch
 
 import attend
 import reference as R
-from attend._rules import Causal, Document, KeyMask, full_of, keys_of
+from attend._rules import Causal, full_of, keys_of
 from attend.backends import Inductor
-from attend.backends.inductor import _cut
+from attend.backends._chunks import cut as _cut
 from cases import check_case, inputs
 
 
@@ -86,9 +86,19 @@ class _Everything(Causal):
         return (i + j) >= 0
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TopLeft(Causal):
+    """Changes the rule by its binding (top-left alignment): keys and full must not be believed."""
+
+    def bind(self, L, S):
+        return self
+
+
 def test_a_subclass_that_changes_the_rule_is_not_answered_for_by_its_parent():
     rule = _Everything().bind(40, 40)
     assert keys_of(rule, 0, 9, 40) == (0, 40) and full_of(rule, 20, 29, 40) == (0, 0)
+    top = _TopLeft().bind(30, 40)
+    assert keys_of(top, 10, 19, 40) == (0, 40) and full_of(top, 10, 19, 40) == (0, 0)
     assert keys_of(Causal().bind(40, 40), 0, 9, 40) == (0, 10)
     q, k, v = inputs(1, 2, 2, 40, 40, 8, 8, torch.float32)
     with torch.no_grad():
@@ -135,15 +145,20 @@ def test_plans_and_explain_count_the_full_chunks():
 
 L, S = 45, 50
 IDS = torch.arange(S) // 13
-CASES = {  # name: (kwargs, the allowed (L, S) pairs, computed here)
-    "causal": ({"causal": True}, R.causal_mask(L, S)),
-    "causal window": ({"causal": True, "window": (20, 0)}, R.window_mask(L, S, 20, 0)),
+PER_SEQ = torch.stack([torch.arange(S) // 13, (torch.arange(S) + 13) // 26])  # (B, S): documents differ per sequence
+CASES = {  # name: (kwargs, the allowed pairs (B|1, 1, L, S) or (L, S), computed here; L and S)
+    "causal": ({"causal": True}, R.causal_mask(L, S), (L, S)),
+    "causal L > S": ({"causal": True}, R.causal_mask(S, L), (S, L)),
+    "causal window": ({"causal": True, "window": (20, 0)}, R.window_mask(L, S, 20, 0), (L, S)),
     "documents": ({"mask": attend.masks.document(IDS)},
-                  IDS[(torch.arange(L) + S - L).clamp(min=0)].view(-1, 1) == IDS.view(1, -1)),
+                  IDS[(torch.arange(L) + S - L).clamp(min=0)].view(-1, 1) == IDS.view(1, -1), (L, S)),
+    "documents per sequence": ({"mask": attend.masks.document(PER_SEQ)},
+                               (PER_SEQ[:, torch.arange(L) + S - L].unsqueeze(-1) == PER_SEQ.unsqueeze(-2)).unsqueeze(1),
+                               (L, S)),
     "prefix": ({"mask": attend.masks.prefix_lm(21)},
-               (torch.arange(S).view(1, -1) < 21) | R.causal_mask(L, S)),
+               (torch.arange(S).view(1, -1) < 21) | R.causal_mask(L, S), (L, S)),
     "chunks": ({"mask": attend.masks.chunked(16)},
-               (torch.arange(L).view(-1, 1) + S - L) // 16 == torch.arange(S).view(1, -1) // 16),
+               (torch.arange(L).view(-1, 1) + S - L) // 16 == torch.arange(S).view(1, -1) // 16, (L, S)),
 }
 
 
@@ -151,7 +166,7 @@ CASES = {  # name: (kwargs, the allowed (L, S) pairs, computed here)
 @pytest.mark.parametrize("mod", [None, "softcap"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_full_chunks_match_the_reference_with_gradients(name, mod):
-    kw, allowed = CASES[name]
+    kw, allowed, (L, S) = CASES[name]
     kw = dict(kw)
     be = Inductor(key_chunk=16, back_key_chunk=16, max_rows=8)
     q, k, v = inputs(2, 3, 3, L, S, 8, 8, torch.float64)
@@ -166,7 +181,7 @@ def test_full_chunks_match_the_reference_with_gradients(name, mod):
 
 @needs_compiler
 def test_full_chunks_give_the_weights_and_key_totals_of_the_reference():
-    kw, allowed = CASES["documents"]
+    kw, allowed, _ = CASES["documents"]
     be = Inductor(key_chunk=16, max_rows=8)
     q, k, v = inputs(1, 2, 2, L, S, 8, 8, torch.float32)
     _, w = attend.attention(q, k, v, backend=be, return_weights=True, **kw)
@@ -174,3 +189,25 @@ def test_full_chunks_give_the_weights_and_key_totals_of_the_reference():
     ref = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1)
     torch.testing.assert_close(w.double(), ref, rtol=0, atol=1e-6)
     assert bool((w[..., ~allowed] == 0).all())
+
+
+def test_the_backward_keeps_the_forwards_chunks_when_its_own_are_wider():
+    """With ``back_key_chunk`` above ``key_chunk`` the backward runs the forward's tiles (as it did
+    before full chunks): the cut at the full keys must not widen them."""
+    q = torch.zeros(1, 2, 128, 8)
+    call, _ = attend.functional._prepare(q, q, q, causal=True)
+    plan = Inductor(key_chunk=16, back_key_chunk=64, max_rows=16).plan(call)
+    assert plan.back_tiles is plan.tiles and 0 < plan.full < plan.chunks
+    assert max(j1 - j0 for *_, c in plan.tiles for j0, j1, _ in c) <= 16
+
+
+@needs_compiler
+def test_explain_says_compiled_when_every_chunk_ran_without_the_rules():
+    q, k, v = inputs(1, 2, 2, 64, 64, 8, 8, torch.float32)
+    kw = {"mask": attend.masks.document(torch.arange(64) // 16)}
+    be = Inductor(key_chunk=16, max_rows=16, min_work=1)
+    plan = be.plan(attend.functional._prepare(q, k, v, **kw)[0])
+    assert plan.full == plan.chunks > 0  # only the program without the rules runs
+    with torch.no_grad():
+        attend.attention(q, k, v, backend=be, **kw)
+    assert "its program is compiled in this process" in be.describe(attend.functional._prepare(q, k, v, **kw)[0])

@@ -12,7 +12,7 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "src")
 # lower numbers sit lower; a module may import only from its own layer or below
 LAYERS = {
     "attend._rules": 0, "attend._check": 0, "attend._io": 0, "attend._atomic": 0, "attend._safetensors": 0,
-    "attend._jsondoc": 0, "attend._ruletree": 0,
+    "attend._jsondoc": 0, "attend._ruletree": 0, "attend._rule_prep": 0,
     "attend.backends": 1,
     "attend.scores": 2, "attend.masks": 2, "attend.mods": 2,
     "attend.functional": 3, "attend._nonfinite": 3,

@@ -20,14 +20,13 @@ the call's ``L`` and ``S`` so they use that alignment. A plain function is used 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator, Optional, Union
+from typing import ClassVar, Optional, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["Rule", "bind", "check_rule", "and_terms", "Causal", "Window", "Chunked", "Padding", "KeyMask", "Document",
+__all__ = ["Rule", "keys_of", "full_of", "Causal", "Window", "Chunked", "Padding", "KeyMask", "Document",
            "PrefixLM", "And", "Or", "Alibi", "Softcap", "RelativeBias"]
 
 
@@ -64,9 +63,8 @@ class Rule:
         return 0, S
 
     def full(self, first: int, last: int, S: int) -> tuple[int, int]:
-        """Keys ``[lo, hi)`` that this rule allows to *every* query at key positions
-        ``first..last`` (a mask rule; for every sequence and head), so a block within them needs
-        no mask. It may say less than is true, never more. Default: none (``(0, 0)``)."""
+        """Keys ``[lo, hi)`` allowed to *every* query at key positions ``first..last`` (a mask rule;
+        every sequence and head): a block within needs no mask. Less than true, never more."""
         return 0, 0
 
 
@@ -216,8 +214,7 @@ class Document(Rule):
         return runs[0][first], min(S, runs[3][last])
 
     def full(self, first, last, S):
-        """For ids that never decrease along the keys, where the queries at ``first..last`` are
-        in one document in every sequence: the keys every sequence's document holds."""
+        """Sorted ids, queries ``first..last`` in one document in every sequence: its keys in all."""
         runs = self._runs()
         if runs is None or last < first:
             return 0, 0
@@ -227,10 +224,8 @@ class Document(Rule):
         return (lo, hi) if hi > max(lo, last) else (0, 0)  # (last's document ends past it in every sequence)
 
     def _runs(self) -> Optional[tuple]:
-        """Per key position p, over the sequences: the first and the last start of p's document,
-        and the first and the last end (``(min start, max start, min end, max end)``, lists of S);
-        None for ids in any other order than never decreasing, or none. Made once per bound rule
-        (a call binds its own), so the tiles read it rather than search the ids each."""
+        """Per key position, over the sequences: (min start, max start, min end, max end) of its
+        document, lists of S; None unless the ids never decrease. Once per bound rule (per call)."""
         runs = self.__dict__.get("_runs_made", False)
         if runs is False:
             ids = self.ids if self.ids.ndim == 2 else self.ids.view(1, -1)
@@ -287,7 +282,7 @@ class _Combine(Rule):
     mods: tuple
 
     def bind(self, L: int, S: int) -> "_Combine":
-        return dataclasses.replace(self, mods=tuple(bind(m, L, S) for m in self.mods), offset=S - L)
+        return dataclasses.replace(self, mods=tuple(m.bind(L, S) if isinstance(m, Rule) else m for m in self.mods), offset=S - L)
 
     def check(self, B, H, L, S):
         return _check_terms(self.mods, B, H, L, S)
@@ -353,14 +348,15 @@ class Or(_Combine):
         return max(spans, key=lambda t: t[1] - t[0], default=(0, 0))
 
 
+_RULE_PARTS = ("__call__", "bind", "_join")  # what a rule's keys and full answer for
+
+
 def _written_with_call(rule: Rule, name: str) -> bool:
-    """Whether ``rule``'s method ``name`` was written for its ``__call__``: a subclass that changes
-    ``__call__`` but inherits ``keys`` or ``full`` would get its parent's answer, which may skip or
-    leave unmasked keys its own rule treats otherwise (a silently wrong result)."""
+    """Whether ``rule``'s ``name`` (keys, full) was written for its rule: a subclass that changes a
+    part of :data:`_RULE_PARTS` but inherits them would get its parent's answer (silently wrong)."""
     mro = type(rule).__mro__
     defined = next(c for c in mro if name in c.__dict__)
-    called = next(c for c in mro if "__call__" in c.__dict__)
-    return issubclass(defined, called)
+    return all(issubclass(defined, next((c for c in mro if part in c.__dict__), Rule)) for part in _RULE_PARTS)
 
 
 def keys_of(rule: Rule, first: int, last: int, S: int) -> tuple[int, int]:
@@ -382,17 +378,6 @@ def _check_terms(mods, B, H, L, S) -> Optional[str]:
             if why:
                 return f"{m!r}: {why}"
     return None
-
-
-def and_terms(rule) -> Iterator:
-    """The terms of a rule that is an AND of rules (nested :class:`And` flatten)."""
-    if rule is None:
-        return
-    if isinstance(rule, And):
-        for r in rule.mods:
-            yield from and_terms(r)
-    else:
-        yield rule
 
 
 # ---- score modifiers --------------------------------------------------------------------------
@@ -455,74 +440,3 @@ class RelativeBias(Rule):
 
     def __repr__(self):
         return f"relative_bias(table of shape {tuple(self.table.shape)})"
-
-
-def bind(fn: Callable | None, L: int, S: int) -> Callable | None:
-    """Bind ``fn`` to a call's lengths when it is a :class:`Rule`; return plain functions as is."""
-    if isinstance(fn, Rule):
-        return fn.bind(L, S)
-    return fn
-
-
-_ROLES = {"mask": ("a mask_mod (b, h, i, j) -> bool", 4), "score": ("a score_mod (score, b, h, i, j) -> score", 5)}
-
-
-def check_rule(fn: Callable, arg: str, role: str, sizes: Optional[tuple[int, int, int, int]]) -> None:
-    """Refuse, naming ``arg``, what cannot serve as a ``role`` rule ("mask" or "score") for a
-    call of ``sizes`` (B, H, L, S): a rule factory passed uncalled, one of attend's helpers, a
-    rule of the other kind, a function that cannot take the rule's arguments, a rule whose
-    tensors do not fit (``sizes=None`` skips that last check)."""
-    what, nargs = _ROLES[role]
-    if isinstance(fn, Rule):
-        if fn.role != role:
-            other = "score_mod" if fn.role == "score" else "mask"
-            raise TypeError(f"{arg}: {fn!r} is {_ROLES[fn.role][0].split(' (')[0]}, not {what.split(' (')[0]}; "
-                            f"pass it as {other}=")
-        why = fn.check(*sizes) if sizes is not None else None
-        if why:
-            raise ValueError(f"{arg}: {fn!r} does not fit this call: {why}")
-        return
-    helper = _named_in(fn, _HELPERS)
-    if helper is not None:
-        raise TypeError(f"{arg}: {helper} is one of attend's helpers, not {what.split(' (')[0]}")
-    factory = _named_in(fn, _FACTORIES)
-    if factory is not None:
-        raise TypeError(f"{arg}: {factory} is the function that makes the rule, not the rule; call it: "
-                        f"{factory}({_example_args(fn)})")
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins and the like: nothing to check
-        return
-    try:
-        sig.bind(*range(nargs))
-    except TypeError:
-        name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        raise TypeError(f"{arg} must be {what}, called with {nargs} broadcastable index tensors; "
-                        f"{name}{sig} cannot take {nargs} positional arguments") from None
-
-
-def _named_in(fn, table: dict) -> Optional[str]:
-    """``attend.masks.causal`` and the like: the dotted name of ``fn`` when it is one of the
-    functions ``table`` lists (module -> names), else None."""
-    module = getattr(fn, "__module__", "")
-    name = getattr(fn, "__name__", "")
-    if inspect.isfunction(fn) and name in table.get(module, ()):
-        return f"{module}.{name}"
-    return None
-
-
-def _example_args(fn) -> str:
-    params = [p.name for p in inspect.signature(fn).parameters.values()
-              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    star = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.VAR_POSITIONAL]
-    return ", ".join(params + [f"*{n}" for n in star])
-
-
-# the functions of attend.masks / attend.mods that return rules
-_FACTORIES = {
-    "attend.masks": ("causal", "sliding_window", "chunked", "padding", "key_mask", "document", "varlen", "prefix_lm",
-                     "and_masks", "or_masks"),
-    "attend.mods": ("alibi", "softcap", "relative_bias"),
-}
-# functions of those modules that are neither rules nor their factories
-_HELPERS = {"attend.masks": ("to_dense", "render", "normalize_window"), "attend.mods": ("alibi_slopes",)}

@@ -26,7 +26,7 @@ from . import backends as _backends
 from . import _check
 from . import scores as _scores
 from ._nonfinite import quarantine as _quarantine
-from ._rules import bind, check_rule
+from ._rule_prep import bind, check_rule
 from .backends.base import AttentionCall, Backend, compute_dtype
 from .masks import normalize_window
 

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from . import _check
-from ._rules import And, Causal, Chunked, Document, KeyMask, Or, Padding, PrefixLM, Rule, Window, bind
+from ._rule_prep import bind
+from ._rules import And, Causal, Chunked, Document, KeyMask, Or, Padding, PrefixLM, Rule, Window
 
 __all__ = [
     "causal",
@@ -176,7 +177,7 @@ def or_masks(*mods: MaskMod) -> Rule:
 
 
 def _check_mods(mods, fn: str) -> None:
-    from ._rules import check_rule
+    from ._rule_prep import check_rule
 
     if not mods:
         raise ValueError(f"{fn} needs at least one mask_mod")
@@ -194,7 +195,7 @@ def to_dense(mask_mod: MaskMod, B: int, H: int, L: int, S: int, *, device=None) 
 
     The rule is checked as :func:`attend.attention` checks it (an uncalled factory, a score
     modifier, a rule whose own sizes do not fit ``B``, ``H``, ``L``, ``S`` are refused)."""
-    from ._rules import check_rule
+    from ._rule_prep import check_rule
 
     check_rule(mask_mod, "mask_mod", "mask", (B, H, L, S))
     fn = bind(mask_mod, L, S)
@@ -226,7 +227,7 @@ def render(mask, L: Optional[int] = None, S: Optional[int] = None, *, b: int = 0
         if m.ndim == 3:
             m = m[h if m.shape[0] > 1 else 0]  # (L, S)
     elif callable(mask):
-        from ._rules import check_rule
+        from ._rule_prep import check_rule
 
         if L is None or S is None:
             raise ValueError("render needs L and S to draw a mask rule")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._rules import Rule, and_terms
+from .._rule_prep import and_terms
+from .._rules import Rule
 from .._ruletree import is_own, rule_tensors
 from .base import AttentionCall
 

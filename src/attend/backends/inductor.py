@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .. import _check
 from . import _distance_bias, _padding, _programs as P, _relbias_regions
+from ._chunks import cut as _cut, full_cut as _full_cut, full_key as _full_key, varied as _varied
 from ._heap import tile_guard
 from ._inductor_calls import grad_tensors as _grad_tensors, program_key as _key, sdpa_share as _sdpa_share
 from ._inductor_calls import score_kind as _kind, user_functions as _user_functions
@@ -118,7 +119,7 @@ class Inductor(Backend):
     def describe(self, call: AttentionCall) -> str:
         """One line for :func:`attend.explain`: tiles, kept keys and whether the program is compiled."""
         plan = self.plan(call)
-        keys = [plan.key] + ([_full_key(plan.key)] if plan.full else [])
+        keys = ([plan.key] if plan.full < plan.chunks else []) + ([_full_key(plan.key)] if plan.full else [])
         state = ("its program is compiled in this process" if all(P.is_compiled(k) for k in keys) else
                  "the first call compiles its program: a few seconds, less when inductor's disk cache has it")
         n = len(plan.tiles)
@@ -152,9 +153,11 @@ class Inductor(Backend):
             pair = item * extra  # (1 GiB at (1, 8, 2048, 64) with 2048-key chunks, measured): count it there
             chunk = max(16, min(self.key_chunk, self.tile_bytes // max(1, heads * min(16, self.max_rows) * pair)))
         back = tiles if chunk >= self.key_chunk and pair == item else self._choose(call, heads, pair, chunk)[1]
-        if FULL_CHUNKS:  # cut again at the edges of the keys every row may see (same rows, same chunk count)
-            tiles, back = (self._full_cut(call, t, heads * (t[0][1] - t[0][0]) * p, c) if t else t
-                           for t, p, c in ((tiles, item, self.key_chunk), (back, pair, chunk)))
+        if FULL_CHUNKS and tiles:  # cut again at the edges of the keys every row may see (same rows, same count)
+            same = back is tiles  # (then the backward keeps the forward's chunks, as without full chunks)
+            tiles = _full_cut(call, tiles, min(self.key_chunk, self.tile_bytes // (heads * rows * item)))
+            fits = self.tile_bytes // (heads * (back[0][1] - back[0][0]) * pair)
+            back = tiles if same else _full_cut(call, back, min(chunk, fits))
         feat = call.query.shape[-1] + call.Ev if kind != "additive" else extra + call.Ev
         count = [sum(len(c) for *_, c in tiles), sum(f for *_, c in tiles for *_, f in c)]
         return _Plan(kind, tiles, rows, kept, heads * kept * feat, _key(call, kind), _varied(tiles), back,
@@ -172,15 +175,6 @@ class Inductor(Backend):
             if best is None or cost < best[0]:
                 best = (cost, rows, tiles, kept)
         return best[1:]
-
-    def _full_cut(self, call: AttentionCall, tiles: list, key_bytes: int, chunk: int) -> list:
-        """``tiles`` with each one's keys cut by :func:`_cut` at the edges of the keys every rule
-        allows to all its rows (:meth:`AttentionCall.full_span`), in chunks no wider than the widest
-        already chosen or than ``tile_bytes`` allows (``key_bytes``: a tile's bytes per key)."""
-        widest = max((j1 - j0 for *_, c in tiles for j0, j1, _ in c), default=1)
-        cap = max(widest, min(chunk, self.tile_bytes // max(1, key_bytes)))
-        return [(i0, i1, skip, _cut(c[0][0], c[-1][1], *call.full_span(i0, i1), cap) if c else c)
-                for i0, i1, skip, c in tiles]
 
     def _tiles(self, call: AttentionCall, rows: int, chunk: int):
         tiles, kept, widest, done = [], 0, 0, 0
@@ -254,45 +248,6 @@ class _Plan:
     back_varied: bool
     chunks: int = 0  # of the forward's tiles
     full: int = 0  # of those, chunks every rule allows whole (run without the rules)
-
-
-def _varied(tiles) -> bool:
-    return len({j1 - j0 for _, _, _, c in tiles for j0, j1, _ in c}) > 1
-
-
-def _cut(lo: int, hi: int, flo: int, fhi: int, chunk: int) -> list:
-    """Keys ``[lo, hi)`` as ``[(j0, j1, full)]``: as few chunks of at most ``chunk`` keys as an even
-    cut needs, and where that many suffice, the keys ``[flo, fhi)`` (allowed to every row) in
-    chunks of their own, marked full: the rest go to the chunks beside them where those have room.
-    Otherwise the even cut, its chunks marked full where they fall inside ``[flo, fhi)``."""
-    if hi <= lo:
-        return []
-    n = -(-(hi - lo) // chunk)
-    flo, fhi = max(flo, lo), min(fhi, hi)
-    if fhi > flo:
-        a, b = flo - lo, hi - fhi
-        na, nb = -(-a // chunk), -(-b // chunk)
-        extra = (fhi - flo) - (n - na - nb) * chunk  # full keys that do not fit the chunks left for them
-        if n - na - nb >= 1 and extra <= (na * chunk - a) + (nb * chunk - b):
-            right = min(max(extra, 0), nb * chunk - b)
-            flo, fhi = flo + max(extra, 0) - right, fhi - right
-            return [c for j0, j1, full in ((lo, flo, False), (flo, fhi, True), (fhi, hi, False))
-                    for c in _even(j0, j1, chunk, full)]
-    full = fhi > flo
-    return [(j0, j1, full and flo <= j0 and j1 <= fhi) for j0, j1, _ in _even(lo, hi, chunk, False)]
-
-
-def _even(lo: int, hi: int, chunk: int, full: bool) -> list:
-    """``[lo, hi)`` in the fewest chunks of at most ``chunk`` keys, of (nearly) equal widths."""
-    if hi <= lo:
-        return []
-    size = -(-(hi - lo) // -(-(hi - lo) // chunk))
-    return [(j, min(hi, j + size), full) for j in range(lo, hi, size)]
-
-
-def _full_key(key: tuple) -> tuple:
-    """The program key of a chunk every rule allows whole: no causal, window or mask rule."""
-    return key[:2] + (False, False) + key[4:5] + (None,) + key[6:]
 
 
 class _Job:

@@ -32,7 +32,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import _check
-from .._rules import And, Causal, Window, bind, check_rule
+from .._rule_prep import bind, check_rule
+from .._rules import And, Causal, Window
 from .._ruletree import is_own, rule_tensors
 from ..backends import UnsupportedCall
 from ..backends._programs import merge_into

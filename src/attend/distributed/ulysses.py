@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import functional as _F
-from .._rules import check_rule
+from .._rule_prep import check_rule
 from ._rules import heads as _heads
 from .layout import _group, check_layout
 from .ring import _all_lengths, _rank_spans

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..._rules import Alibi, Causal, Chunked, Document, KeyMask, Padding, PrefixLM, RelativeBias, Softcap, Window
-from ..._rules import and_terms
+from ..._rule_prep import and_terms
 from ..base import AttentionCall
 
 MAX_HEAD_DIM = 256
