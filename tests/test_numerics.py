@@ -109,6 +109,34 @@ def test_a_nan_in_a_general_scores_weight_shows_on_sdpa(L):
     assert out.isnan().all()
 
 
+def test_cosine_skips_the_nan_row_pass_only_where_it_keeps_finite_queries_finite(monkeypatch):
+    """Normalising finite queries (divided by at least eps > 0) gives finite ones, so sdpa skips its
+    NaN-row pass for cosine once attend's input check found q, k, v finite; not with eps = 0 (a
+    zero query is then 0/0), nor for a subclass that changes ``as_dot``; and a NaN query still
+    gives its NaN row."""
+    import attend.backends.sdpa as sdpa_mod
+
+    filled = []
+    real = sdpa_mod._fill_rows
+    monkeypatch.setattr(sdpa_mod, "_fill_rows", lambda out, rows, value: filled.append(value) or real(out, rows, value))
+
+    class Shifted(attend.scores.Cosine):
+        def as_dot(self, q, k):
+            qn, kn, f = super().as_dot(q, k)
+            return qn - 1.0, kn, f
+
+    q, k, v = inputs(1, 2, 2, 6, 6, 8, 8, torch.float32)
+    with torch.no_grad():
+        for score, pass_runs in ((attend.scores.Cosine(), False), (attend.scores.Cosine(eps=0.0), True),
+                                 (Shifted(), True)):
+            filled.clear()
+            attend.attention(q, k, v, score=score, backend="sdpa")
+            assert bool(filled) == pass_runs, score
+        q[0, 1, 2] = math.nan
+        out = attend.attention(q, k, v, score="cosine", backend="sdpa")
+    assert out[0, 1, 2].isnan().all() and not out[0, 0].isnan().any() and not out[0, 1, [0, 1, 3, 4, 5]].isnan().any()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_values_reach_only_the_rows_that_may_attend_them(backend):
     """One behaviour on every backend (README, Semantics): a fully masked row is exactly 0

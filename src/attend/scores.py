@@ -104,6 +104,11 @@ class Cosine(Dot):
     def as_dot(self, q, k):
         return F.normalize(q, dim=-1, eps=self.eps), F.normalize(k, dim=-1, eps=self.eps), 1.0 / self.temperature
 
+    def finite_from_finite(self) -> bool:
+        """Whether :meth:`as_dot` gives finite vectors from finite ones (each is divided by at
+        least ``eps``), so a backend need not look for NaN in them again."""
+        return self.eps > 0
+
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 

@@ -140,8 +140,9 @@ class SDPA(Backend):
         finds them (a NaN anywhere in a row makes its sum NaN). A row that is fully masked stays
         exactly zero: it reads no key, so its query is never used. Queries attend has already
         found finite (on the CPU) need no such pass, when the score handed them to SDPA
-        unchanged (a General score's weight could still be NaN)."""
-        if call.finite and q is call.query:
+        unchanged or says it keeps them finite (cosine's normalising; a General score's weight
+        could still be NaN)."""
+        if call.finite and (q is call.query or _keeps_finite(call.score)):
             return out
         nan_rows = q.sum(dim=-1, keepdim=True).isnan()  # (B, Hq, L, 1)
         if dead is not None:
@@ -153,6 +154,15 @@ def _use_is_causal(call: AttentionCall) -> bool:
     """SDPA's (top-left) ``is_causal`` is attend's rule only when L == S and nothing else masks."""
     return (call.causal and call.L == call.S and call.window is None and call.mask is None and call.mask_mod is None
             and call.bias is None)
+
+
+def _keeps_finite(score) -> bool:
+    """The score says its ``as_dot`` keeps finite vectors finite (``finite_from_finite``), and the
+    class that says so is the one that wrote ``as_dot`` (not a subclass that changed it)."""
+    mro = type(score).__mro__
+    says = next((c for c in mro if "finite_from_finite" in c.__dict__), None)
+    wrote = next((c for c in mro if "as_dot" in c.__dict__), None)
+    return says is not None and says is wrote and bool(score.finite_from_finite())
 
 
 def _fill_rows(out: Tensor, rows: Tensor, value: float) -> Tensor:
