@@ -20,12 +20,15 @@ def score_kind(call: AttentionCall) -> tuple[str, int]:
     return "score", 0
 
 
-def sdpa_share(call: AttentionCall) -> float:
+def sdpa_share(call: AttentionCall, every_chunk_full: bool = False) -> float:
     """Above this share of (query, key) pairs kept, SDPA with the rules as a dense mask beats the
     tiles (benchmarks/results/cpu.md, fwd+bwd, where inductor cost 1.5-2.4x SDPA per kept pair):
     at 512 x 512, 0.5 kept (chunks of 256) ran 1.32x against SDPA's 1.09x; at 2048 and 4096, where
-    SDPA also reads a larger dense mask, 0.53 kept (prefix-LM) ran 0.91x and 0.82x of SDPA's time."""
-    return 0.4 if call.L * call.S <= 1024 * 1024 else 0.75
+    SDPA also reads a larger dense mask, 0.53 kept (prefix-LM) ran 0.91x and 0.82x of SDPA's time.
+    Where every chunk runs without the rules (``every_chunk_full``), the larger share holds at every
+    size: at 512, chunks of 256 (0.5 kept, all full) then ran 0.84x against SDPA's 1.20x
+    (benchmarks/results/cpu-run8.md, fwd+bwd)."""
+    return 0.4 if call.L * call.S <= 1024 * 1024 and not every_chunk_full else 0.75
 
 
 def program_key(call: AttentionCall, kind: str) -> tuple:

@@ -109,7 +109,7 @@ class Inductor(Backend):
         if not modified and (_only_causal(call) or (call.mask_mod is None and call.window is None and not call.causal)):
             return sdpa_does_it  # decided without planning the tiles (a plan costs ~0.5 ms of Python)
         plan = self.plan(call)
-        if not modified and plan.kept > _sdpa_share(call) * call.L * call.S:
+        if not modified and plan.kept > _sdpa_share(call, plan.full == plan.chunks) * call.L * call.S:
             return sdpa_does_it
         if plan.work < self.min_work:  # (also once compiled: at this size per-tile overhead dominates)
             return [f"a call this small ({_si(plan.work)} multiply-adds < min_work {_si(self.min_work)}) would not "
