@@ -181,3 +181,37 @@ def time_rounds(fns: dict, reps: int) -> dict:
             times[t].append(time.perf_counter() - t0)
     return {t: statistics.median(x) * 1e3 for t, x in times.items()}
 
+
+
+def sdpa_timed(q, k, v, dout, *, causal: bool, training: bool):
+    """SDPA with no mask (``is_causal`` where ``causal``), forward or forward+backward: the
+    small benchmarks' ratio base, as a callable."""
+    import torch.nn.functional as F
+
+    def call():
+        with torch.set_grad_enabled(training):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            if training:
+                torch.autograd.grad(out, (q, k, v), dout)
+
+    return call
+
+
+def float64_reference(base, dout, kw: dict, training: bool) -> tuple:
+    """attend's eager path in float64 on ``base`` (q, k, v) with ``kw``: ``(out,)``, or ``(out, dq,
+    dk, dv)`` for ``dout`` when ``training``."""
+    import attend
+
+    with torch.enable_grad():
+        qd, kd, vd = (t.detach().double().requires_grad_(training) for t in base)
+        ref = attend.attention(qd, kd, vd, backend="eager", **kw)
+        return (ref, *torch.autograd.grad(ref, (qd, kd, vd), dout.double())) if training else (ref,)
+
+
+def checked_against(ref: tuple, got: tuple, tolerance: float, what: str) -> float:
+    """The largest difference of ``got`` from ``ref``; exits, naming ``what``, where it is over
+    ``tolerance`` (or NaN): nothing is written for a wrong result."""
+    worst = max((a.double() - b).abs().max().item() for a, b in zip(got, ref))
+    if not worst <= tolerance:
+        sys.exit(f"{what}: differs from eager float64 by {worst:.1e} (more than {tolerance:.0e}); no results written")
+    return worst

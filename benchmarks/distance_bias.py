@@ -15,13 +15,11 @@ path in float64 before it is timed; nothing is written if one differs by more th
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
-import torch.nn.functional as F
 
 import attend
-from _machine import results_path, shapes_args, time_rounds, write_results
+from _machine import checked_against, float64_reference, results_path, sdpa_timed, shapes_args, time_rounds, write_results
 from attend.backends import _distance_bias
 
 SHAPES = "1x8x2048x64,4x8x512x64,2x8x1024x64,1x8x4096x64"
@@ -79,27 +77,14 @@ def main() -> None:
                             return (out,)
                         return (out, *torch.autograd.grad(out, (q, k, v), dout))
 
-                def sdpa(q=q, k=k, v=v, dout=dout, causal=causal, training=training):
-                    with torch.set_grad_enabled(training):
-                        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                        if training:
-                            torch.autograd.grad(out, (q, k, v), dout)
-
-                with torch.enable_grad():
-                    qd, kd, vd = (t.detach().double().requires_grad_(training) for t in base)
-                    ref = attend.attention(qd, kd, vd, backend="eager", **kw)
-                    ref = (ref, *torch.autograd.grad(ref, (qd, kd, vd), dout.double())) if training else (ref,)
-                fns = {"SDPA": sdpa}
+                ref = float64_reference(base, dout, kw, training)
+                fns = {"SDPA": sdpa_timed(q, k, v, dout, causal=causal, training=training)}
                 worst = {}
                 for tag, be in contestants(kw, training, "relative" in name).items():
                     be, around = be if isinstance(be, tuple) else (be, None)
                     fns[tag] = lambda be=be, around=around: run(be, around)
                     fns[tag]()  # compiles
-                    got = fns[tag]()
-                    worst[tag] = max((a.double() - b).abs().max().item() for a, b in zip(got, ref))
-                    if not worst[tag] <= TOLERANCE:  # (NaN too) nothing is written for a wrong result
-                        sys.exit(f"{B}x{H}x{L}x{E} {name} {tag}: differs from eager float64 by {worst[tag]:.1e} "
-                                 f"(more than {TOLERANCE:.0e}); no results written")
+                    worst[tag] = checked_against(ref, fns[tag](), TOLERANCE, f"{B}x{H}x{L}x{E} {name} {tag}")
                 chosen = attend.explain(q, k, v, **kw)
                 fns["SDPA"]()
                 med = time_rounds(fns, args.reps)

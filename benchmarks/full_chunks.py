@@ -12,13 +12,11 @@ than :data:`TOLERANCE`. Median of ``--reps`` rounds, each in a random order.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
-import torch.nn.functional as F
 
 import attend
-from _machine import results_path, shapes_args, time_rounds, write_results
+from _machine import checked_against, float64_reference, results_path, sdpa_timed, shapes_args, time_rounds, write_results
 from attend.backends import inductor
 
 SHAPES = "1x8x2048x64,4x8x512x64,1x8x4096x64"
@@ -61,26 +59,13 @@ def main() -> None:
                         out = attend.attention(q, k, v, backend="inductor", **kw)
                         return (out, *torch.autograd.grad(out, (q, k, v), dout)) if training else (out,)
 
-                def sdpa(q=q, k=k, v=v, training=training):
-                    with torch.set_grad_enabled(training):
-                        out = F.scaled_dot_product_attention(q, k, v)
-                        if training:
-                            torch.autograd.grad(out, (q, k, v), dout)
-
-                with torch.enable_grad():
-                    qd, kd, vd = (t.detach().double().requires_grad_(training) for t in base)
-                    ref = attend.attention(qd, kd, vd, backend="eager", **kw)
-                    ref = (ref, *torch.autograd.grad(ref, (qd, kd, vd), dout.double())) if training else (ref,)
-                fns = {"SDPA": sdpa, "full chunks": lambda: run(contextlib.nullcontext),
-                       "every chunk masked": lambda: run(_masked)}
+                ref = float64_reference(base, dout, kw, training)
+                fns = {"SDPA": sdpa_timed(q, k, v, dout, causal=False, training=training),
+                       "full chunks": lambda: run(contextlib.nullcontext), "every chunk masked": lambda: run(_masked)}
                 worst = {}
                 for tag in ("full chunks", "every chunk masked"):
                     fns[tag]()  # compiles
-                    got = fns[tag]()
-                    worst[tag] = max((a.double() - b).abs().max().item() for a, b in zip(got, ref))
-                    if not worst[tag] <= TOLERANCE:  # (NaN too)
-                        sys.exit(f"{B}x{H}x{L}x{E} {name} {tag}: differs from eager float64 by {worst[tag]:.1e} "
-                                 f"(more than {TOLERANCE:.0e}); no results written")
+                    worst[tag] = checked_against(ref, fns[tag](), TOLERANCE, f"{B}x{H}x{L}x{E} {name} {tag}")
                 plan = inductor.Inductor().plan(attend.functional._prepare(q, k, v, **kw)[0])
                 med = time_rounds(fns, args.reps)
                 shape, mode = f"{B}x{H}x{L}x{E}", "fwd+bwd" if training else "fwd"

@@ -21,6 +21,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("page_faults.py", ["--threads", "0"], "--threads must be at least 1, got 0"),
     ("distance_bias.py", ["--reps", "0"], "--reps must be at least 1, got 0"),
     ("distance_bias.py", ["--shapes", "1x8x2048x64,1x8"], "--shapes: '1x8' is not BxHxLxE"),
+    ("full_chunks.py", ["--reps", "0"], "--reps must be at least 1, got 0"),
+    ("full_chunks.py", ["--shapes", "2048"], "--shapes: '2048' is not BxHxLxE"),
 ])
 def test_bad_arguments_are_refused_by_name(script, args, needle, tmp_path):
     out = tmp_path / "never.md"
@@ -57,3 +59,19 @@ def test_a_compiled_cell_too_slow_to_repeat_reports_its_warm_call(monkeypatch):
     monkeypatch.setattr(cpu, "compiled_since", lambda t0: False)
     cell = cpu.measure(lambda: torch.zeros(2), False, [], reps=5, budget=3.0)
     assert (cell["runs"], cell["ms"], cell["first_ms"], cell["warm_ms"]) == (1, 4000.0, 4000.0, 4000.0)
+
+
+def test_a_result_off_the_float64_reference_writes_nothing():
+    """The small benchmarks' check: a difference over the tolerance, or NaN, exits naming the cell."""
+    import torch
+
+    sys.path.insert(0, BENCH)
+    try:
+        from _machine import checked_against
+    finally:
+        sys.path.remove(BENCH)
+    ref = (torch.zeros(3, dtype=torch.float64),)
+    assert checked_against(ref, (torch.full((3,), 1e-6),), 1e-4, "cell") == pytest.approx(1e-6)
+    for bad in (torch.full((3,), 1e-3), torch.tensor([0.0, float("nan"), 0.0])):
+        with pytest.raises(SystemExit, match=r"cell: differs from eager float64 by .* \(more than 1e-04\); no results"):
+            checked_against(ref, (bad,), 1e-4, "cell")
