@@ -157,3 +157,23 @@ def test_not_while_torch_compile_traces(monkeypatch):
     assert _padding.lengths(call) == [16, 3]
     monkeypatch.setattr(_padding, "untraceable", lambda: True)
     assert _padding.lengths(call) is None
+
+
+def test_a_padding_subclass_that_changes_the_rule_is_not_cut_as_padding():
+    """The cut reads ``lengths`` as the rule; a subclass that changes ``__call__`` (here: every key
+    allowed) must get its own rule, not its parent's cut."""
+    import dataclasses
+
+    from attend._rules import Padding
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Everything(Padding):
+        def __call__(self, b, h, i, j):
+            return (i + j) >= 0
+
+    q, k, v = inputs(2, 2, 2, 8, 8, 8, 8, torch.float32)
+    rule = Everything(torch.tensor([3, 5]))
+    with torch.no_grad():
+        got = attend.attention(q, k, v, mask=rule, backend="sdpa")
+        want = attend.attention(q, k, v, backend="eager")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

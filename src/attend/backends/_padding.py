@@ -37,7 +37,7 @@ def lengths(call: AttentionCall) -> Optional[list[int]]:
     """Each sequence's number of keys when the call's one mask is key padding that leaves
     some key out, and the cut applies (see the module text); None otherwise."""
     rule = call.mask_mod
-    if (not isinstance(rule, Padding) or call.mask is not None or call.bias is not None or call.window is not None
+    if (type(rule) is not Padding or call.mask is not None or call.bias is not None or call.window is not None
             or (call.causal and call.L != call.S) or call.dropout_p > 0 or call.query.device.type != "cpu"
             or rule.lengths.device.type != "cpu" or untraceable()):
         return None

@@ -256,6 +256,7 @@ class _Job:
     def __init__(self, call: AttentionCall, plan: _Plan, spec: P.Spec, score):
         self.call, self.plan, self.spec, self.score = call, plan, spec, score
         self.spec_full = spec._replace(causal=False, window=None)
+        self._progs: dict = {}  # (name, full, key) -> (program, spec)
         dev = call.query.device
         self.hb = torch.arange(call.Hq, device=dev).view(1, -1, 1, 1)
         self.bb = torch.arange(call.B, device=dev).view(-1, 1, 1, 1)
@@ -270,9 +271,14 @@ class _Job:
         return t
 
     def _prog(self, name: str, full: bool, key: Optional[tuple] = None):
-        """The compiled program ``name`` for a chunk, and its spec (``full``: without the rules)."""
-        key = key or self.plan.key
-        return (P.compiled(name, _full_key(key)), self.spec_full) if full else (P.compiled(name, key), self.spec)
+        """The compiled program ``name`` for a chunk, and its spec (``full``: without the rules);
+        looked up once per call, not once per chunk."""
+        got = self._progs.get((name, full, key))
+        if got is None:
+            k = key or self.plan.key
+            got = (P.compiled(name, _full_key(k)), self.spec_full) if full else (P.compiled(name, k), self.spec)
+            self._progs[(name, full, key)] = got
+        return got
 
     def _ctx(self, i0, i1, j0, j1, full=False):
         c = self.call
