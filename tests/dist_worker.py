@@ -52,6 +52,16 @@ def cases():
     ]
 
 
+def runs(name: str, Hkv: int, method: str, world: int) -> bool:
+    """Whether case ``name`` runs with ``method``: all-to-all needs the kv heads to divide among
+    the ranks; the compiled-tile cases skip the ring in pieces (pieces of a few keys are tested
+    with every other case; with the tiles, each piece's new shape compiles its programs again:
+    144 s of the fixture's 157 s with an empty compile cache, measured 2026-11-30)."""
+    if method == "ulysses" and Hkv % world:
+        return False
+    return not (name.endswith("_inductor") and method.startswith("ring_p"))
+
+
 def run_triton_case(name, L, S, Hkv, build, layout, dtype=torch.float32):
     """The ring with its blocks through attend's Triton kernels (float32; under the interpreter
     on the CPU): output and dq, dk, dv by the tolerance rule against float64, with single-process
@@ -291,7 +301,7 @@ def main():
             if args.cases and name not in args.cases.split(","):
                 continue
             for method in args.methods.split(","):
-                if method == "ulysses" and Hkv % args.world:
+                if not runs(name, Hkv, method, args.world):
                     continue
                 for layout in ("contiguous", "zigzag"):
                     case = f"{method}/{layout}/{name}"

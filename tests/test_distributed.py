@@ -58,14 +58,35 @@ def launch(tmp, *extra, world=WORLD, limit=420, timeout=60, env=None):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    results = launch(str(tmp_path_factory.mktemp("dist")))
+    """The ranks' records, from one launch shared by the test processes: pytest-xdist runs this
+    module's tests in both workers, and each ran the launch on its own (measured with an empty
+    compile cache: 235 s and 232 s, both at once). The first worker here launches, under a file
+    lock, and writes what came back; the other waits and reads it. (``--dist loadgroup`` would
+    keep the module on one worker, but with pytest 9.2 it does not group: pytest-xdist #1386.)"""
+    from filelock import FileLock  # (a dependency of torch)
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: launch here (the folder above is shared by runs)
+        results = launch(str(tmp_path_factory.mktemp("dist")))
+        return _records_of(results)
+    shared = tmp_path_factory.getbasetemp().parent  # xdist: this run's folder, above every worker's own
+    saved = shared / "dist-report.json"
+    with FileLock(str(saved) + ".lock"):
+        if saved.is_file():
+            results = json.loads(saved.read_text())
+        else:
+            results = launch(str(tmp_path_factory.mktemp("dist")))
+            saved.write_text(json.dumps(results))
+    return _records_of(results)
+
+
+def _records_of(results):
     for rc, err, _ in results:
         assert rc == 0, err[-3000:]
     return [{r["case"]: r for r in records} for _, _, records in results]
 
 
 NAMES = [f"{m}/{lay}/{name}" for name, _, _, hkv, _ in dist_worker.cases() for m in ("ring", "ring_p5", "ulysses")
-         if not (m == "ulysses" and hkv % WORLD) for lay in ("contiguous", "zigzag")]
+         if dist_worker.runs(name, hkv, m, WORLD) for lay in ("contiguous", "zigzag")]
 
 
 @pytest.mark.parametrize("case", NAMES)
