@@ -21,7 +21,7 @@ def and_terms(rule) -> Iterator:
     """The terms of a rule that is an AND of rules (nested :class:`And` flatten)."""
     if rule is None:
         return
-    if isinstance(rule, And):
+    if type(rule) is And:  # (exactly: a subclass may join its terms otherwise)
         for r in rule.mods:
             yield from and_terms(r)
     else:

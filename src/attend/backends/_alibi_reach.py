@@ -43,7 +43,7 @@ def applies(call: AttentionCall) -> bool:
     """Whether the bound holds for this call's rules: ALiBi with positive slopes, each row's
     key at distance 0 kept, no rule that could drop it (the data is checked by :func:`reach`)."""
     mod = call.score_mod
-    if not isinstance(mod, Alibi) or call.query.dtype != torch.float32:
+    if type(mod) is not Alibi or call.query.dtype != torch.float32:
         return False
     if call.mask is not None or call.bias is not None or call.mask_mod is not None or call.sinks is not None:
         return False  # another rule or bias could leave a row only far keys

@@ -69,7 +69,7 @@ def scores(sp: Spec, a, b, w, i, j, hb, bb, score, score_mod, mask_mod, bias, ma
         s = score(a, b).to(a.dtype)
     if sp.scale != 1.0:
         s = s * sp.scale
-    if isinstance(score_mod, Softcap):  # cap·tanh(s/cap), its tanh through exp as below
+    if type(score_mod) is Softcap:  # cap·tanh(s/cap), its tanh through exp as below (exactly: a subclass may score differently)
         s = score_mod.cap * _tanh(s / score_mod.cap)
     elif score_mod is not None:
         s = score_mod(s, bb, hb, i, j).to(a.dtype)

@@ -22,7 +22,7 @@ def learned_table(call: AttentionCall, extras) -> Optional[RelativeBias]:
     its gradient is then summed along the tiles' diagonals (below) rather than scattered in the
     compiled backward, one atomic add per (row, key), which made its backward 2.3x SDPA's."""
     mod = call.score_mod
-    if isinstance(mod, RelativeBias) and call.bias is None and any(x is mod.table for x in extras):
+    if type(mod) is RelativeBias and call.bias is None and any(x is mod.table for x in extras):
         return mod
     return None
 

@@ -132,10 +132,10 @@ class Flex(Backend):
         mod = call.score_mod
         if _distance_bias.preferred(call, over="flex"):
             return [_distance_bias.sdpa_reason(call)]
-        if isinstance(mod, RelativeBias) and _relbias_regions.preferred(call):
+        if type(mod) is RelativeBias and _relbias_regions.preferred(call):
             return [_relbias_regions.SDPA_REASON]
-        table = isinstance(mod, RelativeBias) and (call.L * call.S <= RELATIVE_BIAS_PAIRS or call.causal)
-        if mod is not None and not isinstance(mod, FAST_SCORE_MODS) and not table:
+        table = type(mod) is RelativeBias and (call.L * call.S <= RELATIVE_BIAS_PAIRS or call.causal)
+        if mod is not None and type(mod) not in FAST_SCORE_MODS and not table:
             return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)}"
                     f"{' past 2048 x 2048 without causal' if isinstance(mod, RelativeBias) else ''} "
                     f"(benchmarks/results/cpu.md)"]

@@ -63,7 +63,7 @@ class SDPA(Backend):
             dist = _distance_bias.reasons(call)
             table = _relbias_regions.reasons(call) if dist else []  # (the regions path only where that one cannot)
             if table and dist:
-                here = table if isinstance(call.score_mod, RelativeBias) else dist if isinstance(call.score_mod, Alibi) else []
+                here = table if type(call.score_mod) is RelativeBias else dist if type(call.score_mod) is Alibi else []
                 here = f"; here: {', '.join(here)}" if here else ""
                 why.append("score_mod needs the scores, which SDPA does not expose (a relative-bias table or ALiBi runs "
                            f"here with no mask or bias other than causal{here})")

@@ -122,11 +122,11 @@ def heads(fn: Callable | None, h0: int, h1: int, score: bool):
     no head as they are, anything else evaluated at ``h + h0``."""
     if fn is None:
         return None
-    if isinstance(fn, Alibi):
+    if type(fn) is Alibi:  # (exactly, here and below: a subclass may read more than its tensors)
         return dataclasses.replace(fn, slopes=fn.slopes[h0:h1])
-    if isinstance(fn, RelativeBias):
+    if type(fn) is RelativeBias:
         return fn if fn.table.ndim == 1 else dataclasses.replace(fn, table=fn.table[h0:h1])
-    if isinstance(fn, (And, Or)):
+    if type(fn) in (And, Or):
         return dataclasses.replace(fn, mods=tuple(heads(m, h0, h1, score) for m in fn.mods))
     if isinstance(fn, Rule) and type(fn).__name__ in _HEADLESS and type(fn).__module__ == "attend._rules":
         return fn

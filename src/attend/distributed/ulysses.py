@@ -54,7 +54,7 @@ def ulysses_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, 
     Lg, Sg = sum(l for l, _ in lengths), sum(s for _, s in lengths)
     q_spans = _rank_spans(lengths, 0, Lg, world, layout, "query")
     k_spans = _rank_spans(lengths, 1, Sg, world, layout, "key")
-    hq, hk = Hq // world, Hkv // world
+    hq = Hq // world
     h0, h1 = rank * hq, (rank + 1) * hq
     B = call.B
     if mask is not None and not isinstance(mask, Tensor):

@@ -156,11 +156,11 @@ def kernel_args(p: Plan, dummy: Tensor, L: int, S: int) -> dict:
 
 # ---- capability ------------------------------------------------------------------------------
 def _score_mod_ok(sm, Hq: int) -> bool:
-    if isinstance(sm, Alibi):
+    if type(sm) is Alibi:  # (exactly, here and below: a subclass may score differently)
         return sm.slopes.numel() == Hq and not sm.slopes.requires_grad
-    if isinstance(sm, RelativeBias):
+    if type(sm) is RelativeBias:
         return sm.table.ndim == 1 or sm.table.shape[0] == Hq
-    return isinstance(sm, Softcap)
+    return type(sm) is Softcap
 
 
 def reasons(call: AttentionCall) -> list[str]:
@@ -306,11 +306,11 @@ def plan(call: AttentionCall) -> Plan:
         m = m.reshape((1,) * (4 - m.ndim) + tuple(m.shape))
         p.mask = m if p.mask is None else p.mask & m
     sm = call.score_mod
-    if isinstance(sm, Alibi):
+    if type(sm) is Alibi:
         p.slopes = sm.slopes.to(dev, torch.float32).contiguous()
-    elif isinstance(sm, Softcap):
+    elif type(sm) is Softcap:
         p.softcap = float(sm.cap)
-    elif isinstance(sm, RelativeBias):
+    elif type(sm) is RelativeBias:
         t = sm.table.to(dev)
         p.table = (t if t.ndim == 2 else t.unsqueeze(0)).float().contiguous()
     return p

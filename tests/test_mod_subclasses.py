@@ -1,0 +1,142 @@
+"""A subclass of one of attend's score modifiers (ALiBi, soft-capping, relative bias) or of its
+AND of rules that scores or joins differently is run by its own ``__call__`` on every backend,
+never by the fast path that knows its parent's formula. Before, ``inductor`` computed a soft-capping
+subclass as soft-capping (an error of 0.34, no warning), ALiBi's reach left out blocks of a
+subclass that adds no distance penalty, a relative-bias subclass got its table's gradient from
+the parent's diagonal sums, Triton compiled the parents in, and the distributed ring sliced a
+subclass's tensors by head. Each backend that can run the call is checked against attend's
+eager path in float64 by the tolerance rule, gradients included."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import attend
+import reference as R
+from attend._rules import Alibi, And, Causal, RelativeBias, Softcap, Window
+from attend.backends import Flex, UnsupportedCall
+from attend.distributed._rules import heads
+from cases import backend_arg, device, inputs
+
+pytestmark = pytest.mark.skipif(bool(attend.backends.inductor._no_compiler()), reason="no C++ compiler")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HalfScores(Softcap):
+    """Not a cap: half the score."""
+
+    def __call__(self, score, b, h, i, j):
+        return score * 0.5
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NoPenalty(Alibi):
+    """Keeps ALiBi's slopes (steep: its reach would leave far blocks out) but adds nothing."""
+
+    def __call__(self, score, b, h, i, j):
+        return score + 0.0 * self.slopes.to(score.device, score.dtype)[h]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Mirrored(RelativeBias):
+    """The table read at i - j, where relative bias reads j - i."""
+
+    def __call__(self, score, b, h, i, j):
+        return super().__call__(score, b, h, j, i)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Either(And):
+    """An AND of rules whose ``__call__`` is an OR."""
+
+    def __call__(self, b, h, i, j):
+        return self.mods[0](b, h, i, j) | self.mods[1](b, h, i, j)
+
+
+B, H, L, E = 2, 4, 40, 16
+SLOPES = torch.tensor([4.0, 2.0, 1.0, 0.5])
+BACKENDS = ["auto", "eager", "chunked", "flex16", "inductor", "triton"]
+
+
+def _table(learned: bool):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(H, 2 * 6 + 1, generator=g).requires_grad_(learned)
+
+
+def _kwargs(kind: str) -> dict:
+    if kind == "softcap":
+        return dict(score_mod=HalfScores(5.0), causal=True)
+    if kind == "alibi":
+        return dict(score_mod=NoPenalty(SLOPES), causal=True)
+    if kind == "relative bias":
+        return dict(score_mod=Mirrored(_table(False)))
+    if kind == "learned relative bias":
+        return dict(score_mod=Mirrored(_table(True)), causal=True)
+    return dict(mask=Either((Causal(), Window(2, 2))))  # "and": causal OR a window of 2
+
+
+def _run(backend, q, k, v, kw, training: bool):
+    """(out, grads of q, k, v and a learned table) on ``backend``."""
+    mod = kw.get("score_mod")
+    table = mod.table if isinstance(mod, RelativeBias) and mod.table.requires_grad else None
+    dev = device(backend)
+    with torch.enable_grad():
+        ins = [t.detach().to(dev).requires_grad_(training) for t in (q, k, v)]
+        if table is not None:
+            kw = dict(kw, score_mod=dataclasses.replace(mod, table=table.detach().to(dev, q.dtype).requires_grad_()))
+        out = attend.attention(*ins, backend=backend, **kw)
+        if not training:
+            return [out.detach().cpu()]
+        wrt = ins + ([kw["score_mod"].table] if table is not None else [])
+        return [out.detach().cpu()] + [g.cpu() for g in torch.autograd.grad(out, wrt, torch.ones_like(out))]
+
+
+def _backend(name):
+    return Flex(block_size=16) if name == "flex16" else backend_arg(name)
+
+
+@pytest.mark.parametrize("kind", ["softcap", "alibi", "relative bias", "learned relative bias", "and"])
+def test_a_subclass_runs_by_its_own_call_on_every_backend(kind):
+    q, k, v = inputs(B, H, H, L, L, E, E, torch.float32)
+    kw = _kwargs(kind)
+    training = kind in ("softcap", "learned relative bias", "and")
+    ref = _run("eager", q.double(), k.double(), v.double(), kw, training)
+    base = _run("eager", q, k, v, kw, training)
+    parent = {"softcap": dict(score_mod=attend.mods.softcap(5.0), causal=True),
+              "alibi": dict(score_mod=attend.mods.alibi(SLOPES), causal=True)}.get(kind)
+    if parent is not None:  # the subclass really scores otherwise than its parent
+        assert (attend.attention(q.double(), k.double(), v.double(), backend="eager", **parent) - ref[0]).abs().max() > 1e-2
+    ran = []
+    for name in BACKENDS:
+        try:
+            got = _run(_backend(name), q, k, v, kw, training)
+        except UnsupportedCall:
+            try:  # (flex has no backward on the CPU: its forward is still checked)
+                got = _run(_backend(name), q, k, v, kw, False)
+            except UnsupportedCall:
+                continue
+        ran.append(name)
+        for what, x, b, r in zip(["out", "dq", "dk", "dv", "dtable"], got, base, ref):
+            R.check(x, b, r, dtype=torch.float32, m=2 if what == "out" else 3, what=f"{name} {kind} {what}")
+    assert {"auto", "chunked", "inductor"} <= set(ran), ran
+    if kind in ("softcap", "alibi", "and"):
+        assert "flex16" in ran, ran
+
+
+@pytest.mark.parametrize("cls", [NoPenalty, Mirrored])
+def test_the_ring_evaluates_a_subclass_at_its_own_heads(cls):
+    """``distributed._rules.heads`` gives query heads 1:3 of a rule; a subclass is evaluated at
+    the full head index, not rebuilt from its parent's sliced tensors."""
+    class Headed(cls):  # reads the head index beyond its tensor
+        def __call__(self, score, b, h, i, j):
+            return cls.__call__(self, score, b, h, i, j) + h.to(score.dtype)
+
+    fn = Headed(SLOPES if cls is NoPenalty else _table(False))
+    local = heads(fn, 1, 3, score=True)
+    s = torch.randn(1, 2, 5, 7, dtype=torch.float64)
+    b, h = torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.arange(2).view(1, -1, 1, 1)
+    i, j = torch.arange(5).view(1, 1, -1, 1), torch.arange(7).view(1, 1, 1, -1)
+    want = fn(s, b, h + 1, i, j)
+    assert torch.equal(local(s, b, h, i, j), want)
