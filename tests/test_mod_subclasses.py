@@ -1,11 +1,14 @@
 """A subclass of one of attend's score modifiers (ALiBi, soft-capping, relative bias) or of its
 AND of rules that scores or joins differently is run by its own ``__call__`` on every backend,
 never by the fast path that knows its parent's formula. Before, ``inductor`` computed a soft-capping
-subclass as soft-capping (an error of 0.34, no warning), ALiBi's reach left out blocks of a
-subclass that adds no distance penalty, a relative-bias subclass got its table's gradient from
-the parent's diagonal sums, Triton compiled the parents in, and the distributed ring sliced a
-subclass's tensors by head. Each backend that can run the call is checked against attend's
-eager path in float64 by the tolerance rule, gradients included."""
+subclass as soft-capping (an error of 0.8 here, no warning), a relative-bias subclass got its
+table's gradient from the parent's diagonal sums, Triton compiled the parents in (and took an
+``And`` subclass's terms as an AND), ALiBi's reach took any ALiBi subclass, and the all-to-all's
+per-head view sliced a subclass's tensors by head. Each backend that can run the call is checked
+against attend's eager path in float64 by the tolerance rule, gradients included; the reach and
+the AND's terms are checked directly too (they fail without Triton). And ``flex`` keeps block
+masks by the rule's class, not its name (a class of one's own named ``Window`` got the built-in
+window's mask)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +19,10 @@ import torch
 import attend
 import reference as R
 from attend._rules import Alibi, And, Causal, RelativeBias, Softcap, Window
-from attend.backends import Flex, UnsupportedCall
+from attend._rule_prep import and_terms
+from attend.backends import Flex, UnsupportedCall, _alibi_reach
 from attend.distributed._rules import heads
+from attend.functional import _prepare
 from cases import backend_arg, device, inputs
 
 pytestmark = pytest.mark.skipif(bool(attend.backends.inductor._no_compiler()), reason="no C++ compiler")
@@ -121,14 +126,47 @@ def test_a_subclass_runs_by_its_own_call_on_every_backend(kind):
         for what, x, b, r in zip(["out", "dq", "dk", "dv", "dtable"], got, base, ref):
             R.check(x, b, r, dtype=torch.float32, m=2 if what == "out" else 3, what=f"{name} {kind} {what}")
     assert {"auto", "chunked", "inductor"} <= set(ran), ran
+    if attend.backends.triton.interpreting() or torch.cuda.is_available():
+        # Triton evaluates the AND subclass into a dense mask; it compiles no score_mod of one's
+        # own, so it refuses the modifier subclasses (before, it compiled their parents in)
+        assert ("triton" in ran) == (kind == "and"), ran
     if kind in ("softcap", "alibi", "and"):
         assert "flex16" in ran, ran
 
 
+def test_the_fast_paths_do_not_take_a_subclass():
+    """Without Triton or a long sequence: ALiBi's reach does not apply to a subclass (it does to
+    ALiBi itself), and an AND subclass is one term, not its parent's terms."""
+    q, k, v = inputs(1, H, H, 256, 256, E, E, torch.float32)
+    own, sub = (_prepare(q, k, v, causal=True, score_mod=m)[0] for m in (attend.mods.alibi(SLOPES), NoPenalty(SLOPES)))
+    assert _alibi_reach.applies(own) and not _alibi_reach.applies(sub)
+    either = Either((Causal(), Window(2, 2)))
+    assert list(and_terms(either)) == [either]
+    both = And((Causal(), Window(2, 2)))
+    assert len(list(and_terms(both))) == 2
+
+
+def test_flex_keeps_block_masks_by_the_rules_class_not_its_name():
+    """One ``Flex`` runs attend's window, then a class of one's own named ``Window`` with the same
+    fields that allows every key: the second gets its own blocks, not the first's cached mask."""
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Window(attend._rules.Window):  # noqa: F811 - the same name on purpose
+        def __call__(self, b, h, i, j):
+            return (i >= 0) & (j >= 0)
+
+    flex = Flex(block_size=16)
+    q, k, v = inputs(1, 2, 2, L, L, 8, 8, torch.float32)
+    for rule in (attend._rules.Window(2, 2), Window(2, 2)):
+        ref = attend.attention(q.double(), k.double(), v.double(), mask=rule, backend="eager")
+        base = attend.attention(q, k, v, mask=rule, backend="eager")
+        R.check(attend.attention(q, k, v, mask=rule, backend=flex), base, ref, dtype=torch.float32, m=2,
+                what=type(rule).__module__)
+
+
 @pytest.mark.parametrize("cls", [NoPenalty, Mirrored])
-def test_the_ring_evaluates_a_subclass_at_its_own_heads(cls):
-    """``distributed._rules.heads`` gives query heads 1:3 of a rule; a subclass is evaluated at
-    the full head index, not rebuilt from its parent's sliced tensors."""
+def test_the_per_head_view_evaluates_a_subclass_at_its_own_heads(cls):
+    """``distributed._rules.heads`` (the all-to-all's view of query heads 1:3) evaluates a subclass
+    at the full head index, not rebuilt from its parent's sliced tensors."""
     class Headed(cls):  # reads the head index beyond its tensor
         def __call__(self, score, b, h, i, j):
             return cls.__call__(self, score, b, h, i, j) + h.to(score.dtype)

@@ -137,7 +137,7 @@ class Flex(Backend):
         table = type(mod) is RelativeBias and (call.L * call.S <= RELATIVE_BIAS_PAIRS or call.causal)
         if mod is not None and type(mod) not in FAST_SCORE_MODS and not table:
             return [f"its CPU kernel is slower than inductor's tiles on score_mod {_name(mod)}"
-                    f"{' past 2048 x 2048 without causal' if isinstance(mod, RelativeBias) else ''} "
+                    f"{' past 2048 x 2048 without causal' if type(mod) is RelativeBias else ''} "
                     f"(benchmarks/results/cpu.md)"]
         if mod is None and _padding.lengths(call) is not None:
             return [_padding.AUTO_REASON]
@@ -361,11 +361,13 @@ def _mask_fn(call: AttentionCall) -> Optional[Callable]:
 
 
 def _fingerprint(fn) -> Optional[tuple]:
-    """What a mask rule is made of, with its tensors by (identity, version); None for a rule
-    function of one's own (its closure cannot be compared)."""
+    """What a mask rule is made of: its class (the object, not its name: a class of one's own
+    named like attend's, or defined again in a notebook, got the other's cached mask), with its
+    tensors by (identity, version); None for a rule function of one's own (its closure cannot be
+    compared)."""
     if not isinstance(fn, Rule):
         return None
-    parts = [type(fn).__name__]
+    parts = [type(fn)]
     for f in dataclasses.fields(fn):
         x = getattr(fn, f.name)
         if isinstance(x, Tensor):
