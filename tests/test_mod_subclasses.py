@@ -87,7 +87,7 @@ def _run(backend, q, k, v, kw, training: bool):
     mod = kw.get("score_mod")
     table = mod.table if isinstance(mod, RelativeBias) and mod.table.requires_grad else None
     dev = device(backend)
-    with torch.enable_grad():
+    with torch.set_grad_enabled(training):  # (inductor takes a rule of one's own only without autograd)
         ins = [t.detach().to(dev).requires_grad_(training) for t in (q, k, v)]
         if table is not None:
             kw = dict(kw, score_mod=dataclasses.replace(mod, table=table.detach().to(dev, q.dtype).requires_grad_()))
@@ -178,3 +178,36 @@ def test_the_per_head_view_evaluates_a_subclass_at_its_own_heads(cls):
     i, j = torch.arange(5).view(1, 1, -1, 1), torch.arange(7).view(1, 1, 1, -1)
     want = fn(s, b, h + 1, i, j)
     assert torch.equal(local(s, b, h, i, j), want)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ListBias(attend._rules.Rule):
+    """A rule of one's own holding its learned tensor in a list (where attend's walk of a rule's
+    fields does not look)."""
+
+    tables: list
+    role = "score"
+
+    def __call__(self, score, b, h, i, j):
+        return score + self.tables[0][h] * j.to(score.dtype) / 16
+
+
+def test_a_rule_of_ones_own_gets_its_tensors_gradient_or_is_refused():
+    """``inductor`` took any Rule subclass as attend's own under autograd and trained it without
+    the gradient of a tensor it could not find (None, no error); now it refuses it, and ``auto``
+    runs it where autograd sees every tensor."""
+    q, k, v = inputs(1, 2, 2, L, L, 8, 8, torch.float64)
+    w = torch.randn(2, dtype=torch.float64)
+
+    def grads(backend):
+        ins = [t.clone().requires_grad_() for t in (q, k, v)] + [w.clone().requires_grad_()]
+        out = attend.attention(*ins[:3], score_mod=ListBias([ins[3]]), backend=backend)
+        return torch.autograd.grad((out * torch.arange(8.0, dtype=torch.float64)).sum(), ins, allow_unused=True)
+
+    ref = grads("eager")
+    assert ref[3].abs().max() > 1e-3  # the tensor's gradient is not 0
+    with pytest.raises(UnsupportedCall, match="of your own while autograd is on"):
+        grads("inductor")
+    for name in ("auto", "chunked"):
+        for got, want in zip(grads(name), ref):
+            assert got is not None and torch.allclose(got, want, rtol=1e-9, atol=1e-12), name

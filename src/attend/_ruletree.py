@@ -31,8 +31,11 @@ def rule_tensors(fn) -> list:
 
 def is_own(fn) -> bool:
     """Whether ``fn`` is attend's rule all the way down: no function of one's own inside a
-    combination or wrapper (whose tensors could not be found for their gradients)."""
-    if not isinstance(fn, Rule):
+    combination or wrapper (whose tensors could not be found for their gradients). A subclass of
+    :class:`Rule` written elsewhere is one's own too: it may hold a tensor where the walk above
+    does not look (a list, an attribute set in ``__post_init__``), and ``inductor`` trained it
+    without that tensor's gradient, without a word."""
+    if not isinstance(fn, Rule) or type(fn).__module__.split(".")[0] != "attend":
         return False
     for f in dataclasses.fields(fn):
         x = getattr(fn, f.name)
