@@ -23,6 +23,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("distance_bias.py", ["--shapes", "1x8x2048x64,1x8"], "--shapes: '1x8' is not BxHxLxE"),
     ("full_chunks.py", ["--reps", "0"], "--reps must be at least 1, got 0"),
     ("full_chunks.py", ["--shapes", "2048"], "--shapes: '2048' is not BxHxLxE"),
+    ("softcap_parts.py", ["--reps", "0"], "--reps must be at least 1, got 0"),
+    ("softcap_parts.py", ["--shapes", "1x8x2048x64x2"], "--shapes: '1x8x2048x64x2' is not BxHxLxE"),
 ])
 def test_bad_arguments_are_refused_by_name(script, args, needle, tmp_path):
     out = tmp_path / "never.md"
