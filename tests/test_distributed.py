@@ -66,8 +66,7 @@ def report(tmp_path_factory):
     from filelock import FileLock  # (a dependency of torch)
 
     if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: launch here (the folder above is shared by runs)
-        results = launch(str(tmp_path_factory.mktemp("dist")))
-        return _records_of(results)
+        return _records_of(launch(str(tmp_path_factory.mktemp("dist"))))
     shared = tmp_path_factory.getbasetemp().parent  # xdist: this run's folder, above every worker's own
     saved = shared / "dist-report.json"
     with FileLock(str(saved) + ".lock"):

@@ -15,7 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from .._rules import Alibi, And, Or, RelativeBias, Rule, full_of, keys_of
+from .._rules import (Alibi, And, Causal, Chunked, Document, KeyMask, Or, Padding, PrefixLM, RelativeBias, Rule,
+                      Softcap, Window, full_of, keys_of)
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,8 +113,8 @@ class HeadShifted(Rule):
         return ("HeadShifted", _key(self.inner))
 
 
-#: attend's mask rules that never read the head index
-_HEADLESS = ("Causal", "Window", "Chunked", "Padding", "KeyMask", "Document", "PrefixLM", "Softcap")
+#: attend's rules and modifiers that never read the head index (exactly these classes: a subclass may)
+_HEADLESS = (Causal, Window, Chunked, Padding, KeyMask, Document, PrefixLM, Softcap)
 
 
 def heads(fn: Callable | None, h0: int, h1: int, score: bool):
@@ -128,7 +129,7 @@ def heads(fn: Callable | None, h0: int, h1: int, score: bool):
         return fn if fn.table.ndim == 1 else dataclasses.replace(fn, table=fn.table[h0:h1])
     if type(fn) in (And, Or):
         return dataclasses.replace(fn, mods=tuple(heads(m, h0, h1, score) for m in fn.mods))
-    if isinstance(fn, Rule) and type(fn).__name__ in _HEADLESS and type(fn).__module__ == "attend._rules":
+    if type(fn) in _HEADLESS:
         return fn
     return HeadShifted(fn, h0, score)
 
