@@ -55,11 +55,11 @@ def test_ddp_steps_equal_one_process_on_the_combined_batch(tmp_path, kind):
     assert sorted(os.listdir(tmp_path / "ddp")) == sorted(os.listdir(tmp_path / "alone0"))  # rank 0 wrote it all
 
 
-def _attend(args, world, port=None, timeout=300):
+def _attend(args, world, port=None, timeout=300, logs=None):
     cmd = [sys.executable, "-m", "attend.cli", "translate", "train", *args]
-    if world > 1:
+    if world > 1:  # --log-dir: torchrun's own logs, else a torchelastic_* folder left in /tmp
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-               "-m", "attend.cli", "translate", "train", *args]
+               "--log-dir", str(logs), "-m", "attend.cli", "translate", "train", *args]
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -81,7 +81,7 @@ def test_translate_train_under_torchrun_writes_from_rank_0(tmp_path):
     out = tmp_path / "run"
     common = ["--synthetic", "300", "--model", "rnn", "--hidden", "16", "--embed", "8", "--batch-size", "8",
               "--no-progress", "--out", str(out), "--epochs", "1"]
-    first = _attend(common, world=2)
+    first = _attend(common, world=2, logs=tmp_path / "logs")
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("trained ") == 1, first.stdout  # rank 0 alone reports
     assert first.stderr.count("training pairs") == 1, first.stderr

@@ -85,7 +85,7 @@ def _records_of(results):
 
 
 NAMES = [f"{m}/{lay}/{name}" for name, _, _, hkv, _ in dist_worker.cases() for m in ("ring", "ring_p5", "ulysses")
-         if dist_worker.runs(name, hkv, m, WORLD) for lay in ("contiguous", "zigzag")]
+         for lay in dist_worker.layouts(name, hkv, m, WORLD)]
 
 
 @pytest.mark.parametrize("case", NAMES)
@@ -136,9 +136,9 @@ def _version(text: str) -> tuple:
 
 def test_ring_blocks_through_the_triton_kernels(tmp_path):
     """backend="triton": the blocks run on attend's fused kernels (the GPU path), here under
-    Triton's interpreter on the CPU: float32 and bfloat16 (the kernels take it as it is) within
-    the tolerance rule against float64, every kind of block (whole, causal diagonal, a rule
-    evaluated into a dense mask)."""
+    Triton's interpreter on the CPU: float32 (both layouts) and bfloat16 (zigzag; the kernels
+    take it as it is) within the tolerance rule against float64, every kind of block (whole,
+    causal diagonal, a rule evaluated into a dense mask)."""
     triton = pytest.importorskip("triton")
     np = pytest.importorskip("numpy")
     if _version(triton.__version__) < (3, 9) and _version(np.__version__) >= (2, 3):
@@ -147,7 +147,9 @@ def test_ring_blocks_through_the_triton_kernels(tmp_path):
         pytest.skip(f"Triton {triton.__version__}'s interpreter does not run with numpy {np.__version__}")
     results = launch(str(tmp_path), "--methods", "ring_triton,ring_triton_bf16", "--cases", ",".join(TRITON),
                      "--no-extra", env={"TRITON_INTERPRET": "1"})
-    for rank, cases in enumerate(_records(results, 2 * 2 * len(TRITON))):
+    hkv = {name: h for name, _, _, h, _ in dist_worker.cases()}
+    runs = sum(len(dist_worker.layouts(c, hkv[c], m, WORLD)) for c in TRITON for m in ("ring_triton", "ring_triton_bf16"))
+    for rank, cases in enumerate(_records(results, runs)):
         for case, errors in cases.items():
             bad = {k: v for k, v in errors.items() if v != 0.0}  # 1.0 and the message where out of tolerance
             assert not bad, f"rank {rank} {case}: {bad}"
@@ -195,12 +197,13 @@ def test_a_rank_that_dies_makes_the_other_fail_not_hang(tmp_path):
     assert rc0 != 0 and ("Error" in err0 or "error" in err0), err0[-2000:]
 
 
-def test_the_readme_example_runs_under_torchrun():
+def test_the_readme_example_runs_under_torchrun(tmp_path):
     """examples/sequence_parallel.py, as the README runs it (torchrun, 2 processes)."""
     root = os.path.join(os.path.dirname(__file__), "..")
     env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"), OMP_NUM_THREADS="1")
+    # --log-dir: torchrun's own logs, else a torchelastic_* folder left in /tmp
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        os.path.join(root, "examples", "sequence_parallel.py")],
+                        "--log-dir", str(tmp_path / "logs"), os.path.join(root, "examples", "sequence_parallel.py")],
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     found = dict(line.rsplit(" ", 1) for line in p.stdout.splitlines() if line.count(" ") >= 1)

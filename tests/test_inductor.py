@@ -109,9 +109,14 @@ def test_a_learned_table_gets_its_gradient_from_diagonal_sums(shape):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
+# The tests below take the shapes, dtypes and settings of a case above where they can: each new
+# combination compiles its own programs (~10 s each with an empty compile cache), a shared one
+# runs what is compiled (tile programs are dynamic in the sequence lengths, static in the rest).
+
+
 def test_additive_parameters_get_the_eager_gradients():
-    q, k, v = inputs(1, 2, 2, 21, 19, E, E, torch.float64, grad=True)
-    score = attend.scores.Additive(E, E, 6).double()
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float64, grad=True)
+    score = attend.scores.Additive(E, E, 12).double()
     params = list(score.parameters())
     got = _grads(SMALL, q, k, v, params, score=score)
     want = _grads("eager", q, k, v, params, score=score)
@@ -130,12 +135,13 @@ def test_additive_tiles_give_freed_memory_back_and_other_kinds_never_look(monkey
     ticks = itertools.count(10 ** 12, 10 ** 9)  # a process far past any allowance, and still growing
     monkeypatch.setattr(_heap, "_rss", lambda: next(ticks))
     monkeypatch.setattr(_heap.HeapGuard, "__init__", lambda self, allowance: self.__dict__.update(limit=0, allowance=0))
-    q, k, v = inputs(1, 2, 2, 21, 19, E, E, torch.float64, grad=True)
-    out = attend.attention(q, k, v, score=attend.scores.Additive(E, E, 6).double(), backend=SMALL)
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float64, grad=True)
+    out = attend.attention(q, k, v, score=attend.scores.Additive(E, E, 12).double(), backend=SMALL)
     out.sum().backward()
     assert len(calls) >= 2 * 2  # every chunk of both passes checked the guard
     calls.clear()
-    out = attend.attention(q, k, v, score_mod=attend.mods.softcap(3.0), backend=SMALL)
+    q, k, v = inputs(B, H, H, L, L, E, E, torch.float32, grad=True)
+    out = attend.attention(q, k, v, score_mod=attend.mods.softcap(2.0), causal=True, backend=SMALL)
     out.sum().backward()
     assert calls == []  # small tiles: no /proc read per tile
 
@@ -248,10 +254,10 @@ def test_own_functions_run_without_grad_and_are_refused_with_it():
 def test_softcap_gradients_stay_finite_past_the_overflow_of_exp():
     """tanh through exp overflows at 44 in float32; a masked future key with a huge score must not
     turn the gradients NaN."""
-    q, k, v = inputs(1, 1, 1, 20, 20, E, E, torch.float32, grad=True)
+    q, k, v = inputs(B, H, H, L, L, E, E, torch.float32, grad=True)
     with torch.no_grad():
         k[0, 0, -1] *= 400.0  # the last key: scores far past 44, visible only to the last query
-    out = attend.attention(q, k, v, score_mod=attend.mods.softcap(1.0), causal=True, backend=SMALL)
+    out = attend.attention(q, k, v, score_mod=attend.mods.softcap(2.0), causal=True, backend=SMALL)
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
@@ -259,12 +265,12 @@ def test_softcap_gradients_stay_finite_past_the_overflow_of_exp():
 def test_double_backward_raises_instead_of_dropping_terms():
     """With create_graph, even for a loss linear in the output (where once_differentiable would
     hand back gradients with no graph, and a penalty on them would lose its terms unnoticed)."""
-    q, k, v = inputs(1, 1, 1, 20, 20, E, E, torch.float64, grad=True)
+    q, k, v = inputs(B, H, H, L, S, E, E, torch.float64, grad=True)
     for loss in (lambda o: o.sum(), lambda o: (o ** 2).sum()):
-        out = attend.attention(q, k, v, score_mod=attend.mods.softcap(2.0), backend=SMALL)
+        out = attend.attention(q, k, v, backend=SMALL)
         with pytest.raises(RuntimeError, match="has no double backward"):
             torch.autograd.grad(loss(out), q, create_graph=True)
-    out = attend.attention(q, k, v, score_mod=attend.mods.softcap(2.0), backend=SMALL)
+    out = attend.attention(q, k, v, backend=SMALL)
     assert torch.isfinite(torch.autograd.grad(out.sum(), q)[0]).all()  # a plain backward still runs
 
 

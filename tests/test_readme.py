@@ -5,13 +5,16 @@ import contextlib
 import io
 import pathlib
 import re
+import tempfile
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_python_blocks_run_and_print_what_they_claim(monkeypatch):
+def test_readme_python_blocks_run_and_print_what_they_claim(monkeypatch, tmp_path):
     # as a reader runs them: without the Triton interpreter the test suite turns on
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    # the folders and files the examples make with tempfile go under this test's own folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 2
     env: dict = {}

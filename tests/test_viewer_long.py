@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import time
 from collections.abc import Sequence
 
