@@ -58,6 +58,7 @@ def test_ddp_steps_equal_one_process_on_the_combined_batch(tmp_path, kind):
 def _attend(args, world, port=None, timeout=300, logs=None):
     cmd = [sys.executable, "-m", "attend.cli", "translate", "train", *args]
     if world > 1:  # --log-dir: torchrun's own logs, else a torchelastic_* folder left in /tmp
+        assert logs is not None, "give torchrun a log folder"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                "--log-dir", str(logs), "-m", "attend.cli", "translate", "train", *args]
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")

@@ -93,16 +93,19 @@ def test_learned_table_sinks_gqa_and_documents_match_eager_in_float64():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("shape", [(), (H,)], ids=["shared table", "per-head table"])
+@pytest.mark.parametrize("shape", [(), (H,), (H + 2,)], ids=["shared table", "per-head table", "heads of a larger table"])
 def test_a_learned_table_gets_its_gradient_from_diagonal_sums(shape):
     """The table's gradient is summed along each tile's diagonals (not scattered): shared and
-    per-head tables, distances past the table's reach (clipped), L > S, a window, 16-row tiles."""
+    per-head tables, distances past the table's reach (clipped), L > S, a window, 16-row tiles.
+    The last case passes a slice of a larger table (as the all-to-all does with each rank's
+    heads): its gradient reaches the larger table through autograd."""
     g = torch.Generator().manual_seed(4)
     Lq, Sk = 41, 29
     q = torch.randn(B, H, Lq, E, generator=g, dtype=torch.float64, requires_grad=True)
     k, v = (torch.randn(B, H, Sk, E, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
     table = torch.randn(*shape, 7, generator=g, dtype=torch.float64, requires_grad=True)  # reach 3
-    kw = dict(score_mod=attend.mods.relative_bias(table), window=(9, 4))
+    used = table[1:1 + H] if shape == (H + 2,) else table
+    kw = dict(score_mod=attend.mods.relative_bias(used), window=(9, 4))
     got = _grads(SMALL, q, k, v, [table], **kw)
     want = _grads("eager", q, k, v, [table], **kw)
     for name, a, b in zip(["out", "dq", "dk", "dv", "dtable"], got, want):
@@ -252,8 +255,8 @@ def test_own_functions_run_without_grad_and_are_refused_with_it():
 
 
 def test_softcap_gradients_stay_finite_past_the_overflow_of_exp():
-    """tanh through exp overflows at 44 in float32; a masked future key with a huge score must not
-    turn the gradients NaN."""
+    """tanh through exp overflows at 44 in float32; a future key with a huge score, masked for
+    every query but the last (whose own score overflows too), must not turn the gradients NaN."""
     q, k, v = inputs(B, H, H, L, L, E, E, torch.float32, grad=True)
     with torch.no_grad():
         k[0, 0, -1] *= 400.0  # the last key: scores far past 44, visible only to the last query

@@ -13,7 +13,11 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_python_blocks_run_and_print_what_they_claim(monkeypatch, tmp_path):
     # as a reader runs them: without the Triton interpreter the test suite turns on
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    # the folders and files the examples make with tempfile go under this test's own folder
+    # the folders and files the examples make with tempfile go under this test's own folder; inductor
+    # takes its default cache folder from tempfile on first use, so that is fixed where it was first
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", cache_dir())
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 2

@@ -284,11 +284,17 @@ def test_inductor_training_takes_its_forward_from_here(monkeypatch, causal, shar
     want = grads("eager")
     for name, a, b in zip(["out", "dq", "dk", "dv", "dtable"], got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
-    # turned off, the plan says the forward runs the tiles (running it would compile the forward's
-    # tile programs once more, ~10 s each with an empty compile cache, to show the same)
-    assert "SDPA's kernel" in attend.explain(q, k, v, backend=small, **kw).detail
+    # turned off, the forward runs the tiles: what explain() says and what a run decides (a run
+    # itself would compile the forward's tile programs once more, ~10 s each with an empty cache)
+    call = _prepare(q, k, v, **kw)[0]
+    plan = small.plan(call)
+
+    def job_regions():
+        return IND._Job(call, plan, *IND._operands(call, plan.kind, torch.float64)[4:]).regions
+
+    assert "SDPA's kernel" in attend.explain(q, k, v, backend=small, **kw).detail and job_regions()
     monkeypatch.setattr(IND, "REGIONS_FORWARD", False)
-    assert "SDPA's kernel" not in attend.explain(q, k, v, backend=small, **kw).detail
+    assert "SDPA's kernel" not in attend.explain(q, k, v, backend=small, **kw).detail and not job_regions()
 
 
 def test_explain_says_where_a_training_forward_comes_from():

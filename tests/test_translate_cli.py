@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -86,11 +87,13 @@ def test_errors_are_one_line_with_the_right_exit_code(trained, tsv, tmp_path, ca
             r = attend(*argv)
             got, err = r.returncode, r.stderr
         else:  # the same main() in this process (a new process costs ~2 s of importing torch)
-            try:
-                got = cli.main([str(a) for a in argv])
-            except SystemExit as e:  # argparse's own errors
-                got = e.code
-            err = capsys.readouterr().err
+            with warnings.catch_warnings(record=True) as caught:  # a process would print them on stderr
+                warnings.simplefilter("always")
+                try:
+                    got = cli.main([str(a) for a in argv])
+                except SystemExit as e:  # argparse's own errors
+                    got = e.code
+            err = capsys.readouterr().err + "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
         assert got == code, (argv, got, err)
         assert text in err, (argv, err)
         assert "Traceback" not in err
