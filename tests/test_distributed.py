@@ -1,7 +1,8 @@
 """attend.distributed on 2 processes (gloo), launched here: ring and all-to-all attention equal
 single-process attention in float64 (<= 1e-12) for every feature, forward and gradients, both
-layouts (the few cases on one layout say why in ``dist_worker.layouts``), uneven shards; the weights; refusals; and a rank that dies makes the other fail with
-an error, not hang. Each launch is bounded in time (the workers' own gloo timeout, then a kill)."""
+layouts (the few cases on one say why in ``dist_worker.layouts``), uneven shards; the weights;
+refusals; and a rank that dies makes the other fail with an error, not hang. Each launch is
+bounded in time (the workers' own gloo timeout, then a kill)."""
 from __future__ import annotations
 
 import json
@@ -148,7 +149,8 @@ def test_ring_blocks_through_the_triton_kernels(tmp_path):
     results = launch(str(tmp_path), "--methods", "ring_triton,ring_triton_bf16", "--cases", ",".join(TRITON),
                      "--no-extra", env={"TRITON_INTERPRET": "1"})
     hkv = {name: h for name, _, _, h, _ in dist_worker.cases()}
-    runs = sum(len(dist_worker.layouts(c, hkv[c], m, WORLD)) for c in TRITON for m in ("ring_triton", "ring_triton_bf16"))
+    runs = sum(len(dist_worker.layouts(c, hkv[c], m, WORLD))
+               for c in TRITON for m in ("ring_triton", "ring_triton_bf16"))
     assert runs == len(TRITON) * (2 + 1)  # float32 on both layouts, bfloat16 on zigzag: never none
     for rank, cases in enumerate(_records(results, runs)):
         for case, errors in cases.items():

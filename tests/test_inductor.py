@@ -93,7 +93,8 @@ def test_learned_table_sinks_gqa_and_documents_match_eager_in_float64():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("shape", [(), (H,), (H + 2,)], ids=["shared table", "per-head table", "heads of a larger table"])
+@pytest.mark.parametrize("shape", [(), (H,), (H + 2,)],
+                         ids=["shared table", "per-head table", "heads of a larger table"])
 def test_a_learned_table_gets_its_gradient_from_diagonal_sums(shape):
     """The table's gradient is summed along each tile's diagonals (not scattered): shared and
     per-head tables, distances past the table's reach (clipped), L > S, a window, 16-row tiles.
