@@ -2,8 +2,9 @@
 ``AttentionCall.full_span``), which the ``inductor`` backend computes with a program compiled
 without the rules. Checked: each rule's span against the rule itself on every (row, key) pair
 (never a key the rule forbids; exactly the allowed run where the rule says it); a subclass that
-changes ``__call__`` is not answered for by its parent's ``keys``/``full``; the chunk cut; the
-plans; and results with full chunks against the float64 reference, gradients included."""
+changes ``__call__`` is not answered for by its parent's ``keys``/``full``, nor a class of one's
+own named like attend's by attend's program; the chunk cut; the plans; and results with full
+chunks against the float64 reference, gradients included."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,12 @@ import torch
 
 import attend
 import reference as R
-from attend._rules import Causal, full_of, keys_of
+from attend._rules import Causal, Rule, full_of, keys_of
 from attend.backends import Inductor
 from attend.backends._chunks import cut as _cut
 from cases import check_case, inputs
+
+needs_compiler = pytest.mark.skipif(bool(attend.backends.inductor._no_compiler()), reason="no C++ compiler")
 
 
 def _call(L, S, B=2, **kw):
@@ -94,6 +97,7 @@ class _TopLeft(Causal):
         return self
 
 
+@needs_compiler
 def test_a_subclass_that_changes_the_rule_is_not_answered_for_by_its_parent():
     rule = _Everything().bind(40, 40)
     assert keys_of(rule, 0, 9, 40) == (0, 40) and full_of(rule, 20, 29, 40) == (0, 0)
@@ -106,6 +110,27 @@ def test_a_subclass_that_changes_the_rule_is_not_answered_for_by_its_parent():
         for backend in (Inductor(key_chunk=16, max_rows=16), "chunked"):
             got = attend.attention(q, k, v, mask=_Everything(), backend=backend)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_a_rule_of_ones_own_named_like_attends_is_computed_by_its_own_call():
+    """``inductor`` keys its programs by the rules' class names, so a class of one's own named
+    ``Causal`` shares attend's program key: it must still be computed by its own ``__call__``
+    (dynamo guards the argument's type and compiles it again), whichever runs first."""
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Causal(Rule):  # not attend's: the same name, the opposite rule
+        def __call__(self, b, h, i, j):
+            return j >= i
+
+    assert Causal.__name__ == type(attend.masks.causal()).__name__
+    q, k, v = inputs(1, 2, 2, 40, 40, 8, 8, torch.float32)
+    be = Inductor(key_chunk=16, max_rows=16)
+    with torch.no_grad():  # a rule of one's own runs on inductor without autograd
+        for mask in (attend.masks.causal(), Causal(), attend.masks.causal(), Causal()):
+            got = attend.attention(q, k, v, mask=mask, backend=be)
+            want = attend.attention(q, k, v, mask=mask, backend="eager")
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=type(mask).__module__)
 
 
 def test_the_cut_keeps_the_even_count_and_marks_only_allowed_chunks():
@@ -123,9 +148,6 @@ def test_the_cut_keeps_the_even_count_and_marks_only_allowed_chunks():
     assert _cut(0, 1280, 0, 1025, 1024) == [(0, 1024, True), (1024, 1280, False)]
     assert _cut(0, 512, 0, 257, 1024) == [(0, 512, False)]  # one chunk would become two: not cut
     assert _cut(0, 50, 0, 50, 16) == [(0, 13, True), (13, 26, True), (26, 39, True), (39, 50, True)]
-
-
-needs_compiler = pytest.mark.skipif(bool(attend.backends.inductor._no_compiler()), reason="no C++ compiler")
 
 
 @needs_compiler
