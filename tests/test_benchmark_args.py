@@ -25,6 +25,9 @@ BAD = [  # (script, arguments, what its error says)
     ("full_chunks.py", ["--shapes", "2048"], "--shapes: '2048' is not BxHxLxE"),
     ("softcap_parts.py", ["--reps", "0"], "--reps must be at least 1, got 0"),
     ("softcap_parts.py", ["--shapes", "1x8x2048x64x2"], "--shapes: '1x8x2048x64x2' is not BxHxLxE"),
+    ("bounds.py", ["--reps", "0"], "--reps must be at least 1, got 0"),
+    ("bounds.py", ["--threads", "-2"], "--threads must be at least 1, got -2"),
+    ("bounds.py", ["--shapes", "1x8x512x64"], "unrecognized arguments: --shapes"),  # its shapes are the issue's
 ]
 
 
