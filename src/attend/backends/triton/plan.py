@@ -14,7 +14,6 @@ evaluation in :mod:`.kernels` (``_scores``, and the key/query ranges for block s
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
@@ -30,13 +29,23 @@ MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@functools.lru_cache(maxsize=1)
+_UNKNOWN = object()
+_import_error = _UNKNOWN
+
+
 def import_error() -> Optional[str]:
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install
-        return f"Triton is not installed ({type(e).__name__}: {e}); pip install 'attend[triton]'"
-    return None
+    """Why Triton cannot be used (``None``: it can); tried once per process. Kept in a module
+    variable, not ``functools.lru_cache``: under ``torch.compile`` dynamo reads a variable
+    as a constant, while it warns on a cache wrapper and traces through it."""
+    global _import_error
+    if _import_error is _UNKNOWN:
+        try:
+            import triton  # noqa: F401
+        except Exception as e:  # ImportError, or a broken install
+            _import_error = f"Triton is not installed ({type(e).__name__}: {e}); pip install 'attend[triton]'"
+        else:
+            _import_error = None
+    return _import_error
 
 
 def interpreting() -> bool:
