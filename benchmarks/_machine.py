@@ -144,17 +144,19 @@ def check_args(ap, args, *, at_least_one: Iterable[str] = ("reps", "threads")) -
             ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
 
 
-def shapes_args(description: str, *, reps: int, shapes: str, out: str) -> tuple:
-    """The small benchmarks' options, ``--reps``, ``--shapes``, ``--threads`` (set for torch here)
-    and ``--out`` (default ``out`` in :data:`RESULTS`), checked: ``(args, [(B, H, L, E), ...])``."""
+def shapes_args(description: str, *, reps: int, shapes: Optional[str], out: str) -> tuple:
+    """The small benchmarks' options, ``--reps``, ``--shapes`` (none where ``shapes`` is None: the
+    script's shapes are fixed), ``--threads`` (set for torch here) and ``--out`` (default ``out``
+    in :data:`RESULTS`), checked: ``(args, [(B, H, L, E), ...])``."""
     ap = argparse.ArgumentParser(description=description, allow_abbrev=False)
     ap.add_argument("--reps", type=int, default=reps)
-    ap.add_argument("--shapes", default=shapes, help="comma-separated BxHxLxE")
+    if shapes is not None:
+        ap.add_argument("--shapes", default=shapes, help="comma-separated BxHxLxE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(RESULTS, out))
     args = ap.parse_args()
     check_args(ap, args)
-    parsed = [parse_shape(ap, s, "--shapes") for s in args.shapes.split(",")]
+    parsed = [parse_shape(ap, s, "--shapes") for s in args.shapes.split(",")] if shapes is not None else []
     torch.set_num_threads(args.threads)
     return args, parsed
 

@@ -12,33 +12,26 @@ than :data:`TOLERANCE`. Medians of ``--reps`` rounds, each in a random order.
 """
 from __future__ import annotations
 
-import argparse
-import os
-
 import torch
 import torch.nn.functional as F
 
 import attend
-from _machine import RESULTS, check_args, checked_against, float64_reference, results_path, time_rounds, write_results
+from _machine import checked_against, float64_reference, results_path, shapes_args, time_rounds, write_results
 from attend import _nonfinite
 
 TOLERANCE = 1e-4  # the largest difference from eager in float64 accepted (float32 results: ~1e-6 here)
 
 
-def _args():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    ap.add_argument("--reps", type=int, default=21)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "cpu-bounds.md"))
-    args = ap.parse_args()
-    check_args(ap, args)
-    torch.set_num_threads(args.threads)
-    return args
-
-
 def _inputs(B, H, L, E):
     g = torch.Generator().manual_seed(0)
     return [torch.randn(B, H, L, E, generator=g) for _ in range(3)]
+
+
+def _timed(fns: dict, reps: int) -> dict:
+    """``time_rounds`` after one call of each (the first compiles, or builds what it keeps)."""
+    for f in fns.values():
+        f()
+    return time_rounds(fns, reps)
 
 
 def _checked(base, kw, what):
@@ -47,7 +40,7 @@ def _checked(base, kw, what):
 
 
 def main() -> None:
-    args = _args()
+    args, _ = shapes_args(__doc__.split("\n\n")[0], reps=21, shapes=None, out="cpu-bounds.md")
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     cells, data = [], {}
@@ -63,19 +56,15 @@ def main() -> None:
         mod = lambda s, b, h, i, j: s - slopes[h] * (i - j).abs()  # noqa: E731
         fns = {"attend": lambda: attend.attention(q, k, v, **kw),
                "base": lambda: flex(q, k, v, score_mod=mod, block_mask=block)}
-        for f in fns.values():
-            f()  # compiles
         cells.append(("ALiBi + causal", "4x8x512x64", "FlexAttention compiled", "<= 1.0x",
-                      attend.explain(q, k, v, **kw).backend, time_rounds(fns, args.reps), worst))
+                      attend.explain(q, k, v, **kw).backend, _timed(fns, args.reps), worst))
 
         # documents against SDPA with no mask
         kw = {"mask": attend.masks.document(torch.arange(512) // 128)}
         worst = _checked(base, kw, "documents 4x8x512x64")
         fns = {"attend": lambda: attend.attention(q, k, v, **kw), "base": lambda: F.scaled_dot_product_attention(q, k, v)}
-        for f in fns.values():
-            f()
         cells.append(("documents (4)", "4x8x512x64", "SDPA, no mask", "<= 0.5x", attend.explain(q, k, v, **kw).backend,
-                      time_rounds(fns, args.reps), worst))
+                      _timed(fns, args.reps), worst))
 
         # causal against SDPA's is_causal, and attend's non-finite check alone
         q, k, v = base = _inputs(1, 8, 2048, 64)
@@ -84,11 +73,8 @@ def main() -> None:
         fns = {"attend": lambda: attend.attention(q, k, v, **kw),
                "base": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                "check": lambda: _nonfinite._all_finite(q, k, v)}
-        for f in fns.values():
-            f()
-        med = time_rounds(fns, args.reps)
         cells.append(("causal", "1x8x2048x64", "SDPA is_causal", "<= 1.0x", attend.explain(q, k, v, **kw).backend,
-                      med, worst))
+                      _timed(fns, args.reps), worst))
         bad = v.clone()
         bad[:, :, 100] = float("nan")  # one value, at position 100
         leaked = {"sdpa_kernel_alone": F.scaled_dot_product_attention(q, k, bad, is_causal=True),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 
 import pytest
 import torch
@@ -208,3 +209,17 @@ def mask_kwargs(kind: str, B, Hq, L, S, seed=1, device="cpu"):
         b[0, 0, 1] = float("-inf")  # fully masked by the bias alone
         return {"mask": b.to(device)}, None, b
     raise KeyError(kind)
+
+
+def cli_status(argv) -> tuple:
+    """``attend``'s ``main(argv)`` in this process (a new process costs ~2 s of importing torch):
+    ``(exit status, the warnings it raised as the lines a process would print on stderr)``."""
+    from attend import cli
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+    return code, "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)

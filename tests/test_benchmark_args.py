@@ -1,6 +1,7 @@
 """The small CPU benchmark scripts refuse bad arguments by name before they measure anything."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -31,8 +32,9 @@ BAD = [  # (script, arguments, what its error says)
 ]
 
 
+@functools.lru_cache(maxsize=None)
 def _main_of(script: str):
-    """The script's ``main``, imported in this process (a new Python process per case costs
+    """The script's ``main``, imported once in this process (a new Python process per case costs
     ~2 s of importing torch; the first case runs as a real process below)."""
     import importlib.util
 

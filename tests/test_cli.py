@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from attend import cli
+from cases import cli_status
 
 
 def test_tour_shows_variants_and_backends(capsys):
@@ -21,17 +22,11 @@ def test_tour_shows_variants_and_backends(capsys):
     assert sorted(float(x) for x in hard.split()[-6:]) == [0.0] * 5 + [1.0]
 
 
-def _exit_code(argv) -> int:
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
-
-
 def test_usage_errors_exit_2_with_one_line(capsys):
     for argv in (["nope"], [], ["translate"], ["translate", "train"], ["translate", "x"]):  # in this process
-        assert _exit_code(argv) == 2, argv
-        err = capsys.readouterr().err
+        code, warned = cli_status(argv)
+        assert code == 2, argv
+        err = capsys.readouterr().err + warned
         assert "Traceback" not in err and ("error:" in err or "usage: attend" in err), (argv, err)
     r = subprocess.run([sys.executable, "-m", "attend.cli", "demo", "--bogus"], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr  # and as a user runs it: its own process

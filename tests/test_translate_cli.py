@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 import pytest
 
 from attend import cli
 from attend.data import synthetic_pairs
+from cases import cli_status
 
 ATTEND = [sys.executable, "-m", "attend.cli"]
 
@@ -86,14 +86,9 @@ def test_errors_are_one_line_with_the_right_exit_code(trained, tsv, tmp_path, ca
         if n in (0, 3):  # as a user runs it, in its own process: one usage error, one runtime error
             r = attend(*argv)
             got, err = r.returncode, r.stderr
-        else:  # the same main() in this process (a new process costs ~2 s of importing torch)
-            with warnings.catch_warnings(record=True) as caught:  # a process would print them on stderr
-                warnings.simplefilter("always")
-                try:
-                    got = cli.main([str(a) for a in argv])
-                except SystemExit as e:  # argparse's own errors
-                    got = e.code
-            err = capsys.readouterr().err + "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+        else:  # the same main() in this process
+            got, warned = cli_status(argv)
+            err = capsys.readouterr().err + warned
         assert got == code, (argv, got, err)
         assert text in err, (argv, err)
         assert "Traceback" not in err
