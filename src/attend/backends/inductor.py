@@ -337,10 +337,7 @@ class _Job:
             t_at = next(n for n, x in enumerate(extras) if x is table.table)
             dtable = torch.zeros_like(table.table, dtype=a.dtype)
             extras = [x for n, x in enumerate(extras) if n != t_at]
-        # saved outputs come back attached to this function's node: detach, or asking for the
-        # tables' gradients would walk back into this backward
-        # (dO is not made contiguous, and Δ is computed tile by tile: either would be one more
-        # output-sized tensor at the peak; `out.sum().backward()` hands an expanded dO)
+        # saved outputs come back attached to this node: detached, the tables' gradients do not walk back here
         out, lse, dout = out.detach(), lse.detach(), dout.detach().to(out.dtype)
         dlse = dlse.detach() if dlse is not None else None
         da, db, dv = torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(v)
@@ -349,12 +346,15 @@ class _Job:
         self.varied = self.plan.back_varied
         guard = tile_guard(self.plan.kind == "additive", da.nbytes + db.nbytes + dv.nbytes)
         for i0, i1, skip, chunks in self.plan.back_tiles:
+            # dO and Δ tile by tile (whole, either is one more output-sized tensor at the peak); each dO
+            # contiguous, so the program has one set of strides (an expanded dO, from out.sum(), a slice
+            # of several heads and the last tile's copy would each compile it again)
             do = dout[:, :, i0:i1]
+            do = do.clone(memory_format=torch.contiguous_format) if skip else do.contiguous()
             dl = (do * out[:, :, i0:i1]).sum(-1)  # Δ = rowsum(dO ∘ O)
             if dlse is not None:  # a gradient on the lse (sinks) adds dlse·P to dS: fold it into Δ
                 dl = dl - dlse[:, :, i0:i1]
             if skip:  # rows the tile before has done: a zero dO and Δ give them a zero dS
-                do = do.clone()
                 do[:, :, :skip], dl[:, :, :skip] = 0, 0
             for j0, j1, full in chunks:
                 guard()
