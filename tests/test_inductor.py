@@ -288,6 +288,28 @@ def test_backward_compiles_once_whatever_the_layout_of_the_incoming_gradient():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_each_program_compiles_once_when_a_chunk_holds_all_the_keys(monkeypatch):
+    """Chunks of varied widths compile the key dimension as dynamic, and dynamo guards a chunk's
+    strides against its width: a chunk of all S keys (the last causal tile here) would be a
+    contiguous tensor and compile each program again, unless the keys sit in a longer buffer."""
+    from torch._dynamo.utils import counters
+
+    from attend.backends import _programs
+
+    monkeypatch.setattr(_programs, "_COMPILED", {})  # this test's programs compile here, whatever ran before
+    monkeypatch.setattr(_programs, "FIRST_CALL", {})
+    wide, S2 = Inductor(key_chunk=128, max_rows=16), L + 40  # chunks of 56, 72 and all 77 keys
+    q, k, v = inputs(B, H, H, L, S2, E, E, torch.float32)
+    kw = dict(score_mod=attend.mods.softcap(2.0), causal=True)
+    plan = wide.plan(attend.functional._prepare(q, k, v, **kw)[0])
+    assert plan.varied and any(c[:2] == (0, S2) for *_, chunks in plan.tiles for c in chunks)
+    # (each chunk's B·H·rows·keys is over 4096, where inductor's sums change code: a guard of their own)
+    graphs = counters["stats"]["unique_graphs"]
+    check_case(wide, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, S2),
+               mod=lambda s: 2.0 * torch.tanh(s / 2.0), dtype=torch.float32, what="a chunk of all the keys")
+    assert counters["stats"]["unique_graphs"] - graphs == len(_programs.FIRST_CALL) >= 2  # forward, backward
+
+
 def test_double_backward_raises_instead_of_dropping_terms():
     """With create_graph, even for a loss linear in the output (where once_differentiable would
     hand back gradients with no graph, and a penalty on them would lose its terms unnoticed)."""

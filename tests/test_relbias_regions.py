@@ -290,7 +290,7 @@ def test_inductor_training_takes_its_forward_from_here(monkeypatch, causal, shar
     plan = small.plan(call)
 
     def job_regions():
-        return IND._Job(call, plan, *IND._operands(call, plan.kind, torch.float64)[4:]).regions
+        return IND._Job(call, plan, *IND._operands(call, plan, torch.float64)[4:]).regions
 
     assert "SDPA's kernel" in attend.explain(q, k, v, backend=small, **kw).detail and job_regions()
     monkeypatch.setattr(IND, "REGIONS_FORWARD", False)

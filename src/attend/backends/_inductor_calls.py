@@ -2,6 +2,7 @@
 tiles must return, whether it holds functions of one's own, and when SDPA with a dense mask is faster."""
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._rule_prep import and_terms
@@ -67,3 +68,15 @@ def user_functions(call: AttentionCall) -> bool:
     own all the way down."""
     user = [f for f in (call.score_mod, call.mask_mod) if f is not None and not is_own(f)]
     return bool(user) or score_kind(call)[0] == "score"
+
+
+def keys_apart(t: Tensor, tiles: list) -> Tensor:
+    """``t`` (B, H, S, E) as a view of a buffer one key longer where a plan of varied chunk widths
+    (a dynamic key dimension) has a chunk of all S keys, so that no chunk is a contiguous tensor:
+    dynamo guards the first chunk's strides against its width, and a whole chunk after a part of
+    one (or before) would compile each program again. Costs one copy of ``t``: S is at most a
+    chunk here."""
+    S = t.shape[2]
+    if any(j0 == 0 and j1 == S for _, _, _, chunks in tiles for j0, j1, _ in chunks):
+        return F.pad(t, (0, 0, 0, 1))[:, :, :S]
+    return t

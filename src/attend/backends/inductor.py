@@ -43,8 +43,8 @@ from .. import _check
 from . import _distance_bias, _padding, _programs as P, _relbias_regions
 from ._chunks import cut as _cut, full_cut as _full_cut, full_key as _full_key, varied as _varied
 from ._heap import tile_guard
-from ._inductor_calls import grad_tensors as _grad_tensors, program_key as _key, sdpa_share as _sdpa_share
-from ._inductor_calls import score_kind as _kind, user_functions as _user_functions
+from ._inductor_calls import grad_tensors as _grad_tensors, keys_apart as _keys_apart, program_key as _key
+from ._inductor_calls import score_kind as _kind, sdpa_share as _sdpa_share, user_functions as _user_functions
 from ._programs import no_compiler as _no_compiler
 from ._relbias import add_tile_grad as _add_tile_grad, bias_tile as _bias_tile, learned_table as _learned_table
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
@@ -194,7 +194,7 @@ class Inductor(Backend):
         plan = self.plan(call)
         dtype = call.query.dtype
         cdt = compute_dtype(dtype)
-        a, b, v, w, spec, score = _operands(call, plan.kind, cdt)
+        a, b, v, w, spec, score = _operands(call, plan, cdt)
         job = _Job(call, plan, spec, score)
         extras = _grad_tensors(call) if call.needs_grad else []
         if call.needs_grad:
@@ -217,7 +217,7 @@ class Inductor(Backend):
         """Each key's weights summed over the query rows, tile by tile from the log-sum-exp: no
         (L, S) tensor (memory O(tile + B·H·S))."""
         plan = self.plan(call)
-        a, b, v, w, spec, score = _operands(call, plan.kind, compute_dtype(call.query.dtype))
+        a, b, v, w, spec, score = _operands(call, plan, compute_dtype(call.query.dtype))
         job = _Job(call, plan, spec, score)
         with torch.no_grad():
             _, lse = job.forward(a, b, v, w)
@@ -429,9 +429,9 @@ def _only_causal(call: AttentionCall) -> bool:
     return call.causal and call.L == call.S and call.window is None and call.mask_mod is None and call.mask is None
 
 
-def _operands(call: AttentionCall, kind: str, cdt: torch.dtype):
+def _operands(call: AttentionCall, plan: _Plan, cdt: torch.dtype):
     """(a, b, v, w, spec, score): what the tile programs multiply, in the compute dtype."""
-    q, k, v = call.query, call.key, call.value
+    q, k, v, kind = call.query, call.key, call.value, plan.kind
     score, w, scale = None, None, call.scale
     if kind == "dot":
         a, b, factor = call.score.as_dot(q, k)
@@ -442,9 +442,9 @@ def _operands(call: AttentionCall, kind: str, cdt: torch.dtype):
     else:
         a, b, score = q, k, call.score
     a = a.to(cdt).contiguous()
-    b = call.expand_kv(b).to(cdt).contiguous()
-    v = call.expand_kv(v).to(cdt).contiguous()
-    floor = math.log(torch.finfo(cdt).tiny)
+    b, v = (call.expand_kv(t).to(cdt).contiguous() for t in (b, v))
+    if plan.varied or plan.back_varied:
+        b, v = (_keys_apart(t, plan.tiles + plan.back_tiles) for t in (b, v))
     window = tuple(call.window) if call.window is not None else None
-    spec = P.Spec(kind, float(scale), bool(call.causal), window, call.offset, floor)
+    spec = P.Spec(kind, float(scale), bool(call.causal), window, call.offset, math.log(torch.finfo(cdt).tiny))
     return a, b, v, w, spec, score

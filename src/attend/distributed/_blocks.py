@@ -156,7 +156,7 @@ def forward(engine: str, call: AttentionCall) -> tuple[Tensor, Tensor]:
 
             ind = _backends.get("inductor")
             plan = ind.plan(call)
-            a, b, v, w, spec, score = I._operands(call, plan.kind, cdt)
+            a, b, v, w, spec, score = I._operands(call, plan, cdt)
             return I._Job(call, plan, spec, score).forward(a, b, v, w)
         s = call.scores(call.query.to(cdt), call.expand_kv(call.key).to(cdt), 0, 0)
         lse = safe_lse(s)
@@ -230,7 +230,7 @@ def _inductor_backward(call: AttentionCall, out, lse, dout, params, cdt):
 
     ind = _backends.get("inductor")
     plan = ind.plan(call)
-    a, b, v, w, spec, score = I._operands(call, plan.kind, cdt)  # in the graph of q, k, v and a score's weights
+    a, b, v, w, spec, score = I._operands(call, plan, cdt)  # in the graph of q, k, v and a score's weights
     job = I._Job(call, plan, spec, score)
     extras = I._grad_tensors(call)
     da, db, dv, dw, dx = job.backward(a.detach(), b.detach(), v.detach(), w.detach() if w is not None else None,
