@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import attend
 from attend import cli
 from cases import cli_status
 
@@ -183,6 +184,12 @@ def test_seeds_are_checked_by_argparse_and_nothing_is_created(argv, seed, tmp_pa
     assert captured.err.strip().splitlines() == [f"attend: error: argument --seed: expected an integer from 0 to "
                                                  f"2**63 - 1, got {seed!r}"]
     assert captured.out == "" and os.listdir(tmp_path) == []
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"attend {attend.__version__}\n"
 
 
 def test_word_sense_answers_to_both_its_names(tmp_path, capsys):

@@ -109,11 +109,16 @@ def test_cli_usage_errors(tmp_path, capsys):
 
 
 def test_the_old_name_explain_does_the_same(encoder, capsys):
-    outputs = []
+    """... and says, on stderr, that it is not attend.explain (which backend runs a call)."""
+    outputs, errs = [], []
     for name in ("word-sense", "explain"):
         assert main([name, RIVER, MONEY, "--top", "2"]) == 0
-        outputs.append(capsys.readouterr().out)
+        got = capsys.readouterr()
+        outputs.append(got.out)
+        errs.append(got.err)
     assert outputs[0] == outputs[1] and 'Word "bank"' in outputs[0]
+    assert "attend.explain(q, k, v, ...)" not in errs[0]
+    assert errs[1].strip().endswith("which backend computes an attention call is attend.explain(q, k, v, ...) in Python")
 
 
 def _trace(state_rows, head_vecs, row, tokens=("[CLS]", "a", "w", "b", "c", "[SEP]"), pos=(2,)):

@@ -532,6 +532,14 @@ def test_weights_api_errors_name_the_argument():
         attend.attention_weights(q, k, value=k)
     with pytest.raises(TypeError, match="key_totals\\(\\) takes no 'dropout_p' argument"):
         attend.key_totals(q, k, dropout_p=0.1)
+    with pytest.raises(TypeError, match=r"^attention_weights\(\) got an unexpected keyword argument 'casual' "
+                                        r"\(did you mean 'causal'\?\)$"):
+        attend.attention_weights(q, k, casual=True)
+    with pytest.raises(TypeError, match=r"^key_totals\(\) got an unexpected keyword argument 'colour'$"):
+        attend.key_totals(q, k, colour=1)
+    with pytest.raises(TypeError, match=r"^explain\(\) got an unexpected keyword argument 'scoremod' "
+                                        r"\(did you mean 'score_mod'\?\)$"):
+        attend.explain(q, k, k, scoremod=None)
     with pytest.raises(ValueError, match=r"heads: 2-D inputs \(L, E\) have no heads dimension"):
         attend.attention_weights(q[0, 0], k[0, 0], heads=[0])
     w = attend.attention_weights(q[0, 0], k[0, 0], rows=[1])  # 2-D: (rows, S)

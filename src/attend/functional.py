@@ -15,6 +15,8 @@ All validation happens here, before any backend runs.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
@@ -168,7 +170,19 @@ def _weights_call(fn: str, query: Tensor, key: Tensor, kwargs: dict):
     for arg in ("value", "return_weights", "hard", "dropout_p"):
         if arg in kwargs:
             raise TypeError(f"{fn}() takes no {arg!r} argument")
+    _known_kwargs(fn, kwargs)
     return _prepare(query, key, key, return_weights=True, **kwargs)
+
+
+def _known_kwargs(fn: str, kwargs: dict) -> None:
+    """Refuse, naming ``fn`` (not the private function it hands them to), a keyword argument
+    :func:`attention` does not take, with the nearest one it does."""
+    known = [p for p in inspect.signature(_prepare).parameters if p not in ("query", "key", "value")]
+    for name in kwargs:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise TypeError(f"{fn}() got an unexpected keyword argument {name!r}{hint}")
 
 
 def _indices(arg: str, idx, n: int) -> Optional[Tensor]:
@@ -204,6 +218,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, **kwargs) -> Explanation:
     Takes exactly the arguments of :func:`attention` and validates them the same way.
     """
     backend = kwargs.get("backend", "auto")
+    _known_kwargs("explain", kwargs)
     call, _ = _prepare(query, key, value, **kwargs)
     if call.B == 0 or call.L == 0 or call.S == 0:
         return Explanation("none (empty input: the output is built directly, no backend runs)")

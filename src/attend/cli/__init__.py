@@ -26,6 +26,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .. import __version__
 from . import demo as _demo_cmd
 from . import translate as _translate_cmd
 from . import view as _view_cmd
@@ -39,6 +40,7 @@ __all__ = ["main", "build_parser", "UsageError"]
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="attend", description="attend: the attention mechanism, every variant behind one API.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for runtime errors")
+    p.add_argument("--version", action="version", version=f"attend {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _demo_cmd.add_parsers(sub)
     _translate_cmd.add_parser(sub)

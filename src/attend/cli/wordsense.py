@@ -73,6 +73,9 @@ def _word_sense(args) -> int:
         else:
             view = AttentionView.from_encoder(encoder, args.texts, title=title)
         print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
+    if args.command in ALIASES:  # (after the work: a usage error stays one line)
+        print("note: `attend explain` is `attend word-sense`, word sense from context; which backend computes "
+              "an attention call is attend.explain(q, k, v, ...) in Python", file=sys.stderr)
     return 0
 
 
