@@ -207,6 +207,17 @@ def test_warmup_scales_with_the_run(tmp_path, capsys):
     assert code == 0 and "warm-up 0" in err
 
 
+def test_the_last_line_says_what_stopped_training_short_of_its_plan(tmp_path, capsys):
+    code, out, err = _train(capsys, "--synthetic", 330, "--out", tmp_path / "a", "--epochs", 2, *TINY)
+    assert code == 0 and out.startswith("trained 20 of 20 planned steps in ") and "stopped" not in out, out
+    code, out, err = _train(capsys, "--synthetic", 330, "--out", tmp_path / "b", "--epochs", 6, "--minutes", 1e-5,
+                            *TINY)  # the budget is spent by the first step
+    assert code == 0 and out.startswith("trained 1 of 60 planned steps in ") and "(stopped by --minutes 1e-05)" in out
+    code, out, err = _train(capsys, "--synthetic", 330, "--out", tmp_path / "c", "--epochs", 30, "--lr", 1e-9,
+                            "--eval-every", 1, "--patience", 2, *TINY)  # nothing learnt: no improvement
+    assert code == 0 and "(stopped early: 2 validations without improvement)" in out, out
+
+
 def test_a_refused_resume_changes_nothing_and_names_each_setting(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["--synthetic", 200, "--out", out, "--eval-every", 2, *TINY]

@@ -67,10 +67,10 @@ def add_parser(sub) -> None:
     t.add_argument("--ff", type=nonneg_int, default=None, help="transformer: feed-forward width (default 4 x hidden)")
     t.add_argument("--positional", choices=("sinusoidal", "learned", "rope", "alibi"), default=None,
                    help=f"transformer: positional encoding (default {tf.model['positional']})")
-    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default 0.1)")
     t.add_argument("--unidirectional", action="store_true", default=None, help="rnn: forward-only encoder")
-    t.add_argument("--epochs", type=positive_int, default=10)
-    t.add_argument("--batch-size", type=positive_int, default=64)
+    t.add_argument("--epochs", type=positive_int, default=10, help="passes over the training pairs (default 10)")
+    t.add_argument("--batch-size", type=positive_int, default=64, help="sentence pairs per step (default 64)")
     t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {_short(rnn.lr)} rnn, "
                                                           f"{_short(tf.lr)} transformer)")
     t.add_argument("--warmup", type=nonneg_int, default=None, metavar="STEPS",
@@ -79,7 +79,8 @@ def add_parser(sub) -> None:
                         "least 1; 0 = none)")
     t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default: none)")
     t.add_argument("--eval-every", type=nonneg_int, default=0, help="steps between validations (default: each epoch)")
-    t.add_argument("--patience", type=nonneg_int, default=3)
+    t.add_argument("--patience", type=nonneg_int, default=3,
+                   help="stop after this many validations without improvement (default 3; 0 = never)")
     t.add_argument("--seed", type=seed, default=0, help="seed for the split, the corpus and training (default 0)")
     t.add_argument("--out", required=True, help="run folder for the checkpoint")
     t.add_argument("--force", action="store_true", help="train into --out even if it holds a run")
@@ -196,7 +197,10 @@ def _train_job(job, args, ranks) -> int:
 
     main = ranks is None or ranks.main
 
+    planned = []
+
     def started(s) -> None:
+        planned.append(s.planned_steps)
         where = "the split of the run" if s.test_file is None else f"test split: {s.test_file}"
         print(f"attend: {s.n_train} training pairs, {s.n_valid} validation, {s.n_test} test ({where}); "
               f"{s.planned_steps} steps planned, warm-up {s.warmup_steps}", file=sys.stderr)
@@ -217,8 +221,15 @@ def _train_job(job, args, ranks) -> int:
     if not main:
         return 0
     best = min(hist, key=lambda h: h["valid_loss"])
-    print(f"trained {hist[-1]['step']} steps in {hist[-1]['seconds']:.0f} s; best validation loss "
-          f"{best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")
+    steps, seconds = hist[-1]["step"], hist[-1]["seconds"]
+    why = ""
+    if planned and steps < planned[0]:  # say what stopped it short of the plan
+        if args.minutes > 0 and seconds >= args.minutes * 60:
+            why = f" (stopped by --minutes {args.minutes:g})"
+        elif args.patience > 0 and len(hist) - 1 - hist.index(best) >= args.patience:
+            why = f" (stopped early: {args.patience} validations without improvement)"
+    print(f"trained {steps} of {planned[0] if planned else steps} planned steps in {seconds:.0f} s{why}; best "
+          f"validation loss {best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")
     return 0
 
 
