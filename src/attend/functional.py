@@ -29,6 +29,7 @@ from . import _check
 from . import scores as _scores
 from ._nonfinite import quarantine as _quarantine
 from ._rule_prep import bind, check_rule
+from ._ruletree import widened
 from .backends.base import AttentionCall, Backend, compute_dtype
 from .masks import normalize_window
 
@@ -329,7 +330,7 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
         if not callable(mask):
             raise TypeError(f"mask must be a tensor, a mask_mod callable or None, got {type(mask).__name__}")
         check_rule(mask, "mask", "mask", (math.prod(batch), Hq, L, S))
-        mask_mod = bind(mask, L, S)
+        mask_mod = widened(bind(mask, L, S), compute_dtype(q.dtype))
 
     call = AttentionCall(
         query=_flatten(q, batch),
@@ -342,7 +343,7 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
         mask_mod=mask_mod,
         causal=causal,
         window=win,
-        score_mod=bind(score_mod, L, S),
+        score_mod=widened(bind(score_mod, L, S), compute_dtype(q.dtype)),
         dropout_p=float(dropout_p),
         hard=hard,
         sinks=_check_sinks(sinks, Hq, query.device, hard),
