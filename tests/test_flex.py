@@ -113,6 +113,17 @@ def test_a_relative_bias_table():
                what="relative bias table", grads=False)
 
 
+def test_a_new_soft_cap_in_the_same_process():
+    """A second cap compiles a program of its own, with its value fixed (compiled again in place,
+    dynamo made the float dynamic and FlexAttention's CPU lowering raised "unbacked_bindings")."""
+    L, S = 13, 17
+    q, k, v = inputs(B, H, 2, L, S, E, E, torch.float32)
+    for cap in (5.0, 3.0):
+        check_case(SMALL, q, k, v, kw=dict(causal=True, score_mod=attend.mods.softcap(cap)), ref_scores=R.scaled_dot(E),
+                   allowed=R.causal_mask(L, S), mod=lambda s: cap * torch.tanh(s / cap), dtype=torch.float32,
+                   what=f"soft-capping {cap}", grads=False)
+
+
 def test_calls_with_another_head_count_in_one_process():
     """ALiBi + causal at 4 heads, then 2, then 4 again with another length: FlexAttention's CPU
     template recompiled with a dynamic head count made C++ that did not compile (torch 2.13);

@@ -412,7 +412,13 @@ def _key(call: AttentionCall, size: int) -> tuple:
         if f is None:
             return None
         if isinstance(f, Rule):
-            return type(f).__name__ if not hasattr(f, "mods") else tuple(what(m) for m in f.mods)
+            if hasattr(f, "mods"):
+                return tuple(what(m) for m in f.mods)
+            # a float field (soft-capping's cap) in the key: a program per value, compiled with it fixed
+            # (compiled again for a new cap, dynamo made the float dynamic and FlexAttention's CPU
+            # lowering failed with "unbacked_bindings", torch 2.13)
+            floats = tuple(getattr(f, x.name) for x in dataclasses.fields(f) if type(getattr(f, x.name)) is float)
+            return (type(f).__name__,) + floats if floats else type(f).__name__
         return getattr(getattr(f, "fn", f), "__code__", None) or type(f)
 
     # one program per head count: FlexAttention's CPU template, recompiled with the head count
