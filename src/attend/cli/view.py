@@ -65,7 +65,7 @@ def _view(args) -> int:
 
         need_checkpoint(args.checkpoint)
         view = translation_view(Translator.load(args.checkpoint), args.texts, max_tokens=args.max_tokens,
-                                title=f"Attention of {os.path.basename(os.path.normpath(args.checkpoint))}")
+                                title=f"Attention of {_last_two(args.checkpoint)}")
     elif seq2seq:
         try:
             import transformers
@@ -95,3 +95,9 @@ def _view(args) -> int:
 def _model_name(folder: str, given) -> str:
     """What the page's title calls the model: the folder's name, or the packaged MiniLM's."""
     return os.path.basename(os.path.normpath(folder)) if given else "all-MiniLM-L6-v2"
+
+
+def _last_two(path: str) -> str:
+    """A run folder's last two names (the demo writes ``runs/demo-…/attention`` and ``…/baseline``)."""
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    return "/".join(p for p in parts[-2:] if p)
