@@ -232,7 +232,7 @@ class Trainer:
             (cfg.max_minutes > 0 and s.seconds >= cfg.max_minutes * 60)
         while s.epoch < cfg.epochs and not stop:
             order = self.batches.order(s.epoch)
-            bar = tqdm(total=len(order), initial=s.position, desc=f"epoch {s.epoch + 1}/{cfg.epochs}",
+            bar = tqdm(total=len(order), initial=s.position, desc=f"epoch {s.epoch + 1}/{cfg.epochs}", unit="batch",
                        disable=not (self.progress and self.ranks.main), leave=False, dynamic_ncols=True)
             while s.position < len(order):
                 if self._stop is not None:
