@@ -45,6 +45,8 @@ def cases():
         ("relative_bias_learned", 37, 37, H, "relbias"),
         ("general_score_learned", 37, 37, H, "general"),
         ("dot_score", 37, 37, H, lambda L, S: {"score": "dot", "causal": True}),
+        # a scale of 0 (uniform weights): the fused CPU kernel's causal diagonal block made NaN at scale <= 0
+        ("causal_scale_zero", 37, 37, H, lambda L, S: {"causal": True, "scale": 0.0}),
         ("own_mask_mod", 37, 37, H, lambda L, S: {"mask": lambda b, h, i, j: (i + j) % 3 != 1}),
         # the blocks through attend's compiled CPU tiles (learned table and score weights included)
         ("relative_bias_inductor", 37, 37, H, "relbias+inductor"),

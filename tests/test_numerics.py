@@ -8,8 +8,8 @@ import torch
 
 import attend
 import reference as R
-from cases import (BACKENDS, BASELINE, SCORES, attention, backend_arg, device, inputs, make_score, runnable,
-                   skip_unquarantined, wide)
+from cases import (BACKENDS, BASELINE, SCORES, attention, backend_arg, check_case, device, inputs, make_score,
+                   runnable, skip_unquarantined, wide)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -203,6 +203,28 @@ def test_huge_value_in_masked_key_changes_nothing(backend):
     v2[..., 17, :] = 1e30
     b = attention(backend, q, k2, v2, mask=mask)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+@pytest.mark.parametrize("L,rule", [(40, "causal"), (600, "causal"), (40, "padding")])
+def test_a_scale_of_zero_or_below_with_causal_is_computed_not_nan(backend, scale, L, rule):
+    """A scale of 0 (uniform weights over the allowed keys) or below: SDPA's CPU kernel with
+    ``is_causal`` made its masked entries NaN (-inf times the scale, torch 2.13), and every row
+    with them, silently; 600 keys runs sdpa's causal blocks of 256, padding its per-sequence cut."""
+    if L > 100 and backend != "sdpa":
+        pytest.skip("the blocks of 256 rows are sdpa's")
+    E = 8
+    q, k, v = inputs(2, 2, 2, L, L, E, E, torch.float32)
+    if rule == "causal":
+        kw, allowed = dict(causal=True), R.causal_mask(L, L)
+    else:  # key padding with causal: sdpa cuts each sequence's keys and keeps is_causal
+        lengths = torch.tensor([L, L - 9])
+        kw = dict(causal=True, mask=attend.masks.padding(lengths))
+        allowed = R.causal_mask(L, L) & (torch.arange(L) < lengths.view(2, 1, 1, 1))
+    kw["scale"] = scale
+    check_case(backend, q, k, v, kw=kw, ref_scores=lambda a, b: (a @ b.transpose(-1, -2)) * scale, allowed=allowed,
+               dtype=torch.float32, what=f"scale {scale} {rule} L={L}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -89,7 +89,7 @@ class SDPA(Backend):
 
     def run(self, call: AttentionCall) -> tuple[Tensor, Optional[Tensor]]:
         q, k, factor = call.score.as_dot(call.query, call.key)  # (B, Hq, L, D), (B, Hkv, S, D)
-        scale = call.scale * factor
+        q, scale = positive_scale(q, call.scale * factor)
         L, S = call.L, call.S
         use_is_causal = _use_is_causal(call)
         attn_mask: Optional[Tensor] = None
@@ -148,6 +148,13 @@ class SDPA(Backend):
         if dead is not None:
             nan_rows = nan_rows & ~dead
         return _fill_rows(out, nan_rows, math.nan)
+
+
+def positive_scale(q: Tensor, scale: float) -> tuple[Tensor, float]:
+    """``(q, scale)`` for SDPA's kernels: a scale that is not positive goes into ``q`` (the scores
+    are the same), because with ``is_causal`` the CPU kernel turns its masked entries NaN at a
+    scale of 0 or below (``-inf`` times the scale; torch 2.13) and every row with them."""
+    return (q, scale) if scale > 0 else (q * scale, 1.0)
 
 
 def _use_is_causal(call: AttentionCall) -> bool:

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .. import backends as _backends
 from ..backends.base import AttentionCall, compute_dtype, safe_lse
+from ..backends.sdpa import positive_scale
 
 ENGINES = ("auto", "eager", "inductor", "sdpa", "triton")
 _LN2 = math.log(2.0)
@@ -110,7 +111,8 @@ _FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 def _flash_operands(call: AttentionCall):
     a, b, factor = call.score.as_dot(call.query, call.key)
-    return a, call.expand_kv(b), call.expand_kv(call.value), call.scale * factor
+    a, scale = positive_scale(a, call.scale * factor)  # (the causal kernel's NaN at a scale <= 0)
+    return a, call.expand_kv(b), call.expand_kv(call.value), scale
 
 
 def _triton_why(call: AttentionCall) -> list:
