@@ -304,6 +304,39 @@ def test_a_nan_query_row_stays_in_its_row():
     assert out.isnan().any(-1)[0, 0].nonzero().flatten().tolist() == [300]
 
 
+@pytest.mark.parametrize("mod", ["table", "alibi"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_queries_whose_features_are_not_stride_1_give_the_contiguous_result(mod, causal):
+    """A transposed q ((B, H, E, L) stored, or a 2-D ``X.T``): the reversed queries handed to the
+    kernel are made dense, which it needs (flip keeps the strides: the kernel read the features
+    with the wrong stride, and gave errors up to 1e25 or NaN, silently). Forward and gradients,
+    with an expanded dO (``out.sum()``), against the same call on contiguous q, and by the rule."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 8, 600, generator=g, dtype=torch.float64).transpose(-1, -2).requires_grad_()
+    k, v = (torch.randn(1, 2, 600, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    kw = dict(score_mod=attend.mods.relative_bias(torch.randn(2, 17, generator=g, dtype=torch.float64))
+              if mod == "table" else attend.mods.alibi(2), causal=causal)
+    assert "strided view" in attend.explain(q, k, v, **kw).detail
+    got = [attend.attention(q, k, v, backend="sdpa", **kw)]
+    got += torch.autograd.grad(got[0].sum(), (q, k, v))
+    qc = q.detach().contiguous().requires_grad_()
+    want = [attend.attention(qc, k, v, backend="sdpa", **kw)]
+    want += torch.autograd.grad(want[0].sum(), (qc, k, v))
+    ref = [attend.attention(qc, k, v, backend="eager", **kw)]
+    ref += torch.autograd.grad(ref[0].sum(), (qc, k, v))
+    for name, a, b, r in zip(["out", "dq", "dk", "dv"], got, want, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-10, msg=name)
+    with torch.no_grad():  # the inference path, 2-D X.T in float32
+        x = torch.randn(8, 700, generator=g)
+        k2, v2 = (torch.randn(700, 8, generator=g) for _ in range(2))
+        kw2 = dict(kw, score_mod=attend.mods.relative_bias(torch.randn(17, generator=g)) if mod == "table"
+                   else attend.mods.alibi(1))  # (2-D: one head)
+        got2 = attend.attention(x.T, k2, v2, backend="sdpa", **kw2)
+        want2 = attend.attention(x.T.contiguous(), k2, v2, backend="sdpa", **kw2)
+    torch.testing.assert_close(got2, want2, rtol=0, atol=1e-6)
+
+
 def test_double_backward_raises():
     q, k, v = inputs(1, 2, 2, 64, 64, 8, 8, torch.float64, grad=True)
     out = attend.attention(q, k, v, score_mod=attend.mods.relative_bias(torch.randn(2, 9, dtype=torch.float64)),

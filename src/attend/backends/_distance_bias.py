@@ -169,7 +169,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mod, causal: bool) 
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _Strided.apply(q, k, v, vec, float(scale), causal)
     with torch.no_grad():
-        return _forward(q.flip(2), *_strided(k, v), vec, scale, causal)[0].flip(2)
+        return _forward(q.flip(2).contiguous(), *_strided(k, v), vec, scale, causal)[0].flip(2)
 
 
 def _forward(qr: Tensor, k: Tensor, v: Tensor, vec: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
@@ -193,7 +193,7 @@ class _Strided(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, vec, scale, causal):
-        qr = q.flip(2)  # (a copy: contiguous)
+        qr = q.flip(2).contiguous()  # (flip keeps the strides: a transposed q's features would not be stride 1)
         k, v = k.contiguous(), v.contiguous()
         out, lse = _forward(qr, k, v, vec, scale, causal)
         ctx.save_for_backward(qr, k, v, vec, out, lse)
@@ -205,7 +205,7 @@ class _Strided(torch.autograd.Function):
         no_double_backward("attend's distance-bias path on SDPA's kernel")
         qr, k, v, vec, out, lse = ctx.saved_tensors
         scale = ctx.scale
-        dr = dout.flip(2)  # (contiguous)
+        dr = dout.flip(2).contiguous()
         L, S = qr.shape[2], k.shape[2]
         blocks = _blocks(L, S, ctx.causal)
         if len(blocks) == 1:
