@@ -266,14 +266,18 @@ def test_softcap_gradients_stay_finite_past_the_overflow_of_exp():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def test_backward_compiles_once_whatever_the_layout_of_a_dense_incoming_gradient():
+def test_backward_compiles_once_whatever_the_layout_of_a_dense_incoming_gradient(monkeypatch):
     """Each tile's dense dO is made contiguous, as the last tile's copy (its rows overlap the tile
     before) is: a random dO and a slice of a larger one run the backward programs compiled for
     the first, with the same gradients. An expanded dO (``out.sum()``) keeps its own program."""
     from torch._dynamo.utils import counters
 
+    from attend.backends import _programs
+
+    monkeypatch.setattr(_programs, "_COMPILED", {})  # this test's programs compile here, whatever ran before
+    monkeypatch.setattr(_programs, "FIRST_CALL", {})
     q, k, v = inputs(B, H, H, L, L, E, E, torch.float32, grad=True)
-    kw = dict(score_mod=attend.mods.softcap(2.5), causal=True, backend=SMALL)  # a cap of its own: compiled here
+    kw = dict(score_mod=attend.mods.softcap(2.5), causal=True, backend=SMALL)
     call, _ = attend.functional._prepare(q, k, v, score_mod=kw["score_mod"], causal=True)
     assert any(skip for _, _, skip, _ in SMALL.plan(call).back_tiles)
     dout = torch.randn(B, H, L, E, generator=torch.Generator().manual_seed(4))

@@ -151,10 +151,13 @@ class SDPA(Backend):
 
 
 def positive_scale(q: Tensor, scale: float) -> tuple[Tensor, float]:
-    """``(q, scale)`` for SDPA's kernels: a scale that is not positive goes into ``q`` (the scores
-    are the same), because with ``is_causal`` the CPU kernel turns its masked entries NaN at a
-    scale of 0 or below (``-inf`` times the scale; torch 2.13) and every row with them."""
-    return (q, scale) if scale > 0 else (q * scale, 1.0)
+    """``(q, scale)`` for SDPA's kernels: a scale that is not positive goes into ``q`` (its sign, or
+    a zero ``q`` for a zero scale, NaN and inf staying NaN: the scores are the same), because with
+    ``is_causal`` the CPU kernel turns its masked entries NaN at a scale of 0 or below (``-inf``
+    times the scale; torch 2.13) and every row with them."""
+    if scale > 0:
+        return q, scale
+    return (q.neg(), -scale) if scale < 0 else (q * 0.0, 1.0)  # (negating is exact: q is not rounded again)
 
 
 def _use_is_causal(call: AttentionCall) -> bool:

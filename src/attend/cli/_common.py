@@ -97,8 +97,12 @@ def need_checkpoint(path: str) -> None:
     if not os.path.isdir(path):
         raise UsageError(f"checkpoint folder not found: {path}")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        inside = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json")))
-        hint = f"; it holds {', '.join(os.path.join(path, d) for d in inside)}" if inside else ""
+        try:
+            inside = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json")))
+        except OSError:  # (unreadable: the refusal stands without the hint)
+            inside = []
+        more = f" and {len(inside) - 3} more" if len(inside) > 3 else ""
+        hint = f"; it holds {', '.join(os.path.join(path, d) for d in inside[:3])}{more}" if inside else ""
         raise UsageError(f"not a checkpoint folder (no config.json): {path}{hint}")
 
 
