@@ -26,6 +26,17 @@ SMALL = Inductor(key_chunk=16, max_rows=16)
 B, H, L, S, E = 2, 4, 37, 41, 8
 
 
+@pytest.fixture
+def own_programs(monkeypatch):
+    """The compiled-program cache emptied for this test (its programs compile here, whatever ran
+    before), given back after it: ``attend.backends._programs``."""
+    from attend.backends import _programs
+
+    monkeypatch.setattr(_programs, "_COMPILED", {})
+    monkeypatch.setattr(_programs, "FIRST_CALL", {})
+    return _programs
+
+
 def _alibi_ref(slopes):
     pos = torch.arange(L).view(-1, 1) + (S - L)
     j = torch.arange(S).view(1, -1)
@@ -266,16 +277,12 @@ def test_softcap_gradients_stay_finite_past_the_overflow_of_exp():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def test_backward_compiles_once_whatever_the_layout_of_a_dense_incoming_gradient(monkeypatch):
+def test_backward_compiles_once_whatever_the_layout_of_a_dense_incoming_gradient(own_programs):
     """Each tile's dense dO is made contiguous, as the last tile's copy (its rows overlap the tile
     before) is: a random dO and a slice of a larger one run the backward programs compiled for
     the first, with the same gradients. An expanded dO (``out.sum()``) keeps its own program."""
     from torch._dynamo.utils import counters
 
-    from attend.backends import _programs
-
-    monkeypatch.setattr(_programs, "_COMPILED", {})  # this test's programs compile here, whatever ran before
-    monkeypatch.setattr(_programs, "FIRST_CALL", {})
     q, k, v = inputs(B, H, H, L, L, E, E, torch.float32, grad=True)
     kw = dict(score_mod=attend.mods.softcap(2.5), causal=True, backend=SMALL)
     call, _ = attend.functional._prepare(q, k, v, score_mod=kw["score_mod"], causal=True)
@@ -298,16 +305,12 @@ def test_backward_compiles_once_whatever_the_layout_of_a_dense_incoming_gradient
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_each_program_compiles_once_when_a_chunk_holds_all_the_keys(monkeypatch):
+def test_each_program_compiles_once_when_a_chunk_holds_all_the_keys(own_programs):
     """Chunks of varied widths compile the key dimension as dynamic, and dynamo guards a chunk's
     strides against its width: a chunk of all S keys (the last causal tile here) would be a
     contiguous tensor and compile each program again, unless the keys sit in a longer buffer."""
     from torch._dynamo.utils import counters
 
-    from attend.backends import _programs
-
-    monkeypatch.setattr(_programs, "_COMPILED", {})  # this test's programs compile here, whatever ran before
-    monkeypatch.setattr(_programs, "FIRST_CALL", {})
     wide, S2 = Inductor(key_chunk=128, max_rows=16), L + 40  # chunks of 56, 72 and all 77 keys
     q, k, v = inputs(B, H, H, L, S2, E, E, torch.float32)
     kw = dict(score_mod=attend.mods.softcap(2.0), causal=True)
@@ -317,7 +320,7 @@ def test_each_program_compiles_once_when_a_chunk_holds_all_the_keys(monkeypatch)
     graphs = counters["stats"]["unique_graphs"]
     check_case(wide, q, k, v, kw=kw, ref_scores=R.scaled_dot(E), allowed=R.causal_mask(L, S2),
                mod=lambda s: 2.0 * torch.tanh(s / 2.0), dtype=torch.float32, what="a chunk of all the keys")
-    assert counters["stats"]["unique_graphs"] - graphs == len(_programs.FIRST_CALL) >= 2  # forward, backward
+    assert counters["stats"]["unique_graphs"] - graphs == len(own_programs.FIRST_CALL) >= 2  # forward, backward
 
 
 def test_double_backward_raises_instead_of_dropping_terms():

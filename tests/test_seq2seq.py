@@ -150,10 +150,10 @@ def test_config_and_argument_errors():
         Seq2SeqConfig(src_vocab=10, tgt_vocab=10, rnn="rnn")
     with pytest.raises(ValueError, match="dropout"):
         Seq2SeqConfig(src_vocab=10, tgt_vocab=10, dropout=1.0)
-    with pytest.raises(ValueError, match=r"unknown fields \['heads'\]$"):  # nothing near it
+    with pytest.raises(ValueError, match=r"unknown fields 'heads'$"):  # nothing near it
         Seq2SeqConfig.from_dict({"src_vocab": 10, "tgt_vocab": 10, "heads": 3})
-    with pytest.raises(ValueError, match=r"unknown fields \['hidden'\] \('hidden': did you mean 'hidden_dim'\?\)"):
-        Seq2SeqConfig.from_dict({"src_vocab": 10, "tgt_vocab": 10, "hidden": 64})
+    with pytest.raises(ValueError, match=r"unknown fields 'heads', 'hidden' \(did you mean 'hidden_dim'\?\)$"):
+        Seq2SeqConfig.from_dict({"src_vocab": 10, "tgt_vocab": 10, "hidden": 64, "heads": 3})
     with pytest.raises(dataclasses_frozen()):
         Seq2SeqConfig(src_vocab=10, tgt_vocab=10).hidden_dim = 3
     m = tiny()

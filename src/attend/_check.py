@@ -25,6 +25,14 @@ from typing import Any, Iterable, Optional, Type
 __all__ = ["is_int", "is_number", "integer", "number", "choice", "fail"]
 
 
+def nearest(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to a misspelt ``name``, or ``''``."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def is_int(value: Any) -> bool:
     """True for an ``int`` that is not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)

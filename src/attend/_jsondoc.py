@@ -168,11 +168,7 @@ def config_from_dict(cls, d: Any, what: str):
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(d) - set(names))
     if unknown:
-        import difflib
-
-        near = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
-        hint = "; ".join(f"{u!r}: did you mean {m[0]!r}?" for u, m in near.items() if m)
-        raise ValueError(f"{what} has unknown fields {unknown}" + (f" ({hint})" if hint else ""))
+        raise ValueError(f"{what} has unknown fields " + ", ".join(f"{u!r}{_check.nearest(u, names)}" for u in unknown))
     required = sorted(f.name for f in dataclasses.fields(cls)
                       if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d)
     if required:

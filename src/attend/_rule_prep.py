@@ -7,13 +7,18 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Iterator, Optional
 
+import torch
+
 from ._rules import And, Rule
+from ._ruletree import widened
 
 
-def bind(fn: Callable | None, L: int, S: int) -> Callable | None:
-    """Bind ``fn`` to a call's lengths when it is a :class:`Rule`; return plain functions as is."""
+def bind(fn: Callable | None, L: int, S: int, compute: Optional[torch.dtype] = None) -> Callable | None:
+    """Bind ``fn`` to a call's lengths when it is a :class:`Rule`, its learned tensors widened to the
+    call's ``compute`` dtype where given (:func:`~attend._ruletree.widened`); plain functions as is."""
     if isinstance(fn, Rule):
-        return fn.bind(L, S)
+        fn = fn.bind(L, S)
+        return widened(fn, compute) if compute is not None else fn
     return fn
 
 

@@ -15,8 +15,6 @@ All validation happens here, before any backend runs.
 """
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
@@ -29,7 +27,6 @@ from . import _check
 from . import scores as _scores
 from ._nonfinite import quarantine as _quarantine
 from ._rule_prep import bind, check_rule
-from ._ruletree import widened
 from .backends.base import AttentionCall, Backend, compute_dtype
 from .masks import normalize_window
 
@@ -178,12 +175,10 @@ def _weights_call(fn: str, query: Tensor, key: Tensor, kwargs: dict):
 def _known_kwargs(fn: str, kwargs: dict) -> None:
     """Refuse, naming ``fn`` (not the private function it hands them to), a keyword argument
     :func:`attention` does not take, with the nearest one it does."""
-    known = [p for p in inspect.signature(_prepare).parameters if p not in ("query", "key", "value")]
+    known = _prepare.__kwdefaults__  # (its keyword-only arguments, all with defaults)
     for name in kwargs:
         if name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise TypeError(f"{fn}() got an unexpected keyword argument {name!r}{hint}")
+            raise TypeError(f"{fn}() got an unexpected keyword argument {name!r}{_check.nearest(name, known)}")
 
 
 def _indices(arg: str, idx, n: int) -> Optional[Tensor]:
@@ -330,7 +325,7 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
         if not callable(mask):
             raise TypeError(f"mask must be a tensor, a mask_mod callable or None, got {type(mask).__name__}")
         check_rule(mask, "mask", "mask", (math.prod(batch), Hq, L, S))
-        mask_mod = widened(bind(mask, L, S), compute_dtype(q.dtype))
+        mask_mod = bind(mask, L, S, compute_dtype(q.dtype))
 
     call = AttentionCall(
         query=_flatten(q, batch),
@@ -343,7 +338,7 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
         mask_mod=mask_mod,
         causal=causal,
         window=win,
-        score_mod=widened(bind(score_mod, L, S), compute_dtype(q.dtype)),
+        score_mod=bind(score_mod, L, S, compute_dtype(q.dtype)),
         dropout_p=float(dropout_p),
         hard=hard,
         sinks=_check_sinks(sinks, Hq, query.device, hard),

@@ -2,6 +2,7 @@
 tiles must return, whether it holds functions of one's own, and when SDPA with a dense mask is faster."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -80,3 +81,15 @@ def keys_apart(t: Tensor, tiles: list) -> Tensor:
     if any(j0 == 0 and j1 == S for _, _, _, chunks in tiles for j0, j1, _ in chunks):
         return F.pad(t, (0, 0, 0, 1))[:, :, :S]
     return t
+
+
+def tile_dout(dout: Tensor, i0: int, i1: int, skip: int) -> Tensor:
+    """Rows ``i0:i1`` of the output's gradient for a backward tile: a copy where the tile's first
+    ``skip`` rows (done by the tile before) are to be zeroed, and a dense dO made contiguous
+    otherwise, so that every tile hands the program the copy's strides (one compiled program,
+    not one per layout). An expanded dO (``out.sum()``) stays as it is: the program compiled for it
+    ran soft-capping's backward ~5% faster at (1, 8, 2048, 64)."""
+    do = dout[:, :, i0:i1]
+    if skip:
+        return do.clone(memory_format=torch.contiguous_format)
+    return do if 0 in do.stride() else do.contiguous()

@@ -45,6 +45,7 @@ from ._chunks import cut as _cut, full_cut as _full_cut, full_key as _full_key, 
 from ._heap import tile_guard
 from ._inductor_calls import grad_tensors as _grad_tensors, keys_apart as _keys_apart, program_key as _key
 from ._inductor_calls import score_kind as _kind, sdpa_share as _sdpa_share, user_functions as _user_functions
+from ._inductor_calls import tile_dout as _tile_dout
 from ._programs import no_compiler as _no_compiler
 from ._relbias import add_tile_grad as _add_tile_grad, bias_tile as _bias_tile, learned_table as _learned_table
 from .base import DENSE_RULE_LIMIT, AttentionCall, Backend, _block, compute_dtype, with_sinks
@@ -346,11 +347,7 @@ class _Job:
         self.varied = self.plan.back_varied
         guard = tile_guard(self.plan.kind == "additive", da.nbytes + db.nbytes + dv.nbytes)
         for i0, i1, skip, chunks in self.plan.back_tiles:
-            # dO and Δ tile by tile (whole, either is one more output-sized tensor at the peak); a dense dO
-            # contiguous in every tile, as the last tile's copy is: one program, not one per layout. An
-            # expanded one (out.sum()) stays expanded: its own program, ~5% faster (soft-capping, 2048)
-            do = dout[:, :, i0:i1]
-            do = do.clone(memory_format=torch.contiguous_format) if skip else do if 0 in do.stride() else do.contiguous()
+            do = _tile_dout(dout, i0, i1, skip)  # (dO and Δ tile by tile: whole, either is one more output-sized)
             dl = (do * out[:, :, i0:i1]).sum(-1)  # Δ = rowsum(dO ∘ O)
             if dlse is not None:  # a gradient on the lse (sinks) adds dlse·P to dS: fold it into Δ
                 dl = dl - dlse[:, :, i0:i1]

@@ -34,7 +34,7 @@ from torch import Tensor
 from .. import _check
 from .._rule_prep import bind, check_rule
 from .._rules import And, Causal, Window
-from .._ruletree import is_own, rule_tensors, widened
+from .._ruletree import is_own, rule_tensors
 from ..backends import UnsupportedCall
 from ..backends._programs import merge_into
 from ..backends.base import AttentionCall, _holds_grad_tensor, compute_dtype
@@ -105,14 +105,14 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
             raise TypeError(f"mask must be a mask_mod callable or a rule of attend.masks, got {type(mask).__name__}")
         check_rule(mask, "mask", "mask", (B, Hq, Lg, Sg))
         terms.append(mask)
-    rule = None if not terms else bind(terms[0] if len(terms) == 1 else And(tuple(terms)), Lg, Sg)
-    rule = widened(rule, compute_dtype(query.dtype))  # (learned tensors summed in the compute dtype, as attention's)
+    cdt = compute_dtype(query.dtype)  # (learned tensors summed in it, as attention's)
+    rule = None if not terms else bind(terms[0] if len(terms) == 1 else And(tuple(terms)), Lg, Sg, cdt)
     mod = None
     if score_mod is not None:
         if not callable(score_mod):
             raise TypeError(f"score_mod must be a callable (score, b, h, i, j) -> score, got {type(score_mod).__name__}")
         check_rule(score_mod, "score_mod", "score", (B, Hq, Lg, Sg))
-        mod = widened(bind(score_mod, Lg, Sg), compute_dtype(query.dtype))
+        mod = bind(score_mod, Lg, Sg, cdt)
     params = [p for p in getattr(call.score, "parameters", lambda: [])() if p.requires_grad]
     params += [t for t in rule_tensors(rule) + rule_tensors(mod) if not any(t is p for p in params)]
     for name, fn in (("mask", mask), ("score_mod", score_mod)):
