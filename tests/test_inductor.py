@@ -252,6 +252,27 @@ def test_plan_skips_what_rules_rule_out():
     assert Inductor().plan(doc).kept == 4 * 256 * 256
 
 
+@pytest.mark.parametrize("kw, every, narrowed", [
+    ({}, True, False), ({"score_mod": attend.mods.softcap(5.0)}, True, False), ({"causal": True}, False, True),
+    ({"window": (3, 40)}, False, True), ({"mask": attend.masks.document(torch.arange(300) // 70)}, False, True),
+    ({"mask": attend.masks.prefix_lm(30)}, False, True),
+    ({"mask": attend.masks.padding(torch.tensor([250]))}, False, False)])  # (a rule, cut per tile: no narrower)
+def test_one_key_span_for_every_tile_only_where_every_key_is_spanned(kw, every, narrowed):
+    """The planner cuts the keys once for all tiles where ``spans_every_key`` says no rule narrows
+    them: ``key_span`` must then be all the keys for every block of rows, and the tiles must be
+    those of a span per tile."""
+    q = torch.randn(1, 2, 300, 8)
+    call, _ = attend.functional._prepare(q, q, q, **kw)
+    spans = {call.key_span(i0, i0 + n) for n in (1, 7, 64) for i0 in range(0, 300 - n + 1, 13)}
+    assert call.spans_every_key == every
+    assert (spans != {(0, 300)}) == narrowed
+    be = Inductor()
+    for rows, chunk in ((16, 64), (64, 1024), (128, 100)):
+        tiles = be._tiles(call, rows, chunk)[0]
+        for i0, i1, _, chunks in tiles:
+            assert chunks == attend.backends._chunks.cut(*call.key_span(i0, i1), 0, 0, chunk)
+
+
 def test_own_functions_run_without_grad_and_are_refused_with_it():
     """A score function or score_mod of one's own may hold tensors that need gradients and that no
     backend can list for certain: inductor runs them under no_grad only (then it matches eager)."""

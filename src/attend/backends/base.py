@@ -178,11 +178,18 @@ class AttentionCall:
                 widen(m.shape)
         return extent[0] * extent[1]
 
+    @property
+    def spans_every_key(self) -> bool:
+        """Whether :meth:`key_span` is all the keys for every query row (no ``causal``, ``window``
+        or mask rule with a key span)."""
+        return not (self.causal or self.window is not None or isinstance(self.mask_mod, Rule))
+
     def key_span(self, i0: int, i1: int) -> tuple[int, int]:
         """Keys ``[lo, hi)`` outside which ``causal``, ``window`` and a rule's key span
         (:meth:`attend._rules.Rule.keys`) allow no key to query rows ``i0:i1`` (``lo == hi``: none)."""
-        first, last = i0 + self.offset, i1 - 1 + self.offset  # key positions of the first/last query
-        lo, hi = 0, self.S
+        S = self.key.shape[2]  # (read once: the planner asks for every tile of every row count)
+        first, last = i0 + S - self.query.shape[2], i1 - 1 + S - self.query.shape[2]  # of the first/last query
+        lo, hi = 0, S
         if self.causal:
             hi = min(hi, last + 1)
         if self.window is not None:
@@ -192,10 +199,10 @@ class AttentionCall:
             if right is not None:
                 hi = min(hi, last + right + 1)
         if isinstance(self.mask_mod, Rule):
-            a, z = keys_of(self.mask_mod, first, last, self.S)
+            a, z = keys_of(self.mask_mod, first, last, S)
             lo, hi = max(lo, a), min(hi, z)
-        lo = min(max(0, lo), self.S)
-        return lo, max(lo, min(hi, self.S))
+        lo = min(max(0, lo), S)
+        return lo, max(lo, min(hi, S))
 
     def full_span(self, i0: int, i1: int) -> tuple[int, int]:
         """Keys ``[lo, hi)`` that ``causal``, ``window`` and the mask rule allow to *every* query

@@ -178,12 +178,13 @@ class Inductor(Backend):
         return best[1:]
 
     def _tiles(self, call: AttentionCall, rows: int, chunk: int):
-        tiles, kept, widest, done = [], 0, 0, 0
-        while done < call.L:
-            i0 = min(done, call.L - rows)  # the last tile overlaps: rows i0:done were done before
+        tiles, kept, widest, done, L, span = [], 0, 0, 0, call.L, None
+        while done < L:
+            i0 = min(done, L - rows)  # the last tile overlaps: rows i0:done were done before
             i1 = i0 + rows
-            lo, hi = call.key_span(i0, i1)
-            chunks = _cut(lo, hi, 0, 0, chunk)
+            if span is None or not call.spans_every_key:  # (then one span and one cut for all tiles)
+                span = lo, hi = call.key_span(i0, i1)
+                chunks = _cut(lo, hi, 0, 0, chunk)
             tiles.append((i0, i1, done - i0, chunks))
             kept += (i1 - done) * (hi - lo)
             widest = max([widest] + [j1 - j0 for j0, j1, _ in chunks])
