@@ -163,6 +163,47 @@ def test_non_finite_values_reach_only_the_rows_that_may_attend_them(backend):
     assert torch.equal(out[0, 1, 1:3], clean[0, 1, 1:3])
 
 
+@pytest.mark.parametrize("backend", ["eager", "chunked", "chunked16", "inductor"])
+def test_weights_and_key_totals_keep_non_finite_inputs_where_attention_does(backend):
+    """attention_weights and key_totals see the inputs attention sees: a NaN key that a -inf
+    float mask removes changes no weight (before, both returned every row NaN while attention's
+    weights were finite), and a row that may attend a NaN key is NaN in all three, so every total
+    of its head is NaN, on every backend (before, inductor left keys outside a tile's span finite)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    k[0, 0, 3, 0] = math.nan
+    removed = torch.where(torch.arange(6) == 3, -math.inf, 0.0)  # (S,): key 3 masked for every row
+    be = backend_arg(backend)
+    _, w = attend.attention(q, k, v, mask=removed, return_weights=True, backend=be)
+    assert torch.isfinite(w).all()
+    assert torch.equal(attend.attention_weights(q, k, mask=removed, backend=be), w)
+    assert torch.equal(attend.attention_weights(q, k, mask=removed, heads=[1, 0], rows=[4, 0], backend=be),
+                       w[:, [1, 0]][:, :, [4, 0]])
+    assert torch.allclose(attend.key_totals(q, k, mask=removed, backend=be), w.sum(-2), atol=1e-6)
+    kw = dict(window=(0, 0), backend=be)  # row 2 alone may attend key 3 (bottom-right: offset 1)
+    _, w = attend.attention(q, k, k, return_weights=True, **kw)
+    nan_rows = [[False, False, True, False, False], [False] * 5]
+    assert torch.isnan(w).all(-1)[0].tolist() == nan_rows
+    assert torch.isnan(attend.attention_weights(q, k, **kw)).all(-1)[0].tolist() == nan_rows
+    assert torch.isnan(attend.attention_weights(q, k, heads=[0], rows=[2, 1], **kw)).all(-1)[0].tolist() == [[True,
+                                                                                                              False]]
+    totals = attend.key_totals(q, k, **kw)
+    assert torch.isnan(totals[0, 0]).all() and torch.isfinite(totals[0, 1]).all()
+
+
+def test_empty_head_and_row_selections_are_empty_weights_and_bad_ones_are_refused():
+    q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 4, 8)
+    assert attend.attention_weights(q, k, heads=[]).shape == (1, 0, 3, 4)  # (an empty list is float to torch)
+    assert attend.attention_weights(q, k, rows=()).shape == (1, 2, 0, 4)
+    for bad in (3, [[0]], [0.5], [True], torch.tensor(1)):
+        with pytest.raises(ValueError, match=r"^heads must be a sequence or 1-D integer tensor of indices, got "):
+            attend.attention_weights(q, k, heads=bad)
+    with pytest.raises(ValueError, match=r"^rows must be indices in \[0, 3\), got \[3\]$"):
+        attend.attention_weights(q, k, rows=[3])
+    with pytest.raises(attend.backends.UnsupportedCall, match="SDPA does not return the attention weights"):
+        attend.attention_weights(q, k, heads=[], backend="sdpa")  # refused as a selection with heads would be
+
+
 def test_finite_values_whose_sum_overflows_are_not_taken_for_non_finite():
     """The cheap check is a sum; values near float32's largest overflow it to inf, and the
     per-row test that follows finds no bad row: the result is the reference's."""

@@ -135,11 +135,16 @@ def attention_weights(query: Tensor, key: Tensor, *, heads=None, rows=None, **kw
     r = _indices("rows", rows, call.L)
     nh = call.Hq if h is None else h.numel()
     nr = call.L if r is None else r.numel()
-    if call.B == 0 or call.S == 0 or nh == 0 or nr == 0:
+    poisoned = None
+    if call.B == 0 or call.L == 0 or call.S == 0:
         w = call.query.new_zeros(call.B, nh, nr, call.S)
     else:
-        chosen, _ = _backends.select(call, kwargs.get("backend", "auto"))
-        w = chosen.weights(call, h, r)
+        call, poisoned = _quarantine(call)  # non-finite inputs: NaN in the rows that may use them, as attention's
+        chosen, _ = _backends.select(call, kwargs.get("backend", "auto"))  # (refuses as for any selection)
+        w = chosen.weights(call, h, r) if nh and nr else call.query.new_zeros(call.B, nh, nr, call.S)
+    if poisoned is not None:
+        poisoned = poisoned if h is None else poisoned[:, h]
+        w = w.masked_fill((poisoned if r is None else poisoned[:, :, r]).unsqueeze(-1), math.nan)
     return w.reshape(*shape.batch, *((nh,) if shape.heads else ()), nr, call.S)
 
 
@@ -155,8 +160,11 @@ def key_totals(query: Tensor, key: Tensor, **kwargs) -> Tensor:
     if call.B == 0 or call.L == 0 or call.S == 0:
         t = call.query.new_zeros(call.B, call.Hq, call.S, dtype=torch.float32)
     else:
+        call, poisoned = _quarantine(call)  # a row that may use a non-finite input is NaN: so is its heads' every total
         chosen, _ = _backends.select(call, kwargs.get("backend", "auto"))
         t = chosen.key_totals(call)
+        if poisoned is not None:
+            t = t.masked_fill(poisoned.any(dim=-1, keepdim=True), math.nan)
     return t.reshape(*shape.batch, *shape.heads, call.S)
 
 
@@ -186,6 +194,8 @@ def _indices(arg: str, idx, n: int) -> Optional[Tensor]:
     if idx is None:
         return None
     t = torch.as_tensor(idx)
+    if t.shape == (0,) and not isinstance(idx, Tensor):  # an empty sequence: torch makes it float
+        t = t.to(torch.int64)
     if t.ndim != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
         raise ValueError(f"{arg} must be a sequence or 1-D integer tensor of indices, got {idx!r}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
