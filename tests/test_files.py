@@ -137,6 +137,18 @@ def test_resume_checks_config_sizes_against_the_state(run, corpus, monkeypatch):
 
 # -- resume state ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_by_tensor_name(run, value):
+    """(Before, a translator's model.safetensors was checked by its header only: inf weights
+    translated every sentence to <unk> with exit 0.)"""
+    path = run / "model.safetensors"
+    t, m = _io.load_tensors(path)
+    t["out.weight"].view(-1)[3] = value
+    _io.save_tensors(path, t, m)
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'out\.weight' has NaN or infinite values"):
+        Translator.load(run)
+
+
 def _edit_state(run, tensors=None, scalars=None, meta=None):
     path = run / "state.safetensors"
     t, m = _io.load_tensors(path)
@@ -179,6 +191,10 @@ STATE_CASES = [
      r"tensor 'optim\.0\.exp_avg' is torch\.float32 \(3, 3\), expected torch\.float32 \(\d+, 8\)"),
     (dict(tensors=lambda t: t.__setitem__("optim.99.exp_avg", torch.zeros(1))), r"unexpected tensor 'optim\.99\.exp_avg'"),
     (dict(tensors=lambda t: t.pop("optim.1.exp_avg_sq")), r"optimiser state of parameter 1 is incomplete"),
+    (dict(tensors=lambda t: [t.pop(f"optim.1.{k}") for k in ("step", "exp_avg", "exp_avg_sq")]),
+     r"no optimiser state for parameter\(s\) \[1\] of \d+, after 3 step\(s\)"),
+    (dict(tensors=lambda t: [t.pop(k) for k in list(t) if k.startswith("optim.")]),
+     r"no optimiser state for parameter\(s\) \[0, 1, 2, 3, 4\] … of \d+, after 3 step\(s\)"),
     (dict(tensors=lambda t: t.__setitem__("optim.0.step", torch.tensor(7.0))), r"tensor 'optim\.0\.step' is 7\.0"),
     (dict(tensors=lambda t: t.__setitem__("history.loss", torch.zeros(2, dtype=torch.float64))),
      r"'history\.loss' has 2 losses for 3 steps"),

@@ -334,6 +334,7 @@ class RunFolder:
         check_weights(config.model, infos, config_path=self.config_path, weights_path=path)
         self._check_weights_run(meta, config)
         tensors, _ = _io.load_tensors(path, "model weights")
+        _io.check_state_dict(path, infos, tensors)  # now their values too: NaN or inf is refused, naming the tensor
         return tensors
 
     def _check_weights_run(self, meta: Mapping[str, str], config: RunConfig) -> None:

@@ -147,6 +147,10 @@ def check_state_header(path: str, infos: Mapping[str, "_io.TensorInfo"], meta: M
                          "resume with the same settings")
     nb = batches_per_epoch
     step = doc.int("step", lo=0)
+    absent = [i for i in range(len(params)) if i not in optim]
+    if step > 0 and absent:  # (every parameter of the translators is trained at each step)
+        raise ValueError(f"{path}: no optimiser state for parameter(s) {absent[:5]}{' …' if len(absent) > 5 else ''} "
+                         f"of {len(params)}, after {step} step(s): Adam's moments of every parameter are saved")
     state = TrainState(step=step, epoch=doc.int("epoch", lo=0, hi=config.epochs),
                        position=doc.int("position", lo=0, hi=max(nb - 1, 0)), decays=doc.int("decays", lo=0),
                        bad_evals=doc.int("bad_evals", lo=0), seconds=float(doc.number("seconds", lo=0)),
