@@ -193,6 +193,33 @@ def test_min_freq_reaches_the_vocabulary(tmp_path, capsys):
     assert not (tmp_path / "none").exists()  # a refused command leaves no trace
 
 
+def test_force_never_overwrites_the_data_it_reads_and_clears_the_old_run_first(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    code, _, err = _train(capsys, "--synthetic", 300, "--out", out, "--epochs", 1, *TINY)
+    assert code == 0, err
+    data = out / "test.tsv"  # a new run there would write its test split over it
+    before = _files(out)
+    code, _, err = _train(capsys, "--data", data, "--out", out, "--force", "--epochs", 1, *TINY)
+    assert code == 2 and f"{data} is the run's own test.tsv in {out}: a new training there would overwrite" in err
+    assert _files(out) == before  # (before: 2000 lines of a user's corpus became the new run's 101)
+
+    from attend.apps.translate import Trainer
+
+    class Killed(BaseException):  # (not an Exception, nor Ctrl-C, which the command catches)
+        pass
+
+    def killed(self, **kw):  # a forced new run stopped after its config is written, before any checkpoint
+        raise Killed
+
+    monkeypatch.setattr(Trainer, "fit", killed)
+    with pytest.raises(Killed):
+        cli.main(["translate", "train", "--synthetic", "300", "--out", str(out), "--force", "--epochs", "2", *TINY])
+    assert sorted(os.listdir(out)) == ["config.json", "test.tsv", "valid.tsv"]  # no weights or state of the old run
+    monkeypatch.undo()
+    code, _, err = _train(capsys, "--synthetic", 300, "--out", out, "--epochs", 2, "--resume", *TINY)
+    assert code == 2 and "nothing to resume" in err  # (before: the old run's state resumed under the new config)
+
+
 def test_warmup_scales_with_the_run(tmp_path, capsys):
     from attend.apps.translate import scaled_warmup
 

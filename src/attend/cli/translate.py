@@ -83,7 +83,8 @@ def add_parser(sub) -> None:
                    help="stop after this many validations without improvement (default 3; 0 = never)")
     t.add_argument("--seed", type=seed, default=0, help="seed for the split, the corpus and training (default 0)")
     t.add_argument("--out", required=True, help="run folder for the checkpoint")
-    t.add_argument("--force", action="store_true", help="train into --out even if it holds a run")
+    t.add_argument("--force", action="store_true", help="start a new run in --out even if it holds one (its weights, "
+                   "state and history are removed once the new run has read its data)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out (give the same settings and data; any difference is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")

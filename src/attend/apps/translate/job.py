@@ -89,7 +89,8 @@ class TrainJob:
             saved, failed = None, None
             if ranks.main:
                 try:
-                    saved = run.start(resume=self.resume, force=self.force)
+                    saved = run.start(resume=self.resume, force=self.force,
+                                      reads=[self.source.file] if self.source.file is not None else [])
                 except Exception as e:  # told to the other ranks first, then raised here
                     failed = e
             ranks.agree(failed is None, f"start the run folder {self.out}")

@@ -65,8 +65,8 @@ class RunFolderBusy(RuntimeError):
 
 class RunFolderRefused(ValueError):
     """The folder is not one this training may use (nothing was changed): ``reason`` is
-    ``"not_a_folder"`` (a file), ``"not_empty"`` (a new run, without ``force``) or
-    ``"nothing_to_resume"``."""
+    ``"not_a_folder"`` (a file), ``"not_empty"`` (a new run, without ``force``),
+    ``"nothing_to_resume"`` or ``"reads_its_own_file"`` (a new run would overwrite its data)."""
 
     def __init__(self, reason: str, path: str, message: str):
         self.reason, self.path = reason, path
@@ -173,6 +173,7 @@ class RunFolder:
     HISTORY = "history.json"
     VALID = "valid.tsv"
     TEST = "test.tsv"
+    WRITES = (CONFIG, MODEL, STATE, HISTORY, VALID, TEST)  # what a training writes into its folder
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -248,10 +249,11 @@ class RunFolder:
         held = _HELD.get((st.st_dev, st.st_ino))
         return held is not None and held[1] == threading.get_ident()
 
-    def start(self, *, resume: bool, force: bool = True) -> Optional[RunConfig]:
+    def start(self, *, resume: bool, force: bool = True, reads: Sequence[str] = ()) -> Optional[RunConfig]:
         """Under the lock, before a training reads its data: for a resume, a state to resume
         and the run's config, checked (returned); for a new run, an empty folder unless
-        ``force`` (:class:`RunFolderRefused` otherwise)."""
+        ``force``, and none of the files it ``reads`` among those it writes
+        (:class:`RunFolderRefused` otherwise)."""
         if not self.owned():
             raise RuntimeError(f"{self!r}.start() needs the folder's lock")
         if resume:
@@ -262,7 +264,20 @@ class RunFolder:
         if not force and os.listdir(self.path):
             raise RunFolderRefused("not_empty", self.path, f"{self.path} is not empty: a new training needs an empty "
                                                            "run folder (or force=True; resume=True continues its run)")
+        own = {os.path.realpath(self.file(n)): n for n in self.WRITES}
+        for path in reads:
+            if os.path.realpath(path) in own:
+                raise RunFolderRefused("reads_its_own_file", self.path,
+                                       f"{path} is the run's own {own[os.path.realpath(path)]} in {self.path}: a new "
+                                       "training there would overwrite the data it reads; copy it elsewhere first")
         return None
+
+    def clear(self) -> None:
+        """Remove a previous run's weights, state and history before a new run writes its config:
+        a new run killed early then leaves nothing that another run's files could be taken for."""
+        for name in (self.STATE, self.MODEL, self.HISTORY):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.file(name))
 
     def check_resume(self, saved: RunConfig, **given) -> None:
         """The settings ``given`` (as :func:`resume_differences` takes them) must be the run's

@@ -190,6 +190,7 @@ def fit_translator(run: RunFolder, saved: Optional[RunConfig], train: Sequence[P
     resume = saved is not None
     if not resume:
         if ranks.main:
+            run.clear()  # (a forced new run over an old one: none of the old run's weights or state stays)
             run.write_splits(held_out or {})
             saved = run.write_config(model=mcfg, train=train_config, src_vocab=src_vocab, tgt_vocab=tgt_vocab,
                                      data=data or {}, min_freq=min_freq, pairs_sha256=digest_pairs)
