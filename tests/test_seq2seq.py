@@ -162,8 +162,10 @@ def test_config_and_argument_errors():
         m.encode(b.src, torch.tensor([5, 2, 9, 1]))
     with pytest.raises(ValueError, match="src: expected a .B, S. tensor"):
         m.encode(b.src.float(), b.src_lengths)
-    with pytest.raises(ValueError, match="beam must be an int >= 1"):
-        beam_search(m, b.src, b.src_lengths, beam=0)
+    for beam in (0, 1025, 10 ** 7):
+        with pytest.raises(ValueError, match=rf"^beam must be an int in \[1, 1024\] \(each beam holds a copy of the "
+                                             rf"encoder's states\), got {beam}$"):
+            beam_search(m, b.src, b.src_lengths, beam=beam)
     with pytest.raises(ValueError, match="max_len must be an int >= 1"):
         greedy(m, b.src, b.src_lengths, max_len=0)
 

@@ -83,6 +83,10 @@ def test_errors_are_one_line_with_the_right_exit_code(trained, tsv, tmp_path, ca
         (("translate", "hello", "--checkpoint", tmp_path / "none"), 2, "checkpoint folder not found"),
         (("translate", "hello"), 2, "the following arguments are required: --checkpoint"),
         (("translate", "hello", "--checkpoint", trained, "--beam", "0"), 2, "expected a positive integer"),
+        (("translate", "hello", "--checkpoint", trained, "--beam", "10000000"), 2,
+         "argument --beam: expected at most 1024 (each beam holds a copy of the encoder's states), got '10000000'"),
+        (("translate", "eval", "--checkpoint", trained, "--data", tsv, "--beam", "1025"), 2,
+         "argument --beam: expected at most 1024"),
     ]
     for n, (argv, code, text) in enumerate(cases):
         if n in (0, 3):  # as a user runs it, in its own process: one usage error, one runtime error

@@ -12,6 +12,17 @@ from ._common import (UsageError, draw, need_checkpoint, need_file, new_figure, 
 
 VERBS = ("train", "eval", "text")
 
+
+def beam_size(text: str) -> int:
+    """An argparse type: a beam size, 1 to MAX_BEAM."""
+    from ..apps.translate.search import MAX_BEAM
+
+    n = positive_int(text)
+    if n > MAX_BEAM:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BEAM} (each beam holds a copy of the encoder's "
+                                         f"states), got {text!r}")
+    return n
+
 # flags of one model kind only (argparse default None: given explicitly or not)
 _RNN_ONLY = {"attention": "--attention", "rnn": "--rnn", "embed": "--embed", "unidirectional": "--unidirectional"}
 _TRANSFORMER_ONLY = {"heads": "--heads", "ff": "--ff", "positional": "--positional"}
@@ -99,7 +110,7 @@ def add_parser(sub) -> None:
     e.add_argument("--src-col", type=nonneg_int, default=0, help="source column, 0-based (default 0)")
     e.add_argument("--tgt-col", type=nonneg_int, default=1, help="target column, 0-based (default 1)")
     e.add_argument("--limit", type=positive_int, default=None)
-    e.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
+    e.add_argument("--beam", type=beam_size, default=1, help="beam size, at most 1024 (default 1: greedy)")
     e.add_argument("--plot", help="also write BLEU by source length here (format from the extension: .png, .pdf, "
                                   ".svg, .jpg, ...)")
     e.add_argument("--force", action="store_true", help="overwrite --plot")
@@ -108,7 +119,7 @@ def add_parser(sub) -> None:
     x.set_defaults(handler=_text)
     x.add_argument("sentence", help="the sentence to translate")
     x.add_argument("--checkpoint", required=True, help="run folder written by `attend translate train`")
-    x.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
+    x.add_argument("--beam", type=beam_size, default=1, help="beam size, at most 1024 (default 1: greedy)")
     x.add_argument("--max-len", type=positive_int, default=None, help="longest output (default 2 x source + 10)")
     x.add_argument("--heatmap", help="write the attention heat map here (format from the extension: .png, .pdf, "
                                      ".svg, .jpg, ...)")

@@ -24,7 +24,10 @@ from ...data.text import Vocab
 from ...models.seq2seq import Seq2Seq, reorder_state
 from ...models.transformer import TransformerSeq2Seq
 
-__all__ = ["Hypothesis", "greedy", "beam_search", "default_max_len"]
+__all__ = ["Hypothesis", "greedy", "beam_search", "default_max_len", "MAX_BEAM"]
+
+#: the widest beam :func:`beam_search` takes (beams of 4-10 are usual; studies of wide beams stop near 1000)
+MAX_BEAM = 1024
 
 
 @dataclass
@@ -95,7 +98,8 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, max_len: Optiona
 def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int = 4,
                 max_len: Optional[int] = None, length_penalty: float = 1.0) -> list[Hypothesis]:
     """Beam search over the whole batch at once (B * beam rows)."""
-    check.integer(beam, "beam", low=1)
+    check.integer(beam, "beam", low=1, high=MAX_BEAM, expected=f"an int in [1, {MAX_BEAM}] (each beam holds a copy "
+                  "of the encoder's states)")  # (refused before allocating: 10^5 beams took 10.8 GB)
     check.number(length_penalty, "length_penalty", low=0)
     max_len = _check(model, src, src_lengths, max_len)
     enc = model.encode(src, src_lengths)
