@@ -149,6 +149,30 @@ def test_weights_holding_nan_or_inf_are_refused_by_tensor_name(run, value):
         Translator.load(run)
 
 
+def test_a_repeated_json_key_and_files_that_are_not_files_are_refused_by_name(run, corpus):
+    path = run / "config.json"
+    path.write_text(path.read_text().replace('"hidden_dim": 12', '"hidden_dim": 9999, "hidden_dim": 12', 1))
+    with pytest.raises(ValueError, match=r"config\.json: not a valid JSON checkpoint config \(the key 'hidden_dim' "
+                                         r"appears twice in one object\)"):  # (json kept the last one)
+        Translator.load(run)
+    path.write_text(path.read_text().replace('"hidden_dim": 9999, ', "", 1))
+    Translator.load(run)
+    weights = run / "model.safetensors"
+    weights.unlink()
+    weights.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"^model weights is a folder, not a file: .*model\.safetensors$"):
+        Translator.load(run)
+    weights.rmdir()
+    weights.symlink_to(weights)
+    with pytest.raises(FileNotFoundError, match=r"^model weights is a link to nothing \(broken or a loop\): "):
+        Translator.load(run)
+    state = run / "state.safetensors"
+    state.unlink()
+    state.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"^resume state is a folder, not a file: .*state\.safetensors$"):
+        _resume(run, corpus)
+
+
 def _edit_state(run, tensors=None, scalars=None, meta=None):
     path = run / "state.safetensors"
     t, m = _io.load_tensors(path)

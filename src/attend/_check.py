@@ -20,6 +20,7 @@ A value out of range always raises ``ValueError``.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterable, Optional, Type
 
 __all__ = ["is_int", "is_number", "integer", "number", "choice", "fail"]
@@ -139,3 +140,15 @@ def choice(value: Any, name: str, options: Iterable[Any], *, expected: Optional[
     if any(_same(value, o) for o in options):
         return value
     raise fail(name, f"one of {options}" if expected is None else expected, value)
+
+
+def existing_file(path: str, what: str) -> None:
+    """Refuse ``path`` unless it is a file: ``FileNotFoundError`` (missing, or a link to nothing)
+    or ``IsADirectoryError`` (a folder), each naming ``what`` and the path."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} is a folder, not a file: {path}")
+    if os.path.lexists(path):
+        raise FileNotFoundError(f"{what} is a link to nothing (broken or a loop): {path}")
+    raise FileNotFoundError(f"{what} not found: {path}")

@@ -26,16 +26,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike, what: str = "file", *, max_bytes: int = 64 << 20) -> Any:
     """A JSON file, refused (naming the file) if missing, too large, not UTF-8 or not JSON."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+    _check.existing_file(path, what)
     size = os.path.getsize(path)
     if size > max_bytes:
         raise ValueError(f"{path}: {size} bytes, more than a {what} can be ({max_bytes} bytes)")
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
+            return json.loads(f.read().decode("utf-8"), object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep, an integer too long, ...
         raise ValueError(f"{path}: not a valid JSON {what} ({_one_line(e)})") from None
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refused where a key repeats (json keeps the last one, silently)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the key {k!r} appears twice in one object")
+        out[k] = v
+    return out
 
 
 def _one_line(e: BaseException) -> str:

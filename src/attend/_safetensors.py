@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from . import _check
 from ._atomic import atomic_write
 
 __all__ = ["TensorInfo", "serialize", "save_tensors", "read_header", "load_tensors", "check_state_dict",
@@ -74,8 +75,7 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadat
 
 
 def _check_safetensors_file(path: str, what: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+    _check.existing_file(path, what)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)

@@ -96,7 +96,11 @@ def need_checkpoint(path: str) -> None:
                          "wrote)")
     if not os.path.isdir(path):
         raise UsageError(f"checkpoint folder not found: {path}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    config = os.path.join(path, "config.json")
+    if os.path.lexists(config) and not os.path.isfile(config):  # (a folder, or a link to nothing, by that name)
+        what = "a folder" if os.path.isdir(config) else "a link to nothing"
+        raise UsageError(f"not a checkpoint folder: its config.json is {what}, not a file: {config}")
+    if not os.path.isfile(config):
         try:
             inside = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json")))
         except OSError:  # (unreadable: the refusal stands without the hint)

@@ -257,6 +257,8 @@ class RunFolder:
         if not self.owned():
             raise RuntimeError(f"{self!r}.start() needs the folder's lock")
         if resume:
+            if os.path.lexists(self.state_path):  # (a folder or a link to nothing by that name: said so)
+                _check.existing_file(self.state_path, "resume state")
             if not os.path.isfile(self.state_path):
                 raise RunFolderRefused("nothing_to_resume", self.path,
                                        f"nothing to resume in {self.path} (no {self.STATE})")
