@@ -65,7 +65,7 @@ def _no_build(monkeypatch):
 
 # -- translator run folders ------------------------------------------------------------------
 
-@pytest.mark.parametrize("field, value", [("hidden_dim", 200_000), ("layers", 100_000), ("embed_dim", 7),
+@pytest.mark.parametrize("field, value", [("hidden_dim", 20_000), ("layers", 50), ("embed_dim", 7),
                                           ("rnn", "lstm"), ("bidirectional", False)])
 def test_config_sizes_are_checked_against_the_weights_header_before_building(run, monkeypatch, field, value):
     _edit_config(run, lambda d: d["model"].__setitem__(field, value))
@@ -127,10 +127,10 @@ def test_weights_of_another_run_are_refused(run):
 
 
 def test_resume_checks_config_sizes_against_the_state(run, corpus, monkeypatch):
-    _edit_config(run, lambda d: d["model"].__setitem__("hidden_dim", 200_000))
+    _edit_config(run, lambda d: d["model"].__setitem__("hidden_dim", 20_000))
     _no_build(monkeypatch)
     before = _snapshot(run)
-    with pytest.raises(ValueError, match=r"config\.json: model\.hidden_dim is 200000, but .*state\.safetensors holds"):
+    with pytest.raises(ValueError, match=r"config\.json: model\.hidden_dim is 20000, but .*state\.safetensors holds"):
         train_translator(corpus.train, corpus.valid, run, train_config=CFG, resume=True, progress=False)
     assert _snapshot(run) == before
 

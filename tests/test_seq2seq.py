@@ -192,3 +192,20 @@ def test_search_never_emits_pad_or_bos(attention):
             n = len(h.tokens) + (1 if len(h.tokens) < 6 else 0)
             # the score is still the model's own log-probability of the words chosen
             assert h.score == pytest.approx(float(logp[torch.arange(n), one.tgt_out[0, :n]].sum()), abs=1e-4)
+
+
+def test_sizes_past_what_a_machine_trains_are_refused_before_anything_is_built():
+    from attend.apps.translate.presets import build_model
+    from attend.models.transformer import TransformerConfig
+
+    for field, value, limit in (("hidden_dim", 10 ** 9, r"\[2, 65536\]"), ("embed_dim", 10 ** 9, r"\[1, 65536\]"),
+                                ("layers", 10 ** 6, r"\[1, 64\]")):
+        with pytest.raises(ValueError, match=rf"^{field} must be an int in {limit}, got {value}$"):
+            Seq2SeqConfig(src_vocab=10, tgt_vocab=10, **{field: value})
+    with pytest.raises(ValueError, match=r"^ff_dim must be an int in \[0, 262144\], got 10000000000$"):
+        TransformerConfig(src_vocab=10, tgt_vocab=10, ff_dim=10 ** 10)
+    big = Seq2SeqConfig(src_vocab=600, tgt_vocab=1200, embed_dim=20000, hidden_dim=20000)  # each size allowed
+    with pytest.raises(ValueError, match=r"^the model would have 5,\d{3},\d{3},\d{3} parameters, more than "
+                                         r"2,147,483,648 \(src_vocab 600, tgt_vocab 1200, embed_dim 20000, hidden_dim"):
+        build_model(big)  # (counted on the meta device: nothing allocated)
+    assert sum(p.numel() for p in build_model(Seq2SeqConfig(src_vocab=10, tgt_vocab=10)).parameters()) > 0

@@ -40,6 +40,9 @@ from ..nn import AdditiveAttention, LuongAttention
 __all__ = ["Seq2SeqConfig", "Seq2Seq", "Encoded", "ATTENTION_KINDS", "weight_claims"]
 
 ATTENTION_KINDS = ("dot", "general", "concat", "additive", "none")
+#: the widest embedding or hidden size and the most layers a translator config may ask for (far past
+#: what one machine trains; a typo's 10^9 is refused before anything is allocated or built)
+MAX_WIDTH, MAX_LAYERS = 1 << 16, 64
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
 
@@ -63,8 +66,9 @@ class Seq2SeqConfig:
     dropout: float = 0.1
 
     def __post_init__(self):
-        for name, low in (("src_vocab", 5), ("tgt_vocab", 5), ("embed_dim", 1), ("hidden_dim", 2), ("layers", 1)):
-            _check.integer(getattr(self, name), name, low=low)
+        for name, low, high in (("src_vocab", 5, None), ("tgt_vocab", 5, None), ("embed_dim", 1, MAX_WIDTH),
+                                ("hidden_dim", 2, MAX_WIDTH), ("layers", 1, MAX_LAYERS)):
+            _check.integer(getattr(self, name), name, low=low, high=high)
         _check.choice(self.rnn, "rnn", ("gru", "lstm"))
         if not isinstance(self.bidirectional, bool):
             raise ValueError(f"bidirectional must be a bool, got {self.bidirectional!r}")

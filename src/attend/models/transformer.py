@@ -32,7 +32,7 @@ from .. import _check
 from .._io import config_from_dict, count_indexed, dim_claims
 from ..nn import Decoder, Encoder, KVCache
 from ..nn.positional import POSITIONAL_KINDS
-from .seq2seq import Encoded, check_source
+from .seq2seq import MAX_LAYERS, MAX_WIDTH, Encoded, check_source
 
 __all__ = ["TransformerConfig", "TransformerSeq2Seq", "weight_claims"]
 
@@ -55,9 +55,10 @@ class TransformerConfig:
     kind: str = "transformer"
 
     def __post_init__(self):
-        for name, low in (("src_vocab", 5), ("tgt_vocab", 5), ("d_model", 1), ("heads", 1), ("encoder_layers", 1),
-                          ("decoder_layers", 1), ("max_len", 1), ("ff_dim", 0)):
-            _check.integer(getattr(self, name), name, low=low)
+        for name, low, high in (("src_vocab", 5, None), ("tgt_vocab", 5, None), ("d_model", 1, MAX_WIDTH),
+                                ("heads", 1, None), ("encoder_layers", 1, MAX_LAYERS), ("decoder_layers", 1, MAX_LAYERS),
+                                ("max_len", 1, MAX_WIDTH * 16), ("ff_dim", 0, MAX_WIDTH * 4)):
+            _check.integer(getattr(self, name), name, low=low, high=high)
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         _check.choice(self.positional, "positional", [p for p in POSITIONAL_KINDS if p != "none"])

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ... import _io
+from ... import _check, _io
 from ...models import seq2seq as _seq2seq
 from ...models import transformer as _transformer
 from ...models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -80,9 +80,21 @@ def model_config(d: Mapping[str, Any]) -> ModelConfig:
                      f"got {d.get('kind') if isinstance(d, Mapping) else d!r}")
 
 
+#: the most parameters a translator may have (8 GiB of float32 weights, 32 GiB with Adam's state)
+MAX_PARAMETERS = 1 << 31
+
+
 def build_model(config: ModelConfig) -> Seq2Seq | TransformerSeq2Seq:
-    """The model for a config: :class:`Seq2Seq` or :class:`TransformerSeq2Seq`."""
-    return TransformerSeq2Seq(config) if isinstance(config, TransformerConfig) else Seq2Seq(config)
+    """The model for a config: :class:`Seq2Seq` or :class:`TransformerSeq2Seq`, counted first on
+    the ``meta`` device (nothing allocated): more than :data:`MAX_PARAMETERS` is refused, naming
+    the sizes."""
+    kind = TransformerSeq2Seq if isinstance(config, TransformerConfig) else Seq2Seq
+    with torch.device("meta"):
+        n = sum(p.numel() for p in kind(config).parameters())
+    if n > MAX_PARAMETERS:
+        sizes = ", ".join(f"{k} {v}" for k, v in config.to_dict().items() if _check.is_int(v))
+        raise ValueError(f"the model would have {n:,} parameters, more than {MAX_PARAMETERS:,} ({sizes})")
+    return kind(config)
 
 
 def check_weights(config: ModelConfig, infos: Mapping[str, "_io.TensorInfo"], *, config_path: str,
