@@ -65,6 +65,22 @@ def test_read_tsv_errors_name_file_and_line(tmp_path):
         read_tsv(tmp_path)
 
 
+def test_read_tsv_refuses_a_line_past_its_limit_before_reading_it_whole(tmp_path):
+    f = tmp_path / "long.tsv"
+    f.write_bytes(b"a\tb\n" + b"x" * 65534 + b"\ty\n" + b"c\td\n")  # line 2: 65536 bytes and its newline
+    assert [len(s) for s, _ in read_tsv(f)] == [1, 65534, 1]
+    f.write_bytes(b"a\tb\n" + b"x " * 40000 + b"\ty\n")
+    with pytest.raises(ValueError, match=r"long\.tsv:2: a line longer than 65536 bytes \(max_line_bytes\); is this a "
+                                         r"file of sentence pairs, one per line\?$"):
+        read_tsv(f)
+    assert len(read_tsv(f, max_line_bytes=1 << 20)) == 2
+    f.write_bytes(b"a\tb\n" + b"x" * 300_000)  # no newline at all: at most the limit is read
+    with pytest.raises(ValueError, match=r"long\.tsv:2: a line longer than 100 bytes"):
+        read_tsv(f, max_line_bytes=100)
+    with pytest.raises(ValueError, match=r"^max_line_bytes must be an int >= 1, got 0$"):
+        read_tsv(f, max_line_bytes=0)
+
+
 def test_prepare_filters_by_length():
     pairs = [("a b c", "x y"), ("a", "x y z w"), ("", "x")]
     assert prepare(pairs, max_len=3) == [(["a", "b", "c"], ["x", "y"])]
