@@ -101,6 +101,7 @@ def test_vocabulary_longer_than_the_embedding_is_refused(run, monkeypatch):
     (lambda d: d["tgt_vocab"].__setitem__(5, 7), r"field tgt_vocab\[5\] must be a string, got an integer"),
     (lambda d: d.__setitem__("min_freq", 0), r"field 'min_freq' must be an integer >= 1, got 0"),
     (lambda d: d.__setitem__("model", []), r"field 'model' must be a JSON object, got a list"),
+    (lambda d: d.__setitem__("min_frq", 2), r"unknown fields 'min_frq' \(did you mean 'min_freq'\?\)"),
 ])
 def test_config_fields_are_checked_by_name(run, edit, message):
     _edit_config(run, edit)
@@ -224,6 +225,11 @@ STATE_CASES = [
      r"'history\.loss' has 2 losses for 3 steps"),
     (dict(tensors=lambda t: t.pop("model.out.bias")), r"missing tensor\(s\) \['(model\.)?out\.bias'\]"),
     (dict(tensors=lambda t: t["optim.2.exp_avg"].fill_(float("nan"))), r"'optim\.2\.exp_avg' has NaN"),
+    (dict(tensors=lambda t: t["history.loss"].view(-1)[1].fill_(float("nan"))),
+     r"tensor 'history\.loss' holds a loss that is not a finite number >= 0"),
+    (dict(tensors=lambda t: t["history.loss"].view(-1)[0].fill_(-1.0)), r"tensor 'history\.loss' holds a loss that"),
+    (dict(scalars=lambda s: s.__setitem__("postion", 1)),
+     r"metadata 'trainer' has unknown fields 'postion' \(did you mean 'position'\?\)"),
     (dict(tensors=lambda t: t["optim.1.exp_avg_sq"].view(-1)[4].fill_(-2.0)),
      r"tensor 'optim\.1\.exp_avg_sq' has negative values \(-2\); Adam's second moments are averages of squares"),
     (dict(tensors=lambda t: t.__setitem__("rng.torch", torch.full_like(t["rng.torch"], 7))),

@@ -340,6 +340,10 @@ def test_unknown_words_are_shown_and_counted(trained, tmp_path, capsys):
     assert cli.main(["translate", "eval", "--checkpoint", str(trained), "--data", str(data)]) == 0
     assert "attend: 3 words in 2 sentences not in the vocabulary (read as <unk>): elephant, bread" in \
         capsys.readouterr().err
+    data.write_text("the \x1b[31mred cat .\tx\n")  # a terminal's escape code in a file: shown, not sent
+    assert cli.main(["translate", "eval", "--checkpoint", str(trained), "--data", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert "(read as <unk>): \\x1b, " in err and "\x1b" not in err  # (the tokeniser splits the code off)
 
 
 @pytest.mark.parametrize("ext, magic", [(".jpg", b"\xff\xd8\xff"), (".svg", b"<?xml"), (".pdf", b"%PDF"),

@@ -133,7 +133,8 @@ def new_figure(path: str, force: bool, flag: str) -> None:
 
 def unknown_note(words: list[str], sentences: int = 1) -> str:
     n = len(words)
-    shown = ", ".join(dict.fromkeys(words))
+    shown = ", ".join(w if w.isprintable() else w.encode("unicode_escape").decode("ascii")  # (no escape codes
+                      for w in dict.fromkeys(words))  # from a file reach the terminal)
     where = "" if sentences <= 1 else f" in {sentences} sentences"
     return (f"attend: {n} word{'s' if n != 1 else ''}{where} not in the vocabulary (read as <unk>): "
             f"{shown if len(shown) <= 200 else shown[:197] + '...'}")

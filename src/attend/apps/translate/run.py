@@ -56,6 +56,9 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 FORMAT = "attend.translator/1"
+#: the fields of a run's config.json (write_config writes them all)
+CONFIG_FIELDS = ("format", "attend_version", "model", "train", "data", "min_freq", "pairs_sha256", "src_vocab",
+                 "tgt_vocab")
 Pair = tuple[list[str], list[str]]
 
 
@@ -312,6 +315,10 @@ class RunFolder:
             raise FileNotFoundError(f"checkpoint folder not found: {self.path}")
         path = self.config_path
         doc = _io.JsonDoc(_io.read_json(path, "checkpoint config"), path)
+        unknown = sorted(set(doc.raw) - set(CONFIG_FIELDS)) if isinstance(doc.raw, dict) else []
+        if unknown and doc.raw.get("format") == FORMAT:
+            raise ValueError(f"{path}: unknown fields "
+                             + ", ".join(f"{u!r}{_check.nearest(u, CONFIG_FIELDS)}" for u in unknown))
         if doc.raw.get("format") != FORMAT:
             raise ValueError(f"{path}: not an attend translator config (expected format {FORMAT!r}, "
                              f"got {doc.raw.get('format')!r})")

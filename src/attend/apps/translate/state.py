@@ -27,7 +27,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ... import _io
+from ... import _check, _io
 from .config import TrainConfig
 from .run import check_history
 
@@ -139,6 +139,12 @@ def check_state_header(path: str, infos: Mapping[str, "_io.TensorInfo"], meta: M
             raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({_one_line(e)})") from None
 
     doc = _io.JsonDoc(meta_json("trainer"), path, "trainer.")
+    if isinstance(doc.raw, dict):  # (a field the trainer does not write: another program's, or an edit)
+        known = [f.name for f in dataclasses.fields(TrainState) if f.name != "losses"] + ["config"]
+        unknown = sorted(set(doc.raw) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: metadata 'trainer' has unknown fields "
+                             + ", ".join(f"{u!r}{_check.nearest(u, known)}" for u in unknown))
     saved_cfg, mine = doc.obj("config").raw, config.to_dict()
     if saved_cfg != mine:
         diff = [f"{k} (state: {saved_cfg.get(k)!r}, given: {mine.get(k)!r})"
@@ -236,4 +242,8 @@ def check_state_tensors(path: str, tensors: Mapping[str, Tensor], state: TrainSt
                              "moments are averages of squares, never negative")
         if k.endswith(".step") and not (0 <= float(v) <= state.step and float(v) == int(v)):
             raise ValueError(f"{path}: tensor {k!r} is {float(v)}, not a step count in [0, {state.step}]")
-    state.losses = tensors["history.loss"].tolist()
+    losses = tensors["history.loss"]
+    if not bool(torch.isfinite(losses).all()) or bool((losses < 0).any()):
+        raise ValueError(f"{path}: tensor 'history.loss' holds a loss that is not a finite number >= 0 (a training "
+                         "loss is a cross-entropy, and a non-finite one stops training before it is recorded)")
+    state.losses = losses.tolist()
