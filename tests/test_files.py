@@ -102,6 +102,7 @@ def test_vocabulary_longer_than_the_embedding_is_refused(run, monkeypatch):
     (lambda d: d.__setitem__("min_freq", 0), r"field 'min_freq' must be an integer >= 1, got 0"),
     (lambda d: d.__setitem__("model", []), r"field 'model' must be a JSON object, got a list"),
     (lambda d: d.__setitem__("min_frq", 2), r"unknown fields 'min_frq' \(did you mean 'min_freq'\?\)"),
+    (lambda d: d.pop("train"), r"missing field 'train'$"),  # (the file named once)
 ])
 def test_config_fields_are_checked_by_name(run, edit, message):
     _edit_config(run, edit)

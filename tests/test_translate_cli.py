@@ -224,6 +224,13 @@ def test_force_never_overwrites_the_data_it_reads_and_clears_the_old_run_first(t
     assert code == 2 and "nothing to resume" in err  # (before: the old run's state resumed under the new config)
 
 
+def test_a_corpus_of_one_source_sentence_is_refused_naming_the_file(tmp_path, capsys):
+    data = tmp_path / "same.tsv"
+    data.write_text("".join(f"hello there .\tbonjour {i} .\n" for i in range(300)))
+    code, _, err = _train(capsys, "--data", data, "--out", tmp_path / "r", "--epochs", 1, *TINY)
+    assert code == 1 and f"{data}: too few pairs (300, 1 distinct sources) for a train / validation split" in err
+
+
 def test_warmup_scales_with_the_run(tmp_path, capsys):
     from attend.apps.translate import scaled_warmup
 

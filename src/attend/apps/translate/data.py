@@ -56,7 +56,10 @@ class DataSource:
             raise ValueError(f"only {len(pairs)} sentence pairs left after filtering (max_len {self.max_len})")
         split = _data.split_by_source(pairs, valid=self.valid, test=self.test, seed=self.seed)
         if not split.valid or not split.train:
-            raise ValueError(f"too few pairs ({len(pairs)}) for a train / validation split")
+            source = self.file if self.file is not None else "the synthetic corpus"
+            sources = len({tuple(s) for s, _ in pairs})
+            raise ValueError(f"{source}: too few pairs ({len(pairs)}, {sources} distinct sources) for a train / "
+                             "validation split (no source sentence is in two splits)")
         note.update(max_len=self.max_len, limit=self.limit, valid=self.valid, test=self.test,
                     n_train=len(split.train), n_valid=len(split.valid), n_test=len(split.test))
         return PreparedData(split, note)

@@ -327,8 +327,9 @@ class RunFolder:
             mcfg = model_config(model.raw)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: malformed config (model: {e})") from None
+        train = doc.obj("train")  # (its own error names the file once)
         try:
-            tcfg = TrainConfig.from_dict(doc.obj("train").raw)
+            tcfg = TrainConfig.from_dict(train.raw)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: malformed config (train: {e})") from None
         vocabs = []
