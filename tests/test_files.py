@@ -198,7 +198,9 @@ STATE_CASES = [
     (dict(scalars=lambda s: s.__setitem__("step", -5)), r"field 'trainer\.step' must be an integer >= 0, got -5"),
     (dict(scalars=lambda s: s.__setitem__("batches", 4)), r"4 batches taken do not match epoch 0 and position 3 "
                                                           r"with 11 batches per epoch"),
-    (dict(scalars=lambda s: s.__setitem__("step", 4)), r"field 'trainer\.batches' must be an integer >= 4, got 3"),
+    (dict(scalars=lambda s: s.__setitem__("step", 4)), r"field 'trainer\.step' is 4, more than the 3 batches taken "
+                                                       r"\(trainer\.batches\): each step takes at least one batch"),
+    (dict(scalars=lambda s: s.__setitem__("batches", -1)), r"field 'trainer\.batches' must be an integer >= 0, got -1"),
     (dict(scalars=lambda s: s.__setitem__("position", 11)), r"field 'trainer\.position' must be an integer in \[0, 10\]"),
     (dict(scalars=lambda s: s.__setitem__("epoch", 3)), r"field 'trainer\.epoch' must be an integer in \[0, 2\]"),
     (dict(scalars=lambda s: s.__setitem__("history", [1, 2])), r"field 'trainer\.history\[0\]' must be a JSON object"),

@@ -170,7 +170,10 @@ def check_state_header(path: str, infos: Mapping[str, "_io.TensorInfo"], meta: M
     if state.epoch == config.epochs and state.position != 0:
         raise doc.error("position", f"is {state.position} after the last epoch")
     # (states written before data-parallel training have no "batches": one batch per step)
-    state.batches = doc.int("batches", lo=step) if "batches" in doc.raw else step
+    state.batches = doc.int("batches", lo=0) if "batches" in doc.raw else step
+    if state.batches < step:  # (named on the step: a step count past the batches is what is off)
+        raise doc.error("step", f"is {step}, more than the {state.batches} batches taken (trainer.batches): "
+                                "each step takes at least one batch")
     if state.batches != state.epoch * nb + state.position:
         raise ValueError(f"{path}: {state.batches} batches taken do not match epoch {state.epoch} and position "
                          f"{state.position} with {nb} batches per epoch: the state belongs to other training data")
