@@ -188,7 +188,8 @@ class AttentionCall:
         """Keys ``[lo, hi)`` outside which ``causal``, ``window`` and a rule's key span
         (:meth:`attend._rules.Rule.keys`) allow no key to query rows ``i0:i1`` (``lo == hi``: none)."""
         S = self.key.shape[2]  # (read once: the planner asks for every tile of every row count)
-        first, last = i0 + S - self.query.shape[2], i1 - 1 + S - self.query.shape[2]  # of the first/last query
+        off = S - self.query.shape[2]
+        first, last = i0 + off, i1 - 1 + off  # key positions of the first/last query
         lo, hi = 0, S
         if self.causal:
             hi = min(hi, last + 1)

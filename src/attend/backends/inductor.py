@@ -178,11 +178,11 @@ class Inductor(Backend):
         return best[1:]
 
     def _tiles(self, call: AttentionCall, rows: int, chunk: int):
-        tiles, kept, widest, done, L, span = [], 0, 0, 0, call.L, None
+        tiles, kept, widest, done, L, span, every = [], 0, 0, 0, call.L, None, call.spans_every_key
         while done < L:
             i0 = min(done, L - rows)  # the last tile overlaps: rows i0:done were done before
             i1 = i0 + rows
-            if span is None or not call.spans_every_key:  # (then one span and one cut for all tiles)
+            if span is None or not every:  # (every key for every tile: one span and one cut for all)
                 span = lo, hi = call.key_span(i0, i1)
                 chunks = _cut(lo, hi, 0, 0, chunk)
             tiles.append((i0, i1, done - i0, chunks))

@@ -90,11 +90,12 @@ def build_model(config: ModelConfig) -> Seq2Seq | TransformerSeq2Seq:
     the sizes."""
     kind = TransformerSeq2Seq if isinstance(config, TransformerConfig) else Seq2Seq
     with torch.device("meta"):
-        n = sum(p.numel() for p in kind(config).parameters())
+        skeleton = kind(config)
+    n = sum(p.numel() for p in skeleton.parameters())
     if n > MAX_PARAMETERS:
         sizes = ", ".join(f"{k} {v}" for k, v in config.to_dict().items() if _check.is_int(v))
         raise ValueError(f"the model would have {n:,} parameters, more than {MAX_PARAMETERS:,} ({sizes})")
-    return kind(config)
+    return skeleton if torch.get_default_device().type == "meta" else kind(config)  # (built once for a skeleton)
 
 
 def check_weights(config: ModelConfig, infos: Mapping[str, "_io.TensorInfo"], *, config_path: str,
