@@ -231,6 +231,33 @@ def test_a_corpus_of_one_source_sentence_is_refused_naming_the_file(tmp_path, ca
     assert code == 1 and f"{data}: too few pairs (300, 1 distinct sources) for a train / validation split" in err
 
 
+def test_pairs_left_out_are_counted_never_dropped_in_silence(trained, tmp_path, capsys):
+    data = tmp_path / "gaps.tsv"
+    lines = [f"{e}\t{f}\n" for e, f in synthetic_pairs(300, seed=5, max_words=8, max_clauses=1)]
+    lines[3:3] = ["\tune phrase sans source .\n", "a source without a target .\t  \n"]
+    lines.append(" ".join(["word"] * 30) + "\tmot .\n")  # longer than --max-len 20
+    data.write_text("".join(lines))
+    code, _, err = _train(capsys, "--data", data, "--out", tmp_path / "r", "--epochs", 1, "--max-len", 20, *TINY)
+    assert code == 0, err
+    assert "; 3 pairs of the data left out (a side with no words, or one longer than --max-len 20); " in err
+    code, _, err = _train(capsys, "--synthetic", 300, "--out", tmp_path / "s", "--epochs", 1, *TINY)
+    assert code == 0 and "left out" not in err  # (nothing to say when nothing is left out)
+    test = tmp_path / "t.tsv"
+    test.write_text("the cat .\tle chat .\n\tle pain .\nthe bread .\t\n")
+    assert cli.main(["translate", "eval", "--checkpoint", str(trained), "--data", str(test)]) == 0
+    captured = capsys.readouterr()
+    assert f"attend: 2 of 3 pairs in {test} left out: a side with no words" in captured.err
+    assert "(1 sentences, beam 1)" in captured.out
+    test.write_text("\tle chat .\n")
+    assert cli.main(["translate", "eval", "--checkpoint", str(trained), "--data", str(test)]) == 1
+    assert f"{test}: no usable sentence pairs (each has a side with no words)" in capsys.readouterr().err
+    few = tmp_path / "few.tsv"
+    few.write_text("a b .\tc d .\n\te .\nf g .\th i .\n")
+    code, _, err = _train(capsys, "--data", few, "--out", tmp_path / "f", "--epochs", 1, *TINY)
+    assert code == 1 and f"{few}: only 2 of 3 sentence pairs left (3 needed) once pairs with a side of no words " \
+        "are left out" in err
+
+
 def test_warmup_scales_with_the_run(tmp_path, capsys):
     from attend.apps.translate import scaled_warmup
 

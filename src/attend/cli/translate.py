@@ -204,6 +204,10 @@ def _train(args) -> int:
             dist.destroy_process_group()
 
 
+def _longer(args) -> str:
+    return f", or one longer than --max-len {args.max_len}" if getattr(args, "max_len", None) else ""
+
+
 def _train_job(job, args, ranks) -> int:
     from ..apps.translate import ResumeMismatch, RunFolderBusy, RunFolderRefused, TrainingInterrupted
 
@@ -214,7 +218,9 @@ def _train_job(job, args, ranks) -> int:
     def started(s) -> None:
         planned.append(s.planned_steps)
         where = "the split of the run" if s.test_file is None else f"test split: {s.test_file}"
-        print(f"attend: {s.n_train} training pairs, {s.n_valid} validation, {s.n_test} test ({where}); "
+        left_out = f"; {s.n_dropped} pairs of the data left out (a side with no words{_longer(args)})" \
+            if s.n_dropped else ""
+        print(f"attend: {s.n_train} training pairs, {s.n_valid} validation, {s.n_test} test ({where}){left_out}; "
               f"{s.planned_steps} steps planned, warm-up {s.warmup_steps}", file=sys.stderr)
 
     try:
@@ -303,7 +309,8 @@ def _resume_differences(diffs, saved: dict, note: dict, args) -> str:
 
 
 def _eval(args) -> int:
-    from ..apps.translate import Translator, evaluate, read_pairs
+    from ..apps.translate import Translator, evaluate
+    from ..apps.translate.data import read_pairs_counted
 
     need_checkpoint(args.checkpoint)
     need_file(args.data, "data file")
@@ -314,7 +321,10 @@ def _eval(args) -> int:
     elif args.force:
         raise UsageError("--force applies to --plot, and no --plot was given")
     tr = Translator.load(args.checkpoint)
-    pairs = read_pairs(args.data, src_col=args.src_col, tgt_col=args.tgt_col, limit=args.limit)
+    pairs, left_out = read_pairs_counted(args.data, src_col=args.src_col, tgt_col=args.tgt_col, limit=args.limit)
+    if left_out:
+        print(f"attend: {left_out} of {len(pairs) + left_out} pairs in {args.data} left out: a side with no words",
+              file=sys.stderr)
     r = evaluate(tr, pairs, beam=args.beam)
     unknown = [w for t in r.translations for w in t.unknown]
     if unknown:

@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional
 
 from ... import data as _data
 
-__all__ = ["DataSource", "PreparedData", "read_pairs"]
+__all__ = ["DataSource", "PreparedData", "read_pairs", "read_pairs_counted"]
 
 Pair = tuple[list[str], list[str]]
 
@@ -17,6 +17,7 @@ Pair = tuple[list[str], list[str]]
 class PreparedData(NamedTuple):
     split: "_data.Splits"  # train / valid / test token pairs
     note: dict  # where they came from and how they were split (config.json's "data")
+    dropped: int = 0  # pairs read but left out: a side with no words, or longer than max_len
 
 
 @dataclass(frozen=True)
@@ -52,22 +53,32 @@ class DataSource:
             raw = _data.synthetic_pairs(self.synthetic, seed=self.seed, max_words=60)
             note = {"corpus": "attend.data.synthetic_pairs", "pairs": self.synthetic, "seed": self.seed}
         pairs = _data.prepare(raw, max_len=self.max_len)
+        source = self.file if self.file is not None else "the synthetic corpus"
         if len(pairs) < 3:
-            raise ValueError(f"only {len(pairs)} sentence pairs left after filtering (max_len {self.max_len})")
+            longer = "" if self.max_len is None else f" or longer than max_len {self.max_len}"
+            raise ValueError(f"{source}: only {len(pairs)} of {len(raw)} sentence pairs left (3 needed) once pairs "
+                             f"with a side of no words{longer} are left out")
         split = _data.split_by_source(pairs, valid=self.valid, test=self.test, seed=self.seed)
         if not split.valid or not split.train:
-            source = self.file if self.file is not None else "the synthetic corpus"
             sources = len({tuple(s) for s, _ in pairs})
             raise ValueError(f"{source}: too few pairs ({len(pairs)}, {sources} distinct sources) for a train / "
                              "validation split (no source sentence is in two splits)")
         note.update(max_len=self.max_len, limit=self.limit, valid=self.valid, test=self.test,
                     n_train=len(split.train), n_valid=len(split.valid), n_test=len(split.test))
-        return PreparedData(split, note)
+        return PreparedData(split, note, len(raw) - len(pairs))
 
 
 def read_pairs(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1, limit: Optional[int] = None) -> list[Pair]:
-    """The sentence pairs of a TSV file, tokenised (to evaluate on): a ``ValueError`` if none is usable."""
-    pairs = _data.prepare(_data.read_tsv(path, src_col=src_col, tgt_col=tgt_col, limit=limit))
+    """The sentence pairs of a TSV file, tokenised (to evaluate on): a ``ValueError`` if none is usable.
+    A pair with a side of no words is left out (:func:`read_pairs_counted` counts them)."""
+    return read_pairs_counted(path, src_col=src_col, tgt_col=tgt_col, limit=limit)[0]
+
+
+def read_pairs_counted(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
+                       limit: Optional[int] = None) -> tuple[list[Pair], int]:
+    """:func:`read_pairs`, and how many pairs of the file were left out (a side with no words)."""
+    raw = _data.read_tsv(path, src_col=src_col, tgt_col=tgt_col, limit=limit)
+    pairs = _data.prepare(raw)
     if not pairs:
-        raise ValueError(f"{os.fspath(path)}: no usable sentence pairs")
-    return pairs
+        raise ValueError(f"{os.fspath(path)}: no usable sentence pairs (each has a side with no words)")
+    return pairs, len(raw) - len(pairs)

@@ -33,6 +33,7 @@ class TrainStart(NamedTuple):
     test_file: Optional[str]  # where the test split was written (None on a resume: the run keeps its own)
     planned_steps: int
     warmup_steps: int
+    n_dropped: int = 0  # pairs of the data left out: a side with no words, or longer than max_len
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class TrainJob:
                 raise failed
             if self.resume and not ranks.main:
                 saved = run.read_config()
-            split, note = self.source.read()
+            split, note, dropped = self.source.read()
             tcfg = self.train_config
             planned = planned_steps(len(split.train), tcfg)  # (in batches: the schedule does not change with
             if self.warmup_steps is None:  # the number of processes, so a run resumes on another number)
@@ -109,7 +110,7 @@ class TrainJob:
                 steps = tcfg.epochs * -(-per_epoch // ranks.world)
                 steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
             start = TrainStart(len(split.train), len(split.valid), len(split.test),
-                               None if self.resume else run.file(RunFolder.TEST), steps, tcfg.warmup_steps)
+                               None if self.resume else run.file(RunFolder.TEST), steps, tcfg.warmup_steps, dropped)
             told = []
 
             def announce(trainer) -> None:  # once the run's checks have passed and it trains
