@@ -77,6 +77,16 @@ def test_config_sizes_are_checked_against_the_weights_header_before_building(run
     assert time.perf_counter() - t0 < 5
 
 
+def test_a_size_missing_from_the_config_is_said_to_be_missing(run, corpus, monkeypatch):
+    _edit_config(run, lambda d: d["model"].pop("hidden_dim"))  # (older configs may lack a field: its default is taken)
+    _no_build(monkeypatch)
+    for call, file in ((lambda: Translator.load(run), "model"), (lambda: train_translator(
+            corpus.train, corpus.valid, run, train_config=CFG, resume=True, progress=False), "state")):
+        with pytest.raises(ValueError, match=r"config\.json: model\.hidden_dim is not in the file, and its default 256 "
+                                             rf"does not fit: .*{file}\.safetensors holds model\.hidden_dim = \d+ "):
+            call()  # (before: "model.hidden_dim is 256", a value the file does not hold)
+
+
 def test_vocabulary_longer_than_the_embedding_is_refused(run, monkeypatch):
     _no_build(monkeypatch)
 

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Union
+from typing import Any, Container, Iterable, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -174,11 +174,15 @@ def count_indexed(shapes: Mapping[str, Any], pattern: str) -> int:
 
 
 def check_sizes(config_path: str, weights_path: str, config: Mapping[str, Any],
-                claims: Mapping[str, tuple[Any, str]], *, prefix: str = "") -> None:
+                claims: Mapping[str, tuple[Any, str]], *, prefix: str = "",
+                given: Optional[Container[str]] = None) -> None:
     """Compare a config's sizes with what a weights file's header pins down (``claims``:
     field -> (value, how the header says so)), before anything is built: an error names
-    the config file, the field and the tensor."""
+    the config file, the field and the tensor. ``given``: the fields the file itself holds
+    (None: all), so that a default taken for a missing one is said to be one."""
     for field, (value, how) in claims.items():
         if field in config and config[field] != value:
-            raise ValueError(f"{config_path}: {prefix}{field} is {config[field]!r}, but {weights_path} holds "
-                             f"{prefix}{field} = {value!r} ({how})")
+            head = f"is {config[field]!r}, but" if given is None or field in given else \
+                f"is not in the file, and its default {config[field]!r} does not fit:"
+            raise ValueError(f"{config_path}: {prefix}{field} {head} {weights_path} holds {prefix}{field} = {value!r} "
+                             f"({how})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Container, Mapping, Optional, Union
 
 import torch
 
@@ -99,15 +99,17 @@ def build_model(config: ModelConfig) -> Seq2Seq | TransformerSeq2Seq:
 
 
 def check_weights(config: ModelConfig, infos: Mapping[str, "_io.TensorInfo"], *, config_path: str,
-                  weights_path: str) -> None:
+                  weights_path: str, given: Optional[Container[str]] = None) -> None:
     """Check a weights file's header (``infos``: name -> dtype and shape, from
     :func:`attend._io.read_header`) against a model config before the model is built: first
-    the sizes the tensors pin down (an error names the config file and the field), then
-    every name, shape and dtype against the model built on the ``meta`` device (no memory)."""
+    the sizes the tensors pin down (an error names the config file and the field, and says
+    when the file lacks it: ``given``, the fields the file holds), then every name, shape and
+    dtype against the model built on the ``meta`` device (no memory)."""
     shapes = {k: v.shape for k, v in infos.items()}
     d = config.to_dict()
     module = _transformer if isinstance(config, TransformerConfig) else _seq2seq
-    _io.check_sizes(config_path, weights_path, d, module.weight_claims(d, shapes), prefix="model.")
+    _io.check_sizes(config_path, weights_path, d, module.weight_claims(d, shapes), prefix="model.",
+                    given=given)
     with torch.device("meta"):
         skeleton = build_model(config)
     _io.check_state_dict(weights_path, skeleton.state_dict(), infos)

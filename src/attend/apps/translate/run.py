@@ -293,7 +293,7 @@ class RunFolder:
             raise ResumeMismatch(self.config_path, saved.doc, diffs, given.get("data"))
         infos, _ = self.read_state_header()
         check_weights(saved.model, {k[len("model."):]: v for k, v in infos.items() if k.startswith("model.")},
-                      config_path=self.config_path, weights_path=self.state_path)
+                      config_path=self.config_path, weights_path=self.state_path, given=saved.doc["model"])
 
     # -- config.json ----------------------------------------------------------------------------
     def write_config(self, *, model: ModelConfig, train: TrainConfig, src_vocab: Vocab, tgt_vocab: Vocab,
@@ -356,7 +356,7 @@ class RunFolder:
         they belong to) before they are loaded."""
         path = self.model_path
         infos, meta = _io.read_header(path, "model weights")
-        check_weights(config.model, infos, config_path=self.config_path, weights_path=path)
+        check_weights(config.model, infos, config_path=self.config_path, weights_path=path, given=config.doc["model"])
         self._check_weights_run(meta, config)
         tensors, _ = _io.load_tensors(path, "model weights")
         _io.check_state_dict(path, infos, tensors)  # now their values too: NaN or inf is refused, naming the tensor
