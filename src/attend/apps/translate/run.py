@@ -293,7 +293,8 @@ class RunFolder:
             raise ResumeMismatch(self.config_path, saved.doc, diffs, given.get("data"))
         infos, _ = self.read_state_header()
         check_weights(saved.model, {k[len("model."):]: v for k, v in infos.items() if k.startswith("model.")},
-                      config_path=self.config_path, weights_path=self.state_path, given=saved.doc["model"])
+                      config_path=self.config_path, weights_path=f"{self.state_path} (its tensors 'model.*')",
+                      given=saved.doc["model"])
 
     # -- config.json ----------------------------------------------------------------------------
     def write_config(self, *, model: ModelConfig, train: TrainConfig, src_vocab: Vocab, tgt_vocab: Vocab,
