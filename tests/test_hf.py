@@ -35,6 +35,8 @@ DECODERS = {
     "gemma3": lambda: (T.Gemma3ForCausalLM, T.Gemma3TextConfig(**_DEC, head_dim=8, sliding_window=5)),
     "gpt_oss": lambda: (T.GptOssForCausalLM, T.GptOssConfig(**_DEC, head_dim=8, sliding_window=5, num_local_experts=2,
                                                             num_experts_per_tok=1)),
+    # sinks as an output scale, weights returned without them (GPT-OSS returns them with theirs)
+    "granite_swa": lambda: (T.GraniteSWAForCausalLM, T.GraniteSWAConfig(**_DEC, sliding_window=5)),
 }
 SEQ2SEQ = {
     "bart": lambda: (T.BartForConditionalGeneration, T.BartConfig(**_S2S)),
@@ -50,11 +52,10 @@ def _pair(make):
     cls, cfg = make()
     torch.manual_seed(0)
     eager = cls(cfg).eval()
-    if hasattr(eager, "sinks") or "gpt_oss" in type(eager).__module__:  # sinks start at 0: make them matter
-        with torch.no_grad():
-            for name, p in eager.named_parameters():
-                if name.endswith("sinks"):
-                    p.normal_(0, 1.5)
+    with torch.no_grad():  # sinks start at 0: make them matter
+        for name, p in eager.named_parameters():
+            if name.endswith("sinks"):
+                p.normal_(0, 1.5)
     ours = copy.deepcopy(eager)
     eager.set_attn_implementation("eager")
     ours.set_attn_implementation("attend")
@@ -233,6 +234,27 @@ def test_unimplemented_keywords_are_refused_by_name(name, value):
         hf.attention_forward(torch.nn.Module(), q, k, v, None, **{name: value})
     # the same keyword with nothing in it asks for nothing
     hf.attention_forward(torch.nn.Module(), q, k, v, None, **{name: None})
+
+
+def test_weights_with_sinks_follow_the_family_or_are_refused():
+    class Attn(torch.nn.Module):
+        def __init__(self, model_type):
+            super().__init__()
+            self.config = type("Config", (), {"model_type": model_type})()
+
+    q = k = v = torch.randn(1, 2, 3, 4)
+    sinks = torch.tensor([0.5, -1.0])
+    _, ours = hf.attention_forward(Attn("gpt_oss"), q, k, v, None, s_aux=sinks, output_attentions=True)
+    assert (ours.sum(-1) < 1).all()  # the sink's share, as GPT-OSS's eager returns it
+    _, ours = hf.attention_forward(Attn("granite_swa"), q, k, v, None, s_aux=sinks, output_attentions=True)
+    torch.testing.assert_close(ours.sum(-1), torch.ones(1, 2, 3))  # without it, as Granite's eager
+    with pytest.raises(TypeError, match="attention weights with sinks .* got model type 'future_model': call it "
+                                        "without output_attentions"):
+        hf.attention_forward(Attn("future_model"), q, k, v, None, s_aux=sinks, output_attentions=True)
+    hf.attention_forward(Attn("future_model"), q, k, v, None, s_aux=sinks)  # (no weights asked: the output is one)
+    training = Attn("granite_swa").train()
+    with pytest.raises(TypeError, match="cannot return granite_swa's attention weights .* under dropout"):
+        hf.attention_forward(training, q, k, v, None, dropout=0.1, s_aux=sinks, output_attentions=True)
 
 
 def test_attention_goes_through_attend(monkeypatch):

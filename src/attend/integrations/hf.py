@@ -5,7 +5,10 @@
 
 Every attention of the model then runs through :func:`attend.attention` (backend
 ``"auto"``, or the one given to :func:`register`), with the model's own scaling, masks,
-dropout, soft-capping (Gemma 2), position bias (T5) and attention sinks (GPT-OSS).
+dropout, soft-capping (Gemma 2), position bias (T5) and attention sinks (GPT-OSS; the
+weights returned follow each family's eager convention: with the sinks' share for GPT-OSS,
+without it for Granite's sliding-window models; another family with sinks is refused when
+it asks for weights).
 Unlike ``"sdpa"``, it returns the attention weights when the model is called with
 ``output_attentions=True``.
 
@@ -55,6 +58,13 @@ _INFORMATION_ONLY = frozenset({
 })
 _HANDLED = frozenset({"is_causal", "softcap", "sliding_window", "s_aux", "position_bias", "output_attentions",
                       "deterministic"})
+
+# The weights a family's eager attention returns when it has sinks (``s_aux``): most put the
+# sink in the softmax and drop its column (rows sum to less than 1, as attend's weights do);
+# Granite's sliding-window models scale the output by sigmoid(lse - sink) instead and return
+# the softmax without the sink (rows sum to 1). The outputs are the same either way.
+_SINK_IN_WEIGHTS = frozenset({"gpt_oss", "deepseek_v4", "flint", "hy_v4", "mimo_v2_flash", "openai_privacy_filter"})
+_SINK_OUT_OF_WEIGHTS = frozenset({"granite_swa", "granitemoe_swa"})
 
 
 def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -110,6 +120,7 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         mask = rule if mask is None else _with_bias(rule, mask)
     softcap = kwargs.get("softcap")
     want_weights = bool(kwargs.get("output_attentions", False)) or _collecting_attentions()
+    sinks_out = want_weights and kwargs.get("s_aux") is not None and _sinks_out_of_weights(module, dropout)
     out = attention(query, key, value, mask=mask, causal=causal, window=window, scale=scaling,
                     score_mod=mods.softcap(softcap) if softcap else None, sinks=kwargs.get("s_aux"),
                     dropout_p=dropout if module.training else 0.0,
@@ -119,7 +130,28 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         out, weights = out
         if S_used < S:  # the key slots cut above get weight exactly 0
             weights = torch.nn.functional.pad(weights, (0, S - S_used))
+        if sinks_out:  # the softmax without the sink: each row over its own total (a dead row stays 0)
+            total = weights.sum(-1, keepdim=True)
+            weights = torch.where(total > 0, weights / total.masked_fill(total == 0, 1), 0.0)
     return out.transpose(1, 2).contiguous(), weights  # (B, L, H, d)
+
+
+def _sinks_out_of_weights(module: torch.nn.Module, dropout: float) -> bool:
+    """Whether the model's eager attention returns its weights without the sinks' share
+    (True) or with it (False, attend's own); a family whose convention attend does not
+    know is refused, as is dropout where the two differ (the share before it is lost)."""
+    family = getattr(getattr(module, "config", None), "model_type", None)
+    if family in _SINK_IN_WEIGHTS:
+        return False
+    if family not in _SINK_OUT_OF_WEIGHTS:
+        known = ", ".join(sorted(_SINK_IN_WEIGHTS | _SINK_OUT_OF_WEIGHTS))
+        raise TypeError(f"attn_implementation='attend' returns attention weights with sinks (s_aux) only for "
+                        f"model types whose eager weights it knows ({known}); got model type {family!r}: call "
+                        "it without output_attentions")
+    if module.training and dropout:
+        raise TypeError(f"attn_implementation='attend' cannot return {family}'s attention weights (the softmax "
+                        "without its sinks) under dropout: call it in eval mode or without output_attentions")
+    return True
 
 
 def _top_left(b, h, i, j):
