@@ -118,6 +118,25 @@ def test_decoder_only_cache_and_causality():
     torch.testing.assert_close(steps, a, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("positional", ["rope", "learned"])
+def test_gradients_flow_through_cached_decoding_steps(positional):
+    dec = Decoder(num_layers=2, d_model=8, num_heads=2, cross_attention=False, positional=positional, max_len=16,
+                  dropout=0.0).double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 5, 8, dtype=torch.float64)
+    gx, *gp = torch.autograd.grad((dec(x).hidden * w).sum(), [x, *dec.parameters()])
+    cache = dec.new_cache(capacity=2)
+    steps = torch.cat([dec(x[:, :2], cache=cache).hidden] + [dec(x[:, t : t + 1], cache=cache).hidden
+                                                             for t in range(2, 5)], 1)
+    sx, *sp = torch.autograd.grad((steps * w).sum(), [x, *dec.parameters()])  # (before: modified by an inplace op)
+    torch.testing.assert_close(sx, gx, rtol=1e-10, atol=1e-10)
+    for a, b in zip(sp, gp):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # and the cache keeps decoding without gradients after them
+        last = dec(x[:, 4:], cache=cache).hidden
+    assert cache.length == 6 and last.shape == (2, 1, 8)
+
+
 def test_cache_reorders_rows_for_beam_search():
     dec = Decoder(num_layers=1, d_model=8, num_heads=2, cross_attention=False, dropout=0.0).double().eval()
     x = torch.randn(3, 4, 8, dtype=torch.float64)

@@ -4,6 +4,9 @@ A decoder that generates one token at a time would recompute the keys and values
 every earlier token at every step (quadratic work in the output length). The cache keeps
 them: each step projects only the new token, appends its key and value, and attends over
 everything stored. Storage grows by doubling, so appending is amortised O(1) copies.
+Decoding with gradients (keys or values that require them) makes each step's keys and
+values a new tensor instead, since autograd keeps the earlier ones: a backward through
+the steps then works, at the cost of copying the cache at every step.
 
 Shape legend::
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from .. import _check
@@ -58,6 +62,14 @@ class LayerKV:
         if self.static:
             raise RuntimeError("a static (cross-attention) cache cannot be appended to")
         n, new = self.length, k.shape[2]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or (self._k is not None and (
+                self._k.requires_grad or self._v.requires_grad))):
+            # autograd saved the views earlier steps returned: never write into them
+            if self._k is not None:
+                self._check_like(k, v)
+                k, v = torch.cat([self.keys, k], 2), torch.cat([self.values, v], 2)
+            self._k, self._v, self.length = k, v, n + new
+            return self.keys, self.values
         if self._k is None:
             cap = max(self.capacity_hint, new, 16)
             self._k = k.new_empty(*k.shape[:2], cap, k.shape[3])
