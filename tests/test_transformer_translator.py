@@ -42,6 +42,47 @@ def test_greedy_with_cache_equals_teacher_forcing(positional):
 
 
 @torch.no_grad()
+def test_decode_leaves_its_state_as_it_was_so_branches_are_exact():
+    m = tiny().double()
+    b = batch()
+    enc = m.encode(b.src, b.src_lengths)
+    bos = torch.ones(4, 1, dtype=torch.long)
+    first, state, _ = m.decode(bos, enc.state, enc)
+    again, _, _ = m.decode(bos, enc.state, enc)  # (before: the cache had advanced, 0.3 off)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    for t in (7, 8):
+        _, state, _ = m.decode(torch.full((4, 1), t), state, enc)  # a prefix of three tokens
+    branches = {}
+    for word in (11, 12, 13):  # three continuations from the same state, in turn
+        steps = []
+        s = state
+        for t in (word, 9):
+            logits, s, _ = m.decode(torch.full((4, 1), t), s, enc)
+            steps.append(logits)
+        branches[word] = torch.cat(steps, 1)
+    for word, got in branches.items():
+        tgt = torch.tensor([[1, 7, 8, word, 9]] * 4)
+        full, _ = m(b.src, b.src_lengths, tgt)
+        torch.testing.assert_close(got, full[:, 3:], rtol=1e-10, atol=1e-10)
+
+
+def test_cache_views_share_storage_until_both_go_on():
+    from attend.nn import LayerKV
+
+    kv = lambda n, x: (torch.full((1, 1, n, 2), float(x)), torch.full((1, 1, n, 2), -float(x)))
+    a = LayerKV(capacity=8)
+    a.append(*kv(3, 1))
+    b = a.view()
+    a.append(*kv(1, 2))
+    ptr = a.keys.data_ptr()
+    a.append(*kv(1, 3))
+    assert a.keys.data_ptr() == ptr  # one line of decoding never copies while there is room
+    keys, values = b.append(*kv(2, 4))  # b goes on from 3 positions: a's 4th and 5th are not b's
+    assert keys[0, 0, :, 0].tolist() == [1, 1, 1, 4, 4] and values[0, 0, 3, 0] == -4
+    assert a.keys[0, 0, :, 0].tolist() == [1, 1, 1, 2, 3]  # and a keeps what it had
+
+
+@torch.no_grad()
 def test_padded_batch_equals_one_by_one_and_beam_one_is_greedy():
     m = tiny()
     b = batch()

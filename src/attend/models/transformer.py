@@ -130,7 +130,10 @@ class TransformerSeq2Seq(nn.Module):
     def decode(self, tgt_in: Tensor, state: Optional[KVCache], enc: Encoded,
                need_weights: bool = True) -> tuple[Tensor, Optional[KVCache], Optional[Tensor]]:
         """Logits (B, T, V) for ``tgt_in`` (B, T); with a cache ``state`` only the new tokens
-        are fed (one per step when generating). Weights: last layer's cross-attention (B, T, S)."""
+        are fed (one per step when generating). Weights: last layer's cross-attention (B, T, S).
+        The state returned is a new one (a :meth:`~attend.nn.KVCache.view`): ``state`` itself
+        is left as it was, so decoding from it again gives the same result, as with the RNN."""
+        state = state.view() if state is not None else None
         y = self.tgt_embed(tgt_in) * self.scale  # (B, T, D)
         out = self.decoder(y, enc.memory, memory_mask=enc.mask, cache=state, need_weights=need_weights)
         weights = out.cross_attentions[-1].mean(dim=1) if need_weights else None  # (B, T, S)

@@ -39,6 +39,7 @@ class LayerKV:
         self._k: Optional[Tensor] = None  # (B, Hkv, capacity, d)
         self._v: Optional[Tensor] = None
         self.length = 0
+        self._used = [0]  # positions written into this storage, shared with the views of it (see view)
 
     @property
     def filled(self) -> bool:
@@ -68,25 +69,35 @@ class LayerKV:
             if self._k is not None:
                 self._check_like(k, v)
                 k, v = torch.cat([self.keys, k], 2), torch.cat([self.values, v], 2)
-            self._k, self._v, self.length = k, v, n + new
+            self._k, self._v, self.length, self._used = k, v, n + new, [n + new]
             return self.keys, self.values
         if self._k is None:
             cap = max(self.capacity_hint, new, 16)
             self._k = k.new_empty(*k.shape[:2], cap, k.shape[3])
             self._v = v.new_empty(*v.shape[:2], cap, v.shape[3])
+            self._used = [0]
         else:
             self._check_like(k, v)
-        if n + new > self._k.shape[2]:  # grow by doubling
-            cap = max(2 * self._k.shape[2], n + new)
+        shared = self._used[0] != n  # a view of this storage went on past our end: copy ours first
+        if shared or n + new > self._k.shape[2]:  # grow by doubling
+            cap = self._k.shape[2] if n + new <= self._k.shape[2] else max(2 * self._k.shape[2], n + new)
             grown_k = self._k.new_empty(*self._k.shape[:2], cap, self._k.shape[3])
             grown_v = self._v.new_empty(*self._v.shape[:2], cap, self._v.shape[3])
             grown_k[:, :, :n] = self._k[:, :, :n]
             grown_v[:, :, :n] = self._v[:, :, :n]
-            self._k, self._v = grown_k, grown_v
+            self._k, self._v, self._used = grown_k, grown_v, [n]
         self._k[:, :, n : n + new] = k
         self._v[:, :, n : n + new] = v
-        self.length = n + new
+        self.length = self._used[0] = n + new
         return self.keys, self.values
+
+    def view(self) -> "LayerKV":
+        """A cache with the same positions, sharing their storage until one of the two is
+        appended to after the other has been (that one then copies what it holds first): so
+        each can go on from the same point without changing what the other holds."""
+        out = LayerKV(static=self.static, capacity=self.capacity_hint)
+        out._k, out._v, out.length, out._used = self._k, self._v, self.length, self._used
+        return out
 
     def _check_like(self, k: Tensor, v: Tensor) -> None:
         """New keys/values must match what is stored: no silent cast, no silent reshape."""
@@ -106,7 +117,7 @@ class LayerKV:
         if self._k is not None:
             out._k = self._k.index_select(0, index)
             out._v = self._v.index_select(0, index)
-            out.length = self.length
+            out.length = out._used[0] = self.length
         return out
 
 
@@ -135,6 +146,14 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         out.self_attn = [c.index_select(index) for c in self.self_attn]
         out.cross_attn = None if self.cross_attn is None else [c.index_select(index) for c in self.cross_attn]
+        return out
+
+    def view(self) -> "KVCache":
+        """A cache that goes on from the same point without changing this one (each layer a
+        :meth:`LayerKV.view`: storage is shared until both are appended to)."""
+        out = KVCache.__new__(KVCache)
+        out.self_attn = [c.view() for c in self.self_attn]
+        out.cross_attn = None if self.cross_attn is None else [c.view() for c in self.cross_attn]
         return out
 
     def __repr__(self) -> str:
