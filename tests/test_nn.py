@@ -121,6 +121,18 @@ def test_mha_forward_errors():
         m(torch.randn(2, 5, 7))
     with pytest.raises(ValueError, match=r"key_mask must be a boolean tensor of shape \(B, S\) = \(2, 5\)"):
         m(torch.randn(2, 5, 8), key_mask=torch.ones(2, 5))
+    # (before: torch's "shape '[3, 9, 2, 4]' is invalid for input of size 72", naming no argument)
+    with pytest.raises(ValueError, match=r"key: shape \(1, 9, 8\) does not fit the query's \(3, 6, 8\) "
+                                         r"\(batch in dimension 0\)"):
+        m(torch.randn(3, 6, 8), torch.randn(1, 9, 8))
+    seq_first = MultiHeadAttention(8, 2, batch_first=False)
+    with pytest.raises(ValueError, match=r"value: shape \(9, 1, 8\) does not fit the query's \(6, 3, 8\) "
+                                         r"\(batch in dimension 1\)"):
+        seq_first(torch.randn(6, 3, 8), torch.randn(9, 3, 8), torch.randn(9, 1, 8))
+    with pytest.raises(ValueError, match=r"key: shape \(1, 9, 8\) does not fit the query's \(6, 8\) \(unbatched\)"):
+        m(torch.randn(6, 8), torch.randn(1, 9, 8))
+    with pytest.raises(TypeError, match=r"key must be a torch.Tensor, got list"):
+        m(torch.randn(3, 6, 8), [[0.0] * 8])
     with pytest.raises(TypeError, match=r"mha must be a torch.nn.MultiheadAttention, got Linear"):
         MultiHeadAttention.from_torch(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"add_bias_kv and add_zero_attn"):

@@ -223,6 +223,9 @@ def test_bad_inputs_are_named():
     dec = Decoder(num_layers=1, d_model=8, num_heads=2)
     with pytest.raises(ValueError, match="memory: this decoder layer has cross-attention"):
         dec(torch.randn(1, 2, 8))
+    with pytest.raises(ValueError, match=r"memory: shape \(3, 5, 8\) does not fit x's \(2, 3, 8\) "
+                                         r"\(a different batch size\)"):
+        dec(torch.randn(2, 3, 8), torch.randn(3, 5, 8))
     with pytest.raises(ValueError, match=r"x: expected embeddings \(B, L, 8\)"):
         dec(torch.randn(1, 2, 7), torch.randn(1, 3, 8))
     with pytest.raises(ValueError, match="cache: expected a KVCache"):

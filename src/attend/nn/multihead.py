@@ -140,21 +140,29 @@ class MultiHeadAttention(nn.Module):
                 so ``S`` is the cached length plus ``L``. Cross-attention (``static=True``):
                 ``key``/``value`` are projected on the first call only.
         """
-        if not isinstance(query, Tensor):
-            raise TypeError(f"query must be a torch.Tensor, got {type(query).__name__}")
-        unbatched = query.ndim == 2
         key = query if key is None else key
         value = key if value is None else value
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        shapes = {name: tuple(t.shape) for name, t in (("query", query), ("key", key), ("value", value))}
+        unbatched = query.ndim == 2
+        b = 0 if self.batch_first else 1  # the batch dimension, as the tensors are given
+        for name in ("key", "value"):
+            batched = not unbatched and query.ndim == 3
+            if len(shapes[name]) != query.ndim or (batched and shapes[name][b] != query.shape[b]):
+                raise ValueError(f"{name}: shape {shapes[name]} does not fit the query's {shapes['query']} "
+                                 f"({'unbatched' if unbatched else f'batch in dimension {b}'})")
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))  # (B, n, D)
         if query.ndim != 3 or query.shape[-1] != self.embed_dim:
-            raise ValueError(f"query: expected (B, L, {self.embed_dim}), got shape {tuple(query.shape)}")
+            raise ValueError(f"query: expected (B, L, {self.embed_dim}), got shape {shapes['query']}")
         if key.ndim != 3 or key.shape[-1] != self.kdim:
-            raise ValueError(f"key: expected (B, S, {self.kdim}), got shape {tuple(key.shape)}")
+            raise ValueError(f"key: expected (B, S, {self.kdim}), got shape {shapes['key']}")
         if value.ndim != 3 or value.shape[-1] != self.vdim or value.shape[:2] != key.shape[:2]:
-            raise ValueError(f"value: expected (B, S={key.shape[1]}, {self.vdim}), got shape {tuple(value.shape)}")
+            raise ValueError(f"value: expected (B, S={key.shape[1]}, {self.vdim}), got shape {shapes['value']}")
         if cache is not None and not isinstance(cache, LayerKV):
             raise TypeError(f"cache must be an attend.nn.LayerKV, got {type(cache).__name__}")
         sp = self.sequence_parallel

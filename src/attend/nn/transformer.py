@@ -154,6 +154,9 @@ class DecoderLayer(_Layer):
         if self.cross_attn is not None:
             if memory is None:
                 raise ValueError("memory: this decoder layer has cross-attention and needs the encoder output")
+            if isinstance(memory, Tensor) and memory.ndim == x.ndim == 3 and memory.shape[0] != x.shape[0]:
+                raise ValueError(f"memory: shape {tuple(memory.shape)} does not fit x's {tuple(x.shape)} "
+                                 "(a different batch size)")
 
             def cross_attend(h):
                 return self.cross_attn(h, memory, key_mask=memory_mask, cache=cross_cache,
