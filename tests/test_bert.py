@@ -198,6 +198,24 @@ def test_too_long_input_is_refused(tmp_path):
         model(torch.ones(1, 40, dtype=torch.long))
 
 
+@pytest.mark.parametrize("call, message", [  # (before: torch's "index out of range in self", naming nothing)
+    (lambda m, ids: m(ids.clamp(max=9) + 10), r"input_ids: ids must be in \[0, 15\) \(the vocabulary's size\), got ids "
+                                               r"from 10 to 19"),
+    (lambda m, ids: m(ids, token_type_ids=torch.full_like(ids, 2)), r"token_type_ids: ids must be in \[0, 2\) "
+                                                                    r"\(type_vocab_size\), got ids from 2 to 2"),
+    (lambda m, ids: m(ids, token_type_ids=torch.zeros(2, 9, dtype=torch.long)),
+     r"token_type_ids: expected a \(2, 8\) int64 tensor, got torch.int64 \(2, 9\)"),
+    (lambda m, ids: m(ids, token_type_ids=torch.zeros(2, 8)), r"token_type_ids: expected a \(2, 8\) int64 tensor, "
+                                                             r"got torch.float32"),
+])
+def test_ids_out_of_range_or_shape_are_named(call, message):
+    model = BertModel(BertConfig(vocab_size=15, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=16, max_position_embeddings=16))
+    ids = torch.randint(0, 15, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=message):
+        call(model, ids)
+
+
 # -- every file of the folder is checked before it costs anything -------------------------------
 
 def _set_config(folder, **changes):

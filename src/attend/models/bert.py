@@ -67,6 +67,17 @@ class BertEmbeddings(nn.Module):
 
 
 
+def _check_ids(ids, name: str, shape: Optional[tuple], high: int, what: str) -> None:
+    """``ids``: an int64 tensor, (B, S) (``shape`` if given), each id in [0, ``high``)."""
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype != torch.long or \
+            (shape is not None and tuple(ids.shape) != shape):
+        got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(f"{name}: expected a {shape or '(B, S)'} int64 tensor, got {got}")
+    if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < high):
+        raise ValueError(f"{name}: ids must be in [0, {high}) ({what}), got ids from {int(ids.min())} to "
+                         f"{int(ids.max())}")
+
+
 class BertModel(nn.Module):
     """BERT encoder: embeddings + :class:`attend.nn.Encoder` (post-norm, no extra positions)."""
 
@@ -83,18 +94,19 @@ class BertModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, token_type_ids: Optional[Tensor] = None,
                 *, need_weights: bool = False) -> BertOutput:
         """``attention_mask`` (B, S): 1/True = real token, 0/False = padding (Hugging Face's convention)."""
-        if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.dtype != torch.long:
-            got = f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids: expected a (B, S) int64 tensor, got {got}")
+        c = self.config
+        _check_ids(input_ids, "input_ids", None, c.vocab_size, "the vocabulary's size")
         B, S = input_ids.shape
-        if S > self.config.max_position_embeddings:
-            raise ValueError(f"input_ids: {S} tokens, but the model has {self.config.max_position_embeddings} positions")
+        if S > c.max_position_embeddings:
+            raise ValueError(f"input_ids: {S} tokens, but the model has {c.max_position_embeddings} positions")
         if attention_mask is not None:
             if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, S):
                 raise ValueError(f"attention_mask: expected shape {(B, S)}")
             attention_mask = attention_mask.bool()
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        else:
+            _check_ids(token_type_ids, "token_type_ids", (B, S), c.type_vocab_size, "type_vocab_size")
         x = self.embeddings(input_ids, token_type_ids)  # (B, S, D)
         out = self.encoder(x, key_mask=attention_mask, need_weights=need_weights)
         return BertOutput(out.hidden, out.attentions)
