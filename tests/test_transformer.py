@@ -137,6 +137,19 @@ def test_gradients_flow_through_cached_decoding_steps(positional):
     assert cache.length == 6 and last.shape == (2, 1, 8)
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_padding_rows_are_the_same_alone_or_in_a_batch(norm_first):
+    enc = Encoder(num_layers=2, d_model=16, num_heads=2, norm_first=norm_first, dropout=0.0).double().eval()
+    x = torch.randn(3, 6, 16, dtype=torch.float64)
+    km = torch.ones(3, 6, dtype=torch.bool)
+    km[0, 4:] = False
+    km[2] = False  # all padding
+    batched = enc(x, key_mask=km).hidden
+    for b in range(3):  # (before: padding rows were 0 only in a batch of more than one, 2.5 alone)
+        torch.testing.assert_close(enc(x[b : b + 1], key_mask=km[b : b + 1]).hidden[0], batched[b], rtol=1e-12,
+                                   atol=1e-12)
+
+
 def test_cache_reorders_rows_for_beam_search():
     dec = Decoder(num_layers=1, d_model=8, num_heads=2, cross_attention=False, dropout=0.0).double().eval()
     x = torch.randn(3, 4, 8, dtype=torch.float64)

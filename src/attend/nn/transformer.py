@@ -114,9 +114,10 @@ class EncoderLayer(_Layer):
                                   need_weights=need_weights, average_weights=False)
 
         x, w = self._sublayer(x, self.norm1, attend)
-        if key_mask is not None and x.shape[0] > 1 and not bool(key_mask.all()):
+        if key_mask is not None and not bool(key_mask.all()):
             # The feed-forward is position-wise: run it on the real tokens only (the
-            # padding of a batch is skipped, as "unpadded" kernels do); padding rows are 0.
+            # padding is skipped, as "unpadded" kernels do); padding rows are 0, whatever
+            # the batch size.
             out = torch.zeros_like(x)
             out[key_mask] = self._ff(x[key_mask])  # (N real tokens, D)
             return out, w
