@@ -189,3 +189,6 @@ def test_recurrent_attention_errors():
         att(torch.randn(2, 4), torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"mask: expected \(B, S\) or \(B, L, S\)"):
         att(torch.randn(2, 4), torch.randn(2, 3, 3), mask=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask: expected a boolean tensor, True = real source position; got "
+                                         r"torch.float32"):  # (before: added to the scores, padding kept 0.017)
+        att(torch.randn(2, 4), torch.randn(2, 3, 3), mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from ..functional import attention
@@ -48,6 +49,9 @@ class _RecurrentAttention(nn.Module):
             if not isinstance(mask, Tensor) or mask.ndim not in (2, 3):
                 got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
                 raise ValueError(f"mask: expected (B, S) or (B, L, S), True = real source position; got {got}")
+            if mask.dtype != torch.bool:  # (a 0/1 float mask would be added to the scores: padding not removed)
+                raise ValueError(f"mask: expected a boolean tensor, True = real source position; got {mask.dtype} "
+                                 "(an additive float mask goes to attend.attention)")
             mask = mask.unsqueeze(1) if mask.ndim == 2 else mask  # (B, L|1, S)
             mask = mask.unsqueeze(1)  # (B, 1, L|1, S): one head
         context, weights = attention(
