@@ -191,6 +191,14 @@ def extra_checks(rank, world):
         # rank 0's queries see no key (causal, L - S = 18): only rank 1 has blocks sdpa cannot run
         ("sdpa_one_rank", lambda: D.ring_attention(*(D.shard(t) for t in (q30, k12, k12)), causal=True,
                                                    backend="sdpa", piece=4)),
+        # ranks that disagree: every rank raises the same error, naming what differs (no abort, no hang)
+        ("batch_differs", lambda: D.ring_attention(*(t[:, :, :8].expand(1 + rank, -1, -1, -1) for t in (q, k, v)),
+                                                   piece=4)),
+        ("heads_differ", lambda: D.ulysses_attention(q[:, : 2 + 2 * rank, :8], k[:, :2, :8], v[:, :2, :8])),
+        ("dtype_differs", lambda: D.ring_attention(*(t[:, :, :8].to(torch.float32 if rank else t.dtype)
+                                                     for t in (q, k, v)), piece=4)),
+        ("causal_differs", lambda: D.ring_attention(q[:, :, :8], k[:, :, :8], v[:, :, :8], causal=rank == 0)),
+        ("one_rank_refuses", lambda: D.ring_attention(q, k, v, layout="spiral" if rank else "contiguous")),
     ]:
         try:
             call()
@@ -199,6 +207,50 @@ def extra_checks(rank, world):
             messages[label] = f"{type(e).__name__}: {e}"
     out["messages"] = messages
     out["bf16_table_ring"], out["bf16_table_single"] = _bf16_table_errors(world)
+    ev = torch.randn(1, H, 23, 5, generator=g, dtype=torch.float64)  # values narrower than the keys
+    for causal in (False, True):
+        o = D.ring_attention(*(D.shard(t) for t in (q, k, ev)), causal=causal)
+        out[f"value_width_5_causal_{causal}"] = (o - D.shard(attend.attention(q, k, ev, causal=causal))).abs().max().item()
+    empty = D.ring_attention(*(t[:0] for t in (D.shard(q), D.shard(k), D.shard(v))))
+    out["empty_batch_shape"] = list(empty.shape)
+    out.update(_nonfinite_errors(rank, world))
+    return out
+
+
+def _nonfinite_errors(rank, world):
+    """Non-finite inputs on one rank: each method's rows and gradients against attention in one
+    process (the same rows NaN, the others equal, gradients equal and finite)."""
+    g = torch.Generator().manual_seed(11)
+    L = 12
+    q, k, v = (torch.randn(2, 2, L, E, generator=g, dtype=torch.float64) for _ in range(3))
+    cases = {  # name -> (which tensor, where, value, arguments)
+        "masked_nan_value": ("v", (0, 0, 11, 1), float("nan"), dict(mask=attend.masks.padding(torch.tensor([9, 12])))),
+        "causal_nan_value": ("v", (0, 1, 5, 0), float("nan"), dict(causal=True)),
+        "causal_nan_query": ("q", (1, 0, 6, 2), float("nan"), dict(causal=True)),
+        "inf_key_window": ("k", (1, 1, 3, 0), float("-inf"), dict(window=(2, 2))),
+        "nan_query_dead_row": ("q", (0, 0, 1, 0), float("nan"), dict(causal=True, keys=6)),
+    }
+    out = {}
+    for name, (which, at, value, kw) in cases.items():
+        S = kw.pop("keys", L)
+        t = {"q": q.clone(), "k": k[:, :, :S].clone(), "v": v[:, :, :S].clone()}
+        t[which][at] = value
+        ref_in = [t[n].clone().requires_grad_() for n in "qkv"]
+        ref = attend.attention(*ref_in, backend="eager", **kw)
+        ref_g = torch.autograd.grad(ref.nan_to_num(0.0).sum(), ref_in)
+        for method in ("ring", "ulysses"):
+            fn = D.ring_attention if method == "ring" else D.ulysses_attention
+            for layout in ("contiguous", "zigzag") if S == L else ("contiguous",):
+                mine = [D.shard(t[n], layout=layout).requires_grad_() for n in "qkv"]
+                o = fn(*mine, layout=layout, **kw)
+                grads = torch.autograd.grad(o.nan_to_num(0.0).sum(), mine)
+                want = D.shard(ref, layout=layout)
+                err = 0.0 if torch.equal(o.isnan(), want.isnan()) else float("inf")
+                err = max(err, (o.nan_to_num(0.0) - want.nan_to_num(0.0)).abs().max().item())
+                for got, full in zip(grads, ref_g):
+                    part = D.shard(full, layout=layout)
+                    err = max(err, float("inf") if not bool(got.isfinite().all()) else (got - part).abs().max().item())
+                out[f"nonfinite/{method}/{layout}/{name}"] = err
     return out
 
 

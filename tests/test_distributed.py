@@ -99,7 +99,7 @@ def test_sequence_parallel_equals_single_process_attention(report, case):
 
 
 def test_weights_from_the_merged_lse_and_refusals(report):
-    for records in report:
+    for rank, records in enumerate(report):
         extra = records["extra"]["errors"]
         assert extra["weights_ring"] <= TOL and extra["weights_ulysses"] <= TOL
         # a bfloat16 learned table's gradient: as close to float64 as single-process attention's
@@ -112,6 +112,20 @@ def test_weights_from_the_merged_lse_and_refusals(report):
         assert "the zigzag layout of" in m["zigzag_lengths"]
         assert "piece must be the same on every rank, got [3, 4]" in m["piece_differs"]
         assert "piece must be a positive int" in m["piece_zero"]
+        # ranks that disagree: the same error on every rank, naming what differs (before: an abort in gloo,
+        # one rank left waiting, or an answer)
+        assert "ranks disagree on the batch of query, key and value: [1, 2] (ranks 0..1)" in m["batch_differs"]
+        assert "ranks disagree on the query heads: [2, 4] (ranks 0..1)" in m["heads_differ"]
+        assert "ranks disagree on the dtype: ['torch.float64', 'torch.float32']" in m["dtype_differs"]
+        assert "causal differs between the ranks: rank(s) [1] gave another than rank 0 (this rank gave " \
+            f"{rank == 0})" in m["causal_differs"]
+        assert not [k for k in extra if k.startswith("value_width") and extra[k] > TOL], extra  # (sdpa needs Ev = E)
+        shape = extra["empty_batch_shape"]  # (before: ZeroDivisionError in the default piece size)
+        assert shape[0] == 0 and shape[1] == 4 and shape[3] == 8, shape
+        nonfinite = {k: e for k, e in extra.items() if k.startswith("nonfinite/")}
+        assert len(nonfinite) == 18 and all(e <= TOL for e in nonfinite.values()), nonfinite
+    spiral = [records["extra"]["errors"]["messages"]["one_rank_refuses"] for records in report]
+    assert "rank(s) [1] of the group refused their arguments" in spiral[0] and "got 'spiral'" in spiral[1], spiral
     refused = [records["extra"]["errors"]["messages"]["sdpa_one_rank"] for records in report]
     assert "UnsupportedCall: backend 'sdpa' computes blocks" in refused[1], refused
     assert "UnsupportedCall: backend 'sdpa' cannot run the blocks of another rank" in refused[0], refused

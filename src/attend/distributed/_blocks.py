@@ -83,7 +83,8 @@ def pick(engine: str, call: AttentionCall) -> str:
 def _sdpa_kind(call: AttentionCall) -> Optional[str]:
     """``sdpa:full`` (no mask needed), ``sdpa:causal`` (the causal diagonal) or None."""
     if (call.query.device.type != "cpu" or call.score_mod is not None or call.mask is not None or call.bias is not None
-            or not getattr(call.score, "dot_like", False) or call.query.dtype not in _FLASH_DTYPES):
+            or not getattr(call.score, "dot_like", False) or call.query.dtype not in _FLASH_DTYPES
+            or not call.query.shape[-1] == call.key.shape[-1] == call.Ev):  # (the fused kernel: one head size)
         return None
     return _shape_of_rule(call)
 

@@ -37,9 +37,10 @@ from .._rules import And, Causal, Window
 from .._ruletree import is_own, rule_tensors
 from ..backends import UnsupportedCall
 from ..backends._programs import merge_into
-from ..backends.base import AttentionCall, _holds_grad_tensor, compute_dtype
+from ..backends.base import _holds_grad_tensor, compute_dtype
 from ..functional import _prepare
 from . import _blocks
+from ._agree import agree, quarantine
 from ._pieces import Schedule
 from ._rules import Shifted, ShiftedScore
 from .layout import _group, check_layout, spans
@@ -74,23 +75,31 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
     hold less memory per rank and make more, smaller calls.
     """
     rank, world = _group(group)
-    check_layout(layout)
-    _blocks.check_engine(backend)
-    if piece is not None:
-        _check.integer(piece, "piece", low=1, expected="a positive int (keys per piece)")
-    call, shape = _prepare(query, key, value, score=score, causal=causal, window=window, scale=scale)
-    if not getattr(call.score, "dot_like", False):
-        raise ValueError(f"score: ring attention runs dot-like scores (dot, scaled_dot, cosine, General), got "
-                         f"{type(call.score).__name__}")
-    if not isinstance(return_weights, bool):
-        raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
-    if isinstance(mask, Tensor):
-        raise TypeError("mask: a dense mask tensor cannot be split over ranks; give the mask as a rule "
-                        "(attend.masks) or a mask_mod function of global (b, h, i, j)")
-    if piece is None:
-        per_key = call.B * call.Hkv * (call.query.shape[-1] + call.Ev) * compute_dtype(call.query.dtype).itemsize
-        piece = max(256, _PIECE_BYTES // per_key)
-    lengths = _all_lengths(call, group, world, piece)  # (every rank gets here, or every rank has raised above)
+    call, failed = None, None
+    try:  # (this rank's own checks: what they refuse, every rank refuses, after the gather below)
+        check_layout(layout)
+        _blocks.check_engine(backend)
+        if piece is not None:
+            _check.integer(piece, "piece", low=1, expected="a positive int (keys per piece)")
+        call, shape = _prepare(query, key, value, score=score, causal=causal, window=window, scale=scale)
+        if not getattr(call.score, "dot_like", False):
+            raise ValueError(f"score: ring attention runs dot-like scores (dot, scaled_dot, cosine, General), got "
+                             f"{type(call.score).__name__}")
+        if not isinstance(return_weights, bool):
+            raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
+        if isinstance(mask, Tensor):
+            raise TypeError("mask: a dense mask tensor cannot be split over ranks; give the mask as a rule "
+                            "(attend.masks) or a mask_mod function of global (b, h, i, j)")
+        if piece is None:
+            per_key = call.B * call.Hkv * (call.query.shape[-1] + call.Ev) * compute_dtype(call.query.dtype).itemsize
+            piece = max(256, _PIECE_BYTES // max(per_key, 1))
+    except (TypeError, ValueError, UnsupportedCall) as e:
+        failed = e
+    options = dict(layout=layout, causal=causal, window=window, score=score, scale=scale, mask=mask,
+                   score_mod=score_mod, return_weights=return_weights, backend=backend)
+    agreed = agree(call, group, world, query.device if isinstance(query, Tensor) else "cpu", piece=piece or 0,
+                   options=options, failed=failed)
+    lengths = agreed.lengths
     Lg, Sg = sum(l for l, _ in lengths), sum(s for _, s in lengths)
     q_spans = _rank_spans(lengths, 0, Lg, world, layout, "query")
     k_spans = _rank_spans(lengths, 1, Sg, world, layout, "key")
@@ -120,6 +129,9 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
             raise ValueError(f"{name}: a function of your own holding a tensor that requires grad cannot be trained "
                              f"through ring_attention (its gradient could not be found); use attend's rules "
                              f"(attend.masks, attend.mods) or torch.no_grad()")
+    hit = None  # rows that may use a non-finite input (of any rank): NaN, as attention's
+    if not agreed.finite:
+        call, hit = quarantine(call, group, world, rank, q_spans, k_spans, rule, Sg)
     plan = _Ring(group, rank, world, call, q_spans, k_spans, Lg, Sg, rule, mod, backend, params, piece)
     q, k, v = call.query, call.key, call.value
     plan.check_engines(q, k, v)
@@ -128,27 +140,19 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
     else:
         with torch.no_grad():
             out, plan.lse = plan.forward(q, k, v)
+    if hit is not None:
+        out = out.masked_fill(hit.unsqueeze(-1), float("nan"))
     out = out.to(query.dtype).reshape(*shape.batch, *shape.heads, call.L, call.Ev)
     if not return_weights:
         return out
     with torch.no_grad():
         w = plan.weights(q, k, plan.lse).to(query.dtype)
+        if hit is not None:
+            w = w.masked_fill(hit.unsqueeze(-1), float("nan"))
     return out, w.reshape(*shape.batch, *shape.heads, call.L, Sg)
 
 
 _PIECE_BYTES = 1 << 19  # one piece of keys and values, by default
-
-
-def _all_lengths(call: AttentionCall, group, world: int, piece: int = 0) -> list[tuple[int, int]]:
-    """Every rank's (L, S); the ring's piece size checked equal on every rank (else their pieces would not match)."""
-    mine = torch.tensor([call.L, call.S, piece], dtype=torch.int64, device=call.query.device)  # (NCCL: on the GPU)
-    got = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(got, mine, group=group)
-    pieces = [int(t[2]) for t in got]
-    if len(set(pieces)) > 1:
-        raise ValueError(f"piece must be the same on every rank, got {pieces} (ranks 0..{world - 1}); give it "
-                         f"explicitly, or the same batch, kv heads, features and dtype on every rank")
-    return [(int(t[0]), int(t[1])) for t in got]
 
 
 def _rank_spans(lengths, which: int, n: int, world: int, layout: str, arg: str) -> list[list[tuple[int, int]]]:

@@ -22,7 +22,10 @@ from .. import functional as _F
 from .._rule_prep import check_rule
 from ._rules import heads as _heads
 from .layout import _group, check_layout
-from .ring import _all_lengths, _rank_spans
+from ._agree import agree
+from .ring import _rank_spans
+
+_PASSED = ("score", "causal", "window", "scale", "dropout_p", "hard", "backend")  # to attend.attention
 
 
 def ulysses_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, layout: str = "contiguous",
@@ -39,18 +42,24 @@ def ulysses_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, 
     ``return_weights=True`` their weights over all global keys.
     """
     rank, world = _group(group)
-    check_layout(layout)
-    call, shape = _F._prepare(query, key, value, **{k: v for k, v in kwargs.items() if k in (
-        "score", "causal", "window", "scale", "dropout_p", "hard", "backend")})
-    unknown = set(kwargs) - {"score", "causal", "window", "scale", "dropout_p", "hard", "backend"}
-    if unknown:
-        raise TypeError(f"ulysses_attention() got unexpected keyword arguments {sorted(unknown)}")
+    call, failed = None, None
+    try:  # (this rank's own checks: what they refuse, every rank refuses, after the gather below)
+        check_layout(layout)
+        unknown = set(kwargs) - set(_PASSED)
+        if unknown:
+            raise TypeError(f"ulysses_attention() got unexpected keyword arguments {sorted(unknown)}")
+        call, shape = _F._prepare(query, key, value, **kwargs)
+    except (TypeError, ValueError) as e:
+        failed = e
+    options = dict(layout=layout, mask=mask, score_mod=score_mod, sinks=sinks, return_weights=return_weights,
+                   **{name: kwargs.get(name) for name in _PASSED})
+    lengths = agree(call, group, world, query.device if isinstance(query, Tensor) else "cpu", options=options,
+                    failed=failed).lengths
     Hq, Hkv = call.Hq, call.Hkv
-    if Hq % world or Hkv % world:
+    if Hq % world or Hkv % world:  # (the same on every rank, now that they agree)
         raise ValueError(f"query/key heads: all-to-all attention gives each of the {world} ranks a slice of the heads, "
                          f"so heads must divide by the group size; got {Hq} query heads and {Hkv} kv heads "
                          f"(use ring_attention, which has no such limit)")
-    lengths = _all_lengths(call, group, world)
     Lg, Sg = sum(l for l, _ in lengths), sum(s for _, s in lengths)
     q_spans = _rank_spans(lengths, 0, Lg, world, layout, "query")
     k_spans = _rank_spans(lengths, 1, Sg, world, layout, "key")
