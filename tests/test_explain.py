@@ -73,6 +73,10 @@ def test_same_sentences_and_word_errors(encoder):
 
     r = explain_word(encoder, [RIVER, MONEY], same=["The children played on the bank of the stream."])
     assert r.same_sense[0][1] > float(r.similarity[0, 1])
+    # the different-sense pairs are sentence 1's and the --same sentence's with sentence 2 (before: "sentence 1
+    # against the others", while its range included the --same sentence's)
+    assert "Different senses (sentence 1 and the --same sentences against the others):" in r.format()
+    assert len(r.different) == 2
     with pytest.raises(ValueError, match="sentence 2 does not contain the word 'river'"):
         explain_word(encoder, [RIVER, MONEY], word="river")
     with pytest.raises(ValueError, match="share no word"):
@@ -95,6 +99,29 @@ def test_cli_prints_report_and_writes_viewer(encoder, tmp_path, capsys):
     # never overwrites without --force
     assert main(["word-sense", RIVER, MONEY, "--html", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_a_sentence_past_the_encoders_limit_is_said_to_be_cut(encoder, tmp_path, capsys):
+    long = "I sat on the bank of the river " + "and watched the water " * 70  # 288 words
+    out = tmp_path / "long.html"
+    assert main(["word-sense", long, MONEY, "--html", str(out)]) == 0
+    err = capsys.readouterr().err  # (before: nothing said; the page labelled all 300 words)
+    assert "attend: TEXT 1 is longer than the encoder's 256 tokens: only its first 256 were read" in err
+    assert "TEXT 2" not in err
+    page = out.read_text(encoding="utf-8")
+    start = page.index('id="attend-data">') + len('id="attend-data">')
+    labels = [t["label"] for t in json.loads(page[start : page.index("</script>", start)])["texts"]]
+    assert labels == [long + " (its first 256 tokens: the encoder's limit)", MONEY]
+
+
+def test_explain_word_checks_top_and_word(encoder):
+    from attend.apps.wordsense import explain_word
+
+    for kw, message in [(dict(top=0), "top must be an int >= 1, got 0"), (dict(top=True), "top must be an int"),
+                        (dict(top=2.5), "top must be an int"), (dict(word=""), "word: expected a non-empty string"),
+                        (dict(word="  "), "word: expected a non-empty string")]:
+        with pytest.raises(ValueError, match=message):
+            explain_word(encoder, [RIVER, MONEY], **kw)
 
 
 def test_cli_usage_errors(tmp_path, capsys):
@@ -146,7 +173,12 @@ def test_verdict_and_ranking_follow_the_numbers():
     layers, heads, flagged = analyse([a1, a2, b1, b2], within, across, given=2, top=4)
     assert [s.separated for s in layers] == [False, True, True]
     assert heads[0].layer == 0 and heads[0].head == 0  # the only head whose contribution differs by sense
-    assert heads[0].separation > 0.85 and all(abs(h.separation) < 1e-12 for h in heads[1:])
+    assert heads[0].separation > 0.85 and all(0 < h.separation < 1e-12 for h in heads[1:])
+    # a head that brings the senses closer is not listed among those that separate them
+    flip = _trace([[1, 0], [0.1, 1], [0.1, 1]], [[1, 0], [0, 1], [1, 0], [0, 1]], context_row)
+    flop = _trace([[1, 0], [1, 0.1], [1, 0.1]], [[0, 1], [0, 1], [1, 0], [1, 0]], context_row)
+    _, heads, _ = analyse([a1, flip, b1, flop], within, across, given=2, top=4)
+    assert all(h.separation > 0 for h in heads), [h.separation for h in heads]
     ok, text = _verdict("w", layers, [0.99], [0.2])
     assert ok and "from layer 1 on" in text
     # the same traces with the senses swapped for one pair: no longer separated at the last layer

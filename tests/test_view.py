@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -32,6 +34,7 @@ def runs(tmp_path_factory):
     sp = split_by_source(pairs, valid=0.05, test=0.05, seed=0)
     found = {}
     for kind, model in (("rnn", dict(attention="general", hidden_dim=32, embed_dim=16)),
+                        ("baseline", dict(attention="none", hidden_dim=16, embed_dim=8)),
                         ("transformer", dict(kind="transformer", d_model=32, heads=2, encoder_layers=2,
                                              decoder_layers=2, dropout=0.0))):
         folder = tmp_path_factory.mktemp(kind)
@@ -90,6 +93,22 @@ def test_cli_writes_the_viewer_for_a_run_and_minilm(runs, tmp_path, capsys):
     assert main(["view", "I sat on the bank of the river", "--html", str(out)]) == 0
     sec = _doc(out)["texts"][0]["sections"][0]
     assert (sec["layers"], sec["heads"]) == (6, 12) and sec["rows"][:3] == ["[CLS]", "i", "sat"]
+
+
+def test_cli_names_the_flag_when_a_text_is_too_long_or_there_is_no_attention(runs, tmp_path, capsys):
+    out = str(tmp_path / "v.html")  # (before: exit 1, naming the Python argument max_tokens)
+    for argv, message in [
+        (["view", *SENTENCES, "--checkpoint", str(runs["rnn"][1]), "--html", out, "--max-tokens", "3"],
+         r"TEXT 1 has \d+ tokens; the viewer shows at most --max-tokens 3 \(split the text or raise --max-tokens\)"),
+        (["view", "a", "--checkpoint", str(runs["rnn"][1]), "--html", out, "--max-tokens", "99999"],
+         r"--max-tokens: at most 32767, got 99999"),
+        (["view", "a", "--checkpoint", str(runs["baseline"][1]), "--html", out],
+         r"this translator has no attention to show \(it was trained with --attention none"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.match("attend: error: .*" + message, err), err
+    assert not os.path.exists(out)
 
 
 def test_cli_usage_errors(tmp_path, capsys):

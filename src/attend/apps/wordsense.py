@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _check
+
 __all__ = ["SENSE_EXAMPLES", "WordSenseReport", "HeadSeparation", "LayerSimilarity", "Trace", "explain_word",
            "shared_word", "analyse"]
 
@@ -127,7 +129,8 @@ class WordSenseReport:
             lines.append(f"Same sense ({self.source}):   " +
                          "   ".join(f"{label} {cos:.3f}" for label, cos in self.same_sense))
             if self.different:
-                lines.append(f"Different senses ({'the examples' if self.closest else 'sentence 1 against the others'}):"
+                pairs = "the examples" if self.closest else "sentence 1 and the --same sentences against the others"
+                lines.append(f"Different senses ({pairs}):"
                              f"   {min(self.different):.3f} to {max(self.different):.3f}")
             for i, c in enumerate(self.closest):
                 if c is not None:
@@ -142,6 +145,9 @@ class WordSenseReport:
                     lines.append(f"  {s.layer:>5}   {s.within:10.3f}   {s.across:16.3f}   {'yes' if s.separated else 'no':>9}")
                 else:
                     lines.append(f"  {s.layer:>5}   {s.across:10.3f}")
+        if self.layers and self.layers[0].within is not None and not self.heads:
+            lines.append("Heads that separate the senses: none (no head's same-sense minus different-sense cosine is "
+                         "above 0)")
         if self.heads:
             ranked = self.heads[0].separation is not None
             lines.append(f'Heads that separate the senses most (same-sense minus different-sense cosine of what each '
@@ -291,7 +297,8 @@ def analyse(traces: Sequence[Trace], within, across, *, given: int, top: int = 5
         heads.sort(key=lambda x: -x.separation)
     else:
         heads.sort(key=lambda x: -(x.share if x.kind == "context" else 0.0))
-    context = [h for h in heads if h.kind == "context"][:top]
+    context = [h for h in heads if h.kind == "context" and (not within or h.separation > 0)][:top]  # (one that
+    # brings the senses closer does not separate them)
     cut = heads.index(context[-1]) if context else len(heads)
     flagged = [h for h in heads[:cut] if h.kind != "context"][:3] if within else []
     return layers, context, flagged
@@ -323,7 +330,10 @@ def explain_word(encoder, sentences: Sequence[str], *, word: Optional[str] = Non
         raise ValueError("sentences: give one or more sentences")
     if same is not None and (isinstance(same, str) or not all(isinstance(x, str) for x in same)):
         raise TypeError("same: expected a list of sentences (not one string)")
-    word = (word or shared_word(sentences)).lower()
+    _check.integer(top, "top", low=1)
+    if word is not None and (not isinstance(word, str) or not word.strip()):
+        raise ValueError(f"word: expected a non-empty string (None: the word the sentences share), got {word!r}")
+    word = (word if word is not None else shared_word(sentences)).lower()
     n = len(sentences)
     traces = [_trace(encoder, t, word, f"sentence {i + 1}") for i, t in enumerate(sentences)]
     last = torch.stack([t.states[-1] for t in traces[:n]])

@@ -59,14 +59,34 @@ def _view(args) -> int:
         raise UsageError("--target applies to an encoder-decoder --model")
     if args.target is not None and len(args.target) != len(args.texts):
         raise UsageError(f"--target: {len(args.target)} given for {len(args.texts)} TEXT")
+    from ..viz._store import MAX_COLUMNS
+    from ..viz.html import TooManyTokens
+
+    if args.max_tokens > MAX_COLUMNS:
+        raise UsageError(f"--max-tokens: at most {MAX_COLUMNS}, got {args.max_tokens}")
+    try:
+        view = _build(args, seq2seq)
+    except TooManyTokens as e:
+        raise UsageError(f"TEXT {e.index + 1} has {e.count} tokens; the viewer shows at most --max-tokens "
+                         f"{e.limit} (split the text or raise --max-tokens)") from None
+    print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
+    return 0
+
+
+def _build(args, seq2seq: bool):
+    """The view of what ``args`` asks for."""
     if args.checkpoint:
         from ..apps.translate import Translator
         from ..apps.view import translation_view
 
         need_checkpoint(args.checkpoint)
-        view = translation_view(Translator.load(args.checkpoint), args.texts, max_tokens=args.max_tokens,
+        translator = Translator.load(args.checkpoint)
+        if getattr(translator.model.config, "attention", None) == "none":
+            raise UsageError(f"--checkpoint {args.checkpoint}: this translator has no attention to show (it was "
+                             "trained with --attention none, as the demo's baseline)")
+        return translation_view(translator, args.texts, max_tokens=args.max_tokens,
                                 title=f"Attention of {_last_two(args.checkpoint)}")
-    elif seq2seq:
+    if seq2seq:
         try:
             import transformers
         except ImportError:
@@ -76,20 +96,17 @@ def _view(args) -> int:
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(args.model, local_files_only=True,
                                                                    use_safetensors=True, attn_implementation="eager")
-        view = hf_seq2seq_view(model, tokenizer, args.texts, targets=args.target, max_tokens=args.max_tokens,
+        return hf_seq2seq_view(model, tokenizer, args.texts, targets=args.target, max_tokens=args.max_tokens,
                                title=f"Attention of {os.path.basename(os.path.normpath(args.model))}")
-    else:
-        from ..models.bert import SentenceEncoder, minilm_path
-        from ..viz import AttentionView
+    from ..models.bert import SentenceEncoder, minilm_path
+    from ..viz import AttentionView
 
-        try:
-            folder = args.model or minilm_path()
-        except ImportError as e:
-            raise UsageError(str(e)) from None
-        view = AttentionView.from_encoder(SentenceEncoder.from_pretrained(folder), args.texts, max_tokens=args.max_tokens,
-                                          title=f"Attention of {_model_name(folder, args.model)}")
-    print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)
-    return 0
+    try:
+        folder = args.model or minilm_path()
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    return AttentionView.from_encoder(SentenceEncoder.from_pretrained(folder), args.texts, max_tokens=args.max_tokens,
+                                      title=f"Attention of {_model_name(folder, args.model)}")
 
 
 def _model_name(folder: str, given) -> str:

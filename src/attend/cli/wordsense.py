@@ -43,11 +43,13 @@ def _word_sense(args) -> int:
             raise UsageError(f"--html {args.html}: {problem} .html or .htm (the viewer is an HTML page)")
     elif args.force:
         raise UsageError("--force applies to --html, and no --html was given")
-    for t in args.texts + (args.same or []) + ([args.word] if args.word else []):
+    for t in args.texts + (args.same or []) + ([args.word] if args.word is not None else []):
         text_arg(t, "TEXT")
+    if args.word is not None and not args.word.strip():
+        raise UsageError("--word must not be empty (leave it out for the word the sentences share)")
     if any(not t.strip() for t in args.texts):
         raise UsageError("TEXT must not be empty")
-    word_sense = len(args.texts) >= 2 or bool(args.word)
+    word_sense = len(args.texts) >= 2 or args.word is not None
     if not word_sense:
         if not args.html:
             raise UsageError("give two or more sentences (word sense), --word, or --html")
@@ -64,12 +66,20 @@ def _word_sense(args) -> int:
     if word_sense:
         report = explain_word(encoder, args.texts, word=args.word, same=args.same, top=args.top or 5)
         print(report.format())
+        limit = encoder.max_length
+        for i, tokens in enumerate(report.tokens[:len(args.texts)]):
+            if len(tokens) >= limit:
+                print(f"attend: TEXT {i + 1} is longer than the encoder's {limit} tokens: only its first {limit} were "
+                      "read", file=sys.stderr)
     if args.html:
         from ..viz import AttentionView
+        from ..viz.html import labels_read
 
         title = f"Attention of {_model_name(folder, args.model)}"
         if report is not None:  # the encoder already ran on these texts: draw what it returned
-            view = AttentionView(report.tokens, report.attentions, labels=args.texts, title=title)
+            tokens = report.tokens[:len(args.texts)]
+            view = AttentionView(tokens, report.attentions[:len(args.texts)],
+                                 labels=labels_read(args.texts, tokens, encoder.max_length), title=title)
         else:
             view = AttentionView.from_encoder(encoder, args.texts, title=title)
         print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)

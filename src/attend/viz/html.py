@@ -39,7 +39,21 @@ from torch import Tensor
 from .. import _check, _io
 from . import _store, aggregate
 
-__all__ = ["AttentionView", "attention_page", "seq2seq_page"]
+__all__ = ["AttentionView", "attention_page", "seq2seq_page", "TooManyTokens", "labels_read"]
+
+
+class TooManyTokens(ValueError):
+    """A text longer than the viewer's ``max_tokens`` (``index``: which text, ``count``: its tokens)."""
+
+    def __init__(self, message: str, index: int, count: int, limit: int):
+        super().__init__(message)
+        self.index, self.count, self.limit = index, count, limit
+
+
+def labels_read(texts: Sequence[str], tokens: Sequence[Sequence[str]], limit: Optional[int]) -> list[str]:
+    """Each text as a label, saying so where an encoder of ``limit`` tokens read only its first ones."""
+    return [text + (f" (its first {limit} tokens: the encoder's limit)" if limit is not None and len(t) >= limit
+                    else "") for text, t in zip(texts, tokens)]
 
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -282,8 +296,8 @@ def attention_page(tokens: Sequence[Sequence[str]], attentions: Sequence, *, lab
     toks = [_check_tokens(t, f"tokens[{k}]") for k, t in enumerate(tokens)]
     for k, t in enumerate(toks):
         if len(t) > max_tokens:
-            raise ValueError(f"text {k} has {len(t)} tokens; the viewer shows at most max_tokens={max_tokens} "
-                             "(split the text or raise max_tokens)")
+            raise TooManyTokens(f"text {k} has {len(t)} tokens; the viewer shows at most max_tokens={max_tokens} "
+                                "(split the text or raise max_tokens)", k, len(t), max_tokens)
     texts = []
     for k, (t, att) in enumerate(zip(toks, attentions)):
         label = labels[k] if labels is not None else " ".join(t[:8]) + (" …" if len(t) > 8 else "")
@@ -316,7 +330,8 @@ def seq2seq_page(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[st
     for k in range(n):
         src, tgt = _check_tokens(sources[k], f"sources[{k}]"), _check_tokens(targets[k], f"targets[{k}]")
         if max(len(src), len(tgt)) > max_tokens:
-            raise ValueError(f"pair {k} has {max(len(src), len(tgt))} tokens; at most max_tokens={max_tokens}")
+            n = max(len(src), len(tgt))
+            raise TooManyTokens(f"pair {k} has {n} tokens; at most max_tokens={max_tokens}", k, n, max_tokens)
         kw = dict(full_tokens=full_tokens, top_k=top_k, aggregates=aggregates)
         sections = []
         if encoder is not None:
@@ -365,14 +380,11 @@ class AttentionView:
         if not callable(getattr(encoder, "embed_tokens", None)):
             raise TypeError(f"encoder: expected a SentenceEncoder (attend.models.bert), got {type(encoder).__name__}")
         tokens, atts = [], []
-        labels = []
-        limit = getattr(encoder, "max_length", None)
         for text in texts:  # one at a time: no padding in the pictures
             batch, out = encoder.embed_tokens([text], need_weights=True)
             tokens.append(batch.tokens[0])
             atts.append([a[0] for a in out.attentions])
-            cut = limit is not None and len(batch.tokens[0]) >= limit
-            labels.append(text + (f" (its first {limit} tokens: the encoder's limit)" if cut else ""))
+        labels = labels_read(texts, tokens, getattr(encoder, "max_length", None))
         return cls(tokens, atts, labels=labels, title=title, max_tokens=max_tokens, aggregates=aggregates)
 
     def save(self, path: Union[str, os.PathLike], *, force: bool = False) -> str:
