@@ -67,15 +67,31 @@ def attention_heatmap(weights, source: Sequence[str], output: Sequence[str], pat
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(w.numpy(), cmap="Greys", vmin=0.0, vmax=max(1e-9, float(w.max()) if w.numel() else 1.0),
                    aspect="equal", interpolation="nearest")
-    ax.set_xticks(range(len(source)), labels=list(source), rotation=90, fontsize=8)
-    ax.set_yticks(range(len(output)), labels=list(output), fontsize=8)
+    ax.set_xticks(range(len(source)), labels=[_plain(t) for t in source], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(output)), labels=[_plain(t) for t in output], fontsize=8)
     ax.xaxis.tick_top()
     ax.set_xlabel("source")
     ax.set_ylabel("output")
     if title:
-        ax.set_title(title, fontsize=9, pad=40)
+        ax.set_title(_plain(title), fontsize=9, pad=40)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
-    return _save(fig, path)
+    return _save(fig, _as_written(fig, path))
+
+
+def _plain(text) -> str:
+    """A label drawn as its characters: a character that is not text (a lone surrogate from a
+    file's undecodable byte) as its escape, and (see :func:`_as_written`) no math markup."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _as_written(fig, path):
+    """Every text of ``fig`` drawn as written: "$5-$6" keeps its dollar signs, rather than
+    matplotlib reading the span between them as math (or failing on it)."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
+    return path
 
 
 def bleu_by_length_plot(series: Mapping[str, Sequence[Mapping]], path: str | os.PathLike, *,
@@ -91,7 +107,7 @@ def bleu_by_length_plot(series: Mapping[str, Sequence[Mapping]], path: str | os.
         if not rows:
             continue
         xs = [(r["lo"] + min(r["hi"], r["lo"] + 9)) / 2 for r in rows]
-        ax.plot(xs, [r["bleu"] for r in rows], marker="o", label=name)
+        ax.plot(xs, [r["bleu"] for r in rows], marker="o", label=_plain(name))
     labels = {((r["lo"] + min(r["hi"], r["lo"] + 9)) / 2): (f"{r['lo']}-{r['hi']}" if r["hi"] < 1000 else f"{r['lo']}+")
               for rows in series.values() for r in rows}
     ax.set_xticks(list(labels), labels=list(labels.values()))
@@ -100,5 +116,5 @@ def bleu_by_length_plot(series: Mapping[str, Sequence[Mapping]], path: str | os.
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(title)
-    return _save(fig, path)
+    ax.set_title(_plain(title))
+    return _save(fig, _as_written(fig, path))
