@@ -73,6 +73,26 @@ def test_vocab_only_folder_gives_sentence_embeddings(tmp_path):
     torch.testing.assert_close(emb[1], enc.encode(["money"])[0], rtol=1e-5, atol=1e-6)
 
 
+def test_a_folder_whose_path_is_not_utf8_loads(tmp_path):
+    pytest.importorskip("tokenizers")
+    folder, _ = _tiny_hf_folder(tmp_path / "vocab")  # vocab.txt
+    texts = ["I sat on the bank of the river.", "money"]
+    ref = SentenceEncoder.from_pretrained(folder).encode(texts)
+    # a file's undecodable byte in a folder name: the tokenizers library takes paths as UTF-8 only
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"odd\xffname"))
+    os.symlink(folder, odd)
+    torch.testing.assert_close(SentenceEncoder.from_pretrained(odd).encode(texts), ref, rtol=0, atol=0)
+    try:  # tokenizer.json (before: "malformed tokenizer file ('utf-8' codec can't encode ...)")
+        from attend.models.bert import minilm_path
+
+        minilm = minilm_path()
+    except ImportError:
+        return
+    os.symlink(minilm, odd + "2")
+    torch.testing.assert_close(SentenceEncoder.from_pretrained(odd + "2").encode(texts),
+                               SentenceEncoder.from_pretrained(minilm).encode(texts), rtol=0, atol=0)
+
+
 def test_minilm_matches_stored_reference():
     enc = SentenceEncoder.from_pretrained(_minilm())
     with open(os.path.join(HERE, "data", "minilm_expected.json"), encoding="utf-8") as f:

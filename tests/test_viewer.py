@@ -115,6 +115,14 @@ def test_save_never_overwrites_without_force(tmp_path):
     assert path.read_text().startswith("<!DOCTYPE html>")
 
 
+def test_a_lone_surrogate_in_the_title_or_a_label_is_saved_as_a_question_mark(tmp_path):
+    # (a folder name with an undecodable byte reaches the title: before, the page could not be written)
+    view = AttentionView([["a", "b\udcff"]], [torch.rand(1, 1, 2, 2)], title="Attention of bad\udcffname",
+                         labels=["x\udcffy"])
+    page = open(view.save(tmp_path / "v.html"), encoding="utf-8").read()
+    assert "<title>Attention of bad?name</title>" in page and "x?y" in page and "b?" in page
+
+
 def test_jupyter_repr_is_a_sandboxed_frame():
     view = AttentionView([HOSTILE[:2]], [torch.rand(1, 1, 2, 2)])
     frame = view._repr_html_()

@@ -7,6 +7,7 @@ against what the tensors pin down, :func:`dim_claims`, :func:`count_indexed`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -96,7 +97,7 @@ def read_header(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict
     path = os.fspath(path)
     _check_safetensors_file(path, what)
     try:
-        with safe_open(path, framework="pt") as f:
+        with _for_library(path) as name, safe_open(name, framework="pt") as f:
             meta = dict(f.metadata() or {})
             raw = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for malformed files
@@ -118,13 +119,33 @@ def load_tensors(path: str | os.PathLike, what: str = "checkpoint", *,
     path = os.fspath(path)
     _check_safetensors_file(path, what)
     try:
-        with safe_open(path, framework="pt") as f:
+        with _for_library(path) as name, safe_open(name, framework="pt") as f:
             meta = dict(f.metadata() or {})
             keys = list(f.keys()) if names is None else [k for k in names if k in set(f.keys())]
             tensors = {k: f.get_tensor(k) for k in keys}
     except Exception as e:  # safetensors raises its own error types for malformed files
         raise ValueError(f"{path}: malformed safetensors file ({e})") from None
     return tensors, meta
+
+
+@contextlib.contextmanager
+def _for_library(path: str):
+    """``path`` as the safetensors library can take it: it takes paths as UTF-8 only, so a path
+    holding a byte that is not (kept by Python as a surrogate) is passed as the file opened
+    here, ``/proc/self/fd/N`` (or ``/dev/fd/N``)."""
+    try:
+        path.encode("utf-8")
+        plain = True
+    except UnicodeEncodeError:
+        plain = False
+    if plain:
+        yield path
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield next((f"{d}/{fd}" for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), path)
+    finally:
+        os.close(fd)
 
 
 def _info(t: Union[Tensor, TensorInfo]) -> TensorInfo:

@@ -41,8 +41,12 @@ def _load_tokenizer(folder: str, max_length: int, vocab_size: int):
     if os.path.isfile(tj):
         if os.path.getsize(tj) > 512 << 20:
             raise ValueError(f"{tj}: {os.path.getsize(tj)} bytes, more than a tokenizer file can be")
+        with open(tj, "rb") as f:  # (read here: the library takes a path only as UTF-8, which a folder's may not be)
+            data = f.read()
         try:
-            tok = Tokenizer.from_file(tj)
+            tok = Tokenizer.from_str(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{tj}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except Exception as e:  # the library's own error types
             raise ValueError(f"{tj}: malformed tokenizer file ({e})") from None
         ids = tok.get_vocab(with_added_tokens=True).values()
@@ -95,7 +99,7 @@ def _load_tokenizer(folder: str, max_length: int, vocab_size: int):
             if specials[field] not in first:
                 raise ValueError(f"{vocab}: no {specials[field]} token ({_SPECIAL_ROLES[field]}), which every "
                                  "encoding needs")
-        tok = BertWordPieceTokenizer(vocab, lowercase=lower, **specials)
+        tok = BertWordPieceTokenizer({t: i - 1 for t, i in first.items()}, lowercase=lower, **specials)  # (ids: lines)
         pad = specials["pad_token"]
         source = vocab
     else:

@@ -105,10 +105,16 @@ def _script() -> str:
     return resources.files("attend.viz").joinpath("_page.js").read_text(encoding="utf-8")
 
 
+def _text(text) -> str:
+    """``text`` as UTF-8 can hold it: a lone surrogate (a file's undecodable byte, kept by
+    Python in a token, a label or a folder's name) becomes "?"."""
+    return str(text).encode("utf-8", "replace").decode("utf-8")
+
+
 def _json_for_html(obj) -> str:
     """JSON that is inert inside a <script> element: no '<', '>', '&' or line separators."""
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate in a token becomes "?"
+    text = _text(text)
     for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(ch, esc)
     return text
@@ -244,7 +250,7 @@ def _page(doc: dict) -> str:
     title = doc["title"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
-            f"<title>{html.escape(str(title))}</title><style>{_CSS}</style></head><body>{_BODY}\n"
+            f"<title>{html.escape(_text(title))}</title><style>{_CSS}</style></head><body>{_BODY}\n"
             f"<script type=\"application/json\" id=\"attend-data\">{_json_for_html(doc)}</script>\n"
             f"<script>{_script()}</script></body></html>\n")
 
