@@ -89,3 +89,6 @@ def test_refusals_name_the_argument():
         agg.rollout("weights")
     with pytest.raises(ValueError, match=r"attentions\[1\]"):
         agg.rollout([torch.ones(1, 2, 2) / 2, torch.ones(1, 3, 3) / 3])
+    with pytest.raises(ValueError, match=r"attentions\[0\]: expected a layer's \(heads, n, n\) weights, got shape "
+                                         r"\(2, 3, 4, 4\)$"):  # (before: "like layer 0 (2, 3, 4, 4)", itself)
+        agg.mean([torch.ones(2, 3, 4, 4) / 4])

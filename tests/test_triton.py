@@ -537,6 +537,9 @@ def test_weights_api_errors_name_the_argument():
         attend.attention_weights(q, k, casual=True)
     with pytest.raises(TypeError, match=r"^key_totals\(\) got an unexpected keyword argument 'colour'$"):
         attend.key_totals(q, k, colour=1)
+    # no suggestion of an argument the function refuses (before: "did you mean 'return_weights'?")
+    with pytest.raises(TypeError, match=r"^key_totals\(\) got an unexpected keyword argument 'retrun_weights'$"):
+        attend.key_totals(q, k, retrun_weights=True)
     with pytest.raises(TypeError, match=r"^explain\(\) got an unexpected keyword argument 'scoremod' "
                                         r"\(did you mean 'score_mod'\?\)$"):
         attend.explain(q, k, k, scoremod=None)

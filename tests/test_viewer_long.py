@@ -125,6 +125,8 @@ def test_encoder_decoder_pages_have_a_section_per_attention():
     assert _doc(reads)["texts"][0]["sections"][0]["rows"] == ["<bos>", *tgt[:-1]]
     with pytest.raises(ValueError, match="decoder_tokens: 2 entries for 1 sources"):
         seq2seq_page([src], [tgt], cross=[_weights(1, 1, 5, 4)], decoder=[_weights(1, 1, 5)], decoder_tokens=[tgt, tgt])
+    with pytest.raises(ValueError, match="decoder_tokens: given without decoder"):  # (before: ignored)
+        seq2seq_page([src], [tgt], cross=[_weights(1, 1, 5, 4)], decoder_tokens=[tgt])
     with pytest.raises(ValueError, match="targets: 2 entries for 1 sources"):
         seq2seq_page([src], [tgt, tgt], cross=[_weights(1, 1, 5, 4)])
 

@@ -173,17 +173,18 @@ def _weights_call(fn: str, query: Tensor, key: Tensor, kwargs: dict):
 
     The key stands in for the value: the weights never read it.
     """
-    for arg in ("value", "return_weights", "hard", "dropout_p"):
+    refused = ("value", "return_weights", "hard", "dropout_p")
+    for arg in refused:
         if arg in kwargs:
             raise TypeError(f"{fn}() takes no {arg!r} argument")
-    _known_kwargs(fn, kwargs)
+    _known_kwargs(fn, kwargs, refused)
     return _prepare(query, key, key, return_weights=True, **kwargs)
 
 
-def _known_kwargs(fn: str, kwargs: dict) -> None:
+def _known_kwargs(fn: str, kwargs: dict, refused: tuple = ()) -> None:
     """Refuse, naming ``fn`` (not the private function it hands them to), a keyword argument
-    :func:`attention` does not take, with the nearest one it does."""
-    known = _prepare.__kwdefaults__  # (its keyword-only arguments, all with defaults)
+    :func:`attention` does not take, with the nearest one ``fn`` does (not one of ``refused``)."""
+    known = [k for k in _prepare.__kwdefaults__ if k not in refused]  # (keyword-only arguments, all with defaults)
     for name in kwargs:
         if name not in known:
             raise TypeError(f"{fn}() got an unexpected keyword argument {name!r}{_check.nearest(name, known)}")

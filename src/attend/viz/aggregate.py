@@ -41,7 +41,10 @@ def _layers(attentions: Attentions, what: str = "attentions") -> Tensor:
     elif isinstance(attentions, (list, tuple)) and attentions and all(isinstance(a, Tensor) for a in attentions):
         layers = [a.squeeze(0) if a.ndim == 4 and a.shape[0] == 1 else a for a in attentions]
         for i, a in enumerate(layers):
-            if a.ndim != 3 or a.shape != layers[0].shape:
+            if a.ndim != 3:
+                raise ValueError(f"{what}[{i}]: expected a layer's (heads, n, n) weights, got shape "
+                                 f"{tuple(attentions[i].shape)}")
+            if a.shape != layers[0].shape:
                 raise ValueError(f"{what}[{i}]: expected (heads, n, n) like layer 0 {tuple(layers[0].shape)}, "
                                  f"got {tuple(attentions[i].shape)}")
         t = torch.stack(layers)

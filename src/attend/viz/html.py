@@ -331,13 +331,15 @@ def seq2seq_page(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[st
                       ("decoder_tokens", decoder_tokens)):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name}: {len(seq)} entries for {n} sources")
+    if decoder_tokens is not None and decoder is None:
+        raise ValueError("decoder_tokens: given without decoder, the self-attention they label")
     title = _common(labels, n, title, note, max_tokens, full_tokens, top_k)
     texts = []
     for k in range(n):
         src, tgt = _check_tokens(sources[k], f"sources[{k}]"), _check_tokens(targets[k], f"targets[{k}]")
         if max(len(src), len(tgt)) > max_tokens:
-            n = max(len(src), len(tgt))
-            raise TooManyTokens(f"pair {k} has {n} tokens; at most max_tokens={max_tokens}", k, n, max_tokens)
+            count = max(len(src), len(tgt))
+            raise TooManyTokens(f"pair {k} has {count} tokens; at most max_tokens={max_tokens}", k, count, max_tokens)
         kw = dict(full_tokens=full_tokens, top_k=top_k, aggregates=aggregates)
         sections = []
         if encoder is not None:
