@@ -79,6 +79,30 @@ def test_read_tsv_refuses_a_line_past_its_limit_before_reading_it_whole(tmp_path
         read_tsv(f, max_line_bytes=100)
     with pytest.raises(ValueError, match=r"^max_line_bytes must be an int >= 1, got 0$"):
         read_tsv(f, max_line_bytes=0)
+    for end in (b"\n", b"\r\n"):  # the line's end is not counted (before: CRLF counted one byte of it)
+        f.write_bytes(b"abc\tdef" + end + b"ab\tdefgh" + end)
+        assert read_tsv(f, max_line_bytes=8) == [("abc", "def"), ("ab", "defgh")]
+        with pytest.raises(ValueError, match=r"long\.tsv:2: a line longer than 7 bytes"):
+            read_tsv(f, max_line_bytes=7)
+
+
+def test_data_arguments_are_checked_by_name():
+    # (before: a hang for max_words 4-5, an empty epoch for pool=-1, a vocabulary of characters, ...)
+    for call, exc, message in [
+        (lambda: synthetic_pairs(3, max_words=5), ValueError, r"max_words must be an int >= 6 \(the shortest"),
+        (lambda: synthetic_pairs(3, relative_p=5), ValueError, r"relative_p must be a probability in \[0, 1\]"),
+        (lambda: LengthGroupedBatches([([4], [5])], batch_size=2, pool=-1), ValueError, "pool must be an int >= 1"),
+        (lambda: LengthGroupedBatches([([4], [5])], batch_size=2, seed=1.5), ValueError, "seed must be an int"),
+        (lambda: Vocab.build(["the cat"]), TypeError, r"sentences\[0\]: expected a list of tokens, got a string"),
+        (lambda: Vocab.build([["a"]]).encode("ab"), TypeError, "tokens: expected a list of tokens, got a string"),
+        (lambda: Vocab.build([["a"]]).decode([4, 99]), ValueError, "ids: 99 is not an id of this vocabulary of 5"),
+        (lambda: prepare([("a", "b")], min_len=0), ValueError, "min_len must be an int >= 1"),
+        (lambda: split_by_source([(["a"], ["b"])], valid="0.1"), ValueError, r"valid must be a fraction in \[0, 1\)"),
+        (lambda: make_batch([([4], [5])], index=[0, 1]), ValueError, r"index: expected one index per pair \(1\)"),
+        (lambda: read_tsv(__file__, limit=0), ValueError, "limit must be None or an int >= 1, got 0"),
+    ]:
+        with pytest.raises(exc, match=message):
+            call()
 
 
 def test_prepare_filters_by_length():

@@ -97,6 +97,57 @@ def test_padded_batch_equals_one_by_one_and_beam_one_is_greedy():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_a_sentences_default_length_is_its_own_not_its_batchs(search):
+    m = tiny()  # untrained: it rarely says <eos>, so the length limit decides
+    run = (lambda b: greedy(m, b.src, b.src_lengths)) if search == "greedy" else \
+        (lambda b: beam_search(m, b.src, b.src_lengths, beam=2))
+    short, long = [4, 5], [6] * 20
+    alone = run(batch([short]))[0]
+    together = run(batch([short, long]))[0]  # (before: 2 x 20 + 10 = 50 words for the short one too)
+    assert len(alone.tokens) <= 2 * 2 + 10 and together.tokens == alone.tokens
+    assert together.score == pytest.approx(alone.score, abs=1e-6)
+
+
+@torch.no_grad()
+def test_search_arguments_and_learned_positions_are_checked():
+    m = tiny(positional="learned", max_len=16)
+    b = batch([[4, 5, 6, 7, 8]])
+    assert len(greedy(m, b.src, b.src_lengths)[0].tokens) <= 16  # the default cut at the positions it has
+    with pytest.raises(ValueError, match=r"max_len: 17 output words, but the model's learned positions stop at 16"):
+        greedy(m, b.src, b.src_lengths, max_len=17)
+    for call, message in [
+        (lambda: greedy(m, b.src, b.src_lengths.float()), "src_lengths: expected integer lengths, got dtype"),
+        (lambda: greedy(m, b.src + 30, b.src_lengths), r"src: ids must be in \[0, 23\) \(the source vocabulary\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert greedy(m, b.src[:0], b.src_lengths[:0]) == [] == beam_search(m, b.src[:0], b.src_lengths[:0])
+
+
+def test_translate_and_evaluate_check_their_arguments():
+    from attend.data import Vocab
+
+    src = tgt = Vocab.build([["the", "cat", "dog", "a", "b", "c", "d"]])
+    tr = Translator(tiny(src_vocab=len(src), tgt_vocab=len(tgt)), src, tgt)
+    for kw, message in [(dict(batch_size=-1), "batch_size must be an int >= 1"),  # (before: [None, None])
+                        (dict(batch_size=2.5), "batch_size must be an int"),
+                        (dict(beam=True), "beam must be an int"), (dict(beam=1.0), "beam must be an int"),
+                        (dict(length_penalty=-1), "length_penalty must be"),
+                        (dict(length_penalty="x"), "length_penalty must be")]:
+        with pytest.raises(ValueError, match=message):
+            tr.translate(["the cat", "a dog"], **kw)
+    with pytest.raises(TypeError, match=r"source sentence 0: expected a string or a list of token strings"):
+        tr.translate([[1, 2]])
+    # strings are tokenised, so lengths count words (before: "a b c d a b c" fell in 10-19, its 13 characters)
+    r = evaluate(tr, [("a b c d a b c", "the cat")], buckets=[(1, 9), (10, 19)])
+    assert [(row["lo"], row["n"]) for row in r.by_length] == [(1, 1)]
+    assert r.bleu == evaluate(tr, [(["a", "b", "c", "d", "a", "b", "c"], ["the", "cat"])]).bleu
+    with pytest.raises(ValueError, match=r"buckets: expected \(lo, hi\) source lengths with 0 <= lo <= hi, got \(5, 1\)"):
+        evaluate(tr, [("a b", "the cat")], buckets=[(5, 1)])
+
+
+@torch.no_grad()
 def test_beam_score_is_sum_of_token_log_probs():
     m = tiny()
     b = batch()

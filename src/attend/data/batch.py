@@ -65,6 +65,8 @@ def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], index: Sequ
             tgt_out[b, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
         tgt_out[b, len(t)] = Vocab.eos_id
     idx = torch.arange(B) if index is None else torch.as_tensor(list(index), dtype=torch.long)
+    if idx.shape != (B,):
+        raise ValueError(f"index: expected one index per pair ({B}), got {tuple(idx.shape)}")
     return Batch(src, lengths, tgt_in, tgt_out, idx)
 
 
@@ -79,6 +81,10 @@ class LengthGroupedBatches:
     def __init__(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int,
                  seed: int = 0, pool: int = 50, shuffle: bool = True):
         _check.integer(batch_size, "batch_size", low=1)
+        _check.integer(pool, "pool", low=1)
+        _check.integer(seed, "seed")
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         if not pairs:
             raise ValueError("no sentence pairs to batch")
         self.pairs, self.batch_size, self.seed, self.pool, self.shuffle = pairs, batch_size, seed, pool, shuffle

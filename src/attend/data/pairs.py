@@ -34,7 +34,7 @@ def read_tsv(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
         _check.integer(col, name, low=0)
     if src_col == tgt_col:
         raise ValueError(f"src_col and tgt_col must differ, both are {src_col}")
-    _check.integer(limit, "limit", low=0, optional=True)
+    _check.integer(limit, "limit", low=1, optional=True)
     _check.integer(max_line_bytes, "max_line_bytes", low=1)
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -44,10 +44,12 @@ def read_tsv(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
     need = max(src_col, tgt_col) + 1
     pairs: list[tuple[str, str]] = []
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(iter(lambda: f.readline(max_line_bytes + 1), b""), 1):
+        for lineno, raw in enumerate(iter(lambda: f.readline(max_line_bytes + 2), b""), 1):
             if limit is not None and len(pairs) >= limit:
                 break
-            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            ended = raw.endswith(b"\n")  # (its end read: "\n" or "\r\n", neither counted in the limit)
+            body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if ended else raw
+            if len(body) > max_line_bytes or (not ended and len(raw) == max_line_bytes + 2):
                 raise ValueError(f"{path}:{lineno}: a line longer than {max_line_bytes} bytes (max_line_bytes); "
                                  "is this a file of sentence pairs, one per line?")
             try:
@@ -72,6 +74,7 @@ def prepare(pairs: Iterable[tuple[str, str]], *, max_len: Optional[int] = None, 
     """Normalise and tokenise both sides; keep pairs whose both sides have between
     ``min_len`` and ``max_len`` tokens."""
     _check.integer(max_len, "max_len", low=1, optional=True)
+    _check.integer(min_len, "min_len", low=1)
     out = []
     for src, tgt in pairs:
         s, t = tokenize(src), tokenize(tgt)
@@ -92,6 +95,7 @@ def split_by_source(pairs: Sequence[Pair], *, valid: float = 0.05, test: float =
     translations of the same sentence). Groups are shuffled with ``seed``; each split gets
     about the requested fraction of the *pairs*."""
     for name, frac in (("valid", valid), ("test", test)):
+        _check.number(frac, name, expected="a fraction in [0, 1)")
         if not (0.0 <= frac < 1.0):
             raise ValueError(f"{name} must be a fraction in [0, 1), got {frac!r}")
     if valid + test >= 1.0:

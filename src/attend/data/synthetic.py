@@ -151,6 +151,9 @@ def _join(words: list[str]) -> str:
     return " ".join(words).replace("' ", "'")
 
 
+_SHORTEST = 6  # tokens of the shortest sentence: determiner, noun, verb, determiner, noun, "."
+
+
 def synthetic_pairs(n: int, *, seed: int = 0, max_clauses: int = 3, depth: int = 2,
                     relative_p: float = 0.3, pp_p: float = 0.3,
                     max_words: Optional[int] = None) -> list[tuple[str, str]]:
@@ -163,7 +166,11 @@ def synthetic_pairs(n: int, *, seed: int = 0, max_clauses: int = 3, depth: int =
     _check.integer(n, "n", low=0)
     _check.integer(max_clauses, "max_clauses", low=1)
     _check.integer(depth, "depth", low=0)
-    _check.integer(max_words, "max_words", low=4, optional=True)
+    _check.integer(max_words, "max_words", low=_SHORTEST, optional=True,
+                   expected=f"an int >= {_SHORTEST} (the shortest sentence, 'the cat eats the dog .', has {_SHORTEST} "
+                            "tokens), or None")
+    for name, p in (("relative_p", relative_p), ("pp_p", pp_p)):
+        _check.number(p, name, low=0, high=1, expected="a probability in [0, 1]")
     rng = random.Random(seed)
     g = _Grammar(rng, relative_p, pp_p)
     out: list[tuple[str, str]] = []

@@ -61,6 +61,10 @@ class Vocab:
         ``max_size`` most frequent (specials not counted); the rest become ``<unk>``."""
         _check.integer(min_freq, "min_freq", low=1)
         _check.integer(max_size, "max_size", low=0, optional=True)
+        sentences = list(sentences)
+        for i, s in enumerate(sentences):
+            if isinstance(s, str):  # (its characters would become the vocabulary)
+                raise TypeError(f"sentences[{i}]: expected a list of tokens, got a string (tokenise it first)")
         counts = Counter(t for s in sentences for t in s)
         for s in SPECIALS:
             counts.pop(s, None)
@@ -76,6 +80,8 @@ class Vocab:
         return token in self.stoi
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
+        if isinstance(tokens, str):  # (each character would be looked up)
+            raise TypeError("tokens: expected a list of tokens, got a string (tokenise it first)")
         return [self.stoi.get(t, self.unk_id) for t in tokens]
 
     def decode(self, ids: Iterable[int], *, strip: bool = True) -> list[str]:
@@ -87,7 +93,9 @@ class Vocab:
                 break
             if strip and i in (self.pad_id, self.bos_id):
                 continue
-            out.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"ids: {i} is not an id of this vocabulary of {len(self.itos)} tokens")
+            out.append(self.itos[i])
         return out
 
     def to_list(self) -> list[str]:

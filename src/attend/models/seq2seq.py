@@ -118,16 +118,22 @@ class Encoded(NamedTuple):
     final: Tensor  # (B, H) top layer's final encoder state (what the no-attention decoder sees)
 
 
-def check_source(src: Tensor, src_lengths: Tensor) -> None:
-    """The encoders' input contract: (B, S) int64 ids and (B,) lengths in [1, S]."""
+def check_source(src: Tensor, src_lengths: Tensor, vocab: Optional[int] = None) -> None:
+    """The encoders' input contract: (B, S) int64 ids (in [0, ``vocab``) where given) and
+    (B,) integer lengths in [1, S]."""
     if not isinstance(src, Tensor) or src.ndim != 2 or src.dtype != torch.long:
         raise ValueError(f"src: expected a (B, S) tensor of token ids (int64), got "
                          f"{tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__}")
     if not isinstance(src_lengths, Tensor) or src_lengths.shape != src.shape[:1]:
         raise ValueError(f"src_lengths: expected shape ({src.shape[0]},), got "
                          f"{tuple(src_lengths.shape) if isinstance(src_lengths, Tensor) else type(src_lengths).__name__}")
+    if src_lengths.is_floating_point() or src_lengths.is_complex() or src_lengths.dtype == torch.bool:
+        raise ValueError(f"src_lengths: expected integer lengths, got dtype {src_lengths.dtype}")
     if src.numel() and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]):
         raise ValueError(f"src_lengths must be in [1, {src.shape[1]}], got {src_lengths.tolist()}")
+    if vocab is not None and src.numel() and not (0 <= int(src.min()) and int(src.max()) < vocab):
+        raise ValueError(f"src: ids must be in [0, {vocab}) (the source vocabulary), got ids from {int(src.min())} "
+                         f"to {int(src.max())}")
 
 
 def _rnn(kind: str, *args, **kwargs) -> nn.Module:
@@ -163,7 +169,7 @@ class Seq2Seq(nn.Module):
     # -- encoder -----------------------------------------------------------------------
     def encode(self, src: Tensor, src_lengths: Tensor) -> Encoded:
         c = self.config
-        check_source(src, src_lengths)
+        check_source(src, src_lengths, self.config.src_vocab)
         B, S = src.shape
         x = self.dropout(self.src_embed(src))  # (B, S, E)
         packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)

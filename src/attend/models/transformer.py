@@ -120,7 +120,7 @@ class TransformerSeq2Seq(nn.Module):
         self.scale = math.sqrt(D)
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> Encoded:
-        check_source(src, src_lengths)
+        check_source(src, src_lengths, self.config.src_vocab)
         S = src.shape[1]
         mask = torch.arange(S, device=src.device) < src_lengths[:, None]  # (B, S)
         memory = self.encoder(self.src_embed(src) * self.scale, key_mask=mask).hidden  # (B, S, D)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ... import _check as check
 from ...data.text import Vocab
-from ...models.seq2seq import Seq2Seq, reorder_state
+from ...models.seq2seq import Seq2Seq, check_source, reorder_state
 from ...models.transformer import TransformerSeq2Seq
 
 __all__ = ["Hypothesis", "greedy", "beam_search", "default_max_len", "MAX_BEAM"]
@@ -47,31 +47,46 @@ def _forbid(logp: Tensor) -> Tensor:
     return logp
 
 
-def default_max_len(src_lengths: Tensor) -> int:
-    return int(src_lengths.max()) * 2 + 10
+def default_max_len(src_lengths: Tensor) -> Tensor:
+    """Each sentence's longest output by default: 2 x its source length + 10 (its own: never
+    its batch's, so a translation does not depend on the sentences it is batched with)."""
+    return src_lengths.long().cpu() * 2 + 10
 
 
-def _check(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Optional[int]) -> int:
+def _limits(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Optional[int]) -> Tensor:
+    """Each sentence's longest output (B,), checked; within the positions a model with learned
+    ones has (its config's ``max_len``: the default is cut there, a larger ``max_len`` refused)."""
     if not isinstance(model, (Seq2Seq, TransformerSeq2Seq)):
         raise TypeError(f"model must be a Seq2Seq or TransformerSeq2Seq, got {type(model).__name__}")
+    check_source(src, src_lengths, model.config.src_vocab)
+    cap = model.config.max_len if getattr(model.config, "positional", None) == "learned" else None
     if max_len is None:
-        return default_max_len(src_lengths)
+        limits = default_max_len(src_lengths)
+        return limits if cap is None else limits.clamp(max=cap)
     check.integer(max_len, "max_len", low=1)
-    return max_len
+    if cap is not None and max_len > cap:
+        raise ValueError(f"max_len: {max_len} output words, but the model's learned positions stop at {cap} (its "
+                         "config's max_len)")
+    return torch.full((src.shape[0],), max_len, dtype=torch.long)
 
 
 @torch.no_grad()
 def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, max_len: Optional[int] = None) -> list[Hypothesis]:
     """Pick the most probable word at every step, for the whole batch at once."""
-    max_len = _check(model, src, src_lengths, max_len)
-    enc = model.encode(src, src_lengths)
+    limits = _limits(model, src, src_lengths, max_len)  # (B,): each sentence's longest output
     B = src.shape[0]
+    if B == 0:
+        return []
+    enc = model.encode(src, src_lengths)
     prev = torch.full((B, 1), Vocab.bos_id, dtype=torch.long, device=src.device)
     state = enc.state
     done = torch.zeros(B, dtype=torch.bool)
     tokens, scores, weights = [], torch.zeros(B, dtype=torch.float64), []
-    lengths = torch.full((B,), max_len, dtype=torch.long)
-    for t in range(max_len):
+    lengths = limits.clone()
+    for t in range(int(limits.max())):
+        done |= limits <= t  # (a sentence at its longest takes no more words)
+        if bool(done.all()):
+            break
         logits, state, w = model.decode(prev, state, enc)  # (B, 1, V), (B, 1, S)
         logp = logits[:, 0].log_softmax(-1).double()
         best = _forbid(logp).argmax(-1)  # (B,)
@@ -101,9 +116,11 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int =
     check.integer(beam, "beam", low=1, high=MAX_BEAM, expected=f"an int in [1, {MAX_BEAM}] (each beam holds a copy "
                   "of the encoder's states)")  # (refused before allocating: 10^5 beams took 10.8 GB)
     check.number(length_penalty, "length_penalty", low=0)
-    max_len = _check(model, src, src_lengths, max_len)
-    enc = model.encode(src, src_lengths)
+    limits = _limits(model, src, src_lengths, max_len)  # (B,): each sentence's longest output
     B, K, dev = src.shape[0], beam, src.device
+    if B == 0:
+        return []
+    enc = model.encode(src, src_lengths)
     rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,): the sentence of each beam row
     enc = type(enc)(enc.memory[rows], enc.mask[rows], reorder_state(enc.state, rows), enc.final[rows])
     state = enc.state
@@ -114,7 +131,11 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int =
     hist = torch.empty(B, K, 0, dtype=torch.long, device=dev)
     whist: Optional[Tensor] = None  # (B, K, steps, S)
     prev = torch.full((B * K, 1), Vocab.bos_id, dtype=torch.long, device=dev)
-    for t in range(max_len):
+    at_most = limits.to(dev)[:, None]  # (B, 1)
+    for t in range(int(limits.max())):
+        finished = finished | (at_most <= t)  # (a sentence at its longest takes no more words)
+        if bool(finished.all()):
+            break
         logits, state, w = model.decode(prev, state, enc)  # (B*K, 1, V)
         logp = _forbid(logits[:, 0].log_softmax(-1).double().view(B, K, -1))  # (B, K, V)
         V = logp.shape[-1]
@@ -146,7 +167,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int =
     for b in range(B):
         k = int(best[b])
         seq = hist[b, k].tolist()
-        n = seq.index(Vocab.eos_id) if Vocab.eos_id in seq else len(seq)
+        n = seq.index(Vocab.eos_id) if Vocab.eos_id in seq else int(length[b, k])  # (after it: <pad>s)
         s = int(src_lengths[b])
         out.append(Hypothesis(seq[:n], float(scores[b, k]), None if whist is None else whist[b, k, :n, :s].clone()))
     return out

@@ -15,13 +15,14 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ... import _check as check
 from ...data import Vocab, make_batch, tokenize
 from ...data.text import UNK
 from ...models import Seq2Seq, Seq2SeqConfig, TransformerConfig, TransformerSeq2Seq
 from .config import TrainConfig
 from .presets import ModelConfig, build_model, model_template, with_vocab
 from .run import RunConfig, RunFolder, run_digest
-from .search import beam_search, greedy
+from .search import MAX_BEAM, beam_search, greedy
 from .training import Trainer
 
 __all__ = ["Translator", "Translation", "train_translator", "fit_translator", "pairs_sha256"]
@@ -71,6 +72,9 @@ class Translator:
         for i, t in enumerate(toks):
             if not t:
                 raise ValueError(f"source sentence {i} is empty after tokenisation")
+            if not all(isinstance(w, str) for w in t):
+                raise TypeError(f"source sentence {i}: expected a string or a list of token strings, got tokens of "
+                                f"type {sorted({type(w).__name__ for w in t if not isinstance(w, str)})}")
         return toks
 
     @torch.no_grad()
@@ -79,6 +83,9 @@ class Translator:
         """Translate strings (tokenised here) or token lists, in length-sorted batches."""
         if isinstance(sources, str):
             raise TypeError("sources must be a list of sentences, not one string")
+        check.integer(batch_size, "batch_size", low=1)
+        check.integer(beam, "beam", low=1, high=MAX_BEAM)  # (checked here too: beam 1 takes the greedy path)
+        check.number(length_penalty, "length_penalty", low=0)
         toks = self.encode_sources(sources)
         order = sorted(range(len(toks)), key=lambda i: len(toks[i]))
         out: list[Optional[Translation]] = [None] * len(toks)
