@@ -34,6 +34,9 @@ def call(**kw):
         ({"mask": torch.ones(3, 1, 5, 7, dtype=torch.bool)}, ValueError, r"got shape \(3, 1, 5, 7\)"),
         ({"mask": torch.ones(5, 7, dtype=torch.int64)}, TypeError, r"mask must be a boolean .* got dtype torch.int64; integer masks are ambiguous"),
         ({"mask": torch.ones(5, 7, dtype=torch.uint8)}, TypeError, r"got dtype torch.uint8"),
+        ({"mask": torch.ones(5, 7, dtype=torch.complex64)}, TypeError, r"got dtype torch.complex64$"),  # (not "integer")
+        ({"score_mod": lambda s, b, h, i, j: s > 0}, TypeError, r"score_mod must return floating scores, got "
+                                                                r"torch.bool \(a mask is a mask_mod"),
         ({"mask": "causal"}, TypeError, r"mask must be a tensor, a mask_mod callable or None, got str"),
         ({"dropout_p": 1.0}, ValueError, r"dropout_p must be in \[0, 1\), got 1.0"),
         ({"dropout_p": -0.1}, ValueError, r"dropout_p must be in \[0, 1\), got -0.1"),

@@ -27,7 +27,8 @@ from . import _check
 from . import scores as _scores
 from ._nonfinite import quarantine as _quarantine
 from ._rule_prep import bind, check_rule
-from .backends.base import AttentionCall, Backend, compute_dtype
+from ._rules import Rule
+from .backends.base import AttentionCall, Backend, compute_dtype, floating_scores
 from .masks import normalize_window
 
 __all__ = ["attention", "attention_weights", "key_totals", "explain", "Explanation"]
@@ -181,6 +182,21 @@ def _weights_call(fn: str, query: Tensor, key: Tensor, kwargs: dict):
     return _prepare(query, key, key, return_weights=True, **kwargs)
 
 
+def _probe_score_mod(fn: Callable, dtype: torch.dtype) -> None:
+    """A score_mod of one's own, tried on one score: a result that is not floating (a bool
+    from a comparison, meant as a mask) is refused here, the same on every backend (compiled
+    ones would otherwise cast it to scores of 0 and 1, or fail to compile). A function that
+    cannot take a single score is left to the call itself."""
+    zero = torch.zeros((), dtype=torch.long)
+    try:
+        with torch.no_grad():
+            got = fn(torch.zeros((), dtype=dtype), zero, zero, zero, zero)
+    except Exception:  # noqa: BLE001 - its own error comes from the call, with every index
+        return
+    if isinstance(got, Tensor):
+        floating_scores(got)
+
+
 def _known_kwargs(fn: str, kwargs: dict, refused: tuple = ()) -> None:
     """Refuse, naming ``fn`` (not the private function it hands them to), a keyword argument
     :func:`attention` does not take, with the nearest one ``fn`` does (not one of ``refused``)."""
@@ -314,6 +330,8 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
         if not callable(score_mod):
             raise TypeError(f"score_mod must be a callable (score, b, h, i, j) -> score, got {type(score_mod).__name__}")
         check_rule(score_mod, "score_mod", "score", (math.prod(batch), Hq, L, S))
+        if not isinstance(score_mod, Rule):
+            _probe_score_mod(score_mod, q.dtype)
     if isinstance(backend, str):
         if backend != "auto":
             _backends.get(backend)  # raises with the valid names
@@ -329,8 +347,8 @@ def _prepare(query, key, value, *, score="scaled_dot", mask=None, causal=False, 
             bias = _canonical_mask(mask, batch, full, query.device, two_d)
         else:
             raise TypeError(
-                f"mask must be a boolean (True = may attend) or floating (additive) tensor, got dtype {mask.dtype}; "
-                "integer masks are ambiguous, convert with mask.bool()"
+                f"mask must be a boolean (True = may attend) or floating (additive) tensor, got dtype {mask.dtype}"
+                + ("; integer masks are ambiguous, convert with mask.bool()" if not mask.is_complex() else "")
             )
     elif mask is not None:
         if not callable(mask):

@@ -157,8 +157,12 @@ def prefix_lm(prefix_len) -> Rule:
     ``prefix_len`` is an int or a (B,) tensor.
     """
     if isinstance(prefix_len, Tensor):
-        if prefix_len.ndim != 1 or prefix_len.dtype.is_floating_point:
-            raise ValueError(f"prefix_len must be an int or a 1-D integer tensor (B,), got {prefix_len.dtype} {tuple(prefix_len.shape)}")
+        if prefix_len.ndim != 1 or prefix_len.dtype.is_floating_point or prefix_len.is_complex() \
+                or prefix_len.dtype == torch.bool:
+            raise ValueError(f"prefix_len must be an int or a 1-D integer tensor (B,), got {prefix_len.dtype} "
+                             f"{tuple(prefix_len.shape)}")
+        if prefix_len.numel() and bool((prefix_len < 0).any()):
+            raise ValueError(f"prefix_len must be >= 0, got {prefix_len.tolist()}")
     else:
         _check.integer(prefix_len, "prefix_len", low=0, expected="an int >= 0 or a (B,) tensor")
     return PrefixLM(prefix_len)
@@ -232,9 +236,14 @@ def render(mask, L: Optional[int] = None, S: Optional[int] = None, *, b: int = 0
         if L is None or S is None:
             raise ValueError("render needs L and S to draw a mask rule")
         check_rule(mask, "mask", "mask", None)  # its sizes are the caller's: only sequence b is drawn
+        for name, x in (("b", b), ("h", h)):
+            _check.integer(x, name, low=0)
         fn = bind(mask, L, S)
-        out = fn(torch.tensor(b).view(1, 1, 1, 1), torch.tensor(h).view(1, 1, 1, 1),
-                 torch.arange(L).view(1, 1, -1, 1), torch.arange(S).view(1, 1, 1, -1))
+        try:
+            out = fn(torch.tensor(b).view(1, 1, 1, 1), torch.tensor(h).view(1, 1, 1, 1),
+                     torch.arange(L).view(1, 1, -1, 1), torch.arange(S).view(1, 1, 1, -1))
+        except IndexError as e:  # (a rule's tensors hold its sequences and heads: b or h past them)
+            raise ValueError(f"b={b}, h={h}: the rule has no such sequence or head to draw ({e})") from None
         if not isinstance(out, Tensor) or out.dtype != torch.bool:
             got = out.dtype if isinstance(out, Tensor) else type(out).__name__
             raise TypeError(f"mask must return a boolean tensor, got {got}")

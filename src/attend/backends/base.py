@@ -274,6 +274,7 @@ class AttentionCall:
             if not isinstance(s, Tensor):
                 raise TypeError(f"score_mod must return a tensor, got {type(s).__name__}")
             _fits("score_mod", s, (self.B, self.Hq, i1 - i0, j1 - j0))
+            floating_scores(s)
             s = s.to(q.dtype)
         if self.bias is not None:
             s = s + _block(self.bias, i0, i1, j0, j1).to(q.dtype)
@@ -281,6 +282,14 @@ class AttentionCall:
         if allowed is not None:
             s = s.masked_fill(~allowed, -math.inf)
         return s
+
+
+def floating_scores(s: Tensor) -> None:
+    """A score_mod's result must be scores: a bool from a comparison (meant as a mask) would
+    become scores of 0 and 1."""
+    if not s.is_floating_point():
+        raise TypeError(f"score_mod must return floating scores, got {s.dtype} (a mask is a mask_mod: mask=..., "
+                        "True = may attend)")
 
 
 def _fits(what: str, t: Tensor, shape: tuple[int, int, int, int]) -> None:
