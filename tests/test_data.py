@@ -1,6 +1,8 @@
 """attend.data: text, vocabularies, TSV loading, splits, the embedded corpus, batching."""
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 import torch
 
@@ -13,6 +15,11 @@ def test_normalize_and_tokenize():
     assert normalize("e\u0301") == "é"  # NFC
     assert tokenize("L’homme a-t-il vu «le» chat?") == ["l'", "homme", "a-t-il", "vu", "«", "le", "»", "chat", "?"]
     assert tokenize("Don't stop.") == ["don'", "t", "stop", "."]
+    # combining marks stay in their word (before: "हिन्दी" was 6 pieces, "İstanbul" 3), and the text is NFC after
+    # lower case (which can split a letter from its mark)
+    assert tokenize("हिन्दी है") == ["हिन्दी", "है"] and tokenize("İstanbul") == ["i\u0307stanbul"]
+    assert tokenize("a \u0301b") == ["a", "\u0301b"]  # (a mark after a space: the start of a word, kept with it)
+    assert unicodedata.is_normalized("NFC", normalize("\u0130\u094d"))
     with pytest.raises(TypeError, match="text must be a str"):
         tokenize(3)
 

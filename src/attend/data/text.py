@@ -28,13 +28,28 @@ def normalize(text: str) -> str:
     no byte-order marks (U+FEFF, which an editor may leave at the start of a file)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    text = unicodedata.normalize("NFC", text.replace("\ufeff", "")).translate(_APOSTROPHES).lower()
+    text = text.replace("\ufeff", "").translate(_APOSTROPHES).lower()
+    text = unicodedata.normalize("NFC", text)  # (last: lower case can leave a letter and a mark NFC would join)
     return _SPACES.sub(" ", text).strip()
 
 
 def tokenize(text: str) -> list[str]:
-    """``normalize`` then split: ``"L'homme a-t-il vu?"`` -> ``["l'", "homme", "a-t-il", "vu", "?"]``."""
-    return _TOKEN.findall(normalize(text))
+    """``normalize`` then split: ``"L'homme a-t-il vu?"`` -> ``["l'", "homme", "a-t-il", "vu", "?"]``.
+    A combining mark stays in its word (Devanagari vowel signs, a dot above): ``"हिन्दी"`` is one token."""
+    out: list[str] = []
+    end = -1
+    for m in _TOKEN.finditer(normalize(text)):
+        tok = m.group()
+        if out and m.start() == end and (_marks(tok) or (_marks(out[-1][-1]) and (tok[0].isalnum() or tok[0] == "_"))):
+            out[-1] += tok  # (\w has no combining marks: they would stand alone, and split their word)
+        else:
+            out.append(tok)
+        end = m.end()
+    return out
+
+
+def _marks(text: str) -> bool:
+    return all(unicodedata.category(c).startswith("M") for c in text)
 
 
 class Vocab:
