@@ -234,6 +234,9 @@ def test_ids_out_of_range_or_shape_are_named(call, message):
     ids = torch.randint(0, 15, (2, 8), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=message):
         call(model, ids)
+    model.eval()  # the same types for every sequence, as one row of int32: accepted, as nn.Embedding takes it
+    same = model(ids, token_type_ids=torch.zeros(1, 8, dtype=torch.int32)).hidden
+    torch.testing.assert_close(same, model(ids).hidden, rtol=0, atol=0)
 
 
 # -- every file of the folder is checked before it costs anything -------------------------------

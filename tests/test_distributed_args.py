@@ -124,3 +124,20 @@ def test_the_schedule_counts_blocks_in_closed_form_as_the_rules_do():
                     assert fast(gk, nk) == sum(ring._allowed(gq, nq, gk, nk) for _, gq, nq in rows)
                     checked += 1
     assert checked > 100
+
+
+def test_arguments_are_described_the_same_in_every_process():
+    """What the ranks compare: no address, no device (under NCCL each rank's tensors are on its own GPU)."""
+    from dataclasses import dataclass
+
+    from attend.distributed._agree import _describe
+
+    @dataclass(frozen=True)
+    class Mine:
+        table: torch.Tensor
+
+    here, there = Mine(torch.zeros(2)), Mine(torch.zeros(2, device="meta"))
+    assert _describe(here).replace("tensor([0., 0.])", "T") == _describe(there).replace("tensor(..., size=(2,))", "T")
+    assert _describe(object()) == _describe(object())  # ("<object object at 0x...>" without its address)
+    assert _describe(attend.masks.padding(torch.tensor([3, 4]))) != _describe(attend.masks.padding(torch.tensor([3, 5])))
+    assert _describe(lambda b, h, i, j: i >= j).endswith("<lambda>")

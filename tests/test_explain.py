@@ -112,6 +112,10 @@ def test_a_sentence_past_the_encoders_limit_is_said_to_be_cut(encoder, tmp_path,
     start = page.index('id="attend-data">') + len('id="attend-data">')
     labels = [t["label"] for t in json.loads(page[start : page.index("</script>", start)])["texts"]]
     assert labels == [long + " (its first 256 tokens: the encoder's limit)", MONEY]
+    exact = "bank " + "water " * 253  # [CLS] + 254 words + [SEP]: 256 tokens, all read
+    assert main(["word-sense", exact, MONEY]) == 0
+    assert "longer than the encoder's" not in capsys.readouterr().err
+    assert encoder.tokenize([exact, exact + "water"]).cut == (False, True)
 
 
 def test_explain_word_checks_top_and_word(encoder):

@@ -252,6 +252,8 @@ def test_weights_with_sinks_follow_the_family_or_are_refused():
                                         "without output_attentions"):
         hf.attention_forward(Attn("future_model"), q, k, v, None, s_aux=sinks, output_attentions=True)
     hf.attention_forward(Attn("future_model"), q, k, v, None, s_aux=sinks)  # (no weights asked: the output is one)
+    with pytest.raises(TypeError, match="got an attention module with no config.model_type: call it without"):
+        hf.attention_forward(torch.nn.Module(), q, k, v, None, s_aux=sinks, output_attentions=True)
     training = Attn("granite_swa").train()
     with pytest.raises(TypeError, match="cannot return granite_swa's attention weights .* under dropout"):
         hf.attention_forward(training, q, k, v, None, dropout=0.1, s_aux=sinks, output_attentions=True)

@@ -208,8 +208,11 @@ class _FakeEncoder:
         from types import SimpleNamespace
 
         self.calls += 1
-        n = len(texts[0].split()) + 2
-        return (SimpleNamespace(tokens=[["[CLS]", *texts[0].split(), "[SEP]"]]),
+        tokens = ["[CLS]", *texts[0].split(), "[SEP]"]
+        limit = getattr(self, "max_length", len(tokens))
+        tokens, cut = tokens[:limit], len(tokens) > limit  # (as the tokenizer truncates, and says so)
+        n = len(tokens)
+        return (SimpleNamespace(tokens=[tokens], cut=(cut,)),
                 SimpleNamespace(attentions=tuple(_weights(1, 2, n, seed=i)[0].unsqueeze(0) for i in range(2))))
 
 
@@ -232,8 +235,9 @@ def test_title_none_means_the_default_in_the_constructor_and_from_encoder():
     with pytest.raises(TypeError, match="encoder: expected a SentenceEncoder .*, got str"):
         AttentionView.from_encoder("enc", ["a"])
     encoder.max_length = 3  # the encoder cut the text at its limit: the label says so
-    labels = [t["label"] for t in json.loads(_structure(AttentionView.from_encoder(encoder, ["a bank"]).html).data_json)["texts"]]
-    assert labels == ["a bank (its first 3 tokens: the encoder's limit)"]
+    labels = [t["label"] for t in json.loads(_structure(AttentionView.from_encoder(encoder, ["a bank", "a"]).html)
+                                             .data_json)["texts"]]
+    assert labels == ["a bank (its first 3 tokens: the encoder's limit)", "a"]  # ("a": 3 tokens, all read)
 
 
 def test_save_names_the_path_given_and_writes_only_html(tmp_path):

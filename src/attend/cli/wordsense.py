@@ -66,20 +66,19 @@ def _word_sense(args) -> int:
     if word_sense:
         report = explain_word(encoder, args.texts, word=args.word, same=args.same, top=args.top or 5)
         print(report.format())
-        limit = encoder.max_length
-        for i, tokens in enumerate(report.tokens[:len(args.texts)]):
-            if len(tokens) >= limit:
-                print(f"attend: TEXT {i + 1} is longer than the encoder's {limit} tokens: only its first {limit} were "
-                      "read", file=sys.stderr)
+        for i, cut in enumerate(encoder.tokenize(args.texts).cut):
+            if cut:
+                print(f"attend: TEXT {i + 1} is longer than the encoder's {encoder.max_length} tokens: only its first "
+                      f"{encoder.max_length} were read", file=sys.stderr)
     if args.html:
         from ..viz import AttentionView
         from ..viz.html import labels_read
 
         title = f"Attention of {_model_name(folder, args.model)}"
         if report is not None:  # the encoder already ran on these texts: draw what it returned
-            tokens = report.tokens[:len(args.texts)]
-            view = AttentionView(tokens, report.attentions[:len(args.texts)],
-                                 labels=labels_read(args.texts, tokens, encoder.max_length), title=title)
+            view = AttentionView(report.tokens[:len(args.texts)], report.attentions[:len(args.texts)],
+                                 labels=labels_read(args.texts, encoder.tokenize(args.texts).cut, encoder.max_length),
+                                 title=title)
         else:
             view = AttentionView.from_encoder(encoder, args.texts, title=title)
         print(f"viewer: {view.save(args.html, force=args.force)}", file=sys.stderr)

@@ -43,8 +43,9 @@ def agree(call: Optional[AttentionCall], group, world: int, device, *, piece: in
     if failed is None:
         q = call.query
         dtype = _DTYPES.index(q.dtype) if q.dtype in _DTYPES else len(_DTYPES)
-        row = [call.L, call.S, piece, call.B, call.Hq, call.Hkv, q.shape[-1], call.Ev, dtype,
-               int(_all_finite(call.query, call.key, call.value))]
+        finite = q.device.type != "cpu" or _all_finite(call.query, call.key, call.value)  # (as in one process: on a
+        row = [call.L, call.S, piece, call.B, call.Hq, call.Hkv, q.shape[-1], call.Ev, dtype, int(finite)]  # GPU the
+        # check would stall the stream on every call, so there it is skipped)
         row += [zlib.crc32(_describe(v).encode()) for v in options.values()] + [0]
     else:
         row = [0] * (_FIXED + len(options)) + [1]
@@ -84,7 +85,18 @@ def _describe(value: Any) -> str:
         return f"tensor{tuple(value.shape)}{value.dtype}"
     if isinstance(value, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
         return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # (an object's address differs in every process,
+    return re.sub(r",?\s*device='[^']*'", "", text)  # and a tensor's device from rank to rank under NCCL)
+
+
+def device_of(query, group):
+    """Where this rank's gather runs: the query's device, else (a query that is not a tensor,
+    refused after the gather) the one the group's backend needs."""
+    if isinstance(query, Tensor):
+        return query.device
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 _TILE = 1024  # keys per step when finding the rows non-finite inputs reach

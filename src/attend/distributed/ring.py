@@ -40,7 +40,7 @@ from ..backends._programs import merge_into
 from ..backends.base import _holds_grad_tensor, compute_dtype
 from ..functional import _prepare
 from . import _blocks
-from ._agree import agree, quarantine
+from ._agree import agree, device_of, quarantine
 from ._pieces import Schedule
 from ._rules import Shifted, ShiftedScore
 from .layout import _group, check_layout, spans
@@ -93,12 +93,11 @@ def ring_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, lay
         if piece is None:
             per_key = call.B * call.Hkv * (call.query.shape[-1] + call.Ev) * compute_dtype(call.query.dtype).itemsize
             piece = max(256, _PIECE_BYTES // max(per_key, 1))
-    except (TypeError, ValueError, UnsupportedCall) as e:
+    except Exception as e:  # noqa: BLE001 - raised on this rank after the gather, the others told
         failed = e
     options = dict(layout=layout, causal=causal, window=window, score=score, scale=scale, mask=mask,
                    score_mod=score_mod, return_weights=return_weights, backend=backend)
-    agreed = agree(call, group, world, query.device if isinstance(query, Tensor) else "cpu", piece=piece or 0,
-                   options=options, failed=failed)
+    agreed = agree(call, group, world, device_of(query, group), piece=piece or 0, options=options, failed=failed)
     lengths = agreed.lengths
     Lg, Sg = sum(l for l, _ in lengths), sum(s for _, s in lengths)
     q_spans = _rank_spans(lengths, 0, Lg, world, layout, "query")

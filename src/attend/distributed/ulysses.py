@@ -22,7 +22,7 @@ from .. import functional as _F
 from .._rule_prep import check_rule
 from ._rules import heads as _heads
 from .layout import _group, check_layout
-from ._agree import agree
+from ._agree import agree, device_of
 from .ring import _rank_spans
 
 _PASSED = ("score", "causal", "window", "scale", "dropout_p", "hard", "backend")  # to attend.attention
@@ -49,12 +49,11 @@ def ulysses_attention(query: Tensor, key: Tensor, value: Tensor, *, group=None, 
         if unknown:
             raise TypeError(f"ulysses_attention() got unexpected keyword arguments {sorted(unknown)}")
         call, shape = _F._prepare(query, key, value, **kwargs)
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - raised on this rank after the gather, the others told
         failed = e
     options = dict(layout=layout, mask=mask, score_mod=score_mod, sinks=sinks, return_weights=return_weights,
                    **{name: kwargs.get(name) for name in _PASSED})
-    lengths = agree(call, group, world, query.device if isinstance(query, Tensor) else "cpu", options=options,
-                    failed=failed).lengths
+    lengths = agree(call, group, world, device_of(query, group), options=options, failed=failed).lengths
     Hq, Hkv = call.Hq, call.Hkv
     if Hq % world or Hkv % world:  # (the same on every rank, now that they agree)
         raise ValueError(f"query/key heads: all-to-all attention gives each of the {world} ranks a slice of the heads, "

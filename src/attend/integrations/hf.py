@@ -145,9 +145,10 @@ def _sinks_out_of_weights(module: torch.nn.Module, dropout: float) -> bool:
         return False
     if family not in _SINK_OUT_OF_WEIGHTS:
         known = ", ".join(sorted(_SINK_IN_WEIGHTS | _SINK_OUT_OF_WEIGHTS))
+        got = f"model type {family!r}" if family is not None else "an attention module with no config.model_type"
         raise TypeError(f"attn_implementation='attend' returns attention weights with sinks (s_aux) only for "
-                        f"model types whose eager weights it knows ({known}); got model type {family!r}: call "
-                        "it without output_attentions")
+                        f"model types whose eager weights it knows ({known}); got {got}: call it without "
+                        "output_attentions")
     if module.training and dropout:
         raise TypeError(f"attn_implementation='attend' cannot return {family}'s attention weights (the softmax "
                         "without its sinks) under dropout: call it in eval mode or without output_attentions")

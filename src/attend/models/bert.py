@@ -68,9 +68,14 @@ class BertEmbeddings(nn.Module):
 
 
 def _check_ids(ids, name: str, shape: Optional[tuple], high: int, what: str) -> None:
-    """``ids``: an int64 tensor, (B, S) (``shape`` if given), each id in [0, ``high``)."""
-    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype != torch.long or \
-            (shape is not None and tuple(ids.shape) != shape):
+    """``ids``: an int64 tensor (B, S), or with ``shape`` an integer tensor that broadcasts to
+    it ((B, S) or (1, S): the same types for every sequence), each id in [0, ``high``)."""
+    if shape is None:
+        ok = isinstance(ids, Tensor) and ids.ndim == 2 and ids.dtype == torch.long
+    else:
+        ok = isinstance(ids, Tensor) and ids.ndim == 2 and ids.dtype in (torch.long, torch.int32) and \
+            ids.shape[1] == shape[1] and ids.shape[0] in (1, shape[0])
+    if not ok:
         got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, Tensor) else type(ids).__name__
         raise ValueError(f"{name}: expected a {shape or '(B, S)'} int64 tensor, got {got}")
     if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < high):
@@ -146,6 +151,7 @@ class TokenizedBatch(NamedTuple):
     attention_mask: Tensor  # (B, S) bool
     tokens: list[list[str]]  # the token strings of each text, without padding
     offsets: list[list[tuple[int, int]]]  # each token's character span in its text ((0, 0) for [CLS]/[SEP])
+    cut: tuple[bool, ...] = ()  # per text: whether it had more tokens than the encoder reads (the rest dropped)
 
 
 class SentenceEncoder:
@@ -183,7 +189,7 @@ class SentenceEncoder:
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.bool)  # (B, S)
         tokens = [[t for t, m in zip(e.tokens, e.attention_mask) if m] for e in enc]
         offsets = [[tuple(o) for o, m in zip(e.offsets, e.attention_mask) if m] for e in enc]
-        return TokenizedBatch(ids, mask, tokens, offsets)
+        return TokenizedBatch(ids, mask, tokens, offsets, tuple(bool(e.overflowing) for e in enc))
 
     @torch.inference_mode()
     def embed_tokens(self, texts: Sequence[str], *, need_weights: bool = False) -> tuple[TokenizedBatch, BertOutput]:

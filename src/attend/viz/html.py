@@ -50,10 +50,10 @@ class TooManyTokens(ValueError):
         self.index, self.count, self.limit = index, count, limit
 
 
-def labels_read(texts: Sequence[str], tokens: Sequence[Sequence[str]], limit: Optional[int]) -> list[str]:
-    """Each text as a label, saying so where an encoder of ``limit`` tokens read only its first ones."""
-    return [text + (f" (its first {limit} tokens: the encoder's limit)" if limit is not None and len(t) >= limit
-                    else "") for text, t in zip(texts, tokens)]
+def labels_read(texts: Sequence[str], cut: Sequence[bool], limit: Optional[int]) -> list[str]:
+    """Each text as a label, saying so where an encoder of ``limit`` tokens read only its first
+    ones (``cut``: per text, from the tokenizer)."""
+    return [text + (f" (its first {limit} tokens: the encoder's limit)" if c else "") for text, c in zip(texts, cut)]
 
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -387,12 +387,14 @@ class AttentionView:
         _check_max_tokens(max_tokens)
         if not callable(getattr(encoder, "embed_tokens", None)):
             raise TypeError(f"encoder: expected a SentenceEncoder (attend.models.bert), got {type(encoder).__name__}")
-        tokens, atts = [], []
+        tokens, atts, cut = [], [], []
         for text in texts:  # one at a time: no padding in the pictures
             batch, out = encoder.embed_tokens([text], need_weights=True)
             tokens.append(batch.tokens[0])
             atts.append([a[0] for a in out.attentions])
-        labels = labels_read(texts, tokens, getattr(encoder, "max_length", None))
+            read = getattr(batch, "cut", ())  # (an encoder of one's own may not say)
+            cut.append(bool(read and read[0]))
+        labels = labels_read(texts, cut, getattr(encoder, "max_length", None))
         return cls(tokens, atts, labels=labels, title=title, max_tokens=max_tokens, aggregates=aggregates)
 
     def save(self, path: Union[str, os.PathLike], *, force: bool = False) -> str:
