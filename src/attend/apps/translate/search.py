@@ -78,10 +78,12 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, max_len: Optiona
     if B == 0:
         return []
     enc = model.encode(src, src_lengths)
-    prev = torch.full((B, 1), Vocab.bos_id, dtype=torch.long, device=src.device)
+    dev = src.device  # (the bookkeeping beside the model's outputs: one device)
+    prev = torch.full((B, 1), Vocab.bos_id, dtype=torch.long, device=dev)
     state = enc.state
-    done = torch.zeros(B, dtype=torch.bool)
-    tokens, scores, weights = [], torch.zeros(B, dtype=torch.float64), []
+    limits = limits.to(dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    tokens, scores, weights = [], torch.zeros(B, dtype=torch.float64, device=dev), []
     lengths = limits.clone()
     for t in range(int(limits.max())):
         done |= limits <= t  # (a sentence at its longest takes no more words)
