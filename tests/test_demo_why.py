@@ -38,10 +38,15 @@ def test_the_explanation_follows_the_numbers():
     text = out.getvalue()
     assert "one vector" in text and "of 256 numbers" in text
     assert "attention leads by 8.9 BLEU in the\nshortest row and by 61.7 in the longest" in text
-    flat = {"attention": _result([], rows(1.0, 0.2)), "no attention": _result([], rows(1.0, 0.1))}
+    flat = {"attention": _result([], rows(1.0, 0.1)), "no attention": _result([], rows(1.0, 0.2))}
     out = io.StringIO()
     demo._why(out, flat, 48)
     assert "does not grow with length" in out.getvalue() and "leads by" not in out.getvalue()
+    little = {"attention": _result([], rows(1.0, 0.9)), "no attention": _result([], rows(1.7, 0.7))}  # -0.7 to 0.2
+    out = io.StringIO()
+    demo._why(out, little, 48)  # (before: "does not grow", though it grew by 0.9)
+    assert "the gap grows only a little with length, to a lead under 5 BLEU (-0.7 BLEU in the shortest" in \
+        out.getvalue()
 
 
 def test_no_fused_section_without_a_gpu(monkeypatch):
