@@ -94,4 +94,4 @@ def test_translate_train_under_torchrun_writes_from_rank_0(tmp_path):
     assert hist[-1]["step"] == -(-(-(-n_train // 8)) // 2)  # one batch per process per step
     again = _attend(common + ["--resume"], world=1)  # finished: the resume takes no step, on one process
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"trained {hist[-1]['step']} of {hist[-1]['step']} planned steps" in again.stdout
+    assert f"nothing left to train: the run had ended at step {hist[-1]['step']}, its plan done in" in again.stdout

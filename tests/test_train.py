@@ -321,3 +321,21 @@ def test_the_old_module_name_still_imports():
     from attend.train import TrainConfig as Old, Trainer, sequence_loss
 
     assert (Old, Trainer, sequence_loss) == (translate.TrainConfig, translate.Trainer, translate.sequence_loss)
+
+
+def test_a_second_ctrl_c_stops_at_once_only_when_pressed_later(tmp_path, monkeypatch):
+    import signal
+
+    from attend.apps.translate import training
+
+    trainer = _tiny_trainer(tmp_path, TrainConfig(epochs=1, batch_size=2, warmup_steps=0))
+    clock = [100.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    trainer._handler(signal.SIGINT, None)
+    trainer._handler(signal.SIGINT, None)  # the same Ctrl-C, forwarded (torchrun): save and stop, as asked
+    clock[0] += 30
+    trainer._handler(signal.SIGTERM, None)  # a supervisor's SIGTERM after it: still that request
+    assert trainer._stop == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C pressed later: stop now
+        trainer._handler(signal.SIGINT, None)
+

@@ -126,7 +126,8 @@ def test_ctrl_c_saves_and_exits_130_then_resumes(tsv, tmp_path, capsys):
                      "--embed", "16", "--no-progress"]) == 2
     assert "is in use by another training" in capsys.readouterr().err
     assert p.poll() is None  # the first one is still training
-    p.send_signal(signal.SIGINT)
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):  # a Ctrl-C as a torchrun worker gets it: the
+        p.send_signal(sig)  # terminal's, torchrun's copy, then its SIGTERM (before: lost as a second Ctrl-C, no state)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "interrupted; training state saved" in err and "Traceback" not in err
@@ -280,9 +281,14 @@ def test_the_last_line_says_what_stopped_training_short_of_its_plan(tmp_path, ca
     code, out, err = _train(capsys, "--synthetic", 330, "--out", tmp_path / "b", "--epochs", 6, "--minutes", 1e-5,
                             *TINY)  # the budget is spent by the first step
     assert code == 0 and out.startswith("trained 1 of 60 planned steps in ") and "(stopped by --minutes 1e-05)" in out
-    code, out, err = _train(capsys, "--synthetic", 330, "--out", tmp_path / "c", "--epochs", 30, "--lr", 1e-9,
-                            "--eval-every", 1, "--patience", 2, *TINY)  # nothing learnt: no improvement
+    args = ("--synthetic", 330, "--out", tmp_path / "c", "--epochs", 30, "--lr", 1e-9, "--eval-every", 1,
+            "--patience", 2, *TINY)  # nothing learnt: no improvement
+    code, out, err = _train(capsys, *args)
     assert code == 0 and "(stopped early: 2 validations without improvement)" in out, out
+    code, again, err = _train(capsys, *args, "--resume")  # nothing left to take: said so, with the run's reason
+    step = out.split()[1]  # (before: "trained 3 of 3 planned steps", as if it had ended by plan)
+    assert code == 0 and again.startswith(f"nothing left to train: the run had ended at step {step} (stopped early: "
+                                          "2 validations without improvement) in "), (out, again)
 
 
 def test_a_refused_resume_changes_nothing_and_names_each_setting(tmp_path, capsys):

@@ -89,7 +89,8 @@ def add_parser(sub) -> None:
                         "for transformer, but at most 10%% of the planned steps = epochs x batches per epoch, and at "
                         "least 1; 0 = none)")
     t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default: none)")
-    t.add_argument("--eval-every", type=nonneg_int, default=0, help="steps between validations (default: each epoch)")
+    t.add_argument("--eval-every", type=nonneg_int, default=0, help="also validate every N steps (validation also ends each epoch; default 0: only "
+                        "there); every validation counts toward --patience and the rate's halving")
     t.add_argument("--patience", type=nonneg_int, default=3,
                    help="stop after this many validations without improvement (default 3; 0 = never)")
     t.add_argument("--seed", type=seed, default=0, help="seed for the split, the corpus and training (default 0)")
@@ -241,13 +242,16 @@ def _train_job(job, args, ranks) -> int:
     best = min(hist, key=lambda h: h["valid_loss"])
     steps, seconds = hist[-1]["step"], hist[-1]["seconds"]
     why = ""
-    if planned and steps < planned[0]:  # say what stopped it short of the plan
+    if not planned or steps < planned[0]:  # say what stopped it short of the plan
         if args.minutes > 0 and seconds >= args.minutes * 60:
             why = f" (stopped by --minutes {args.minutes:g})"
         elif args.patience > 0 and len(hist) - 1 - hist.index(best) >= args.patience:
             why = f" (stopped early: {args.patience} validations without improvement)"
-    print(f"trained {steps} of {planned[0] if planned else steps} planned steps in {seconds:.0f} s{why}; best "
-          f"validation loss {best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")
+    if planned:
+        done = f"trained {steps} of {planned[0]} planned steps in {seconds:.0f} s{why}"
+    else:  # a resumed run that took no step (its plan was in its own steps, maybe on another number of processes)
+        done = f"nothing left to train: the run had ended at step {steps}{why or ', its plan done'} in {seconds:.0f} s"
+    print(f"{done}; best validation loss {best['valid_loss']:.4f} at step {best['step']}; checkpoint: {args.out}")
     return 0
 
 

@@ -36,7 +36,7 @@ class TrainConfig:
     epochs: int = 10
     lr_decay: float = 0.5  # multiply the LR by this when the validation loss does not improve
     patience: int = 3  # stop after this many evaluations without improvement
-    eval_every: int = 0  # steps between evaluations; 0 = at the end of each epoch
+    eval_every: int = 0  # also evaluate every this many steps (each epoch's end evaluates anyway); 0 = only there
     max_steps: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # training time budget; 0 = no limit
     label_smoothing: float = 0.0

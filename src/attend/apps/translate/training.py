@@ -56,6 +56,9 @@ __all__ = ["TrainConfig", "Trainer", "TrainState", "TrainingInterrupted", "Train
            "scaled_warmup", "planned_steps", "SEED_LIMIT"]
 
 
+_REPEAT_S = 2.0  # a SIGINT within this many seconds of the first stop request repeats it (see Trainer._handler)
+
+
 class TrainingInterrupted(Exception):
     """Training stopped by a signal (or :meth:`Trainer.request_stop`); the state is saved."""
 
@@ -129,6 +132,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.state = TrainState()  # all of it goes into state.safetensors
         self._stop: Optional[int] = None
+        self._stop_at = 0.0  # (time.monotonic() of the first stop request)
         self.ranks = ranks if ranks is not None else Ranks()
         if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
             raise ValueError(f"accumulate must be a positive int (batches per rank per step), got {accumulate!r}")
@@ -177,12 +181,17 @@ class Trainer:
     # -- signals -------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to save and stop at the next step boundary (what SIGINT does)."""
-        self._stop = signum
+        if self._stop is None:
+            self._stop, self._stop_at = signum, time.monotonic()
 
     def _handler(self, signum, frame):
-        if self._stop is not None:  # second Ctrl-C: stop now (the last saved files are intact)
+        """SIGINT/SIGTERM: save and stop at the next step. A second Ctrl-C (SIGINT), pressed
+        later, stops at once (the last saved files are intact). Signals that come with the
+        first, or a SIGTERM after it, are the same request: under torchrun a terminal's Ctrl-C
+        reaches each worker directly, and torchrun forwards it, then sends SIGTERM."""
+        if self._stop is not None and signum == signal.SIGINT and time.monotonic() - self._stop_at > _REPEAT_S:
             raise KeyboardInterrupt
-        self._stop = signum
+        self.request_stop(signum)
 
     # -- the loop ------------------------------------------------------------------------
     def _evaluate(self) -> bool:
@@ -268,8 +277,8 @@ class Trainer:
                 out_of_time = cfg.max_minutes > 0 and s.seconds >= cfg.max_minutes * 60
                 if self.ranks.parallel:  # every rank stops at the same step: a signal or a clock on any of them
                     signalled, out_of_time = self.ranks.any([self._stop is not None, out_of_time])
-                    if signalled and self._stop is None:
-                        self._stop = signal.SIGTERM
+                    if signalled:
+                        self.request_stop(signal.SIGTERM)
                 out_of_steps = cfg.max_steps > 0 and s.step >= cfg.max_steps
                 if out_of_time or out_of_steps:
                     stop = True
