@@ -339,3 +339,19 @@ def test_a_second_ctrl_c_stops_at_once_only_when_pressed_later(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C pressed later: stop now
         trainer._handler(signal.SIGINT, None)
 
+
+
+def test_train_loss_is_the_last_epochs_steps_whatever_each_step_takes(tmp_path):
+    from attend.models import Seq2Seq, Seq2SeqConfig
+    from attend.apps.translate import Trainer
+
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(src_vocab=9, tgt_vocab=9, embed_dim=4, hidden_dim=6))
+    pairs = [([4, 5, 6][: 1 + i % 3], [6, 7, 8][: 1 + i % 2]) for i in range(16)]
+    trainer = Trainer(model, TrainConfig(epochs=2, batch_size=2, warmup_steps=0), pairs, pairs[:4], tmp_path,
+                      progress=False, accumulate=2)  # 8 batches an epoch, 2 a step: 4 steps an epoch
+    hist = trainer.fit()
+    losses = trainer.state.losses
+    assert len(losses) == 8 and [h["step"] for h in hist] == [4, 8]
+    for h in hist:  # (before: the last 8 steps, two epochs' worth, as under torchrun on 2 processes)
+        assert h["train_loss"] == pytest.approx(sum(losses[h["step"] - 4 : h["step"]]) / 4, rel=1e-12)

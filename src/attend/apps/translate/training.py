@@ -205,7 +205,8 @@ class Trainer:
         else:
             s.bad_evals += 1
             s.decays += 1
-        recent = s.losses[-max(1, len(self.batches)):]
+        per_epoch = -(-len(self.batches) // (self.ranks.world * self.accumulate))  # steps an epoch takes here
+        recent = s.losses[-max(1, per_epoch):]  # (the last epoch's worth: each step takes world x accumulate batches)
         s.history.append({"step": s.step, "epoch": s.epoch, "train_loss": sum(recent) / max(len(recent), 1),
                           "valid_loss": valid, "lr": self.lr_at(s.step), "seconds": round(s.seconds, 2),
                           "tokens_per_s": round(s.tokens / max(s.seconds, 1e-9), 1)})
