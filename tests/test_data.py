@@ -91,6 +91,8 @@ def test_read_tsv_refuses_a_line_past_its_limit_before_reading_it_whole(tmp_path
         assert read_tsv(f, max_line_bytes=8) == [("abc", "def"), ("ab", "defgh")]
         with pytest.raises(ValueError, match=r"long\.tsv:2: a line longer than 7 bytes"):
             read_tsv(f, max_line_bytes=7)
+    f.write_bytes(b"abc\tdef\r\nab\tdefgh\r")  # the last line ended by a lone carriage return
+    assert read_tsv(f, max_line_bytes=8) == [("abc", "def"), ("ab", "defgh")]
 
 
 def test_data_arguments_are_checked_by_name():

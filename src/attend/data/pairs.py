@@ -49,6 +49,8 @@ def read_tsv(path: str | os.PathLike, *, src_col: int = 0, tgt_col: int = 1,
                 break
             ended = raw.endswith(b"\n")  # (its end read: "\n" or "\r\n", neither counted in the limit)
             body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if ended else raw
+            if not ended and body.endswith(b"\r") and len(raw) <= max_line_bytes + 1:
+                body = body[:-1]  # (the file's last line, ended by a lone "\r")
             if len(body) > max_line_bytes or (not ended and len(raw) == max_line_bytes + 2):
                 raise ValueError(f"{path}:{lineno}: a line longer than {max_line_bytes} bytes (max_line_bytes); "
                                  "is this a file of sentence pairs, one per line?")
