@@ -187,6 +187,8 @@ def _probe_score_mod(fn: Callable, dtype: torch.dtype) -> None:
     from a comparison, meant as a mask) is refused here, the same on every backend (compiled
     ones would otherwise cast it to scores of 0 and 1, or fail to compile). A function that
     cannot take a single score is left to the call itself."""
+    if torch.compiler.is_compiling():  # (traced, its result's dtype reaches the backend's own check)
+        return
     zero = torch.zeros((), dtype=torch.long)
     try:
         with torch.no_grad():
