@@ -160,6 +160,8 @@ def test_flags_that_do_not_apply_are_refused_naming_them(tmp_path, fake_checkpoi
         (["explain", "a bank", "--html", str(tmp_path / "v.html"), "--same", "the bank"], "--same applies to word sense"),
         (["word-sense", "a bank", "the bank", "--force"], "--force applies to --html"),
         (["word-sense", "a bank", "the bank", "--word", ""], "--word must not be empty"),  # (it fell back to "bank")
+        (["translate", "train", "--synthetic", "300", "--model", "transformer", "--hidden", "30", "--heads", "4",
+          "--out", str(tmp_path / "t")], "--hidden (30) must be divisible by --heads (4)"),  # (said: d_model, heads)
         (["explain", "a bank", "the bank", "--model", str(data)], "--model is a file, not a model folder"),
         (["word-sense", "a bank", "the bank", "--html", str(tmp_path)], f"--html {tmp_path} is a folder"),
     ]

@@ -72,7 +72,7 @@ def test_errors_are_one_line_with_the_right_exit_code(trained, tsv, tmp_path, ca
     cases = [
         (("translate", "train", "--data", tmp_path / "missing.tsv", "--out", tmp_path / "o"), 2, "data file not found"),
         (("translate", "train", "--data", tsv, "--out", trained), 2, "is not empty; pass --force"),
-        (("translate", "train", "--data", tsv, "--out", tmp_path / "o", "--hidden", 5), 2, "hidden_dim must be even"),
+        (("translate", "train", "--data", tsv, "--out", tmp_path / "o", "--hidden", 5), 2, "--hidden must be even"),
         (("translate", "train", "--data", tsv, "--out", tmp_path / "o", "--tgt-col", 4), 1, "expected at least 5 tab-separated columns"),
         (("translate", "train", "--data", tsv, "--out", tmp_path / "o2", "--resume"), 2, "nothing to resume"),
         (("translate", "train", "--out", tmp_path / "o"), 2, "one of the arguments --data --synthetic is required"),

@@ -21,7 +21,7 @@ def add_parsers(sub) -> None:
                       help="torch intra-op threads (default 1: the same numbers on any load; small models gain "
                            "little from more, and slow down badly when other work shares the cores)")
     demo.add_argument("--minutes", type=float, default=0.0,
-                      help="also stop each model's training after this many minutes (default: none; the step "
+                      help="also stop each model's training after this many minutes (default 0: none; the step "
                            "budget alone makes the result independent of the machine's speed)")
 
     tour = sub.add_parser("tour", help="a terminal tour of the attention variants on one small sentence")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from ._common import (UsageError, draw, need_checkpoint, need_file, new_figure, nonneg_int, positive_int, seed,
@@ -88,7 +89,7 @@ def add_parser(sub) -> None:
                    help=f"linear learning-rate warm-up (default: {rnn.warmup_steps} steps for rnn, {tf.warmup_steps} "
                         "for transformer, but at most 10%% of the planned steps = epochs x batches per epoch, and at "
                         "least 1; 0 = none)")
-    t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default: none)")
+    t.add_argument("--minutes", type=float, default=0.0, help="training time budget (default 0: none)")
     t.add_argument("--eval-every", type=nonneg_int, default=0, help="also validate every N steps (validation also ends each epoch; default 0: only "
                         "there); every validation counts toward --patience and the rate's halving")
     t.add_argument("--patience", type=nonneg_int, default=3,
@@ -110,7 +111,7 @@ def add_parser(sub) -> None:
     e.add_argument("--data", required=True, help="TSV file of sentence pairs")
     e.add_argument("--src-col", type=nonneg_int, default=0, help="source column, 0-based (default 0)")
     e.add_argument("--tgt-col", type=nonneg_int, default=1, help="target column, 0-based (default 1)")
-    e.add_argument("--limit", type=positive_int, default=None)
+    e.add_argument("--limit", type=positive_int, default=None, help="read at most this many lines of --data")
     e.add_argument("--beam", type=beam_size, default=1, help="beam size, at most 1024 (default 1: greedy)")
     e.add_argument("--plot", help="also write BLEU by source length here (format from the extension: .png, .pdf, "
                                   ".svg, .jpg, ...)")
@@ -188,7 +189,15 @@ def _job(args: argparse.Namespace):
                         min_freq=args.min_freq, resume=args.resume, force=args.force, threads=args.threads,
                         progress=not args.no_progress)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(_in_flags(str(e), transformer)) from None
+
+
+def _in_flags(message: str, transformer: bool) -> str:
+    """A model config's message in the command line's words: its fields named by their flags."""
+    fields = {"d_model": "--hidden", "heads": "--heads", "ff_dim": "--ff", "encoder_layers": "--layers",
+              "decoder_layers": "--layers"} if transformer else \
+        {"hidden_dim": "--hidden", "embed_dim": "--embed", "layers": "--layers"}
+    return re.sub(r"\b(" + "|".join(fields) + r")\b(?= \(| must)", lambda m: fields[m.group(1)], message)
 
 
 def _train(args) -> int:
