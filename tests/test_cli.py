@@ -29,6 +29,10 @@ def test_usage_errors_exit_2_with_one_line(capsys):
         assert code == 2, argv
         err = capsys.readouterr().err + warned
         assert "Traceback" not in err and ("error:" in err or "usage: attend" in err), (argv, err)
+    code, _ = cli_status(["translate"])  # (before: the top-level help, which lists neither train nor eval)
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == ('attend: error: attend translate needs a sentence (attend translate "the cat ." '
+                                         "--checkpoint RUN) or a verb: train, eval (attend translate train --help)")
     r = subprocess.run([sys.executable, "-m", "attend.cli", "demo", "--bogus"], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr  # and as a user runs it: its own process
     assert r.stderr.strip().splitlines() == ["attend: error: unrecognized arguments: --bogus"]

@@ -75,8 +75,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = _rewrite(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None or (args.command == "translate" and args.verb is None):
+    if args.command is None:
         parser.print_help(sys.stderr)
+        return 2
+    if args.command == "translate" and args.verb is None:  # (the top-level help would not list train / eval)
+        print('attend: error: attend translate needs a sentence (attend translate "the cat ." --checkpoint RUN) or '
+              "a verb: train, eval (attend translate train --help)", file=sys.stderr)
         return 2
     try:
         code = args.handler(args)
