@@ -197,4 +197,4 @@ def test_cli_trains_a_transformer(tmp_path, capsys):
     assert heat.stat().st_size > 0
     assert main(["translate", "train", "--synthetic", "30", "--model", "transformer", "--hidden", "30",
                  "--heads", "4", "--out", str(tmp_path / "x")]) == 2
-    assert "divisible by heads" in capsys.readouterr().err
+    assert "--hidden (30) must be divisible by --heads (4)" in capsys.readouterr().err
