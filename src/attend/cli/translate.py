@@ -189,14 +189,13 @@ def _job(args: argparse.Namespace):
                         min_freq=args.min_freq, resume=args.resume, force=args.force, threads=args.threads,
                         progress=not args.no_progress)
     except ValueError as e:
-        raise UsageError(_in_flags(str(e), transformer)) from None
+        raise UsageError(_in_flags(str(e))) from None
 
 
-def _in_flags(message: str, transformer: bool) -> str:
-    """A model config's message in the command line's words: its fields named by their flags."""
-    fields = {"d_model": "--hidden", "heads": "--heads", "ff_dim": "--ff", "encoder_layers": "--layers",
-              "decoder_layers": "--layers"} if transformer else \
-        {"hidden_dim": "--hidden", "embed_dim": "--embed", "layers": "--layers"}
+def _in_flags(message: str) -> str:
+    """A model config's message in the command line's words: its fields named by their flags
+    (``_FLAGS``; not ``bidirectional``, which ``--unidirectional`` sets the other way)."""
+    fields = {k[len("model."):]: f for k, f in _FLAGS.items() if k.startswith("model.") and k != "model.bidirectional"}
     return re.sub(r"\b(" + "|".join(fields) + r")\b(?= \(| must)", lambda m: fields[m.group(1)], message)
 
 
